@@ -1,0 +1,1 @@
+"""The app: logins, negotiation, credentials and the baseline; never holds the master key."""

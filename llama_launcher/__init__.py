@@ -1,0 +1,1 @@
+"""Owns llama-server and its master key; the gate lives here."""

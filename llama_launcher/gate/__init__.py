@@ -1,0 +1,1 @@
+"""The direct lane: checks each request once, then relays llama-server bytes untouched."""

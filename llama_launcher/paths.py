@@ -1,0 +1,21 @@
+"""Where the project keeps things: a per-user cache (builds, models) and a data dir (keys, ids)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+
+def cache_dir(env: Mapping[str, str] = os.environ) -> Path:
+    """Rebuildable things: the llama-server build and the default model."""
+    if env.get("LLAMA_DIRECT_CACHE"):
+        return Path(env["LLAMA_DIRECT_CACHE"])
+    base = Path(env["XDG_CACHE_HOME"]) if env.get("XDG_CACHE_HOME") else Path.home() / ".cache"
+    return base / "llama-direct"
+
+
+def default_data_dir(env: Mapping[str, str] = os.environ) -> Path:
+    """Signing keys, TLS keys and ids: kept outside the cache so clearing it loses no key."""
+    base = Path(env["XDG_DATA_HOME"]) if env.get("XDG_DATA_HOME") else Path.home() / ".local" / "share"
+    return base / "llama-direct"

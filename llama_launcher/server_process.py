@@ -1,0 +1,256 @@
+"""One llama-server process: start, wait until ready, respawn with a new key, stop.
+
+Blocking and thread-based on purpose: the gate process runs this from its main thread (so that
+``PR_SET_PDEATHSIG``, which fires when the *spawning thread* exits, lasts as long as the gate),
+while the gate's event loop serves from another thread and reads :meth:`authorization` per request.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from llama_launcher.errors import StartError
+from llama_launcher.master_key import MasterKey
+from llama_launcher.progress import Progress
+from llama_launcher.redaction import redact
+from llama_launcher.server_args import ListenAddress, ServerOptions, build_argv, parse_listening_line
+
+log = logging.getLogger("llama_direct.launcher")
+server_log = logging.getLogger("llama_server")
+
+PR_SET_PDEATHSIG = 1
+_LAST_LINES = 40
+_NOTABLE = ("error", "failed", "warn", "listening on", "model loaded")
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Runs in the child between fork and exec: follow the spawning thread into death."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+class LlamaServer:
+    """Owns one llama-server and the master key it was started with.
+
+    Satisfies the gate's ``Upstream`` protocol: ``address``, ``ssl``, ``host_header``,
+    ``authorization()`` and ``is_ready()``.
+    """
+
+    ssl = None
+    host_header = b"llama-server"
+
+    def __init__(self, options: ServerOptions, runtime_dir: Path, *, listen: str = "auto") -> None:
+        self.options = options
+        self.runtime_dir = runtime_dir
+        self.socket_path = runtime_dir / "llama.sock"
+        self._listen_mode = listen  # "auto" tries the unix socket first, "unix", or "tcp"
+        self._key: MasterKey | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._pump: threading.Thread | None = None
+        self._address: ListenAddress | None = None
+        self._listening = threading.Event()
+        self._ready = False
+        self._stopping = False
+        self._last_lines: collections.deque[str] = collections.deque(maxlen=_LAST_LINES)
+        self.restarts = 0
+
+    # -- the gate's view -------------------------------------------------------------------
+
+    @property
+    def address(self) -> str | tuple[str, int]:
+        listen = self._address
+        if listen is None:
+            raise RuntimeError("llama-server is not listening yet")
+        if listen.unix_path:
+            return listen.unix_path
+        assert listen.host is not None and listen.port is not None
+        return (listen.host, listen.port)
+
+    def authorization(self) -> bytes:
+        key = self._key
+        if key is None:
+            raise RuntimeError("llama-server has not been started")
+        return key.authorization()
+
+    def is_ready(self) -> bool:
+        return self._ready
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def last_lines(self) -> list[str]:
+        return list(self._last_lines)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Spawn with a fresh key; returns at once (see :meth:`wait_ready`)."""
+        if self._proc is not None and self._proc.poll() is None:
+            raise RuntimeError("llama-server is already running")
+        self._stopping = False
+        self._ready = False
+        self._address = None
+        self._listening.clear()
+        self._last_lines.clear()
+        self._key = MasterKey.generate()
+        unix = self._listen_mode != "tcp"
+        if unix:
+            self.socket_path.unlink(missing_ok=True)
+        argv = build_argv(self.options, unix_socket=self.socket_path if unix else None)
+        parent = os.getpid()
+        self._proc = subprocess.Popen(
+            argv,
+            env=self._key.child_environment(dict(os.environ)),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            preexec_fn=lambda: _die_with_parent(parent),
+            close_fds=True,
+        )
+        log.info("llama-server started pid=%d listen=%s", self._proc.pid, "unix" if unix else "tcp")
+        self._pump = threading.Thread(target=self._pump_output, args=(self._proc,), daemon=True)
+        self._pump.start()
+
+    def _pump_output(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            line = redact(raw.decode("utf-8", "replace").rstrip())
+            if not line:
+                continue
+            self._last_lines.append(line)
+            if self._address is None:
+                found = parse_listening_line(line)
+                if found:
+                    self._address = found
+                    self._listening.set()
+            lowered = line.lower()
+            level = logging.INFO if any(word in lowered for word in _NOTABLE) else logging.DEBUG
+            server_log.log(level, "%s", line)
+
+    def wait_ready(self, timeout: float = 600.0, *, show_progress: bool = True) -> None:
+        """Poll ``/health`` while watching the process; raise :class:`StartError` on death or timeout."""
+        progress = Progress("starting llama-server") if show_progress else None
+        deadline = time.monotonic() + timeout
+        while True:
+            proc = self._proc
+            if proc is None:
+                raise RuntimeError("llama-server has not been started")
+            code = proc.poll()
+            if code is not None:
+                if self._pump:
+                    self._pump.join(timeout=2)
+                if self._listen_mode == "auto" and self._address is None:
+                    log.warning("llama-server could not listen on a unix socket; retrying on 127.0.0.1")
+                    self._listen_mode = "tcp"
+                    self.start()
+                    continue
+                raise StartError(
+                    f"llama-server exited with code {code} before it was ready",
+                    exit_code=code,
+                    last_lines=self.last_lines(),
+                )
+            if time.monotonic() > deadline:
+                lines = self.last_lines()
+                self.stop()
+                raise StartError(
+                    f"llama-server was not ready within {timeout:.0f} s", exit_code=None, last_lines=lines
+                )
+            status = self._health() if self._listening.is_set() else None
+            if status == 200:
+                if self._listen_mode == "auto":
+                    self._listen_mode = "unix" if self._address and self._address.unix_path else "tcp"
+                self._ready = True
+                log.info("llama-server ready pid=%d", proc.pid)
+                return
+            if progress:
+                progress.say("loading the model" if status == 503 else "waiting for it to listen")
+            time.sleep(0.05 if status is None else 0.1)
+
+    def _health(self) -> int | None:
+        address = self.address
+        if isinstance(address, str):
+            transport = httpx.HTTPTransport(uds=address)
+            url = "http://llama-server/health"
+        else:
+            transport = httpx.HTTPTransport()
+            url = f"http://{address[0]}:{address[1]}/health"
+        try:
+            with httpx.Client(transport=transport, timeout=2.0) as client:
+                return client.get(url).status_code
+        except httpx.HTTPError:
+            return None
+
+    def stop(self, grace: float = 5.0) -> None:
+        """SIGTERM, then SIGKILL after ``grace`` seconds; leaves no process behind."""
+        self._stopping = True
+        self._ready = False
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                log.warning("llama-server ignored SIGTERM for %.0f s; killing it", grace)
+                proc.kill()
+                proc.wait()
+        if self._pump:
+            self._pump.join(timeout=2)
+        if proc.stdout:
+            proc.stdout.close()
+        self.socket_path.unlink(missing_ok=True)
+        log.info("llama-server stopped pid=%d code=%s", proc.pid, proc.returncode)
+
+    def restart(self) -> None:
+        """Stop, then start with a new key: tokens keep working because the gate swaps the key."""
+        self.stop()
+        self.start()
+        self.wait_ready(show_progress=False)
+
+    def supervise(self, stop: threading.Event) -> None:
+        """Respawn after an unexpected exit, with back-off, until ``stop`` is set.
+
+        Must run on the thread that called :meth:`start`, for ``PR_SET_PDEATHSIG``'s sake.
+        """
+        backoff = 0.5
+        started_at = time.monotonic()
+        while not stop.is_set():
+            proc = self._proc
+            if proc is None:
+                return
+            try:
+                code = proc.wait(timeout=0.1)
+            except subprocess.TimeoutExpired:
+                continue
+            if stop.is_set() or self._stopping:
+                return
+            self._ready = False
+            if time.monotonic() - started_at > 60:
+                backoff = 0.5
+            log.warning("llama-server exited unexpectedly code=%s; respawning with a new key in %.1fs",
+                        code, backoff)
+            if stop.wait(backoff):
+                return
+            backoff = min(backoff * 2, 30.0)
+            self.restarts += 1
+            started_at = time.monotonic()
+            try:
+                self.start()
+                self.wait_ready(show_progress=False)
+            except StartError as error:
+                log.error("llama-server respawn failed: %s; last line: %s", error,
+                          error.last_lines[-1] if error.last_lines else "")
