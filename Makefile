@@ -1,0 +1,48 @@
+# Two entry points: `make serve` and `make test`. Both install what is missing, idempotently.
+# The slow steps (building llama-server, fetching the model) are done by llama-direct itself,
+# cached per user and per version, with progress on stderr.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+FRONT_STAMP := frontend/node_modules/.installed
+STATIC := broker/static/index.html
+ARGS ?=
+
+.PHONY: serve test install frontend browser lint
+
+serve: install frontend
+	$(BIN)/llama-direct serve $(ARGS)
+
+test: install frontend browser
+	$(BIN)/llama-direct setup
+	$(BIN)/ruff check .
+	$(BIN)/pytest
+	cd frontend && npm test
+	cd frontend && npm run e2e
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || { echo "llama-direct: creating $(VENV)"; $(PYTHON) -m venv $(VENV); }
+	@echo "llama-direct: installing the Python package and its test tools into $(VENV)"
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $@
+
+frontend: $(STATIC)
+
+$(FRONT_STAMP): frontend/package.json frontend/package-lock.json
+	@echo "llama-direct: installing the frontend's npm packages"
+	cd frontend && npm ci --no-audit --no-fund
+	@touch $@
+
+$(STATIC): $(FRONT_STAMP) $(shell find frontend/src -type f 2>/dev/null)
+	@echo "llama-direct: building the frontend into broker/static/"
+	cd frontend && npm run build
+
+# Debian's Chromium for the browser tests; never a downloaded browser.
+browser:
+	@test -x /usr/bin/chromium || { echo "llama-direct: installing Debian's chromium"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }

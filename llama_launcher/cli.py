@@ -1,0 +1,200 @@
+"""``llama-direct``: serve (the parent process), setup (the cached installs), doctor (what was found)."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import secrets
+import sys
+from importlib import resources
+from pathlib import Path
+
+from llama_launcher import binary, model
+from llama_launcher.errors import LauncherError
+from llama_launcher.launch_spec import LaunchSpec
+from llama_launcher.paths import cache_dir, default_data_dir
+from llama_launcher.redaction import configure_logging, register_secret
+from llama_launcher.server_args import validate_extra_args
+
+TEMPLATES = {"think": "smollm2-think.jinja", "tools": "chatml-tools.jinja"}
+ACCESS_TOKEN_ENV = "LLAMA_DIRECT_ACCESS_TOKEN"
+UPSTREAM_KEY_ENV = "LLAMA_DIRECT_UPSTREAM_KEY"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llama-direct", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="start llama-server, the gate and the broker on one port")
+    serve.add_argument("--host", default="127.0.0.1", help="public address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="public port (default 8000; 0 picks a free one)")
+    serve.add_argument("--public-url", help="the base URL browsers use, behind a reverse proxy")
+    serve.add_argument("--data-dir", type=Path, help="keys and ids (default ~/.local/share/llama-direct)")
+    serve.add_argument("--access-token-file", type=Path, help="a fixed login token, read from this file")
+    serve.add_argument("--algorithm", choices=("EdDSA", "ES256"), default="EdDSA", help="token signature")
+    serve.add_argument("--token-ttl", type=int, default=30, help="credential lifetime in seconds (max 300)")
+    serve.add_argument("--max-tokens", type=int, default=2048, help="hard cap on generated tokens per request")
+    serve.add_argument("--tls-cert", type=Path, help="TLS certificate (PEM) for the public port")
+    serve.add_argument("--tls-key", type=Path, help="TLS private key (PEM) for the public port")
+    serve.add_argument("--tls-self-signed", action="store_true", help="make (once) and use a self-signed pair")
+    serve.add_argument("--upstream", help="attach to a running llama-server: http(s)://host:port or unix:/path")
+    serve.add_argument("--upstream-key-file", type=Path, help="the attached server's API key, read from a file")
+    serve.add_argument("--verbose", action="store_true", help="log llama-server's own output too")
+    _add_server_options(serve)
+    serve.add_argument("server_args", nargs=argparse.REMAINDER, help="-- then extra llama-server arguments")
+
+    setup = commands.add_parser("setup", help="find or build llama-server and fetch the default model, once")
+    setup.add_argument("--llama-server", help="the llama-server binary to use instead of building one")
+
+    doctor = commands.add_parser("doctor", help="say what was found, where, and which version")
+    _add_server_options(doctor)
+    doctor.add_argument("--upstream", help="check an attached llama-server instead")
+    doctor.add_argument("--upstream-key-file", type=Path)
+    return parser
+
+
+def _add_server_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", type=Path, help="a GGUF file (default: SmolLM2-135M-Instruct, fetched once)")
+    parser.add_argument("--model-alias", help="the model's public name (default: from the file name)")
+    parser.add_argument("--llama-server", help="the llama-server binary to run")
+    parser.add_argument("--chat-template", help="'think', 'tools', or a Jinja template file")
+    parser.add_argument("--ctx", type=int, help="llama-server context size")
+    parser.add_argument("--parallel", type=int, help="llama-server parallel slots")
+    parser.add_argument("--mmproj", type=Path, help="multimodal projector for a vision model")
+
+
+def _template_path(choice: str | None) -> Path | None:
+    if not choice:
+        return None
+    if choice in TEMPLATES:
+        return Path(str(resources.files("llama_launcher") / "templates" / TEMPLATES[choice]))
+    path = Path(choice)
+    if not path.is_file():
+        raise LauncherError(f"--chat-template {choice}: neither {', '.join(TEMPLATES)} nor a readable file")
+    return path
+
+
+def _read_secret_file(path: Path, flag: str) -> str:
+    try:
+        value = path.read_text().strip()
+    except OSError as error:
+        raise LauncherError(f"{flag} {path}: cannot be read ({error.strerror})") from None
+    if not value:
+        raise LauncherError(f"{flag} {path}: the file is empty")
+    return value
+
+
+def _access_token(args: argparse.Namespace) -> str:
+    if args.access_token_file:
+        token = _read_secret_file(args.access_token_file, "--access-token-file")
+    elif os.environ.get(ACCESS_TOKEN_ENV):
+        token = os.environ[ACCESS_TOKEN_ENV]
+    else:
+        token = secrets.token_urlsafe(24)
+    if len(token) < 16:
+        raise LauncherError("the access token must be at least 16 characters long")
+    register_secret(token)
+    return token
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _launch_spec(args: argparse.Namespace, cache: Path) -> LaunchSpec:
+    extra = [a for a in args.server_args if a != "--"] if getattr(args, "server_args", None) else []
+    validate_extra_args(extra)
+    if args.upstream:
+        return LaunchSpec(mode="attach", upstream_url=args.upstream, alias=args.model_alias or "model",
+                          max_tokens=args.max_tokens)
+    found = binary.ensure_llama_server(args.llama_server, cache)
+    if args.model:
+        model_path = model.check_gguf(args.model.resolve())
+        alias = args.model_alias or model_path.stem.lower()
+    else:
+        model_path = model.ensure_default_model(cache)
+        alias = args.model_alias or model.DEFAULT_MODEL_ALIAS
+    template = _template_path(args.chat_template)
+    return LaunchSpec(
+        mode="launch", binary=str(found.path), model=str(model_path), alias=alias, max_tokens=args.max_tokens,
+        ctx_size=args.ctx, parallel=args.parallel, chat_template_file=str(template) if template else None,
+        mmproj=str(args.mmproj.resolve()) if args.mmproj else None, extra_args=extra,
+    )
+
+
+def serve(args: argparse.Namespace) -> int:
+    from llama_launcher import supervisor, tls
+
+    configure_logging(process="serve")
+    cache = cache_dir()
+    data_dir = (args.data_dir or default_data_dir()).resolve()
+    access_token = _access_token(args)
+    upstream_key = None
+    if args.upstream:
+        if args.upstream_key_file:
+            upstream_key = _read_secret_file(args.upstream_key_file, "--upstream-key-file")
+        else:
+            upstream_key = os.environ.get(UPSTREAM_KEY_ENV) or None
+        if upstream_key:
+            register_secret(upstream_key)
+    launch = _launch_spec(args, cache)
+    cert_pair = tls.resolve_tls(args.tls_cert, args.tls_key, args.tls_self_signed, data_dir, args.host)
+    if cert_pair is None and not _is_loopback(args.host):
+        print(
+            f"llama-direct: warning: listening on {args.host} without TLS: the login token, session cookie and "
+            "chat traffic cross the network in clear text; use --tls-self-signed or --tls-cert/--tls-key",
+            file=sys.stderr, flush=True,
+        )
+    broker_settings: dict[str, object] = {
+        "model": launch.alias, "public_url": args.public_url, "algorithm": args.algorithm,
+        "token_ttl": args.token_ttl, "max_tokens_cap": args.max_tokens,
+    }
+    gate_settings: dict[str, object] = {
+        "model": launch.alias, "max_tokens": args.max_tokens,
+        "tls_cert": str(cert_pair[0]) if cert_pair else None, "tls_key": str(cert_pair[1]) if cert_pair else None,
+    }
+    plan = supervisor.StackPlan(
+        host=args.host, port=args.port, data_dir=data_dir, launch=launch, access_token=access_token,
+        broker_settings=broker_settings, gate_settings=gate_settings, upstream_key=upstream_key,
+        tls=cert_pair is not None, public_url=args.public_url,
+    )
+    return supervisor.run(plan)
+
+
+def doctor(args: argparse.Namespace) -> int:
+    from llama_launcher import doctor as doctor_checks
+
+    return doctor_checks.run(args, cache_dir())
+
+
+def setup(args: argparse.Namespace) -> int:
+    """The slow, cached installs on their own, so a test run shows their progress up front."""
+    cache = cache_dir()
+    found = binary.ensure_llama_server(args.llama_server, cache)
+    print(f"llama-direct: llama-server from {found.source}: {found.path}", file=sys.stderr, flush=True)
+    print(f"llama-direct: model: {model.ensure_default_model(cache)}", file=sys.stderr, flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    commands = {"serve": serve, "setup": setup, "doctor": doctor}
+    try:
+        return commands[args.command](args)
+    except LauncherError as error:
+        print(f"llama-direct: error: {error}", file=sys.stderr, flush=True)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
