@@ -8,6 +8,7 @@ A secret is registered the moment it is created, so there is no window in which 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 
 REDACTED = "[redacted]"
@@ -84,8 +85,19 @@ def install() -> None:
     root.addHandler = add_handler  # type: ignore[method-assign]
 
 
-def configure_logging(level: int = logging.INFO, *, process: str) -> None:
-    """Structured key=value lines on stderr, scrubbed, for one of the project's processes."""
+LOG_LEVEL_ENV = "LLAMA_DIRECT_LOG_LEVEL"
+
+
+def configure_logging(level: int | None = None, *, process: str) -> None:
+    """Structured key=value lines on stderr, scrubbed, for one of the project's processes.
+
+    Without an explicit level, ``LLAMA_DIRECT_LOG_LEVEL`` (set by ``serve --verbose``) decides, so
+    the children follow the parent's choice.
+    """
+    if level is None:
+        level = logging.getLevelName(os.environ.get(LOG_LEVEL_ENV, "INFO").upper())
+        if not isinstance(level, int):
+            level = logging.INFO
     handler = logging.StreamHandler()
     handler.setFormatter(
         logging.Formatter(f"%(asctime)s level=%(levelname)s process={process} logger=%(name)s %(message)s")

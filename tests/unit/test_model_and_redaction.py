@@ -22,7 +22,7 @@ def test_non_gguf_names_the_path(tmp_path: Path) -> None:
 
 
 def test_a_directory_is_not_a_model(tmp_path: Path) -> None:
-    with pytest.raises(ModelError, match="^model path is not a file: "):
+    with pytest.raises(ModelError, match=r"^model path is not a file: "):
         check_gguf(tmp_path)
 
 

@@ -1,0 +1,305 @@
+"""Mint and verify the lane's credentials (compact JWTs, RFC 7519).
+
+Pure: no I/O and no clock. Callers pass `now`, so the gate, the broker and the tests agree on time
+to the second, and every boundary is a unit test. PyJWT does the signature and the `iss`/`aud`
+checks; the time claims are checked here, because PyJWT reads the wall clock itself.
+
+The key that checks a token is chosen by the header's `kid`, and the only algorithm accepted is the
+one that key was published with: a token cannot pick its own algorithm (no `none`, no HS256 made
+with a public key as the HMAC secret).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import secrets
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import jwt
+
+from broker.refusals import (
+    AlgorithmNotAllowed,
+    BadSignature,
+    IssuedBeforeGateStart,
+    MalformedToken,
+    MissingClaim,
+    MissingToken,
+    TokenExpired,
+    TokenNotYetValid,
+    TokenRefusal,
+    UnknownKey,
+    WrongAudience,
+    WrongIssuer,
+)
+
+if TYPE_CHECKING:
+    from broker.signing_keys import PublicKeySet, SigningKey
+
+LEEWAY_SECONDS = 5
+DEFAULT_TTL_SECONDS = 30
+MAX_TTL_SECONDS = 300
+ALGORITHMS = ("EdDSA", "ES256")
+SCOPES = ("chat", "resume", "cancel")
+MAX_TOKEN_LENGTH = 8192
+"""Far above any token `mint` makes; refused before any decoding, so junk costs nothing."""
+REQUIRED_CLAIMS = ("iss", "aud", "sub", "iat", "nbf", "exp", "jti", "scope", "grant")
+
+_GRANT_REQUIRED = frozenset({"routes", "model", "max_tokens"})
+_GRANT_FIELDS = _GRANT_REQUIRED | {"uses", "origin", "conversation_id"}
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What one token may do at the gate: the `grant` claim."""
+
+    routes: tuple[tuple[str, str], ...]
+    model: str
+    max_tokens: int
+    uses: int = 1
+    origin: str | None = None
+    conversation_id: str | None = None
+
+    def __post_init__(self) -> None:
+        routes_ok = isinstance(self.routes, tuple) and all(
+            isinstance(r, tuple) and len(r) == 2 and isinstance(r[0], str) and isinstance(r[1], str)
+            for r in self.routes
+        )
+        if not routes_ok or not self.routes:
+            raise ValueError("routes must be a non-empty tuple of (method, path) pairs")
+        if not isinstance(self.model, str) or not self.model:
+            raise ValueError("model must be a non-empty string")
+        if not _is_int(self.max_tokens) or self.max_tokens < 1:
+            raise ValueError("max_tokens must be a positive integer")
+        if not _is_int(self.uses) or self.uses < 1:
+            raise ValueError("uses must be a positive integer")
+        for optional in (self.origin, self.conversation_id):
+            if optional is not None and (not isinstance(optional, str) or not optional):
+                raise ValueError("origin and conversation_id must be non-empty strings or None")
+
+    def to_claim(self) -> dict[str, Any]:
+        claim: dict[str, Any] = {
+            "routes": [list(route) for route in self.routes],
+            "model": self.model,
+            "max_tokens": self.max_tokens,
+            "uses": self.uses,
+        }
+        if self.origin is not None:
+            claim["origin"] = self.origin
+        if self.conversation_id is not None:
+            claim["conversation_id"] = self.conversation_id
+        return claim
+
+    @classmethod
+    def from_claim(cls, value: object) -> Grant:
+        """Rebuild a grant; an unknown field is refused, since an old gate must not drop a new limit."""
+        if not isinstance(value, dict) or not _GRANT_REQUIRED <= value.keys() <= _GRANT_FIELDS:
+            raise MalformedToken()
+        routes = value["routes"]
+        if not isinstance(routes, list) or not all(isinstance(route, list) for route in routes):
+            raise MalformedToken()
+        try:
+            return cls(
+                routes=tuple(tuple(route) for route in routes),
+                model=value["model"],
+                max_tokens=value["max_tokens"],
+                uses=value.get("uses", 1),
+                origin=value.get("origin"),
+                conversation_id=value.get("conversation_id"),
+            )
+        except ValueError:
+            raise MalformedToken() from None
+
+
+@dataclass(frozen=True)
+class Claims:
+    """A verified token's claims; `scope` is the RFC 8693 space-separated string."""
+
+    iss: str
+    aud: str
+    sub: str
+    iat: int
+    nbf: int
+    exp: int
+    jti: str
+    scope: str
+    grant: Grant
+
+    def to_payload(self) -> dict[str, Any]:
+        return {
+            "iss": self.iss,
+            "aud": self.aud,
+            "sub": self.sub,
+            "iat": self.iat,
+            "nbf": self.nbf,
+            "exp": self.exp,
+            "jti": self.jti,
+            "scope": self.scope,
+            "grant": self.grant.to_claim(),
+        }
+
+
+@dataclass(frozen=True)
+class MintedToken:
+    token: str
+    claims: Claims
+
+
+def mint(
+    key: SigningKey,
+    *,
+    issuer: str,
+    audience: str,
+    subject: str,
+    scope: str,
+    grant: Grant,
+    now: float,
+    ttl: int = DEFAULT_TTL_SECONDS,
+) -> MintedToken:
+    """Sign a token valid from the whole second `now` falls in, for `ttl` seconds at most."""
+    if not _is_int(ttl) or not 1 <= ttl <= MAX_TTL_SECONDS:
+        raise ValueError(f"ttl must be between 1 and {MAX_TTL_SECONDS} seconds")
+    if key.algorithm not in ALGORITHMS:
+        raise ValueError("the signing key's algorithm is not allowed")
+    if not scope or any(part not in SCOPES for part in scope.split(" ")):
+        raise ValueError(f"scope must be made of {', '.join(SCOPES)}")
+    if not (issuer and audience and subject):
+        raise ValueError("issuer, audience and subject must be non-empty")
+    iat = math.floor(now)
+    claims = Claims(
+        iss=issuer,
+        aud=audience,
+        sub=subject,
+        iat=iat,
+        nbf=iat,
+        exp=iat + ttl,
+        jti=secrets.token_urlsafe(16),
+        scope=scope,
+        grant=grant,
+    )
+    token = jwt.encode(
+        claims.to_payload(), key.private_key, algorithm=key.algorithm, headers={"kid": key.kid}
+    )
+    return MintedToken(token=token, claims=claims)
+
+
+def verify(
+    token: str,
+    *,
+    keys: PublicKeySet,
+    audience: str,
+    issuer: str,
+    now: float,
+    leeway: int = LEEWAY_SECONDS,
+    not_issued_before: int | None = None,
+) -> Claims:
+    """Check a token completely (except uses and revocation, which need state) or raise a `TokenRefusal`.
+
+    `not_issued_before` is the second the gate started: its replay cache is empty, so a token
+    issued earlier might already have been spent.
+    """
+    if not 0 <= leeway <= LEEWAY_SECONDS:
+        raise ValueError(f"leeway must be between 0 and {LEEWAY_SECONDS} seconds")
+    if not isinstance(token, str):
+        raise MalformedToken()
+    if not token:
+        raise MissingToken()
+    if len(token) > MAX_TOKEN_LENGTH:
+        raise MalformedToken()
+    algorithm, public_key = _key_for(token, keys)
+    try:
+        payload = _DECODER.decode(
+            token, public_key, algorithms=(algorithm,), audience=audience, issuer=issuer
+        )
+    except jwt.PyJWTError as exc:
+        raise _refusal_for(exc) from None
+    claims = _claims_from(payload)
+    if claims.exp <= now - leeway:
+        raise TokenExpired()
+    if claims.nbf > now + leeway or claims.iat > now + leeway:
+        raise TokenNotYetValid()
+    if not_issued_before is not None and claims.iat < not_issued_before:
+        raise IssuedBeforeGateStart()
+    return claims
+
+
+_DECODER = jwt.PyJWT(
+    {
+        "verify_exp": False,
+        "verify_nbf": False,
+        "verify_iat": False,
+        "require": list(REQUIRED_CLAIMS),
+        "strict_aud": True,
+    }
+)
+
+_REFUSALS: dict[type[jwt.PyJWTError], type[TokenRefusal]] = {
+    jwt.ExpiredSignatureError: TokenExpired,
+    jwt.ImmatureSignatureError: TokenNotYetValid,
+    jwt.InvalidAudienceError: WrongAudience,
+    jwt.InvalidIssuerError: WrongIssuer,
+    jwt.MissingRequiredClaimError: MissingClaim,
+    jwt.InvalidSignatureError: BadSignature,
+    jwt.InvalidAlgorithmError: AlgorithmNotAllowed,
+    jwt.DecodeError: MalformedToken,
+}
+
+
+def _refusal_for(exc: jwt.PyJWTError) -> TokenRefusal:
+    """The most specific refusal for a PyJWT error; anything unforeseen is a malformed token.
+
+    PyJWT's own time checks are off, yet their errors are mapped too: no PyJWT error may ever
+    reach a client as anything but a typed refusal.
+    """
+    for cls in type(exc).__mro__:
+        refusal = _REFUSALS.get(cls)
+        if refusal is not None:
+            return refusal()
+    return MalformedToken()
+
+
+def _key_for(token: str, keys: PublicKeySet) -> tuple[str, object]:
+    """Read the header just enough to pick the key; PyJWT then checks it strictly with the signature."""
+    segment = token.partition(".")[0]
+    try:
+        header = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    except (ValueError, RecursionError):
+        raise MalformedToken() from None
+    if not isinstance(header, dict):
+        raise MalformedToken()
+    alg = header.get("alg")
+    if alg not in ALGORITHMS:
+        raise AlgorithmNotAllowed()
+    kid = header.get("kid")
+    entry = keys.keys.get(kid) if isinstance(kid, str) else None
+    if entry is None:
+        raise UnknownKey()
+    if entry[0] != alg:
+        raise AlgorithmNotAllowed()
+    return entry
+
+
+def _claims_from(payload: dict[str, Any]) -> Claims:
+    strings = (payload["iss"], payload["aud"], payload["sub"], payload["jti"], payload["scope"])
+    times = (payload["iat"], payload["nbf"], payload["exp"])
+    if not all(isinstance(s, str) and s for s in strings) or not all(_is_int(t) for t in times):
+        raise MalformedToken()
+    if payload["exp"] - payload["iat"] > MAX_TTL_SECONDS:
+        raise MalformedToken()
+    return Claims(
+        iss=payload["iss"],
+        aud=payload["aud"],
+        sub=payload["sub"],
+        iat=payload["iat"],
+        nbf=payload["nbf"],
+        exp=payload["exp"],
+        jti=payload["jti"],
+        scope=payload["scope"],
+        grant=Grant.from_claim(payload["grant"]),
+    )
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -1,0 +1,282 @@
+"""The direct lane's request-head check: (head, claims) -> the one upstream target, or a refusal.
+
+Pure: no sockets, no asyncio. The gate calls `check_request` once per request, after the token
+verified and before any byte reaches llama-server. Everything here is a comparison against an
+exact string; nothing is normalised, because a normaliser that disagrees with llama-server's (or
+with a reverse proxy's) is how a path like `/direct/v1/%2e%2e/props` reaches a route no token
+grants. So anything a normaliser could rewrite into a lane route is refused outright (400), and a
+well-formed path that is not a lane route, `/V1/...` included, is simply not found (404).
+
+The lane routes are fixed here; a grant can only narrow them. `/v1/streams/lookup` would list
+other users' conversations, so it is never routable, whatever a grant says.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import quote
+
+from broker.refusals import RequestRefusal
+from broker.tokens import Claims, Grant
+
+RouteKind = Literal["chat", "resume", "cancel"]
+
+LANE_ROUTES: dict[tuple[str, str], RouteKind] = {
+    ("POST", "/v1/chat/completions"): "chat",
+    ("GET", "/v1/stream"): "resume",
+    ("DELETE", "/v1/stream"): "cancel",
+}
+"""(method, path under the lane) -> the RFC 8693 scope a token needs for it."""
+
+NEVER_ROUTED = frozenset({"/v1/streams/lookup"})
+
+PREFLIGHT_METHODS = ("GET", "POST", "DELETE")
+PREFLIGHT_HEADERS = ("authorization", "content-type", "x-conversation-id")
+PREFLIGHT_MAX_AGE = 600
+
+_STREAM_PATH = "/v1/stream"
+_ENCODED_SEPARATOR = re.compile(r"%(2e|2f|5c)", re.IGNORECASE)
+_CONTROL = re.compile(r"[\x00-\x20\x7f]")
+_PERCENT_TRIPLET = re.compile(r"%([0-9A-Fa-f]{2})")
+_DIGITS = re.compile(r"[0-9]{1,18}")
+_SINGLE_HEADERS = (b"origin", b"x-conversation-id", b"content-type", b"content-encoding")
+
+
+@dataclass(frozen=True)
+class RequestHead:
+    """What the gate knows of a request before its body: h11's method, raw target and headers."""
+
+    method: str
+    target: bytes
+    headers: list[tuple[bytes, bytes]]
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where an allowed request goes: the target llama-server receives, with the lane prefix gone.
+
+    `conversation_id` is the grant's, for the shell to send as `X-Conversation-Id` on a chat: the
+    client's own header never travels on.
+    """
+
+    method: str
+    upstream_target: str
+    kind: RouteKind
+    conversation_id: str | None
+
+
+def check_request(head: RequestHead, claims: Claims, *, lane_prefix: str = "/direct") -> Route:
+    """The route this request may take under `claims`, or a `RequestRefusal` saying why not."""
+    path, query = _split_target(head.target)
+    lane_path = _lane_path(path, lane_prefix)
+    grant = claims.grant
+    kind = _granted_kind(head.method, lane_path, grant)
+    if kind not in claims.scope.split():
+        raise RequestRefusal(403, "scope_mismatch", "The token's scope does not cover this route.")
+    headers = _single_headers(head.headers)
+    _check_origin(head.method, headers, head.headers, grant)
+    _check_conversation_header(kind, headers.get(b"x-conversation-id"), grant)
+    if kind == "chat":
+        _check_json_body_headers(headers)
+        if query is not None:
+            raise RequestRefusal(400, "bad_query", "This route takes no query string.")
+        return Route(head.method, lane_path, kind, grant.conversation_id)
+    return Route(head.method, _stream_target(kind, query, grant), kind, grant.conversation_id)
+
+
+def allowed_preflight(
+    origin: str,
+    allowed_origins: frozenset[str],
+    requested_method: str | None,
+    requested_headers: str | None,
+) -> list[tuple[bytes, bytes]] | RequestRefusal:
+    """The CORS headers for a preflight the gate answers itself in two-port mode, or the refusal.
+
+    Only the app's own origins get an answer, and only for what the lane serves, so a page on
+    another origin cannot even learn which headers the lane would take. No credentials are
+    allowed: the lane authenticates with a bearer token, never a cookie.
+    """
+    if origin not in allowed_origins:
+        return RequestRefusal(403, "origin_not_allowed", "This origin may not call the direct lane.")
+    if requested_method is None:
+        return RequestRefusal(400, "bad_preflight", "A preflight needs Access-Control-Request-Method.")
+    if requested_method not in PREFLIGHT_METHODS:
+        return RequestRefusal(405, "method_not_allowed", "The direct lane allows only GET, POST and DELETE.")
+    names = [name.strip().lower() for name in (requested_headers or "").split(",")]
+    if any(name and name not in PREFLIGHT_HEADERS for name in names):
+        return RequestRefusal(
+            403,
+            "header_not_allowed",
+            "The direct lane allows only the Authorization, Content-Type and X-Conversation-Id headers.",
+        )
+    return [
+        (b"access-control-allow-origin", origin.encode("latin-1")),
+        (b"access-control-allow-methods", ", ".join(PREFLIGHT_METHODS).encode()),
+        (b"access-control-allow-headers", b"Authorization, Content-Type, X-Conversation-Id"),
+        (b"access-control-max-age", str(PREFLIGHT_MAX_AGE).encode()),
+        (b"vary", b"Origin"),
+    ]
+
+
+def _split_target(target: bytes) -> tuple[str, str | None]:
+    """The path and the raw query (None when there is no `?` at all) of an origin-form target."""
+    try:
+        text = target.decode("ascii")
+    except UnicodeDecodeError:
+        raise RequestRefusal(400, "bad_target", "The request target must be ASCII.") from None
+    if not text.startswith("/"):
+        raise RequestRefusal(400, "bad_target", "The request target must be a path starting with '/'.")
+    if _CONTROL.search(text):
+        raise RequestRefusal(400, "bad_target", "The request target holds control characters or spaces.")
+    if "#" in text:
+        raise RequestRefusal(400, "bad_target", "The request target must not hold a fragment.")
+    path, mark, query = text.partition("?")
+    _check_unambiguous(path)
+    return path, query if mark else None
+
+
+def _check_unambiguous(path: str) -> None:
+    """Refuse every spelling that some normaliser would turn into a different path."""
+    if "\\" in path:
+        raise RequestRefusal(400, "ambiguous_path", "The path must not hold a backslash.")
+    if _ENCODED_SEPARATOR.search(path):
+        raise RequestRefusal(
+            400, "ambiguous_path", "The path must not hold percent-encoded dots, slashes or backslashes."
+        )
+    if "%" in path:
+        raise RequestRefusal(400, "ambiguous_path", "The path must not be percent-encoded.")
+    if "//" in path:
+        raise RequestRefusal(400, "ambiguous_path", "The path must not hold empty segments ('//').")
+    if any(segment in (".", "..") for segment in path.split("/")):
+        raise RequestRefusal(400, "ambiguous_path", "The path must not hold '.' or '..' segments.")
+    if len(path) > 1 and path.endswith("/"):
+        raise RequestRefusal(400, "ambiguous_path", "The path must not end with a slash.")
+
+
+def _no_such_route() -> RequestRefusal:
+    return RequestRefusal(404, "no_such_route", "No such route on the direct lane.")
+
+
+def _lane_path(path: str, lane_prefix: str) -> str:
+    if not path.startswith(lane_prefix + "/"):
+        raise _no_such_route()
+    return path[len(lane_prefix) :]
+
+
+def _granted_kind(method: str, lane_path: str, grant: Grant) -> RouteKind:
+    """The scope of (method, path) when both the lane and the grant have it; else 404 or 405."""
+    if lane_path in NEVER_ROUTED:
+        raise _no_such_route()
+    granted = {route for route in grant.routes if route in LANE_ROUTES}
+    if (method, lane_path) in granted:
+        return LANE_ROUTES[(method, lane_path)]
+    methods = sorted(m for m, p in granted if p == lane_path)
+    if methods:
+        allowed = " or ".join(methods)
+        raise RequestRefusal(405, "method_not_allowed", f"This token allows this route only with {allowed}.")
+    raise _no_such_route()
+
+
+def _single_headers(headers: list[tuple[bytes, bytes]]) -> dict[bytes, str]:
+    """The headers this check reads, each of which must appear at most once."""
+    found: dict[bytes, str] = {}
+    for name, value in headers:
+        if name not in _SINGLE_HEADERS:
+            continue
+        if name in found:
+            label = name.decode().title()
+            raise RequestRefusal(400, "duplicate_header", f"The {label} header must appear at most once.")
+        found[name] = value.decode("latin-1")
+    return found
+
+
+def _check_origin(method: str, headers: dict[bytes, str], raw: list[tuple[bytes, bytes]], grant: Grant) -> None:
+    """A browser always names its origin on a POST; a same-origin GET is the one it may leave out."""
+    origin = headers.get(b"origin")
+    if grant.origin is None:
+        if origin is not None:
+            raise RequestRefusal(403, "origin_not_allowed", "This token was issued for use without an Origin header.")
+        return
+    if origin is None:
+        sites = [value for name, value in raw if name == b"sec-fetch-site"]
+        if method in ("GET", "HEAD") and sites == [b"same-origin"]:
+            return
+        raise RequestRefusal(403, "origin_required", "This token needs the Origin it was issued for.")
+    if origin != grant.origin:
+        raise RequestRefusal(403, "origin_mismatch", "The Origin does not match the token's origin.")
+
+
+def _check_conversation_header(kind: RouteKind, value: str | None, grant: Grant) -> None:
+    """llama-server replaces a live stream that has the same id, so only the grant's id may pass."""
+    if grant.conversation_id is None:
+        if value is not None:
+            raise RequestRefusal(
+                403, "conversation_not_granted", "This token names no conversation: drop X-Conversation-Id."
+            )
+        return
+    if value is None:
+        if kind == "chat":
+            raise RequestRefusal(400, "missing_conversation_id", "This token needs the X-Conversation-Id it names.")
+        return
+    if value != grant.conversation_id:
+        raise RequestRefusal(403, "conversation_mismatch", "X-Conversation-Id does not match the token's conversation.")
+
+
+def _check_json_body_headers(headers: dict[bytes, str]) -> None:
+    """The body is parsed as plain UTF-8 JSON, so anything else is refused before it is read."""
+    media_type = headers.get(b"content-type", "").split(";", 1)[0].strip().lower()
+    if media_type != "application/json":
+        raise RequestRefusal(415, "unsupported_media_type", "The body must be application/json.")
+    if headers.get(b"content-encoding", "identity").strip().lower() != "identity":
+        raise RequestRefusal(415, "unsupported_encoding", "The body must not be content-encoded.")
+
+
+def _stream_target(kind: RouteKind, query: str | None, grant: Grant) -> str:
+    """`/v1/stream` with only the grant's `conv_id` and, to resume, a byte offset `from`."""
+    params = _parse_query(query)
+    allowed = {"conv_id", "from"} if kind == "resume" else {"conv_id"}
+    if not params.keys() <= allowed:
+        names = " and ".join(sorted(allowed))
+        raise RequestRefusal(400, "bad_query", f"This route takes only {names} in its query.")
+    conv_id = params.get("conv_id")
+    if conv_id is None:
+        raise RequestRefusal(400, "bad_query", "This route needs conv_id in its query.")
+    if grant.conversation_id is None:
+        raise RequestRefusal(403, "conversation_not_granted", "This token names no conversation.")
+    if conv_id != grant.conversation_id:
+        raise RequestRefusal(403, "conversation_mismatch", "conv_id does not match the token's conversation.")
+    target = f"{_STREAM_PATH}?conv_id={quote(conv_id, safe='')}"
+    offset = params.get("from")
+    if offset is None:
+        return target
+    if not _DIGITS.fullmatch(offset):
+        raise RequestRefusal(400, "bad_query", "from must be a non-negative integer.")
+    return f"{target}&from={int(offset)}"
+
+
+def _parse_query(query: str | None) -> dict[str, str]:
+    """Name -> value; repeated, empty or oddly encoded parameters are refused, never guessed at."""
+    if not query:
+        return {}
+    params: dict[str, str] = {}
+    for pair in query.split("&"):
+        name, mark, value = pair.partition("=")
+        if not mark or not name:
+            raise RequestRefusal(400, "bad_query", "Each query parameter must be name=value.")
+        if name in params:
+            raise RequestRefusal(400, "bad_query", "A query parameter must appear at most once.")
+        params[name] = _decode_query_value(value)
+    return params
+
+
+def _decode_query_value(value: str) -> str:
+    """Strict percent-decoding: `+` (a space, or a plus?) and a stray `%` are refused."""
+    if "+" in value or _PERCENT_TRIPLET.sub("", value).count("%"):
+        raise RequestRefusal(400, "bad_query", "A query value is not validly encoded.")
+    raw = _PERCENT_TRIPLET.sub(lambda m: chr(int(m.group(1), 16)), value)
+    try:
+        return raw.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        raise RequestRefusal(400, "bad_query", "A query value is not validly encoded.") from None

@@ -1,0 +1,384 @@
+"""The chat body the gate forwards: rebuilt from an allow-list, never passed through.
+
+Pure: bytes in, bytes out, or a `RequestRefusal`. It runs once per chat request on either lane
+(the broker's baseline comes through the gate too), so the rules below hold for every generation.
+
+llama-server copies every top-level field of an OpenAI chat body into its own request parameters
+(`oaicompat_chat_params_parse`, then `server_schema::make_llama_cmpl_schema`), so a field the
+client sends can pick a slot, load an adapter, replace the sampler chain or lift the length
+limit. Hence three lists:
+
+- `ALLOWED_FIELDS` are forwarded, checked where they matter (`model`, `n`, `top_logprobs`, the
+  length fields, `messages`).
+- `DENIED_FIELDS` are refused with a 400 naming the field: each reaches into the server (slots,
+  adapters, KV cache, context shifting, raw prompts and grammars, the sampler chain, template
+  internals) or removes a bound (`ignore_eos`, `t_max_predict_ms`, `n_probs`, `logit_bias`
+  banning the end token). A client that sends one meant it, so it learns that the lane will not.
+- Any other field is dropped: OpenAI clients send fields llama-server ignores anyway.
+
+Length: `max_tokens`, `max_completion_tokens` and `n_predict` are aliases to llama-server, which
+takes the first present in that order, so each one present must be within the grant's cap, and a
+body with none gets `max_tokens` set to the cap. `null`, and `n_predict: -1` (unlimited), count
+as absent: llama-server reads `null` as "use the default", which is unbounded.
+
+Shaping its own output again yields the same bytes, so a body shaped by the broker and again by
+the gate is unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from broker.refusals import RequestRefusal
+from broker.tokens import Grant
+from llama_launcher.gate.images import shape_image_url
+
+SAMPLER_FIELDS = frozenset(
+    {
+        "dry_multiplier",
+        "dry_base",
+        "dry_allowed_length",
+        "dry_penalty_last_n",
+        "dry_sequence_breakers",
+        "xtc_probability",
+        "xtc_threshold",
+        "mirostat",
+        "mirostat_tau",
+        "mirostat_eta",
+    }
+)
+"""Extra samplers: plain numbers that llama-server clamps or bounds itself; each step's cost is
+bounded by the context, and the generation by the length cap."""
+
+LENGTH_FIELDS = ("max_tokens", "max_completion_tokens", "n_predict")
+
+ALLOWED_FIELDS = (
+    frozenset(
+        {
+            "messages",
+            "model",
+            "stream",
+            "stream_options",
+            "temperature",
+            "top_p",
+            "top_k",
+            "min_p",
+            "typical_p",
+            "presence_penalty",
+            "frequency_penalty",
+            "repeat_penalty",
+            "repeat_last_n",
+            "seed",
+            "stop",
+            "tools",
+            "tool_choice",
+            "parallel_tool_calls",
+            "response_format",
+            "logprobs",
+            "top_logprobs",
+            "return_progress",
+            "timings_per_token",
+            "cache_prompt",
+            "chat_template_kwargs",
+            "reasoning_format",
+            "reasoning_effort",
+            "n",
+            "user",
+        }
+    )
+    | frozenset(LENGTH_FIELDS)
+    | SAMPLER_FIELDS
+)
+
+DENIED_FIELDS = frozenset(
+    {
+        # slots, adapters and the KV cache
+        "id_slot",
+        "slot_id",
+        "lora",
+        "n_cmpl",
+        "n_keep",
+        "n_discard",
+        "n_cache_reuse",
+        # bounds and time limits
+        "t_max_predict_ms",
+        "t_max_prompt_ms",
+        "ignore_eos",
+        "logit_bias",
+        "n_probs",
+        "post_sampling_probs",
+        "min_keep",
+        "sse_ping_interval",
+        # the sampler chain and constrained decoding, set by the server from the template
+        "samplers",
+        "backend_sampling",
+        "grammar",
+        "grammar_lazy",
+        "grammar_triggers",
+        "grammar_type",
+        "json_schema",
+        "preserved_tokens",
+        # the prompt and the template's internals
+        "prompt",
+        "tokens",
+        "input_prefix",
+        "input_suffix",
+        "input_extra",
+        "chat_format",
+        "chat_parser",
+        "generation_prompt",
+        "parse_tool_calls",
+        "message_delimiters",
+        "add_generation_prompt",
+        "continue_final_message",
+        "echo",
+        # reasoning budget, forced by the server from the template
+        "reasoning_budget_tokens",
+        "thinking_budget_tokens",
+        "reasoning_budget_message",
+        "reasoning_budget_start_tag",
+        "reasoning_budget_end_tag",
+        "reasoning_budget_end_tags",
+        "reasoning_control",
+        # debugging output
+        "verbose",
+        "response_fields",
+        "return_tokens",
+    }
+)
+
+MAX_TOP_LOGPROBS = 20
+"""OpenAI's own limit; llama-server has none, and every generated token carries that many."""
+
+
+@dataclass(frozen=True)
+class ShapingPolicy:
+    """The gate's limits for one model. `vision` comes from llama-server's `/props`."""
+
+    max_body_bytes: int = 20 * 1024 * 1024
+    max_json_depth: int = 64
+    vision: bool = False
+    max_image_bytes: int = 10 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+    max_images: int = 8
+
+
+def shape_chat_body(body: bytes, grant: Grant, policy: ShapingPolicy) -> bytes:
+    """The compact JSON body to forward to llama-server's chat route, or a `RequestRefusal`."""
+    request = _decode(body, policy)
+    denied = sorted(DENIED_FIELDS & request.keys())
+    if denied:
+        raise RequestRefusal(400, "field_not_allowed", f"The field '{denied[0]}' is not allowed on the direct lane.")
+    request = _merge_repetition_penalty(request)
+    shaped = {name: value for name, value in request.items() if name in ALLOWED_FIELDS}
+    _check_model(shaped, grant)
+    _check_n(shaped)
+    _check_logprobs(shaped)
+    _cap_length(shaped, grant.max_tokens)
+    messages = _shape_messages(shaped.get("messages"), request.get("image_base64"), policy)
+    shaped["messages"] = messages
+    try:
+        return json.dumps(shaped, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise RequestRefusal(400, "invalid_json", "The body holds an invalid unicode escape.") from None
+
+
+def _decode(body: bytes, policy: ShapingPolicy) -> dict[str, Any]:
+    if len(body) > policy.max_body_bytes:
+        raise RequestRefusal(413, "body_too_large", f"The body is larger than {policy.max_body_bytes} bytes.")
+    try:
+        value = json.loads(
+            body.decode("utf-8"),
+            object_pairs_hook=_unique_keys,
+            parse_constant=_refuse_constant,
+            parse_float=_finite_float,
+        )
+    except RecursionError:
+        raise _too_deep(policy) from None
+    except (UnicodeDecodeError, ValueError):
+        raise RequestRefusal(400, "invalid_json", "The body is not valid UTF-8 JSON.") from None
+    if not isinstance(value, dict):
+        raise RequestRefusal(400, "not_an_object", "The body must be a JSON object.")
+    if _depth(value) > policy.max_json_depth:
+        raise _too_deep(policy)
+    return value
+
+
+def _too_deep(policy: ShapingPolicy) -> RequestRefusal:
+    return RequestRefusal(400, "json_too_deep", f"The body nests deeper than {policy.max_json_depth} levels.")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """Python keeps the last of two equal keys and other parsers the first, so neither is guessed."""
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise ValueError("duplicate key")
+    return result
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError("NaN and Infinity are not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("a number too large for a float")
+    return value
+
+
+def _depth(value: object) -> int:
+    """Nesting depth without recursion, so a deep body costs a loop, not the stack."""
+    deepest = 0
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def _merge_repetition_penalty(request: dict[str, Any]) -> dict[str, Any]:
+    """`repetition_penalty` (the Hugging Face name) is llama-server's `repeat_penalty`."""
+    if "repetition_penalty" not in request:
+        return request
+    value = request["repetition_penalty"]
+    if "repeat_penalty" in request and request["repeat_penalty"] != value:
+        raise RequestRefusal(
+            400, "conflicting_fields", "repetition_penalty and repeat_penalty differ: send one of them."
+        )
+    renamed: dict[str, Any] = {}
+    for name, item in request.items():
+        if name == "repetition_penalty":
+            renamed.setdefault("repeat_penalty", value)
+        elif name != "repeat_penalty":
+            renamed[name] = item
+        else:
+            renamed.setdefault("repeat_penalty", item)
+    return renamed
+
+
+def _check_model(shaped: dict[str, Any], grant: Grant) -> None:
+    model = shaped.get("model")
+    if model is None:
+        shaped["model"] = grant.model
+    elif model != grant.model:
+        raise RequestRefusal(403, "model_mismatch", "The model is not the one the token was issued for.")
+
+
+def _check_n(shaped: dict[str, Any]) -> None:
+    """Several completions would each take a slot; llama-server reads `n` as `n_cmpl`."""
+    value = shaped.get("n")
+    if value is not None and not (_is_int(value) and value == 1):
+        raise RequestRefusal(400, "n_not_supported", "The direct lane generates one choice: n must be 1.")
+
+
+def _check_logprobs(shaped: dict[str, Any]) -> None:
+    """A non-boolean `logprobs` reaches llama-server as `n_probs` (its alias), past `top_logprobs`."""
+    logprobs = shaped.get("logprobs")
+    if logprobs is not None and not isinstance(logprobs, bool):
+        raise RequestRefusal(400, "bad_field", "logprobs must be true or false.")
+    top = shaped.get("top_logprobs")
+    if top is not None and not (_is_int(top) and 0 <= top <= MAX_TOP_LOGPROBS):
+        raise RequestRefusal(
+            400, "top_logprobs_over_cap", f"top_logprobs must be an integer from 0 to {MAX_TOP_LOGPROBS}."
+        )
+
+
+def _cap_length(shaped: dict[str, Any], cap: int) -> None:
+    """Hold every length alias to the cap, and set the cap when the body names none."""
+    for name in LENGTH_FIELDS:
+        if name not in shaped:
+            continue
+        value = shaped[name]
+        if value is None or (name == "n_predict" and _is_int(value) and value == -1):
+            del shaped[name]
+            continue
+        if not _is_int(value) or value < 1:
+            raise RequestRefusal(400, "bad_length", f"{name} must be an integer from 1 to {cap}.")
+        if value > cap:
+            raise RequestRefusal(400, "length_over_cap", f"{name} may be at most {cap} on this token.")
+    if not any(name in shaped for name in LENGTH_FIELDS):
+        shaped["max_tokens"] = cap
+
+
+def _shape_messages(messages: object, legacy_image: object, policy: ShapingPolicy) -> list[Any]:
+    if not isinstance(messages, list) or not messages:
+        raise RequestRefusal(400, "bad_messages", "messages must be a non-empty list.")
+    images = _ImageCounter(policy)
+    shaped = [_shape_message(index, message, images) for index, message in enumerate(messages)]
+    if legacy_image is not None:
+        _append_legacy_image(shaped, legacy_image, images)
+    return shaped
+
+
+class _ImageCounter:
+    """Shapes each image in turn and refuses the one past `max_images`."""
+
+    def __init__(self, policy: ShapingPolicy) -> None:
+        self.policy = policy
+        self.count = 0
+
+    def shape(self, url: object, part: str) -> str:
+        if not self.policy.vision:
+            raise RequestRefusal(400, "vision_not_supported", "This model does not accept images.")
+        self.count += 1
+        if self.count > self.policy.max_images:
+            raise RequestRefusal(400, "too_many_images", f"A request may hold at most {self.policy.max_images} images.")
+        if not isinstance(url, str):
+            raise RequestRefusal(400, "bad_image", f"{part}: the image URL must be a string.")
+        return shape_image_url(url, part=part, policy=self.policy)
+
+
+def _shape_message(index: int, message: object, images: _ImageCounter) -> dict[str, Any]:
+    where = f"messages[{index}]"
+    if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+        raise RequestRefusal(400, "bad_messages", f"{where} must be an object with a string role.")
+    content = message.get("content")
+    if content is None or isinstance(content, str):
+        return message
+    if not isinstance(content, list):
+        raise RequestRefusal(400, "bad_messages", f"{where}.content must be a string or a list of parts.")
+    parts = [_shape_part(f"{where}.content[{i}]", part, images) for i, part in enumerate(content)]
+    return {**message, "content": parts}
+
+
+def _shape_part(where: str, part: object, images: _ImageCounter) -> dict[str, Any]:
+    """Text passes; an image is rebuilt around its shaped URL; audio, video and the rest are refused."""
+    if isinstance(part, dict) and part.get("type") == "text":
+        return part
+    if isinstance(part, dict) and part.get("type") == "image_url":
+        image_url = part.get("image_url")
+        url = image_url.get("url") if isinstance(image_url, dict) else None
+        return {"type": "image_url", "image_url": {"url": images.shape(url, where)}}
+    raise RequestRefusal(400, "bad_content_part", f"{where}: only text and image_url parts are accepted.")
+
+
+def _append_legacy_image(messages: list[Any], image: object, images: _ImageCounter) -> None:
+    """Old clients send one top-level `image_base64`; it belongs to the last user message."""
+    users = [i for i, message in enumerate(messages) if message["role"] == "user"]
+    if not users:
+        raise RequestRefusal(400, "bad_messages", "image_base64 needs a user message to attach to.")
+    last = users[-1]
+    if not isinstance(image, str):
+        raise RequestRefusal(400, "bad_image", "image_base64: the image must be a base64 string.")
+    url = image if image.startswith("data:") else f"data:image/png;base64,{image}"
+    content = messages[last].get("content")
+    parts: list[Any] = [] if content is None else [{"type": "text", "text": content}]
+    if isinstance(content, list):
+        parts = list(content)
+    part = {"type": "image_url", "image_url": {"url": images.shape(url, "image_base64")}}
+    messages[last] = {**messages[last], "content": [*parts, part]}
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

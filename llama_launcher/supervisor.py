@@ -1,0 +1,269 @@
+"""``serve``'s parent process: the runtime dir, the public socket, two children, the ready line.
+
+The parent holds no key. It binds the public port once and hands the listening socket to each
+gate process it starts, so a gate restart loses no connection attempt. Each child runs in its own
+process group, so a Ctrl-C reaches only the parent, which then stops the broker first and the gate
+second (the gate stops llama-server): nothing respawns halfway through a shutdown.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import httpx
+
+from broker.ids import load_or_create_ids
+from llama_launcher.errors import LauncherError
+from llama_launcher.launch_spec import LaunchSpec
+from llama_launcher.paths import make_runtime_dir
+from llama_launcher.progress import Progress
+
+log = logging.getLogger("llama_direct.serve")
+
+PR_SET_PDEATHSIG = 1
+
+
+@dataclass
+class StackPlan:
+    """Everything decided before any child starts; built by the CLI from flags and environment."""
+
+    host: str
+    port: int
+    data_dir: Path
+    launch: LaunchSpec
+    access_token: str
+    broker_settings: dict[str, object]
+    gate_settings: dict[str, object]
+    upstream_key: str | None = None
+    tls: bool = False
+    public_url: str | None = None
+
+
+def _child_setup(parent_pid: int) -> None:
+    """In the child before exec: die with the parent even if it is SIGKILLed."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def bind_public(host: str, port: int) -> socket.socket:
+    """Bind before anything starts, so a busy port is a one-line error and ``--port 0`` needs no race."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        raise LauncherError(f"cannot resolve --host {host}") from None
+    family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as error:
+        sock.close()
+        if error.errno == 98:
+            raise LauncherError(f"port {port} on {host} is already in use; choose another with --port") from None
+        raise LauncherError(f"cannot listen on {host}:{port}: {error.strerror}") from None
+    sock.listen(1024)
+    sock.set_inheritable(True)
+    return sock
+
+
+class DataDirLock:
+    """Two instances never share one data dir: their keys and ids would fight."""
+
+    def __init__(self, data_dir: Path) -> None:
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._handle: IO[str] = open(data_dir / ".lock", "w")  # noqa: SIM115 - held for the process lifetime
+        try:
+            fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._handle.close()
+            raise LauncherError(f"another llama-direct serve is using the data dir {data_dir}") from None
+
+
+class Stack:
+    def __init__(self, plan: StackPlan) -> None:
+        self.plan = plan
+        self.lock = DataDirLock(plan.data_dir)
+        self.runtime = make_runtime_dir()
+        self.public = bind_public(plan.host, plan.port)
+        self.port = self.public.getsockname()[1]
+        self.gate: subprocess.Popen[bytes] | None = None
+        self.broker: subprocess.Popen[bytes] | None = None
+        self.stopping = threading.Event()
+        self._write_configs()
+
+    @property
+    def gate_socket(self) -> Path:
+        return self.runtime / "gate.sock"
+
+    @property
+    def broker_socket(self) -> Path:
+        return self.runtime / "broker.sock"
+
+    def _write_configs(self) -> None:
+        sockets = {
+            "broker_socket": str(self.broker_socket),
+            "control_socket": str(self.runtime / "control.sock"),
+            "gate_socket": str(self.gate_socket),
+        }
+        broker = {**self.plan.broker_settings, **sockets, "data_dir": str(self.plan.data_dir)}
+        ids = load_or_create_ids(self.plan.data_dir)
+        gate = {
+            **self.plan.gate_settings, **sockets, "private_socket": str(self.gate_socket),
+            "audience": ids.gate_id, "issuer": ids.broker_id,
+        }
+        gate.pop("gate_socket")
+        (self.runtime / "broker.json").write_text(json.dumps(broker, indent=2))
+        (self.runtime / "gate.json").write_text(json.dumps(gate, indent=2))
+        self.plan.launch.write(self.runtime / "launch.json")
+
+    def _env(self, **extra: str) -> dict[str, str]:
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("LLAMA_DIRECT_ACCESS_TOKEN", "LLAMA_DIRECT_UPSTREAM_KEY", "LLAMA_API_KEY")
+        }
+        env["LLAMA_DIRECT_RUNTIME"] = str(self.runtime)
+        env["LLAMA_DIRECT_BROKER_CONFIG"] = str(self.runtime / "broker.json")
+        env.update(extra)
+        return env
+
+    def _spawn(self, module: str, env: dict[str, str], pass_fds: tuple[int, ...] = ()) -> subprocess.Popen[bytes]:
+        parent = os.getpid()
+        return subprocess.Popen(
+            [sys.executable, "-m", module],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            pass_fds=pass_fds,
+            process_group=0,
+            preexec_fn=lambda: _child_setup(parent),
+        )
+
+    def start_broker(self) -> None:
+        if self.broker is None:
+            log.info("runtime dir=%s public=%s:%d", self.runtime, self.plan.host, self.port)
+        self.broker = self._spawn("broker", self._env(LLAMA_DIRECT_ACCESS_TOKEN=self.plan.access_token))
+        log.info("broker started pid=%d", self.broker.pid)
+
+    def start_gate(self) -> None:
+        extra = {"LLAMA_DIRECT_PUBLIC_FD": str(self.public.fileno())}
+        if self.plan.upstream_key:
+            extra["LLAMA_DIRECT_UPSTREAM_KEY"] = self.plan.upstream_key
+        self.gate = self._spawn("llama_launcher.gate", self._env(**extra), pass_fds=(self.public.fileno(),))
+        log.info("gate started pid=%d", self.gate.pid)
+
+    def wait_ready(self, timeout: float = 900.0) -> None:
+        progress = Progress("starting")
+        deadline = time.monotonic() + timeout
+        gate = httpx.Client(transport=httpx.HTTPTransport(uds=str(self.gate_socket)), timeout=2.0)
+        broker = httpx.Client(transport=httpx.HTTPTransport(uds=str(self.broker_socket)), timeout=2.0)
+        with gate, broker:
+            while not self.stopping.is_set():
+                for name, child in (("gate", self.gate), ("broker", self.broker)):
+                    if child is not None and child.poll() is not None:
+                        raise LauncherError(f"the {name} process exited with code {child.returncode} while starting")
+                if time.monotonic() > deadline:
+                    raise LauncherError(f"not ready within {timeout:.0f} s")
+                state = _probe(gate, "http://gate/health")
+                broker_up = _probe(broker, "http://broker/.well-known/jwks.json") is not None
+                if state and state.get("model_ready") and broker_up:
+                    return
+                progress.say("loading the model" if state else "waiting for the gate and the broker")
+                time.sleep(0.1)
+
+    def ready_url(self) -> str:
+        if self.plan.public_url:
+            base = self.plan.public_url.rstrip("/")
+        else:
+            host = self.plan.host
+            if host in ("0.0.0.0", "::", ""):
+                host = "127.0.0.1"
+            if ":" in host:
+                host = f"[{host}]"
+            base = f"{'https' if self.plan.tls else 'http'}://{host}:{self.port}"
+        return f"{base}/?token={self.plan.access_token}"
+
+    def supervise(self) -> None:
+        """Restart a child that dies on its own; return once a stop was asked for."""
+        backoff = {"gate": 0.5, "broker": 0.5}
+        while not self.stopping.wait(0.2):
+            for name in ("broker", "gate"):
+                child = self.broker if name == "broker" else self.gate
+                if child is None or child.poll() is None:
+                    continue
+                log.warning(
+                    "%s exited unexpectedly code=%s; restarting in %.1fs", name, child.returncode, backoff[name]
+                )
+                if self.stopping.wait(backoff[name]):
+                    return
+                backoff[name] = min(backoff[name] * 2, 10.0)
+                (self.start_broker if name == "broker" else self.start_gate)()
+
+    def shutdown(self) -> None:
+        self.stopping.set()
+        for name, child, grace in (("broker", self.broker, 10.0), ("gate", self.gate, 15.0)):
+            if child is None or child.poll() is not None:
+                continue
+            child.send_signal(signal.SIGTERM)
+            try:
+                child.wait(grace)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop within %.0f s; killing it", name, grace)
+                os.killpg(child.pid, signal.SIGKILL)
+                child.wait()
+        self.public.close()
+        shutil.rmtree(self.runtime, ignore_errors=True)
+
+
+def _probe(client: httpx.Client, url: str) -> dict[str, object] | None:
+    try:
+        response = client.get(url)
+    except httpx.HTTPError:
+        return None
+    if response.status_code != 200:
+        return None
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def run(plan: StackPlan) -> int:
+    """Start everything, print the ready line, and stop cleanly with 0 on SIGINT or SIGTERM."""
+    stack = Stack(plan)
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("signal=%s shutting down", signal.Signals(signum).name)
+        stack.stopping.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        stack.start_broker()
+        stack.start_gate()
+        stack.wait_ready()
+        if not stack.stopping.is_set():
+            print(f"llama-direct ready: {stack.ready_url()}", flush=True)
+            stack.supervise()
+    except LauncherError as error:
+        print(f"llama-direct: error: {error}", file=sys.stderr, flush=True)
+        stack.shutdown()
+        return 1
+    stack.shutdown()
+    return 0
