@@ -1,119 +1,12 @@
-"""A whole `llama-direct serve` stack (parent, broker, gate, real llama-server) for end-to-end tests."""
+"""Fixtures for the real-server tests: a whole serve stack per test module."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import re
-import signal
-import subprocess
-import sys
-import tempfile
-import time
-import urllib.parse
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import pytest
-
-READY = re.compile(r"llama-direct ready: (?P<url>https?://\S+)")
-RUNTIME = re.compile(r"runtime dir=(?P<path>\S+)")
-
-
-@dataclass
-class Stack:
-    process: subprocess.Popen[bytes]
-    login_url: str
-    runtime: Path
-    log_path: Path
-    data_dir: Path
-    extra: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def base(self) -> str:
-        parts = urllib.parse.urlsplit(self.login_url)
-        return f"{parts.scheme}://{parts.netloc}"
-
-    @property
-    def access_token(self) -> str:
-        return urllib.parse.parse_qs(urllib.parse.urlsplit(self.login_url).query)["token"][0]
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def negotiate(self, origin: str | None = None, **body: object) -> dict:
-        headers = {"Authorization": f"Bearer {self.access_token}"}
-        if origin:
-            headers["Origin"] = origin
-        response = httpx.post(f"{self.base}/direct-stream", headers=headers, json=body or None, timeout=10,
-                              verify=False)
-        assert response.status_code == 200, response.text
-        return response.json()
-
-    def gate_health(self) -> dict:
-        transport = httpx.HTTPTransport(uds=str(self.runtime / "gate.sock"))
-        with httpx.Client(transport=transport, timeout=5) as client:
-            return client.get("http://gate/health").json()
-
-    def busy_slots(self) -> int:
-        return int(self.gate_health()["slots"]["busy"])
-
-
-def _descendants(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                parent = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(parent, []).append(int(entry))
-    found, todo = [], [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-@contextlib.contextmanager
-def run_stack(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> Iterator[Stack]:
-    data_dir = Path(tempfile.mkdtemp(prefix="ld-test-data-"))
-    log_file = tempfile.NamedTemporaryFile("wb", prefix="ld-serve-", suffix=".log", delete=False)  # noqa: SIM115
-    process = subprocess.Popen(
-        [sys.executable, "-m", "llama_launcher.cli", "serve", "--port", "0", "--data-dir", str(data_dir), *args],
-        stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True,
-    )
-    log_path = Path(log_file.name)
-    log_file.close()
-    deadline = time.monotonic() + timeout
-    login = runtime = None
-    while time.monotonic() < deadline and process.poll() is None:
-        text = log_path.read_text(errors="replace")
-        ready, where = READY.search(text), RUNTIME.search(text)
-        if ready and where:
-            login, runtime = ready.group("url"), Path(where.group("path"))
-            break
-        time.sleep(0.1)
-    family = _descendants(process.pid)
-    try:
-        if login is None or runtime is None:
-            raise AssertionError(f"serve did not become ready:\n{log_path.read_text(errors='replace')[-3000:]}")
-        yield Stack(process, login, runtime, log_path, data_dir)
-    finally:
-        family = sorted(set(family) | set(_descendants(process.pid)))
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-        for pid in family:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+from stack import Stack, run_stack
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,343 @@
+"""`/direct-stream`: from what a client asks, the server's policy and the gate's health, to an answer.
+
+Pure: no I/O and no clock. The app hands in the gate's last health answer, the signing key and
+`now`, so that a negotiation costs one signature and nothing else on its hot path.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from broker.refusals import RequestRefusal
+from broker.tokens import Grant, mint
+
+if TYPE_CHECKING:
+    from broker.settings import BrokerSettings
+    from broker.signing_keys import SigningKey
+
+LANE_PREFIX = "/direct"
+CHAT_ROUTE = ("POST", "/v1/chat/completions")
+RESUME_ROUTE = ("GET", "/v1/stream")
+CANCEL_ROUTE = ("DELETE", "/v1/stream")
+FALLBACK_PATH = "/v1/chat/completions"
+MAX_BODY_BYTES = 4096
+MAX_CONVERSATION_ID_LENGTH = 128
+CONVERSATION_TTL_SECONDS = 3600
+"""How long a resumable conversation may be resumed or cancelled by its owner."""
+MAX_CONVERSATIONS = 10_000
+
+_OPTIONS = frozenset({"max_tokens", "resumable", "resume", "cancel"})
+_QUERY_BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
+_HOST = re.compile(r"(?:[A-Za-z0-9_-]{1,63}(?:\.[A-Za-z0-9_-]{1,63})*\.?|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?")
+_CONVERSATION_ID = re.compile(r"[A-Za-z0-9_-]+")
+
+UNSUPPORTED_MESSAGES = {
+    "disabled": "The direct lane is turned off on this server.",
+    "gate_down": "The gate is not answering right now.",
+    "model_loading": "The model is still loading.",
+}
+
+
+def _bad_option(code: str, message: str) -> RequestRefusal:
+    return RequestRefusal(400, code, message)
+
+
+BAD_BODY_MESSAGE = "The request body must be a JSON object."
+UNKNOWN_OPTION_MESSAGE = "Unknown option: only max_tokens, resumable, resume and cancel are accepted."
+BAD_MAX_TOKENS_MESSAGE = "max_tokens must be a positive integer."
+BAD_RESUMABLE_MESSAGE = "resumable must be true or false."
+BAD_CONVERSATION_MESSAGE = "resume and cancel take a conversation id."
+BOTH_RESUME_AND_CANCEL_MESSAGE = "Ask for resume or cancel, not both."
+REPEATED_OPTION_MESSAGE = "Each option may be given once."
+BAD_HOST_MESSAGE = "The request's Host header is not a valid host."
+NOT_OWNED_MESSAGE = "That conversation is unknown or not yours."
+
+
+@dataclass(frozen=True)
+class Options:
+    """What a client may ask for: each field only narrows what it gets."""
+
+    max_tokens: int | None = None
+    resumable: bool = False
+    resume: str | None = None
+    cancel: str | None = None
+
+    @classmethod
+    def from_body(cls, body: bytes) -> Options:
+        """A JSON object; an empty body means `{}`."""
+        if not body.strip():
+            return cls()
+        if len(body) > MAX_BODY_BYTES:
+            raise _bad_option("invalid_options", BAD_BODY_MESSAGE)
+        try:
+            raw = json.loads(body)
+        except (ValueError, RecursionError):
+            raise _bad_option("invalid_options", BAD_BODY_MESSAGE) from None
+        if not isinstance(raw, dict):
+            raise _bad_option("invalid_options", BAD_BODY_MESSAGE)
+        return cls._from_mapping(raw)
+
+    @classmethod
+    def from_query(cls, items: Iterable[tuple[str, str]]) -> Options:
+        """Query parameters, for `GET`: the same fields, spelled as strings."""
+        raw: dict[str, Any] = {}
+        for name, value in items:
+            if name in raw:
+                raise _bad_option("invalid_options", REPEATED_OPTION_MESSAGE)
+            raw[name] = value
+        if raw.keys() - _OPTIONS:
+            raise _bad_option("unknown_option", UNKNOWN_OPTION_MESSAGE)
+        if "max_tokens" in raw:
+            text = raw["max_tokens"]
+            raw["max_tokens"] = int(text) if text.isascii() and text.isdigit() and len(text) < 10 else text
+        if "resumable" in raw:
+            raw["resumable"] = _QUERY_BOOLEANS.get(raw["resumable"].lower(), raw["resumable"])
+        return cls._from_mapping(raw)
+
+    @classmethod
+    def _from_mapping(cls, raw: Mapping[str, Any]) -> Options:
+        if raw.keys() - _OPTIONS:
+            raise _bad_option("unknown_option", UNKNOWN_OPTION_MESSAGE)
+        max_tokens = raw.get("max_tokens")
+        if max_tokens is not None and (
+            not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1
+        ):
+            raise _bad_option("invalid_option", BAD_MAX_TOKENS_MESSAGE)
+        resumable = raw.get("resumable", False)
+        if not isinstance(resumable, bool):
+            raise _bad_option("invalid_option", BAD_RESUMABLE_MESSAGE)
+        resume, cancel = raw.get("resume"), raw.get("cancel")
+        for conversation_id in (resume, cancel):
+            if conversation_id is not None and not _is_conversation_id(conversation_id):
+                raise _bad_option("invalid_option", BAD_CONVERSATION_MESSAGE)
+        if resume is not None and cancel is not None:
+            raise _bad_option("conflicting_options", BOTH_RESUME_AND_CANCEL_MESSAGE)
+        return cls(max_tokens=max_tokens, resumable=resumable, resume=resume, cancel=cancel)
+
+
+@dataclass(frozen=True)
+class GateHealth:
+    """The gate's last `GET /health` answer, as the app's poller saw it."""
+
+    up: bool
+    model_ready: bool = False
+    model: str | None = None
+    vision: bool = False
+    slots: Mapping[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_answer(cls, answer: object) -> GateHealth:
+        """A health body; one of an unexpected shape counts as a gate that is down."""
+        if not isinstance(answer, dict) or answer.get("gate") != "ok":
+            return GATE_DOWN
+        slots = answer.get("slots")
+        model = answer.get("model")
+        return cls(
+            up=True,
+            model_ready=answer.get("model_ready") is True,
+            model=model if isinstance(model, str) else None,
+            vision=answer.get("vision") is True,
+            slots=slots if isinstance(slots, dict) else {},
+        )
+
+
+GATE_DOWN = GateHealth(up=False)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The server's side of a negotiation, fixed at startup."""
+
+    model: str
+    max_tokens_cap: int
+    ttl: int
+    public_base: str | None = None
+    public_prefix: str = ""
+    gate_port: int | None = None
+
+    @classmethod
+    def from_settings(cls, settings: BrokerSettings) -> Policy:
+        return cls(
+            model=settings.model,
+            max_tokens_cap=settings.max_tokens_cap,
+            ttl=settings.token_ttl,
+            public_base=settings.public_base,
+            public_prefix=settings.public_prefix,
+            gate_port=settings.gate_port,
+        )
+
+    @property
+    def fallback_url(self) -> str:
+        return self.public_prefix + FALLBACK_PATH
+
+    def lane_url(self, scheme: str, host: str) -> str:
+        """The lane's base as the browser reaches it: `--public-url` wins, then the request's own host."""
+        if self.public_base is not None:
+            return self.public_base + LANE_PREFIX
+        if self.gate_port is not None:
+            return f"{scheme}://{split_host(host)[0]}:{self.gate_port}{LANE_PREFIX}"
+        return f"{scheme}://{checked_host(host)}{LANE_PREFIX}"
+
+    def app_origin(self, scheme: str, host: str) -> str:
+        """The page's own origin, which a cookie-carrying request's `Origin` may name."""
+        if self.public_base is not None:
+            parts = self.public_base.split("/", 3)
+            return "/".join(parts[:3]).lower()
+        return f"{scheme}://{checked_host(host)}".lower()
+
+
+def checked_host(host: str) -> str:
+    """`host[:port]` from the Host header, refused when it could smuggle anything into a URL."""
+    if not host or len(host) > 260 or not _HOST.fullmatch(host):
+        raise RequestRefusal(400, "bad_host", BAD_HOST_MESSAGE)
+    return host
+
+
+def split_host(host: str) -> tuple[str, int | None]:
+    host = checked_host(host)
+    if host.startswith("["):
+        name, _, rest = host.partition("]")
+        return name + "]", int(rest[1:]) if rest else None
+    name, _, port = host.partition(":")
+    return name, int(port) if port else None
+
+
+class Conversations:
+    """Conversation id -> owner, for resumable streams, so one user cannot resume or cancel another's."""
+
+    def __init__(self, ttl: float = CONVERSATION_TTL_SECONDS, max_entries: int = MAX_CONVERSATIONS) -> None:
+        self._owners: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._ttl = ttl
+        self._max = max_entries
+
+    def open(self, user: str, now: float) -> str:
+        self._expire(now)
+        conversation_id = secrets.token_urlsafe(16)
+        self._owners[conversation_id] = (user, now + self._ttl)
+        while len(self._owners) > self._max:
+            self._owners.popitem(last=False)
+        return conversation_id
+
+    def owner(self, conversation_id: str, now: float) -> str | None:
+        entry = self._owners.get(conversation_id)
+        if entry is None or entry[1] <= now:
+            return None
+        return entry[0]
+
+    def _expire(self, now: float) -> None:
+        while self._owners:
+            _, (_, forget_at) = next(iter(self._owners.items()))
+            if forget_at > now:
+                return
+            self._owners.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._owners)
+
+
+@dataclass(frozen=True)
+class Issuer:
+    """Who signs and for whom: the broker's current key, its id (`iss`) and the gate's (`aud`)."""
+
+    key: SigningKey
+    issuer: str
+    audience: str
+
+
+def unsupported(reason: str, policy: Policy) -> dict[str, Any]:
+    return {
+        "supported": False,
+        "reason": reason,
+        "message": UNSUPPORTED_MESSAGES[reason],
+        "fallback_url": policy.fallback_url,
+    }
+
+
+def unsupported_reason(enabled: bool, health: GateHealth) -> str | None:
+    if not enabled:
+        return "disabled"
+    if not health.up:
+        return "gate_down"
+    if not health.model_ready:
+        return "model_loading"
+    return None
+
+
+def negotiate(
+    options: Options,
+    *,
+    user: str,
+    origin: str | None,
+    url: str,
+    policy: Policy,
+    health: GateHealth,
+    enabled: bool,
+    conversations: Conversations,
+    issuer: Issuer,
+    now: float,
+) -> dict[str, Any]:
+    """The answer to one `/direct-stream`; raises `RequestRefusal` for a conversation not the user's."""
+    reason = unsupported_reason(enabled, health)
+    if reason is not None:
+        return unsupported(reason, policy)
+    conversation_id: str | None
+    if options.resume is not None:
+        scope, route = "resume", RESUME_ROUTE
+        conversation_id = _owned(options.resume, user, conversations, now)
+    elif options.cancel is not None:
+        scope, route = "cancel", CANCEL_ROUTE
+        conversation_id = _owned(options.cancel, user, conversations, now)
+    else:
+        scope, route = "chat", CHAT_ROUTE
+        conversation_id = conversations.open(user, now) if options.resumable else None
+    cap = policy.max_tokens_cap
+    grant = Grant(
+        routes=(route,),
+        model=policy.model,
+        max_tokens=min(options.max_tokens, cap) if options.max_tokens is not None else cap,
+        origin=origin,
+        conversation_id=conversation_id,
+    )
+    minted = mint(
+        issuer.key,
+        issuer=issuer.issuer,
+        audience=issuer.audience,
+        subject=user,
+        scope=scope,
+        grant=grant,
+        now=now,
+        ttl=policy.ttl,
+    )
+    return {
+        "supported": True,
+        "url": url,
+        "token": minted.token,
+        "expires_at": minted.claims.exp,
+        "ttl_seconds": minted.claims.exp - minted.claims.iat,
+        "model": policy.model,
+        "conversation_id": conversation_id,
+        "scope": scope,
+        "grant": grant.to_claim(),
+        "fallback_url": policy.fallback_url,
+    }
+
+
+def _owned(conversation_id: str, user: str, conversations: Conversations, now: float) -> str:
+    """The id, when `user` opened it; an unknown id gets the same refusal, so ids cannot be probed."""
+    if conversations.owner(conversation_id, now) != user:
+        raise RequestRefusal(403, "conversation_not_owned", NOT_OWNED_MESSAGE)
+    return conversation_id
+
+
+def _is_conversation_id(value: object) -> bool:
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= MAX_CONVERSATION_ID_LENGTH
+        and _CONVERSATION_ID.fullmatch(value) is not None
+    )

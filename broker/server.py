@@ -1,0 +1,158 @@
+"""`python -m broker`: both apps in one event loop, each on its own 0600 unix socket.
+
+The broker never listens on a TCP port: the gate relays the public traffic to `broker_socket` and
+pulls keys and revocations from `control_socket`. Signals are handled here, not by uvicorn, so that
+SIGTERM and SIGINT stop both servers gracefully and the process exits 0 (uvicorn would re-raise
+the signal after its shutdown, and the exit status would say "killed").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import stat
+import sys
+from collections.abc import Callable, Generator, Iterator
+from pathlib import Path
+
+import uvicorn
+from fastapi import FastAPI
+
+from broker.app import BrokerCore, create_app, create_control_app
+from broker.settings import BrokerSettings, SettingsError, access_token_from_env
+from llama_launcher.redaction import configure_logging
+
+logger = logging.getLogger("broker")
+
+BACKLOG = 1024
+GRACEFUL_SHUTDOWN_SECONDS = 3
+EXIT_BAD_SETTINGS = 2
+
+
+class _Server(uvicorn.Server):
+    """A uvicorn server that leaves the signals to `serve`, which stops every server at once."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def bind_unix_socket(path: Path) -> socket.socket:
+    """A listening socket at `path`, 0600 from the moment it exists; a stale socket file goes first."""
+    with contextlib.suppress(FileNotFoundError):
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            raise SettingsError("a socket path is taken by something that is not a socket")
+        path.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    previous = os.umask(0o177)
+    try:
+        sock.bind(str(path))
+    except OSError:
+        sock.close()
+        raise
+    finally:
+        os.umask(previous)
+    os.chmod(path, 0o600)
+    sock.listen(BACKLOG)
+    sock.setblocking(False)
+    return sock
+
+
+def _config(app: FastAPI) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        access_log=False,
+        log_config=None,
+        proxy_headers=False,
+        server_header=False,
+        lifespan="on",
+        loop="none",
+        http="httptools",
+        ws="none",
+        backlog=BACKLOG,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+    )
+
+
+async def serve(settings: BrokerSettings, access_token: str) -> None:
+    """Run the public and the control app until a signal, or until either stops."""
+    core = BrokerCore(settings, access_token)
+    servers = [
+        (_Server(_config(create_app(settings, access_token, core=core))), settings.broker_socket),
+        (_Server(_config(create_control_app(core))), settings.control_socket),
+    ]
+
+    def stop_all() -> None:
+        for server, _ in servers:
+            server.should_exit = True
+
+    with _signals_stop(stop_all), _sockets([path for _, path in servers]) as sockets:
+        logger.info("event=broker_listening sockets=%d", len(sockets))
+
+        async def run(server: uvicorn.Server, sock: socket.socket) -> None:
+            try:
+                await server.serve(sockets=[sock])
+            finally:
+                stop_all()
+
+        await asyncio.gather(*(run(server, sock) for (server, _), sock in zip(servers, sockets, strict=True)))
+    logger.info("event=broker_stopped")
+
+
+@contextlib.contextmanager
+def _signals_stop(stop: Callable[[], None]) -> Iterator[None]:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop)
+    try:
+        yield
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+@contextlib.contextmanager
+def _sockets(paths: list[Path]) -> Iterator[list[socket.socket]]:
+    """Bind every socket, and remove the files again however the servers end."""
+    sockets: list[socket.socket] = []
+    try:
+        for path in paths:
+            sockets.append(bind_unix_socket(path))
+        yield sockets
+    finally:
+        for sock in sockets:
+            sock.close()
+        for path in paths[: len(sockets)]:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def main() -> None:
+    configure_logging(process="broker")
+    # httpx would log each health poll, twice a second; the broker logs what matters itself.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    try:
+        settings = BrokerSettings.from_env()
+        access_token = access_token_from_env()
+    except SettingsError as exc:
+        logger.error("event=bad_settings reason=%s", exc)
+        sys.exit(EXIT_BAD_SETTINGS)
+    try:
+        with asyncio.Runner(loop_factory=_new_loop) as runner:
+            runner.run(serve(settings, access_token))
+    except (SettingsError, OSError) as exc:
+        logger.error("event=cannot_serve error=%s", type(exc).__name__)
+        sys.exit(1)
+    sys.exit(0)

@@ -1,0 +1,98 @@
+"""Who is asking: the access token, login sessions, and the per-user issuance rate.
+
+Pure: no I/O and no clock; callers pass `now`. Sessions and counters live in memory only, so a
+restart logs everyone out and resets the counters, as the design accepts.
+"""
+
+from __future__ import annotations
+
+import hmac
+import math
+import secrets
+from dataclasses import dataclass
+
+COOKIE_NAME = "llama_direct_session"
+DEFAULT_USER = "local"
+"""The embedded deployment has one user: whoever holds the access token."""
+MAX_SESSIONS = 1024
+"""Each login adds a session; the oldest go first, so repeated logins cannot grow memory forever."""
+
+
+class AccessTokens:
+    """Access token -> user. Every comparison is constant-time, so timing cannot reveal a prefix."""
+
+    def __init__(self, tokens: dict[str, str]) -> None:
+        if not tokens or not all(tokens):
+            raise ValueError("at least one non-empty access token is needed")
+        self._tokens = tuple((token.encode(), user) for token, user in tokens.items())
+
+    @classmethod
+    def single(cls, token: str, user: str = DEFAULT_USER) -> AccessTokens:
+        return cls({token: user})
+
+    def user_for(self, presented: str | None) -> str | None:
+        if not presented:
+            return None
+        candidate = presented.encode("utf-8", "replace")
+        found = None
+        for token, user in self._tokens:
+            if hmac.compare_digest(candidate, token) and found is None:
+                found = user
+        return found
+
+
+class SessionStore:
+    """Session id (the cookie's value) -> user."""
+
+    def __init__(self, max_sessions: int = MAX_SESSIONS) -> None:
+        self._users: dict[str, str] = {}
+        self._max = max_sessions
+
+    def create(self, user: str) -> str:
+        session_id = secrets.token_urlsafe(32)
+        self._users[session_id] = user
+        while len(self._users) > self._max:
+            del self._users[next(iter(self._users))]
+        return session_id
+
+    def user_for(self, session_id: str | None) -> str | None:
+        if not session_id:
+            return None
+        return self._users.get(session_id)
+
+    def drop(self, session_id: str | None) -> None:
+        if session_id:
+            self._users.pop(session_id, None)
+
+    def __len__(self) -> int:
+        return len(self._users)
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    updated: float
+
+
+class RateLimiter:
+    """A token bucket per user: `burst` at once, refilled at `per_minute` a minute."""
+
+    def __init__(self, per_minute: int, burst: int) -> None:
+        if per_minute < 1 or burst < 1:
+            raise ValueError("per_minute and burst must be positive")
+        self._rate = per_minute / 60.0
+        self._burst = float(burst)
+        self._buckets: dict[str, _Bucket] = {}
+
+    def acquire(self, user: str, now: float) -> int:
+        """Take one from `user`'s bucket: 0 when allowed, else the whole seconds to wait (≥ 1)."""
+        bucket = self._buckets.get(user)
+        if bucket is None:
+            bucket = self._buckets[user] = _Bucket(tokens=self._burst, updated=now)
+        elapsed = max(0.0, now - bucket.updated)
+        bucket.tokens = min(self._burst, bucket.tokens + elapsed * self._rate)
+        bucket.updated = max(bucket.updated, now)
+        if bucket.tokens >= 1.0:
+            bucket.tokens -= 1.0
+            return 0
+        return max(1, math.ceil((1.0 - bucket.tokens) / self._rate))

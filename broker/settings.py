@@ -1,0 +1,153 @@
+"""The broker's settings: what the parent process decided, read once at startup.
+
+The parent writes them to a JSON file whose path is in `LLAMA_DIRECT_BROKER_CONFIG`. The access token
+is never in that file: it reaches the broker in `LLAMA_DIRECT_ACCESS_TOKEN`, so no file on disk
+holds it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from broker.tokens import ALGORITHMS, DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS
+
+CONFIG_ENV = "LLAMA_DIRECT_BROKER_CONFIG"
+ACCESS_TOKEN_ENV = "LLAMA_DIRECT_ACCESS_TOKEN"
+TOGGLE_ENV = "UNSLOTH_DIRECT_STREAM"
+MIN_ACCESS_TOKEN_LENGTH = 8
+_OFF_VALUES = frozenset({"0", "false", "off"})
+
+
+class SettingsError(ValueError):
+    """The settings cannot be used; the message names the field, never its value."""
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    data_dir: Path
+    broker_socket: Path
+    control_socket: Path
+    gate_socket: Path
+    model: str
+    public_url: str | None = None
+    gate_port: int | None = None
+    allowed_origins: tuple[str, ...] = ()
+    algorithm: str = "EdDSA"
+    token_ttl: int = DEFAULT_TTL_SECONDS
+    max_tokens_cap: int = 2048
+    rate_per_minute: int = 120
+    burst: int = 20
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, str) or not self.model:
+            raise SettingsError("model must be a non-empty alias")
+        if self.algorithm not in ALGORITHMS:
+            raise SettingsError(f"algorithm must be one of {', '.join(ALGORITHMS)}")
+        if not _positive_int(self.token_ttl) or self.token_ttl > MAX_TTL_SECONDS:
+            raise SettingsError(f"token_ttl must be between 1 and {MAX_TTL_SECONDS} seconds")
+        for name in ("max_tokens_cap", "rate_per_minute", "burst"):
+            if not _positive_int(getattr(self, name)):
+                raise SettingsError(f"{name} must be a positive integer")
+        if self.gate_port is not None and (not _positive_int(self.gate_port) or self.gate_port > 65535):
+            raise SettingsError("gate_port must be a port number")
+        if self.public_url is not None:
+            parts = urlsplit(self.public_url)
+            if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+                raise SettingsError("public_url must be an http(s) URL without query or fragment")
+        for origin in self.allowed_origins:
+            if not isinstance(origin, str) or normalise_origin(origin) is None:
+                raise SettingsError("allowed_origins must be origins like https://app.example:8443")
+
+    @property
+    def public_base(self) -> str | None:
+        """`public_url` without its trailing slash, ready to have a path appended."""
+        return self.public_url.rstrip("/") if self.public_url is not None else None
+
+    @property
+    def public_prefix(self) -> str:
+        """The path prefix a reverse proxy adds in front of every path the page uses ("" for none)."""
+        if self.public_url is None:
+            return ""
+        return urlsplit(self.public_url).path.rstrip("/")
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> BrokerSettings:
+        known = {f.name for f in fields(cls)}
+        unknown = set(raw) - known
+        if unknown:
+            raise SettingsError(f"unknown settings: {', '.join(sorted(unknown))}")
+        values = dict(raw)
+        try:
+            for name in ("data_dir", "broker_socket", "control_socket", "gate_socket"):
+                values[name] = Path(values[name])
+        except KeyError as exc:
+            raise SettingsError(f"missing setting: {exc.args[0]}") from None
+        except TypeError:
+            raise SettingsError("paths must be strings") from None
+        if "allowed_origins" in values:
+            origins = values["allowed_origins"]
+            if not isinstance(origins, list | tuple):
+                raise SettingsError("allowed_origins must be a list")
+            values["allowed_origins"] = tuple(origins)
+        try:
+            return cls(**values)
+        except TypeError:
+            raise SettingsError("model is a required setting") from None
+
+    @classmethod
+    def from_file(cls, path: Path | str) -> BrokerSettings:
+        try:
+            raw = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            raise SettingsError("the broker's settings file cannot be read as JSON") from None
+        if not isinstance(raw, dict):
+            raise SettingsError("the broker's settings file must hold a JSON object")
+        return cls.from_dict(raw)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> BrokerSettings:
+        path = environ.get(CONFIG_ENV)
+        if not path:
+            raise SettingsError(f"{CONFIG_ENV} is not set")
+        return cls.from_file(path)
+
+
+def access_token_from_env(environ: Mapping[str, str] = os.environ) -> str:
+    """The login token; a short one is refused, since the log filter could not scrub it safely."""
+    token = environ.get(ACCESS_TOKEN_ENV, "")
+    if not token:
+        raise SettingsError(f"{ACCESS_TOKEN_ENV} is not set")
+    if len(token) < MIN_ACCESS_TOKEN_LENGTH:
+        raise SettingsError(f"{ACCESS_TOKEN_ENV} must be at least {MIN_ACCESS_TOKEN_LENGTH} characters long")
+    return token
+
+
+def direct_stream_enabled(environ: Mapping[str, str] = os.environ) -> bool:
+    """`UNSLOTH_DIRECT_STREAM` set to 0, false or off turns the lane off; unset or anything else is on."""
+    return environ.get(TOGGLE_ENV, "").strip().lower() not in _OFF_VALUES
+
+
+def normalise_origin(origin: str) -> str | None:
+    """`scheme://host[:port]` in lower case, or None when `origin` is not a plain http(s) origin."""
+    parts = urlsplit(origin.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    if parts.path not in ("", "/") or parts.query or parts.fragment or "@" in parts.netloc:
+        return None
+    try:
+        port = parts.port
+    except ValueError:
+        return None
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    default = 443 if parts.scheme == "https" else 80
+    return f"{parts.scheme}://{host}" if port in (None, default) else f"{parts.scheme}://{host}:{port}"
+
+
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0

@@ -1,0 +1,321 @@
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from broker.negotiation import (
+    BAD_BODY_MESSAGE,
+    BAD_CONVERSATION_MESSAGE,
+    BAD_HOST_MESSAGE,
+    BAD_MAX_TOKENS_MESSAGE,
+    BAD_RESUMABLE_MESSAGE,
+    BOTH_RESUME_AND_CANCEL_MESSAGE,
+    GATE_DOWN,
+    NOT_OWNED_MESSAGE,
+    REPEATED_OPTION_MESSAGE,
+    UNKNOWN_OPTION_MESSAGE,
+    Conversations,
+    GateHealth,
+    Issuer,
+    Options,
+    Policy,
+    negotiate,
+    split_host,
+)
+from broker.refusals import RequestRefusal
+from broker.settings import BrokerSettings
+from broker.signing_keys import PublicKeySet, SigningKey
+from broker.tokens import verify
+
+NOW = 1_750_000_000.25
+READY = GateHealth(up=True, model_ready=True, model="smol", slots={"total": 2, "busy": 0})
+POLICY = Policy(model="smol", max_tokens_cap=2048, ttl=30)
+KEY = SigningKey.generate("EdDSA")
+ISSUER = Issuer(key=KEY, issuer="broker-1", audience="gate-1")
+KEYS = PublicKeySet({KEY.kid: (KEY.algorithm, KEY.public_key)})
+
+
+DEFAULT_OPTIONS = Options()
+
+
+def _negotiate(options: Options = DEFAULT_OPTIONS, **overrides: Any) -> dict[str, Any]:
+    arguments: dict[str, Any] = {
+        "user": "alice",
+        "origin": "http://localhost:8000",
+        "url": "http://localhost:8000/direct",
+        "policy": POLICY,
+        "health": READY,
+        "enabled": True,
+        "conversations": Conversations(),
+        "issuer": ISSUER,
+        "now": NOW,
+    }
+    arguments.update(overrides)
+    return negotiate(options, **arguments)
+
+
+def _refusal(excinfo: pytest.ExceptionInfo[RequestRefusal]) -> tuple[int, str]:
+    return excinfo.value.status, excinfo.value.message
+
+
+class TestOptionsFromBody:
+    @pytest.mark.parametrize("body", [b"", b"  ", b"{}"])
+    def test_nothing_asked_is_the_default(self, body: bytes) -> None:
+        assert Options.from_body(body) == Options()
+
+    def test_every_field(self) -> None:
+        assert Options.from_body(b'{"max_tokens": 64, "resumable": true}') == Options(max_tokens=64, resumable=True)
+        assert Options.from_body(b'{"resume": "abc_-1"}') == Options(resume="abc_-1")
+        assert Options.from_body(b'{"cancel": "abc"}') == Options(cancel="abc")
+
+    @pytest.mark.parametrize(
+        ("body", "message"),
+        [
+            (b"[1]", BAD_BODY_MESSAGE),
+            (b"{not json", BAD_BODY_MESSAGE),
+            (b'"text"', BAD_BODY_MESSAGE),
+            (b'{"model": "other"}', UNKNOWN_OPTION_MESSAGE),
+            (b'{"max_tokens": 10, "uses": 5}', UNKNOWN_OPTION_MESSAGE),
+            (b'{"max_tokens": "10"}', BAD_MAX_TOKENS_MESSAGE),
+            (b'{"max_tokens": 1.5}', BAD_MAX_TOKENS_MESSAGE),
+            (b'{"max_tokens": true}', BAD_MAX_TOKENS_MESSAGE),
+            (b'{"max_tokens": 0}', BAD_MAX_TOKENS_MESSAGE),
+            (b'{"max_tokens": -5}', BAD_MAX_TOKENS_MESSAGE),
+            (b'{"resumable": "yes"}', BAD_RESUMABLE_MESSAGE),
+            (b'{"resumable": 1}', BAD_RESUMABLE_MESSAGE),
+            (b'{"resume": 5}', BAD_CONVERSATION_MESSAGE),
+            (b'{"resume": ""}', BAD_CONVERSATION_MESSAGE),
+            (b'{"cancel": "a/b"}', BAD_CONVERSATION_MESSAGE),
+            (b'{"cancel": "x\\r\\nX-Evil: 1"}', BAD_CONVERSATION_MESSAGE),
+            (b'{"resume": "a", "cancel": "b"}', BOTH_RESUME_AND_CANCEL_MESSAGE),
+        ],
+    )
+    def test_bad_bodies_are_400_with_a_fixed_message(self, body: bytes, message: str) -> None:
+        with pytest.raises(RequestRefusal) as excinfo:
+            Options.from_body(body)
+        assert _refusal(excinfo) == (400, message)
+
+    def test_a_huge_body_is_refused_unparsed(self) -> None:
+        with pytest.raises(RequestRefusal) as excinfo:
+            Options.from_body(b'{"max_tokens": 1' + b" " * 5000 + b"}")
+        assert _refusal(excinfo) == (400, BAD_BODY_MESSAGE)
+
+
+class TestOptionsFromQuery:
+    def test_strings_become_typed_fields(self) -> None:
+        items = [("max_tokens", "64"), ("resumable", "true")]
+        assert Options.from_query(items) == Options(max_tokens=64, resumable=True)
+        assert Options.from_query([("resumable", "0")]) == Options(resumable=False)
+        assert Options.from_query([("resume", "abc")]) == Options(resume="abc")
+        assert Options.from_query([]) == Options()
+
+    @pytest.mark.parametrize(
+        ("items", "message"),
+        [
+            ([("max_tokens", "ten")], BAD_MAX_TOKENS_MESSAGE),
+            ([("max_tokens", "-1")], BAD_MAX_TOKENS_MESSAGE),
+            ([("max_tokens", "0")], BAD_MAX_TOKENS_MESSAGE),
+            ([("max_tokens", "١٢")], BAD_MAX_TOKENS_MESSAGE),
+            ([("resumable", "maybe")], BAD_RESUMABLE_MESSAGE),
+            ([("token", "x")], UNKNOWN_OPTION_MESSAGE),
+            ([("max_tokens", "5"), ("max_tokens", "9999")], REPEATED_OPTION_MESSAGE),
+            ([("resume", "a"), ("cancel", "b")], BOTH_RESUME_AND_CANCEL_MESSAGE),
+        ],
+    )
+    def test_bad_queries_are_400(self, items: list[tuple[str, str]], message: str) -> None:
+        with pytest.raises(RequestRefusal) as excinfo:
+            Options.from_query(items)
+        assert _refusal(excinfo) == (400, message)
+
+
+class TestGateHealth:
+    def test_a_ready_answer(self) -> None:
+        answer = {"gate": "ok", "model_ready": True, "model": "smol", "vision": False, "slots": {"total": 1}}
+        assert GateHealth.from_answer(answer) == GateHealth(
+            up=True, model_ready=True, model="smol", vision=False, slots={"total": 1}
+        )
+
+    @pytest.mark.parametrize("answer", [None, [], {"gate": "down"}, {"model_ready": True}, "ok"])
+    def test_an_odd_answer_is_a_gate_that_is_down(self, answer: object) -> None:
+        assert GateHealth.from_answer(answer) is GATE_DOWN
+
+    def test_model_ready_must_be_true_itself(self) -> None:
+        assert GateHealth.from_answer({"gate": "ok", "model_ready": "yes"}).model_ready is False
+
+
+class TestSupported:
+    def test_a_chat_answer_has_exactly_the_documented_fields(self) -> None:
+        answer = _negotiate()
+        assert set(answer) == {
+            "supported", "url", "token", "expires_at", "ttl_seconds", "model",
+            "conversation_id", "scope", "grant", "fallback_url",
+        }
+        assert answer["supported"] is True
+        assert answer["url"] == "http://localhost:8000/direct"
+        assert answer["expires_at"] == 1_750_000_030
+        assert answer["ttl_seconds"] == 30
+        assert answer["model"] == "smol"
+        assert answer["conversation_id"] is None
+        assert answer["scope"] == "chat"
+        assert answer["fallback_url"] == "/v1/chat/completions"
+        assert answer["grant"] == {
+            "routes": [["POST", "/v1/chat/completions"]],
+            "model": "smol",
+            "max_tokens": 2048,
+            "uses": 1,
+            "origin": "http://localhost:8000",
+        }
+
+    def test_the_token_verifies_and_carries_the_grant(self) -> None:
+        answer = _negotiate()
+        claims = verify(answer["token"], keys=KEYS, audience="gate-1", issuer="broker-1", now=NOW)
+        assert (claims.sub, claims.scope, claims.exp) == ("alice", "chat", answer["expires_at"])
+        assert claims.grant.to_claim() == answer["grant"]
+
+    def test_no_origin_means_a_grant_without_one(self) -> None:
+        assert "origin" not in _negotiate(origin=None)["grant"]
+
+    def test_a_smaller_max_tokens_narrows_the_cap(self) -> None:
+        assert _negotiate(Options(max_tokens=64))["grant"]["max_tokens"] == 64
+
+    def test_a_larger_max_tokens_is_clamped_to_the_cap(self) -> None:
+        assert _negotiate(Options(max_tokens=1_000_000))["grant"]["max_tokens"] == 2048
+
+    def test_a_resumable_chat_gets_a_fresh_conversation_owned_by_the_user(self) -> None:
+        conversations = Conversations()
+        first = _negotiate(Options(resumable=True), conversations=conversations)
+        second = _negotiate(Options(resumable=True), conversations=conversations)
+        assert first["conversation_id"] != second["conversation_id"]
+        assert first["grant"]["conversation_id"] == first["conversation_id"]
+        assert conversations.owner(first["conversation_id"], NOW) == "alice"
+
+    @pytest.mark.parametrize(("field", "method"), [("resume", "GET"), ("cancel", "DELETE")])
+    def test_resume_and_cancel_of_ones_own_conversation(self, field: str, method: str) -> None:
+        conversations = Conversations()
+        conversation_id = conversations.open("alice", NOW)
+        answer = _negotiate(Options(**{field: conversation_id}), conversations=conversations)
+        assert answer["scope"] == field
+        assert answer["conversation_id"] == conversation_id
+        assert answer["grant"]["routes"] == [[method, "/v1/stream"]]
+        assert answer["grant"]["conversation_id"] == conversation_id
+
+    @pytest.mark.parametrize("field", ["resume", "cancel"])
+    def test_another_users_conversation_is_refused(self, field: str) -> None:
+        conversations = Conversations()
+        conversation_id = conversations.open("bob", NOW)
+        with pytest.raises(RequestRefusal) as excinfo:
+            _negotiate(Options(**{field: conversation_id}), conversations=conversations)
+        assert _refusal(excinfo) == (403, NOT_OWNED_MESSAGE)
+
+    def test_an_unknown_conversation_gets_the_same_refusal(self) -> None:
+        with pytest.raises(RequestRefusal) as excinfo:
+            _negotiate(Options(resume="never-made"))
+        assert _refusal(excinfo) == (403, NOT_OWNED_MESSAGE)
+
+
+class TestUnsupported:
+    @pytest.mark.parametrize(
+        ("enabled", "health", "reason", "message"),
+        [
+            (False, READY, "disabled", "The direct lane is turned off on this server."),
+            (True, GATE_DOWN, "gate_down", "The gate is not answering right now."),
+            (True, GateHealth(up=True, model_ready=False), "model_loading", "The model is still loading."),
+            (False, GATE_DOWN, "disabled", "The direct lane is turned off on this server."),
+        ],
+    )
+    def test_reasons(self, enabled: bool, health: GateHealth, reason: str, message: str) -> None:
+        assert _negotiate(enabled=enabled, health=health) == {
+            "supported": False,
+            "reason": reason,
+            "message": message,
+            "fallback_url": "/v1/chat/completions",
+        }
+
+    def test_an_unsupported_answer_opens_no_conversation(self) -> None:
+        conversations = Conversations()
+        _negotiate(Options(resumable=True), enabled=False, conversations=conversations)
+        assert len(conversations) == 0
+
+
+class TestUrls:
+    @pytest.mark.parametrize(
+        ("scheme", "host", "url"),
+        [
+            ("http", "localhost:8000", "http://localhost:8000/direct"),
+            ("https", "chat.example.com", "https://chat.example.com/direct"),
+            ("http", "192.168.1.20:8000", "http://192.168.1.20:8000/direct"),
+            ("http", "[::1]:8000", "http://[::1]:8000/direct"),
+        ],
+    )
+    def test_the_lane_is_on_the_requests_own_host(self, scheme: str, host: str, url: str) -> None:
+        assert POLICY.lane_url(scheme, host) == url
+
+    @pytest.mark.parametrize(
+        ("host", "url"),
+        [
+            ("box.lan:8000", "http://box.lan:9443/direct"),
+            ("box.lan", "http://box.lan:9443/direct"),
+            ("[::1]:8000", "http://[::1]:9443/direct"),
+        ],
+    )
+    def test_two_port_mode_swaps_the_port(self, host: str, url: str) -> None:
+        policy = Policy(model="smol", max_tokens_cap=10, ttl=30, gate_port=9443)
+        assert policy.lane_url("http", host) == url
+
+    def test_public_url_wins_and_its_prefix_reaches_the_fallback(self, tmp_path: Path) -> None:
+        settings = BrokerSettings(
+            data_dir=tmp_path, broker_socket=tmp_path / "b", control_socket=tmp_path / "c",
+            gate_socket=tmp_path / "g", model="smol", public_url="https://proxy.example/llm/", gate_port=9443,
+        )
+        policy = Policy.from_settings(settings)
+        assert policy.lane_url("http", "127.0.0.1:8000") == "https://proxy.example/llm/direct"
+        assert policy.fallback_url == "/llm/v1/chat/completions"
+        assert policy.app_origin("http", "127.0.0.1:8000") == "https://proxy.example"
+
+    @pytest.mark.parametrize(
+        "host", ["", "evil.com/path", "a@b.com", "host:80:80", "host name", "ex.com\r\nX: 1", "[zz]", "h:port"]
+    )
+    def test_a_host_that_could_smuggle_anything_is_refused(self, host: str) -> None:
+        with pytest.raises(RequestRefusal) as excinfo:
+            POLICY.lane_url("http", host)
+        assert _refusal(excinfo) == (400, BAD_HOST_MESSAGE)
+
+    def test_split_host(self) -> None:
+        assert split_host("a.b:81") == ("a.b", 81)
+        assert split_host("[::1]") == ("[::1]", None)
+
+
+class TestConversations:
+    def test_ownership_is_forgotten_after_its_ttl(self) -> None:
+        conversations = Conversations(ttl=10)
+        conversation_id = conversations.open("alice", 100.0)
+        assert conversations.owner(conversation_id, 109.9) == "alice"
+        assert conversations.owner(conversation_id, 110.0) is None
+        conversations.open("alice", 111.0)
+        assert len(conversations) == 1
+
+    def test_the_book_is_bounded(self) -> None:
+        conversations = Conversations(max_entries=2)
+        first = conversations.open("alice", 0.0)
+        conversations.open("alice", 0.0)
+        conversations.open("alice", 0.0)
+        assert conversations.owner(first, 0.0) is None
+        assert len(conversations) == 2
+
+
+def test_negotiation_p50_in_process() -> None:
+    """A benchmark, not a timed test: it prints the figure and asserts only that answers were made."""
+    conversations = Conversations()
+    samples = []
+    for _ in range(300):
+        started = time.perf_counter()
+        answer = _negotiate(Options(max_tokens=256), conversations=conversations)
+        json.dumps(answer)
+        samples.append(time.perf_counter() - started)
+    assert answer["supported"] is True
+    print(f"\nnegotiate() p50 = {statistics.median(samples) * 1e6:.0f} µs over {len(samples)} runs")
