@@ -47,6 +47,10 @@ def _parser() -> argparse.ArgumentParser:
     setup = commands.add_parser("setup", help="find or build llama-server and fetch the default model, once")
     setup.add_argument("--llama-server", help="the llama-server binary to use instead of building one")
 
+    bench = commands.add_parser("bench", help="measure the direct lane against raw llama-server, side by side",
+                                add_help=False)
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
+
     doctor = commands.add_parser("doctor", help="say what was found, where, and which version")
     _add_server_options(doctor)
     doctor.add_argument("--upstream", help="check an attached llama-server instead")
@@ -131,6 +135,8 @@ def _launch_spec(args: argparse.Namespace, cache: Path) -> LaunchSpec:
 def serve(args: argparse.Namespace) -> int:
     from llama_launcher import supervisor, tls
 
+    if args.verbose:
+        os.environ["LLAMA_DIRECT_LOG_LEVEL"] = "DEBUG"
     configure_logging(process="serve")
     cache = cache_dir()
     data_dir = (args.data_dir or default_data_dir()).resolve()
@@ -182,9 +188,15 @@ def setup(args: argparse.Namespace) -> int:
     return 0
 
 
+def bench(args: argparse.Namespace) -> int:
+    from llama_launcher.bench.cli import main as bench_main
+
+    return bench_main(args.bench_args)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    commands = {"serve": serve, "setup": setup, "doctor": doctor}
+    commands = {"serve": serve, "setup": setup, "doctor": doctor, "bench": bench}
     try:
         return commands[args.command](args)
     except LauncherError as error:
