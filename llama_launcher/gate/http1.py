@@ -1,0 +1,165 @@
+"""Pure HTTP/1.1 pieces of the gate: the strict framing check, and the heads it writes.
+
+No sockets, no asyncio. h11 parses each request head; `check_raw_head` runs first, on the raw
+bytes, because h11 is lenient where a relay must not be: it unfolds obs-fold lines, accepts a
+duplicated `Content-Length` with the same value (also `5, 5`), and lets `Transfer-Encoding` win
+over `Content-Length`. Each of those is how two parsers come to disagree about where a request
+ends (request smuggling), so the gate refuses them before h11 sees them.
+
+The heads the gate writes are built from parsed, validated names and values only, so nothing a
+client sends can break a line.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from http import HTTPStatus
+
+from broker.refusals import Refusal, RequestRefusal
+
+MAX_HEAD_BYTES = 16 * 1024
+
+Header = tuple[bytes, bytes]
+
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+"""RFC 9110 7.6.1, plus `Proxy-*`: meaningful for one connection only, never relayed."""
+
+FORWARDING = frozenset({b"forwarded", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
+                        b"x-forwarded-port", b"x-forwarded-prefix", b"x-real-ip"})
+"""Headers the broker would trust for the client's address or scheme: only the gate sets them."""
+
+_CONTENT_LENGTH = re.compile(rb"[0-9]{1,18}")
+_HEADER_LINE = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*(.*?)[ \t]*")
+
+
+class VersionNotSupported(Refusal):
+    status = 505
+    code = "http_version_not_supported"
+    message = "Only HTTP/1.1 and HTTP/1.0 are supported."
+
+
+def bad_request(code: str, message: str) -> RequestRefusal:
+    return RequestRefusal(400, code, message)
+
+
+def head_too_large() -> RequestRefusal:
+    return RequestRefusal(431, "head_too_large", "The request head is larger than 16 KB.")
+
+
+def body_too_large() -> RequestRefusal:
+    return RequestRefusal(413, "body_too_large", "The request body is too large.")
+
+
+def head_timeout() -> RequestRefusal:
+    return RequestRefusal(408, "request_timeout", "The request did not arrive in time.")
+
+
+def find_head_end(buffer: bytes | bytearray, start: int = 0) -> int:
+    """The index just past the head's blank line, -1 while incomplete; head-too-large past the limit."""
+    end = buffer.find(b"\r\n\r\n", max(0, start - 3))
+    if end < 0:
+        if len(buffer) > MAX_HEAD_BYTES:
+            raise head_too_large()
+        return -1
+    if end + 4 > MAX_HEAD_BYTES:
+        raise head_too_large()
+    return end + 4
+
+
+def check_raw_head(head: bytes) -> None:
+    """Refuse the request heads two parsers could read differently (see the module docstring).
+
+    `head` runs from the request line to the blank line that ends it, both included.
+    """
+    if b"\x00" in head:
+        raise bad_request("bad_header", "The request head holds a NUL byte.")
+    crlf = head.count(b"\r\n")
+    if head.count(b"\r") != crlf or head.count(b"\n") != crlf:
+        raise bad_request("bad_line_ending", "Lines of the request head must end with CRLF.")
+    if b"\r\n " in head or b"\r\n\t" in head:
+        raise bad_request("obs_fold", "Folded header lines are not accepted.")
+    lengths: list[bytes] = []
+    encodings: list[bytes] = []
+    for line in head.split(b"\r\n")[1:-2]:
+        match = _HEADER_LINE.fullmatch(line)
+        if match is None:
+            raise bad_request("bad_header", "A header line is malformed.")
+        name = match.group(1).lower()
+        if name == b"content-length":
+            lengths.append(match.group(2))
+        elif name == b"transfer-encoding":
+            encodings.append(match.group(2))
+    if lengths and encodings:
+        raise bad_request("ambiguous_framing", "Content-Length and Transfer-Encoding must not both be sent.")
+    if len(lengths) > 1:
+        raise bad_request("duplicate_content_length", "Content-Length must appear once.")
+    if lengths and _CONTENT_LENGTH.fullmatch(lengths[0]) is None:
+        raise bad_request("bad_content_length", "Content-Length must be a non-negative integer.")
+    if len(encodings) > 1 or (encodings and encodings[0].lower() != b"chunked"):
+        raise bad_request("bad_transfer_encoding", "Transfer-Encoding may only be chunked, once.")
+
+
+def connection_tokens(headers: Iterable[Header]) -> frozenset[bytes]:
+    """The lower-case options named by every `Connection` header."""
+    tokens: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            tokens.update(part.strip().lower() for part in value.split(b","))
+    return frozenset(tokens)
+
+
+def end_to_end(headers: Iterable[Header]) -> list[Header]:
+    """The headers a relay may pass on: hop-by-hop ones and those `Connection` names are dropped."""
+    headers = list(headers)
+    dropped = HOP_BY_HOP | connection_tokens(headers)
+    return [(name, value) for name, value in headers if name.lower() not in dropped]
+
+
+def request_head(method: bytes, target: bytes, headers: Iterable[Header]) -> bytes:
+    lines = [method + b" " + target + b" HTTP/1.1"]
+    lines.extend(name + b": " + value for name, value in headers)
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+def response_head(status: int, reason: bytes, headers: Iterable[Header]) -> bytes:
+    lines = [b"HTTP/1.1 " + str(status).encode() + b" " + reason]
+    lines.extend(name + b": " + value for name, value in headers)
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+def reason_phrase(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b"Unknown"
+
+
+def simple_response(
+    status: int, body: bytes, headers: Iterable[Header] = (), *, close: bool = False,
+    content_type: bytes = b"application/json",
+) -> bytes:
+    """A whole response the gate makes itself: an error, a preflight (204: no body headers), `/health`."""
+    fixed: list[Header] = [(b"Cache-Control", b"no-store")]
+    if status != 204:
+        fixed += [(b"Content-Type", content_type), (b"Content-Length", str(len(body)).encode())]
+    fixed.extend(headers)
+    if close:
+        fixed.append((b"Connection", b"close"))
+    return response_head(status, reason_phrase(status), fixed) + body
+
+
+def cors_headers(origin: str) -> list[Header]:
+    return [(b"Access-Control-Allow-Origin", origin.encode("latin-1")), (b"Vary", b"Origin")]

@@ -1,0 +1,142 @@
+"""The gate process: llama-server's owner (main thread) and the lane's event loop (second thread).
+
+llama-server is spawned and respawned from the main thread because ``PR_SET_PDEATHSIG`` follows
+the spawning thread; the event loop runs beside it and never waits on the launcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import resource
+import signal
+import socket
+import sys
+import threading
+from pathlib import Path
+
+from llama_launcher.attached import AttachedServer
+from llama_launcher.errors import LauncherError, StartError
+from llama_launcher.gate.config import GateConfig
+from llama_launcher.gate.proxy import serve_gate
+from llama_launcher.launch_spec import LaunchSpec
+from llama_launcher.redaction import configure_logging
+from llama_launcher.server_process import LlamaServer
+
+log = logging.getLogger("llama_direct.gate")
+
+RUNTIME_ENV = "LLAMA_DIRECT_RUNTIME"
+PUBLIC_FD_ENV = "LLAMA_DIRECT_PUBLIC_FD"
+UPSTREAM_KEY_ENV = "LLAMA_DIRECT_UPSTREAM_KEY"
+
+
+def raise_fd_limit() -> None:
+    """Each held stream costs two descriptors; the default soft limit of 1,024 is too low."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+class _LoopThread:
+    """Runs :func:`serve_gate` on its own event loop until asked to stop."""
+
+    def __init__(self, config: GateConfig, upstream: object, public_sock: socket.socket | None) -> None:
+        self._config = config
+        self._upstream = upstream
+        self._public_sock = public_sock
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._started = threading.Event()
+        self.failed = False
+        self.thread = threading.Thread(target=self._run, name="gate-loop", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            import uvloop
+
+            runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+        except ImportError:
+            runner = asyncio.Runner()
+        with runner:
+            try:
+                runner.run(self._main())
+            except Exception:
+                log.exception("the gate's event loop failed")
+                self.failed = True
+                self._started.set()
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self._started.set()
+        await serve_gate(self._config, self._upstream, self._public_sock, self._stop)  # type: ignore[arg-type]
+
+    def start(self) -> None:
+        self.thread.start()
+        self._started.wait()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self._loop and self._stop:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self.thread.join(timeout)
+
+
+def main() -> int:
+    configure_logging(process="gate")
+    runtime = Path(os.environ[RUNTIME_ENV])
+    config = GateConfig.from_file(runtime / "gate.json")
+    spec = LaunchSpec.read(runtime / "launch.json")
+    raise_fd_limit()
+    public_fd = os.environ.get(PUBLIC_FD_ENV)
+    public_sock = socket.socket(fileno=int(public_fd)) if public_fd else None
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("signal=%s stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    server: LlamaServer | None = None
+    try:
+        if spec.mode == "attach":
+            assert spec.upstream_url
+            upstream: object = AttachedServer(spec.upstream_url, os.environ.pop(UPSTREAM_KEY_ENV, None))
+        else:
+            server = LlamaServer(spec.server_options(), runtime)
+            upstream = server
+    except LauncherError as error:
+        log.error("cannot start: %s", error)
+        return 2
+
+    loop = _LoopThread(config, upstream, public_sock)
+    loop.start()
+    if loop.failed:
+        return 1
+    code = 0
+    try:
+        if server is not None:
+            server.start()
+            server.wait_ready(stop=stop)
+            if not stop.is_set():
+                server.supervise(stop)
+        else:
+            stop.wait()
+    except StartError as error:
+        log.error("llama-server did not start: %s", error)
+        for line in error.last_lines[-10:]:
+            log.error("llama-server said: %s", line)
+        code = 3
+    finally:
+        loop.stop()
+        if server is not None:
+            server.stop()
+    log.info("gate stopped code=%d", code)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

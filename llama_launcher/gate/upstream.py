@@ -1,0 +1,178 @@
+"""The gate's one door to llama-server (and to the broker's sockets): connect, or a typed refusal.
+
+Every connection the gate opens goes through `connect`, which maps each socket, TLS and timeout
+error to the gate's own `UpstreamUnavailable` (502) or `UpstreamTimeout` (504), in the style of
+httpx's `map_httpcore_exceptions`: the shell has one refusal handler, and no exception text (which
+may name a socket path) ever reaches a client.
+
+A connection is fresh per request: llama-server closes a kept-alive connection after a long stream
+without saying so, and the next request sent on it vanishes (`../shared/LLAMA-SERVER.md`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+import httptools
+
+from broker.refusals import Refusal
+
+P = TypeVar("P", bound=asyncio.BaseProtocol)
+
+MAX_JSON_RESPONSE_BYTES = 1024 * 1024
+
+
+class UpstreamUnavailable(Refusal):
+    status = 502
+    code = "upstream_unavailable"
+    message = "The model server is not reachable right now."
+
+
+class UpstreamTimeout(Refusal):
+    status = 504
+    code = "upstream_timeout"
+    message = "The model server did not answer in time."
+
+
+class Upstream(Protocol):
+    """What the gate needs of a llama-server; the launcher's `LlamaServer` satisfies it.
+
+    `address` and `authorization()` are read per request, so a respawned llama-server (new socket,
+    new key) is used from the next request on. `authorization()` returns the whole header value,
+    `b"Bearer <key>"`; nothing may log it.
+    """
+
+    @property
+    def address(self) -> str | tuple[str, int]: ...
+
+    @property
+    def ssl(self) -> ssl.SSLContext | None: ...
+
+    @property
+    def host_header(self) -> bytes: ...
+
+    def authorization(self) -> bytes: ...
+
+    def is_ready(self) -> bool: ...
+
+
+@dataclass
+class StaticUpstream:
+    """A llama-server at a fixed address with a fixed key: attach mode (`--upstream`) and tests."""
+
+    address: str | tuple[str, int]
+    key: str | None = field(repr=False)
+    ssl: ssl.SSLContext | None = None
+    host_header: bytes = b"llama-server"
+    ready: bool = True
+
+    def authorization(self) -> bytes:
+        """`b"Bearer <key>"`, or nothing for a llama-server that runs without a key."""
+        return b"Bearer " + self.key.encode("ascii") if self.key else b""
+
+    def is_ready(self) -> bool:
+        return self.ready
+
+
+async def connect(
+    address: str | tuple[str, int],
+    factory: Callable[[], P],
+    *,
+    timeout: float,
+    ssl_context: ssl.SSLContext | None = None,
+) -> tuple[asyncio.Transport, P]:
+    """Open one connection (a unix socket path, or host and port) or raise a gate refusal."""
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(timeout):
+            if isinstance(address, str):
+                transport, protocol = await loop.create_unix_connection(factory, address)
+            else:
+                host, port = address
+                transport, protocol = await loop.create_connection(factory, host, port, ssl=ssl_context)
+    except TimeoutError:
+        raise UpstreamTimeout() from None
+    except (OSError, ssl.SSLError, ValueError):
+        raise UpstreamUnavailable() from None
+    return transport, protocol  # type: ignore[return-value]
+
+
+async def connect_upstream(
+    upstream: Upstream, factory: Callable[[], P], *, timeout: float
+) -> tuple[asyncio.Transport, P]:
+    """`connect` to wherever llama-server listens now; one not yet listening is unavailable."""
+    try:
+        address = upstream.address
+    except RuntimeError:
+        raise UpstreamUnavailable() from None
+    return await connect(address, factory, timeout=timeout, ssl_context=upstream.ssl)
+
+
+class _Collector(asyncio.Protocol):
+    """Reads one whole small response; used for llama-server's /health, /slots and /props only."""
+
+    def __init__(self) -> None:
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.status = 0
+        self.body = bytearray()
+        self._parser = httptools.HttpResponseParser(self)
+        self._complete = False
+
+    def on_body(self, data: bytes) -> None:
+        self.body += data
+
+    def on_message_complete(self) -> None:
+        self._complete = True
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError:
+            self._finish(UpstreamUnavailable())
+            return
+        if len(self.body) > MAX_JSON_RESPONSE_BYTES:
+            self._finish(UpstreamUnavailable())
+        elif self._complete:
+            self.status = self._parser.get_status_code()
+            self._finish(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._finish(UpstreamUnavailable())
+
+    def _finish(self, error: Refusal | None) -> None:
+        if self.done.done():
+            return
+        if error is None:
+            self.done.set_result(None)
+        else:
+            self.done.set_exception(error)
+
+
+async def get_json(upstream: Upstream, path: str, *, timeout: float) -> tuple[int, Any]:
+    """GET a small JSON document from llama-server with the master key: (status, parsed body)."""
+    try:
+        authorization = upstream.authorization()
+    except RuntimeError:
+        raise UpstreamUnavailable() from None
+    head = b"GET " + path.encode("ascii") + b" HTTP/1.1\r\nHost: " + upstream.host_header + b"\r\n"
+    if authorization:
+        head += b"Authorization: " + authorization + b"\r\n"
+    transport, collector = await connect_upstream(upstream, _Collector, timeout=timeout)
+    try:
+        transport.write(head + b"Connection: close\r\n\r\n")
+        try:
+            async with asyncio.timeout(timeout):
+                await collector.done
+        except TimeoutError:
+            raise UpstreamTimeout() from None
+    finally:
+        transport.abort()
+    try:
+        return collector.status, json.loads(collector.body)
+    except ValueError:
+        raise UpstreamUnavailable() from None
