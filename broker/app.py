@@ -405,7 +405,9 @@ def create_control_app(core: BrokerCore) -> FastAPI:
 
     @app.get("/health")
     async def health() -> Response:
-        return _json({"broker": "ok"}, headers=NO_STORE)
+        """``lane_ready`` is what negotiation would say now: serve prints its ready line only then."""
+        gate = core.gate.health
+        return _json({"broker": "ok", "lane_ready": gate.up and gate.model_ready}, headers=NO_STORE)
 
     return app
 

@@ -30,6 +30,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="public address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="public port (default 8000; 0 picks a free one)")
     serve.add_argument("--public-url", help="the base URL browsers use, behind a reverse proxy")
+    serve.add_argument("--gate-port", type=int, help="two-port mode: the direct lane on a port of its own")
+    serve.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                       help="two-port mode: another app origin that may call the lane (repeatable)")
     serve.add_argument("--data-dir", type=Path, help="keys and ids (default ~/.local/share/llama-direct)")
     serve.add_argument("--access-token-file", type=Path, help="a fixed login token, read from this file")
     serve.add_argument("--algorithm", choices=("EdDSA", "ES256"), default="EdDSA", help="token signature")
@@ -149,6 +152,8 @@ def serve(args: argparse.Namespace) -> int:
             upstream_key = os.environ.get(UPSTREAM_KEY_ENV) or None
         if upstream_key:
             register_secret(upstream_key)
+    if args.allow_origin and args.gate_port is None:
+        raise LauncherError("--allow-origin needs --gate-port: in one-port mode the lane is same-origin")
     launch = _launch_spec(args, cache)
     cert_pair = tls.resolve_tls(args.tls_cert, args.tls_key, args.tls_self_signed, data_dir, args.host)
     if cert_pair is None and not _is_loopback(args.host):
@@ -168,7 +173,8 @@ def serve(args: argparse.Namespace) -> int:
     plan = supervisor.StackPlan(
         host=args.host, port=args.port, data_dir=data_dir, launch=launch, access_token=access_token,
         broker_settings=broker_settings, gate_settings=gate_settings, upstream_key=upstream_key,
-        tls=cert_pair is not None, public_url=args.public_url,
+        tls=cert_pair is not None, public_url=args.public_url, gate_port=args.gate_port,
+        allow_origins=tuple(args.allow_origin),
     )
     return supervisor.run(plan)
 

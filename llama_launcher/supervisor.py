@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -51,6 +52,8 @@ class StackPlan:
     upstream_key: str | None = None
     tls: bool = False
     public_url: str | None = None
+    gate_port: int | None = None
+    allow_origins: tuple[str, ...] = ()
 
 
 def _child_setup(parent_pid: int) -> None:
@@ -102,6 +105,8 @@ class Stack:
         self.runtime = make_runtime_dir()
         self.public = bind_public(plan.host, plan.port)
         self.port = self.public.getsockname()[1]
+        self.lane = bind_public(plan.host, plan.gate_port) if plan.gate_port is not None else None
+        self.lane_port = self.lane.getsockname()[1] if self.lane else None
         self.gate: subprocess.Popen[bytes] | None = None
         self.broker: subprocess.Popen[bytes] | None = None
         self.stopping = threading.Event()
@@ -127,10 +132,25 @@ class Stack:
             **self.plan.gate_settings, **sockets, "private_socket": str(self.gate_socket),
             "audience": ids.gate_id, "issuer": ids.broker_id,
         }
+        if self.lane_port is not None:
+            broker["gate_port"] = self.lane_port
+            broker["allowed_origins"] = list(self.plan.allow_origins)
+            gate["two_port"] = True
+            gate["allowed_origins"] = [*self.app_origins(), *self.plan.allow_origins]
         gate.pop("gate_socket")
         (self.runtime / "broker.json").write_text(json.dumps(broker, indent=2))
         (self.runtime / "gate.json").write_text(json.dumps(gate, indent=2))
         self.plan.launch.write(self.runtime / "launch.json")
+
+    def app_origins(self) -> list[str]:
+        """The origins the page is served from, which may call a lane on its own port."""
+        if self.plan.public_url:
+            parts = urlsplit(self.plan.public_url)
+            return [f"{parts.scheme}://{parts.netloc}"]
+        scheme = "https" if self.plan.tls else "http"
+        host = self.plan.host
+        hosts = ["127.0.0.1", "localhost"] if host in ("127.0.0.1", "localhost", "0.0.0.0", "::", "") else [host]
+        return [f"{scheme}://{f'[{h}]' if ':' in h else h}:{self.port}" for h in hosts]
 
     def _env(self, **extra: str) -> dict[str, str]:
         env = {
@@ -161,17 +181,25 @@ class Stack:
         log.info("broker started pid=%d", self.broker.pid)
 
     def start_gate(self) -> None:
-        extra = {"LLAMA_DIRECT_PUBLIC_FD": str(self.public.fileno())}
+        if self.lane is not None:
+            extra = {
+                "LLAMA_DIRECT_PUBLIC_FD": str(self.lane.fileno()),
+                "LLAMA_DIRECT_APP_FD": str(self.public.fileno()),
+            }
+            fds: tuple[int, ...] = (self.lane.fileno(), self.public.fileno())
+        else:
+            extra = {"LLAMA_DIRECT_PUBLIC_FD": str(self.public.fileno())}
+            fds = (self.public.fileno(),)
         if self.plan.upstream_key:
             extra["LLAMA_DIRECT_UPSTREAM_KEY"] = self.plan.upstream_key
-        self.gate = self._spawn("llama_launcher.gate", self._env(**extra), pass_fds=(self.public.fileno(),))
+        self.gate = self._spawn("llama_launcher.gate", self._env(**extra), pass_fds=fds)
         log.info("gate started pid=%d", self.gate.pid)
 
     def wait_ready(self, timeout: float = 900.0) -> None:
         progress = Progress("starting")
         deadline = time.monotonic() + timeout
         gate = httpx.Client(transport=httpx.HTTPTransport(uds=str(self.gate_socket)), timeout=2.0)
-        broker = httpx.Client(transport=httpx.HTTPTransport(uds=str(self.broker_socket)), timeout=2.0)
+        broker = httpx.Client(transport=httpx.HTTPTransport(uds=str(self.runtime / "control.sock")), timeout=2.0)
         with gate, broker:
             while not self.stopping.is_set():
                 for name, child in (("gate", self.gate), ("broker", self.broker)):
@@ -180,8 +208,8 @@ class Stack:
                 if time.monotonic() > deadline:
                     raise LauncherError(f"not ready within {timeout:.0f} s")
                 state = _probe(gate, "http://gate/health")
-                broker_up = _probe(broker, "http://broker/.well-known/jwks.json") is not None
-                if state and state.get("model_ready") and broker_up:
+                broker_state = _probe(broker, "http://broker/health")
+                if state and state.get("model_ready") and broker_state and broker_state.get("lane_ready"):
                     return
                 progress.say("loading the model" if state else "waiting for the gate and the broker")
                 time.sleep(0.1)
@@ -227,6 +255,8 @@ class Stack:
                 os.killpg(child.pid, signal.SIGKILL)
                 child.wait()
         self.public.close()
+        if self.lane is not None:
+            self.lane.close()
         shutil.rmtree(self.runtime, ignore_errors=True)
 
 

@@ -28,6 +28,7 @@ log = logging.getLogger("llama_direct.gate")
 
 RUNTIME_ENV = "LLAMA_DIRECT_RUNTIME"
 PUBLIC_FD_ENV = "LLAMA_DIRECT_PUBLIC_FD"
+APP_FD_ENV = "LLAMA_DIRECT_APP_FD"
 UPSTREAM_KEY_ENV = "LLAMA_DIRECT_UPSTREAM_KEY"
 
 
@@ -41,10 +42,17 @@ def raise_fd_limit() -> None:
 class _LoopThread:
     """Runs :func:`serve_gate` on its own event loop until asked to stop."""
 
-    def __init__(self, config: GateConfig, upstream: object, public_sock: socket.socket | None) -> None:
+    def __init__(
+        self,
+        config: GateConfig,
+        upstream: object,
+        public_sock: socket.socket | None,
+        app_sock: socket.socket | None,
+    ) -> None:
         self._config = config
         self._upstream = upstream
         self._public_sock = public_sock
+        self._app_sock = app_sock
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._started = threading.Event()
@@ -70,7 +78,9 @@ class _LoopThread:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         self._started.set()
-        await serve_gate(self._config, self._upstream, self._public_sock, self._stop)  # type: ignore[arg-type]
+        await serve_gate(
+            self._config, self._upstream, self._public_sock, self._stop, self._app_sock  # type: ignore[arg-type]
+        )
 
     def start(self) -> None:
         self.thread.start()
@@ -90,6 +100,8 @@ def main() -> int:
     raise_fd_limit()
     public_fd = os.environ.get(PUBLIC_FD_ENV)
     public_sock = socket.socket(fileno=int(public_fd)) if public_fd else None
+    app_fd = os.environ.get(APP_FD_ENV)
+    app_sock = socket.socket(fileno=int(app_fd)) if app_fd else None
 
     stop = threading.Event()
 
@@ -112,7 +124,7 @@ def main() -> int:
         log.error("cannot start: %s", error)
         return 2
 
-    loop = _LoopThread(config, upstream, public_sock)
+    loop = _LoopThread(config, upstream, public_sock, app_sock)
     loop.start()
     if loop.failed:
         return 1

@@ -942,7 +942,8 @@ class GateServer:
         self._stop_pulling = asyncio.Event()
         self._puller: asyncio.Task[None] | None = None
 
-    async def start(self, public_sock: socket.socket | None) -> None:
+    async def start(self, public_sock: socket.socket | None, app_sock: socket.socket | None = None) -> None:
+        """``app_sock`` is two-port mode's app port: the broker relay alone, while ``public_sock`` is the lane."""
         config = self.config
         await self.keyset.refresh()
         self._puller = asyncio.ensure_future(self.keyset.run(self._stop_pulling))
@@ -953,6 +954,16 @@ class GateServer:
                 await loop.create_server(
                     lambda: ClientConnection(self.gate, listener),
                     sock=public_sock,
+                    ssl=_server_tls(config),
+                    ssl_handshake_timeout=config.head_timeout if config.tls else None,
+                )
+            )
+        if app_sock is not None:
+            app = Listener(lane=False, broker=True, tls=config.tls)
+            self._servers.append(
+                await loop.create_server(
+                    lambda: ClientConnection(self.gate, app),
+                    sock=app_sock,
                     ssl=_server_tls(config),
                     ssl_handshake_timeout=config.head_timeout if config.tls else None,
                 )
@@ -989,11 +1000,15 @@ def _server_tls(config: GateConfig) -> ssl.SSLContext | None:
 
 
 async def serve_gate(
-    config: GateConfig, upstream: Upstream, public_sock: socket.socket | None, stop: asyncio.Event
+    config: GateConfig,
+    upstream: Upstream,
+    public_sock: socket.socket | None,
+    stop: asyncio.Event,
+    app_sock: socket.socket | None = None,
 ) -> None:
     """Serve until `stop` is set, then close the listeners and every live connection."""
     server = GateServer(config, upstream)
-    await server.start(public_sock)
+    await server.start(public_sock, app_sock)
     log.info("gate serving two_port=%s tls=%s", config.two_port, config.tls)
     try:
         await stop.wait()

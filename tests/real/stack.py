@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 
 READY = re.compile(r"llama-direct ready: (?P<url>https?://\S+)")
-RUNTIME = re.compile(r"runtime dir=(?P<path>\S+)")
+RUNTIME = re.compile(r"runtime dir=(?P<path>\S+) public=\S+:(?P<port>\d+)")
 
 
 @dataclass
@@ -28,6 +28,7 @@ class Stack:
     runtime: Path
     log_path: Path
     data_dir: Path
+    port: int
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -89,18 +90,19 @@ def run_stack(*args: str, env: dict[str, str] | None = None, timeout: float = 30
     log_file.close()
     deadline = time.monotonic() + timeout
     login = runtime = None
+    port = 0
     while time.monotonic() < deadline and process.poll() is None:
         text = log_path.read_text(errors="replace")
         ready, where = READY.search(text), RUNTIME.search(text)
         if ready and where:
-            login, runtime = ready.group("url"), Path(where.group("path"))
+            login, runtime, port = ready.group("url"), Path(where.group("path")), int(where.group("port"))
             break
         time.sleep(0.1)
     family = _descendants(process.pid)
     try:
         if login is None or runtime is None:
             raise AssertionError(f"serve did not become ready:\n{log_path.read_text(errors='replace')[-3000:]}")
-        yield Stack(process, login, runtime, log_path, data_dir)
+        yield Stack(process, login, runtime, log_path, data_dir, port)
     finally:
         family = sorted(set(family) | set(_descendants(process.pid)))
         if process.poll() is None:
