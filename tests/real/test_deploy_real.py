@@ -37,15 +37,14 @@ def _stream(url: str, token: str, *, origin: str | None = None, verify: ssl.SSLC
 
 
 def test_one_forwarded_port_serves_page_negotiation_and_lane(llama_server_binary: Path) -> None:
-    with run_stack("--llama-server", str(llama_server_binary)) as stack:
-        with Forwarder(("127.0.0.1", stack.port)) as tunnel:
-            base = f"http://127.0.0.1:{tunnel.port}"
-            login = httpx.get(f"{base}/?token={stack.access_token}", follow_redirects=False, timeout=10)
-            assert login.status_code == 303
-            grant = httpx.post(f"{base}/direct-stream", headers={"Authorization": f"Bearer {stack.access_token}",
-                                                                 "Origin": base}, timeout=10).json()
-            assert grant["url"] == f"{base}/direct"
-            assert _stream(grant["url"], grant["token"], origin=base) >= 2
+    with run_stack("--llama-server", str(llama_server_binary)) as stack, Forwarder(("127.0.0.1", stack.port)) as tunnel:
+        base = f"http://127.0.0.1:{tunnel.port}"
+        login = httpx.get(f"{base}/?token={stack.access_token}", follow_redirects=False, timeout=10)
+        assert login.status_code == 303
+        grant = httpx.post(f"{base}/direct-stream", headers={"Authorization": f"Bearer {stack.access_token}",
+                                                             "Origin": base}, timeout=10).json()
+        assert grant["url"] == f"{base}/direct"
+        assert _stream(grant["url"], grant["token"], origin=base) >= 2
 
 
 def test_login_drops_the_token_and_sets_safe_headers(llama_server_binary: Path) -> None:
