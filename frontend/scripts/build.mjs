@@ -1,0 +1,25 @@
+// Bundle the demo page into the broker's package data (broker/static/), which it serves at `/`.
+import { copyFile, mkdir, readdir, rm } from "node:fs/promises";
+import { fileURLToPath } from "node:url";
+import { build } from "esbuild";
+
+const root = fileURLToPath(new URL("..", import.meta.url));
+const out = fileURLToPath(new URL("../../broker/static/", import.meta.url));
+const OUTPUTS = new Set(["index.html", "app.js", "app.css"]);
+
+await mkdir(out, { recursive: true });
+for (const name of await readdir(out)) {
+  if (OUTPUTS.has(name)) await rm(out + name);
+}
+await build({
+  entryPoints: [root + "src/page/app.ts", root + "src/page/app.css"],
+  outdir: out,
+  bundle: true,
+  format: "esm",
+  target: ["es2022", "chrome110", "firefox115", "safari16"],
+  minify: true,
+  legalComments: "none",
+  logLevel: "warning",
+});
+await copyFile(root + "src/page/index.html", out + "index.html");
+console.log(`built ${[...OUTPUTS].join(", ")} into ${out}`);

@@ -1,0 +1,15 @@
+/** The browser client library: what an app imports to stream chat through llama-direct. */
+export { type ChatMessage, type ChatRequest, type FetchLike, type StreamChatOptions, streamChat, type ToolContext, type ToolExecutor } from "./client.ts";
+export { type ErrorCode, friendlyMessage } from "./errors.ts";
+export {
+  type Lane,
+  type Phase,
+  type ShapedEvent,
+  type ShaperOptions,
+  StreamShaper,
+  shapeItems,
+  type ToolCall,
+  toFlatText,
+  type UIEvent,
+} from "./shape.ts";
+export { createSSEDecoder, interpretEvent, parseErrorBody, type SSEDecoder, type SSEEvent, type ServerError, type StreamItem } from "./sse.ts";

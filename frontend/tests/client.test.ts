@@ -1,0 +1,551 @@
+import { describe, expect, it } from "vitest";
+import { type ChatRequest, type StreamChatOptions, streamChat } from "../src/client.ts";
+import { toFlatText, type UIEvent } from "../src/shape.ts";
+import { type BodyEnd, collect, FakeFetch, hang, json, networkError, type Route, sse } from "./fake.ts";
+import { encode, fixture, splitAt } from "./helpers.ts";
+
+const LANE = "https://chat.example/direct";
+const TEXT_PLAIN = "Zoë, hello! I'm Zoë, a friendly AI designed to help with your creative endeavors.";
+const REQUEST: ChatRequest = { messages: [{ role: "user", content: "hi" }], max_tokens: 48 };
+const PLAIN = fixture("plain.sse");
+
+function grant(overrides: Record<string, unknown> = {}): Record<string, unknown> {
+  return {
+    supported: true,
+    url: LANE,
+    token: "tok-chat",
+    expires_at: 2_000_000_000,
+    ttl_seconds: 30,
+    model: "smollm2",
+    conversation_id: null,
+    scope: "chat",
+    grant: {},
+    fallback_url: "/app/v1/chat/completions",
+    ...overrides,
+  };
+}
+
+const chunks = (bytes: Uint8Array, size = 97): Uint8Array[] =>
+  splitAt(
+    bytes,
+    Array.from({ length: Math.ceil(bytes.length / size) }, (_, i) => i * size),
+  );
+
+/** A fake whose negotiation, lane and baseline each answer from the given routes. */
+function server(routes: { negotiate?: Route; lane?: Route; fallback?: Route; stream?: Route }): FakeFetch {
+  return new FakeFetch((call) => {
+    if (call.url === "direct-stream") return routes.negotiate ?? (() => json(grant()));
+    if (call.url.startsWith(`${LANE}/v1/chat/completions`)) return routes.lane ?? ((c) => sse(c, chunks(PLAIN)));
+    if (call.url.startsWith(`${LANE}/v1/stream`)) return routes.stream ?? (() => json({}, 404));
+    if (call.url === "/app/v1/chat/completions" || call.url === "v1/chat/completions") {
+      return routes.fallback ?? ((c) => sse(c, chunks(PLAIN)));
+    }
+    throw new Error(`unexpected request ${call.method} ${call.url}`);
+  });
+}
+
+function run(fake: FakeFetch, options: StreamChatOptions = {}, request: ChatRequest = REQUEST): Promise<UIEvent[]> {
+  const slept: number[] = [];
+  return collect(
+    streamChat(request, {
+      fetch: fake.fetch,
+      sleep: async (ms) => {
+        slept.push(ms);
+      },
+      ...options,
+    }),
+  );
+}
+
+const last = (events: UIEvent[]): UIEvent | undefined => events[events.length - 1];
+const errors = (events: UIEvent[]): UIEvent[] => events.filter((e) => e.type === "error");
+
+describe("the direct lane", () => {
+  it("negotiates with the session cookie, then streams from the lane with the token", async () => {
+    const fake = server({});
+    const events = await run(fake);
+    expect(toFlatText(events)).toBe(TEXT_PLAIN);
+    expect(last(events)).toEqual({ type: "finish", finish_reason: "stop", lane: "direct" });
+    expect(events).toContainEqual({ type: "usage", prompt_tokens: 44, completion_tokens: 23 });
+    expect(events.find((e) => e.type === "timings")).toMatchObject({ predicted_per_second: 137.9716907176409 });
+
+    const [negotiation, direct] = fake.calls;
+    expect(fake.calls).toHaveLength(2);
+    expect(negotiation).toMatchObject({ url: "direct-stream", method: "POST", credentials: "same-origin" });
+    expect(negotiation?.body).toEqual({ max_tokens: 48 });
+    expect(direct).toMatchObject({ url: `${LANE}/v1/chat/completions`, method: "POST", credentials: "omit" });
+    expect(direct?.headers.authorization).toBe("Bearer tok-chat");
+    expect(direct?.headers["x-conversation-id"]).toBeUndefined();
+    expect(direct?.body).toEqual({
+      messages: [{ role: "user", content: "hi" }],
+      max_tokens: 48,
+      stream: true,
+      return_progress: true,
+      stream_options: { include_usage: true },
+    });
+  });
+
+  it("asks for a resumable stream and sends X-Conversation-Id only when the answer carries one", async () => {
+    const fake = server({ negotiate: () => json(grant({ conversation_id: "conv-7" })) });
+    await run(fake, { resumable: true, maxTokens: 64 });
+    expect(fake.calls[0]?.body).toEqual({ max_tokens: 64, resumable: true });
+    expect(fake.calls[1]?.headers["x-conversation-id"]).toBe("conv-7");
+  });
+
+  it("strips a trailing slash from the lane url", async () => {
+    const fake = server({ negotiate: () => json(grant({ url: `${LANE}/` })) });
+    await run(fake);
+    expect(fake.calls[1]?.url).toBe(`${LANE}/v1/chat/completions`);
+  });
+
+  it("shows prompt progress before the first token", async () => {
+    const events = await run(server({}));
+    expect(events.slice(0, 2).map((e) => e.type)).toEqual(["progress", "progress"]);
+  });
+});
+
+describe("silent fallback before the first delta", () => {
+  const failures: [string, Partial<Parameters<typeof server>[0]>, StreamChatOptions?][] = [
+    ["the negotiation answers unsupported", { negotiate: () => json({ supported: false, reason: "disabled", fallback_url: "/app/v1/chat/completions" }) }],
+    ["the negotiation is unreachable", { negotiate: () => networkError() }],
+    ["the negotiation answers 500", { negotiate: () => json({}, 500) }],
+    ["the negotiation answers something that is not JSON", { negotiate: () => new Response("<html>", { status: 200 }) }],
+    ["the lane answers 401", { lane: () => json({ error: { code: 401, message: "token expired" } }, 401) }],
+    ["the lane answers 403", { lane: () => json({ error: { code: 403, message: "origin" } }, 403) }],
+    ["the lane answers 404", { lane: () => json({ error: { code: 404 } }, 404) }],
+    ["the lane answers 500", { lane: () => json({ error: { code: 500 } }, 500) }],
+    ["the lane answers 502", { lane: () => new Response("bad gateway", { status: 502 }) }],
+    ["the lane is unreachable", { lane: () => networkError() }],
+    ["the lane's head does not arrive in time", { lane: (c) => hang(c) }, { headTimeoutMs: 20 }],
+    ["the lane answers 200 with a wrong content type", { lane: () => new Response("{}", { status: 200, headers: { "Content-Type": "application/json" } }) }],
+    ["the lane breaks before any token", { lane: (c) => sse(c, [encode('data: {"choices":[],"prompt_progress":{"total":5,"processed":0}}\n\n')], "error") }],
+    ["the lane's body ends before any token", { lane: (c) => sse(c, [encode('data: {"choices":[{"index":0,"delta":{"role":"assistant"}}]}\n\n')], "close") }],
+    ["the lane sends a server error frame before any token", { lane: (c) => sse(c, [encode('data: {"error":{"code":500,"type":"server_error","message":"x"}}\n\n')]) }],
+  ];
+
+  for (const [label, routes, options] of failures) {
+    it(`falls back when ${label}`, async () => {
+      const fake = server(routes);
+      const events = await run(fake, options);
+      expect(errors(events)).toEqual([]);
+      expect(toFlatText(events)).toBe(TEXT_PLAIN);
+      expect(last(events)).toEqual({ type: "finish", finish_reason: "stop", lane: "fallback" });
+      const fallback = fake.calls.filter((c) => c.url.endsWith("v1/chat/completions") && !c.url.startsWith(LANE));
+      expect(fallback).toHaveLength(1);
+      expect(fallback[0]?.credentials).toBe("same-origin");
+      expect(fallback[0]?.headers.authorization).toBeUndefined();
+      expect(fallback[0]?.body).toEqual(fake.to(`${LANE}/v1/chat/completions`)[0]?.body ?? fallback[0]?.body);
+      for (const direct of fake.to(`${LANE}/v1/chat/completions`)) expect(direct.signal?.aborted).toBe(true);
+    });
+  }
+
+  it("uses the negotiation's fallback_url, else the relative default", async () => {
+    const named = server({ negotiate: () => json({ supported: false, reason: "gate_down", fallback_url: "/app/v1/chat/completions" }) });
+    await run(named);
+    expect(named.calls[1]?.url).toBe("/app/v1/chat/completions");
+    const unnamed = server({ negotiate: () => networkError() });
+    await run(unnamed);
+    expect(unnamed.calls[1]?.url).toBe("v1/chat/completions");
+  });
+
+  it("shows a notice while the model is loading, then falls back", async () => {
+    const fake = server({ negotiate: () => json({ supported: false, reason: "model_loading", fallback_url: "/app/v1/chat/completions" }) });
+    const events = await run(fake);
+    expect(events[0]).toEqual({ type: "notice", code: "model_loading", message: "The model is still loading. Try again in a moment." });
+    expect(last(events)).toMatchObject({ lane: "fallback" });
+  });
+
+  it("cancels a resumable direct stream before it falls back", async () => {
+    const fake = server({
+      negotiate: (call) =>
+        json(grant({ conversation_id: "conv-1", token: (call.body as Record<string, unknown>).cancel ? "tok-cancel" : "tok-chat" })),
+      lane: () => json({}, 503),
+      stream: () => new Response(null, { status: 204 }),
+    });
+    const events = await run(fake, { resumable: true });
+    expect(last(events)).toMatchObject({ lane: "fallback" });
+    expect(fake.to("direct-stream").map((c) => c.body)).toEqual([{ max_tokens: 48, resumable: true }, { cancel: "conv-1" }]);
+    const [cancel] = fake.to("/v1/stream", "DELETE");
+    expect(cancel?.url).toBe(`${LANE}/v1/stream?conv_id=conv-1`);
+    expect(cancel?.headers.authorization).toBe("Bearer tok-cancel");
+  });
+});
+
+describe("visible errors", () => {
+  it("says the session expired when the negotiation answers 401, without trying the baseline", async () => {
+    const fake = server({ negotiate: () => json({ detail: "Not authenticated" }, 401) });
+    const events = await run(fake);
+    expect(events).toEqual([
+      {
+        type: "error",
+        code: "session_expired",
+        message: "Your session has expired. Open the sign-in link again to continue.",
+        phase: "pre-output",
+      },
+    ]);
+    expect(fake.calls).toHaveLength(1);
+  });
+
+  it("waits Retry-After once on 429, then negotiates again", async () => {
+    let n = 0;
+    const fake = server({ negotiate: () => (n++ === 0 ? json({}, 429, { "Retry-After": "3" }) : json(grant())) });
+    const slept: number[] = [];
+    const events = await collect(streamChat(REQUEST, { fetch: fake.fetch, sleep: async (ms) => void slept.push(ms) }));
+    expect(slept).toEqual([3000]);
+    expect(last(events)).toMatchObject({ lane: "direct" });
+  });
+
+  it("gives up with a friendly error on a second 429", async () => {
+    const fake = server({ negotiate: () => json({}, 429, { "Retry-After": "60" }) });
+    const slept: number[] = [];
+    const events = await collect(streamChat(REQUEST, { fetch: fake.fetch, sleep: async (ms) => void slept.push(ms) }));
+    expect(slept).toEqual([10_000]);
+    expect(events).toEqual([expect.objectContaining({ type: "error", code: "rate_limited", phase: "pre-output" })]);
+  });
+
+  it("says how many tokens overflowed the context, from llama-server's recorded 400", async () => {
+    const body = new TextDecoder().decode(fixture("overflow.json"));
+    const fake = server({ lane: () => new Response(body, { status: 400, headers: { "Content-Type": "application/json" } }) });
+    const events = await run(fake);
+    expect(events).toEqual([
+      {
+        type: "error",
+        code: "context_overflow",
+        message: "Message too long: 9,030 tokens exceeds the 2,048-token context window. Shorten it or start a new chat.",
+        phase: "pre-output",
+      },
+    ]);
+    expect(fake.calls).toHaveLength(2);
+  });
+
+  it("says the model cannot read images when an image request is refused", async () => {
+    const image: ChatRequest = {
+      messages: [{ role: "user", content: [{ type: "text", text: "?" }, { type: "image_url", image_url: { url: "data:image/png;base64,AA==" } }] }],
+    };
+    const vision = new TextDecoder().decode(fixture("vision.json"));
+    const refused = server({
+      lane: () => json({ error: { code: 400, message: "x", type: "invalid_request_error" } }, 400),
+    });
+    expect(await run(refused, {}, image)).toEqual([
+      expect.objectContaining({ code: "vision_unsupported", message: "This model cannot read images. Remove the image and send again." }),
+    ]);
+    const raw = server({
+      lane: () => new Response(vision, { status: 500 }),
+      fallback: () => new Response(vision, { status: 500 }),
+    });
+    const events = await run(raw, {}, image);
+    expect(events).toEqual([expect.objectContaining({ code: "vision_unsupported", phase: "pre-output" })]);
+    expect(JSON.stringify(events)).not.toContain("mmproj");
+  });
+
+  it("turns a failing baseline into a friendly error and never shows the server's text", async () => {
+    const fake = server({
+      negotiate: () => json({ supported: false, reason: "disabled" }),
+      fallback: () => json({ error: { code: 500, message: "Traceback /srv/secret.py" } }, 500),
+    });
+    const events = await run(fake);
+    expect(events).toEqual([
+      {
+        type: "error",
+        code: "server_error",
+        message: "Something went wrong while generating the reply. Please try again.",
+        phase: "pre-output",
+      },
+    ]);
+  });
+
+  it("calls a baseline answer that is not an event stream a bad response", async () => {
+    const fake = server({ negotiate: () => json({ supported: false, reason: "disabled" }), fallback: () => json({ ok: true }) });
+    expect(await run(fake)).toEqual([expect.objectContaining({ code: "bad_response", phase: "pre-output" })]);
+  });
+
+  it("reconnects with back-off while both lanes are unreachable, then streams direct again", async () => {
+    let negotiations = 0;
+    const fake = server({
+      negotiate: () => (++negotiations <= 2 ? networkError() : json(grant())),
+      fallback: () => networkError(),
+    });
+    const slept: number[] = [];
+    const events = await collect(
+      streamChat(REQUEST, { fetch: fake.fetch, sleep: async (ms) => void slept.push(ms), reconnectDelaysMs: [5, 10, 20] }),
+    );
+    expect(slept).toEqual([5, 10]);
+    expect(events.filter((e) => e.type === "notice")).toEqual([
+      { type: "notice", code: "reconnecting", message: "Reconnecting…" },
+      { type: "notice", code: "reconnecting", message: "Reconnecting…" },
+    ]);
+    expect(last(events)).toEqual({ type: "finish", finish_reason: "stop", lane: "direct" });
+  });
+
+  it("says the connection is lost once the reconnect attempts run out", async () => {
+    const fake = server({ negotiate: () => networkError(), fallback: () => networkError() });
+    const events = await run(fake, { reconnectDelaysMs: [1] });
+    expect(last(events)).toEqual({
+      type: "error",
+      code: "connection_lost",
+      message: "The connection was lost. Check your network and try again.",
+      phase: "pre-output",
+    });
+  });
+});
+
+/** Offsets where the plain fixture has already shown text: past its first content chunk. */
+function firstDeltaEnd(bytes: Uint8Array): number {
+  const text = new TextDecoder().decode(bytes);
+  const at = text.indexOf('"content":"Z"');
+  return encode(text.slice(0, text.indexOf("\n\n", at) + 2)).length;
+}
+
+describe("after the first delta", () => {
+  for (const end of ["error", "close"] as BodyEnd[]) {
+    it(`fails visibly when a non-resumable stream breaks (${end}), keeping the partial text`, async () => {
+      const cut = firstDeltaEnd(PLAIN) + 40;
+      const fake = server({ lane: (c) => sse(c, chunks(PLAIN.slice(0, cut)), end) });
+      const events = await run(fake);
+      expect(toFlatText(events)).toBe("Z");
+      expect(last(events)).toEqual({
+        type: "error",
+        code: "truncated",
+        message: "The connection was lost before the reply finished. The partial reply is kept above.",
+        phase: "mid-stream",
+      });
+      expect(fake.calls).toHaveLength(2);
+    });
+  }
+
+  it("resumes from the byte offset received, at every offset, with nothing lost or doubled", async () => {
+    const start = firstDeltaEnd(PLAIN);
+    const text = new TextDecoder().decode(PLAIN);
+    const finishEnd = encode(text.slice(0, text.indexOf("\n\n", text.indexOf('"finish_reason":"stop"')) + 2)).length;
+    for (let cut = start; cut < PLAIN.length; cut += 13) {
+      const end: BodyEnd = cut % 2 === 0 ? "error" : "close";
+      const fake = server({
+        negotiate: (call) => {
+          const ask = call.body as Record<string, unknown>;
+          return json(grant({ conversation_id: "conv-9", token: ask.resume ? "tok-resume" : "tok-chat" }));
+        },
+        lane: (c) => sse(c, chunks(PLAIN.slice(0, cut), 50), end),
+        stream: (c) => sse(c, chunks(PLAIN.slice(cut), 61)),
+      });
+      const events = await run(fake, { resumable: true });
+      expect(toFlatText(events)).toBe(TEXT_PLAIN);
+      expect(errors(events)).toEqual([]);
+      // A body that closes cleanly after finish_reason has ended: only a broken one resumes there.
+      if (cut >= finishEnd && end === "close") {
+        expect(last(events)).toEqual({ type: "finish", finish_reason: "stop", lane: "direct" });
+        continue;
+      }
+      expect(last(events)).toEqual({ type: "finish", finish_reason: "stop", lane: "resumed" });
+      expect(events).toContainEqual({ type: "usage", prompt_tokens: 44, completion_tokens: 23 });
+      expect(fake.to("direct-stream").map((c) => c.body)).toEqual([{ max_tokens: 48, resumable: true }, { resume: "conv-9" }]);
+      const [resume] = fake.to("/v1/stream", "GET");
+      expect(resume?.url).toBe(`${LANE}/v1/stream?conv_id=conv-9&from=${cut}`);
+      expect(resume?.headers.authorization).toBe("Bearer tok-resume");
+    }
+  });
+
+  it("resumes inside a multi-byte character without mangling it", async () => {
+    const bytes = fixture("multibyte.sse");
+    const cut = new TextDecoder().decode(bytes).indexOf("🦙") + 0;
+    const offset = encode(new TextDecoder().decode(bytes).slice(0, cut)).length + 2;
+    const fake = server({
+      negotiate: () => json(grant({ conversation_id: "c" })),
+      lane: (c) => sse(c, [bytes.slice(0, offset)], "error"),
+      stream: (c) => sse(c, [bytes.slice(offset)]),
+    });
+    const events = await run(fake, { resumable: true });
+    expect(toFlatText(events)).toBe("Llamas 🦙 say héllo, 你好!  haha haha.");
+  });
+
+  it("fails visibly when resuming fails, without duplicating text", async () => {
+    const cut = firstDeltaEnd(PLAIN) + 700;
+    const fake = server({
+      negotiate: () => json(grant({ conversation_id: "conv-2" })),
+      lane: (c) => sse(c, [PLAIN.slice(0, cut)], "error"),
+      stream: () => json({ error: { code: 404 } }, 404),
+    });
+    const events = await run(fake, { resumable: true, maxResumes: 2 });
+    expect(fake.to("/v1/stream", "GET")).toHaveLength(2);
+    expect(TEXT_PLAIN.startsWith(toFlatText(events))).toBe(true);
+    expect(toFlatText(events).length).toBeGreaterThan(1);
+    expect(last(events)).toMatchObject({ type: "error", code: "truncated", phase: "mid-stream" });
+    expect(fake.calls.filter((c) => !c.url.startsWith(LANE) && c.url.includes("chat/completions"))).toEqual([]);
+  });
+
+  it("never falls back after the first delta, even on a server error frame", async () => {
+    const cut = firstDeltaEnd(PLAIN);
+    const frame = encode('data: {"error":{"code":500,"type":"server_error","message":"slot died"}}\n\n');
+    const fake = server({ lane: (c) => sse(c, [PLAIN.slice(0, cut), frame]) });
+    const events = await run(fake);
+    expect(toFlatText(events)).toBe("Z");
+    expect(last(events)).toMatchObject({ type: "error", code: "server_error", phase: "mid-stream" });
+    expect(fake.calls).toHaveLength(2);
+  });
+});
+
+describe("abort", () => {
+  async function abortAfterFirstText(fake: FakeFetch, options: StreamChatOptions = {}): Promise<UIEvent[]> {
+    const controller = new AbortController();
+    const events: UIEvent[] = [];
+    for await (const event of streamChat(REQUEST, { fetch: fake.fetch, signal: controller.signal, ...options })) {
+      events.push(event);
+      if (event.type === "text_delta") controller.abort();
+    }
+    return events;
+  }
+
+  it("stops the stream, keeps the partial text and closes the fetch", async () => {
+    const cut = firstDeltaEnd(PLAIN);
+    const fake = server({ lane: (c) => sse(c, [PLAIN.slice(0, cut)], "stall") });
+    const events = await abortAfterFirstText(fake);
+    expect(toFlatText(events)).toBe("Z");
+    expect(last(events)).toEqual({ type: "abort" });
+    expect(fake.calls[1]?.signal?.aborted).toBe(true);
+    expect(fake.calls).toHaveLength(2);
+  });
+
+  it("cancels a resumable stream with a cancel token and DELETE /v1/stream", async () => {
+    const cut = firstDeltaEnd(PLAIN);
+    const fake = server({
+      negotiate: (call) =>
+        json(grant({ conversation_id: "conv-3", token: (call.body as Record<string, unknown>).cancel ? "tok-cancel" : "tok-chat" })),
+      lane: (c) => sse(c, [PLAIN.slice(0, cut)], "stall"),
+      stream: () => new Response(null, { status: 204 }),
+    });
+    const events = await abortAfterFirstText(fake, { resumable: true });
+    expect(last(events)).toEqual({ type: "abort" });
+    expect(fake.to("direct-stream").map((c) => c.body)).toEqual([{ resumable: true, max_tokens: 48 }, { cancel: "conv-3" }]);
+    const [cancel] = fake.to("/v1/stream", "DELETE");
+    expect(cancel?.url).toBe(`${LANE}/v1/stream?conv_id=conv-3`);
+    expect(cancel?.headers.authorization).toBe("Bearer tok-cancel");
+    expect(cancel?.signal?.aborted).toBe(false);
+  });
+
+  it("closes the fetch when the consumer stops iterating early", async () => {
+    const cut = firstDeltaEnd(PLAIN);
+    const fake = server({ lane: (c) => sse(c, [PLAIN.slice(0, cut)], "stall") });
+    for await (const event of streamChat(REQUEST, { fetch: fake.fetch })) {
+      if (event.type === "text_delta") break;
+    }
+    expect(fake.calls[1]?.signal?.aborted).toBe(true);
+  });
+
+  it("emits only abort when stopped before anything was sent", async () => {
+    const controller = new AbortController();
+    controller.abort();
+    const fake = server({});
+    expect(await collect(streamChat(REQUEST, { fetch: fake.fetch, signal: controller.signal }))).toEqual([{ type: "abort" }]);
+    expect(fake.calls).toEqual([]);
+  });
+
+  it("aborts while the lane's head is pending", async () => {
+    const controller = new AbortController();
+    const fake = server({
+      lane: (c) => {
+        setTimeout(() => controller.abort(), 5);
+        return hang(c);
+      },
+    });
+    const events = await collect(streamChat(REQUEST, { fetch: fake.fetch, signal: controller.signal }));
+    expect(events).toEqual([{ type: "abort" }]);
+    expect(fake.calls).toHaveLength(2);
+  });
+});
+
+describe("the tool loop", () => {
+  const TOOLS = fixture("tool-calls.handmade.sse");
+
+  it("runs each tool, reports a throwing one as an error result, and continues with a new negotiation", async () => {
+    let rounds = 0;
+    const fake = server({ lane: (c) => sse(c, chunks(rounds++ === 0 ? TOOLS : PLAIN)) });
+    const seen: unknown[] = [];
+    const events = await run(fake, {
+      tools: {
+        current_time: async (args) => {
+          seen.push(args);
+          return { time: "12:00", timezone: "UTC" };
+        },
+        echo: async () => {
+          throw new Error("secret /etc/passwd");
+        },
+      },
+    });
+    expect(seen).toEqual([{ timezone: "UTC" }]);
+    const tools = events.filter((e) => e.type.startsWith("tool_"));
+    expect(tools).toEqual([
+      { type: "tool_start", tool_name: "current_time", tool_call_id: "Xq3vT9bLmN2pR7sK1wY5zA8cD4eF6gH0", arguments: { timezone: "UTC" } },
+      { type: "tool_status", content: "Calling: current_time" },
+      { type: "tool_end", tool_name: "current_time", tool_call_id: "Xq3vT9bLmN2pR7sK1wY5zA8cD4eF6gH0", result: { time: "12:00", timezone: "UTC" } },
+      { type: "tool_start", tool_name: "echo", tool_call_id: "aB1cD2eF3gH4iJ5kL6mN7oP8qR9sT0uV", arguments: { text: "héllo 🦙" } },
+      { type: "tool_status", content: "Calling: echo" },
+      {
+        type: "tool_end",
+        tool_name: "echo",
+        tool_call_id: "aB1cD2eF3gH4iJ5kL6mN7oP8qR9sT0uV",
+        result: { error: "tool_failed", message: "The tool echo failed." },
+      },
+      { type: "tool_status", content: "" },
+    ]);
+    expect(toFlatText(events)).toBe(TEXT_PLAIN);
+    expect(last(events)).toEqual({ type: "finish", finish_reason: "stop", lane: "direct" });
+    expect(fake.to("direct-stream")).toHaveLength(2);
+    const second = fake.to(`${LANE}/v1/chat/completions`)[1]?.body as { messages: unknown[] };
+    expect(second.messages).toEqual([
+      { role: "user", content: "hi" },
+      {
+        role: "assistant",
+        content: null,
+        tool_calls: [
+          { id: "Xq3vT9bLmN2pR7sK1wY5zA8cD4eF6gH0", type: "function", function: { name: "current_time", arguments: '{"timezone":"UTC"}' } },
+          { id: "aB1cD2eF3gH4iJ5kL6mN7oP8qR9sT0uV", type: "function", function: { name: "echo", arguments: '{"text":"héllo 🦙"}' } },
+        ],
+      },
+      { role: "tool", tool_call_id: "Xq3vT9bLmN2pR7sK1wY5zA8cD4eF6gH0", content: '{"time":"12:00","timezone":"UTC"}' },
+      {
+        role: "tool",
+        tool_call_id: "aB1cD2eF3gH4iJ5kL6mN7oP8qR9sT0uV",
+        content: '{"error":"tool_failed","message":"The tool echo failed."}',
+      },
+    ]);
+    expect(JSON.stringify(events)).not.toContain("passwd");
+  });
+
+  it("answers a tool it does not know with an error result", async () => {
+    let rounds = 0;
+    const fake = server({ lane: (c) => sse(c, chunks(rounds++ === 0 ? TOOLS : PLAIN)) });
+    const events = await run(fake, { tools: {} });
+    expect(events.filter((e) => e.type === "tool_end").map((e) => (e as { result: unknown }).result)).toEqual([
+      { error: "unknown_tool", message: "No tool is named current_time." },
+      { error: "unknown_tool", message: "No tool is named echo." },
+    ]);
+  });
+
+  it("stops after the round cap with a visible error", async () => {
+    const fake = server({ lane: (c) => sse(c, chunks(TOOLS)) });
+    let runs = 0;
+    const count = async (): Promise<string> => {
+      runs += 1;
+      return "ok";
+    };
+    const events = await run(fake, { maxToolRounds: 2, tools: { current_time: count, echo: count } });
+    expect(fake.to("direct-stream")).toHaveLength(3);
+    expect(runs).toBe(4);
+    expect(events.slice(-2)).toEqual([
+      {
+        type: "error",
+        code: "tool_rounds_exceeded",
+        message: "Stopped: the model kept asking for tools past the round limit.",
+        phase: "mid-stream",
+      },
+      { type: "finish", finish_reason: "tool_calls", lane: "direct" },
+    ]);
+  });
+
+  it("sends a string result as is", async () => {
+    let rounds = 0;
+    const fake = server({ lane: (c) => sse(c, chunks(rounds++ === 0 ? TOOLS : PLAIN)) });
+    await run(fake, { tools: { current_time: () => "noon", echo: () => "e" } });
+    const second = fake.to(`${LANE}/v1/chat/completions`)[1]?.body as { messages: { content: unknown }[] };
+    expect(second.messages.slice(2).map((m) => m.content)).toEqual(["noon", "e"]);
+  });
+});

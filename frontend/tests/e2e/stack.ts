@@ -1,0 +1,131 @@
+/**
+ * The real stack for browser tests: `llama-direct serve` on a free port with a throw-away data dir,
+ * and headless Chromium (Debian's, never a downloaded one). Every start has a matching stop.
+ */
+import { type ChildProcess, spawn } from "node:child_process";
+import { get } from "node:http";
+import { existsSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { type Browser, chromium } from "playwright-core";
+
+export const REPO = resolve(fileURLToPath(new URL("../../..", import.meta.url)));
+export const ARTIFACTS = join(REPO, "test-artifacts");
+const SERVE = join(REPO, ".venv", "bin", "llama-direct");
+const READY = /^llama-direct ready: (https?:\/\/\S+)$/m;
+const RUNTIME = /runtime dir=(\S+)/;
+const READY_TIMEOUT_MS = Number(process.env.E2E_READY_TIMEOUT_MS ?? 180_000);
+const STOP_TIMEOUT_MS = 20_000;
+
+export interface Stack {
+  /** The one-time login URL from the ready line (carries the access token). */
+  loginUrl: string;
+  /** The page's own URL, without the token. */
+  baseUrl: string;
+  /** The gate's private `GET /health` (slots busy or idle), read on its unix socket. */
+  health(): Promise<GateHealth>;
+  stop(): Promise<void>;
+}
+
+export interface GateHealth {
+  gate: string;
+  model_ready: boolean;
+  slots: { total: number; busy: number };
+}
+
+function healthAt(socketPath: string): Promise<GateHealth> {
+  return new Promise((resolve, reject) => {
+    const request = get({ socketPath, path: "/health", timeout: 5_000 }, (response) => {
+      let body = "";
+      response.on("data", (data: Buffer) => (body += data.toString()));
+      response.on("end", () => {
+        try {
+          resolve(JSON.parse(body) as GateHealth);
+        } catch (error) {
+          reject(error);
+        }
+      });
+    });
+    request.on("timeout", () => request.destroy(new Error("gate health timed out")));
+    request.on("error", reject);
+  });
+}
+
+function exited(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  return new Promise((done) => child.once("exit", () => done()));
+}
+
+/** Start `serve` and wait for its ready line; `args` are extra flags such as `--chat-template think`. */
+export async function startStack(args: string[] = [], env: Record<string, string> = {}): Promise<Stack> {
+  if (!existsSync(SERVE)) throw new Error(`${SERVE} is missing: install the package into .venv first`);
+  const dataDir = mkdtempSync(join(tmpdir(), "ld-e2e-"));
+  const extra: string[] = [];
+  if (process.env.E2E_LLAMA_SERVER) extra.push("--llama-server", process.env.E2E_LLAMA_SERVER);
+  if (process.env.E2E_MODEL) extra.push("--model", process.env.E2E_MODEL);
+  const child = spawn(SERVE, ["serve", "--port", "0", "--data-dir", dataDir, ...extra, ...args], {
+    cwd: REPO,
+    env: { ...process.env, ...env },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let stdout = "";
+  let stderr = "";
+  let runtimeDir = "";
+  child.stdout?.on("data", (data: Buffer) => (stdout += data.toString()));
+  child.stderr?.on("data", (data: Buffer) => {
+    const text = data.toString();
+    runtimeDir ||= RUNTIME.exec(text)?.[1] ?? "";
+    stderr = (stderr + text).slice(-4000);
+  });
+  const killOnExit = (): void => {
+    child.kill("SIGKILL");
+  };
+  process.once("exit", killOnExit);
+
+  const stop = async (): Promise<void> => {
+    child.kill("SIGTERM");
+    const timer = setTimeout(() => child.kill("SIGKILL"), STOP_TIMEOUT_MS);
+    await exited(child);
+    clearTimeout(timer);
+    process.removeListener("exit", killOnExit);
+    rmSync(dataDir, { recursive: true, force: true });
+  };
+
+  const deadline = Date.now() + READY_TIMEOUT_MS;
+  while (!READY.test(stdout)) {
+    if (child.exitCode !== null || Date.now() > deadline) {
+      await stop();
+      throw new Error(`llama-direct serve did not become ready:\n${stderr}`);
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  const loginUrl = READY.exec(stdout)?.[1] ?? "";
+  const base = new URL(loginUrl);
+  base.search = "";
+  if (runtimeDir === "") {
+    await stop();
+    throw new Error("llama-direct serve did not log its runtime dir");
+  }
+  return { loginUrl, baseUrl: base.toString(), health: () => healthAt(join(runtimeDir, "gate.sock")), stop };
+}
+
+export function launchBrowser(): Promise<Browser> {
+  return chromium.launch({
+    executablePath: process.env.E2E_CHROMIUM ?? "/usr/bin/chromium",
+    headless: true,
+    args: [
+      "--no-sandbox",
+      "--disable-background-networking",
+      "--disable-gpu",
+      "--disable-component-update",
+      "--disable-sync",
+      "--no-first-run",
+    ],
+  });
+}
+
+export function artifact(name: string): string {
+  mkdirSync(ARTIFACTS, { recursive: true });
+  return join(ARTIFACTS, name);
+}

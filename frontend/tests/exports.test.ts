@@ -1,0 +1,15 @@
+import { expect, it } from "vitest";
+import * as api from "../src/index.ts";
+
+it("exports exactly the public runtime names", () => {
+  expect(Object.keys(api).sort()).toEqual([
+    "StreamShaper",
+    "createSSEDecoder",
+    "friendlyMessage",
+    "interpretEvent",
+    "parseErrorBody",
+    "shapeItems",
+    "streamChat",
+    "toFlatText",
+  ]);
+});
