@@ -132,7 +132,7 @@ def main() -> int:
     try:
         if server is not None:
             server.start()
-            server.wait_ready(stop=stop)
+            server.wait_ready(stop=stop, show_progress=False)
             if not stop.is_set():
                 server.supervise(stop)
         else:
