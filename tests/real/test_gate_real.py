@@ -160,3 +160,17 @@ def test_a_resume_token_cannot_read_another_conversation(stack: Stack) -> None:
     response = httpx.get(f"{resume['url']}/v1/stream", params={"conv_id": other, "from": 0},
                          headers={"Authorization": f"Bearer {resume['token']}"}, timeout=10)
     assert response.status_code == 403
+
+
+def test_revocation_reaches_the_gate_within_a_second(stack: Stack) -> None:
+    url, headers = _lane(stack, stack.negotiate())
+    revoked = httpx.post(f"{stack.base}/direct-stream/revoke",
+                         headers={"Authorization": f"Bearer {stack.access_token}"}, timeout=10)
+    assert revoked.status_code in (200, 204)
+    time.sleep(1.0)
+    refused = httpx.post(url, json={**DETERMINISTIC, "stream": False}, headers=headers, timeout=30)
+    assert refused.status_code == 401
+    assert refused.json()["error"]["message"]
+    time.sleep(1.1)  # a token minted after the revocation works again
+    url, headers = _lane(stack, stack.negotiate())
+    assert httpx.post(url, json={**DETERMINISTIC, "stream": False}, headers=headers, timeout=30).status_code == 200
