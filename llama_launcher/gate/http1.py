@@ -110,6 +110,9 @@ def check_raw_head(head: bytes) -> None:
         raise bad_request("bad_content_length", "Content-Length must be a non-negative integer.")
     if len(encodings) > 1 or (encodings and encodings[0].lower() != b"chunked"):
         raise bad_request("bad_transfer_encoding", "Transfer-Encoding may only be chunked, once.")
+    if encodings and head.split(b"\r\n", 1)[0].endswith(b" HTTP/1.0"):
+        # RFC 9112 6.1: HTTP/1.0 has no chunked coding, so a front proxy may read the body differently.
+        raise bad_request("bad_transfer_encoding", "HTTP/1.0 requests may not use Transfer-Encoding.")
 
 
 def connection_tokens(headers: Iterable[Header]) -> frozenset[bytes]:

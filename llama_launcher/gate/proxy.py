@@ -75,6 +75,7 @@ from llama_launcher.gate.keyset import KeySet
 from llama_launcher.gate.scope import RequestHead, Route, allowed_preflight, check_request
 from llama_launcher.gate.shaping import ShapingPolicy, shape_chat_body
 from llama_launcher.gate.upstream import (
+    BrokerUnavailable,
     Upstream,
     UpstreamTimeout,
     UpstreamUnavailable,
@@ -508,11 +509,14 @@ class ClientConnection(asyncio.Protocol):
         relay: Relay | None = None
         try:
             body = await self._read_body()
-            transport, relay = await connect(
-                self.gate.config.broker_socket,
-                lambda: self._relay(request, None, strip_cors=False),
-                timeout=self.gate.config.connect_timeout,
-            )
+            try:
+                transport, relay = await connect(
+                    self.gate.config.broker_socket,
+                    lambda: self._relay(request, None, strip_cors=False),
+                    timeout=self.gate.config.connect_timeout,
+                )
+            except (UpstreamUnavailable, UpstreamTimeout):
+                raise BrokerUnavailable() from None
             self._hand_over(transport, relay, self._broker_request(request, body) + body)
             relay = None
         except Refusal as refusal:

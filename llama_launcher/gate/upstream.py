@@ -33,6 +33,14 @@ class UpstreamUnavailable(Refusal):
     message = "The model server is not reachable right now."
 
 
+class BrokerUnavailable(Refusal):
+    """The app behind the gate (the broker), not the model server, is what is missing."""
+
+    status = 502
+    code = "app_unavailable"
+    message = "The app is not reachable right now; it may be restarting."
+
+
 class UpstreamTimeout(Refusal):
     status = 504
     code = "upstream_timeout"

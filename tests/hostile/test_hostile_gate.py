@@ -508,11 +508,6 @@ def test_hostile_request_is_refused_and_never_reaches_llama_server(case: Case) -
     run_case(case)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug in the gate shell (llama_launcher/gate/proxy.py _start / http1.check_raw_head): an HTTP/1.0 request "
-    "with Transfer-Encoding: chunked is de-chunked and forwarded (200); RFC 9112 6.1 says such framing MUST "
-    "be treated as faulty, since a front proxy speaking HTTP/1.0 may read the same bytes differently"
-))
 def test_http10_with_transfer_encoding_is_refused_as_faulty_framing() -> None:
     async def main() -> None:
         from gate_fakes import running_gate
@@ -527,6 +522,7 @@ def test_http10_with_transfer_encoding_is_refused_as_faulty_framing() -> None:
             assert h.upstream_requests == [], "llama-server received an HTTP/1.0 request framed by Transfer-Encoding"
             assert response.status == 400
             assert response.header(b"connection") == [b"close"]
+            assert b"HTTP/1.0 requests may not use Transfer-Encoding." in response.body
 
     asyncio.run(asyncio.wait_for(main(), 20))
 

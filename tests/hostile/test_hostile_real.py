@@ -74,15 +74,11 @@ def lane(llama_server_binary: Path, model_path: Path) -> Iterator[Lane]:
     try:
         server.wait_ready(timeout=120, show_progress=False)
         key = server.authorization().decode().removeprefix("Bearer ")
-        with Forwarder(str(server.address)) as forwarder:
-            with run_stack(
-                "--upstream", f"http://127.0.0.1:{forwarder.port}", "--model-alias", ALIAS, "--max-tokens", "512",
-                env={"LLAMA_DIRECT_UPSTREAM_KEY": key},
-            ) as stack:
-                yield Lane(stack, forwarder)
-            # The forwarder's exit stops its loop without closing live connections; with the gate gone,
-            # its pipes see EOF and close both sides within moments, so nothing is left to leak.
-            time.sleep(1.0)
+        with Forwarder(str(server.address)) as forwarder, run_stack(
+            "--upstream", f"http://127.0.0.1:{forwarder.port}", "--model-alias", ALIAS, "--max-tokens", "512",
+            env={"LLAMA_DIRECT_UPSTREAM_KEY": key},
+        ) as stack:
+            yield Lane(stack, forwarder)
     finally:
         server.stop()
 

@@ -21,6 +21,7 @@ class Forwarder:
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._server: asyncio.AbstractServer | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def __enter__(self) -> Forwarder:
@@ -29,8 +30,14 @@ class Forwarder:
         return self
 
     def __exit__(self, *_: object) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._loop.call_soon_threadsafe(self._close_all)
         self._thread.join(5)
+
+    def _close_all(self) -> None:
+        """Close every live connection before the loop stops, so no socket outlives the test."""
+        for writer in list(self._writers):
+            writer.close()
+        self._loop.call_later(0.05, self._loop.stop)
 
     def requests(self, keep: Callable[[bytes], bool] = lambda line: True) -> list[bytes]:
         return [line for line in list(self.request_lines) if keep(line)]
@@ -47,6 +54,7 @@ class Forwarder:
         self._loop.close()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
         try:
             if isinstance(self.target, str):
                 up_reader, up_writer = await asyncio.open_unix_connection(self.target)
@@ -54,7 +62,9 @@ class Forwarder:
                 up_reader, up_writer = await asyncio.open_connection(*self.target)
         except OSError:
             writer.close()
+            self._writers.discard(writer)
             return
+        self._writers.add(up_writer)
         first = await reader.read(65536)
         if first:
             self.request_lines.append(first.split(b"\r\n", 1)[0])
@@ -72,3 +82,4 @@ class Forwarder:
                     dst.close()
 
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        self._writers.difference_update((writer, up_writer))

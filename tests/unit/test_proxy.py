@@ -486,6 +486,11 @@ def test_broker_down_gives_502() -> None:
         await h.broker.stop()
         response = await ask(h, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
         assert response.status == 502
+        assert json.loads(response.body)["error"] == {
+            "message": "The app is not reachable right now; it may be restarting.",
+            "type": "server_error",
+            "code": 502,
+        }
 
     run(scenario)
 
