@@ -1,0 +1,144 @@
+"""A test bed: one upstream (real llama-server or synthetic) with every lane in front of it.
+
+The lanes, all measured against the same upstream in the same run:
+
+- `raw`: the upstream itself, over its unix socket, with the master key (ratio 1.0);
+- `direct`: the gate's public port, after `POST /direct-stream` for each request;
+- `baseline`: the broker's `/v1/chat/completions` on the same port (broker, then gate);
+- `studio`: the Studio-style FastAPI + httpx proxy;
+- `relay`: a bare asyncio relay, the floor that any extra hop pays.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from llama_launcher import binary, model
+from llama_launcher.bench.clients import Target
+from llama_launcher.bench.processes import Child, listening_socket, wait_for_port, wait_for_socket
+from llama_launcher.bench.stack import ServeStack, start_stack
+from llama_launcher.paths import cache_dir
+from llama_launcher.server_args import ServerOptions
+from llama_launcher.server_process import LlamaServer
+
+LANES = ("raw", "direct", "baseline", "studio", "relay")
+REAL_ALIAS = "smollm2"
+REAL_SLOTS = 64
+REAL_CTX_PER_SLOT = 256
+KEY_ENV = "BENCH_UPSTREAM_KEY"
+
+
+@dataclass
+class Bed:
+    name: str
+    upstream_socket: Path
+    key: str = field(repr=False)
+    upstream_pid: int
+    stack: ServeStack
+    studio: Child
+    studio_port: int
+    relay: Child
+    relay_port: int
+    stop_upstream: object
+
+    def pids(self) -> dict[str, int]:
+        return {
+            "upstream": self.upstream_pid,
+            "gate": self.stack.gate_pid,
+            "broker": self.stack.broker_pid,
+            "studio": self.studio.pid,
+            "relay": self.relay.pid,
+        }
+
+    def target(self, lane: str) -> Target:
+        chat = "/v1/chat/completions"
+        if lane == "raw":
+            return Target(str(self.upstream_socket), chat)
+        if lane == "baseline":
+            return Target(self.stack.public, chat)
+        if lane == "studio":
+            return Target(("127.0.0.1", self.studio_port), chat)
+        if lane == "relay":
+            return Target(("127.0.0.1", self.relay_port), chat)
+        raise ValueError(f"the {lane} lane's target comes from a negotiation")
+
+    def authorization(self, lane: str) -> str | None:
+        if lane in ("raw", "relay"):
+            return f"Bearer {self.key}"
+        if lane == "baseline":
+            return f"Bearer {self.stack.access_token}"
+        return None
+
+    def stop(self) -> None:
+        for step in (self.stack.stop, self.studio.stop, self.relay.stop, self.stop_upstream):
+            step()  # type: ignore[operator]
+
+
+def _front(name: str, socket_path: Path, key: str, upstream_pid: int, stop_upstream: object, work: Path,
+           *, alias: str, max_tokens: int) -> Bed:
+    started: list[object] = []
+    try:
+        studio_sock, studio_port = listening_socket()
+        studio = Child.python("studio", "llama_launcher.bench.studio_proxy",
+                              ["--fd", str(studio_sock.fileno()), "--upstream", str(socket_path)],
+                              work / f"{name}-studio.log", env={KEY_ENV: key}, pass_fds=(studio_sock.fileno(),))
+        studio_sock.close()
+        started.append(studio.stop)
+        relay_sock, relay_port = listening_socket()
+        relay = Child.python("relay", "llama_launcher.bench.relay",
+                             ["--fd", str(relay_sock.fileno()), "--upstream", str(socket_path)],
+                             work / f"{name}-relay.log", pass_fds=(relay_sock.fileno(),))
+        relay_sock.close()
+        started.append(relay.stop)
+        stack = start_stack(name, socket_path, key, work, alias=alias, max_tokens=max_tokens)
+        started.append(stack.stop)
+        wait_for_port(studio_port, studio)
+        wait_for_port(relay_port, relay)
+    except BaseException:
+        for stop in reversed(started):
+            stop()  # type: ignore[operator]
+        raise
+    return Bed(name, socket_path, key, upstream_pid, stack, studio, studio_port, relay, relay_port, stop_upstream)
+
+
+def synthetic_bed(work: Path, *, max_tokens: int) -> Bed:
+    """The synthetic upstream at full speed, and the lanes in front of it."""
+    key = secrets.token_urlsafe(32)
+    socket_path = work / "synthetic.sock"
+    upstream = Child.python("synthetic", "llama_launcher.bench.synthetic", ["--socket", str(socket_path)],
+                            work / "synthetic.log", env={KEY_ENV: key})
+    try:
+        wait_for_socket(socket_path, upstream)
+        return _front("synthetic", socket_path, key, upstream.pid, upstream.stop, work, alias="synthetic",
+                      max_tokens=max_tokens)
+    except BaseException:
+        upstream.stop()
+        raise
+
+
+def real_bed(work: Path, *, max_tokens: int) -> Bed:
+    """A real llama-server with SmolLM2, started here so that the benchmark holds its key."""
+    cache = cache_dir()
+    options = ServerOptions(
+        binary=binary.ensure_llama_server(None, cache).path,
+        model=model.ensure_default_model(cache),
+        alias=REAL_ALIAS,
+        max_tokens=max_tokens,
+        parallel=REAL_SLOTS,
+        ctx_size=REAL_SLOTS * REAL_CTX_PER_SLOT,
+    )
+    runtime = work / "real"
+    runtime.mkdir(mode=0o700)
+    server = LlamaServer(options, runtime, listen="unix")
+    server.start()
+    try:
+        server.wait_ready(timeout=300, show_progress=False)
+        key = server.authorization().decode().removeprefix("Bearer ")
+        assert server.pid is not None
+        return _front("real", server.socket_path, key, server.pid, server.stop, work, alias=REAL_ALIAS,
+                      max_tokens=max_tokens)
+    except BaseException:
+        server.stop()
+        raise

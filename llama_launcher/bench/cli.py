@@ -1,0 +1,186 @@
+"""`llama-direct bench`: every lane side by side in one run, and `bench soak`: hold streams for minutes.
+
+Both stop by themselves: counts and durations are bounded, everything listens on loopback or a
+unix socket, and every process started here is stopped here, whatever happens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llama_launcher.bench import machine, report, scenarios, soak, summary
+from llama_launcher.bench.beds import Bed, real_bed, synthetic_bed
+from llama_launcher.bench.processes import raise_fd_limit, run_loop
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much to measure; `QUICK` proves the whole path works in well under two minutes."""
+
+    reps: int
+    levels: tuple[int, ...]
+    real_tokens: dict[int, int]
+    synthetic_tokens: dict[int, int]
+    negotiations: int
+    verifications: int
+    held_streams: int
+    load_reps: int
+    load_tokens: int
+    load_pace: float
+    load_concurrency: int
+    load_slow: int
+    load_hammers: int
+    settle: float
+    real: bool = True
+
+
+FULL = Plan(
+    reps=5, levels=(1, 8, 64), real_tokens={1: 64, 8: 16, 64: 8},
+    synthetic_tokens={1: 100_000, 8: 16_000, 64: 2_000}, negotiations=300, verifications=2_000, held_streams=1_000,
+    load_reps=6, load_tokens=500, load_pace=500.0, load_concurrency=8, load_slow=64, load_hammers=16,
+    settle=3.0,
+)
+QUICK = Plan(
+    reps=1, levels=(1, 4), real_tokens={1: 8, 4: 4}, synthetic_tokens={1: 500, 4: 100}, negotiations=10,
+    verifications=50, held_streams=20, load_reps=1, load_tokens=50, load_pace=500.0, load_concurrency=2,
+    load_slow=4, load_hammers=2, settle=0.5,
+)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llama-direct bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a short run that proves the benchmark works")
+    parser.add_argument("--out", type=Path, default=Path("bench-results"), help="where the outputs go")
+    parser.add_argument("--no-real", action="store_true", help="skip the real llama-server upstream")
+    parser.add_argument("--reps", type=int, help="repetitions per lane and concurrency")
+    parser.add_argument("--held", type=int, help="streams held open for the memory measurement")
+    return parser
+
+
+def _soak_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llama-direct bench soak", description=soak.__doc__)
+    parser.add_argument("--streams", type=int, default=32, help="concurrent streams (default 32)")
+    parser.add_argument("--seconds", type=float, default=600.0, help="how long to hold them (default 600)")
+    parser.add_argument("--pace", type=float, default=200.0, help="tokens per second per stream (default 200)")
+    parser.add_argument("--tokens", type=int, default=400, help="tokens per stream before the next one (default 400)")
+    parser.add_argument("--out", type=Path, help="also write the summary as JSON here")
+    return parser
+
+
+_STARTED = time.monotonic()
+
+
+def _say(text: str) -> None:
+    print(f"bench: [{time.monotonic() - _STARTED:5.0f} s] {text}", file=sys.stderr, flush=True)
+
+
+def _with_bed(start: Callable[[], Bed], work: Callable[[Bed], Coroutine[Any, Any, Any]]) -> Any:
+    bed = start()
+    try:
+        return run_loop(work(bed))
+    finally:
+        bed.stop()
+
+
+def run_bench(plan: Plan, out: Path, command: str) -> dict[str, Any]:
+    started = time.monotonic()
+    raise_fd_limit()
+    work = Path(tempfile.mkdtemp(prefix="ldb-"))
+    results: dict[str, Any] = {"machine": machine.describe(), "command": command, "rounds": []}
+    max_tokens = max(max(plan.synthetic_tokens.values()), plan.load_tokens, 10_000)
+    try:
+        if plan.real:
+            _say("starting a real llama-server and the lanes in front of it")
+
+            async def on_real(bed: Bed) -> None:
+                results["rounds"] += await scenarios.throughput(
+                    bed, real=True, levels=plan.levels, tokens=plan.real_tokens, reps=plan.reps, say=_say)
+
+            _with_bed(lambda: real_bed(work, max_tokens=max(plan.real_tokens.values()) * 4), on_real)
+
+        _say("starting the synthetic upstream and the lanes in front of it")
+
+        async def on_synthetic(bed: Bed) -> None:
+            results["rounds"] += await scenarios.throughput(
+                bed, real=False, levels=plan.levels, tokens=plan.synthetic_tokens, reps=plan.reps, say=_say)
+            results["first_token"] = await scenarios.first_token(bed, plan.negotiations)
+            results["negotiation"] = await scenarios.negotiation_latency(bed, plan.negotiations)
+            results["memory"] = await scenarios.held_memory(bed, plan.held_streams, settle=plan.settle / 3, say=_say)
+            results["app_load"] = await scenarios.app_load(
+                bed, work, reps=plan.load_reps, concurrency=plan.load_concurrency, max_tokens=plan.load_tokens,
+                pace=plan.load_pace, slow=plan.load_slow, hammers=plan.load_hammers, settle=plan.settle, say=_say)
+
+        _with_bed(lambda: synthetic_bed(work, max_tokens=max_tokens), on_synthetic)
+        results["verification"] = scenarios.verification_cost(plan.verifications)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    results["rows"] = summary.summarize(results["rounds"])
+    if "app_load" in results:
+        results["app_load_summary"] = summary.app_load_summary(results["app_load"])
+    results["targets"] = [vars(v) for v in summary.verdicts(results)]
+    results["duration_s"] = time.monotonic() - started
+    return results
+
+
+def bench(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    plan = QUICK if args.quick else FULL
+    overrides: dict[str, Any] = {"real": not args.no_real}
+    if args.reps:
+        overrides["reps"] = args.reps
+    if args.held:
+        overrides["held_streams"] = args.held
+    plan = Plan(**{**vars(plan), **overrides})
+    command = "llama-direct bench " + shlex.join(argv) if argv else "llama-direct bench"
+    results = run_bench(plan, args.out, command.strip())
+    paths = report.write_outputs(results, args.out)
+    print(report.render_markdown(results))
+    _say("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def run_soak(argv: list[str]) -> int:
+    args = _soak_parser().parse_args(argv)
+    raise_fd_limit()
+    work = Path(tempfile.mkdtemp(prefix="ldb-"))
+    try:
+        bed = synthetic_bed(work, max_tokens=max(args.tokens, 16))
+        try:
+            found = run_loop(soak.soak(bed, streams=args.streams, seconds=args.seconds, pace=args.pace,
+                                       tokens=args.tokens, say=_say))
+        finally:
+            bed.stop()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(soak.render(found), flush=True)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(soak.to_json(found))
+    return 0 if found.passed else 1
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["--"]:
+        argv = argv[1:]
+    try:
+        if argv and argv[0] == "soak":
+            return run_soak(argv[1:])
+        return bench(argv)
+    except RuntimeError as error:
+        print(f"llama-direct bench: error: {error}", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,151 @@
+"""The benchmark's outputs: a markdown table of ratios against raw llama-server, a PNG plot, the raw JSON.
+
+`render_markdown` is pure (results in, text out) so its layout is unit-tested; `write_outputs`
+writes the three files. The plot uses matplotlib's Agg backend: no display is ever needed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from llama_launcher.bench.machine import one_line
+from llama_launcher.bench.summary import Verdict, verdicts
+
+LABELS = {
+    "raw": "(a) raw llama-server",
+    "direct": "(b) direct lane (gate)",
+    "baseline": "(c) broker baseline",
+    "studio": "(d) Studio-style proxy",
+    "relay": "bare relay (floor)",
+}
+UPSTREAMS = {"real": "real llama-server (SmolLM2-135M Q4_1)", "synthetic": "synthetic upstream, max rate"}
+FILES = {"json": "bench.json", "markdown": "bench.md", "plot": "bench.png"}
+
+
+def _num(value: float | None, spec: str, suffix: str = "") -> str:
+    return "–" if value is None else format(value, spec) + suffix
+
+
+def _verdict(passed: bool | None) -> str:
+    return {True: "PASS", False: "**MISS**", None: "not measured"}[passed]
+
+
+def lane_table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "| upstream | streams | lane | tokens/s | × raw | chunks/s | TTFT p50 | TTFT p99 "
+        "| lane CPU s / 1k chunks | errors |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['upstream']} | {row['concurrency']} | {LABELS.get(row['lane'], row['lane'])} "
+            f"| {_num(row['tokens_per_s'], ',.0f')} | {_num(row['tokens_ratio'], '.3f', '×')} "
+            f"| {_num(row['chunks_per_s'], ',.0f')} | {_num(row['ttft_p50_ms'], '.2f', ' ms')} "
+            f"| {_num(row['ttft_p99_ms'], '.2f', ' ms')} | {_num(row['lane_cpu_per_1k_chunks'], '.3f')} "
+            f"| {row['errors']} |"
+        )
+    return lines
+
+
+def target_table(found: list[Verdict]) -> list[str]:
+    lines = ["| target | goal | measured | result |", "|---|---|---|---|"]
+    lines += [f"| {v.target} | {v.goal} | {v.measured} | {_verdict(v.passed)} |" for v in found]
+    return lines
+
+
+def load_table(summary: dict[str, Any]) -> list[str]:
+    lines = ["| lane | unloaded tokens/s | loaded tokens/s | loaded ÷ unloaded | loaded ÷ raw loaded "
+             "| TTFT p99 loaded |", "|---|---:|---:|---:|---:|---:|"]
+    for lane, entry in summary.items():
+        lines.append(
+            f"| {LABELS.get(lane, lane)} | {_num(entry['unloaded_tokens_per_s'], ',.0f')} "
+            f"| {_num(entry['loaded_tokens_per_s'], ',.0f')} | {_num(entry['loaded_over_unloaded'], '.3f', '×')} "
+            f"| {_num(entry['loaded_over_raw_loaded'], '.3f', '×')} "
+            f"| {_num(entry['loaded_ttft_p99_ms'], '.2f', ' ms')} |"
+        )
+    return lines
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    """The report: targets first, then every lane's figures, then the single-number measurements."""
+    lines = [f"Machine: {one_line(results['machine'])}. Run: `{results['command']}`, "
+             f"{results['duration_s']:.0f} s.", ""]
+    lines += target_table(verdicts(results))
+    lines += ["", "Throughput and latency, medians of interleaved repetitions "
+                  "(× raw: the median of per-repetition ratios):", ""]
+    lines += lane_table(results.get("rows", []))
+    notes = []
+    first = results.get("first_token", {})
+    if first:
+        parts = [f"{LABELS.get(lane, lane)} {_num(entry['p50_ms'], '.2f')} ms p50, "
+                 f"{_num(entry['p99_ms'], '.2f')} ms p99, {entry['cpu_ms_per_request']:.2f} ms of lane CPU per request"
+                 for lane, entry in first.items()]
+        notes.append("- Time to first token alone (one-token streams one after another, synthetic upstream): "
+                     + "; ".join(parts) + ".")
+    negotiation = results.get("negotiation")
+    if negotiation:
+        notes.append(f"- Negotiation (`POST /direct-stream` through the public port, {negotiation['count']} in a row): "
+                     f"{negotiation['p50_ms']:.2f} ms p50, {negotiation['p99_ms']:.2f} ms p99.")
+    for algorithm, entry in results.get("verification", {}).items():
+        notes.append(f"- Verification (`broker.tokens.verify`, {algorithm}): "
+                     f"{entry['us_per_verify']:.0f} µs per token.")
+    memory = results.get("memory")
+    if memory:
+        notes.append(f"- Gate memory: {memory['held']} slow streams held through the lane "
+                     f"({memory['failed']} failed to open): RSS {memory['rss_before_kib']:,.0f} → "
+                     f"{memory['rss_held_kib']:,.0f} KiB, {_num(memory['kib_per_stream'], '.1f')} KiB per stream.")
+    if notes:
+        lines += ["", *notes]
+    load = results.get("app_load")
+    if load:
+        lines += ["", f"App under load: {load['concurrency']} streams at {load['pace']:g} tokens/s each, while a "
+                      f"separate process holds {load['slow']} slow baseline streams and runs {load['hammers']} "
+                      f"back-to-back negotiation loops against the broker (broker busy "
+                      f"{load['broker_cpu_share']:.0%} of a core):", ""]
+        lines += load_table(results.get("app_load_summary", {}))
+    return "\n".join(lines) + "\n"
+
+
+def write_plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = results.get("rows", [])
+    upstreams = [u for u in UPSTREAMS if any(r["upstream"] == u for r in rows)]
+    figure, axes = plt.subplots(1, max(len(upstreams), 1), figsize=(6.5 * max(len(upstreams), 1), 4.5),
+                                squeeze=False)
+    for axis, upstream in zip(axes[0], upstreams, strict=False):
+        mine = [r for r in rows if r["upstream"] == upstream]
+        levels = sorted({r["concurrency"] for r in mine})
+        lanes = [lane for lane in LABELS if any(r["lane"] == lane for r in mine)]
+        width = 0.8 / max(len(lanes), 1)
+        for index, lane in enumerate(lanes):
+            values = [next((r["tokens_ratio"] or 0.0 for r in mine if r["lane"] == lane and r["concurrency"] == c),
+                           0.0) for c in levels]
+            positions = [i + (index - (len(lanes) - 1) / 2) * width for i in range(len(levels))]
+            axis.bar(positions, values, width, label=LABELS[lane])
+        axis.axhline(1.0, color="black", linewidth=0.8)
+        axis.axhline(0.99 if upstream == "real" else 0.95, color="red", linewidth=0.8, linestyle="--",
+                     label="target for (b)")
+        axis.set_xticks(range(len(levels)), [f"{c} stream{'s' if c > 1 else ''}" for c in levels])
+        axis.set_ylabel("tokens/s ÷ raw llama-server")
+        axis.set_title(UPSTREAMS[upstream])
+        axis.set_ylim(0, max(1.15, *(r["tokens_ratio"] or 0.0 for r in mine)) * 1.05)
+        axis.legend(fontsize=7, loc="lower left")
+    figure.suptitle(f"llama-direct bench: {one_line(results['machine'])}", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def write_outputs(results: dict[str, Any], out: Path) -> dict[str, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {kind: out / name for kind, name in FILES.items()}
+    paths["json"].write_text(json.dumps(results, indent=1))
+    paths["markdown"].write_text(render_markdown(results))
+    write_plot(results, paths["plot"])
+    return paths
