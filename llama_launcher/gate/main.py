@@ -7,6 +7,7 @@ the spawning thread; the event loop runs beside it and never waits on the launch
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import resource
@@ -22,6 +23,7 @@ from llama_launcher.gate.config import GateConfig
 from llama_launcher.gate.proxy import serve_gate
 from llama_launcher.launch_spec import LaunchSpec
 from llama_launcher.redaction import configure_logging
+from llama_launcher.secret_inputs import UPSTREAM_KEY_ENV
 from llama_launcher.server_process import LlamaServer
 
 log = logging.getLogger("llama_direct.gate")
@@ -29,7 +31,6 @@ log = logging.getLogger("llama_direct.gate")
 RUNTIME_ENV = "LLAMA_DIRECT_RUNTIME"
 PUBLIC_FD_ENV = "LLAMA_DIRECT_PUBLIC_FD"
 APP_FD_ENV = "LLAMA_DIRECT_APP_FD"
-UPSTREAM_KEY_ENV = "LLAMA_DIRECT_UPSTREAM_KEY"
 
 
 def raise_fd_limit() -> None:
@@ -40,7 +41,11 @@ def raise_fd_limit() -> None:
 
 
 class _LoopThread:
-    """Runs :func:`serve_gate` on its own event loop until asked to stop."""
+    """Runs :func:`serve_gate` on its own event loop until asked to stop.
+
+    If the loop dies, `on_exit` is set, so the main thread stops llama-server and the process exits:
+    the parent then sees a dead gate instead of a live process that serves nothing.
+    """
 
     def __init__(
         self,
@@ -48,11 +53,13 @@ class _LoopThread:
         upstream: object,
         public_sock: socket.socket | None,
         app_sock: socket.socket | None,
+        on_exit: threading.Event,
     ) -> None:
         self._config = config
         self._upstream = upstream
         self._public_sock = public_sock
         self._app_sock = app_sock
+        self._on_exit = on_exit
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._started = threading.Event()
@@ -72,14 +79,16 @@ class _LoopThread:
             except Exception:
                 log.exception("the gate's event loop failed")
                 self.failed = True
+            finally:
                 self._started.set()
+                self._on_exit.set()
 
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        self._started.set()
         await serve_gate(
-            self._config, self._upstream, self._public_sock, self._stop, self._app_sock  # type: ignore[arg-type]
+            self._config, self._upstream, self._public_sock, self._stop, self._app_sock,  # type: ignore[arg-type]
+            started=self._started.set,
         )
 
     def start(self) -> None:
@@ -88,7 +97,9 @@ class _LoopThread:
 
     def stop(self, timeout: float = 10.0) -> None:
         if self._loop and self._stop:
-            self._loop.call_soon_threadsafe(self._stop.set)
+            # A loop that already died is closed: there is nothing left to stop.
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._stop.set)
         self.thread.join(timeout)
 
 
@@ -124,7 +135,7 @@ def main() -> int:
         log.error("cannot start: %s", error)
         return 2
 
-    loop = _LoopThread(config, upstream, public_sock, app_sock)
+    loop = _LoopThread(config, upstream, public_sock, app_sock, on_exit=stop)
     loop.start()
     if loop.failed:
         return 1
@@ -146,6 +157,8 @@ def main() -> int:
         loop.stop()
         if server is not None:
             server.stop()
+    if loop.failed:
+        code = 1
     log.info("gate stopped code=%d", code)
     return code
 

@@ -42,7 +42,7 @@ import os
 import socket
 import ssl
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -1009,11 +1009,18 @@ async def serve_gate(
     public_sock: socket.socket | None,
     stop: asyncio.Event,
     app_sock: socket.socket | None = None,
+    started: Callable[[], None] | None = None,
 ) -> None:
-    """Serve until `stop` is set, then close the listeners and every live connection."""
+    """Serve until `stop` is set, then close the listeners and every live connection.
+
+    `started` is called once every listener is up, so a caller never mistakes a gate that failed
+    to bind (a bad TLS pair, say) for one that serves.
+    """
     server = GateServer(config, upstream)
     await server.start(public_sock, app_sock)
     log.info("gate serving two_port=%s tls=%s", config.two_port, config.tls)
+    if started is not None:
+        started()
     try:
         await stop.wait()
     finally:
