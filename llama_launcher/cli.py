@@ -7,19 +7,36 @@ import ipaddress
 import os
 import secrets
 import sys
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
-from llama_launcher import binary, model
+from llama_launcher import binary, model, secret_inputs
 from llama_launcher.errors import LauncherError
 from llama_launcher.launch_spec import LaunchSpec
 from llama_launcher.paths import cache_dir, default_data_dir
 from llama_launcher.redaction import configure_logging, register_secret
+from llama_launcher.secret_inputs import read_secret_file
 from llama_launcher.server_args import validate_extra_args
 
 TEMPLATES = {"think": "smollm2-think.jinja", "tools": "chatml-tools.jinja"}
 ACCESS_TOKEN_ENV = "LLAMA_DIRECT_ACCESS_TOKEN"
-UPSTREAM_KEY_ENV = "LLAMA_DIRECT_UPSTREAM_KEY"
+
+
+def _int_in(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type that names the allowed range, so a bad value is a one-line usage error."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is outside {low}..{high}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,16 +45,19 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="start llama-server, the gate and the broker on one port")
     serve.add_argument("--host", default="127.0.0.1", help="public address (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8000, help="public port (default 8000; 0 picks a free one)")
+    serve.add_argument("--port", type=_int_in(0, 65535), default=8000,
+                       help="public port (default 8000; 0 picks a free one)")
     serve.add_argument("--public-url", help="the base URL browsers use, behind a reverse proxy")
-    serve.add_argument("--gate-port", type=int, help="two-port mode: the direct lane on a port of its own")
+    serve.add_argument("--gate-port", type=_int_in(0, 65535),
+                       help="two-port mode: the direct lane on a port of its own")
     serve.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
                        help="two-port mode: another app origin that may call the lane (repeatable)")
     serve.add_argument("--data-dir", type=Path, help="keys and ids (default ~/.local/share/llama-direct)")
     serve.add_argument("--access-token-file", type=Path, help="a fixed login token, read from this file")
     serve.add_argument("--algorithm", choices=("EdDSA", "ES256"), default="EdDSA", help="token signature")
-    serve.add_argument("--token-ttl", type=int, default=30, help="credential lifetime in seconds (max 300)")
-    serve.add_argument("--max-tokens", type=int, default=2048, help="hard cap on generated tokens per request")
+    serve.add_argument("--token-ttl", type=_int_in(1, 300), default=30, help="credential lifetime in seconds (max 300)")
+    serve.add_argument("--max-tokens", type=_int_in(1, 1 << 20), default=2048,
+                       help="hard cap on generated tokens per request")
     serve.add_argument("--tls-cert", type=Path, help="TLS certificate (PEM) for the public port")
     serve.add_argument("--tls-key", type=Path, help="TLS private key (PEM) for the public port")
     serve.add_argument("--tls-self-signed", action="store_true", help="make (once) and use a self-signed pair")
@@ -82,19 +102,9 @@ def _template_path(choice: str | None) -> Path | None:
     return path
 
 
-def _read_secret_file(path: Path, flag: str) -> str:
-    try:
-        value = path.read_text().strip()
-    except OSError as error:
-        raise LauncherError(f"{flag} {path}: cannot be read ({error.strerror})") from None
-    if not value:
-        raise LauncherError(f"{flag} {path}: the file is empty")
-    return value
-
-
 def _access_token(args: argparse.Namespace) -> str:
     if args.access_token_file:
-        token = _read_secret_file(args.access_token_file, "--access-token-file")
+        token = read_secret_file(args.access_token_file, "--access-token-file")
     elif os.environ.get(ACCESS_TOKEN_ENV):
         token = os.environ[ACCESS_TOKEN_ENV]
     else:
@@ -144,16 +154,12 @@ def serve(args: argparse.Namespace) -> int:
     cache = cache_dir()
     data_dir = (args.data_dir or default_data_dir()).resolve()
     access_token = _access_token(args)
-    upstream_key = None
-    if args.upstream:
-        if args.upstream_key_file:
-            upstream_key = _read_secret_file(args.upstream_key_file, "--upstream-key-file")
-        else:
-            upstream_key = os.environ.get(UPSTREAM_KEY_ENV) or None
-        if upstream_key:
-            register_secret(upstream_key)
+    upstream_key = secret_inputs.upstream_key(args.upstream_key_file) if args.upstream else None
     if args.allow_origin and args.gate_port is None:
         raise LauncherError("--allow-origin needs --gate-port: in one-port mode the lane is same-origin")
+    if args.public_url and args.gate_port is not None:
+        raise LauncherError("--public-url names one base for the page and the lane, so it cannot be combined "
+                            "with --gate-port: route /direct/ to the public port instead (one-port mode)")
     launch = _launch_spec(args, cache)
     cert_pair = tls.resolve_tls(args.tls_cert, args.tls_key, args.tls_self_signed, data_dir, args.host)
     if cert_pair is None and not _is_loopback(args.host):

@@ -13,8 +13,7 @@ import httpx
 from llama_launcher import binary, model
 from llama_launcher.attached import AttachedServer
 from llama_launcher.errors import LauncherError
-
-UPSTREAM_KEY_ENV = "LLAMA_DIRECT_UPSTREAM_KEY"
+from llama_launcher.secret_inputs import upstream_key
 
 
 def _line(ok: bool, text: str) -> None:
@@ -57,8 +56,8 @@ def run(args: argparse.Namespace, cache: Path) -> int:
 
 def check_upstream(args: argparse.Namespace) -> int:
     """Reachable, key accepted, a model reported, vision or not, and an alias so no path leaks."""
-    key = args.upstream_key_file.read_text().strip() if args.upstream_key_file else os.environ.get(UPSTREAM_KEY_ENV)
     try:
+        key = upstream_key(args.upstream_key_file)
         upstream = AttachedServer(args.upstream, key)
     except LauncherError as error:
         _line(False, str(error))
@@ -72,11 +71,19 @@ def check_upstream(args: argparse.Namespace) -> int:
         scheme = "https" if upstream.ssl else "http"
         base = f"{scheme}://{upstream.host_header.decode()}"
     headers = {"Authorization": upstream.authorization().decode()} if key else {}
+    try:
+        return _probe_upstream(args.upstream, transport, base, headers)
+    except httpx.HTTPError as error:
+        _line(False, f"upstream {args.upstream} stopped answering ({type(error).__name__})")
+        return 1
+
+
+def _probe_upstream(url: str, transport: httpx.HTTPTransport, base: str, headers: dict[str, str]) -> int:
     with httpx.Client(transport=transport, timeout=5.0) as client:
         try:
             health = client.get(base + "/health")
         except httpx.HTTPError:
-            _line(False, f"upstream {args.upstream} is not reachable")
+            _line(False, f"upstream {url} is not reachable")
             return 1
         _line(health.status_code == 200, f"upstream reachable, /health answered {health.status_code}")
         models = client.get(base + "/v1/models", headers=headers)

@@ -9,6 +9,7 @@ second (the gate stops llama-server): nothing respawns halfway through a shutdow
 from __future__ import annotations
 
 import ctypes
+import errno
 import fcntl
 import json
 import logging
@@ -64,7 +65,7 @@ def _child_setup(parent_pid: int) -> None:
         os._exit(1)
 
 
-def bind_public(host: str, port: int) -> socket.socket:
+def bind_public(host: str, port: int, flag: str = "--port") -> socket.socket:
     """Bind before anything starts, so a busy port is a one-line error and ``--port 0`` needs no race."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
@@ -77,8 +78,8 @@ def bind_public(host: str, port: int) -> socket.socket:
         sock.bind(address)
     except OSError as error:
         sock.close()
-        if error.errno == 98:
-            raise LauncherError(f"port {port} on {host} is already in use; choose another with --port") from None
+        if error.errno == errno.EADDRINUSE:
+            raise LauncherError(f"port {port} on {host} is already in use; choose another with {flag}") from None
         raise LauncherError(f"cannot listen on {host}:{port}: {error.strerror}") from None
     sock.listen(1024)
     sock.set_inheritable(True)
@@ -101,11 +102,20 @@ class DataDirLock:
 class Stack:
     def __init__(self, plan: StackPlan) -> None:
         self.plan = plan
-        self.lock = DataDirLock(plan.data_dir)
-        self.runtime = make_runtime_dir()
+        # Ports first: a busy one is the likeliest mistake, and then nothing else must be left behind.
         self.public = bind_public(plan.host, plan.port)
+        self.lane: socket.socket | None = None
+        try:
+            if plan.gate_port is not None:
+                self.lane = bind_public(plan.host, plan.gate_port, "--gate-port")
+            self.lock = DataDirLock(plan.data_dir)
+        except BaseException:
+            for sock in (self.public, self.lane):
+                if sock is not None:
+                    sock.close()
+            raise
+        self.runtime = make_runtime_dir()
         self.port = self.public.getsockname()[1]
-        self.lane = bind_public(plan.host, plan.gate_port) if plan.gate_port is not None else None
         self.lane_port = self.lane.getsockname()[1] if self.lane else None
         self.gate: subprocess.Popen[bytes] | None = None
         self.broker: subprocess.Popen[bytes] | None = None

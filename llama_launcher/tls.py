@@ -42,6 +42,9 @@ def self_signed_pair(keys_dir: Path, host: str) -> tuple[Path, Path]:
     if cert_path.is_file() and key_path.is_file():
         register_secret(key_path.read_text())
         return cert_path, key_path
+    # Half a pair (a start cut off between the two writes) is useless: make both anew.
+    for leftover in (cert_path, key_path):
+        leftover.unlink(missing_ok=True)
     keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     private_key = ec.generate_private_key(ec.SECP256R1())
     key_pem = private_key.private_bytes(

@@ -1,0 +1,42 @@
+"""Secrets a user hands the launcher: read from a file or the environment, never from argv.
+
+Each is registered with the redaction filter the moment it is read, and every problem with one is
+a `LauncherError` that names the flag or variable, never the value.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from llama_launcher.errors import LauncherError
+from llama_launcher.redaction import register_secret
+
+UPSTREAM_KEY_ENV = "LLAMA_DIRECT_UPSTREAM_KEY"
+MIN_UPSTREAM_KEY_LENGTH = 8
+
+
+def read_secret_file(path: Path, flag: str) -> str:
+    try:
+        value = path.read_text().strip()
+    except OSError as error:
+        raise LauncherError(f"{flag} {path}: cannot be read ({error.strerror})") from None
+    except UnicodeDecodeError:
+        raise LauncherError(f"{flag} {path}: not a text file") from None
+    if not value:
+        raise LauncherError(f"{flag} {path}: the file is empty")
+    return value
+
+
+def upstream_key(key_file: Path | None) -> str | None:
+    """The attached llama-server's key from `--upstream-key-file` or the environment; None: it has none."""
+    if key_file is not None:
+        key, source = read_secret_file(key_file, "--upstream-key-file"), "--upstream-key-file"
+    else:
+        key, source = os.environ.get(UPSTREAM_KEY_ENV) or None, UPSTREAM_KEY_ENV
+    if key is None:
+        return None
+    if len(key) < MIN_UPSTREAM_KEY_LENGTH:
+        raise LauncherError(f"the key from {source} is shorter than {MIN_UPSTREAM_KEY_LENGTH} characters")
+    register_secret(key)
+    return key

@@ -1,0 +1,123 @@
+"""The command line's refusals: one line that names the flag, exit code 2, no traceback, no secret."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from llama_launcher import cli, supervisor, tls
+from llama_launcher.errors import LauncherError
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    try:
+        code = cli.main(list(argv))
+    except SystemExit as stop:  # argparse's usage errors
+        code = int(stop.code or 0)
+    captured = capsys.readouterr()
+    return code, captured.err
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--token-ttl", "301"], "--token-ttl: 301 is outside 1..300"),
+        (["--token-ttl", "0"], "--token-ttl: 0 is outside 1..300"),
+        (["--max-tokens", "-5"], "--max-tokens: -5 is outside"),
+        (["--port", "70000"], "--port: 70000 is outside 0..65535"),
+        (["--port", "eighty"], "--port: 'eighty' is not a whole number"),
+    ],
+)
+def test_out_of_range_numbers_are_usage_errors(
+    capsys: pytest.CaptureFixture[str], argv: list[str], expected: str
+) -> None:
+    code, err = _run(capsys, "serve", *argv)
+    assert code == 2
+    assert expected in err
+    assert "Traceback" not in err
+
+
+@pytest.fixture
+def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("LLAMA_DIRECT_UPSTREAM_KEY", raising=False)
+    monkeypatch.delenv("LLAMA_DIRECT_ACCESS_TOKEN", raising=False)
+    return tmp_path
+
+
+def test_a_short_upstream_key_is_one_line_that_never_shows_the_key(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, isolated: Path
+) -> None:
+    monkeypatch.setenv("LLAMA_DIRECT_UPSTREAM_KEY", "sekrit")
+    code, err = _run(capsys, "serve", "--upstream", "http://127.0.0.1:9", "--data-dir", str(isolated / "d"))
+    assert code == 2
+    assert err.strip() == ("llama-direct: error: the key from LLAMA_DIRECT_UPSTREAM_KEY is shorter than "
+                           "8 characters")
+
+
+def test_an_unreadable_upstream_key_file_is_named_without_a_traceback(
+    capsys: pytest.CaptureFixture[str], isolated: Path
+) -> None:
+    missing = isolated / "no-such-key"
+    code, err = _run(capsys, "serve", "--upstream", "http://127.0.0.1:9", "--upstream-key-file", str(missing),
+                     "--data-dir", str(isolated / "d"))
+    assert code == 2
+    assert err.strip() == (f"llama-direct: error: --upstream-key-file {missing}: cannot be read "
+                           "(No such file or directory)")
+
+
+def test_doctor_reports_a_short_upstream_key_as_a_failed_check(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, isolated: Path
+) -> None:
+    monkeypatch.setenv("LLAMA_DIRECT_UPSTREAM_KEY", "sekrit")
+    assert cli.main(["doctor", "--upstream", "http://127.0.0.1:9"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL  the key from LLAMA_DIRECT_UPSTREAM_KEY is shorter than 8 characters" in out
+    assert "sekrit" not in out
+
+
+def test_public_url_and_gate_port_are_refused_together(capsys: pytest.CaptureFixture[str], isolated: Path) -> None:
+    code, err = _run(capsys, "serve", "--public-url", "https://example.org/llm", "--gate-port", "8001",
+                     "--upstream", "http://127.0.0.1:9", "--data-dir", str(isolated / "d"))
+    assert code == 2
+    assert "--public-url" in err and "--gate-port" in err and "Traceback" not in err
+
+
+def test_allow_origin_needs_two_port_mode(capsys: pytest.CaptureFixture[str], isolated: Path) -> None:
+    code, err = _run(capsys, "serve", "--allow-origin", "https://a.example", "--upstream", "http://127.0.0.1:9",
+                     "--data-dir", str(isolated / "d"))
+    assert code == 2
+    assert "--allow-origin needs --gate-port" in err
+
+
+def test_a_busy_port_names_the_port_and_the_flag() -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        with pytest.raises(LauncherError) as refused:
+            supervisor.bind_public("127.0.0.1", port, "--gate-port")
+    assert str(refused.value) == f"port {port} on 127.0.0.1 is already in use; choose another with --gate-port"
+
+
+def test_loopback_detection_decides_the_clear_text_warning() -> None:
+    assert cli._is_loopback("127.0.0.1") and cli._is_loopback("::1") and cli._is_loopback("localhost")
+    assert not cli._is_loopback("0.0.0.0") and not cli._is_loopback("192.168.1.5")
+
+
+def test_the_self_signed_pair_is_made_once_and_reused(tmp_path: Path) -> None:
+    cert, key = tls.self_signed_pair(tmp_path / "keys", "127.0.0.1")
+    first = (cert.read_bytes(), key.read_bytes())
+    assert key.stat().st_mode & 0o777 == 0o600
+    again = tls.self_signed_pair(tmp_path / "keys", "127.0.0.1")
+    assert (again[0].read_bytes(), again[1].read_bytes()) == first
+
+
+def test_half_a_self_signed_pair_is_made_anew(tmp_path: Path) -> None:
+    cert, key = tls.self_signed_pair(tmp_path / "keys", "127.0.0.1")
+    old_key = key.read_bytes()
+    cert.unlink()
+    cert, key = tls.self_signed_pair(tmp_path / "keys", "127.0.0.1")
+    assert cert.is_file() and key.read_bytes() != old_key
