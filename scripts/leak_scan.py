@@ -360,15 +360,20 @@ class Traffic:
         if old is None:
             raise ScanError("llama-server is not running")
         received = b""
+        killed = False
         with self.client.stream("POST", "/direct/v1/chat/completions", json=LONG,
                                 headers={"Authorization": f"Bearer {token}"}) as response:
             try:
                 for chunk in response.iter_raw():
                     received += chunk
-                    if received.count(b"data: ") >= 3:
+                    if not killed and received.count(b"data: ") >= 3:
                         os.kill(old, signal.SIGKILL)
+                        killed = True
+                ending = "a clean end of body"
             except httpx.HTTPError as error:
-                self.haystacks.notes.append(f"the stream cut by kill -9 ended with {type(error).__name__}")
+                ending = type(error).__name__
+            cut = "without" if b"data: [DONE]" not in received else "with"
+            self.haystacks.notes.append(f"the stream cut by kill -9 ended {cut} [DONE], by {ending}")
             self.haystacks.response("a stream cut by kill -9 of llama-server", response, received)
         new = wait_for("a respawned llama-server", lambda: (p := llama_server_pid(self.run.process.pid)) != old and p,
                        30)

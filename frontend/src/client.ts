@@ -155,6 +155,7 @@ class LaneRequest {
     headTimeoutMs: number | null,
   ) {
     const follow = (): void => this.controller.abort();
+    if (userSignal.aborted) follow();
     userSignal.addEventListener("abort", follow, { once: true });
     this.unlink = () => userSignal.removeEventListener("abort", follow);
     if (headTimeoutMs !== null) {
@@ -231,6 +232,7 @@ class ChatRun {
       try {
         answer = await response.json();
       } catch {
+        if (signal.aborted) return { kind: "abort" };
         return { kind: "fallback", reason: "negotiation_failed", fallbackUrl: undefined };
       }
       if (!isRecord(answer)) return { kind: "fallback", reason: "negotiation_failed", fallbackUrl: undefined };

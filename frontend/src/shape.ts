@@ -283,10 +283,9 @@ export class StreamShaper {
     const choice: unknown = choices[0];
     if (isRecord(choice)) {
       const delta = isRecord(choice.delta) ? choice.delta : {};
-      for (const field of REASONING_FIELDS) {
-        const text = nonEmptyString(delta[field]);
-        if (text !== undefined) this.reasoningText(text, out);
-      }
+      // Servers name the channel differently; one that fills two of them means the same text twice.
+      const reasoning = REASONING_FIELDS.map((field) => nonEmptyString(delta[field])).find((t) => t !== undefined);
+      if (reasoning !== undefined) this.reasoningText(reasoning, out);
       const content = nonEmptyString(delta.content);
       if (content !== undefined) this.content(content, out);
       if (Array.isArray(delta.tool_calls)) this.toolDeltas(delta.tool_calls, out);

@@ -438,6 +438,24 @@ describe("abort", () => {
     expect(fake.calls).toEqual([]);
   });
 
+  it("aborts while the negotiation's body is being read, without falling back", async () => {
+    const controller = new AbortController();
+    const fake = server({
+      negotiate: (call) => {
+        setTimeout(() => controller.abort(), 5);
+        const body = new ReadableStream<Uint8Array>({
+          start(stream) {
+            call.signal?.addEventListener("abort", () => stream.error(new DOMException("aborted", "AbortError")));
+          },
+        });
+        return new Response(body, { status: 200, headers: { "Content-Type": "application/json" } });
+      },
+    });
+    const events = await collect(streamChat(REQUEST, { fetch: fake.fetch, signal: controller.signal }));
+    expect(events).toEqual([{ type: "abort" }]);
+    expect(fake.calls).toHaveLength(1);
+  });
+
   it("aborts while the lane's head is pending", async () => {
     const controller = new AbortController();
     const fake = server({

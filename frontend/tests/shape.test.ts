@@ -192,6 +192,16 @@ describe("inline think tags", () => {
 });
 
 describe("reasoning fields", () => {
+  it("reads one field when a server fills two with the same text", () => {
+    expect(shapeItems([chunk({ reasoning_content: "a", reasoning: "a" }), content("b"), stop, done])).toEqual([
+      { type: "reasoning_start" },
+      { type: "reasoning_delta", text: "a" },
+      { type: "reasoning_end" },
+      { type: "text_delta", text: "b" },
+      { type: "end", finish_reason: "stop" },
+    ]);
+  });
+
   for (const field of ["reasoning_content", "reasoning", "thinking"]) {
     it(`reads ${field}, and opens and closes exactly once`, () => {
       const events = shapeItems([
