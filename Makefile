@@ -10,7 +10,7 @@ FRONT_STAMP := frontend/node_modules/.installed
 STATIC := broker/static/index.html
 ARGS ?=
 
-.PHONY: serve test install frontend browser lint
+.PHONY: serve test install frontend browser tools
 
 serve: install frontend
 	$(BIN)/llama-direct serve $(ARGS)
@@ -33,7 +33,7 @@ $(STAMP): pyproject.toml
 
 frontend: $(STATIC)
 
-$(FRONT_STAMP): frontend/package.json frontend/package-lock.json
+$(FRONT_STAMP): frontend/package.json frontend/package-lock.json | tools
 	@echo "llama-direct: installing the frontend's npm packages"
 	cd frontend && npm ci --no-audit --no-fund
 	@touch $@
@@ -46,3 +46,11 @@ $(STATIC): $(FRONT_STAMP) $(shell find frontend/src -type f 2>/dev/null)
 browser:
 	@test -x /usr/bin/chromium || { echo "llama-direct: installing Debian's chromium"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+# Node 20 and npm build the frontend. Debian's own nodejs is older, so say what to get instead of
+# installing the wrong one. (cmake and a C++ compiler are checked by llama-direct itself.)
+tools:
+	@command -v node >/dev/null && command -v npm >/dev/null || { \
+		echo "llama-direct: Node.js 20 and npm are needed to build the frontend: install them (https://nodejs.org)"; exit 1; }
+	@node -e 'process.exit(+process.versions.node.split(".")[0] >= 20 ? 0 : 1)' || { \
+		echo "llama-direct: Node.js 20 or newer is needed, found $$(node --version)"; exit 1; }

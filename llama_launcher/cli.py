@@ -157,9 +157,6 @@ def serve(args: argparse.Namespace) -> int:
     upstream_key = secret_inputs.upstream_key(args.upstream_key_file) if args.upstream else None
     if args.allow_origin and args.gate_port is None:
         raise LauncherError("--allow-origin needs --gate-port: in one-port mode the lane is same-origin")
-    if args.public_url and args.gate_port is not None:
-        raise LauncherError("--public-url names one base for the page and the lane, so it cannot be combined "
-                            "with --gate-port: route /direct/ to the public port instead (one-port mode)")
     launch = _launch_spec(args, cache)
     cert_pair = tls.resolve_tls(args.tls_cert, args.tls_key, args.tls_self_signed, data_dir, args.host)
     if cert_pair is None and not _is_loopback(args.host):

@@ -65,6 +65,22 @@ def _child_setup(parent_pid: int) -> None:
         os._exit(1)
 
 
+def machine_names() -> list[str]:
+    """This machine's name and the addresses it resolves to: what a LAN browser puts in a page's origin
+    when the app listens on every interface. An origin not listed here needs `--allow-origin`."""
+    name = socket.gethostname()
+    names = [name] if name and name != "localhost" else []
+    try:
+        infos = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
+    except OSError:
+        return names
+    for info in infos:
+        address = str(info[4][0])
+        if address not in names and not address.startswith("127."):
+            names.append(address)
+    return names
+
+
 def bind_public(host: str, port: int, flag: str = "--port") -> socket.socket:
     """Bind before anything starts, so a busy port is a one-line error and ``--port 0`` needs no race."""
     try:
@@ -159,7 +175,12 @@ class Stack:
             return [f"{parts.scheme}://{parts.netloc}"]
         scheme = "https" if self.plan.tls else "http"
         host = self.plan.host
-        hosts = ["127.0.0.1", "localhost"] if host in ("127.0.0.1", "localhost", "0.0.0.0", "::", "") else [host]
+        if host in ("0.0.0.0", "::", ""):
+            hosts = ["127.0.0.1", "localhost", *machine_names()]
+        elif host in ("127.0.0.1", "localhost"):
+            hosts = ["127.0.0.1", "localhost"]
+        else:
+            hosts = [host]
         return [f"{scheme}://{f'[{h}]' if ':' in h else h}:{self.port}" for h in hosts]
 
     def _env(self, **extra: str) -> dict[str, str]:

@@ -78,13 +78,6 @@ def test_doctor_reports_a_short_upstream_key_as_a_failed_check(
     assert "sekrit" not in out
 
 
-def test_public_url_and_gate_port_are_refused_together(capsys: pytest.CaptureFixture[str], isolated: Path) -> None:
-    code, err = _run(capsys, "serve", "--public-url", "https://example.org/llm", "--gate-port", "8001",
-                     "--upstream", "http://127.0.0.1:9", "--data-dir", str(isolated / "d"))
-    assert code == 2
-    assert "--public-url" in err and "--gate-port" in err and "Traceback" not in err
-
-
 def test_allow_origin_needs_two_port_mode(capsys: pytest.CaptureFixture[str], isolated: Path) -> None:
     code, err = _run(capsys, "serve", "--allow-origin", "https://a.example", "--upstream", "http://127.0.0.1:9",
                      "--data-dir", str(isolated / "d"))
