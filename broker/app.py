@@ -42,8 +42,8 @@ from broker.negotiation import (
 from broker.refusals import Refusal, RequestRefusal
 from broker.replay import Revocations
 from broker.sessions import COOKIE_NAME, AccessTokens, RateLimiter, SessionStore
-from broker.settings import BrokerSettings, direct_stream_enabled, normalise_origin
-from broker.signing_keys import KeyRing
+from broker.settings import BrokerSettings, SettingsError, direct_stream_enabled, normalise_origin
+from broker.signing_keys import KeyFileError, KeyRing
 from broker.tokens import Grant, mint
 from llama_launcher.redaction import register_secret
 
@@ -196,6 +196,24 @@ class GateLink:
                 self.health = GATE_DOWN
 
 
+def _keyring(settings: BrokerSettings, now: float) -> KeyRing:
+    """The configured key file (its own algorithm wins), else the keys dir, made at first start."""
+    if settings.signing_key_file is None:
+        keyring = KeyRing(settings.data_dir / "keys", settings.algorithm)
+        keyring.load_or_create(now)
+        return keyring
+    try:
+        return KeyRing.from_pem_file(settings.signing_key_file)
+    except FileNotFoundError:
+        raise SettingsError("signing_key_file does not exist") from None
+    except PermissionError:
+        raise SettingsError("signing_key_file cannot be read by the broker") from None
+    except IsADirectoryError:
+        raise SettingsError("signing_key_file is a directory") from None
+    except KeyFileError as error:
+        raise SettingsError(f"signing_key_file: {error}") from None
+
+
 class BrokerCore:
     """This process's state, shared by the public and the control app."""
 
@@ -219,8 +237,7 @@ class BrokerCore:
         self.policy = Policy.from_settings(settings)
         self.ids = ids or load_or_create_ids(settings.data_dir)
         if keyring is None:
-            keyring = KeyRing(settings.data_dir / "keys", settings.algorithm)
-            keyring.load_or_create(clock())
+            keyring = _keyring(settings, clock())
         self.keyring = keyring
         self.gate = GateLink(settings, gate_transport)
         self.allowed_origins = frozenset(

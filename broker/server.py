@@ -152,7 +152,10 @@ def main() -> None:
     try:
         with asyncio.Runner(loop_factory=_new_loop) as runner:
             runner.run(serve(settings, access_token))
-    except (SettingsError, OSError) as exc:
+    except SettingsError as exc:
+        logger.error("event=cannot_serve reason=%s", exc)
+        sys.exit(1)
+    except OSError as exc:
         logger.error("event=cannot_serve error=%s", type(exc).__name__)
         sys.exit(1)
     sys.exit(0)

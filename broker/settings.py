@@ -43,6 +43,7 @@ class BrokerSettings:
     max_tokens_cap: int = 2048
     rate_per_minute: int = 120
     burst: int = 20
+    signing_key_file: Path | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model:
@@ -86,6 +87,8 @@ class BrokerSettings:
         try:
             for name in ("data_dir", "broker_socket", "control_socket", "gate_socket"):
                 values[name] = Path(values[name])
+            if values.get("signing_key_file") is not None:
+                values["signing_key_file"] = Path(values["signing_key_file"])
         except KeyError as exc:
             raise SettingsError(f"missing setting: {exc.args[0]}") from None
         except TypeError:

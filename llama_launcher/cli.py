@@ -55,6 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", type=Path, help="keys and ids (default ~/.local/share/llama-direct)")
     serve.add_argument("--access-token-file", type=Path, help="a fixed login token, read from this file")
     serve.add_argument("--algorithm", choices=("EdDSA", "ES256"), default="EdDSA", help="token signature")
+    serve.add_argument("--signing-key-file", type=Path,
+                       help="sign with this Ed25519 or P-256 PEM key (mode 0600) instead of the data dir's")
     serve.add_argument("--token-ttl", type=_int_in(1, 300), default=30, help="credential lifetime in seconds (max 300)")
     serve.add_argument("--max-tokens", type=_int_in(1, 1 << 20), default=2048,
                        help="hard cap on generated tokens per request")
@@ -168,6 +170,7 @@ def serve(args: argparse.Namespace) -> int:
     broker_settings: dict[str, object] = {
         "model": launch.alias, "public_url": args.public_url, "algorithm": args.algorithm,
         "token_ttl": args.token_ttl, "max_tokens_cap": args.max_tokens,
+        "signing_key_file": str(args.signing_key_file.resolve()) if args.signing_key_file else None,
     }
     gate_settings: dict[str, object] = {
         "model": launch.alias, "max_tokens": args.max_tokens,

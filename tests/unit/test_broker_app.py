@@ -19,6 +19,8 @@ from typing import Any
 import httpx
 import jwt
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi.testclient import TestClient
 
 import broker.app as broker_app
@@ -512,6 +514,56 @@ def test_a_given_keyring_is_used(tmp_path: Path) -> None:
     ring.load_or_create(0.0)
     core = BrokerCore(_settings(tmp_path), ACCESS_TOKEN, keyring=ring)
     assert core.keyring.current.kid == ring.current.kid
+
+
+class TestConfiguredSigningKey:
+    """`--signing-key-file`: one key the operator manages, e.g. shared with a gateway such as HAProxy."""
+
+    def _write_key(self, path: Path, mode: int = 0o600) -> str:
+        key = ec.generate_private_key(ec.SECP256R1())
+        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+        path.write_bytes(pem)
+        path.chmod(mode)
+        return pem.decode("ascii")
+
+    def test_tokens_are_signed_with_the_configured_key_and_its_algorithm(
+        self, make: HarnessFactory, tmp_path: Path
+    ) -> None:
+        key_file = tmp_path / "signing.pem"
+        self._write_key(key_file)
+        h = make(signing_key_file=key_file)
+        token = h.client.post("/direct-stream", headers=BEARER).json()["token"]
+        assert jwt.get_unverified_header(token)["alg"] == "ES256"
+        keyset = jwt.PyJWKSet.from_dict(h.client.get("/.well-known/jwks.json").json())
+        assert [k.key_id for k in keyset.keys] == [h.core.keyring.current.kid]
+        assert not (tmp_path / "data" / "keys").exists()
+
+    @pytest.mark.parametrize(
+        ("prepare", "reason"),
+        [
+            ("missing", "signing_key_file does not exist"),
+            ("world-readable", "signing_key_file: the signing key file must be readable by its owner only (chmod 600)"),
+            ("not-a-key", "signing_key_file: the signing key file is not an unencrypted Ed25519 or P-256 PEM key"),
+        ],
+    )
+    def test_an_unusable_key_file_is_a_settings_error_that_quotes_nothing(
+        self, tmp_path: Path, prepare: str, reason: str
+    ) -> None:
+        key_file = tmp_path / "signing.pem"
+        if prepare == "world-readable":
+            pem = self._write_key(key_file, 0o644)
+        elif prepare == "not-a-key":
+            pem = "not a key at all"
+            key_file.write_text(pem)
+            key_file.chmod(0o600)
+        else:
+            pem = ""
+        with pytest.raises(SettingsError) as refused:
+            BrokerCore(_settings(tmp_path, signing_key_file=key_file), ACCESS_TOKEN)
+        assert str(refused.value) == reason
+        assert str(tmp_path) not in str(refused.value)
+        assert not pem or pem not in str(refused.value)
 
 
 class TestSettings:
