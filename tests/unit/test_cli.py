@@ -114,3 +114,13 @@ def test_half_a_self_signed_pair_is_made_anew(tmp_path: Path) -> None:
     cert.unlink()
     cert, key = tls.self_signed_pair(tmp_path / "keys", "127.0.0.1")
     assert cert.is_file() and key.read_bytes() != old_key
+
+
+@pytest.mark.parametrize(("argv", "option"), [(["bench"], "--quick"), (["bench", "soak"], "--streams")])
+def test_bench_options_reach_the_benchmark_parser(
+    capsys: pytest.CaptureFixture[str], argv: list[str], option: str
+) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        cli.main([*argv, "--help"])
+    assert stopped.value.code == 0
+    assert option in capsys.readouterr().out
