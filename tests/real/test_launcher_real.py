@@ -181,6 +181,30 @@ def test_kill_9_respawns_with_a_new_key(server: LlamaServer) -> None:
     assert server.restarts == 1
 
 
+def test_restart_comes_back_ready_with_a_new_key(server: LlamaServer) -> None:
+    old_key, old_pid = _key(server), server.pid
+    server.restart()
+    assert server.is_ready() and server.pid != old_pid
+    assert old_pid is not None and _wait_gone(old_pid, 1)
+    assert _key(server) != old_key
+    with _client(server) as client:
+        fresh = client.post("/v1/chat/completions", json={**CHAT, "stream": False},
+                            headers={"Authorization": server.authorization().decode()})
+        stale = client.post("/v1/chat/completions", json={**CHAT, "stream": False},
+                            headers={"Authorization": f"Bearer {old_key}"})
+    assert (fresh.status_code, stale.status_code) == (200, 401)
+
+
+def test_stop_kills_a_server_that_ignores_sigterm(server: LlamaServer) -> None:
+    pid = server.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)  # a stopped process cannot act on SIGTERM
+    started = time.monotonic()
+    server.stop(grace=0.5)
+    assert _wait_gone(pid, 1)
+    assert time.monotonic() - started < 5
+
+
 def test_stop_leaves_no_process(options: ServerOptions) -> None:
     launched = LlamaServer(options, make_runtime_dir())
     launched.start()
