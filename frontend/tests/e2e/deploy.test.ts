@@ -192,4 +192,33 @@ describe("two-port mode", () => {
     expect(foreign.status).toBe(403);
     expect(foreign.headers["access-control-allow-origin"]).toBeUndefined();
   });
+
+  it("falls back silently when a tunnel forwards the app's port but not the lane's", async () => {
+    const tunnel = await openTunnel(Number(new URL(stack.baseUrl).port), "127.0.0.2");
+    try {
+      const forwarded = new URL(stack.loginUrl);
+      forwarded.hostname = "127.0.0.2";
+      forwarded.port = String(tunnel.port);
+      const page = await context.newPage();
+      const requests = await login(page, forwarded.toString());
+      const { reply, grant } = await chat(page, "Name one colour.");
+      expect(grant.supported).toBe(true);
+      // The lane is offered on the tunnel's host, at the gate's port, where nothing listens.
+      const lane = new URL(String(grant.url));
+      expect(lane.hostname).toBe("127.0.0.2");
+      expect(lane.port).not.toBe(String(tunnel.port));
+
+      expect(await reply.getAttribute("data-state")).toBe("done");
+      expect(await page.textContent("#lane")).toBe("fallback");
+      expect((await reply.locator(".text").textContent())?.trim().length).toBeGreaterThan(0);
+      const posts = requests.filter((r) => r.method() === "POST").map((r) => r.url());
+      expect(posts).toContain(`${lane.origin}/direct/v1/chat/completions`);
+      expect(posts).toContain(`http://127.0.0.2:${tunnel.port}/v1/chat/completions`);
+      expect(tunnel.requests()).toEqual(expect.arrayContaining(["POST /v1/chat/completions"]));
+      expect(tunnel.requests()).not.toContain("POST /direct/v1/chat/completions");
+      await page.close();
+    } finally {
+      await tunnel.close();
+    }
+  });
 });

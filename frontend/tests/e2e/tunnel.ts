@@ -6,7 +6,9 @@
 import { request } from "node:http";
 import { type AddressInfo, createConnection, createServer, type Server, type Socket } from "node:net";
 
-const REQUEST_LINE = /^(GET|HEAD|POST|PUT|DELETE|OPTIONS|PATCH) (\S+) HTTP\/1\.[01]\r$/gm;
+// Not anchored at a line start: on a kept-alive connection a request line follows the previous
+// request's body directly, and a JSON body ends without a newline.
+const REQUEST_LINE = /\b(GET|HEAD|POST|PUT|DELETE|OPTIONS|PATCH) (\/\S*) HTTP\/1\.[01]\r$/gm;
 const CLOSE_TIMEOUT_MS = 5_000;
 
 export interface Tunnel {
@@ -17,8 +19,11 @@ export interface Tunnel {
   close(): Promise<void>;
 }
 
-/** Forward every connection on a fresh 127.0.0.1 port to `127.0.0.1:targetPort`, byte for byte. */
-export async function openTunnel(targetPort: number): Promise<Tunnel> {
+/**
+ * Forward every connection on a fresh port of `bindHost` to `127.0.0.1:targetPort`, byte for byte.
+ * Another loopback address (127.0.0.2) stands in for a remote laptop: on it, only this one port exists.
+ */
+export async function openTunnel(targetPort: number, bindHost = "127.0.0.1"): Promise<Tunnel> {
   const seen: string[] = [];
   const sockets = new Set<Socket>();
   const track = (socket: Socket): void => {
@@ -47,7 +52,7 @@ export async function openTunnel(targetPort: number): Promise<Tunnel> {
   });
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
-    server.listen(0, "127.0.0.1", () => resolve());
+    server.listen(0, bindHost, () => resolve());
   });
   const close = async (): Promise<void> => {
     for (const socket of sockets) socket.destroy();
