@@ -517,12 +517,18 @@ async function* directRound(
   return { kind: "fallback" };
 }
 
+/** The baseline could not be reached; `error` is what to show if reconnecting never succeeds. */
+interface Unreachable {
+  kind: "unreachable";
+  error?: Classified;
+}
+
 /** The broker's baseline, same body, same SSE; `unreachable` lets the round reconnect. */
 async function* fallbackRound(
   run: ChatRun,
   url: string,
   body: Record<string, unknown>,
-): AsyncGenerator<UIEvent, RoundOutcome | { kind: "unreachable" }> {
+): AsyncGenerator<UIEvent, RoundOutcome | Unreachable> {
   const request = new LaneRequest(run.signal, null);
   let response: Response;
   try {
@@ -547,6 +553,9 @@ async function* fallbackRound(
     ? classified("bad_response")
     : classifyServerError(response.status, parseErrorBody(await response.text()), run.hasImage);
   request.cancel();
+  // A 502 is the gate saying the app or the model server is gone for now: both come back on their
+  // own (a restart, a respawn), so it reconnects like a refused connection, keeping this error for last.
+  if (response.status === 502) return { kind: "unreachable", error };
   yield errorEvent(error, "pre-output");
   return { kind: "stopped" };
 }
@@ -577,7 +586,7 @@ async function* round(run: ChatRun, body: Record<string, unknown>): AsyncGenerat
     if (outcome.kind !== "unreachable") return outcome;
     const delay = delays[attempt];
     if (delay === undefined) {
-      yield errorEvent(classified("connection_lost"), "pre-output");
+      yield errorEvent(outcome.error ?? classified("connection_lost"), "pre-output");
       return { kind: "stopped" };
     }
     yield { type: "notice", code: "reconnecting", message: "Reconnecting…" };

@@ -277,6 +277,30 @@ describe("visible errors", () => {
     expect(last(events)).toEqual({ type: "finish", finish_reason: "stop", lane: "direct" });
   });
 
+  it("reconnects while the gate answers 502 for the app (a broker restart), then streams", async () => {
+    const APP_DOWN = { error: { message: "The app is not reachable right now; it may be restarting.", code: 502 } };
+    let negotiations = 0;
+    const fake = server({
+      negotiate: () => (++negotiations <= 1 ? json(APP_DOWN, 502) : json(grant())),
+      fallback: () => json(APP_DOWN, 502),
+    });
+    const slept: number[] = [];
+    const events = await collect(
+      streamChat(REQUEST, { fetch: fake.fetch, sleep: async (ms) => void slept.push(ms), reconnectDelaysMs: [5, 10] }),
+    );
+    expect(slept).toEqual([5]);
+    expect(events.filter((e) => e.type === "notice")).toEqual([
+      { type: "notice", code: "reconnecting", message: "Reconnecting…" },
+    ]);
+    expect(last(events)).toEqual({ type: "finish", finish_reason: "stop", lane: "direct" });
+  });
+
+  it("shows the server's own error when a 502 outlasts the reconnect attempts", async () => {
+    const fake = server({ negotiate: () => json({}, 502), fallback: () => json({ error: { code: 502 } }, 502) });
+    const events = await run(fake, { reconnectDelaysMs: [1] });
+    expect(last(events)).toMatchObject({ type: "error", code: "server_error", phase: "pre-output" });
+  });
+
   it("says the connection is lost once the reconnect attempts run out", async () => {
     const fake = server({ negotiate: () => networkError(), fallback: () => networkError() });
     const events = await run(fake, { reconnectDelaysMs: [1] });

@@ -308,8 +308,6 @@ class ClientConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if isinstance(peer, tuple) and peer else None
-        if self.peer is not None:
-            _no_delay(transport)
         self.gate.connections.add(self)
         self._arm(self.gate.config.head_timeout, self._on_head_timeout)
 
@@ -687,14 +685,12 @@ class ClientConnection(asyncio.Protocol):
             self._fail(head_timeout())
 
 
-def _no_delay(transport: asyncio.BaseTransport) -> None:
+def _no_delay(listening: socket.socket) -> None:
     """Turn Nagle off: the head and each chunk are small writes, and Nagle would hold the second one
-    back until the client's delayed ACK (40 ms). asyncio does this itself only for sockets it made
-    with `IPPROTO_TCP`, not for the listening socket the parent hands over (`proto` 0)."""
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    back until the client's delayed ACK (40 ms). Set once on the listening socket: on Linux every
+    accepted socket inherits it, which saves a socket wrapper and a syscall per connection."""
+    if listening.family in (socket.AF_INET, socket.AF_INET6):
+        listening.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _lane_request(upstream: Upstream, route: Route, body: bytes) -> bytes:
@@ -952,6 +948,9 @@ class GateServer:
         await self.keyset.refresh()
         self._puller = asyncio.ensure_future(self.keyset.run(self._stop_pulling))
         loop = asyncio.get_running_loop()
+        for listening in (public_sock, app_sock):
+            if listening is not None:
+                _no_delay(listening)
         if public_sock is not None:
             listener = Listener(lane=True, broker=not config.two_port, cors=config.two_port, tls=config.tls)
             self._servers.append(
