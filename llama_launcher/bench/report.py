@@ -68,6 +68,14 @@ def load_table(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _cpu_split(entry: dict[str, Any]) -> str:
+    """CPU per request, split by process where the run recorded it (the broker's share is the negotiation)."""
+    split = entry.get("cpu_ms_per_request_by_process")
+    if not split:
+        return f"{entry['cpu_ms_per_request']:.2f} ms of lane CPU per request"
+    return " + ".join(f"{ms:.2f} ms {name}" for name, ms in split.items()) + " CPU per request"
+
+
 def render_markdown(results: dict[str, Any]) -> str:
     """The report: targets first, then every lane's figures, then the single-number measurements."""
     lines = [f"Machine: {one_line(results['machine'])}. Run: `{results['command']}`, "
@@ -80,7 +88,7 @@ def render_markdown(results: dict[str, Any]) -> str:
     first = results.get("first_token", {})
     if first:
         parts = [f"{LABELS.get(lane, lane)} {_num(entry['p50_ms'], '.2f')} ms p50, "
-                 f"{_num(entry['p99_ms'], '.2f')} ms p99, {entry['cpu_ms_per_request']:.2f} ms of lane CPU per request"
+                 f"{_num(entry['p99_ms'], '.2f')} ms p99, {_cpu_split(entry)}"
                  for lane, entry in first.items()]
         notes.append("- Time to first token alone (one-token streams one after another, synthetic upstream): "
                      + "; ".join(parts) + ".")

@@ -65,3 +65,11 @@ def test_write_outputs_writes_json_markdown_and_a_png(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["bench.json", "bench.md", "bench.png"]
     assert paths["plot"].read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     assert paths["markdown"].read_text() == render_markdown(_results())
+
+
+def test_first_token_cpu_is_split_by_process_when_recorded() -> None:
+    from llama_launcher.bench.report import _cpu_split
+
+    assert _cpu_split({"cpu_ms_per_request": 3.0, "cpu_ms_per_request_by_process": {"gate": 1.25, "broker": 1.75}}) \
+        == "1.25 ms gate + 1.75 ms broker CPU per request"
+    assert _cpu_split({"cpu_ms_per_request": 0.5}) == "0.50 ms of lane CPU per request"
