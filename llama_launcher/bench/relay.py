@@ -86,6 +86,9 @@ class _Client(_Side):
 async def serve(fd: int, upstream: str) -> None:
     loop = asyncio.get_running_loop()
     sock = socket.socket(fileno=fd)
+    # As the gate does: a token stream cannot wait for Nagle's delayed ACK. Without it the floor would
+    # coalesce chunks into fewer segments and look faster than any relay that streams tokens can be.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     server = await loop.create_server(lambda: _Client(upstream), sock=sock, backlog=4096)
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
