@@ -11,12 +11,15 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import httptools
 
 from llama_launcher.bench.frames import LAST_CHUNK, FrameCounter
+
+P = TypeVar("P", bound=asyncio.BaseProtocol)
 
 Address = str | tuple[str, int]
 
@@ -140,14 +143,18 @@ class StreamProtocol(asyncio.Protocol):
             self.transport.abort()
 
 
-async def open_stream(target: Target, request: bytes, *, timeout: float = 30.0) -> StreamProtocol:
+async def _connect(target: Target, factory: Callable[[], P]) -> tuple[asyncio.Transport, P]:
+    """A unix socket path or a loopback (host, port): the one place a benchmark client connects."""
     loop = asyncio.get_running_loop()
+    if isinstance(target.address, str):
+        return await loop.create_unix_connection(factory, target.address)  # type: ignore[return-value]
+    host, port = target.address
+    return await loop.create_connection(factory, host, port)  # type: ignore[return-value]
+
+
+async def open_stream(target: Target, request: bytes, *, timeout: float = 30.0) -> StreamProtocol:
     async with asyncio.timeout(timeout):
-        if isinstance(target.address, str):
-            _, protocol = await loop.create_unix_connection(lambda: StreamProtocol(request), target.address)
-        else:
-            host, port = target.address
-            _, protocol = await loop.create_connection(lambda: StreamProtocol(request), host, port)
+        _, protocol = await _connect(target, lambda: StreamProtocol(request))
     return protocol
 
 
@@ -202,14 +209,9 @@ async def request_json(
     target: Target, method: str, headers: dict[str, str], body: bytes = b"", *, timeout: float = 30.0
 ) -> tuple[int, Any]:
     """One small request; (status, parsed JSON body or None)."""
-    loop = asyncio.get_running_loop()
     request = build_request(method, target, headers, body)
     async with asyncio.timeout(timeout):
-        if isinstance(target.address, str):
-            transport, collector = await loop.create_unix_connection(lambda: _Collector(request), target.address)
-        else:
-            host, port = target.address
-            transport, collector = await loop.create_connection(lambda: _Collector(request), host, port)
+        transport, collector = await _connect(target, lambda: _Collector(request))
         try:
             await collector.done
         finally:

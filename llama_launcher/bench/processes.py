@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -149,31 +149,33 @@ def child_running(pid: int, module: str, timeout: float = 30.0) -> int:
     raise RuntimeError(f"no child running -m {module}")
 
 
-def wait_for_socket(path: Path, child: Child, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not child.alive():
-            raise RuntimeError(f"{child.name} exited early:\n{child.log_tail()}")
-        with socket.socket(socket.AF_UNIX) as probe:
-            try:
-                probe.connect(str(path))
-                return
-            except OSError:
-                time.sleep(0.02)
-    raise RuntimeError(f"{child.name} did not listen within {timeout:.0f} s")
-
-
-def wait_for_port(port: int, child: Child, timeout: float = 30.0) -> None:
+def _wait_listening(probe: Callable[[], None], child: Child, timeout: float) -> None:
+    """Until `probe` connects, failing early with the child's log if it died first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not child.alive():
             raise RuntimeError(f"{child.name} exited early:\n{child.log_tail()}")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
+            probe()
+            return
         except OSError:
             time.sleep(0.02)
     raise RuntimeError(f"{child.name} did not listen within {timeout:.0f} s")
+
+
+def wait_for_socket(path: Path, child: Child, timeout: float = 30.0) -> None:
+    def probe() -> None:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.connect(str(path))
+
+    _wait_listening(probe, child, timeout)
+
+
+def wait_for_port(port: int, child: Child, timeout: float = 30.0) -> None:
+    def probe() -> None:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+    _wait_listening(probe, child, timeout)
 
 
 def listening_socket() -> tuple[socket.socket, int]:
