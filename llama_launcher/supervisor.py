@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import ipaddress
 import json
 import logging
 import os
@@ -75,9 +76,9 @@ def machine_names() -> list[str]:
     except OSError:
         return names
     for info in infos:
-        address = str(info[4][0])
-        if address not in names and not address.startswith("127."):
-            names.append(address)
+        address = ipaddress.ip_address(str(info[4][0]).partition("%")[0])
+        if not (address.is_loopback or address.is_link_local) and str(address) not in names:
+            names.append(str(address))
     return names
 
 

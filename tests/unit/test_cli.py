@@ -124,3 +124,11 @@ def test_bench_options_reach_the_benchmark_parser(
         cli.main([*argv, "--help"])
     assert stopped.value.code == 0
     assert option in capsys.readouterr().out
+
+
+def test_machine_names_are_usable_in_an_origin(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(supervisor.socket, "gethostname", lambda: "box")
+    addresses = ("192.168.1.5", "127.0.1.1", "::1", "fe80::1%eth0", "2001:db8::5")
+    infos = [(0, 0, 0, "", (address, 0)) for address in addresses]
+    monkeypatch.setattr(supervisor.socket, "getaddrinfo", lambda *_a, **_k: infos)
+    assert supervisor.machine_names() == ["box", "192.168.1.5", "2001:db8::5"]
