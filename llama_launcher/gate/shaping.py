@@ -21,8 +21,8 @@ takes the first present in that order, so each one present must be within the gr
 body with none gets `max_tokens` set to the cap. `null`, and `n_predict: -1` (unlimited), count
 as absent: llama-server reads `null` as "use the default", which is unbounded.
 
-Shaping its own output again yields the same bytes, so a body shaped by the broker and again by
-the gate is unchanged.
+Shaping its own output again yields the same bytes: the rules are a fixed point, so a client that
+sends an already-shaped body (or a proxy that shapes first) gets exactly that body forwarded.
 """
 
 from __future__ import annotations

@@ -15,7 +15,6 @@ import asyncio
 import json
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 import httptools
@@ -67,24 +66,6 @@ class Upstream(Protocol):
     def authorization(self) -> bytes: ...
 
     def is_ready(self) -> bool: ...
-
-
-@dataclass
-class StaticUpstream:
-    """A llama-server at a fixed address with a fixed key: attach mode (`--upstream`) and tests."""
-
-    address: str | tuple[str, int]
-    key: str | None = field(repr=False)
-    ssl: ssl.SSLContext | None = None
-    host_header: bytes = b"llama-server"
-    ready: bool = True
-
-    def authorization(self) -> bytes:
-        """`b"Bearer <key>"`, or nothing for a llama-server that runs without a key."""
-        return b"Bearer " + self.key.encode("ascii") if self.key else b""
-
-    def is_ready(self) -> bool:
-        return self.ready
 
 
 async def connect(

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import socket
+import ssl
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -29,7 +30,24 @@ from broker.tokens import Grant, mint
 from llama_launcher.gate.config import GateConfig
 from llama_launcher.gate.keyset import KeySet
 from llama_launcher.gate.proxy import GateServer
-from llama_launcher.gate.upstream import StaticUpstream
+
+
+@dataclass
+class StaticUpstream:
+    """A llama-server at a fixed address with a fixed key: what the gate's `Upstream` needs, for tests."""
+
+    address: str | tuple[str, int]
+    key: str | None = field(repr=False)
+    ssl: ssl.SSLContext | None = None
+    host_header: bytes = b"llama-server"
+    ready: bool = True
+
+    def authorization(self) -> bytes:
+        """`b"Bearer <key>"`, or nothing for a llama-server that runs without a key."""
+        return b"Bearer " + self.key.encode("ascii") if self.key else b""
+
+    def is_ready(self) -> bool:
+        return self.ready
 
 MASTER_KEY = "master-key-for-tests-0123456789abcdef"
 AUDIENCE = "gate-test"

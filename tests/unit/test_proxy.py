@@ -737,7 +737,7 @@ def test_health_reports_vision_from_props() -> None:
 
 
 def test_an_upstream_without_a_key_gets_no_authorization_header() -> None:
-    from llama_launcher.gate.upstream import StaticUpstream
+    from gate_fakes import StaticUpstream
 
     async def scenario(h: Harness) -> None:
         h.server.gate.upstream = StaticUpstream(h.llama.path, key=None)

@@ -9,10 +9,9 @@ import tempfile
 from typing import Any
 
 import pytest
-from gate_fakes import FakeServer, Received, _json_response
+from gate_fakes import FakeServer, Received, StaticUpstream, _json_response
 
 from llama_launcher.gate.upstream import (
-    StaticUpstream,
     UpstreamTimeout,
     UpstreamUnavailable,
     connect,
