@@ -70,6 +70,29 @@ def test_lane_stream_matches_raw_llama_server(stack: Stack, raw_server: LlamaSer
     assert lane_lines[-2:] == raw_lines[-2:] == ["data: [DONE]", ""] or lane_lines[-1] == raw_lines[-1]
 
 
+def test_the_baseline_streams_what_the_lane_streams_and_answers_unstreamed(stack: Stack) -> None:
+    """The fallback (`fallback_url`, the access token's session) gives the browser the same SSE as the lane."""
+    grant = stack.negotiate()
+    url, headers = _lane(stack, grant)
+    with httpx.stream("POST", url, json=DETERMINISTIC, headers=headers, timeout=60) as lane:
+        assert lane.status_code == 200
+        lane_lines = list(lane.iter_lines())
+    baseline_url = stack.base + grant["fallback_url"]
+    session = {"Authorization": f"Bearer {stack.access_token}"}
+    with httpx.stream("POST", baseline_url, json=DETERMINISTIC, headers=session, timeout=60) as baseline:
+        assert baseline.status_code == 200
+        assert baseline.headers["content-type"].startswith("text/event-stream")
+        baseline_lines = list(baseline.iter_lines())
+    assert [_shape(e) for e in _events(baseline_lines)] == [_shape(e) for e in _events(lane_lines)]
+    assert "data: [DONE]" in baseline_lines
+
+    answer = httpx.post(baseline_url, json={**DETERMINISTIC, "stream": False}, headers=session, timeout=60)
+    assert answer.status_code == 200
+    message = answer.json()["choices"][0]["message"]["content"]
+    assert message == "".join(e["choices"][0]["delta"].get("content") or "" for e in _events(lane_lines)
+                              if e.get("choices"))
+
+
 def test_openai_sdk_streams_through_the_lane(stack: Stack) -> None:
     grant = stack.negotiate()
     client = openai.OpenAI(base_url=grant["url"] + "/v1", api_key=grant["token"], max_retries=0)
