@@ -53,6 +53,8 @@ export interface StreamChatOptions {
   maxResumes?: number;
   /** Back-off before each renegotiation while both lanes are unreachable (a gate restarting). */
   reconnectDelaysMs?: number[];
+  /** Waits before asking again while the model is still loading (both lanes answer 503). */
+  loadingDelaysMs?: number[];
   /** The longest wait a 429's `Retry-After` may impose before the one retry. */
   maxRetryAfterMs?: number;
   prefilledThink?: boolean;
@@ -86,8 +88,16 @@ const DEFAULTS = {
   maxToolRounds: 5,
   maxResumes: 2,
   reconnectDelaysMs: [500, 1_000, 2_000],
+  loadingDelaysMs: [1_000, 2_000, 4_000, 8_000, 15_000],
   maxRetryAfterMs: 10_000,
 } as const;
+
+/** Shown while the client waits for the model on its own; the error's wording asks the user to retry. */
+const LOADING_NOTICE: UIEvent = {
+  type: "notice",
+  code: "model_loading",
+  message: "The model is still loading; the reply starts as soon as it is ready.",
+};
 
 /** Cleanup calls (cancel a resumable stream) must not hang a stopped page. */
 const CLEANUP_TIMEOUT_MS = 5_000;
@@ -517,9 +527,12 @@ async function* directRound(
   return { kind: "fallback" };
 }
 
-/** The baseline could not be reached; `error` is what to show if reconnecting never succeeds. */
-interface Unreachable {
-  kind: "unreachable";
+/**
+ * The baseline could not serve yet: `unreachable` (a restart: reconnect) or `loading` (the model is
+ * still loading: wait for it). `error` is what to show if waiting never succeeds.
+ */
+interface NotYet {
+  kind: "unreachable" | "loading";
   error?: Classified;
 }
 
@@ -528,7 +541,7 @@ async function* fallbackRound(
   run: ChatRun,
   url: string,
   body: Record<string, unknown>,
-): AsyncGenerator<UIEvent, RoundOutcome | Unreachable> {
+): AsyncGenerator<UIEvent, RoundOutcome | NotYet> {
   const request = new LaneRequest(run.signal, null);
   let response: Response;
   try {
@@ -556,6 +569,7 @@ async function* fallbackRound(
   // A 502 is the gate saying the app or the model server is gone for now: both come back on their
   // own (a restart, a respawn), so it reconnects like a refused connection, keeping this error for last.
   if (response.status === 502) return { kind: "unreachable", error };
+  if (response.status === 503) return { kind: "loading", error };
   yield errorEvent(error, "pre-output");
   return { kind: "stopped" };
 }
@@ -566,7 +580,10 @@ async function* round(run: ChatRun, body: Record<string, unknown>): AsyncGenerat
   if (maxTokens !== undefined) ask.max_tokens = maxTokens;
   if (run.options.resumable) ask.resumable = true;
   const delays = run.options.reconnectDelaysMs ?? DEFAULTS.reconnectDelaysMs;
-  for (let attempt = 0; ; attempt++) {
+  const loadingDelays = run.options.loadingDelaysMs ?? DEFAULTS.loadingDelaysMs;
+  let reconnects = 0;
+  let loadingWaits = 0;
+  for (;;) {
     if (run.signal.aborted) return yield* abortStream(run, null);
     const answer = await run.negotiate(ask);
     if (answer.kind === "abort") return yield* abortStream(run, null);
@@ -574,22 +591,21 @@ async function* round(run: ChatRun, body: Record<string, unknown>): AsyncGenerat
       yield errorEvent(answer.error, "pre-output");
       return { kind: "stopped" };
     }
-    if (answer.kind === "fallback" && answer.reason === "model_loading") {
-      yield { type: "notice", code: "model_loading", message: classified("model_loading").message };
-    }
+    if (answer.kind === "fallback" && answer.reason === "model_loading") yield LOADING_NOTICE;
     if (answer.kind === "grant") {
       const outcome = yield* directRound(run, answer.grant, body);
       if (outcome.kind !== "fallback") return outcome;
     }
     const fallbackUrl = answer.fallbackUrl ?? run.options.fallbackUrl ?? DEFAULTS.fallbackUrl;
     const outcome = yield* fallbackRound(run, fallbackUrl, body);
-    if (outcome.kind !== "unreachable") return outcome;
-    const delay = delays[attempt];
+    if (outcome.kind === "end" || outcome.kind === "stopped") return outcome;
+    const loading = outcome.kind === "loading";
+    const delay = loading ? loadingDelays[loadingWaits++] : delays[reconnects++];
     if (delay === undefined) {
       yield errorEvent(outcome.error ?? classified("connection_lost"), "pre-output");
       return { kind: "stopped" };
     }
-    yield { type: "notice", code: "reconnecting", message: "Reconnecting…" };
+    yield loading ? LOADING_NOTICE : { type: "notice", code: "reconnecting", message: "Reconnecting…" };
     await run.sleep(delay, run.signal);
   }
 }

@@ -151,7 +151,11 @@ describe("silent fallback before the first delta", () => {
   it("shows a notice while the model is loading, then falls back", async () => {
     const fake = server({ negotiate: () => json({ supported: false, reason: "model_loading", fallback_url: "/app/v1/chat/completions" }) });
     const events = await run(fake);
-    expect(events[0]).toEqual({ type: "notice", code: "model_loading", message: "The model is still loading. Try again in a moment." });
+    expect(events[0]).toEqual({
+      type: "notice",
+      code: "model_loading",
+      message: "The model is still loading; the reply starts as soon as it is ready.",
+    });
     expect(last(events)).toMatchObject({ lane: "fallback" });
   });
 
@@ -299,6 +303,42 @@ describe("visible errors", () => {
     const fake = server({ negotiate: () => json({}, 502), fallback: () => json({ error: { code: 502 } }, 502) });
     const events = await run(fake, { reconnectDelaysMs: [1] });
     expect(last(events)).toMatchObject({ type: "error", code: "server_error", phase: "pre-output" });
+  });
+
+  it("waits while the model loads (the baseline answers 503), then streams when it is ready", async () => {
+    let negotiations = 0;
+    const fake = server({
+      negotiate: () =>
+        ++negotiations <= 2 ? json({ supported: false, reason: "model_loading" }) : json(grant()),
+      fallback: () => json({ error: { message: "Loading model", code: 503 } }, 503),
+    });
+    const slept: number[] = [];
+    const events = await collect(
+      streamChat(REQUEST, { fetch: fake.fetch, sleep: async (ms) => void slept.push(ms), loadingDelaysMs: [7, 9, 11] }),
+    );
+    expect(slept).toEqual([7, 9]);
+    expect(events.filter((e) => e.type === "notice").map((e) => (e as { code: string }).code)).toEqual([
+      "model_loading",
+      "model_loading",
+      "model_loading",
+      "model_loading",
+    ]);
+    expect(events.some((e) => e.type === "error")).toBe(false);
+    expect(last(events)).toEqual({ type: "finish", finish_reason: "stop", lane: "direct" });
+  });
+
+  it("says the model is loading once the waits run out", async () => {
+    const fake = server({
+      negotiate: () => json({ supported: false, reason: "model_loading" }),
+      fallback: () => json({ error: { message: "Loading model", code: 503 } }, 503),
+    });
+    const events = await run(fake, { loadingDelaysMs: [1] });
+    expect(last(events)).toEqual({
+      type: "error",
+      code: "model_loading",
+      message: "The model is still loading. Try again in a moment.",
+      phase: "pre-output",
+    });
   });
 
   it("says the connection is lost once the reconnect attempts run out", async () => {
