@@ -4,7 +4,7 @@
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { get } from "node:http";
-import { existsSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -25,6 +25,8 @@ export interface Stack {
   baseUrl: string;
   /** The gate's private `GET /health` (slots busy or idle), read on its unix socket. */
   health(): Promise<GateHealth>;
+  /** The gate process's pid, looked up now: the parent restarts a gate that dies. */
+  gatePid(): number | undefined;
   stop(): Promise<void>;
 }
 
@@ -50,6 +52,38 @@ function healthAt(socketPath: string): Promise<GateHealth> {
     request.on("timeout", () => request.destroy(new Error("gate health timed out")));
     request.on("error", reject);
   });
+}
+
+function cmdline(pid: number): string {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, "latin1").split("\0").join(" ");
+  } catch {
+    return "";
+  }
+}
+
+/** Every process below `root`, from /proc (Linux only, as the launcher is). */
+function descendants(root: number): number[] {
+  const children = new Map<number, number[]>();
+  for (const entry of readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, "latin1");
+      const parent = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+      children.set(parent, [...(children.get(parent) ?? []), Number(entry)]);
+    } catch {
+      // the process ended while we looked
+    }
+  }
+  const found: number[] = [];
+  const todo = [root];
+  while (todo.length > 0) {
+    for (const child of children.get(todo.pop() as number) ?? []) {
+      found.push(child);
+      todo.push(child);
+    }
+  }
+  return found;
 }
 
 function exited(child: ChildProcess): Promise<void> {
@@ -107,7 +141,13 @@ export async function startStack(args: string[] = [], env: Record<string, string
     await stop();
     throw new Error("llama-direct serve did not log its runtime dir");
   }
-  return { loginUrl, baseUrl: base.toString(), health: () => healthAt(join(runtimeDir, "gate.sock")), stop };
+  return {
+    loginUrl,
+    baseUrl: base.toString(),
+    health: () => healthAt(join(runtimeDir, "gate.sock")),
+    gatePid: () => descendants(child.pid ?? -1).find((pid) => cmdline(pid).includes("llama_launcher.gate")),
+    stop,
+  };
 }
 
 export function launchBrowser(): Promise<Browser> {
