@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import ssl
+from pathlib import PurePath
 from urllib.parse import urlsplit
+
+import httpx
 
 from llama_launcher.errors import LauncherError
 from llama_launcher.master_key import MasterKey
@@ -38,3 +41,28 @@ class AttachedServer:
     def is_ready(self) -> bool:
         """Readiness of a server we did not start is what its own ``/health`` says; the gate asks it."""
         return True
+
+    def client(self, timeout: float = 5.0) -> httpx.Client:
+        """A blocking client for the CLI's own checks (``doctor``, the model's name), with the key set."""
+        if isinstance(self.address, str):
+            transport, base = httpx.HTTPTransport(uds=self.address), "http://llama-server"
+        else:
+            transport = httpx.HTTPTransport(verify=self.ssl or True)
+            base = f"{'https' if self.ssl else 'http'}://{self.host_header.decode()}"
+        authorization = self.authorization()
+        headers = {"Authorization": authorization.decode()} if authorization else {}
+        return httpx.Client(transport=transport, base_url=base, headers=headers, timeout=timeout)
+
+    def model_name(self) -> str | None:
+        """The name the upstream gives its model in ``/v1/models``, as a public name: an ``--alias`` as
+        it is, a file path reduced to its stem (a path must never reach a browser). None: no answer."""
+        try:
+            with self.client(timeout=3.0) as client:
+                answer = client.get("/v1/models")
+                models = answer.json().get("data", []) if answer.status_code == 200 else []
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return None
+        names = [m.get("id") for m in models if isinstance(m, dict) and isinstance(m.get("id"), str)]
+        if len(names) != 1 or not names[0]:
+            return None
+        return PurePath(names[0]).stem.lower() if "/" in names[0] or names[0].endswith(".gguf") else names[0]

@@ -12,6 +12,7 @@ from importlib import resources
 from pathlib import Path
 
 from llama_launcher import binary, model, secret_inputs
+from llama_launcher.attached import AttachedServer
 from llama_launcher.errors import LauncherError
 from llama_launcher.launch_spec import LaunchSpec
 from llama_launcher.paths import cache_dir, default_data_dir
@@ -125,12 +126,25 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _launch_spec(args: argparse.Namespace, cache: Path) -> LaunchSpec:
+ATTACHED_FALLBACK_ALIAS = "model"
+
+
+def _attached_alias(url: str, key: str | None) -> str:
+    """The attached server's own model name, so grants and its chunks agree; asked once, at start."""
+    name = AttachedServer(url, key).model_name()
+    if name is None:
+        print(f"llama-direct: the upstream did not name its model yet; clients will see "
+              f"'{ATTACHED_FALLBACK_ALIAS}' (set --model-alias to choose)", file=sys.stderr, flush=True)
+        return ATTACHED_FALLBACK_ALIAS
+    return name
+
+
+def _launch_spec(args: argparse.Namespace, cache: Path, upstream_key: str | None = None) -> LaunchSpec:
     extra = [a for a in args.server_args if a != "--"] if getattr(args, "server_args", None) else []
     validate_extra_args(extra)
     if args.upstream:
-        return LaunchSpec(mode="attach", upstream_url=args.upstream, alias=args.model_alias or "model",
-                          max_tokens=args.max_tokens)
+        alias = args.model_alias or _attached_alias(args.upstream, upstream_key)
+        return LaunchSpec(mode="attach", upstream_url=args.upstream, alias=alias, max_tokens=args.max_tokens)
     found = binary.ensure_llama_server(args.llama_server, cache)
     if args.model:
         model_path = model.check_gguf(args.model.resolve())
@@ -158,7 +172,7 @@ def serve(args: argparse.Namespace) -> int:
     upstream_key = secret_inputs.upstream_key(args.upstream_key_file) if args.upstream else None
     if args.allow_origin and args.gate_port is None:
         raise LauncherError("--allow-origin needs --gate-port: in one-port mode the lane is same-origin")
-    launch = _launch_spec(args, cache)
+    launch = _launch_spec(args, cache, upstream_key)
     cert_pair = tls.resolve_tls(args.tls_cert, args.tls_key, args.tls_self_signed, data_dir, args.host)
     if cert_pair is None and not _is_loopback(args.host):
         print(

@@ -62,49 +62,40 @@ def check_upstream(args: argparse.Namespace) -> int:
     except LauncherError as error:
         _line(False, str(error))
         return 1
-    address = upstream.address
-    if isinstance(address, str):
-        transport = httpx.HTTPTransport(uds=address)
-        base = "http://llama-server"
-    else:
-        transport = httpx.HTTPTransport(verify=upstream.ssl or True)
-        scheme = "https" if upstream.ssl else "http"
-        base = f"{scheme}://{upstream.host_header.decode()}"
-    headers = {"Authorization": upstream.authorization().decode()} if key else {}
     try:
-        return _probe_upstream(args.upstream, transport, base, headers)
+        with upstream.client() as client:
+            return _probe_upstream(args.upstream, client)
     except httpx.HTTPError as error:
         _line(False, f"upstream {args.upstream} stopped answering ({type(error).__name__})")
         return 1
 
 
-def _probe_upstream(url: str, transport: httpx.HTTPTransport, base: str, headers: dict[str, str]) -> int:
-    with httpx.Client(transport=transport, timeout=5.0) as client:
-        try:
-            health = client.get(base + "/health")
-        except httpx.HTTPError:
-            _line(False, f"upstream {url} is not reachable")
-            return 1
-        _line(health.status_code == 200, f"upstream reachable, /health answered {health.status_code}")
-        models = client.get(base + "/v1/models", headers=headers)
-        if models.status_code == 401:
-            _line(False, "the upstream refused the key (401): check LLAMA_DIRECT_UPSTREAM_KEY or --upstream-key-file")
-            return 1
-        if models.status_code != 200:
-            _line(False, f"/v1/models answered {models.status_code}")
-            return 1
-        _line(True, "the key is accepted")
-        try:
-            names = [m.get("id", "") for m in models.json().get("data", [])]
-        except (ValueError, AttributeError):
-            names = []
-        _line(bool(names), f"model reported: {', '.join(names) or 'none'}")
-        if any("/" in name for name in names):
-            print("warn  the upstream runs without --alias: its chunks carry the model's file path", flush=True)
-        props = client.get(base + "/props", headers=headers)
-        try:
-            vision = bool(props.json().get("modalities", {}).get("vision"))
-        except (ValueError, AttributeError, json.JSONDecodeError):
-            vision = False
-        _line(True, f"vision: {'yes' if vision else 'no'}")
+def _probe_upstream(url: str, client: httpx.Client) -> int:
+    try:
+        health = client.get("/health")
+    except httpx.HTTPError:
+        _line(False, f"upstream {url} is not reachable")
+        return 1
+    _line(health.status_code == 200, f"upstream reachable, /health answered {health.status_code}")
+    models = client.get("/v1/models")
+    if models.status_code == 401:
+        _line(False, "the upstream refused the key (401): check LLAMA_DIRECT_UPSTREAM_KEY or --upstream-key-file")
+        return 1
+    if models.status_code != 200:
+        _line(False, f"/v1/models answered {models.status_code}")
+        return 1
+    _line(True, "the key is accepted")
+    try:
+        names = [m.get("id", "") for m in models.json().get("data", [])]
+    except (ValueError, AttributeError):
+        names = []
+    _line(bool(names), f"model reported: {', '.join(names) or 'none'}")
+    if any("/" in name for name in names):
+        print("warn  the upstream runs without --alias: its chunks carry the model's file path", flush=True)
+    props = client.get("/props")
+    try:
+        vision = bool(props.json().get("modalities", {}).get("vision"))
+    except (ValueError, AttributeError, json.JSONDecodeError):
+        vision = False
+    _line(True, f"vision: {'yes' if vision else 'no'}")
     return 0 if health.status_code == 200 else 1

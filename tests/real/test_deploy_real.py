@@ -123,7 +123,7 @@ def test_attach_streams_and_upstream_loss_turns_negotiation_off(own_llama_server
     assert isinstance(own_llama_server.address, str)
     key = own_llama_server.authorization().removeprefix(b"Bearer ").decode()
     with Forwarder(own_llama_server.address) as upstream, run_stack(
-        "--upstream", f"http://127.0.0.1:{upstream.port}", "--model-alias", "smollm2",
+        "--upstream", f"http://127.0.0.1:{upstream.port}",  # no --model-alias: learned from /v1/models
         env={"LLAMA_DIRECT_UPSTREAM_KEY": key},
     ) as stack:
         grant = stack.negotiate()
