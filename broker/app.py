@@ -250,7 +250,9 @@ class BrokerCore:
         )
 
     def issuer(self) -> Issuer:
-        return Issuer(key=self.keyring.current, issuer=self.ids.broker_id, audience=self.ids.gate_id)
+        """Minting is what moves the rotation schedule on: a successor is staged, then signs once published."""
+        key = self.keyring.advance(self.clock(), self.settings.key_max_age)
+        return Issuer(key=key, issuer=self.ids.broker_id, audience=self.ids.gate_id)
 
     def mint_time(self, user: str, now: float) -> float:
         """`now`, or the user's revocation second when that is later, so a new token is not born revoked.

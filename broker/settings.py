@@ -44,6 +44,7 @@ class BrokerSettings:
     rate_per_minute: int = 120
     burst: int = 20
     signing_key_file: Path | None = None
+    key_rotation_hours: float = 24.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model:
@@ -55,6 +56,9 @@ class BrokerSettings:
         for name in ("max_tokens_cap", "rate_per_minute", "burst"):
             if not _positive_int(getattr(self, name)):
                 raise SettingsError(f"{name} must be a positive integer")
+        if isinstance(self.key_rotation_hours, bool) or not isinstance(self.key_rotation_hours, int | float) \
+                or not 0 <= self.key_rotation_hours <= 24 * 365:
+            raise SettingsError("key_rotation_hours must be between 0 (never) and 8760")
         if self.gate_port is not None and (not _positive_int(self.gate_port) or self.gate_port > 65535):
             raise SettingsError("gate_port must be a port number")
         if self.public_url is not None:
@@ -64,6 +68,11 @@ class BrokerSettings:
         for origin in self.allowed_origins:
             if not isinstance(origin, str) or normalise_origin(origin) is None:
                 raise SettingsError("allowed_origins must be origins like https://app.example:8443")
+
+    @property
+    def key_max_age(self) -> float | None:
+        """Seconds a signing key signs before a successor is staged; None: never on schedule."""
+        return self.key_rotation_hours * 3600 if self.key_rotation_hours else None
 
     @property
     def public_base(self) -> str | None:

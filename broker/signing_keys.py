@@ -2,8 +2,13 @@
 
 `<keys_dir>/<kid>.pem` (0600, in a 0700 dir) is the one place a private key may sit on disk; each
 file is created 0600 from the start, never written first and narrowed after. `<keys_dir>/state.json`
-holds no secret: which kid signs, and when each older key was retired. A retired key stays in the
-JWKS until every token it signed has expired (`retired_at + max_ttl + leeway`), then its file goes.
+holds no secret: which kid signs and since when, a staged next kid, and when each older key was
+retired. A retired key stays in the JWKS until every token it signed has expired
+(`retired_at + max_ttl + leeway`), then its file goes.
+
+Scheduled rotation (`advance`) stages the next key first: it is in the JWKS for `publish_delay`
+seconds (several of the gate's pulls) before anything is signed with it, so a gate never meets a
+token whose key it has not been shown.
 
 The kid is the key's RFC 7638 thumbprint, so it is stable, says nothing, and is checked against the
 file it is read from.
@@ -35,6 +40,8 @@ PrivateKey = Ed25519PrivateKey | ec.EllipticCurvePrivateKey
 PublicKey = Ed25519PublicKey | ec.EllipticCurvePublicKey
 
 STATE_FILE = "state.json"
+DEFAULT_PUBLISH_DELAY = 2.0
+"""Seconds a staged key is published before it signs: four of the gate's 0.5 s pulls."""
 _KID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _P256_BYTES = 32
 _JWK_KINDS = {("OKP", "Ed25519", "EdDSA"), ("EC", "P-256", "ES256")}
@@ -122,15 +129,21 @@ class _RetiredKey:
 class KeyRing:
     """The broker's keys: one current signer and the retired keys whose tokens may still be live."""
 
-    def __init__(self, keys_dir: Path, algorithm: str = "EdDSA", max_ttl: int = MAX_TTL_SECONDS) -> None:
+    def __init__(self, keys_dir: Path, algorithm: str = "EdDSA", max_ttl: int = MAX_TTL_SECONDS,
+                 publish_delay: float = DEFAULT_PUBLISH_DELAY) -> None:
         if algorithm not in ALGORITHMS:
             raise ValueError(f"algorithm must be one of {', '.join(ALGORITHMS)}")
         if not 1 <= max_ttl <= MAX_TTL_SECONDS:
             raise ValueError(f"max_ttl must be between 1 and {MAX_TTL_SECONDS} seconds")
+        if publish_delay < 0:
+            raise ValueError("publish_delay must not be negative")
         self._dir: Path | None = Path(keys_dir)
         self._algorithm = algorithm
         self._max_ttl = max_ttl
+        self._publish_delay = publish_delay
         self._current: SigningKey | None = None
+        self._since = 0.0
+        self._next: tuple[SigningKey, float] | None = None
         self._retired: dict[str, _RetiredKey] = {}
 
     @classmethod
@@ -164,8 +177,14 @@ class KeyRing:
             return
         self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self._dir, 0o700)
-        current_kid, retired = self._read_state()
+        current_kid, retired, since, staged = self._read_state()
         self._current = self._read_key(current_kid) if current_kid else None
+        self._since = since if since is not None else now
+        self._next = None
+        if staged is not None:
+            staged_key = self._read_key(staged[0])
+            if staged_key is not None and staged_key.algorithm == self._algorithm:
+                self._next = (staged_key, staged[1])
         self._retired = {}
         for kid, retired_at in retired.items():
             key = self._read_key(kid)
@@ -183,14 +202,44 @@ class KeyRing:
         """
         if self._dir is None:
             raise RuntimeError("a configured key file is rotated by replacing the file")
+        new = self._generate()
+        self._promote(new, now)
+        return new
+
+    def advance(self, now: float, max_age: float | None) -> SigningKey:
+        """The scheduled rotation, driven by the caller's clock; returns the key that signs now.
+
+        A current key older than `max_age` gets a staged successor, published at once; the successor
+        signs only once it has been published for `publish_delay`. `max_age` None: no schedule (a
+        successor staged before still takes over).
+        """
+        current = self.current
+        if self._dir is None:
+            return current
+        if self._next is not None:
+            staged, staged_at = self._next
+            if now >= staged_at + self._publish_delay:
+                self._promote(staged, now)
+        elif max_age is not None and now - self._since >= max_age:
+            self._next = (self._generate(), now)
+            self._write_state()
+        return self.current
+
+    def _generate(self) -> SigningKey:
+        assert self._dir is not None
         new = SigningKey.generate(self._algorithm)
         self._write_private(self._dir / f"{new.kid}.pem", _register_pem(new.to_pem()).encode("ascii"))
+        return new
+
+    def _promote(self, new: SigningKey, now: float) -> None:
         old = self._current
         if old is not None:
             self._retired[old.kid] = _RetiredKey(old.public_jwk, old.public_key, old.algorithm, now)
-        self._current = new
+        if self._next is not None and self._next[0].kid != new.kid:
+            assert self._dir is not None
+            (self._dir / f"{self._next[0].kid}.pem").unlink(missing_ok=True)
+        self._current, self._since, self._next = new, now, None
         self._write_state()
-        return new
 
     def prune(self, now: float) -> list[str]:
         """Forget the retired keys whose tokens have all expired and delete their files; returns their kids."""
@@ -209,38 +258,50 @@ class KeyRing:
     def jwks(self, now: float) -> dict[str, Any]:
         """`{"keys": [...]}`: the current key first, then the retired keys still in their window."""
         self.prune(now)
-        return {"keys": [dict(self.current.public_jwk), *(dict(k.jwk) for k in self._retired.values())]}
+        staged = [dict(self._next[0].public_jwk)] if self._next is not None else []
+        return {"keys": [dict(self.current.public_jwk), *staged, *(dict(k.jwk) for k in self._retired.values())]}
 
     def public_keyset(self, now: float) -> PublicKeySet:
         self.prune(now)
         current = self.current
         keys: dict[str, tuple[str, object]] = {current.kid: (current.algorithm, current.public_key)}
+        if self._next is not None:
+            keys[self._next[0].kid] = (self._next[0].algorithm, self._next[0].public_key)
         keys.update((kid, (k.algorithm, k.public_key)) for kid, k in self._retired.items())
         return PublicKeySet(MappingProxyType(keys))
 
-    def _read_state(self) -> tuple[str | None, dict[str, float]]:
+    def _read_state(self) -> tuple[str | None, dict[str, float], float | None, tuple[str, float] | None]:
+        """(current kid, retired kids and when, since when current signs, staged kid and when)."""
         assert self._dir is not None
         try:
             state = json.loads((self._dir / STATE_FILE).read_bytes())
         except FileNotFoundError:
-            return None, {}
+            return None, {}, None, None
         except ValueError:
             raise KeyFileError("the key state file is damaged") from None
-        current = state.get("current") if isinstance(state, dict) else None
-        retired = state.get("retired") if isinstance(state, dict) else None
+        if not isinstance(state, dict):
+            raise KeyFileError("the key state file is damaged")
+        current, retired = state.get("current"), state.get("retired")
+        since, staged = state.get("since"), state.get("next")
         valid = (
             isinstance(current, str) and _KID.fullmatch(current) is not None
             and isinstance(retired, dict)
             and all(_KID.fullmatch(kid) and isinstance(at, int | float) for kid, at in retired.items())
+            and (since is None or isinstance(since, int | float))
+            and (staged is None or (isinstance(staged, dict) and isinstance(staged.get("kid"), str)
+                                    and _KID.fullmatch(staged["kid"]) is not None
+                                    and isinstance(staged.get("staged_at"), int | float)))
         )
         if not valid:
             raise KeyFileError("the key state file is damaged")
-        return current, retired
+        return current, retired, since, (staged["kid"], staged["staged_at"]) if staged else None
 
     def _write_state(self) -> None:
         assert self._dir is not None and self._current is not None
         retired = {kid: key.retired_at for kid, key in self._retired.items()}
-        state = {"current": self._current.kid, "retired": retired}
+        state: dict[str, Any] = {"current": self._current.kid, "since": self._since, "retired": retired}
+        if self._next is not None:
+            state["next"] = {"kid": self._next[0].kid, "staged_at": self._next[1]}
         self._write_private(self._dir / STATE_FILE, json.dumps(state, indent=2).encode())
 
     def _read_key(self, kid: str) -> SigningKey | None:

@@ -58,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--algorithm", choices=("EdDSA", "ES256"), default="EdDSA", help="token signature")
     serve.add_argument("--signing-key-file", type=Path,
                        help="sign with this Ed25519 or P-256 PEM key (mode 0600) instead of the data dir's")
+    serve.add_argument("--key-rotation-hours", type=_int_in(0, 8760), default=24,
+                       help="replace the broker's signing key this often (default 24; 0: never)")
     serve.add_argument("--token-ttl", type=_int_in(1, 300), default=30, help="credential lifetime in seconds (max 300)")
     serve.add_argument("--max-tokens", type=_int_in(1, 1 << 20), default=2048,
                        help="hard cap on generated tokens per request")
@@ -184,6 +186,7 @@ def serve(args: argparse.Namespace) -> int:
         "model": launch.alias, "public_url": args.public_url, "algorithm": args.algorithm,
         "token_ttl": args.token_ttl, "max_tokens_cap": args.max_tokens,
         "signing_key_file": str(args.signing_key_file.resolve()) if args.signing_key_file else None,
+        "key_rotation_hours": args.key_rotation_hours,
     }
     gate_settings: dict[str, object] = {
         "model": launch.alias, "max_tokens": args.max_tokens,

@@ -516,6 +516,37 @@ def test_a_given_keyring_is_used(tmp_path: Path) -> None:
     assert core.keyring.current.kid == ring.current.kid
 
 
+class TestScheduledRotation:
+    def test_a_successor_is_published_before_it_signs_and_the_old_key_stays_published(
+        self, make: HarnessFactory
+    ) -> None:
+        h = make(key_rotation_hours=1)
+
+        def kid_of_a_new_token() -> str:
+            token = h.client.post("/direct-stream", headers=BEARER).json()["token"]
+            return str(jwt.get_unverified_header(token)["kid"])
+
+        def published() -> list[str]:
+            return [k["kid"] for k in h.client.get("/.well-known/jwks.json").json()["keys"]]
+
+        first = kid_of_a_new_token()
+        h.clock.now += 3600
+        assert kid_of_a_new_token() == first  # this mint staged the successor; it does not sign yet
+        staged = [kid for kid in published() if kid != first]
+        assert len(staged) == 1
+        h.clock.now += 2
+        assert kid_of_a_new_token() == staged[0]
+        assert published() == [staged[0], first]
+
+    def test_zero_hours_never_rotates(self, make: HarnessFactory) -> None:
+        h = make(key_rotation_hours=0)
+        first = h.client.post("/direct-stream", headers=BEARER).json()["token"]
+        h.clock.now += 10 * 365 * 86400 / 100
+        later = h.client.post("/direct-stream", headers=BEARER).json()["token"]
+        assert jwt.get_unverified_header(later)["kid"] == jwt.get_unverified_header(first)["kid"]
+        assert len(h.client.get("/.well-known/jwks.json").json()["keys"]) == 1
+
+
 class TestConfiguredSigningKey:
     """`--signing-key-file`: one key the operator manages, e.g. shared with a gateway such as HAProxy."""
 
@@ -600,6 +631,8 @@ class TestSettings:
              "allowed_origins must be origins like https://app.example:8443"),
             ({"access_token": "x" * 20}, "unknown settings: access_token"),
             ({"model": ""}, "model must be a non-empty alias"),
+            ({"key_rotation_hours": -1}, "key_rotation_hours must be between 0 (never) and 8760"),
+            ({"key_rotation_hours": "24"}, "key_rotation_hours must be between 0 (never) and 8760"),
         ],
     )
     def test_bad_settings_name_the_field_not_the_value(self, tmp_path: Path, change: dict[str, Any],

@@ -69,7 +69,7 @@ def test_first_load_creates_one_key_file_0600_in_a_0700_dir(tmp_path: Path, algo
     assert sorted(p.name for p in keys_dir.iterdir()) == sorted([f"{ring.current.kid}.pem", "state.json"])
     assert mode(keys_dir / f"{ring.current.kid}.pem") == 0o600
     assert mode(keys_dir / "state.json") == 0o600
-    assert state(keys_dir) == {"current": ring.current.kid, "retired": {}}
+    assert state(keys_dir) == {"current": ring.current.kid, "since": NOW, "retired": {}}
     assert (keys_dir / f"{ring.current.kid}.pem").read_text() == ring.current.to_pem()
 
 
@@ -292,7 +292,7 @@ def test_rotation_keeps_the_old_key_until_its_tokens_expired(tmp_path: Path) -> 
     new = ring.rotate(NOW)
     assert ring.current == new and new.kid != old.kid
     assert [k["kid"] for k in ring.jwks(NOW)["keys"]] == [new.kid, old.kid]
-    assert state(keys_dir) == {"current": new.kid, "retired": {old.kid: NOW}}
+    assert state(keys_dir) == {"current": new.kid, "since": NOW, "retired": {old.kid: NOW}}
 
     last_moment = NOW + MAX_TTL_SECONDS + LEEWAY_SECONDS - 0.001
     assert check(token, ring.public_keyset(last_moment), last_moment) == "alice"
@@ -306,7 +306,7 @@ def test_rotation_keeps_the_old_key_until_its_tokens_expired(tmp_path: Path) -> 
     with pytest.raises(UnknownKey):
         check(token, ring.public_keyset(gone), gone)
     assert not (keys_dir / f"{old.kid}.pem").exists()
-    assert state(keys_dir) == {"current": new.kid, "retired": {}}
+    assert state(keys_dir) == {"current": new.kid, "since": NOW, "retired": {}}
 
 
 def test_a_new_key_signs_and_verifies_at_once(tmp_path: Path) -> None:
@@ -433,3 +433,69 @@ def test_loaded_keys_are_registered_for_redaction(tmp_path: Path, algorithm: str
     assert lines
     for line in lines:
         assert redact(line) == REDACTED
+
+
+# --- scheduled rotation: publish first, sign after ------------------------------------------------------
+
+
+DAY = 86_400.0
+
+
+def test_a_young_key_keeps_signing_and_nothing_is_staged(tmp_path: Path) -> None:
+    ring = loaded(tmp_path / "keys")
+    first = ring.current
+    assert ring.advance(NOW + DAY - 1, max_age=DAY) == first
+    assert [k["kid"] for k in ring.jwks(NOW + DAY - 1)["keys"]] == [first.kid]
+    assert ring.advance(NOW + 10 * DAY, max_age=None) == first
+
+
+def test_an_old_key_gets_a_successor_published_before_it_signs(tmp_path: Path) -> None:
+    keys_dir = tmp_path / "keys"
+    ring = loaded(keys_dir, publish_delay=2.0)
+    old = ring.current
+    staged_at = NOW + DAY
+    assert ring.advance(staged_at, max_age=DAY) == old  # staged, not signing yet
+    kids = [k["kid"] for k in ring.jwks(staged_at)["keys"]]
+    assert kids[0] == old.kid and len(kids) == 2
+    new_kid = kids[1]
+    assert new_kid in ring.public_keyset(staged_at).keys
+    assert state(keys_dir)["next"] == {"kid": new_kid, "staged_at": staged_at}
+    assert mode(keys_dir / f"{new_kid}.pem") == 0o600
+
+    assert ring.advance(staged_at + 1.9, max_age=DAY) == old
+    new = ring.advance(staged_at + 2.0, max_age=DAY)
+    assert new.kid == new_kid
+    assert [k["kid"] for k in ring.jwks(staged_at + 2.0)["keys"]] == [new_kid, old.kid]
+    assert state(keys_dir) == {"current": new_kid, "since": staged_at + 2.0, "retired": {old.kid: staged_at + 2.0}}
+    assert ring.advance(staged_at + 3.0, max_age=DAY) == new  # young again
+
+
+def test_a_staged_key_survives_a_restart_and_still_waits_its_turn(tmp_path: Path) -> None:
+    keys_dir = tmp_path / "keys"
+    ring = loaded(keys_dir, publish_delay=2.0)
+    old = ring.current
+    ring.advance(NOW + DAY, max_age=DAY)
+    staged_kid = state(keys_dir)["next"]["kid"]
+
+    again = loaded(keys_dir, now=NOW + DAY + 1, publish_delay=2.0)
+    assert again.current.kid == old.kid
+    assert [k["kid"] for k in again.jwks(NOW + DAY + 1)["keys"]] == [old.kid, staged_kid]
+    assert again.advance(NOW + DAY + 2, max_age=DAY).kid == staged_kid
+
+
+def test_the_age_of_the_signing_key_survives_a_restart(tmp_path: Path) -> None:
+    keys_dir = tmp_path / "keys"
+    first = loaded(keys_dir).current
+    again = loaded(keys_dir, now=NOW + DAY)
+    again.advance(NOW + DAY, max_age=DAY)
+    assert again.current.kid == first.kid and "next" in state(keys_dir)
+
+
+def test_a_configured_key_file_is_never_rotated_on_schedule(tmp_path: Path) -> None:
+    key = SigningKey.generate("EdDSA")
+    path = tmp_path / "signing.pem"
+    path.write_text(key.to_pem())
+    path.chmod(0o600)
+    ring = KeyRing.from_pem_file(path)
+    assert ring.advance(NOW + 100 * DAY, max_age=DAY).kid == key.kid
+    assert [p.name for p in tmp_path.iterdir()] == ["signing.pem"]
