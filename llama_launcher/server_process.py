@@ -156,11 +156,12 @@ class LlamaServer:
             if code is not None:
                 if self._pump:
                     self._pump.join(timeout=2)
-                if self._listen_mode == "auto" and self._address is None:
+                if self._listen_mode == "auto" and self._address is None and _could_not_bind(self.last_lines()):
                     log.warning("llama-server could not listen on a unix socket; retrying on 127.0.0.1")
                     self._listen_mode = "tcp"
                     self.start()
                     continue
+                self._reap(proc)
                 raise StartError(
                     f"llama-server exited with code {code} before it was ready",
                     exit_code=code,
@@ -263,3 +264,9 @@ class LlamaServer:
             except StartError as error:
                 log.error("llama-server respawn failed: %s; last line: %s", error,
                           error.last_lines[-1] if error.last_lines else "")
+
+
+def _could_not_bind(lines: list[str]) -> bool:
+    """Whether an early exit was the socket itself (a binary without unix-socket support), not bad
+    arguments or a bad model, which a TCP retry would only repeat under a misleading warning."""
+    return any(word in line.lower() for line in lines for word in ("bind", "listen", ".sock"))

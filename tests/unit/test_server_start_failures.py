@@ -1,0 +1,50 @@
+"""How `LlamaServer.wait_ready` reads an early exit, with small scripts standing in for llama-server."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from llama_launcher.errors import StartError
+from llama_launcher.server_args import ServerOptions
+from llama_launcher.server_process import LlamaServer
+
+
+def _fake(tmp_path: Path, body: str) -> tuple[ServerOptions, Path]:
+    """A llama-server stand-in that appends its argv to `runs` and then does what `body` says."""
+    runs = tmp_path / "runs"
+    script = tmp_path / "llama-server"
+    script.write_text(f'#!/bin/sh\necho "$*" >> {runs}\n{body}\n')
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF")
+    return ServerOptions(binary=script, model=model, alias="m"), runs
+
+
+def test_bad_arguments_are_not_retried_on_tcp(tmp_path: Path) -> None:
+    options, runs = _fake(tmp_path, 'echo "error: invalid argument: --frobnicate"; exit 1')
+    server = LlamaServer(options, tmp_path)
+    server.start()
+    with pytest.raises(StartError) as failed:
+        server.wait_ready(timeout=10, show_progress=False)
+    assert failed.value.exit_code == 1
+    assert any("invalid argument" in line for line in failed.value.last_lines)
+    assert len(runs.read_text().splitlines()) == 1
+
+
+def test_a_binary_that_cannot_bind_a_unix_socket_is_retried_on_tcp(tmp_path: Path) -> None:
+    options, runs = _fake(
+        tmp_path,
+        'case "$*" in *.sock*) echo "couldn'"'"'t bind HTTP server socket, hostname: x.sock";; '
+        '*) echo "error: model failed to load";; esac; exit 1',
+    )
+    server = LlamaServer(options, tmp_path)
+    server.start()
+    with pytest.raises(StartError) as failed:
+        server.wait_ready(timeout=10, show_progress=False)
+    first, second = runs.read_text().splitlines()
+    assert "llama.sock" in first
+    assert "--port 0" in second and "127.0.0.1" in second
+    assert any("model failed to load" in line for line in failed.value.last_lines)
