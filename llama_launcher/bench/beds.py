@@ -17,7 +17,7 @@ from pathlib import Path
 
 from llama_launcher import binary, model
 from llama_launcher.bench.clients import Target
-from llama_launcher.bench.processes import Child, listening_socket, wait_for_port, wait_for_socket
+from llama_launcher.bench.processes import KEY_ENV, Child, listening_socket, wait_for_port, wait_for_socket
 from llama_launcher.bench.stack import ServeStack, start_stack
 from llama_launcher.paths import cache_dir
 from llama_launcher.server_args import ServerOptions
@@ -27,7 +27,6 @@ LANES = ("raw", "direct", "baseline", "studio", "relay")
 REAL_ALIAS = "smollm2"
 REAL_SLOTS = 64
 REAL_CTX_PER_SLOT = 256
-KEY_ENV = "BENCH_UPSTREAM_KEY"
 
 
 @dataclass

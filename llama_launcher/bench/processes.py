@@ -26,6 +26,18 @@ PR_SET_PDEATHSIG = 1
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
+KEY_ENV = "BENCH_UPSTREAM_KEY"
+"""How the benchmark hands its upstream's key to the processes it starts: never on argv."""
+
+
+def take_upstream_key(prog: str) -> str | None:
+    """The key from the environment, removed from it at once; None (said on stderr) when absent."""
+    key = os.environ.pop(KEY_ENV, "")
+    if not key:
+        print(f"{prog}: the key must be in the environment", file=sys.stderr)
+    return key or None
+
+
 def raise_fd_limit() -> int:
     """Each held stream costs a descriptor per side; lift the soft limit to the hard one."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

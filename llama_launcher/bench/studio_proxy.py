@@ -14,15 +14,12 @@ from the environment (`BENCH_UPSTREAM_KEY`).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import AsyncIterator
 
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-
-KEY_ENV = "BENCH_UPSTREAM_KEY"
 
 
 def create_app(upstream_socket: str, key: str) -> FastAPI:
@@ -66,12 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fd", type=int, required=True, help="an inherited listening socket")
     parser.add_argument("--upstream", required=True, help="the upstream's unix socket")
     args = parser.parse_args(argv)
-    key = os.environ.pop(KEY_ENV, "")
-    if not key:
-        print("studio_proxy: the key must be in the environment", file=sys.stderr)
-        return 2
-    from llama_launcher.bench.processes import raise_fd_limit
+    from llama_launcher.bench.processes import raise_fd_limit, take_upstream_key
 
+    key = take_upstream_key("studio_proxy")
+    if key is None:
+        return 2
     raise_fd_limit()
     uvicorn.run(
         create_app(args.upstream, key), fd=args.fd, loop="uvloop", http="httptools", access_log=False,

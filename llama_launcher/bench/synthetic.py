@@ -31,7 +31,6 @@ import httptools
 
 from llama_launcher.bench.frames import RESPONSE_HEAD, StreamScript
 
-KEY_ENV = "BENCH_UPSTREAM_KEY"
 PACE_PREFIX = "bench-pace:"
 BURST = 4
 """Events written back to back before yielding at full speed: other streams get their turn, as
@@ -209,12 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--socket", required=True, help="the unix socket to listen on")
     parser.add_argument("--tokens-per-second", type=float, default=0.0, help="default pace per stream; 0: max")
     args = parser.parse_args(argv)
-    key = os.environ.pop(KEY_ENV, "")
-    if not key:
-        print("synthetic: the key must be in the environment", file=sys.stderr)
-        return 2
-    from llama_launcher.bench.processes import raise_fd_limit, run_loop
+    from llama_launcher.bench.processes import raise_fd_limit, run_loop, take_upstream_key
 
+    key = take_upstream_key("synthetic")
+    if key is None:
+        return 2
     raise_fd_limit()
     run_loop(serve(args.socket, key, args.tokens_per_second))
     return 0
