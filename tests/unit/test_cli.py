@@ -132,3 +132,17 @@ def test_machine_names_are_usable_in_an_origin(monkeypatch: pytest.MonkeyPatch) 
     infos = [(0, 0, 0, "", (address, 0)) for address in addresses]
     monkeypatch.setattr(supervisor.socket, "getaddrinfo", lambda *_a, **_k: infos)
     assert supervisor.machine_names() == ["box", "192.168.1.5", "2001:db8::5"]
+
+
+def test_doctor_says_what_it_found_and_fails_on_a_bad_model(
+    capsys: pytest.CaptureFixture[str], isolated: Path
+) -> None:
+    fake = isolated / "llama-server"
+    fake.write_text('#!/bin/sh\necho "version: 11434 (abc1234)"\necho "built with cc for x86_64-linux-gnu"\n')
+    fake.chmod(0o755)
+    not_gguf = isolated / "model.gguf"
+    not_gguf.write_bytes(b"not a model")
+    assert cli.main(["doctor", "--llama-server", str(fake), "--model", str(not_gguf)]) == 1
+    out = capsys.readouterr().out
+    assert f"ok    llama-server from --llama-server: {fake} (version 11434 (abc1234))" in out
+    assert out.count("FAIL") == 1 and str(not_gguf) in out
