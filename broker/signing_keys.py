@@ -185,6 +185,8 @@ class KeyRing:
             staged_key = self._read_key(staged[0])
             if staged_key is not None and staged_key.algorithm == self._algorithm:
                 self._next = (staged_key, staged[1])
+            else:  # staged for another algorithm: it never signed, so nothing needs its public half
+                (self._dir / f"{staged[0]}.pem").unlink(missing_ok=True)
         self._retired = {}
         for kid, retired_at in retired.items():
             key = self._read_key(kid)

@@ -499,3 +499,14 @@ def test_a_configured_key_file_is_never_rotated_on_schedule(tmp_path: Path) -> N
     ring = KeyRing.from_pem_file(path)
     assert ring.advance(NOW + 100 * DAY, max_age=DAY).kid == key.kid
     assert [p.name for p in tmp_path.iterdir()] == ["signing.pem"]
+
+
+def test_a_key_staged_for_another_algorithm_is_deleted_not_kept(tmp_path: Path) -> None:
+    keys_dir = tmp_path / "keys"
+    ring = loaded(keys_dir, "EdDSA")
+    ring.advance(NOW + DAY, max_age=DAY)
+    staged_kid = state(keys_dir)["next"]["kid"]
+    again = loaded(keys_dir, "ES256", now=NOW + DAY + 1)
+    assert again.current.algorithm == "ES256"
+    assert not (keys_dir / f"{staged_kid}.pem").exists()
+    assert staged_kid not in [k["kid"] for k in again.jwks(NOW + DAY + 1)["keys"]]
