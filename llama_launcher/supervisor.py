@@ -34,6 +34,7 @@ from llama_launcher.errors import LauncherError
 from llama_launcher.launch_spec import LaunchSpec
 from llama_launcher.paths import make_runtime_dir
 from llama_launcher.progress import Progress
+from llama_launcher.secret_inputs import UPSTREAM_KEY_ENV
 
 log = logging.getLogger("llama_direct.serve")
 
@@ -188,7 +189,7 @@ class Stack:
         env = {
             k: v
             for k, v in os.environ.items()
-            if k not in ("LLAMA_DIRECT_ACCESS_TOKEN", "LLAMA_DIRECT_UPSTREAM_KEY", "LLAMA_API_KEY")
+            if k not in ("LLAMA_DIRECT_ACCESS_TOKEN", UPSTREAM_KEY_ENV, "LLAMA_API_KEY")
         }
         env["LLAMA_DIRECT_RUNTIME"] = str(self.runtime)
         env["LLAMA_DIRECT_BROKER_CONFIG"] = str(self.runtime / "broker.json")
@@ -223,7 +224,7 @@ class Stack:
             extra = {"LLAMA_DIRECT_PUBLIC_FD": str(self.public.fileno())}
             fds = (self.public.fileno(),)
         if self.plan.upstream_key:
-            extra["LLAMA_DIRECT_UPSTREAM_KEY"] = self.plan.upstream_key
+            extra[UPSTREAM_KEY_ENV] = self.plan.upstream_key
         self.gate = self._spawn("llama_launcher.gate", self._env(**extra), pass_fds=fds)
         log.info("gate started pid=%d", self.gate.pid)
 
