@@ -27,11 +27,8 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from broker.ids import Ids, load_or_create_ids
 from broker.negotiation import (
-    CHAT_ROUTE,
     GATE_DOWN,
-    LANE_PREFIX,
     Conversations,
     GateHealth,
     Issuer,
@@ -39,13 +36,15 @@ from broker.negotiation import (
     Policy,
     negotiate,
 )
-from broker.refusals import Refusal, RequestRefusal
-from broker.replay import Revocations
 from broker.sessions import COOKIE_NAME, AccessTokens, RateLimiter, SessionStore
 from broker.settings import BrokerSettings, SettingsError, direct_stream_enabled, normalise_origin
 from broker.signing_keys import KeyFileError, KeyRing
-from broker.tokens import Grant, mint
-from llama_launcher.redaction import register_secret
+from llama_direct.ids import Ids, load_or_create_ids
+from llama_direct.lanes import CHAT_ROUTE, LANE_PREFIX
+from llama_direct.redaction import register_secret
+from llama_direct.refusals import Refusal, RequestRefusal
+from llama_direct.replay import Revocations
+from llama_direct.tokens import Grant, mint
 
 logger = logging.getLogger("broker")
 

@@ -14,18 +14,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from broker.refusals import RequestRefusal
-from broker.tokens import Grant, mint
+from llama_direct.lanes import CANCEL_ROUTE, CHAT_PATH, CHAT_ROUTE, LANE_PREFIX, RESUME_ROUTE
+from llama_direct.refusals import RequestRefusal
+from llama_direct.tokens import Grant, mint
 
 if TYPE_CHECKING:
     from broker.settings import BrokerSettings
     from broker.signing_keys import SigningKey
 
-LANE_PREFIX = "/direct"
-CHAT_ROUTE = ("POST", "/v1/chat/completions")
-RESUME_ROUTE = ("GET", "/v1/stream")
-CANCEL_ROUTE = ("DELETE", "/v1/stream")
-FALLBACK_PATH = "/v1/chat/completions"
+FALLBACK_PATH = CHAT_PATH
 MAX_BODY_BYTES = 4096
 MAX_CONVERSATION_ID_LENGTH = 128
 CONVERSATION_TTL_SECONDS = 3600

@@ -24,7 +24,7 @@ from fastapi import FastAPI
 
 from broker.app import BrokerCore, create_app, create_control_app
 from broker.settings import BrokerSettings, SettingsError, access_token_from_env
-from llama_launcher.redaction import configure_logging
+from llama_direct.redaction import configure_logging
 
 logger = logging.getLogger("broker")
 

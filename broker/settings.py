@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from broker.tokens import ALGORITHMS, DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS
+from llama_direct.runtime import ACCESS_TOKEN_ENV
+from llama_direct.runtime import BROKER_CONFIG_ENV as CONFIG_ENV
+from llama_direct.tokens import ALGORITHMS, DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS
 
-CONFIG_ENV = "LLAMA_DIRECT_BROKER_CONFIG"
-ACCESS_TOKEN_ENV = "LLAMA_DIRECT_ACCESS_TOKEN"
 TOGGLE_ENV = "UNSLOTH_DIRECT_STREAM"
 MIN_ACCESS_TOKEN_LENGTH = 8
 _OFF_VALUES = frozenset({"0", "false", "off"})

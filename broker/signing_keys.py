@@ -16,8 +16,6 @@ file it is read from.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import os
 import re
@@ -31,20 +29,18 @@ from typing import Any, cast
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from broker.tokens import ALGORITHMS, LEEWAY_SECONDS, MAX_TTL_SECONDS
-from llama_launcher.redaction import register_secret
+from llama_direct.keys import PublicKey, PublicKeySet, jwk_members, thumbprint
+from llama_direct.redaction import register_secret
+from llama_direct.tokens import ALGORITHMS, LEEWAY_SECONDS, MAX_TTL_SECONDS
 
 PrivateKey = Ed25519PrivateKey | ec.EllipticCurvePrivateKey
-PublicKey = Ed25519PublicKey | ec.EllipticCurvePublicKey
 
 STATE_FILE = "state.json"
 DEFAULT_PUBLISH_DELAY = 2.0
 """Seconds a staged key is published before it signs: four of the gate's 0.5 s pulls."""
 _KID = re.compile(r"[A-Za-z0-9_-]{1,128}")
-_P256_BYTES = 32
-_JWK_KINDS = {("OKP", "Ed25519", "EdDSA"), ("EC", "P-256", "ES256")}
 
 
 class KeyFileError(ValueError):
@@ -74,7 +70,7 @@ class SigningKey:
         if algorithm is not None and algorithm != found:
             raise KeyFileError(f"the signing key is not a {algorithm} key")
         key = cast(PrivateKey, private_key)
-        return cls(kid=thumbprint(_jwk_members(key.public_key())), algorithm=found, private_key=key)
+        return cls(kid=thumbprint(jwk_members(key.public_key())), algorithm=found, private_key=key)
 
     @property
     def public_key(self) -> PublicKey:
@@ -83,39 +79,13 @@ class SigningKey:
     @cached_property
     def public_jwk(self) -> Mapping[str, str]:
         """The key as published: RFC 7517 members plus `kid`, `alg` and `use`."""
-        jwk = {**_jwk_members(self.public_key), "kid": self.kid, "alg": self.algorithm, "use": "sig"}
+        jwk = {**jwk_members(self.public_key), "kid": self.kid, "alg": self.algorithm, "use": "sig"}
         return MappingProxyType(jwk)
 
     def to_pem(self) -> str:
         return self.private_key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         ).decode("ascii")
-
-
-@dataclass(frozen=True)
-class PublicKeySet:
-    """What the gate holds: kid -> (algorithm, public key)."""
-
-    keys: Mapping[str, tuple[str, object]]
-
-    @classmethod
-    def from_jwks(cls, jwks: dict[str, Any]) -> PublicKeySet:
-        """Read a JWKS; keys of other kinds are skipped, a broken key of ours is an error."""
-        entries = jwks.get("keys") if isinstance(jwks, dict) else None
-        if not isinstance(entries, list):
-            raise ValueError("a JWKS is an object with a list of keys")
-        keys: dict[str, tuple[str, object]] = {}
-        for jwk in entries:
-            if not isinstance(jwk, dict):
-                raise ValueError("each JWKS entry must be an object")
-            kind = (jwk.get("kty"), jwk.get("crv"), jwk.get("alg"))
-            if kind not in _JWK_KINDS or jwk.get("use", "sig") != "sig":
-                continue
-            kid = jwk.get("kid")
-            if not isinstance(kid, str) or not kid or kid in keys:
-                raise ValueError("each key needs a kid of its own")
-            keys[kid] = (kind[2], _public_key_from_jwk(jwk))
-        return cls(MappingProxyType(keys))
 
 
 @dataclass
@@ -335,43 +305,12 @@ class KeyRing:
         os.replace(tmp, path)
 
 
-def thumbprint(jwk_members: Mapping[str, str]) -> str:
-    """RFC 7638: SHA-256 of the required members in lexicographic order, no whitespace, base64url."""
-    canonical = json.dumps(dict(jwk_members), sort_keys=True, separators=(",", ":")).encode()
-    return _b64u(hashlib.sha256(canonical).digest())
-
-
 def _algorithm_of(private_key: object) -> str:
     if isinstance(private_key, Ed25519PrivateKey):
         return "EdDSA"
     if isinstance(private_key, ec.EllipticCurvePrivateKey) and isinstance(private_key.curve, ec.SECP256R1):
         return "ES256"
     raise KeyFileError("the signing key must be an Ed25519 or P-256 key")
-
-
-def _jwk_members(public_key: PublicKey) -> dict[str, str]:
-    """The members RFC 7638 hashes, which are also all a verifier needs."""
-    if isinstance(public_key, Ed25519PublicKey):
-        raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        return {"crv": "Ed25519", "kty": "OKP", "x": _b64u(raw)}
-    numbers = public_key.public_numbers()
-    return {
-        "crv": "P-256",
-        "kty": "EC",
-        "x": _b64u(numbers.x.to_bytes(_P256_BYTES, "big")),
-        "y": _b64u(numbers.y.to_bytes(_P256_BYTES, "big")),
-    }
-
-
-def _public_key_from_jwk(jwk: Mapping[str, Any]) -> PublicKey:
-    try:
-        if jwk["kty"] == "OKP":
-            return Ed25519PublicKey.from_public_bytes(_b64u_decode(jwk["x"], 32))
-        x = int.from_bytes(_b64u_decode(jwk["x"], _P256_BYTES), "big")
-        y = int.from_bytes(_b64u_decode(jwk["y"], _P256_BYTES), "big")
-        return ec.EllipticCurvePublicNumbers(x, y, ec.SECP256R1()).public_key()
-    except (KeyError, TypeError, ValueError, UnsupportedAlgorithm):
-        raise ValueError("a JWKS key is not a valid public key") from None
 
 
 def _load_pem(pem: bytes, algorithm: str | None) -> SigningKey:
@@ -393,16 +332,3 @@ def _register_pem(pem: str) -> str:
         if len(line) >= 16:
             register_secret(line)
     return pem
-
-
-def _b64u(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _b64u_decode(value: object, length: int) -> bytes:
-    if not isinstance(value, str):
-        raise ValueError("not a string")
-    data = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
-    if len(data) != length:
-        raise ValueError("wrong length")
-    return data

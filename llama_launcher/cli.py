@@ -11,17 +11,20 @@ from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
+from llama_direct.redaction import configure_logging, register_secret
+from llama_direct.runtime import ACCESS_TOKEN_ENV, LOG_LEVEL_ENV
 from llama_launcher import binary, model, secret_inputs
 from llama_launcher.attached import AttachedServer
 from llama_launcher.errors import LauncherError
 from llama_launcher.launch_spec import LaunchSpec
 from llama_launcher.paths import cache_dir, default_data_dir
-from llama_launcher.redaction import configure_logging, register_secret
 from llama_launcher.secret_inputs import read_secret_file
 from llama_launcher.server_args import validate_extra_args
 
+UNLIMITED_RATE = 10**9
+"""The highest rate limit serve takes: the bench sets it to measure the lane, not the limiter."""
+
 TEMPLATES = {"think": "smollm2-think.jinja", "tools": "chatml-tools.jinja"}
-ACCESS_TOKEN_ENV = "LLAMA_DIRECT_ACCESS_TOKEN"
 
 
 def _int_in(low: int, high: int) -> Callable[[str], int]:
@@ -63,6 +66,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--token-ttl", type=_int_in(1, 300), default=30, help="credential lifetime in seconds (max 300)")
     serve.add_argument("--max-tokens", type=_int_in(1, 1 << 20), default=2048,
                        help="hard cap on generated tokens per request")
+    serve.add_argument("--rate-per-minute", type=_int_in(1, UNLIMITED_RATE), default=120,
+                       help="token negotiations per minute per session (default 120)")
+    serve.add_argument("--burst", type=_int_in(1, UNLIMITED_RATE), default=20,
+                       help="negotiations a session may make at once before the rate applies (default 20)")
     serve.add_argument("--tls-cert", type=Path, help="TLS certificate (PEM) for the public port")
     serve.add_argument("--tls-key", type=Path, help="TLS private key (PEM) for the public port")
     serve.add_argument("--tls-self-signed", action="store_true", help="make (once) and use a self-signed pair")
@@ -166,7 +173,7 @@ def serve(args: argparse.Namespace) -> int:
     from llama_launcher import supervisor, tls
 
     if args.verbose:
-        os.environ["LLAMA_DIRECT_LOG_LEVEL"] = "DEBUG"
+        os.environ[LOG_LEVEL_ENV] = "DEBUG"
     configure_logging(process="serve")
     cache = cache_dir()
     data_dir = (args.data_dir or default_data_dir()).resolve()
@@ -187,6 +194,7 @@ def serve(args: argparse.Namespace) -> int:
         "token_ttl": args.token_ttl, "max_tokens_cap": args.max_tokens,
         "signing_key_file": str(args.signing_key_file.resolve()) if args.signing_key_file else None,
         "key_rotation_hours": args.key_rotation_hours,
+        "rate_per_minute": args.rate_per_minute, "burst": args.burst,
     }
     gate_settings: dict[str, object] = {
         "model": launch.alias, "max_tokens": args.max_tokens,

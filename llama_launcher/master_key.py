@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import secrets
 
-from llama_launcher.redaction import register_secret
+from llama_direct.redaction import register_secret
+from llama_direct.runtime import LLAMA_API_KEY_ENV, UPSTREAM_KEY_ENV
 
 KEY_BYTES = 32  # 256 bits
 
@@ -36,7 +37,7 @@ class MasterKey:
         env = {
             name: value
             for name, value in inherited.items()
-            if not name.startswith("LLAMA_ARG_") and name not in ("LLAMA_API_KEY", "LLAMA_DIRECT_UPSTREAM_KEY")
+            if not name.startswith("LLAMA_ARG_") and name not in (LLAMA_API_KEY_ENV, UPSTREAM_KEY_ENV)
         }
         env["LLAMA_API_KEY"] = self._value
         return env

@@ -7,11 +7,13 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
+from llama_direct.runtime import CACHE_ENV
+
 
 def cache_dir(env: Mapping[str, str] = os.environ) -> Path:
     """Rebuildable things: the llama-server build and the default model."""
-    if env.get("LLAMA_DIRECT_CACHE"):
-        return Path(env["LLAMA_DIRECT_CACHE"])
+    if env.get(CACHE_ENV):
+        return Path(env[CACHE_ENV])
     base = Path(env["XDG_CACHE_HOME"]) if env.get("XDG_CACHE_HOME") else Path.home() / ".cache"
     return base / "llama-direct"
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from llama_direct.redaction import register_secret
+from llama_direct.runtime import UPSTREAM_KEY_ENV
 from llama_launcher.errors import LauncherError
-from llama_launcher.redaction import register_secret
 
-UPSTREAM_KEY_ENV = "LLAMA_DIRECT_UPSTREAM_KEY"
 MIN_UPSTREAM_KEY_LENGTH = 8
 
 

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import httpx
 
+from llama_direct.redaction import redact
 from llama_launcher.errors import StartError
 from llama_launcher.master_key import MasterKey
 from llama_launcher.progress import Progress
-from llama_launcher.redaction import redact
 from llama_launcher.server_args import ListenAddress, ServerOptions, build_argv, parse_listening_line
 
 log = logging.getLogger("llama_direct.launcher")

@@ -29,12 +29,28 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from broker.ids import load_or_create_ids
+from llama_direct.ids import load_or_create_ids
+from llama_direct.runtime import (
+    ACCESS_TOKEN_ENV,
+    APP_FD_ENV,
+    BROKER_CONFIG_ENV,
+    BROKER_CONFIG_FILE,
+    BROKER_SOCKET,
+    CONTROL_SOCKET,
+    GATE_CONFIG_FILE,
+    GATE_SOCKET,
+    LAUNCH_FILE,
+    LLAMA_API_KEY_ENV,
+    PUBLIC_FD_ENV,
+    RUNTIME_ENV,
+    UPSTREAM_KEY_ENV,
+    format_ready_line,
+    format_runtime_line,
+)
 from llama_launcher.errors import LauncherError
 from llama_launcher.launch_spec import LaunchSpec
 from llama_launcher.paths import make_runtime_dir
 from llama_launcher.progress import Progress
-from llama_launcher.secret_inputs import UPSTREAM_KEY_ENV
 
 log = logging.getLogger("llama_direct.serve")
 
@@ -142,16 +158,16 @@ class Stack:
 
     @property
     def gate_socket(self) -> Path:
-        return self.runtime / "gate.sock"
+        return self.runtime / GATE_SOCKET
 
     @property
     def broker_socket(self) -> Path:
-        return self.runtime / "broker.sock"
+        return self.runtime / BROKER_SOCKET
 
     def _write_configs(self) -> None:
         sockets = {
             "broker_socket": str(self.broker_socket),
-            "control_socket": str(self.runtime / "control.sock"),
+            "control_socket": str(self.runtime / CONTROL_SOCKET),
             "gate_socket": str(self.gate_socket),
         }
         broker = {**self.plan.broker_settings, **sockets, "data_dir": str(self.plan.data_dir)}
@@ -166,9 +182,9 @@ class Stack:
             gate["two_port"] = True
             gate["allowed_origins"] = [*self.app_origins(), *self.plan.allow_origins]
         gate.pop("gate_socket")
-        (self.runtime / "broker.json").write_text(json.dumps(broker, indent=2))
-        (self.runtime / "gate.json").write_text(json.dumps(gate, indent=2))
-        self.plan.launch.write(self.runtime / "launch.json")
+        (self.runtime / BROKER_CONFIG_FILE).write_text(json.dumps(broker, indent=2))
+        (self.runtime / GATE_CONFIG_FILE).write_text(json.dumps(gate, indent=2))
+        self.plan.launch.write(self.runtime / LAUNCH_FILE)
 
     def app_origins(self) -> list[str]:
         """The origins the page is served from, which may call a lane on its own port."""
@@ -189,10 +205,10 @@ class Stack:
         env = {
             k: v
             for k, v in os.environ.items()
-            if k not in ("LLAMA_DIRECT_ACCESS_TOKEN", UPSTREAM_KEY_ENV, "LLAMA_API_KEY")
+            if k not in (ACCESS_TOKEN_ENV, UPSTREAM_KEY_ENV, LLAMA_API_KEY_ENV)
         }
-        env["LLAMA_DIRECT_RUNTIME"] = str(self.runtime)
-        env["LLAMA_DIRECT_BROKER_CONFIG"] = str(self.runtime / "broker.json")
+        env[RUNTIME_ENV] = str(self.runtime)
+        env[BROKER_CONFIG_ENV] = str(self.runtime / BROKER_CONFIG_FILE)
         env.update(extra)
         return env
 
@@ -209,19 +225,19 @@ class Stack:
 
     def start_broker(self) -> None:
         if self.broker is None:
-            log.info("runtime dir=%s public=%s:%d", self.runtime, self.plan.host, self.port)
-        self.broker = self._spawn("broker", self._env(LLAMA_DIRECT_ACCESS_TOKEN=self.plan.access_token))
+            log.info("%s", format_runtime_line(self.runtime, self.plan.host, self.port))
+        self.broker = self._spawn("broker", self._env(**{ACCESS_TOKEN_ENV: self.plan.access_token}))
         log.info("broker started pid=%d", self.broker.pid)
 
     def start_gate(self) -> None:
         if self.lane is not None:
             extra = {
-                "LLAMA_DIRECT_PUBLIC_FD": str(self.lane.fileno()),
-                "LLAMA_DIRECT_APP_FD": str(self.public.fileno()),
+                PUBLIC_FD_ENV: str(self.lane.fileno()),
+                APP_FD_ENV: str(self.public.fileno()),
             }
             fds: tuple[int, ...] = (self.lane.fileno(), self.public.fileno())
         else:
-            extra = {"LLAMA_DIRECT_PUBLIC_FD": str(self.public.fileno())}
+            extra = {PUBLIC_FD_ENV: str(self.public.fileno())}
             fds = (self.public.fileno(),)
         if self.plan.upstream_key:
             extra[UPSTREAM_KEY_ENV] = self.plan.upstream_key
@@ -232,7 +248,7 @@ class Stack:
         progress = Progress("starting")
         deadline = time.monotonic() + timeout
         gate = httpx.Client(transport=httpx.HTTPTransport(uds=str(self.gate_socket)), timeout=2.0)
-        broker = httpx.Client(transport=httpx.HTTPTransport(uds=str(self.runtime / "control.sock")), timeout=2.0)
+        broker = httpx.Client(transport=httpx.HTTPTransport(uds=str(self.runtime / CONTROL_SOCKET)), timeout=2.0)
         with gate, broker:
             while not self.stopping.is_set():
                 for name, child in (("gate", self.gate), ("broker", self.broker)):
@@ -322,7 +338,7 @@ def run(plan: StackPlan) -> int:
         stack.start_gate()
         stack.wait_ready()
         if not stack.stopping.is_set():
-            print(f"llama-direct ready: {stack.ready_url()}", flush=True)
+            print(format_ready_line(stack.ready_url()), flush=True)
             stack.supervise()
     except LauncherError as error:
         print(f"llama-direct: error: {error}", file=sys.stderr, flush=True)

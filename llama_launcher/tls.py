@@ -13,8 +13,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from llama_direct.redaction import register_secret
 from llama_launcher.errors import LauncherError
-from llama_launcher.redaction import register_secret
 
 SELF_SIGNED_DAYS = 825
 

@@ -97,7 +97,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         notes.append(f"- Negotiation (`POST /direct-stream` through the public port, {negotiation['count']} in a row): "
                      f"{negotiation['p50_ms']:.2f} ms p50, {negotiation['p99_ms']:.2f} ms p99.")
     for algorithm, entry in results.get("verification", {}).items():
-        notes.append(f"- Verification (`broker.tokens.verify`, {algorithm}): "
+        notes.append(f"- Verification (`llama_direct.tokens.verify`, {algorithm}): "
                      f"{entry['us_per_verify']:.0f} µs per token.")
     memory = results.get("memory")
     if memory:

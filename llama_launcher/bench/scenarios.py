@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from broker.signing_keys import KeyRing
-from broker.tokens import Grant, mint, verify
+from llama_direct.lanes import CHAT_PATH, CHAT_ROUTE
+from llama_direct.tokens import Grant, mint, verify
 from llama_launcher.bench.beds import LANES, Bed
 from llama_launcher.bench.clients import (
     StreamProtocol,
@@ -34,7 +35,6 @@ from llama_launcher.bench.processes import Child, cpu_seconds, rss_kib
 from llama_launcher.bench.stats import median, percentile
 
 REAL_PROMPT = "Write a long story about a robot who learns to paint. Describe every color it mixes."
-CHAT_ROUTE = ("POST", "/v1/chat/completions")
 Say = Callable[[str], None]
 
 
@@ -65,7 +65,7 @@ async def _lane_target(bed: Bed, lane: str, max_tokens: int) -> tuple[Target, st
                                       {"max_tokens": max_tokens})
     url = urllib.parse.urlsplit(answer["url"])
     assert url.hostname is not None and url.port is not None
-    return Target((url.hostname, url.port), url.path + "/v1/chat/completions"), f"Bearer {answer['token']}", seconds
+    return Target((url.hostname, url.port), url.path + CHAT_PATH), f"Bearer {answer['token']}", seconds
 
 
 async def one_stream(bed: Bed, lane: str, body: dict[str, Any], *, timeout: float) -> StreamResult:
@@ -188,7 +188,7 @@ async def negotiation_latency(bed: Bed, count: int) -> dict[str, Any]:
 
 
 def verification_cost(count: int) -> dict[str, Any]:
-    """`broker.tokens.verify` on one minted token, per call, for each algorithm (as the gate calls it)."""
+    """`llama_direct.tokens.verify` on one minted token, per call, for each algorithm (as the gate calls it)."""
     found: dict[str, Any] = {}
     grant = Grant(routes=(CHAT_ROUTE,), model="bench", max_tokens=64)
     for algorithm in ("EdDSA", "ES256"):

@@ -33,6 +33,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from llama_direct.lanes import LANE_PREFIX
+
 DEFAULT_MAX_BODY_BYTES = 20 * 1024 * 1024
 
 
@@ -45,7 +47,7 @@ class GateConfig:
     private_socket: str
     model: str
     max_tokens: int
-    lane_prefix: str = "/direct"
+    lane_prefix: str = LANE_PREFIX
     allowed_origins: tuple[str, ...] = ()
     two_port: bool = False
     tls_cert: str | None = None

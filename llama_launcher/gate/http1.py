@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterable
 from http import HTTPStatus
 
-from broker.refusals import Refusal, RequestRefusal
+from llama_direct.refusals import Refusal, RequestRefusal
 
 MAX_HEAD_BYTES = 16 * 1024
 

@@ -19,14 +19,25 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from PIL import Image
 
-from broker.refusals import RequestRefusal
+from llama_direct.refusals import RequestRefusal
 
-if TYPE_CHECKING:
-    from llama_launcher.gate.shaping import ShapingPolicy
+
+class ImageLimits(Protocol):
+    """What image shaping needs of the gate's policy (`shaping.ShapingPolicy` is one)."""
+
+    @property
+    def vision(self) -> bool: ...
+
+    @property
+    def max_image_bytes(self) -> int: ...
+
+    @property
+    def max_image_pixels(self) -> int: ...
+
 
 PASSTHROUGH_FORMATS = frozenset({"PNG", "JPEG"})
 CONVERTED_FORMATS = frozenset({"WEBP", "GIF", "BMP", "TIFF"})
@@ -36,7 +47,7 @@ _DATA_PREFIX = "data:"
 _BASE64_MARK = ";base64,"
 
 
-def shape_image_url(url: str, *, part: str, policy: ShapingPolicy) -> str:
+def shape_image_url(url: str, *, part: str, policy: ImageLimits) -> str:
     """The `data:` URL to forward for this image: PNG or JPEG, or a refusal naming `part`."""
     if not policy.vision:
         raise RequestRefusal(400, "vision_not_supported", "This model does not accept images.")

@@ -18,8 +18,8 @@ import time
 
 import httpx
 
-from broker.replay import Revocations
-from broker.signing_keys import PublicKeySet
+from llama_direct.keys import PublicKeySet
+from llama_direct.replay import Revocations
 
 log = logging.getLogger("llama_direct.gate.keyset")
 

@@ -17,20 +17,17 @@ import sys
 import threading
 from pathlib import Path
 
+from llama_direct.redaction import configure_logging
+from llama_direct.runtime import APP_FD_ENV, GATE_CONFIG_FILE, LAUNCH_FILE, PUBLIC_FD_ENV, RUNTIME_ENV, UPSTREAM_KEY_ENV
 from llama_launcher.attached import AttachedServer
 from llama_launcher.errors import LauncherError, StartError
 from llama_launcher.gate.config import GateConfig
 from llama_launcher.gate.proxy import serve_gate
 from llama_launcher.launch_spec import LaunchSpec
-from llama_launcher.redaction import configure_logging
-from llama_launcher.secret_inputs import UPSTREAM_KEY_ENV
 from llama_launcher.server_process import LlamaServer
 
 log = logging.getLogger("llama_direct.gate")
 
-RUNTIME_ENV = "LLAMA_DIRECT_RUNTIME"
-PUBLIC_FD_ENV = "LLAMA_DIRECT_PUBLIC_FD"
-APP_FD_ENV = "LLAMA_DIRECT_APP_FD"
 
 
 def raise_fd_limit() -> None:
@@ -106,8 +103,8 @@ class _LoopThread:
 def main() -> int:
     configure_logging(process="gate")
     runtime = Path(os.environ[RUNTIME_ENV])
-    config = GateConfig.from_file(runtime / "gate.json")
-    spec = LaunchSpec.read(runtime / "launch.json")
+    config = GateConfig.from_file(runtime / GATE_CONFIG_FILE)
+    spec = LaunchSpec.read(runtime / LAUNCH_FILE)
     raise_fd_limit()
     public_fd = os.environ.get(PUBLIC_FD_ENV)
     public_sock = socket.socket(fileno=int(public_fd)) if public_fd else None

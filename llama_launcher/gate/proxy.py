@@ -49,9 +49,17 @@ from typing import Any
 import h11
 import httptools
 
-from broker.refusals import MalformedToken, MissingToken, Refusal, RequestRefusal, TokenRevoked, TokenSpent, UnknownKey
-from broker.replay import MemoryReplayStore
-from broker.tokens import LEEWAY_SECONDS, Claims, verify
+from llama_direct.refusals import (
+    MalformedToken,
+    MissingToken,
+    Refusal,
+    RequestRefusal,
+    TokenRevoked,
+    TokenSpent,
+    UnknownKey,
+)
+from llama_direct.replay import MemoryReplayStore
+from llama_direct.tokens import LEEWAY_SECONDS, Claims, verify
 from llama_launcher.gate.config import GateConfig
 from llama_launcher.gate.http1 import (
     FORWARDING,

@@ -7,36 +7,25 @@ with a reverse proxy's) is how a path like `/direct/v1/%2e%2e/props` reaches a r
 grants. So anything a normaliser could rewrite into a lane route is refused outright (400), and a
 well-formed path that is not a lane route, `/V1/...` included, is simply not found (404).
 
-The lane routes are fixed here; a grant can only narrow them. `/v1/streams/lookup` would list
-other users' conversations, so it is never routable, whatever a grant says.
+The lane routes are fixed in `llama_direct.lanes`; a grant can only narrow them.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
 from urllib.parse import quote
 
-from broker.refusals import RequestRefusal
-from broker.tokens import Claims, Grant
+from llama_direct.lanes import LANE_PREFIX, LANE_ROUTES, NEVER_ROUTED, STREAM_PATH, Scope
+from llama_direct.refusals import RequestRefusal
+from llama_direct.tokens import Claims, Grant
 
-RouteKind = Literal["chat", "resume", "cancel"]
-
-LANE_ROUTES: dict[tuple[str, str], RouteKind] = {
-    ("POST", "/v1/chat/completions"): "chat",
-    ("GET", "/v1/stream"): "resume",
-    ("DELETE", "/v1/stream"): "cancel",
-}
-"""(method, path under the lane) -> the RFC 8693 scope a token needs for it."""
-
-NEVER_ROUTED = frozenset({"/v1/streams/lookup"})
+RouteKind = Scope
 
 PREFLIGHT_METHODS = ("GET", "POST", "DELETE")
 PREFLIGHT_HEADERS = ("authorization", "content-type", "x-conversation-id")
 PREFLIGHT_MAX_AGE = 600
 
-_STREAM_PATH = "/v1/stream"
 _ENCODED_SEPARATOR = re.compile(r"%(2e|2f|5c)", re.IGNORECASE)
 _CONTROL = re.compile(r"[\x00-\x20\x7f]")
 _PERCENT_TRIPLET = re.compile(r"%([0-9A-Fa-f]{2})")
@@ -67,7 +56,7 @@ class Route:
     conversation_id: str | None
 
 
-def check_request(head: RequestHead, claims: Claims, *, lane_prefix: str = "/direct") -> Route:
+def check_request(head: RequestHead, claims: Claims, *, lane_prefix: str = LANE_PREFIX) -> Route:
     """The route this request may take under `claims`, or a `RequestRefusal` saying why not."""
     path, query = _split_target(head.target)
     lane_path = _lane_path(path, lane_prefix)
@@ -247,7 +236,7 @@ def _stream_target(kind: RouteKind, query: str | None, grant: Grant) -> str:
         raise RequestRefusal(403, "conversation_not_granted", "This token names no conversation.")
     if conv_id != grant.conversation_id:
         raise RequestRefusal(403, "conversation_mismatch", "conv_id does not match the token's conversation.")
-    target = f"{_STREAM_PATH}?conv_id={quote(conv_id, safe='')}"
+    target = f"{STREAM_PATH}?conv_id={quote(conv_id, safe='')}"
     offset = params.get("from")
     if offset is None:
         return target

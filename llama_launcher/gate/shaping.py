@@ -32,8 +32,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from broker.refusals import RequestRefusal
-from broker.tokens import Grant
+from llama_direct.refusals import RequestRefusal
+from llama_direct.tokens import Grant
 from llama_launcher.gate.images import shape_image_url
 
 SAMPLER_FIELDS = frozenset(

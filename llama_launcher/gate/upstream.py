@@ -19,7 +19,7 @@ from typing import Any, Protocol, TypeVar
 
 import httptools
 
-from broker.refusals import Refusal
+from llama_direct.refusals import Refusal
 
 P = TypeVar("P", bound=asyncio.BaseProtocol)
 

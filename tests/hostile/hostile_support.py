@@ -26,8 +26,8 @@ from cryptography.hazmat.primitives import serialization
 from gate_fakes import AUDIENCE, ISSUER, MASTER_KEY, MODEL, Client, Harness, Response, running_gate
 from PIL import Image
 
-from broker.refusals import error_type
 from broker.signing_keys import SigningKey
+from llama_direct.refusals import error_type
 
 CHAT_PATH = b"/direct/v1/chat/completions"
 CHAT = {"messages": [{"role": "user", "content": "hi"}], "stream": True}

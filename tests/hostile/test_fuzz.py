@@ -21,9 +21,10 @@ from gate_fakes import MASTER_KEY, MODEL, Harness, chat_request, running_gate
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from broker.refusals import RequestRefusal
-from broker.tokens import Claims, Grant
-from llama_launcher.gate.scope import LANE_ROUTES, RequestHead, check_request
+from llama_direct.lanes import LANE_ROUTES
+from llama_direct.refusals import RequestRefusal
+from llama_direct.tokens import Claims, Grant
+from llama_launcher.gate.scope import RequestHead, check_request
 from llama_launcher.gate.shaping import ALLOWED_FIELDS, DENIED_FIELDS, LENGTH_FIELDS, ShapingPolicy, shape_chat_body
 
 PURE = settings(

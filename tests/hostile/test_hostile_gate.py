@@ -41,7 +41,6 @@ from hostile_support import (
     unsigned,
 )
 
-from broker import refusals
 from broker.app import BrokerCore, LoginRequired, OriginNotAllowed, create_app
 from broker.negotiation import (
     BAD_BODY_MESSAGE,
@@ -55,7 +54,8 @@ from broker.negotiation import (
 from broker.sessions import COOKIE_NAME, AccessTokens
 from broker.settings import BrokerSettings
 from broker.signing_keys import SigningKey
-from broker.tokens import verify
+from llama_direct import refusals
+from llama_direct.tokens import verify
 
 APP = "http://app.test:5173"
 EVIL = "http://evil.test"

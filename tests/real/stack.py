@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -17,8 +16,7 @@ from pathlib import Path
 
 import httpx
 
-READY = re.compile(r"llama-direct ready: (?P<url>https?://\S+)")
-RUNTIME = re.compile(r"runtime dir=(?P<path>\S+) public=\S+:(?P<port>\d+)")
+from llama_direct.runtime import parse_ready_line, parse_runtime_line
 
 
 @dataclass
@@ -93,9 +91,9 @@ def run_stack(*args: str, env: dict[str, str] | None = None, timeout: float = 30
     port = 0
     while time.monotonic() < deadline and process.poll() is None:
         text = log_path.read_text(errors="replace")
-        ready, where = READY.search(text), RUNTIME.search(text)
+        ready, where = parse_ready_line(text), parse_runtime_line(text)
         if ready and where:
-            login, runtime, port = ready.group("url"), Path(where.group("path")), int(where.group("port"))
+            login, runtime, port = ready, where.path, where.port
             break
         time.sleep(0.1)
     family = _descendants(process.pid)

@@ -16,9 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from llama_direct.redaction import install
 from llama_launcher.errors import StartError
 from llama_launcher.paths import make_runtime_dir
-from llama_launcher.redaction import install
 from llama_launcher.server_args import ServerOptions
 from llama_launcher.server_process import LlamaServer
 

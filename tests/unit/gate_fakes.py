@@ -24,9 +24,9 @@ from typing import Any
 import h11
 import httptools
 
-from broker.replay import Revocations
 from broker.signing_keys import SigningKey
-from broker.tokens import Grant, mint
+from llama_direct.replay import Revocations
+from llama_direct.tokens import Grant, mint
 from llama_launcher.gate.config import GateConfig
 from llama_launcher.gate.keyset import KeySet
 from llama_launcher.gate.proxy import GateServer

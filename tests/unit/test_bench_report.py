@@ -57,7 +57,7 @@ def test_markdown_states_machine_command_targets_and_single_numbers() -> None:
     assert "| P6 | 1,000 concurrent streams in the gate at ≤ 20 KB RSS each | not measured | not measured |" in text
     negotiation = "- Negotiation (`POST /direct-stream` through the public port, 10 in a row): 1.25 ms p50, 2.50 ms p99"
     assert negotiation in text
-    assert "- Verification (`broker.tokens.verify`, EdDSA): 90 µs per token." in text
+    assert "- Verification (`llama_direct.tokens.verify`, EdDSA): 90 µs per token." in text
 
 
 def test_write_outputs_writes_json_markdown_and_a_png(tmp_path: Path) -> None:

@@ -25,9 +25,7 @@ from fastapi.testclient import TestClient
 
 import broker.app as broker_app
 from broker.app import BrokerCore, create_app, create_control_app
-from broker.ids import load_or_create_ids
 from broker.negotiation import NOT_OWNED_MESSAGE, UNKNOWN_OPTION_MESSAGE, GateHealth
-from broker.replay import Revocations
 from broker.sessions import COOKIE_NAME
 from broker.settings import (
     ACCESS_TOKEN_ENV,
@@ -38,7 +36,9 @@ from broker.settings import (
     direct_stream_enabled,
 )
 from broker.signing_keys import KeyRing
-from broker.tokens import verify
+from llama_direct.ids import load_or_create_ids
+from llama_direct.replay import Revocations
+from llama_direct.tokens import verify
 
 ACCESS_TOKEN = "test-access-token-0123456789"
 HOST = "box.lan:8000"

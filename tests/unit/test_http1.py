@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from broker.refusals import RequestRefusal
+from llama_direct.refusals import RequestRefusal
 from llama_launcher.gate.http1 import (
     MAX_HEAD_BYTES,
     check_raw_head,

@@ -8,7 +8,7 @@ import zlib
 import pytest
 from PIL import Image
 
-from broker.refusals import RequestRefusal
+from llama_direct.refusals import RequestRefusal
 from llama_launcher.gate.images import shape_image_url
 from llama_launcher.gate.shaping import ShapingPolicy
 

@@ -11,8 +11,8 @@ from typing import Any
 
 from gate_fakes import FakeServer, Received, _json_response
 
-from broker.replay import Revocations
 from broker.signing_keys import SigningKey
+from llama_direct.replay import Revocations
 from llama_launcher.gate.keyset import KeySet
 
 

@@ -3,10 +3,10 @@ from pathlib import Path
 
 import pytest
 
+from llama_direct.redaction import REDACTED, RedactingFilter, redact, register_secret
 from llama_launcher.errors import ModelError
 from llama_launcher.master_key import MasterKey
 from llama_launcher.model import check_gguf
-from llama_launcher.redaction import REDACTED, RedactingFilter, redact, register_secret
 
 
 def test_missing_model_names_the_path(tmp_path: Path) -> None:

@@ -27,10 +27,11 @@ from broker.negotiation import (
     negotiate,
     split_host,
 )
-from broker.refusals import RequestRefusal
 from broker.settings import BrokerSettings
-from broker.signing_keys import PublicKeySet, SigningKey
-from broker.tokens import verify
+from broker.signing_keys import SigningKey
+from llama_direct.keys import PublicKeySet
+from llama_direct.refusals import RequestRefusal
+from llama_direct.tokens import verify
 
 NOW = 1_750_000_000.25
 READY = GateHealth(up=True, model_ready=True, model="smol", slots={"total": 2, "busy": 0})

@@ -350,7 +350,7 @@ TOKEN_REFUSALS: list[tuple[str, Callable[[Harness], str | None], str]] = [
 
 @pytest.mark.parametrize(("name", "make", "code"), TOKEN_REFUSALS, ids=[t[0] for t in TOKEN_REFUSALS])
 def test_token_refusals(name: str, make: Callable[[Harness], str | None], code: str) -> None:
-    from broker import refusals
+    from llama_direct import refusals
 
     expected = next(
         cls for cls in vars(refusals).values()

@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 
-from broker.replay import MemoryReplayStore, ReplayStore, Revocations
-from broker.signing_keys import PublicKeySet, SigningKey
-from broker.tokens import LEEWAY_SECONDS, MAX_TTL_SECONDS, Claims, Grant, mint, verify
+from broker.signing_keys import SigningKey
+from llama_direct.keys import PublicKeySet
+from llama_direct.replay import MemoryReplayStore, ReplayStore, Revocations
+from llama_direct.tokens import LEEWAY_SECONDS, MAX_TTL_SECONDS, Claims, Grant, mint, verify
 
 NOW = 1_700_000_000.0
 KEY = SigningKey.generate("EdDSA")

@@ -4,9 +4,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker.refusals import RequestRefusal
-from broker.tokens import Claims, Grant
-from llama_launcher.gate.scope import LANE_ROUTES, RequestHead, Route, allowed_preflight, check_request
+from llama_direct.lanes import LANE_ROUTES
+from llama_direct.refusals import RequestRefusal
+from llama_direct.tokens import Claims, Grant
+from llama_launcher.gate.scope import RequestHead, Route, allowed_preflight, check_request
 
 ORIGIN = "http://127.0.0.1:8000"
 CHAT = ("POST", "/v1/chat/completions")

@@ -7,8 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
-from broker.refusals import RequestRefusal
-from broker.tokens import Grant
+from llama_direct.refusals import RequestRefusal
+from llama_direct.tokens import Grant
 from llama_launcher.gate.shaping import (
     ALLOWED_FIELDS,
     DENIED_FIELDS,

@@ -15,10 +15,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from broker.refusals import TokenExpired, UnknownKey
-from broker.signing_keys import KeyFileError, KeyRing, PublicKeySet, SigningKey, thumbprint
-from broker.tokens import LEEWAY_SECONDS, MAX_TTL_SECONDS, Grant, mint, verify
-from llama_launcher.redaction import REDACTED, redact
+from broker.signing_keys import KeyFileError, KeyRing, SigningKey
+from llama_direct.keys import PublicKeySet, thumbprint
+from llama_direct.redaction import REDACTED, redact
+from llama_direct.refusals import TokenExpired, UnknownKey
+from llama_direct.tokens import LEEWAY_SECONDS, MAX_TTL_SECONDS, Grant, mint, verify
 
 NOW = 1_700_000_000.0
 GRANT = Grant(routes=(("POST", "/v1/chat/completions"),), model="smollm2", max_tokens=64)

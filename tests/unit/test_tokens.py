@@ -13,8 +13,10 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from broker import refusals
-from broker.refusals import (
+from broker.signing_keys import SigningKey
+from llama_direct import refusals
+from llama_direct.keys import PublicKeySet
+from llama_direct.refusals import (
     AlgorithmNotAllowed,
     BadSignature,
     IssuedBeforeGateStart,
@@ -30,8 +32,7 @@ from broker.refusals import (
     WrongAudience,
     WrongIssuer,
 )
-from broker.signing_keys import PublicKeySet, SigningKey
-from broker.tokens import (
+from llama_direct.tokens import (
     DEFAULT_TTL_SECONDS,
     LEEWAY_SECONDS,
     MAX_TOKEN_LENGTH,

@@ -16,11 +16,12 @@ import json
 import math
 import secrets
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import jwt
 
-from broker.refusals import (
+from llama_direct.lanes import SCOPES
+from llama_direct.refusals import (
     AlgorithmNotAllowed,
     BadSignature,
     IssuedBeforeGateStart,
@@ -36,13 +37,12 @@ from broker.refusals import (
 )
 
 if TYPE_CHECKING:
-    from broker.signing_keys import PublicKeySet, SigningKey
+    from llama_direct.keys import PublicKeySet
 
 LEEWAY_SECONDS = 5
 DEFAULT_TTL_SECONDS = 30
 MAX_TTL_SECONDS = 300
 ALGORITHMS = ("EdDSA", "ES256")
-SCOPES = ("chat", "resume", "cancel")
 MAX_TOKEN_LENGTH = 8192
 """Far above any token `mint` makes; refused before any decoding, so junk costs nothing."""
 REQUIRED_CLAIMS = ("iss", "aud", "sub", "iat", "nbf", "exp", "jti", "scope", "grant")
@@ -141,6 +141,19 @@ class Claims:
         }
 
 
+class Signer(Protocol):
+    """What `mint` needs of a key: the broker's `SigningKey` is one; the contract never holds one."""
+
+    @property
+    def kid(self) -> str: ...
+
+    @property
+    def algorithm(self) -> str: ...
+
+    @property
+    def private_key(self) -> Any: ...
+
+
 @dataclass(frozen=True)
 class MintedToken:
     token: str
@@ -148,7 +161,7 @@ class MintedToken:
 
 
 def mint(
-    key: SigningKey,
+    key: Signer,
     *,
     issuer: str,
     audience: str,

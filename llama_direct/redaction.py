@@ -11,6 +11,8 @@ import logging
 import os
 import threading
 
+from llama_direct.runtime import LOG_LEVEL_ENV
+
 REDACTED = "[redacted]"
 _MIN_SECRET_LENGTH = 8
 
@@ -85,7 +87,6 @@ def install() -> None:
     root.addHandler = add_handler  # type: ignore[method-assign]
 
 
-LOG_LEVEL_ENV = "LLAMA_DIRECT_LOG_LEVEL"
 
 
 def configure_logging(level: int | None = None, *, process: str) -> None:

@@ -11,7 +11,7 @@ import heapq
 import math
 from typing import Any, Protocol
 
-from broker.tokens import LEEWAY_SECONDS, MAX_TTL_SECONDS, Claims
+from llama_direct.tokens import LEEWAY_SECONDS, MAX_TTL_SECONDS, Claims
 
 
 class ReplayStore(Protocol):

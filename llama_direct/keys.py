@@ -1,0 +1,96 @@
+"""The public half of the broker's keys, as the gate holds it: JWKS parsing and RFC 7638 thumbprints.
+
+No private key is ever read, made or written here; that is `broker.signing_keys`, which the gate
+never imports.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+PublicKey = Ed25519PublicKey | ec.EllipticCurvePublicKey
+
+_P256_BYTES = 32
+_JWK_KINDS = {("OKP", "Ed25519", "EdDSA"), ("EC", "P-256", "ES256")}
+
+
+@dataclass(frozen=True)
+class PublicKeySet:
+    """What the gate holds: kid -> (algorithm, public key)."""
+
+    keys: Mapping[str, tuple[str, object]]
+
+    @classmethod
+    def from_jwks(cls, jwks: dict[str, Any]) -> PublicKeySet:
+        """Read a JWKS; keys of other kinds are skipped, a broken key of ours is an error."""
+        entries = jwks.get("keys") if isinstance(jwks, dict) else None
+        if not isinstance(entries, list):
+            raise ValueError("a JWKS is an object with a list of keys")
+        keys: dict[str, tuple[str, object]] = {}
+        for jwk in entries:
+            if not isinstance(jwk, dict):
+                raise ValueError("each JWKS entry must be an object")
+            kind = (jwk.get("kty"), jwk.get("crv"), jwk.get("alg"))
+            if kind not in _JWK_KINDS or jwk.get("use", "sig") != "sig":
+                continue
+            kid = jwk.get("kid")
+            if not isinstance(kid, str) or not kid or kid in keys:
+                raise ValueError("each key needs a kid of its own")
+            keys[kid] = (kind[2], public_key_from_jwk(jwk))
+        return cls(MappingProxyType(keys))
+
+
+def thumbprint(jwk_members: Mapping[str, str]) -> str:
+    """RFC 7638: SHA-256 of the required members in lexicographic order, no whitespace, base64url."""
+    canonical = json.dumps(dict(jwk_members), sort_keys=True, separators=(",", ":")).encode()
+    return _b64u(hashlib.sha256(canonical).digest())
+
+
+
+def jwk_members(public_key: PublicKey) -> dict[str, str]:
+    """The members RFC 7638 hashes, which are also all a verifier needs."""
+    if isinstance(public_key, Ed25519PublicKey):
+        raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        return {"crv": "Ed25519", "kty": "OKP", "x": _b64u(raw)}
+    numbers = public_key.public_numbers()
+    return {
+        "crv": "P-256",
+        "kty": "EC",
+        "x": _b64u(numbers.x.to_bytes(_P256_BYTES, "big")),
+        "y": _b64u(numbers.y.to_bytes(_P256_BYTES, "big")),
+    }
+
+
+def public_key_from_jwk(jwk: Mapping[str, Any]) -> PublicKey:
+    try:
+        if jwk["kty"] == "OKP":
+            return Ed25519PublicKey.from_public_bytes(_b64u_decode(jwk["x"], 32))
+        x = int.from_bytes(_b64u_decode(jwk["x"], _P256_BYTES), "big")
+        y = int.from_bytes(_b64u_decode(jwk["y"], _P256_BYTES), "big")
+        return ec.EllipticCurvePublicNumbers(x, y, ec.SECP256R1()).public_key()
+    except (KeyError, TypeError, ValueError, UnsupportedAlgorithm):
+        raise ValueError("a JWKS key is not a valid public key") from None
+
+
+def _b64u(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _b64u_decode(value: object, length: int) -> bytes:
+    if not isinstance(value, str):
+        raise ValueError("not a string")
+    data = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+    if len(data) != length:
+        raise ValueError("wrong length")
+    return data
