@@ -42,7 +42,23 @@ from broker.signing_keys import KeyFileError, KeyRing
 from llama_direct.ids import Ids, load_or_create_ids
 from llama_direct.lanes import CHAT_ROUTE, LANE_PREFIX
 from llama_direct.redaction import register_secret
-from llama_direct.refusals import Refusal, RequestRefusal
+from llama_direct.refusals import (
+    BAD_ACCESS_TOKEN,
+    BAD_TOOL_INPUT,
+    BODY_TOO_LARGE,
+    INTERNAL_ERROR,
+    LOGIN_REQUIRED,
+    METHOD_NOT_ALLOWED,
+    NOT_FOUND,
+    ORIGIN_NOT_ALLOWED,
+    REFUSED,
+    FrameworkError,
+    GateUnavailable,
+    RateLimited,
+    Reason,
+    Refusal,
+    RequestRefusal,
+)
 from llama_direct.replay import Revocations
 from llama_direct.tokens import Grant, mint
 
@@ -60,49 +76,8 @@ NO_STORE = {"Cache-Control": "no-store"}
 JSON_TYPE = "application/json"
 
 
-class LoginRequired(Refusal):
-    status = 401
-    code = "login_required"
-    message = "Log in first: open the login link that llama-direct printed when it started."
-
-
-class BadAccessToken(Refusal):
-    status = 401
-    code = "bad_access_token"
-    message = "The access token is not valid."
-
-
-class OriginNotAllowed(Refusal):
-    status = 403
-    code = "origin_not_allowed"
-    message = "Requests from this origin may not use this session."
-
-
-class RateLimited(Refusal):
-    status = 429
-    code = "rate_limited"
-    message = "Too many requests: wait a moment, then try again."
-
-    def __init__(self, retry_after: int) -> None:
-        super().__init__()
-        self.retry_after = retry_after
-
-
-class BodyTooLarge(Refusal):
-    status = 413
-    code = "body_too_large"
-    message = "The request body is too large."
-
-
-class GateUnavailable(Refusal):
-    status = 503
-    code = "gate_unavailable"
-    message = "The gate is not answering; try again in a moment."
-
-
-BAD_TOOL_INPUT_MESSAGE = 'The echo tool takes {"text": "..."}.'
-INTERNAL_ERROR_MESSAGE = "Internal error."
-HTTP_MESSAGES = {404: "Not found.", 405: "Method not allowed."}
+FRAMEWORK_ERRORS: dict[int, tuple[Reason, str | None]] = {404: (NOT_FOUND, "app"), 405: (METHOD_NOT_ALLOWED, None)}
+"""The framework's own 404 and 405 (an unknown path or method) in the catalogue's words."""
 
 _UNBUILT_PAGE = (
     "<!doctype html><meta charset=utf-8><title>llama-direct</title>"
@@ -116,15 +91,6 @@ _BAD_LOGIN_PAGE = (
     "<!doctype html><meta charset=utf-8><title>llama-direct: log in</title>"
     "<p>That login link is not valid. Use the one llama-direct printed when it started.</p>"
 )
-
-
-class _ServerError(Refusal):
-    """An error with a status of its own, for the answers no refusal class names (404, 405, 500)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__()
-        self.status = status
-        self.message = message
 
 
 def _error_response(status: int, body: bytes, headers: Mapping[str, str] | None = None) -> Response:
@@ -315,7 +281,7 @@ def create_app(
         if _caller_or_none(core, request) is None:
             if _wants_html(request):
                 return Response(_LOGIN_PAGE, status_code=401, media_type="text/html", headers=NO_STORE)
-            raise LoginRequired()
+            raise RequestRefusal(LOGIN_REQUIRED)
         page = _static_file("index.html")
         headers = {"Cache-Control": "no-cache"}
         if page is None:
@@ -391,7 +357,7 @@ def create_app(
         except (ValueError, RecursionError):
             raw = None
         if not isinstance(raw, dict) or raw.keys() != {"text"} or not isinstance(raw["text"], str):
-            raise RequestRefusal(400, "bad_tool_input", BAD_TOOL_INPUT_MESSAGE)
+            raise RequestRefusal(BAD_TOOL_INPUT)
         return _json({"result": raw["text"]})
 
     @app.get("/{name:path}")
@@ -458,7 +424,7 @@ class Envelope:
         except Exception as exc:
             logger.error("event=unhandled_error path=%s error=%s", scope["path"], type(exc).__name__)
             if status == 0:
-                body = _ServerError(500, INTERNAL_ERROR_MESSAGE).to_body()
+                body = FrameworkError(INTERNAL_ERROR).to_body()
                 await send_with_policy(
                     {
                         "type": "http.response.start",
@@ -484,8 +450,8 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def on_http_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
         status = exc.status_code
-        message = HTTP_MESSAGES.get(status, "The request was refused.")
-        return _error_response(status, _ServerError(status, message).to_body(), exc.headers)
+        reason, variant = FRAMEWORK_ERRORS.get(status, (REFUSED, None))
+        return _error_response(status, FrameworkError(reason, variant, status=status).to_body(), exc.headers)
 
     app.add_exception_handler(Refusal, on_refusal)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
@@ -497,7 +463,7 @@ def _login(core: BrokerCore, request: Request) -> Response:
     if user is None:
         if _wants_html(request):
             return Response(_BAD_LOGIN_PAGE, status_code=401, media_type="text/html", headers=NO_STORE)
-        raise BadAccessToken()
+        raise RequestRefusal(BAD_ACCESS_TOKEN)
     core.sessions.drop(request.cookies.get(COOKIE_NAME))
     session_id = core.sessions.create(user)
     register_secret(session_id)
@@ -526,7 +492,7 @@ def _caller_or_none(core: BrokerCore, request: Request) -> Caller | None:
         scheme, _, value = authorization.partition(" ")
         user = core.access.user_for(value.strip()) if scheme.lower() == "bearer" else None
         if user is None:
-            raise BadAccessToken()
+            raise RequestRefusal(BAD_ACCESS_TOKEN)
         return Caller(user=user, session_id=None)
     session_id = request.cookies.get(COOKIE_NAME)
     user = core.sessions.user_for(session_id)
@@ -536,7 +502,7 @@ def _caller_or_none(core: BrokerCore, request: Request) -> Caller | None:
 def _require_caller(core: BrokerCore, request: Request) -> Caller:
     caller = _caller_or_none(core, request)
     if caller is None:
-        raise LoginRequired()
+        raise RequestRefusal(LOGIN_REQUIRED)
     return caller
 
 
@@ -556,11 +522,11 @@ def _grant_origin(core: BrokerCore, request: Request, caller: Caller) -> str | N
         if fetch_site == "same-origin":
             return app_origin
         if fetch_site not in (None, "none"):
-            raise OriginNotAllowed()
+            raise RequestRefusal(ORIGIN_NOT_ALLOWED)
         return None
     normalised = normalise_origin(origin)
     if normalised is None or (normalised != app_origin and normalised not in core.allowed_origins):
-        raise OriginNotAllowed()
+        raise RequestRefusal(ORIGIN_NOT_ALLOWED)
     return origin
 
 
@@ -591,13 +557,13 @@ def _wants_html(request: Request) -> bool:
 async def _read_body(request: Request, limit: int) -> bytes:
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
-        raise BodyTooLarge()
+        raise RequestRefusal(BODY_TOO_LARGE)
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise BodyTooLarge()
+            raise RequestRefusal(BODY_TOO_LARGE)
         chunks.append(chunk)
     return b"".join(chunks)
 

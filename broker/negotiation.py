@@ -15,7 +15,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from llama_direct.lanes import CANCEL_ROUTE, CHAT_PATH, CHAT_ROUTE, LANE_PREFIX, RESUME_ROUTE
-from llama_direct.refusals import RequestRefusal
+from llama_direct.refusals import (
+    BAD_HOST,
+    CONFLICTING_OPTIONS,
+    CONVERSATION_NOT_OWNED,
+    INVALID_OPTION,
+    INVALID_OPTIONS,
+    UNKNOWN_OPTION,
+    RequestRefusal,
+)
 from llama_direct.tokens import Grant, mint
 
 if TYPE_CHECKING:
@@ -41,19 +49,6 @@ UNSUPPORTED_MESSAGES = {
 }
 
 
-def _bad_option(code: str, message: str) -> RequestRefusal:
-    return RequestRefusal(400, code, message)
-
-
-BAD_BODY_MESSAGE = "The request body must be a JSON object."
-UNKNOWN_OPTION_MESSAGE = "Unknown option: only max_tokens, resumable, resume and cancel are accepted."
-BAD_MAX_TOKENS_MESSAGE = "max_tokens must be a positive integer."
-BAD_RESUMABLE_MESSAGE = "resumable must be true or false."
-BAD_CONVERSATION_MESSAGE = "resume and cancel take a conversation id."
-BOTH_RESUME_AND_CANCEL_MESSAGE = "Ask for resume or cancel, not both."
-REPEATED_OPTION_MESSAGE = "Each option may be given once."
-BAD_HOST_MESSAGE = "The request's Host header is not a valid host."
-NOT_OWNED_MESSAGE = "That conversation is unknown or not yours."
 
 
 @dataclass(frozen=True)
@@ -71,13 +66,13 @@ class Options:
         if not body.strip():
             return cls()
         if len(body) > MAX_BODY_BYTES:
-            raise _bad_option("invalid_options", BAD_BODY_MESSAGE)
+            raise RequestRefusal(INVALID_OPTIONS)
         try:
             raw = json.loads(body)
         except (ValueError, RecursionError):
-            raise _bad_option("invalid_options", BAD_BODY_MESSAGE) from None
+            raise RequestRefusal(INVALID_OPTIONS) from None
         if not isinstance(raw, dict):
-            raise _bad_option("invalid_options", BAD_BODY_MESSAGE)
+            raise RequestRefusal(INVALID_OPTIONS)
         return cls._from_mapping(raw)
 
     @classmethod
@@ -86,10 +81,10 @@ class Options:
         raw: dict[str, Any] = {}
         for name, value in items:
             if name in raw:
-                raise _bad_option("invalid_options", REPEATED_OPTION_MESSAGE)
+                raise RequestRefusal(INVALID_OPTIONS, "repeated")
             raw[name] = value
         if raw.keys() - _OPTIONS:
-            raise _bad_option("unknown_option", UNKNOWN_OPTION_MESSAGE)
+            raise RequestRefusal(UNKNOWN_OPTION)
         if "max_tokens" in raw:
             text = raw["max_tokens"]
             raw["max_tokens"] = int(text) if text.isascii() and text.isdigit() and len(text) < 10 else text
@@ -100,21 +95,21 @@ class Options:
     @classmethod
     def _from_mapping(cls, raw: Mapping[str, Any]) -> Options:
         if raw.keys() - _OPTIONS:
-            raise _bad_option("unknown_option", UNKNOWN_OPTION_MESSAGE)
+            raise RequestRefusal(UNKNOWN_OPTION)
         max_tokens = raw.get("max_tokens")
         if max_tokens is not None and (
             not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1
         ):
-            raise _bad_option("invalid_option", BAD_MAX_TOKENS_MESSAGE)
+            raise RequestRefusal(INVALID_OPTION)
         resumable = raw.get("resumable", False)
         if not isinstance(resumable, bool):
-            raise _bad_option("invalid_option", BAD_RESUMABLE_MESSAGE)
+            raise RequestRefusal(INVALID_OPTION, "resumable")
         resume, cancel = raw.get("resume"), raw.get("cancel")
         for conversation_id in (resume, cancel):
             if conversation_id is not None and not _is_conversation_id(conversation_id):
-                raise _bad_option("invalid_option", BAD_CONVERSATION_MESSAGE)
+                raise RequestRefusal(INVALID_OPTION, "conversation")
         if resume is not None and cancel is not None:
-            raise _bad_option("conflicting_options", BOTH_RESUME_AND_CANCEL_MESSAGE)
+            raise RequestRefusal(CONFLICTING_OPTIONS)
         return cls(max_tokens=max_tokens, resumable=resumable, resume=resume, cancel=cancel)
 
 
@@ -192,7 +187,7 @@ class Policy:
 def checked_host(host: str) -> str:
     """`host[:port]` from the Host header, refused when it could smuggle anything into a URL."""
     if not host or len(host) > 260 or not _HOST.fullmatch(host):
-        raise RequestRefusal(400, "bad_host", BAD_HOST_MESSAGE)
+        raise RequestRefusal(BAD_HOST)
     return host
 
 
@@ -328,7 +323,7 @@ def negotiate(
 def _owned(conversation_id: str, user: str, conversations: Conversations, now: float) -> str:
     """The id, when `user` opened it; an unknown id gets the same refusal, so ids cannot be probed."""
     if conversations.owner(conversation_id, now) != user:
-        raise RequestRefusal(403, "conversation_not_owned", NOT_OWNED_MESSAGE)
+        raise RequestRefusal(CONVERSATION_NOT_OWNED)
     return conversation_id
 
 

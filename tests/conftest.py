@@ -2,6 +2,9 @@
 
 They are found or fetched exactly as ``serve`` does; a test run on a fresh machine builds
 llama-server once (the test command's install step normally has done it already).
+
+Helpers shared between the suites (the gate's fakes, the hostile cases' runner, a whole serve
+stack) live in `tests/support/`, which pytest's `pythonpath` setting puts on the path.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import pytest
 
 from llama_launcher import binary, model
 from llama_launcher.paths import cache_dir
+
+pytest.register_assert_rewrite("gate_fakes", "hostile_support", "stack")
 
 
 @pytest.fixture(scope="session")

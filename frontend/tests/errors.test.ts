@@ -44,3 +44,39 @@ describe("contextOverflowMessage", () => {
     expect(contextOverflowMessage({ n_prompt_tokens: -1, n_ctx: 10 })).toBe(plain);
   });
 });
+
+describe("classifyServerError reads the refusal's code first", () => {
+  const cases: [number | undefined, Record<string, unknown>, boolean, string][] = [
+    [401, { reason: "token_expired", code: 401 }, false, "session_expired"],
+    [401, { reason: "login_required", code: 401 }, false, "session_expired"],
+    [400, { reason: "vision_not_supported", code: 400 }, true, "vision_unsupported"],
+    [413, { reason: "image_too_large", code: 413 }, true, "image_rejected"],
+    [400, { reason: "image_too_many_pixels", code: 400 }, true, "image_rejected"],
+    [400, { reason: "bad_messages", code: 400 }, true, "bad_request"],
+    [400, { reason: "length_over_cap", code: 400 }, false, "bad_request"],
+    [429, { reason: "rate_limited", code: 429 }, false, "rate_limited"],
+    [502, { reason: "upstream_unavailable", code: 502 }, false, "server_error"],
+    [503, { reason: "gate_unavailable", code: 503 }, false, "model_loading"],
+    [undefined, { reason: "token_spent", code: 401 }, false, "session_expired"],
+    [503, { type: "unavailable_error", code: 503 }, false, "model_loading"],
+    [500, { type: "server_error", code: 500 }, true, "vision_unsupported"],
+    [500, { type: "server_error", code: 500 }, false, "server_error"],
+  ];
+  for (const [status, error, hasImage, code] of cases) {
+    it(`maps ${JSON.stringify(error)}${hasImage ? " with an image" : ""} to ${code}`, () => {
+      expect(classifyServerError(status, error, hasImage).code).toBe(code);
+    });
+  }
+
+  it("an image request refused for its text is not blamed on the image", () => {
+    expect(classifyServerError(400, { reason: "field_not_allowed" }, true).code).toBe("bad_request");
+  });
+});
+
+describe("classifyServerError and odd codes", () => {
+  it("a code named like an object's own property is just unknown", () => {
+    expect(classifyServerError(400, { reason: "constructor" }, false).code).toBe("bad_request");
+    expect(classifyServerError(403, { reason: "__proto__" }, false).code).toBe("server_error");
+    expect(classifyServerError(500, { type: "toString" }, false).code).toBe("server_error");
+  });
+});

@@ -16,7 +16,17 @@ import re
 from collections.abc import Iterable
 from http import HTTPStatus
 
-from llama_direct.refusals import Refusal, RequestRefusal
+from llama_direct.refusals import (
+    AMBIGUOUS_FRAMING,
+    BAD_CONTENT_LENGTH,
+    BAD_HEADER,
+    BAD_LINE_ENDING,
+    BAD_TRANSFER_ENCODING,
+    DUPLICATE_CONTENT_LENGTH,
+    HEAD_TOO_LARGE,
+    OBS_FOLD,
+    RequestRefusal,
+)
 
 MAX_HEAD_BYTES = 16 * 1024
 
@@ -45,37 +55,15 @@ _CONTENT_LENGTH = re.compile(rb"[0-9]{1,18}")
 _HEADER_LINE = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*(.*?)[ \t]*")
 
 
-class VersionNotSupported(Refusal):
-    status = 505
-    code = "http_version_not_supported"
-    message = "Only HTTP/1.1 and HTTP/1.0 are supported."
-
-
-def bad_request(code: str, message: str) -> RequestRefusal:
-    return RequestRefusal(400, code, message)
-
-
-def head_too_large() -> RequestRefusal:
-    return RequestRefusal(431, "head_too_large", "The request head is larger than 16 KB.")
-
-
-def body_too_large() -> RequestRefusal:
-    return RequestRefusal(413, "body_too_large", "The request body is too large.")
-
-
-def head_timeout() -> RequestRefusal:
-    return RequestRefusal(408, "request_timeout", "The request did not arrive in time.")
-
-
 def find_head_end(buffer: bytes | bytearray, start: int = 0) -> int:
     """The index just past the head's blank line, -1 while incomplete; head-too-large past the limit."""
     end = buffer.find(b"\r\n\r\n", max(0, start - 3))
     if end < 0:
         if len(buffer) > MAX_HEAD_BYTES:
-            raise head_too_large()
+            raise RequestRefusal(HEAD_TOO_LARGE)
         return -1
     if end + 4 > MAX_HEAD_BYTES:
-        raise head_too_large()
+        raise RequestRefusal(HEAD_TOO_LARGE)
     return end + 4
 
 
@@ -85,34 +73,34 @@ def check_raw_head(head: bytes) -> None:
     `head` runs from the request line to the blank line that ends it, both included.
     """
     if b"\x00" in head:
-        raise bad_request("bad_header", "The request head holds a NUL byte.")
+        raise RequestRefusal(BAD_HEADER, "nul")
     crlf = head.count(b"\r\n")
     if head.count(b"\r") != crlf or head.count(b"\n") != crlf:
-        raise bad_request("bad_line_ending", "Lines of the request head must end with CRLF.")
+        raise RequestRefusal(BAD_LINE_ENDING)
     if b"\r\n " in head or b"\r\n\t" in head:
-        raise bad_request("obs_fold", "Folded header lines are not accepted.")
+        raise RequestRefusal(OBS_FOLD)
     lengths: list[bytes] = []
     encodings: list[bytes] = []
     for line in head.split(b"\r\n")[1:-2]:
         match = _HEADER_LINE.fullmatch(line)
         if match is None:
-            raise bad_request("bad_header", "A header line is malformed.")
+            raise RequestRefusal(BAD_HEADER)
         name = match.group(1).lower()
         if name == b"content-length":
             lengths.append(match.group(2))
         elif name == b"transfer-encoding":
             encodings.append(match.group(2))
     if lengths and encodings:
-        raise bad_request("ambiguous_framing", "Content-Length and Transfer-Encoding must not both be sent.")
+        raise RequestRefusal(AMBIGUOUS_FRAMING)
     if len(lengths) > 1:
-        raise bad_request("duplicate_content_length", "Content-Length must appear once.")
+        raise RequestRefusal(DUPLICATE_CONTENT_LENGTH)
     if lengths and _CONTENT_LENGTH.fullmatch(lengths[0]) is None:
-        raise bad_request("bad_content_length", "Content-Length must be a non-negative integer.")
+        raise RequestRefusal(BAD_CONTENT_LENGTH)
     if len(encodings) > 1 or (encodings and encodings[0].lower() != b"chunked"):
-        raise bad_request("bad_transfer_encoding", "Transfer-Encoding may only be chunked, once.")
+        raise RequestRefusal(BAD_TRANSFER_ENCODING)
     if encodings and head.split(b"\r\n", 1)[0].endswith(b" HTTP/1.0"):
         # RFC 9112 6.1: HTTP/1.0 has no chunked coding, so a front proxy may read the body differently.
-        raise bad_request("bad_transfer_encoding", "HTTP/1.0 requests may not use Transfer-Encoding.")
+        raise RequestRefusal(BAD_TRANSFER_ENCODING, "http10")
 
 
 def connection_tokens(headers: Iterable[Header]) -> frozenset[bytes]:

@@ -23,7 +23,14 @@ from typing import Protocol
 
 from PIL import Image
 
-from llama_direct.refusals import RequestRefusal
+from llama_direct.refusals import (
+    BAD_IMAGE,
+    IMAGE_TOO_LARGE,
+    IMAGE_TOO_MANY_PIXELS,
+    REMOTE_IMAGE,
+    VISION_NOT_SUPPORTED,
+    RequestRefusal,
+)
 
 
 class ImageLimits(Protocol):
@@ -50,7 +57,7 @@ _BASE64_MARK = ";base64,"
 def shape_image_url(url: str, *, part: str, policy: ImageLimits) -> str:
     """The `data:` URL to forward for this image: PNG or JPEG, or a refusal naming `part`."""
     if not policy.vision:
-        raise RequestRefusal(400, "vision_not_supported", "This model does not accept images.")
+        raise RequestRefusal(VISION_NOT_SUPPORTED)
     data = _decode_data_url(url, part=part, max_bytes=policy.max_image_bytes)
     fmt, png = _decode_image(data, part=part, max_pixels=policy.max_image_pixels)
     if png is None:
@@ -60,18 +67,18 @@ def shape_image_url(url: str, *, part: str, policy: ImageLimits) -> str:
 
 def _decode_data_url(url: str, *, part: str, max_bytes: int) -> bytes:
     if not url.startswith(_DATA_PREFIX):
-        raise RequestRefusal(400, "remote_image", f"{part}: only data: image URLs are accepted.")
+        raise RequestRefusal(REMOTE_IMAGE, part=part)
     header, mark, payload = url[len(_DATA_PREFIX) :].partition(_BASE64_MARK)
     if not mark or "," in header:
-        raise RequestRefusal(400, "bad_image", f"{part}: the image must be a base64 data: URL.")
+        raise RequestRefusal(BAD_IMAGE, "not_a_data_url", part=part)
     if len(payload) // 4 * 3 > max_bytes + 2:
-        raise RequestRefusal(413, "image_too_large", f"{part}: the image is larger than {max_bytes} bytes.")
+        raise RequestRefusal(IMAGE_TOO_LARGE, part=part, limit=max_bytes)
     try:
         data = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
-        raise RequestRefusal(400, "bad_image", f"{part}: the image is not valid base64.") from None
+        raise RequestRefusal(BAD_IMAGE, "base64", part=part) from None
     if len(data) > max_bytes:
-        raise RequestRefusal(413, "image_too_large", f"{part}: the image is larger than {max_bytes} bytes.")
+        raise RequestRefusal(IMAGE_TOO_LARGE, part=part, limit=max_bytes)
     return data
 
 
@@ -99,11 +106,11 @@ def _decode_image(data: bytes, *, part: str, max_pixels: int) -> tuple[str, byte
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise _too_many_pixels(part, max_pixels) from None
     except Exception:
-        raise RequestRefusal(400, "bad_image", f"{part}: the image could not be decoded.") from None
+        raise RequestRefusal(BAD_IMAGE, part=part) from None
 
 
 def _too_many_pixels(part: str, max_pixels: int) -> RequestRefusal:
-    return RequestRefusal(400, "image_too_many_pixels", f"{part}: the image has more than {max_pixels} pixels.")
+    return RequestRefusal(IMAGE_TOO_MANY_PIXELS, part=part, limit=max_pixels)
 
 
 def _first_frame_png(image: Image.Image) -> bytes:

@@ -50,6 +50,17 @@ import h11
 import httptools
 
 from llama_direct.refusals import (
+    BAD_BODY,
+    BAD_REQUEST,
+    BAD_TARGET,
+    BODY_TOO_LARGE,
+    HEAD_TOO_LARGE,
+    METHOD_NOT_ALLOWED,
+    NOT_FOUND,
+    ORIGIN_REQUIRED,
+    REQUEST_TIMEOUT,
+    UNEXPECTED_BODY,
+    BrokerUnavailable,
     MalformedToken,
     MissingToken,
     Refusal,
@@ -57,6 +68,9 @@ from llama_direct.refusals import (
     TokenRevoked,
     TokenSpent,
     UnknownKey,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    VersionNotSupported,
 )
 from llama_direct.replay import MemoryReplayStore
 from llama_direct.tokens import LEEWAY_SECONDS, Claims, verify
@@ -66,15 +80,11 @@ from llama_launcher.gate.http1 import (
     HOP_BY_HOP,
     MAX_HEAD_BYTES,
     Header,
-    VersionNotSupported,
-    bad_request,
-    body_too_large,
     check_raw_head,
     connection_tokens,
     cors_headers,
     end_to_end,
     find_head_end,
-    head_timeout,
     request_head,
     response_head,
     simple_response,
@@ -83,10 +93,7 @@ from llama_launcher.gate.keyset import KeySet
 from llama_launcher.gate.scope import RequestHead, Route, allowed_preflight, check_request
 from llama_launcher.gate.shaping import ShapingPolicy, shape_chat_body
 from llama_launcher.gate.upstream import (
-    BrokerUnavailable,
     Upstream,
-    UpstreamTimeout,
-    UpstreamUnavailable,
     connect,
     connect_upstream,
     get_json,
@@ -379,13 +386,14 @@ class ClientConnection(asyncio.Protocol):
             return
         except h11.RemoteProtocolError as error:
             status = error.error_status_hint if 400 <= error.error_status_hint < 500 else 400
-            self._refuse(RequestRefusal(status, "bad_request", "The request is not valid HTTP/1.1."), close=True)
+            reason = HEAD_TOO_LARGE if status == HEAD_TOO_LARGE.status else BAD_REQUEST
+            self._refuse(RequestRefusal(reason), close=True)
             return
         buf.clear()
         self.scanned = 0
         self._cancel_timer()
         if not isinstance(event, h11.Request):
-            self._refuse(bad_request("bad_request", "The request is not valid HTTP/1.1."), close=True)
+            self._refuse(RequestRefusal(BAD_REQUEST), close=True)
             return
         self.h11 = conn
         self._start(event)
@@ -401,14 +409,14 @@ class ClientConnection(asyncio.Protocol):
         self.state = _BODY
         self.body = bytearray()
         if request.method == b"CONNECT":
-            self._refuse(RequestRefusal(405, "method_not_allowed", "CONNECT is not served."), close=True)
+            self._refuse(RequestRefusal(METHOD_NOT_ALLOWED, "connect"), close=True)
             return
         if not request.target.startswith(b"/"):
-            self._refuse(bad_request("bad_target", "The request target must be a path."), close=True)
+            self._refuse(RequestRefusal(BAD_TARGET), close=True)
             return
         length = _content_length(request)
         if length is not None and length > self.gate.config.max_body_bytes:
-            self._refuse(body_too_large(), close=True)
+            self._refuse(RequestRefusal(BODY_TOO_LARGE), close=True)
             return
         self._drain_body()
         if self.state == _CLOSED:
@@ -425,7 +433,7 @@ class ClientConnection(asyncio.Protocol):
         elif listener.broker:
             self._run(self._serve_broker(request))
         else:
-            self._refuse(RequestRefusal(404, "not_found", "Nothing is served at this path."))
+            self._refuse(RequestRefusal(NOT_FOUND))
 
     def _run(self, coroutine: Coroutine[Any, Any, None]) -> None:
         self.task = asyncio.get_running_loop().create_task(coroutine)
@@ -444,12 +452,12 @@ class ClientConnection(asyncio.Protocol):
                 if type(event) is h11.Data:
                     self.body += event.data
                     if len(self.body) > limit:
-                        self._fail(body_too_large())
+                        self._fail(RequestRefusal(BODY_TOO_LARGE))
                         return
                 elif type(event) is h11.EndOfMessage:
                     break
         except h11.RemoteProtocolError:
-            self._fail(bad_request("bad_body", "The request body's framing is not valid."))
+            self._fail(RequestRefusal(BAD_BODY))
             return
         self.buf = bytearray(conn.trailing_data[0])
         self.h11 = None
@@ -495,7 +503,7 @@ class ClientConnection(asyncio.Protocol):
                 else:
                     body = shape_chat_body(body, claims.grant, gate.policy)
             elif body:
-                raise bad_request("unexpected_body", "This route takes no request body.")
+                raise RequestRefusal(UNEXPECTED_BODY)
             cors = claims.grant.origin if self.listener.cors else None
             transport, relay = await connect_upstream(
                 gate.upstream, lambda: self._relay(request, cors, strip_cors=True),
@@ -540,7 +548,7 @@ class ClientConnection(asyncio.Protocol):
         headers = {name.decode("ascii"): value.decode("latin-1") for name, value in request.headers}
         origin = headers.get("origin")
         if origin is None:
-            self._refuse(RequestRefusal(403, "origin_required", "A preflight needs an Origin."))
+            self._refuse(RequestRefusal(ORIGIN_REQUIRED, "preflight"))
             return
         answer = allowed_preflight(
             origin,
@@ -683,14 +691,14 @@ class ClientConnection(asyncio.Protocol):
         if self.state != _HEAD:
             return
         if self.buf:
-            self._refuse(head_timeout(), close=True)
+            self._refuse(RequestRefusal(REQUEST_TIMEOUT), close=True)
         else:
             self._close()
 
     def _on_body_timeout(self) -> None:
         self.timer = None
         if self.state == _BODY:
-            self._fail(head_timeout())
+            self._fail(RequestRefusal(REQUEST_TIMEOUT))
 
 
 def _no_delay(listening: socket.socket) -> None:

@@ -17,7 +17,26 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 from llama_direct.lanes import LANE_PREFIX, LANE_ROUTES, NEVER_ROUTED, STREAM_PATH, Scope
-from llama_direct.refusals import RequestRefusal
+from llama_direct.refusals import (
+    AMBIGUOUS_PATH,
+    BAD_PREFLIGHT,
+    BAD_QUERY,
+    BAD_TARGET,
+    CONVERSATION_MISMATCH,
+    CONVERSATION_NOT_GRANTED,
+    DUPLICATE_HEADER,
+    HEADER_NOT_ALLOWED,
+    METHOD_NOT_ALLOWED,
+    MISSING_CONVERSATION_ID,
+    NO_SUCH_ROUTE,
+    ORIGIN_MISMATCH,
+    ORIGIN_NOT_ALLOWED,
+    ORIGIN_REQUIRED,
+    SCOPE_MISMATCH,
+    UNSUPPORTED_ENCODING,
+    UNSUPPORTED_MEDIA_TYPE,
+    RequestRefusal,
+)
 from llama_direct.tokens import Claims, Grant
 
 RouteKind = Scope
@@ -63,14 +82,14 @@ def check_request(head: RequestHead, claims: Claims, *, lane_prefix: str = LANE_
     grant = claims.grant
     kind = _granted_kind(head.method, lane_path, grant)
     if kind not in claims.scope.split():
-        raise RequestRefusal(403, "scope_mismatch", "The token's scope does not cover this route.")
+        raise RequestRefusal(SCOPE_MISMATCH)
     headers = _single_headers(head.headers)
     _check_origin(head.method, headers, head.headers, grant)
     _check_conversation_header(kind, headers.get(b"x-conversation-id"), grant)
     if kind == "chat":
         _check_json_body_headers(headers)
         if query is not None:
-            raise RequestRefusal(400, "bad_query", "This route takes no query string.")
+            raise RequestRefusal(BAD_QUERY)
         return Route(head.method, lane_path, kind, grant.conversation_id)
     return Route(head.method, _stream_target(kind, query, grant), kind, grant.conversation_id)
 
@@ -88,18 +107,14 @@ def allowed_preflight(
     allowed: the lane authenticates with a bearer token, never a cookie.
     """
     if origin not in allowed_origins:
-        return RequestRefusal(403, "origin_not_allowed", "This origin may not call the direct lane.")
+        return RequestRefusal(ORIGIN_NOT_ALLOWED, "lane")
     if requested_method is None:
-        return RequestRefusal(400, "bad_preflight", "A preflight needs Access-Control-Request-Method.")
+        return RequestRefusal(BAD_PREFLIGHT)
     if requested_method not in PREFLIGHT_METHODS:
-        return RequestRefusal(405, "method_not_allowed", "The direct lane allows only GET, POST and DELETE.")
+        return RequestRefusal(METHOD_NOT_ALLOWED, "lane")
     names = [name.strip().lower() for name in (requested_headers or "").split(",")]
     if any(name and name not in PREFLIGHT_HEADERS for name in names):
-        return RequestRefusal(
-            403,
-            "header_not_allowed",
-            "The direct lane allows only the Authorization, Content-Type and X-Conversation-Id headers.",
-        )
+        return RequestRefusal(HEADER_NOT_ALLOWED)
     return [
         (b"access-control-allow-origin", origin.encode("latin-1")),
         (b"access-control-allow-methods", ", ".join(PREFLIGHT_METHODS).encode()),
@@ -114,13 +129,13 @@ def _split_target(target: bytes) -> tuple[str, str | None]:
     try:
         text = target.decode("ascii")
     except UnicodeDecodeError:
-        raise RequestRefusal(400, "bad_target", "The request target must be ASCII.") from None
+        raise RequestRefusal(BAD_TARGET, "ascii") from None
     if not text.startswith("/"):
-        raise RequestRefusal(400, "bad_target", "The request target must be a path starting with '/'.")
+        raise RequestRefusal(BAD_TARGET, "slash")
     if _CONTROL.search(text):
-        raise RequestRefusal(400, "bad_target", "The request target holds control characters or spaces.")
+        raise RequestRefusal(BAD_TARGET, "control")
     if "#" in text:
-        raise RequestRefusal(400, "bad_target", "The request target must not hold a fragment.")
+        raise RequestRefusal(BAD_TARGET, "fragment")
     path, mark, query = text.partition("?")
     _check_unambiguous(path)
     return path, query if mark else None
@@ -129,23 +144,21 @@ def _split_target(target: bytes) -> tuple[str, str | None]:
 def _check_unambiguous(path: str) -> None:
     """Refuse every spelling that some normaliser would turn into a different path."""
     if "\\" in path:
-        raise RequestRefusal(400, "ambiguous_path", "The path must not hold a backslash.")
+        raise RequestRefusal(AMBIGUOUS_PATH, "backslash")
     if _ENCODED_SEPARATOR.search(path):
-        raise RequestRefusal(
-            400, "ambiguous_path", "The path must not hold percent-encoded dots, slashes or backslashes."
-        )
+        raise RequestRefusal(AMBIGUOUS_PATH, "encoded_separator")
     if "%" in path:
-        raise RequestRefusal(400, "ambiguous_path", "The path must not be percent-encoded.")
+        raise RequestRefusal(AMBIGUOUS_PATH)
     if "//" in path:
-        raise RequestRefusal(400, "ambiguous_path", "The path must not hold empty segments ('//').")
+        raise RequestRefusal(AMBIGUOUS_PATH, "empty_segment")
     if any(segment in (".", "..") for segment in path.split("/")):
-        raise RequestRefusal(400, "ambiguous_path", "The path must not hold '.' or '..' segments.")
+        raise RequestRefusal(AMBIGUOUS_PATH, "dot_segment")
     if len(path) > 1 and path.endswith("/"):
-        raise RequestRefusal(400, "ambiguous_path", "The path must not end with a slash.")
+        raise RequestRefusal(AMBIGUOUS_PATH, "trailing_slash")
 
 
 def _no_such_route() -> RequestRefusal:
-    return RequestRefusal(404, "no_such_route", "No such route on the direct lane.")
+    return RequestRefusal(NO_SUCH_ROUTE)
 
 
 def _lane_path(path: str, lane_prefix: str) -> str:
@@ -164,7 +177,7 @@ def _granted_kind(method: str, lane_path: str, grant: Grant) -> RouteKind:
     methods = sorted(m for m, p in granted if p == lane_path)
     if methods:
         allowed = " or ".join(methods)
-        raise RequestRefusal(405, "method_not_allowed", f"This token allows this route only with {allowed}.")
+        raise RequestRefusal(METHOD_NOT_ALLOWED, "token", allowed=allowed)
     raise _no_such_route()
 
 
@@ -176,7 +189,7 @@ def _single_headers(headers: list[tuple[bytes, bytes]]) -> dict[bytes, str]:
             continue
         if name in found:
             label = name.decode().title()
-            raise RequestRefusal(400, "duplicate_header", f"The {label} header must appear at most once.")
+            raise RequestRefusal(DUPLICATE_HEADER, label=label)
         found[name] = value.decode("latin-1")
     return found
 
@@ -186,40 +199,38 @@ def _check_origin(method: str, headers: dict[bytes, str], raw: list[tuple[bytes,
     origin = headers.get(b"origin")
     if grant.origin is None:
         if origin is not None:
-            raise RequestRefusal(403, "origin_not_allowed", "This token was issued for use without an Origin header.")
+            raise RequestRefusal(ORIGIN_NOT_ALLOWED, "token_without_origin")
         return
     if origin is None:
         sites = [value for name, value in raw if name == b"sec-fetch-site"]
         if method in ("GET", "HEAD") and sites == [b"same-origin"]:
             return
-        raise RequestRefusal(403, "origin_required", "This token needs the Origin it was issued for.")
+        raise RequestRefusal(ORIGIN_REQUIRED)
     if origin != grant.origin:
-        raise RequestRefusal(403, "origin_mismatch", "The Origin does not match the token's origin.")
+        raise RequestRefusal(ORIGIN_MISMATCH)
 
 
 def _check_conversation_header(kind: RouteKind, value: str | None, grant: Grant) -> None:
     """llama-server replaces a live stream that has the same id, so only the grant's id may pass."""
     if grant.conversation_id is None:
         if value is not None:
-            raise RequestRefusal(
-                403, "conversation_not_granted", "This token names no conversation: drop X-Conversation-Id."
-            )
+            raise RequestRefusal(CONVERSATION_NOT_GRANTED, "header")
         return
     if value is None:
         if kind == "chat":
-            raise RequestRefusal(400, "missing_conversation_id", "This token needs the X-Conversation-Id it names.")
+            raise RequestRefusal(MISSING_CONVERSATION_ID)
         return
     if value != grant.conversation_id:
-        raise RequestRefusal(403, "conversation_mismatch", "X-Conversation-Id does not match the token's conversation.")
+        raise RequestRefusal(CONVERSATION_MISMATCH)
 
 
 def _check_json_body_headers(headers: dict[bytes, str]) -> None:
     """The body is parsed as plain UTF-8 JSON, so anything else is refused before it is read."""
     media_type = headers.get(b"content-type", "").split(";", 1)[0].strip().lower()
     if media_type != "application/json":
-        raise RequestRefusal(415, "unsupported_media_type", "The body must be application/json.")
+        raise RequestRefusal(UNSUPPORTED_MEDIA_TYPE)
     if headers.get(b"content-encoding", "identity").strip().lower() != "identity":
-        raise RequestRefusal(415, "unsupported_encoding", "The body must not be content-encoded.")
+        raise RequestRefusal(UNSUPPORTED_ENCODING)
 
 
 def _stream_target(kind: RouteKind, query: str | None, grant: Grant) -> str:
@@ -228,20 +239,20 @@ def _stream_target(kind: RouteKind, query: str | None, grant: Grant) -> str:
     allowed = {"conv_id", "from"} if kind == "resume" else {"conv_id"}
     if not params.keys() <= allowed:
         names = " and ".join(sorted(allowed))
-        raise RequestRefusal(400, "bad_query", f"This route takes only {names} in its query.")
+        raise RequestRefusal(BAD_QUERY, "only", names=names)
     conv_id = params.get("conv_id")
     if conv_id is None:
-        raise RequestRefusal(400, "bad_query", "This route needs conv_id in its query.")
+        raise RequestRefusal(BAD_QUERY, "conv_id")
     if grant.conversation_id is None:
-        raise RequestRefusal(403, "conversation_not_granted", "This token names no conversation.")
+        raise RequestRefusal(CONVERSATION_NOT_GRANTED)
     if conv_id != grant.conversation_id:
-        raise RequestRefusal(403, "conversation_mismatch", "conv_id does not match the token's conversation.")
+        raise RequestRefusal(CONVERSATION_MISMATCH, "query")
     target = f"{STREAM_PATH}?conv_id={quote(conv_id, safe='')}"
     offset = params.get("from")
     if offset is None:
         return target
     if not _DIGITS.fullmatch(offset):
-        raise RequestRefusal(400, "bad_query", "from must be a non-negative integer.")
+        raise RequestRefusal(BAD_QUERY, "offset")
     return f"{target}&from={int(offset)}"
 
 
@@ -253,9 +264,9 @@ def _parse_query(query: str | None) -> dict[str, str]:
     for pair in query.split("&"):
         name, mark, value = pair.partition("=")
         if not mark or not name:
-            raise RequestRefusal(400, "bad_query", "Each query parameter must be name=value.")
+            raise RequestRefusal(BAD_QUERY, "pair")
         if name in params:
-            raise RequestRefusal(400, "bad_query", "A query parameter must appear at most once.")
+            raise RequestRefusal(BAD_QUERY, "repeated")
         params[name] = _decode_query_value(value)
     return params
 
@@ -263,9 +274,9 @@ def _parse_query(query: str | None) -> dict[str, str]:
 def _decode_query_value(value: str) -> str:
     """Strict percent-decoding: `+` (a space, or a plus?) and a stray `%` are refused."""
     if "+" in value or _PERCENT_TRIPLET.sub("", value).count("%"):
-        raise RequestRefusal(400, "bad_query", "A query value is not validly encoded.")
+        raise RequestRefusal(BAD_QUERY, "encoding")
     raw = _PERCENT_TRIPLET.sub(lambda m: chr(int(m.group(1), 16)), value)
     try:
         return raw.encode("latin-1").decode("utf-8")
     except UnicodeError:
-        raise RequestRefusal(400, "bad_query", "A query value is not validly encoded.") from None
+        raise RequestRefusal(BAD_QUERY, "encoding") from None

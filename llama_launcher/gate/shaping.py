@@ -32,7 +32,26 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from llama_direct.refusals import RequestRefusal
+from llama_direct.refusals import (
+    BAD_CONTENT_PART,
+    BAD_FIELD,
+    BAD_IMAGE,
+    BAD_LENGTH,
+    BAD_MESSAGES,
+    BODY_TOO_LARGE,
+    CONFLICTING_FIELDS,
+    FIELD_NOT_ALLOWED,
+    INVALID_JSON,
+    JSON_TOO_DEEP,
+    LENGTH_OVER_CAP,
+    MODEL_MISMATCH,
+    N_NOT_SUPPORTED,
+    NOT_AN_OBJECT,
+    TOO_MANY_IMAGES,
+    TOP_LOGPROBS_OVER_CAP,
+    VISION_NOT_SUPPORTED,
+    RequestRefusal,
+)
 from llama_direct.tokens import Grant
 from llama_launcher.gate.images import shape_image_url
 
@@ -171,7 +190,7 @@ def shape_chat_body(body: bytes, grant: Grant, policy: ShapingPolicy) -> bytes:
     request = _decode(body, policy)
     denied = sorted(DENIED_FIELDS & request.keys())
     if denied:
-        raise RequestRefusal(400, "field_not_allowed", f"The field '{denied[0]}' is not allowed on the direct lane.")
+        raise RequestRefusal(FIELD_NOT_ALLOWED, field=denied[0])
     request = _merge_repetition_penalty(request)
     shaped = {name: value for name, value in request.items() if name in ALLOWED_FIELDS}
     _check_model(shaped, grant)
@@ -183,12 +202,12 @@ def shape_chat_body(body: bytes, grant: Grant, policy: ShapingPolicy) -> bytes:
     try:
         return json.dumps(shaped, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
     except UnicodeEncodeError:
-        raise RequestRefusal(400, "invalid_json", "The body holds an invalid unicode escape.") from None
+        raise RequestRefusal(INVALID_JSON, "unicode_escape") from None
 
 
 def _decode(body: bytes, policy: ShapingPolicy) -> dict[str, Any]:
     if len(body) > policy.max_body_bytes:
-        raise RequestRefusal(413, "body_too_large", f"The body is larger than {policy.max_body_bytes} bytes.")
+        raise RequestRefusal(BODY_TOO_LARGE, "over", limit=policy.max_body_bytes)
     try:
         value = json.loads(
             body.decode("utf-8"),
@@ -199,16 +218,16 @@ def _decode(body: bytes, policy: ShapingPolicy) -> dict[str, Any]:
     except RecursionError:
         raise _too_deep(policy) from None
     except (UnicodeDecodeError, ValueError):
-        raise RequestRefusal(400, "invalid_json", "The body is not valid UTF-8 JSON.") from None
+        raise RequestRefusal(INVALID_JSON) from None
     if not isinstance(value, dict):
-        raise RequestRefusal(400, "not_an_object", "The body must be a JSON object.")
+        raise RequestRefusal(NOT_AN_OBJECT)
     if _depth(value) > policy.max_json_depth:
         raise _too_deep(policy)
     return value
 
 
 def _too_deep(policy: ShapingPolicy) -> RequestRefusal:
-    return RequestRefusal(400, "json_too_deep", f"The body nests deeper than {policy.max_json_depth} levels.")
+    return RequestRefusal(JSON_TOO_DEEP, limit=policy.max_json_depth)
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -253,9 +272,7 @@ def _merge_repetition_penalty(request: dict[str, Any]) -> dict[str, Any]:
         return request
     value = request["repetition_penalty"]
     if "repeat_penalty" in request and request["repeat_penalty"] != value:
-        raise RequestRefusal(
-            400, "conflicting_fields", "repetition_penalty and repeat_penalty differ: send one of them."
-        )
+        raise RequestRefusal(CONFLICTING_FIELDS)
     renamed: dict[str, Any] = {}
     for name, item in request.items():
         if name == "repetition_penalty":
@@ -272,26 +289,24 @@ def _check_model(shaped: dict[str, Any], grant: Grant) -> None:
     if model is None:
         shaped["model"] = grant.model
     elif model != grant.model:
-        raise RequestRefusal(403, "model_mismatch", "The model is not the one the token was issued for.")
+        raise RequestRefusal(MODEL_MISMATCH)
 
 
 def _check_n(shaped: dict[str, Any]) -> None:
     """Several completions would each take a slot; llama-server reads `n` as `n_cmpl`."""
     value = shaped.get("n")
     if value is not None and not (_is_int(value) and value == 1):
-        raise RequestRefusal(400, "n_not_supported", "The direct lane generates one choice: n must be 1.")
+        raise RequestRefusal(N_NOT_SUPPORTED)
 
 
 def _check_logprobs(shaped: dict[str, Any]) -> None:
     """A non-boolean `logprobs` reaches llama-server as `n_probs` (its alias), past `top_logprobs`."""
     logprobs = shaped.get("logprobs")
     if logprobs is not None and not isinstance(logprobs, bool):
-        raise RequestRefusal(400, "bad_field", "logprobs must be true or false.")
+        raise RequestRefusal(BAD_FIELD)
     top = shaped.get("top_logprobs")
     if top is not None and not (_is_int(top) and 0 <= top <= MAX_TOP_LOGPROBS):
-        raise RequestRefusal(
-            400, "top_logprobs_over_cap", f"top_logprobs must be an integer from 0 to {MAX_TOP_LOGPROBS}."
-        )
+        raise RequestRefusal(TOP_LOGPROBS_OVER_CAP, limit=MAX_TOP_LOGPROBS)
 
 
 def _cap_length(shaped: dict[str, Any], cap: int) -> None:
@@ -304,16 +319,16 @@ def _cap_length(shaped: dict[str, Any], cap: int) -> None:
             del shaped[name]
             continue
         if not _is_int(value) or value < 1:
-            raise RequestRefusal(400, "bad_length", f"{name} must be an integer from 1 to {cap}.")
+            raise RequestRefusal(BAD_LENGTH, name=name, limit=cap)
         if value > cap:
-            raise RequestRefusal(400, "length_over_cap", f"{name} may be at most {cap} on this token.")
+            raise RequestRefusal(LENGTH_OVER_CAP, name=name, limit=cap)
     if not any(name in shaped for name in LENGTH_FIELDS):
         shaped["max_tokens"] = cap
 
 
 def _shape_messages(messages: object, legacy_image: object, policy: ShapingPolicy) -> list[Any]:
     if not isinstance(messages, list) or not messages:
-        raise RequestRefusal(400, "bad_messages", "messages must be a non-empty list.")
+        raise RequestRefusal(BAD_MESSAGES)
     images = _ImageCounter(policy)
     shaped = [_shape_message(index, message, images) for index, message in enumerate(messages)]
     if legacy_image is not None:
@@ -330,24 +345,24 @@ class _ImageCounter:
 
     def shape(self, url: object, part: str) -> str:
         if not self.policy.vision:
-            raise RequestRefusal(400, "vision_not_supported", "This model does not accept images.")
+            raise RequestRefusal(VISION_NOT_SUPPORTED)
         self.count += 1
         if self.count > self.policy.max_images:
-            raise RequestRefusal(400, "too_many_images", f"A request may hold at most {self.policy.max_images} images.")
+            raise RequestRefusal(TOO_MANY_IMAGES, limit=self.policy.max_images)
         if not isinstance(url, str):
-            raise RequestRefusal(400, "bad_image", f"{part}: the image URL must be a string.")
+            raise RequestRefusal(BAD_IMAGE, "not_a_string", part=part)
         return shape_image_url(url, part=part, policy=self.policy)
 
 
 def _shape_message(index: int, message: object, images: _ImageCounter) -> dict[str, Any]:
     where = f"messages[{index}]"
     if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-        raise RequestRefusal(400, "bad_messages", f"{where} must be an object with a string role.")
+        raise RequestRefusal(BAD_MESSAGES, "message", where=where)
     content = message.get("content")
     if content is None or isinstance(content, str):
         return message
     if not isinstance(content, list):
-        raise RequestRefusal(400, "bad_messages", f"{where}.content must be a string or a list of parts.")
+        raise RequestRefusal(BAD_MESSAGES, "content", where=where)
     parts = [_shape_part(f"{where}.content[{i}]", part, images) for i, part in enumerate(content)]
     return {**message, "content": parts}
 
@@ -360,17 +375,17 @@ def _shape_part(where: str, part: object, images: _ImageCounter) -> dict[str, An
         image_url = part.get("image_url")
         url = image_url.get("url") if isinstance(image_url, dict) else None
         return {"type": "image_url", "image_url": {"url": images.shape(url, where)}}
-    raise RequestRefusal(400, "bad_content_part", f"{where}: only text and image_url parts are accepted.")
+    raise RequestRefusal(BAD_CONTENT_PART, where=where)
 
 
 def _append_legacy_image(messages: list[Any], image: object, images: _ImageCounter) -> None:
     """Old clients send one top-level `image_base64`; it belongs to the last user message."""
     users = [i for i, message in enumerate(messages) if message["role"] == "user"]
     if not users:
-        raise RequestRefusal(400, "bad_messages", "image_base64 needs a user message to attach to.")
+        raise RequestRefusal(BAD_MESSAGES, "legacy_image")
     last = users[-1]
     if not isinstance(image, str):
-        raise RequestRefusal(400, "bad_image", "image_base64: the image must be a base64 string.")
+        raise RequestRefusal(BAD_IMAGE, "not_a_base64_string", part="image_base64")
     url = image if image.startswith("data:") else f"data:image/png;base64,{image}"
     content = messages[last].get("content")
     parts: list[Any] = [] if content is None else [{"type": "text", "text": content}]

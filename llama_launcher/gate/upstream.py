@@ -19,31 +19,11 @@ from typing import Any, Protocol, TypeVar
 
 import httptools
 
-from llama_direct.refusals import Refusal
+from llama_direct.refusals import Refusal, UpstreamTimeout, UpstreamUnavailable
 
 P = TypeVar("P", bound=asyncio.BaseProtocol)
 
 MAX_JSON_RESPONSE_BYTES = 1024 * 1024
-
-
-class UpstreamUnavailable(Refusal):
-    status = 502
-    code = "upstream_unavailable"
-    message = "The model server is not reachable right now."
-
-
-class BrokerUnavailable(Refusal):
-    """The app behind the gate (the broker), not the model server, is what is missing."""
-
-    status = 502
-    code = "app_unavailable"
-    message = "The app is not reachable right now; it may be restarting."
-
-
-class UpstreamTimeout(Refusal):
-    status = 504
-    code = "upstream_timeout"
-    message = "The model server did not answer in time."
 
 
 class Upstream(Protocol):

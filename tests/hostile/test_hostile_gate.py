@@ -41,20 +41,20 @@ from hostile_support import (
     unsigned,
 )
 
-from broker.app import BrokerCore, LoginRequired, OriginNotAllowed, create_app
-from broker.negotiation import (
-    BAD_BODY_MESSAGE,
-    BAD_CONVERSATION_MESSAGE,
-    BAD_HOST_MESSAGE,
-    BAD_MAX_TOKENS_MESSAGE,
-    NOT_OWNED_MESSAGE,
-    REPEATED_OPTION_MESSAGE,
-    UNKNOWN_OPTION_MESSAGE,
-)
+from broker.app import BrokerCore, create_app
 from broker.sessions import COOKIE_NAME, AccessTokens
 from broker.settings import BrokerSettings
 from broker.signing_keys import SigningKey
 from llama_direct import refusals
+from llama_direct.refusals import (
+    BAD_HOST,
+    CONVERSATION_NOT_OWNED,
+    INVALID_OPTION,
+    INVALID_OPTIONS,
+    LOGIN_REQUIRED,
+    ORIGIN_NOT_ALLOWED,
+    UNKNOWN_OPTION,
+)
 from llama_direct.tokens import verify
 
 APP = "http://app.test:5173"
@@ -604,45 +604,46 @@ def _bobs_conversation(client: TestClient) -> str:
 
 BROKER_CASES: list[tuple[str, Any, int, str]] = [
     ("forged_cookie", lambda c: _forge_cookie(c, "forged-session-id").post("/direct-stream"),
-     401, LoginRequired.message),
+     401, LOGIN_REQUIRED.message),
     ("forged_cookie_on_the_baseline",
-     lambda c: _forge_cookie(c, "A" * 43).post("/v1/chat/completions", json=CHAT), 401, LoginRequired.message),
+     lambda c: _forge_cookie(c, "A" * 43).post("/v1/chat/completions", json=CHAT), 401, LOGIN_REQUIRED.message),
     ("bad_json_body", lambda c: c.post("/direct-stream", headers=_bearer(), content=b'{"max_tokens": '),
-     400, BAD_BODY_MESSAGE),
-    ("json_array_body", lambda c: c.post("/direct-stream", headers=_bearer(), content=b"[1]"), 400, BAD_BODY_MESSAGE),
+     400, INVALID_OPTIONS.message),
+    ("json_array_body", lambda c: c.post("/direct-stream", headers=_bearer(), content=b"[1]"),
+     400, INVALID_OPTIONS.message),
     ("negative_max_tokens", lambda c: c.post("/direct-stream", headers=_bearer(), json={"max_tokens": -1}),
-     400, BAD_MAX_TOKENS_MESSAGE),
+     400, INVALID_OPTION.message),
     ("boolean_max_tokens", lambda c: c.post("/direct-stream", headers=_bearer(), json={"max_tokens": True}),
-     400, BAD_MAX_TOKENS_MESSAGE),
+     400, INVALID_OPTION.message),
     ("asking_for_another_model", lambda c: c.post("/direct-stream", headers=_bearer(), json={"model": "big"}),
-     400, UNKNOWN_OPTION_MESSAGE),
+     400, UNKNOWN_OPTION.message),
     ("repeated_query_option", lambda c: c.get("/direct-stream?max_tokens=1&max_tokens=99999", headers=_bearer()),
-     400, REPEATED_OPTION_MESSAGE),
+     400, INVALID_OPTIONS.text("repeated")),
     ("resume_of_someone_elses_conversation",
      lambda c: c.post("/direct-stream", headers=_bearer(), json={"resume": _bobs_conversation(c)}),
-     403, NOT_OWNED_MESSAGE),
+     403, CONVERSATION_NOT_OWNED.message),
     ("cancel_of_someone_elses_conversation",
      lambda c: c.post("/direct-stream", headers=_bearer(), json={"cancel": _bobs_conversation(c)}),
-     403, NOT_OWNED_MESSAGE),
+     403, CONVERSATION_NOT_OWNED.message),
     ("resume_of_a_path_like_id", lambda c: c.post("/direct-stream", headers=_bearer(), json={"resume": "../x"}),
-     400, BAD_CONVERSATION_MESSAGE),
+     400, INVALID_OPTION.text("conversation")),
     ("wrong_access_token_beside_a_cookie",
      lambda c: (_login(c), c.post("/direct-stream", headers=_bearer("wrong-token")))[1],
      401, "The access token is not valid."),
     ("foreign_origin_with_a_cookie",
-     lambda c: (_login(c), c.post("/direct-stream", headers={"Origin": EVIL}))[1], 403, OriginNotAllowed.message),
+     lambda c: (_login(c), c.post("/direct-stream", headers={"Origin": EVIL}))[1], 403, ORIGIN_NOT_ALLOWED.message),
     ("cross_site_fetch_with_a_cookie",
      lambda c: (_login(c), c.post("/direct-stream", headers={"Sec-Fetch-Site": "cross-site"}))[1],
-     403, OriginNotAllowed.message),
+     403, ORIGIN_NOT_ALLOWED.message),
     ("foreign_origin_on_the_baseline_with_a_cookie",
      lambda c: (_login(c), c.post("/v1/chat/completions", headers={"Origin": EVIL}, json=CHAT))[1],
-     403, OriginNotAllowed.message),
+     403, ORIGIN_NOT_ALLOWED.message),
     ("foreign_origin_revoking_with_a_cookie",
      lambda c: (_login(c), c.post("/direct-stream/revoke", headers={"Origin": EVIL}))[1],
-     403, OriginNotAllowed.message),
+     403, ORIGIN_NOT_ALLOWED.message),
     ("host_header_injection",
      lambda c: c.post("/direct-stream", headers={**_bearer(), "Host": "evil.test/x?y=@box.lan"}),
-     400, BAD_HOST_MESSAGE),
+     400, BAD_HOST.message),
 ]
 
 

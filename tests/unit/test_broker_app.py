@@ -22,10 +22,11 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi.testclient import TestClient
+from refusal_bodies import reason_for
 
 import broker.app as broker_app
 from broker.app import BrokerCore, create_app, create_control_app
-from broker.negotiation import NOT_OWNED_MESSAGE, UNKNOWN_OPTION_MESSAGE, GateHealth
+from broker.negotiation import GateHealth
 from broker.sessions import COOKIE_NAME
 from broker.settings import (
     ACCESS_TOKEN_ENV,
@@ -37,6 +38,7 @@ from broker.settings import (
 )
 from broker.signing_keys import KeyRing
 from llama_direct.ids import load_or_create_ids
+from llama_direct.refusals import CONVERSATION_NOT_OWNED, UNKNOWN_OPTION
 from llama_direct.replay import Revocations
 from llama_direct.tokens import verify
 
@@ -49,7 +51,7 @@ SSE = b'data: {"choices":[{"delta":{"content":"Hi"}}]}\n\ndata: [DONE]\n\n'
 
 
 def _error(message: str, status: int, kind: str) -> dict[str, Any]:
-    return {"error": {"message": message, "type": kind, "code": status}}
+    return {"error": {"message": message, "type": kind, "code": status, "reason": reason_for(status, message)}}
 
 
 class Clock:
@@ -342,12 +344,12 @@ class TestNegotiation:
         assert body["grant"]["routes"] == [["GET", "/v1/stream"]]
         refused = h.client.post("/direct-stream", headers=BEARER, json={"cancel": "someone-elses"})
         assert refused.status_code == 403
-        assert refused.json() == _error(NOT_OWNED_MESSAGE, 403, "permission_error")
+        assert refused.json() == _error(CONVERSATION_NOT_OWNED.message, 403, "permission_error")
 
     def test_an_unknown_option_is_400(self, h: Harness) -> None:
         answer = h.client.post("/direct-stream", headers=BEARER, json={"uses": 10})
         assert answer.status_code == 400
-        assert answer.json() == _error(UNKNOWN_OPTION_MESSAGE, 400, "invalid_request_error")
+        assert answer.json() == _error(UNKNOWN_OPTION.message, 400, "invalid_request_error")
 
     def test_past_the_rate_it_is_429_with_retry_after(self, make: HarnessFactory) -> None:
         h = make(rate_per_minute=30, burst=2)

@@ -8,29 +8,19 @@ from typing import Any
 
 import pytest
 
-from broker.negotiation import (
-    BAD_BODY_MESSAGE,
-    BAD_CONVERSATION_MESSAGE,
-    BAD_HOST_MESSAGE,
-    BAD_MAX_TOKENS_MESSAGE,
-    BAD_RESUMABLE_MESSAGE,
-    BOTH_RESUME_AND_CANCEL_MESSAGE,
-    GATE_DOWN,
-    NOT_OWNED_MESSAGE,
-    REPEATED_OPTION_MESSAGE,
-    UNKNOWN_OPTION_MESSAGE,
-    Conversations,
-    GateHealth,
-    Issuer,
-    Options,
-    Policy,
-    negotiate,
-    split_host,
-)
+from broker.negotiation import GATE_DOWN, Conversations, GateHealth, Issuer, Options, Policy, negotiate, split_host
 from broker.settings import BrokerSettings
 from broker.signing_keys import SigningKey
 from llama_direct.keys import PublicKeySet
-from llama_direct.refusals import RequestRefusal
+from llama_direct.refusals import (
+    BAD_HOST,
+    CONFLICTING_OPTIONS,
+    CONVERSATION_NOT_OWNED,
+    INVALID_OPTION,
+    INVALID_OPTIONS,
+    UNKNOWN_OPTION,
+    RequestRefusal,
+)
 from llama_direct.tokens import verify
 
 NOW = 1_750_000_000.25
@@ -77,23 +67,23 @@ class TestOptionsFromBody:
     @pytest.mark.parametrize(
         ("body", "message"),
         [
-            (b"[1]", BAD_BODY_MESSAGE),
-            (b"{not json", BAD_BODY_MESSAGE),
-            (b'"text"', BAD_BODY_MESSAGE),
-            (b'{"model": "other"}', UNKNOWN_OPTION_MESSAGE),
-            (b'{"max_tokens": 10, "uses": 5}', UNKNOWN_OPTION_MESSAGE),
-            (b'{"max_tokens": "10"}', BAD_MAX_TOKENS_MESSAGE),
-            (b'{"max_tokens": 1.5}', BAD_MAX_TOKENS_MESSAGE),
-            (b'{"max_tokens": true}', BAD_MAX_TOKENS_MESSAGE),
-            (b'{"max_tokens": 0}', BAD_MAX_TOKENS_MESSAGE),
-            (b'{"max_tokens": -5}', BAD_MAX_TOKENS_MESSAGE),
-            (b'{"resumable": "yes"}', BAD_RESUMABLE_MESSAGE),
-            (b'{"resumable": 1}', BAD_RESUMABLE_MESSAGE),
-            (b'{"resume": 5}', BAD_CONVERSATION_MESSAGE),
-            (b'{"resume": ""}', BAD_CONVERSATION_MESSAGE),
-            (b'{"cancel": "a/b"}', BAD_CONVERSATION_MESSAGE),
-            (b'{"cancel": "x\\r\\nX-Evil: 1"}', BAD_CONVERSATION_MESSAGE),
-            (b'{"resume": "a", "cancel": "b"}', BOTH_RESUME_AND_CANCEL_MESSAGE),
+            (b"[1]", INVALID_OPTIONS.message),
+            (b"{not json", INVALID_OPTIONS.message),
+            (b'"text"', INVALID_OPTIONS.message),
+            (b'{"model": "other"}', UNKNOWN_OPTION.message),
+            (b'{"max_tokens": 10, "uses": 5}', UNKNOWN_OPTION.message),
+            (b'{"max_tokens": "10"}', INVALID_OPTION.message),
+            (b'{"max_tokens": 1.5}', INVALID_OPTION.message),
+            (b'{"max_tokens": true}', INVALID_OPTION.message),
+            (b'{"max_tokens": 0}', INVALID_OPTION.message),
+            (b'{"max_tokens": -5}', INVALID_OPTION.message),
+            (b'{"resumable": "yes"}', INVALID_OPTION.text("resumable")),
+            (b'{"resumable": 1}', INVALID_OPTION.text("resumable")),
+            (b'{"resume": 5}', INVALID_OPTION.text("conversation")),
+            (b'{"resume": ""}', INVALID_OPTION.text("conversation")),
+            (b'{"cancel": "a/b"}', INVALID_OPTION.text("conversation")),
+            (b'{"cancel": "x\\r\\nX-Evil: 1"}', INVALID_OPTION.text("conversation")),
+            (b'{"resume": "a", "cancel": "b"}', CONFLICTING_OPTIONS.message),
         ],
     )
     def test_bad_bodies_are_400_with_a_fixed_message(self, body: bytes, message: str) -> None:
@@ -104,7 +94,7 @@ class TestOptionsFromBody:
     def test_a_huge_body_is_refused_unparsed(self) -> None:
         with pytest.raises(RequestRefusal) as excinfo:
             Options.from_body(b'{"max_tokens": 1' + b" " * 5000 + b"}")
-        assert _refusal(excinfo) == (400, BAD_BODY_MESSAGE)
+        assert _refusal(excinfo) == (400, INVALID_OPTIONS.message)
 
 
 class TestOptionsFromQuery:
@@ -118,14 +108,14 @@ class TestOptionsFromQuery:
     @pytest.mark.parametrize(
         ("items", "message"),
         [
-            ([("max_tokens", "ten")], BAD_MAX_TOKENS_MESSAGE),
-            ([("max_tokens", "-1")], BAD_MAX_TOKENS_MESSAGE),
-            ([("max_tokens", "0")], BAD_MAX_TOKENS_MESSAGE),
-            ([("max_tokens", "١٢")], BAD_MAX_TOKENS_MESSAGE),
-            ([("resumable", "maybe")], BAD_RESUMABLE_MESSAGE),
-            ([("token", "x")], UNKNOWN_OPTION_MESSAGE),
-            ([("max_tokens", "5"), ("max_tokens", "9999")], REPEATED_OPTION_MESSAGE),
-            ([("resume", "a"), ("cancel", "b")], BOTH_RESUME_AND_CANCEL_MESSAGE),
+            ([("max_tokens", "ten")], INVALID_OPTION.message),
+            ([("max_tokens", "-1")], INVALID_OPTION.message),
+            ([("max_tokens", "0")], INVALID_OPTION.message),
+            ([("max_tokens", "١٢")], INVALID_OPTION.message),
+            ([("resumable", "maybe")], INVALID_OPTION.text("resumable")),
+            ([("token", "x")], UNKNOWN_OPTION.message),
+            ([("max_tokens", "5"), ("max_tokens", "9999")], INVALID_OPTIONS.text("repeated")),
+            ([("resume", "a"), ("cancel", "b")], CONFLICTING_OPTIONS.message),
         ],
     )
     def test_bad_queries_are_400(self, items: list[tuple[str, str]], message: str) -> None:
@@ -211,12 +201,12 @@ class TestSupported:
         conversation_id = conversations.open("bob", NOW)
         with pytest.raises(RequestRefusal) as excinfo:
             _negotiate(Options(**{field: conversation_id}), conversations=conversations)
-        assert _refusal(excinfo) == (403, NOT_OWNED_MESSAGE)
+        assert _refusal(excinfo) == (403, CONVERSATION_NOT_OWNED.message)
 
     def test_an_unknown_conversation_gets_the_same_refusal(self) -> None:
         with pytest.raises(RequestRefusal) as excinfo:
             _negotiate(Options(resume="never-made"))
-        assert _refusal(excinfo) == (403, NOT_OWNED_MESSAGE)
+        assert _refusal(excinfo) == (403, CONVERSATION_NOT_OWNED.message)
 
 
 class TestUnsupported:
@@ -284,7 +274,7 @@ class TestUrls:
     def test_a_host_that_could_smuggle_anything_is_refused(self, host: str) -> None:
         with pytest.raises(RequestRefusal) as excinfo:
             POLICY.lane_url("http", host)
-        assert _refusal(excinfo) == (400, BAD_HOST_MESSAGE)
+        assert _refusal(excinfo) == (400, BAD_HOST.message)
 
     def test_split_host(self) -> None:
         assert split_host("a.b:81") == ("a.b", 81)

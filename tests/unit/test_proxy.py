@@ -120,6 +120,7 @@ def test_pipelined_second_request_with_the_spent_token_gets_401() -> None:
             "message": "The token has already been used: ask for a new one.",
             "type": "authentication_error",
             "code": 401,
+            "reason": "token_spent",
         }
         assert len(h.upstream_requests) == 1
 
@@ -361,7 +362,9 @@ def test_token_refusals(name: str, make: Callable[[Harness], str | None], code: 
         token = make(h)
         response = await ask(h, chat_request(token))
         assert response.status == 401
-        assert response.json() == {"error": {"message": expected.message, "type": "authentication_error", "code": 401}}
+        assert response.json() == {
+            "error": {"message": expected.message, "type": "authentication_error", "code": 401, "reason": code}
+        }
         if token:
             assert token.encode() not in response.body
         assert h.upstream_requests == []
@@ -490,6 +493,7 @@ def test_broker_down_gives_502() -> None:
             "message": "The app is not reachable right now; it may be restarting.",
             "type": "server_error",
             "code": 502,
+            "reason": "app_unavailable",
         }
 
     run(scenario)

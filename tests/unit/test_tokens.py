@@ -528,7 +528,7 @@ def test_token_refusals_render_as_llama_server_401s(cls: type[TokenRefusal], cod
     refusal = cls()
     assert (refusal.status, refusal.code) == (401, code)
     assert json.loads(refusal.to_body()) == {
-        "error": {"message": refusal.message, "type": "authentication_error", "code": 401}
+        "error": {"message": refusal.message, "type": "authentication_error", "code": 401, "reason": code}
     }
     assert str(refusal) == refusal.message
     assert refusal.message.endswith(".")
@@ -542,28 +542,46 @@ def test_every_token_refusal_has_its_own_code_and_message() -> None:
 
 
 @pytest.mark.parametrize(
-    ("status", "kind"),
-    [(400, "invalid_request_error"), (403, "permission_error"), (404, "not_found_error"),
-     (405, "invalid_request_error"), (413, "invalid_request_error"), (415, "invalid_request_error")],
+    ("reason", "kind"),
+    [(refusals.BAD_QUERY, "invalid_request_error"), (refusals.SCOPE_MISMATCH, "permission_error"),
+     (refusals.NO_SUCH_ROUTE, "not_found_error"), (refusals.METHOD_NOT_ALLOWED, "invalid_request_error"),
+     (refusals.BODY_TOO_LARGE, "invalid_request_error"), (refusals.UNSUPPORTED_MEDIA_TYPE, "invalid_request_error")],
 )
-def test_request_refusals_carry_their_own_status_and_code(status: int, kind: str) -> None:
-    refusal = RequestRefusal(status, "route_not_granted", "The token does not allow this route.")
-    assert (refusal.status, refusal.code, refusal.message) == (status, "route_not_granted",
-                                                               "The token does not allow this route.")
-    assert refusal.to_body() == (
-        b'{"error":{"message":"The token does not allow this route.","type":"%s","code":%d}}' % (kind.encode(), status)
+def test_request_refusals_carry_their_reasons_status_and_code(reason: refusals.Reason, kind: str) -> None:
+    refusal = RequestRefusal(reason)
+    assert (refusal.status, refusal.code, refusal.message) == (reason.status, reason.code, reason.message)
+    assert refusal.to_body() == b'{"error":{"message":"%s","type":"%s","code":%d,"reason":"%s"}}' % (
+        reason.message.encode(), kind.encode(), reason.status, reason.code.encode()
     )
     assert isinstance(refusal, Refusal)
     assert not isinstance(refusal, TokenRefusal)
 
 
-@pytest.mark.parametrize("status", [200, 302, 401, 500, 502])
-def test_a_request_refusal_is_a_4xx_other_than_401(status: int) -> None:
+def test_a_variant_is_another_wording_of_the_same_code() -> None:
+    refusal = RequestRefusal(refusals.BAD_QUERY, "only", names="conv_id and from")
+    assert (refusal.status, refusal.code) == (400, "bad_query")
+    assert refusal.message == "This route takes only conv_id and from in its query."
+    with pytest.raises(KeyError):
+        RequestRefusal(refusals.BAD_QUERY, "no_such_variant")
+
+
+@pytest.mark.parametrize("reason", [refusals.INTERNAL_ERROR, refusals.UPSTREAM_UNAVAILABLE])
+def test_a_request_refusal_is_a_4xx(reason: refusals.Reason) -> None:
     with pytest.raises(ValueError, match="4xx"):
-        RequestRefusal(status, "x", "X.")
+        RequestRefusal(reason)
+
+
+def test_each_code_is_defined_once_with_a_safe_fixed_message() -> None:
+    assert {reason.code for reason in refusals.CATALOGUE.values()} == set(refusals.CATALOGUE)
+    for reason in refusals.CATALOGUE.values():
+        assert 400 <= reason.status <= 599
+        for template in (reason.message, *reason.variants.values()):
+            assert template.endswith(".") and "Traceback" not in template
+    with pytest.raises(ValueError, match="defined twice"):
+        refusals._reason(400, "bad_query", "Again.")
 
 
 def test_the_bases_cannot_be_raised_themselves() -> None:
-    for base in (Refusal, TokenRefusal):
+    for base in (Refusal, TokenRefusal, refusals.ServiceRefusal):
         with pytest.raises(TypeError, match="base class"):
             base()

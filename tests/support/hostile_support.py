@@ -25,9 +25,9 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from gate_fakes import AUDIENCE, ISSUER, MASTER_KEY, MODEL, Client, Harness, Response, running_gate
 from PIL import Image
+from refusal_bodies import error_body
 
 from broker.signing_keys import SigningKey
-from llama_direct.refusals import error_type
 
 CHAT_PATH = b"/direct/v1/chat/completions"
 CHAT = {"messages": [{"role": "user", "content": "hi"}], "stream": True}
@@ -191,10 +191,6 @@ class Case:
     cors: str | None = None
     """The Access-Control-Allow-Origin the refusal must carry (two-port mode), None: no CORS header."""
     closes: bool = False
-
-
-def error_body(status: int, message: str) -> dict[str, Any]:
-    return {"error": {"message": message, "type": error_type(status), "code": status}}
 
 
 def run_case(case: Case) -> None:
