@@ -62,7 +62,7 @@ from llama_direct.refusals import (
 from llama_direct.replay import Revocations
 from llama_direct.tokens import Grant, mint
 
-logger = logging.getLogger("broker")
+logger = logging.getLogger(__name__)
 
 HEALTH_INTERVAL_SECONDS = 0.5
 HEALTH_TIMEOUT_SECONDS = 1.0

@@ -26,7 +26,7 @@ from broker.app import BrokerCore, create_app, create_control_app
 from broker.settings import BrokerSettings, SettingsError, access_token_from_env
 from llama_direct.redaction import configure_logging
 
-logger = logging.getLogger("broker")
+logger = logging.getLogger(__name__)
 
 BACKLOG = 1024
 GRACEFUL_SHUTDOWN_SECONDS = 3

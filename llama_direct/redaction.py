@@ -87,8 +87,6 @@ def install() -> None:
     root.addHandler = add_handler  # type: ignore[method-assign]
 
 
-
-
 def configure_logging(level: int | None = None, *, process: str) -> None:
     """Structured key=value lines on stderr, scrubbed, for one of the project's processes.
 

@@ -30,3 +30,10 @@ class StartError(LauncherError):
         super().__init__(message)
         self.exit_code = exit_code
         self.last_lines = last_lines
+
+
+class NotListening(Exception):
+    """llama-server has no address or key right now (not started yet, or between two runs).
+
+    Not a `LauncherError`: the gate meets it on the request path and answers 502, nobody prints it.
+    """

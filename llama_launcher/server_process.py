@@ -20,13 +20,14 @@ from pathlib import Path
 import httpx
 
 from llama_direct.redaction import redact
-from llama_launcher.errors import StartError
+from llama_launcher.errors import NotListening, StartError
 from llama_launcher.master_key import MasterKey
 from llama_launcher.progress import Progress
 from llama_launcher.server_args import ListenAddress, ServerOptions, build_argv, parse_listening_line
 
-log = logging.getLogger("llama_direct.launcher")
-server_log = logging.getLogger("llama_server")
+log = logging.getLogger(__name__)
+server_log = logging.getLogger(f"{__name__}.llama_server")
+"""llama-server's own lines (with --verbose), apart from the launcher's."""
 
 PR_SET_PDEATHSIG = 1
 _LAST_LINES = 40
@@ -72,7 +73,7 @@ class LlamaServer:
     def address(self) -> str | tuple[str, int]:
         listen = self._address
         if listen is None:
-            raise RuntimeError("llama-server is not listening yet")
+            raise NotListening("llama-server is not listening yet")
         if listen.unix_path:
             return listen.unix_path
         assert listen.host is not None and listen.port is not None
@@ -81,7 +82,7 @@ class LlamaServer:
     def authorization(self) -> bytes:
         key = self._key
         if key is None:
-            raise RuntimeError("llama-server has not been started")
+            raise NotListening("llama-server has not been started")
         return key.authorization()
 
     def is_ready(self) -> bool:

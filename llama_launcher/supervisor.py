@@ -52,7 +52,7 @@ from llama_launcher.launch_spec import LaunchSpec
 from llama_launcher.paths import make_runtime_dir
 from llama_launcher.progress import Progress
 
-log = logging.getLogger("llama_direct.serve")
+log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
 

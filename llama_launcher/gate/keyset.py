@@ -21,7 +21,7 @@ import httpx
 from llama_direct.keys import PublicKeySet
 from llama_direct.replay import Revocations
 
-log = logging.getLogger("llama_direct.gate.keyset")
+log = logging.getLogger(__name__)
 
 UNKNOWN_KID_MIN_INTERVAL = 1.0
 PULL_TIMEOUT = 2.0

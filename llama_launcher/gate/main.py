@@ -26,7 +26,7 @@ from llama_launcher.gate.proxy import serve_gate
 from llama_launcher.launch_spec import LaunchSpec
 from llama_launcher.server_process import LlamaServer
 
-log = logging.getLogger("llama_direct.gate")
+log = logging.getLogger(__name__)
 
 
 

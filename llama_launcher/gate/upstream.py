@@ -20,6 +20,7 @@ from typing import Any, Protocol, TypeVar
 import httptools
 
 from llama_direct.refusals import Refusal, UpstreamTimeout, UpstreamUnavailable
+from llama_launcher.errors import NotListening
 
 P = TypeVar("P", bound=asyncio.BaseProtocol)
 
@@ -30,7 +31,8 @@ class Upstream(Protocol):
     """What the gate needs of a llama-server; the launcher's `LlamaServer` satisfies it.
 
     `address` and `authorization()` are read per request, so a respawned llama-server (new socket,
-    new key) is used from the next request on. `authorization()` returns the whole header value,
+    new key) is used from the next request on; both raise `NotListening` while there is none (the
+    gate answers 502). `authorization()` returns the whole header value,
     `b"Bearer <key>"`; nothing may log it.
     """
 
@@ -77,7 +79,7 @@ async def connect_upstream(
     """`connect` to wherever llama-server listens now; one not yet listening is unavailable."""
     try:
         address = upstream.address
-    except RuntimeError:
+    except NotListening:
         raise UpstreamUnavailable() from None
     return await connect(address, factory, timeout=timeout, ssl_context=upstream.ssl)
 
@@ -126,7 +128,7 @@ async def get_json(upstream: Upstream, path: str, *, timeout: float) -> tuple[in
     """GET a small JSON document from llama-server with the master key: (status, parsed body)."""
     try:
         authorization = upstream.authorization()
-    except RuntimeError:
+    except NotListening:
         raise UpstreamUnavailable() from None
     head = b"GET " + path.encode("ascii") + b" HTTP/1.1\r\nHost: " + upstream.host_header + b"\r\n"
     if authorization:

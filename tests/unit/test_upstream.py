@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from gate_fakes import FakeServer, Received, StaticUpstream, _json_response
 
+from llama_launcher.errors import NotListening
 from llama_launcher.gate.upstream import (
     UpstreamTimeout,
     UpstreamUnavailable,
@@ -70,10 +71,10 @@ def test_an_upstream_not_listening_yet_is_unavailable() -> None:
 
         @property
         def address(self) -> str:
-            raise RuntimeError("llama-server is not listening yet")
+            raise NotListening("llama-server is not listening yet")
 
         def authorization(self) -> bytes:
-            raise RuntimeError("llama-server has not been started")
+            raise NotListening("llama-server has not been started")
 
         def is_ready(self) -> bool:
             return False

@@ -1,0 +1,534 @@
+"""The request half: one client connection, its requests read and checked one at a time.
+
+The request half runs once per request (h11 plus `http1.check_raw_head`, the token, the scope, the
+body's shape, then one use of the token); then a `relay.Relay` carries the answer back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+import h11
+
+from llama_direct.refusals import (
+    BAD_BODY,
+    BAD_REQUEST,
+    BAD_TARGET,
+    BODY_TOO_LARGE,
+    HEAD_TOO_LARGE,
+    METHOD_NOT_ALLOWED,
+    NOT_FOUND,
+    ORIGIN_REQUIRED,
+    REQUEST_TIMEOUT,
+    UNEXPECTED_BODY,
+    BrokerUnavailable,
+    Refusal,
+    RequestRefusal,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    VersionNotSupported,
+)
+from llama_launcher.errors import NotListening
+from llama_launcher.gate.core import Gate
+from llama_launcher.gate.http1 import (
+    FORWARDING,
+    MAX_HEAD_BYTES,
+    Header,
+    check_raw_head,
+    connection_tokens,
+    cors_headers,
+    end_to_end,
+    find_head_end,
+    request_head,
+    simple_response,
+)
+from llama_launcher.gate.relay import DechunkingRelay, Relay
+from llama_launcher.gate.scope import RequestHead, Route, allowed_preflight, check_request
+from llama_launcher.gate.shaping import shape_chat_body
+from llama_launcher.gate.upstream import (
+    Upstream,
+    connect,
+    connect_upstream,
+)
+
+log = logging.getLogger(__name__)
+
+PIPELINE_LIMIT = 64 * 1024
+"""Bytes of a next request buffered while a response is still running; reading pauses beyond."""
+
+SHAPE_IN_THREAD_BYTES = 256 * 1024
+"""Bodies above this (images) are shaped off the event loop, so decoding them stalls no stream."""
+
+_HEAD, _BODY, _BUSY, _CLOSED = range(4)
+
+
+@dataclass(frozen=True)
+class Listener:
+    """What one listening socket serves."""
+
+    lane: bool = True
+    broker: bool = False
+    health: bool = False
+    cors: bool = False
+    tls: bool = False
+
+
+def _content_length(request: h11.Request) -> int | None:
+    for name, value in request.headers:
+        if name == b"content-length":
+            return int(value)
+    return None
+
+
+class ClientConnection(asyncio.Protocol):
+    """One client connection: reads requests one at a time, and writes what answers them."""
+
+    __slots__ = (
+        "body",
+        "body_waiter",
+        "buf",
+        "close_after",
+        "gate",
+        "h11",
+        "http10",
+        "listener",
+        "origin",
+        "paused",
+        "peer",
+        "relay",
+        "scanned",
+        "sent_head",
+        "state",
+        "task",
+        "timer",
+        "transport",
+        "write_paused",
+    )
+
+    def __init__(self, gate: Gate, listener: Listener) -> None:
+        self.gate = gate
+        self.listener = listener
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.peer: str | None = None
+        self.state = _HEAD
+        self.buf = bytearray()
+        self.scanned = 0
+        self.h11: h11.Connection | None = None
+        self.body = bytearray()
+        self.body_waiter: asyncio.Future[bytes] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.relay: Relay | None = None
+        self.close_after = False
+        self.http10 = False
+        self.origin: str | None = None
+        self.paused = False
+        self.sent_head = False
+        self.write_paused = False
+
+    # -- asyncio callbacks -----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0] if isinstance(peer, tuple) and peer else None
+        self.gate.connections.add(self)
+        self._arm(self.gate.config.head_timeout, self._on_head_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        state = self.state
+        if state == _BODY:
+            self._arm(self.gate.config.body_timeout, self._on_body_timeout)
+            self.h11.receive_data(data)  # type: ignore[union-attr]
+            self._drain_body()
+            return
+        self.buf += data
+        if state == _HEAD:
+            self._read_head()
+        elif state == _BUSY and len(self.buf) > PIPELINE_LIMIT and not self.paused:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        """A client that stops sending is gone: browsers never half-close a request."""
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.state = _CLOSED
+        self.gate.connections.discard(self)
+        self._cancel_timer()
+        if self.task is not None:
+            self.task.cancel()
+            self.task = None
+        relay = self.relay
+        if relay is not None:
+            self.relay = None
+            relay.detach()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self.relay is not None:
+            self.relay.pause()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.relay is not None:
+            self.relay.resume()
+
+    # -- the request head ------------------------------------------------------------------
+
+    def _read_head(self) -> None:
+        buf = self.buf
+        while not self.scanned and buf.startswith(b"\r\n"):  # RFC 9112 2.2: stray CRLFs between requests
+            del buf[:2]
+        try:
+            end = find_head_end(buf, self.scanned)
+            if end < 0:
+                self.scanned = len(buf)
+                return
+            check_raw_head(bytes(buf[:end]))
+            conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
+            conn.receive_data(bytes(buf))
+            event = conn.next_event()
+        except Refusal as refusal:
+            self._refuse(refusal, close=True)
+            return
+        except h11.RemoteProtocolError as error:
+            status = error.error_status_hint if 400 <= error.error_status_hint < 500 else 400
+            reason = HEAD_TOO_LARGE if status == HEAD_TOO_LARGE.status else BAD_REQUEST
+            self._refuse(RequestRefusal(reason), close=True)
+            return
+        buf.clear()
+        self.scanned = 0
+        self._cancel_timer()
+        if not isinstance(event, h11.Request):
+            self._refuse(RequestRefusal(BAD_REQUEST), close=True)
+            return
+        self.h11 = conn
+        self._start(event)
+
+    def _start(self, request: h11.Request) -> None:
+        """Route one parsed request head; refusals that need no token are answered here."""
+        if request.http_version not in (b"1.1", b"1.0"):
+            self._refuse(VersionNotSupported(), close=True)
+            return
+        self.http10 = request.http_version == b"1.0"
+        self.close_after = self.http10 or b"close" in connection_tokens(request.headers)
+        self.origin = next((v.decode("latin-1") for n, v in request.headers if n == b"origin"), None)
+        self.state = _BODY
+        self.body = bytearray()
+        if request.method == b"CONNECT":
+            self._refuse(RequestRefusal(METHOD_NOT_ALLOWED, "connect"), close=True)
+            return
+        if not request.target.startswith(b"/"):
+            self._refuse(RequestRefusal(BAD_TARGET), close=True)
+            return
+        length = _content_length(request)
+        if length is not None and length > self.gate.config.max_body_bytes:
+            self._refuse(RequestRefusal(BODY_TOO_LARGE), close=True)
+            return
+        self._drain_body()
+        if self.state == _CLOSED:
+            return
+        listener = self.listener
+        target = request.target
+        if listener.lane and target.startswith(self.gate.lane_prefix):
+            if listener.cors and request.method == b"OPTIONS":
+                self._run(self._serve_preflight(request))
+            else:
+                self._run(self._serve_lane(request))
+        elif listener.health and target == b"/health" and request.method in (b"GET", b"HEAD"):
+            self._run(self._serve_health(request.method == b"HEAD"))
+        elif listener.broker:
+            self._run(self._serve_broker(request))
+        else:
+            self._refuse(RequestRefusal(NOT_FOUND))
+
+    def _run(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        self.task = asyncio.get_running_loop().create_task(coroutine)
+
+    # -- the request body ------------------------------------------------------------------
+
+    def _drain_body(self) -> None:
+        conn = self.h11
+        assert conn is not None
+        limit = self.gate.config.max_body_bytes
+        try:
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    return
+                if type(event) is h11.Data:
+                    self.body += event.data
+                    if len(self.body) > limit:
+                        self._fail(RequestRefusal(BODY_TOO_LARGE))
+                        return
+                elif type(event) is h11.EndOfMessage:
+                    break
+        except h11.RemoteProtocolError:
+            self._fail(RequestRefusal(BAD_BODY))
+            return
+        self.buf = bytearray(conn.trailing_data[0])
+        self.h11 = None
+        self.state = _BUSY
+        self._cancel_timer()
+        waiter = self.body_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(self._take_body())
+
+    def _take_body(self) -> bytes:
+        """The whole body, released here: a held stream must not keep a 20 MB upload alive."""
+        body, self.body = bytes(self.body), bytearray()
+        return body
+
+    async def _read_body(self) -> bytes:
+        if self.state != _BODY:
+            return self._take_body()
+        conn = self.h11
+        assert conn is not None
+        if conn.they_are_waiting_for_100_continue:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        self.body_waiter = asyncio.get_running_loop().create_future()
+        self._arm(self.gate.config.body_timeout, self._on_body_timeout)
+        try:
+            return await self.body_waiter
+        finally:
+            self.body_waiter = None
+
+    # -- what answers a request ------------------------------------------------------------
+
+    async def _serve_lane(self, request: h11.Request) -> None:
+        gate = self.gate
+        head = RequestHead(request.method.decode("ascii"), request.target, list(request.headers))
+        relay: Relay | None = None
+        try:
+            claims = await gate.authorize(head)
+            route = check_request(head, claims, lane_prefix=gate.config.lane_prefix)
+            body = await self._read_body()
+            if route.kind == "chat":
+                await gate.health.ensure_props()
+                if len(body) > SHAPE_IN_THREAD_BYTES:
+                    body = await asyncio.to_thread(shape_chat_body, body, claims.grant, gate.policy)
+                else:
+                    body = shape_chat_body(body, claims.grant, gate.policy)
+            elif body:
+                raise RequestRefusal(UNEXPECTED_BODY)
+            cors = claims.grant.origin if self.listener.cors else None
+            transport, relay = await connect_upstream(
+                gate.upstream, lambda: self._relay(request, cors, strip_cors=True),
+                timeout=gate.config.connect_timeout,
+            )
+            upstream_head = _lane_request(gate.upstream, route, body)
+            gate.spend(claims)
+            self._hand_over(transport, relay, upstream_head + body)
+            relay = None
+        except Refusal as refusal:
+            self._refuse(refusal)
+        finally:
+            if relay is not None:
+                relay.detach()
+
+    async def _serve_broker(self, request: h11.Request) -> None:
+        relay: Relay | None = None
+        try:
+            body = await self._read_body()
+            try:
+                transport, relay = await connect(
+                    self.gate.config.broker_socket,
+                    lambda: self._relay(request, None, strip_cors=False),
+                    timeout=self.gate.config.connect_timeout,
+                )
+            except (UpstreamUnavailable, UpstreamTimeout):
+                raise BrokerUnavailable() from None
+            self._hand_over(transport, relay, self._broker_request(request, body) + body)
+            relay = None
+        except Refusal as refusal:
+            self._refuse(refusal)
+        finally:
+            if relay is not None:
+                relay.detach()
+
+    async def _serve_health(self, head_only: bool) -> None:
+        body = json.dumps(await self.gate.health.snapshot(), separators=(",", ":")).encode()
+        response = simple_response(200, body, close=self._closing())
+        self._answer(response[: len(response) - len(body)] if head_only else response)
+
+    async def _serve_preflight(self, request: h11.Request) -> None:
+        headers = {name.decode("ascii"): value.decode("latin-1") for name, value in request.headers}
+        origin = headers.get("origin")
+        if origin is None:
+            self._refuse(RequestRefusal(ORIGIN_REQUIRED, "preflight"))
+            return
+        answer = allowed_preflight(
+            origin,
+            self.gate.allowed_origins,
+            headers.get("access-control-request-method"),
+            headers.get("access-control-request-headers"),
+        )
+        if isinstance(answer, Refusal):
+            self._refuse(answer)
+        else:
+            self._answer(simple_response(204, b"", answer, close=self._closing()))
+
+    def _broker_request(self, request: h11.Request, body: bytes) -> bytes:
+        """The client's request as the broker receives it: its own headers, plus forwarding ones."""
+        dropped = FORWARDING | {b"content-length", b"expect"}
+        headers = [(n, v) for n, v in end_to_end(request.headers.raw_items()) if n.lower() not in dropped]
+        if self.peer is not None:
+            headers.append((b"X-Forwarded-For", self.peer.encode("ascii")))
+        headers.append((b"X-Forwarded-Proto", b"https" if self.listener.tls else b"http"))
+        if body or request.method not in (b"GET", b"HEAD", b"DELETE", b"OPTIONS"):
+            headers.append((b"Content-Length", str(len(body)).encode()))
+        headers.append((b"Connection", b"close"))
+        return request_head(request.method, request.target, headers)
+
+    def _relay(self, request: h11.Request, cors: str | None, *, strip_cors: bool) -> Relay:
+        factory = DechunkingRelay if self.http10 else Relay
+        return factory(self, cors, strip_cors=strip_cors, head_only=request.method == b"HEAD")
+
+    def _hand_over(self, transport: asyncio.Transport, relay: Relay, data: bytes) -> None:
+        """From here on the response half runs in callbacks: the task is done with this request."""
+        self.relay = relay
+        self.task = None
+        transport.write(data)
+        relay.arm(self.gate.config.upstream_head_timeout)
+        if self.write_paused:
+            relay.pause()
+
+    # -- responses and the connection's life ------------------------------------------------
+
+    def _closing(self) -> bool:
+        """Whether this answer ends the connection: asked for, HTTP/1.0, or a body left unread."""
+        return self.close_after or self.state == _BODY
+
+    def _refuse(self, refusal: Refusal, *, close: bool = False) -> None:
+        if self.state == _CLOSED:
+            return
+        if self.sent_head:
+            self._close()
+            return
+        log.debug("refused status=%d code=%s", refusal.status, refusal.code)
+        headers: list[Header] = []
+        if self.listener.cors and self.origin in self.gate.allowed_origins:
+            headers = cors_headers(self.origin)  # type: ignore[arg-type]
+        close = close or self._closing()
+        self.transport.write(simple_response(refusal.status, refusal.to_body(), headers, close=close))
+        self.task = None
+        if close:
+            self._close()
+        else:
+            self._next_request()
+
+    def _fail(self, refusal: Refusal) -> None:
+        """The body cannot be read on: answer, stop any work on this request, and close."""
+        if self.task is not None:
+            self.task.cancel()
+            self.task = None
+        self._refuse(refusal, close=True)
+
+    def _answer(self, response: bytes) -> None:
+        self.transport.write(response)
+        self.task = None
+        if self._closing():
+            self._close()
+        else:
+            self._next_request()
+
+    def relay_head(self, head: bytes) -> None:
+        self.sent_head = True
+        self.transport.write(head)
+
+    def relay_done(self, close: bool) -> None:
+        self.relay = None
+        if close or self.close_after:
+            self._close()
+        else:
+            self._next_request()
+
+    def relay_failed(self, refusal: Refusal) -> None:
+        """Upstream went away or timed out: an error before the head, a truncated stream after it."""
+        self.relay = None
+        if self.sent_head:
+            self._close()
+        else:
+            self._refuse(refusal)
+
+    def _next_request(self) -> None:
+        self.state = _HEAD
+        self.sent_head = False
+        self.origin = None
+        self.body = bytearray()
+        if self.paused:
+            self.paused = False
+            self.transport.resume_reading()
+        self._arm(self.gate.config.head_timeout, self._on_head_timeout)
+        if self.buf:
+            asyncio.get_running_loop().call_soon(self._continue)
+
+    def _continue(self) -> None:
+        if self.state == _HEAD and self.buf:
+            self._read_head()
+
+    def _close(self) -> None:
+        if self.state == _CLOSED:
+            return
+        self.state = _CLOSED
+        self._cancel_timer()
+        self.transport.close()
+
+    def shutdown(self) -> None:
+        """The gate is stopping: drop this connection and its upstream at once."""
+        if self.task is not None:
+            self.task.cancel()
+        relay, self.relay = self.relay, None
+        if relay is not None:
+            relay.detach()
+        self.transport.abort()
+
+    def _arm(self, delay: float, callback: Any) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = asyncio.get_running_loop().call_later(delay, callback)
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _on_head_timeout(self) -> None:
+        self.timer = None
+        if self.state != _HEAD:
+            return
+        if self.buf:
+            self._refuse(RequestRefusal(REQUEST_TIMEOUT), close=True)
+        else:
+            self._close()
+
+    def _on_body_timeout(self) -> None:
+        self.timer = None
+        if self.state == _BODY:
+            self._fail(RequestRefusal(REQUEST_TIMEOUT))
+
+
+def _lane_request(upstream: Upstream, route: Route, body: bytes) -> bytes:
+    """llama-server's request, built from scratch: nothing of the client's head travels but the route."""
+    try:
+        authorization = upstream.authorization()
+    except NotListening:
+        raise UpstreamUnavailable() from None
+    headers: list[Header] = [(b"Host", upstream.host_header)]
+    if authorization:  # an attached llama-server may run without a key
+        headers.append((b"Authorization", authorization))
+    if route.kind == "chat":
+        headers.append((b"Content-Type", b"application/json"))
+        if route.conversation_id is not None:
+            headers.append((b"X-Conversation-Id", route.conversation_id.encode("ascii")))
+    if body or route.method == "POST":
+        headers.append((b"Content-Length", str(len(body)).encode()))
+    headers.append((b"Connection", b"close"))
+    return request_head(route.method.encode("ascii"), route.upstream_target.encode("ascii"), headers)

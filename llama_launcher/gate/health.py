@@ -1,0 +1,98 @@
+"""llama-server's state as the gate reports it on `GET /health`: ready, slots and whether it reads images."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import math
+import time
+from typing import Any
+
+from llama_direct.refusals import (
+    Refusal,
+)
+from llama_launcher.errors import NotListening
+from llama_launcher.gate.upstream import (
+    Upstream,
+    get_json,
+)
+
+HEALTH_INTERVAL = 0.5
+HEALTH_TIMEOUT = 2.0
+PROPS_RETRY = 5.0
+
+
+class Health:
+    """llama-server's state as `/health` reports it, asked at most every 0.5 s; `/props` once per start.
+
+    A respawned llama-server has a new key, so the key's digest tells whether `/props` (and so
+    `vision`) belongs to the llama-server running now. A failed read is retried at most every
+    `PROPS_RETRY` seconds, so a llama-server without `/props` does not cost every chat a round trip.
+    """
+
+    def __init__(self, upstream: Upstream, model: str) -> None:
+        self.upstream = upstream
+        self.model = model
+        self.vision = False
+        self._props_for: bytes | None = None
+        self._props_failed_at = -math.inf
+        self._props_task: asyncio.Task[None] | None = None
+        self._snapshot: dict[str, Any] | None = None
+        self._snapshot_at = -math.inf
+        self._snapshot_task: asyncio.Task[dict[str, Any]] | None = None
+
+    async def snapshot(self) -> dict[str, Any]:
+        if time.monotonic() - self._snapshot_at < HEALTH_INTERVAL and self._snapshot is not None:
+            return self._snapshot
+        if self._snapshot_task is None or self._snapshot_task.done():
+            self._snapshot_task = asyncio.ensure_future(self._query())
+        return await asyncio.shield(self._snapshot_task)
+
+    async def ensure_props(self) -> None:
+        """Learn `vision` from `/props` unless it was read from the llama-server running now."""
+        digest = self._key_digest()
+        if digest is None or digest == self._props_for:
+            return
+        if time.monotonic() - self._props_failed_at < PROPS_RETRY:
+            return
+        if self._props_task is None or self._props_task.done():
+            self._props_task = asyncio.ensure_future(self._read_props(digest))
+        await asyncio.shield(self._props_task)
+
+    def _key_digest(self) -> bytes | None:
+        try:
+            return hashlib.sha256(self.upstream.authorization()).digest()
+        except NotListening:
+            return None
+
+    async def _read_props(self, digest: bytes) -> None:
+        try:
+            status, props = await get_json(self.upstream, "/props", timeout=HEALTH_TIMEOUT)
+        except Refusal:
+            status, props = 0, None
+        if status == 200 and isinstance(props, dict):
+            modalities = props.get("modalities")
+            self.vision = isinstance(modalities, dict) and modalities.get("vision") is True
+            self._props_for = digest
+        else:
+            self._props_failed_at = time.monotonic()
+
+    async def _query(self) -> dict[str, Any]:
+        ready = False
+        slots: dict[str, int | None] = {"total": None, "busy": None}
+        if self.upstream.is_ready():
+            with contextlib.suppress(Refusal):
+                status, _ = await get_json(self.upstream, "/health", timeout=HEALTH_TIMEOUT)
+                ready = status == 200
+        if ready:
+            with contextlib.suppress(Refusal):
+                status, found = await get_json(self.upstream, "/slots", timeout=HEALTH_TIMEOUT)
+                if status == 200 and isinstance(found, list):
+                    busy = sum(1 for slot in found if isinstance(slot, dict) and slot.get("is_processing"))
+                    slots = {"total": len(found), "busy": busy}
+            await self.ensure_props()
+        snapshot = {"gate": "ok", "model_ready": ready, "model": self.model, "vision": self.vision,
+                    "slots": slots}
+        self._snapshot, self._snapshot_at = snapshot, time.monotonic()
+        return snapshot

@@ -1,0 +1,241 @@
+"""The response half of a lane or broker request: the upstream's answer relayed to the client as read.
+
+This is the hot path: the upstream response head is parsed and rewritten (CORS, hop-by-hop), then
+every body read is written to the client as it arrived, framing included, while httptools' C parser
+is fed the same bytes with no Python callback per chunk, only to notice where the message ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import ClassVar, Protocol
+
+import httptools
+
+from llama_direct.refusals import (
+    Refusal,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from llama_launcher.gate.http1 import (
+    HOP_BY_HOP,
+    MAX_HEAD_BYTES,
+    Header,
+    cors_headers,
+    response_head,
+)
+
+
+class RelayClient(Protocol):
+    """The client side a relay writes to (`connection.RelayClient`)."""
+
+    transport: asyncio.Transport
+    http10: bool
+    close_after: bool
+
+    def relay_head(self, head: bytes) -> None: ...
+
+    def relay_done(self, close: bool) -> None: ...
+
+    def relay_failed(self, refusal: Refusal) -> None: ...
+
+
+_RESPONSE_DROPPED = HOP_BY_HOP - {b"transfer-encoding"}
+
+
+class Relay(asyncio.Protocol):
+    """One upstream connection: rewrites the response head, then passes body bytes through as read.
+
+    `parser` sees every byte only to notice the end of the message: llhttp in C, with no `on_body`,
+    so no Python call per chunk. The client gets the upstream framing as it is, so every byte after
+    the head is the upstream's byte.
+    """
+
+    __slots__ = (
+        "client",
+        "complete",
+        "cors",
+        "head",
+        "head_only",
+        "headers",
+        "parser",
+        "reason",
+        "strip_cors",
+        "timer",
+        "transport",
+        "until_eof",
+    )
+
+    PASS_THROUGH: ClassVar[bool] = True
+    """Whether body bytes go to the client as read, framing included (False: `on_body` writes them)."""
+
+    def __init__(self, client: RelayClient, cors: str | None, *, strip_cors: bool, head_only: bool) -> None:
+        self.client: RelayClient | None = client
+        self.cors = cors
+        self.strip_cors = strip_cors
+        self.head_only = head_only
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.head: bytearray | None = bytearray()
+        self.headers: list[Header] | None = []
+        self.reason = b""
+        self.complete = False
+        self.until_eof = False
+        self.timer: asyncio.TimerHandle | None = None
+        self.parser = httptools.HttpResponseParser(self)
+
+    # httptools callbacks: the head, and the message's end
+
+    def on_status(self, reason: bytes) -> None:
+        self.reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.headers is not None:
+            self.headers.append((name, value))
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+    # asyncio callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        client = self.client
+        if client is None:
+            return
+        if self.head is not None:
+            self._head_received(client, data)
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self._fail(UpstreamUnavailable())
+            return
+        if self.PASS_THROUGH:
+            client.transport.write(data)
+        if self.complete:
+            self._done(client)
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        client = self.client
+        if client is None:
+            return
+        self.client = None
+        self._cancel_timer()
+        if self.head is None and self.until_eof:
+            client.relay_done(close=True)
+        else:
+            client.relay_failed(UpstreamUnavailable())
+
+    # the client's side
+
+    def arm(self, timeout: float) -> None:
+        self.timer = asyncio.get_running_loop().call_later(timeout, self._on_timeout)
+
+    def detach(self) -> None:
+        """The client is gone: close upstream now, so llama-server stops generating."""
+        self.client = None
+        self._cancel_timer()
+        self.transport.abort()
+
+    def pause(self) -> None:
+        if not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    # internals
+
+    def _head_received(self, client: RelayClient, data: bytes) -> None:
+        head = self.head
+        assert head is not None
+        head += data
+        end = head.find(b"\r\n\r\n")
+        if end < 0:
+            if len(head) > MAX_HEAD_BYTES:
+                self._fail(UpstreamUnavailable())
+            return
+        end += 4
+        raw = bytes(head)
+        self.head = None
+        self._cancel_timer()
+        try:
+            self.parser.feed_data(raw[:end])
+        except httptools.HttpParserError:
+            self._fail(UpstreamUnavailable())
+            return
+        status = self.parser.get_status_code()
+        headers, self.headers = self.headers or [], None
+        if status < 200:
+            self._fail(UpstreamUnavailable())
+            return
+        client.relay_head(self._client_head(client, status, headers))
+        if self.head_only or status in (204, 304):
+            self._done(client)
+        elif end < len(raw):
+            self.data_received(raw[end:])
+        elif self.complete:
+            self._done(client)
+
+    def _client_head(self, client: RelayClient, status: int, headers: list[Header]) -> bytes:
+        """The upstream head, minus hop-by-hop headers and llama-server's any-origin CORS."""
+        framed = any(name.lower() in (b"content-length", b"transfer-encoding") for name, _ in headers)
+        self.until_eof = not framed and not self.head_only and status not in (204, 304)
+        dechunk = client.http10
+        kept = [
+            (name, value)
+            for name, value in headers
+            if name.lower() not in _RESPONSE_DROPPED
+            and not (self.strip_cors and name.lower().startswith(b"access-control-"))
+            and not (dechunk and name.lower() == b"transfer-encoding")
+        ]
+        if self.cors is not None:
+            kept.extend(cors_headers(self.cors))
+        if self.until_eof or client.close_after:
+            kept.append((b"Connection", b"close"))
+        return response_head(status, self.reason or b"OK", kept)
+
+    def _done(self, client: RelayClient) -> None:
+        self.client = None
+        self._cancel_timer()
+        self.transport.abort()
+        client.relay_done(close=self.until_eof)
+
+    def _fail(self, refusal: Refusal) -> None:
+        client, self.client = self.client, None
+        self._cancel_timer()
+        self.transport.abort()
+        if client is not None:
+            client.relay_failed(refusal)
+
+    def _on_timeout(self) -> None:
+        self.timer = None
+        if self.head is not None:
+            self._fail(UpstreamTimeout())
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+
+class DechunkingRelay(Relay):
+    """For an HTTP/1.0 client, which cannot read chunked framing: body bytes go out unframed.
+
+    Defining `on_body` makes httptools call it per chunk, a cost only these clients pay; the
+    answer is close-delimited (`close_after` is always set for HTTP/1.0).
+    """
+
+    __slots__ = ()
+    PASS_THROUGH = False
+
+    def on_body(self, data: bytes) -> None:
+        client = self.client
+        if client is not None:
+            client.transport.write(data)
