@@ -22,7 +22,8 @@ from pathlib import Path
 import uvicorn
 from fastapi import FastAPI
 
-from broker.app import BrokerCore, create_app, create_control_app
+from broker.app import create_app, create_control_app
+from broker.core import BrokerCore
 from broker.settings import BrokerSettings, SettingsError, access_token_from_env
 from llama_direct.redaction import configure_logging
 

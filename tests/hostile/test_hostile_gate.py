@@ -41,7 +41,8 @@ from hostile_support import (
     unsigned,
 )
 
-from broker.app import BrokerCore, create_app
+from broker.app import create_app
+from broker.core import BrokerCore
 from broker.sessions import COOKIE_NAME, AccessTokens
 from broker.settings import BrokerSettings
 from broker.signing_keys import SigningKey

@@ -24,8 +24,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi.testclient import TestClient
 from refusal_bodies import reason_for
 
-import broker.app as broker_app
-from broker.app import BrokerCore, create_app, create_control_app
+import broker.static as broker_static
+from broker.app import create_app, create_control_app
+from broker.core import BrokerCore
 from broker.negotiation import GateHealth
 from broker.sessions import COOKIE_NAME
 from broker.settings import (
@@ -37,6 +38,7 @@ from broker.settings import (
     direct_stream_enabled,
 )
 from broker.signing_keys import KeyRing
+from broker.static import static_file
 from llama_direct.ids import load_or_create_ids
 from llama_direct.refusals import CONVERSATION_NOT_OWNED, UNKNOWN_OPTION
 from llama_direct.replay import Revocations
@@ -121,7 +123,7 @@ def _lane_on(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     (static / "app.js").write_text("console.log('page')")
     (static / "assets").mkdir()
     (static / "assets" / "app.css").write_text("body{}")
-    monkeypatch.setattr(broker_app, "_static_root", lambda: static)
+    monkeypatch.setattr(broker_static, "_static_root", lambda: static)
 
 
 @dataclass
@@ -211,7 +213,7 @@ class TestLogin:
 
     def test_a_missing_build_says_how_to_build(self, h: Harness, monkeypatch: pytest.MonkeyPatch,
                                                tmp_path: Path) -> None:
-        monkeypatch.setattr(broker_app, "_static_root", lambda: tmp_path / "nothing")
+        monkeypatch.setattr(broker_static, "_static_root", lambda: tmp_path / "nothing")
         h.login()
         answer = h.client.get("/")
         assert answer.status_code == 200
@@ -241,8 +243,8 @@ class TestStatic:
         assert answer.json() == _error("Not found.", 404, "not_found_error")
 
     def test_segments_are_plain(self) -> None:
-        assert broker_app._static_file("../app.py") is None
-        assert broker_app._static_file("assets//app.css") is None
+        assert static_file("../app.py") is None
+        assert static_file("assets//app.css") is None
 
 
 class TestNegotiation:

@@ -1,0 +1,144 @@
+"""Who is asking: the login, the session cookie or the access token, the origin check and the rate limit."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from fastapi import Request
+from fastapi.responses import Response
+
+from broker.core import BrokerCore
+from broker.responses import (
+    NO_STORE,
+)
+from broker.sessions import COOKIE_NAME
+from broker.settings import normalise_origin
+from llama_direct.redaction import register_secret
+from llama_direct.refusals import (
+    BAD_ACCESS_TOKEN,
+    LOGIN_REQUIRED,
+    ORIGIN_NOT_ALLOWED,
+    RateLimited,
+    RequestRefusal,
+)
+
+logger = logging.getLogger(__name__)
+
+
+LOGIN_PAGE = (
+    "<!doctype html><meta charset=utf-8><title>llama-direct: log in</title>"
+    "<p>Log in first: open the login link that llama-direct printed when it started.</p>"
+)
+BAD_LOGIN_PAGE = (
+    "<!doctype html><meta charset=utf-8><title>llama-direct: log in</title>"
+    "<p>That login link is not valid. Use the one llama-direct printed when it started.</p>"
+)
+
+
+@dataclass(frozen=True)
+class Caller:
+    user: str
+    session_id: str | None
+    """Set when the session cookie (not a bearer token) identified the caller."""
+
+    @property
+    def via_cookie(self) -> bool:
+        return self.session_id is not None
+
+
+def login(core: BrokerCore, request: Request) -> Response:
+    """Trade the access token for a session, then send the browser on, so the token leaves the address bar."""
+    user = core.access.user_for(request.query_params.get("token"))
+    if user is None:
+        if wants_html(request):
+            return Response(BAD_LOGIN_PAGE, status_code=401, media_type="text/html", headers=NO_STORE)
+        raise RequestRefusal(BAD_ACCESS_TOKEN)
+    core.sessions.drop(request.cookies.get(COOKIE_NAME))
+    session_id = core.sessions.create(user)
+    register_secret(session_id)
+    logger.info("event=login user=%s", user)
+    headers = {
+        "Location": "./",
+        "Cache-Control": "no-store",
+        "Set-Cookie": session_cookie(session_id, secure=request_scheme(request) == "https"),
+    }
+    return Response(status_code=303, headers=headers)
+
+
+def session_cookie(value: str, *, secure: bool, max_age: int | None = None) -> str:
+    parts = [f"{COOKIE_NAME}={value}", "HttpOnly", "SameSite=Strict", "Path=/"]
+    if max_age is not None:
+        parts.append(f"Max-Age={max_age}")
+    if secure:
+        parts.append("Secure")
+    return "; ".join(parts)
+
+
+def caller_or_none(core: BrokerCore, request: Request) -> Caller | None:
+    """The bearer access token when one is sent (a wrong one is refused, not ignored), else the cookie."""
+    authorization = request.headers.get("authorization")
+    if authorization is not None:
+        scheme, _, value = authorization.partition(" ")
+        user = core.access.user_for(value.strip()) if scheme.lower() == "bearer" else None
+        if user is None:
+            raise RequestRefusal(BAD_ACCESS_TOKEN)
+        return Caller(user=user, session_id=None)
+    session_id = request.cookies.get(COOKIE_NAME)
+    user = core.sessions.user_for(session_id)
+    return Caller(user=user, session_id=session_id) if user is not None else None
+
+
+def require_caller(core: BrokerCore, request: Request) -> Caller:
+    caller = caller_or_none(core, request)
+    if caller is None:
+        raise RequestRefusal(LOGIN_REQUIRED)
+    return caller
+
+
+def grant_origin(core: BrokerCore, request: Request, caller: Caller) -> str | None:
+    """The origin the token will be bound to.
+
+    A cookie-carrying request must come from the app itself or an allowed origin. Browsers send no
+    `Origin` on a same-origin GET; then `Sec-Fetch-Site: same-origin` names the page's own origin,
+    which the lane request will carry.
+    """
+    origin = request.headers.get("origin")
+    if not caller.via_cookie:
+        return origin
+    app_origin = core.policy.app_origin(request_scheme(request), request.headers.get("host", ""))
+    if origin is None:
+        fetch_site = request.headers.get("sec-fetch-site")
+        if fetch_site == "same-origin":
+            return app_origin
+        if fetch_site not in (None, "none"):
+            raise RequestRefusal(ORIGIN_NOT_ALLOWED)
+        return None
+    normalised = normalise_origin(origin)
+    if normalised is None or (normalised != app_origin and normalised not in core.allowed_origins):
+        raise RequestRefusal(ORIGIN_NOT_ALLOWED)
+    return origin
+
+
+def check_cookie_origin(core: BrokerCore, request: Request, caller: Caller) -> None:
+    grant_origin(core, request, caller)
+
+
+def rate_limit(core: BrokerCore, user: str, now: float) -> None:
+    retry_after = core.limiter.acquire(user, now)
+    if retry_after:
+        raise RateLimited(retry_after)
+
+
+def request_scheme(request: Request) -> str:
+    """The scheme the browser used: the gate says so in `X-Forwarded-Proto`, trusted on this socket."""
+    forwarded = request.headers.get("x-forwarded-proto")
+    if forwarded is not None:
+        scheme = forwarded.split(",", 1)[0].strip().lower()
+        if scheme in ("http", "https"):
+            return scheme
+    return request.url.scheme
+
+
+def wants_html(request: Request) -> bool:
+    return "text/html" in request.headers.get("accept", "")

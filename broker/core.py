@@ -1,0 +1,101 @@
+"""The broker's in-memory state: settings, ids, keys, sessions, conversations and the gate link."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+
+import httpx
+
+from broker.gate_link import GateLink
+from broker.negotiation import (
+    Conversations,
+    Issuer,
+    Policy,
+)
+from broker.sessions import AccessTokens, RateLimiter, SessionStore
+from broker.settings import BrokerSettings, SettingsError, direct_stream_enabled, normalise_origin
+from broker.signing_keys import KeyFileError, KeyRing
+from llama_direct.ids import Ids, load_or_create_ids
+from llama_direct.redaction import register_secret
+from llama_direct.replay import Revocations
+
+logger = logging.getLogger(__name__)
+
+
+def _keyring(settings: BrokerSettings, now: float) -> KeyRing:
+    """The configured key file (its own algorithm wins), else the keys dir, made at first start."""
+    if settings.signing_key_file is None:
+        keyring = KeyRing(settings.data_dir / "keys", settings.algorithm)
+        keyring.load_or_create(now)
+        return keyring
+    try:
+        return KeyRing.from_pem_file(settings.signing_key_file)
+    except FileNotFoundError:
+        raise SettingsError("signing_key_file does not exist") from None
+    except PermissionError:
+        raise SettingsError("signing_key_file cannot be read by the broker") from None
+    except IsADirectoryError:
+        raise SettingsError("signing_key_file is a directory") from None
+    except KeyFileError as error:
+        raise SettingsError(f"signing_key_file: {error}") from None
+
+
+class BrokerCore:
+    """This process's state, shared by the public and the control app."""
+
+    def __init__(
+        self,
+        settings: BrokerSettings,
+        access_token: str,
+        *,
+        keyring: KeyRing | None = None,
+        clock: Callable[[], float] = time.time,
+        ids: Ids | None = None,
+        gate_transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        register_secret(access_token)
+        self.settings = settings
+        self.clock = clock
+        self.access = AccessTokens.single(access_token)
+        self.sessions = SessionStore()
+        self.limiter = RateLimiter(settings.rate_per_minute, settings.burst)
+        self.revocations = Revocations()
+        self.policy = Policy.from_settings(settings)
+        self.ids = ids or load_or_create_ids(settings.data_dir)
+        if keyring is None:
+            keyring = _keyring(settings, clock())
+        self.keyring = keyring
+        self.gate = GateLink(settings, gate_transport)
+        self.allowed_origins = frozenset(
+            origin for origin in (normalise_origin(o) for o in settings.allowed_origins) if origin
+        )
+        self.conversations = Conversations()
+        logger.info(
+            "event=broker_configured algorithm=%s direct_stream=%s model=%s",
+            keyring.current.algorithm, direct_stream_enabled(), settings.model,
+        )
+
+    def issuer(self) -> Issuer:
+        """Minting is what moves the rotation schedule on: a successor is staged, then signs once published."""
+        key = self.keyring.advance(self.clock(), self.settings.key_max_age)
+        return Issuer(key=key, issuer=self.ids.broker_id, audience=self.ids.gate_id)
+
+    def mint_time(self, user: str, now: float) -> float:
+        """`now`, or the user's revocation second when that is later, so a new token is not born revoked.
+
+        `iat` is a whole second and a revocation refuses every `iat` below its second, which is the
+        one after the revocation; the gate's leeway lets such a token start at once.
+        """
+        not_before = self.revocations.to_dict()["not_before"].get(user)
+        return max(now, not_before) if not_before is not None else now
+
+    def revoke(self, user: str) -> int:
+        now = self.clock()
+        not_before = math.floor(now) + 1
+        self.revocations.prune(now)
+        self.revocations.revoke(user, not_before)
+        logger.info("event=revoked user=%s not_before=%d", user, not_before)
+        return not_before

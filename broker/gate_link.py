@@ -1,0 +1,87 @@
+"""The broker's link to the gate's private socket: its health, polled, and the baseline's transport."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import httpx
+
+from broker.negotiation import (
+    GATE_DOWN,
+    GateHealth,
+)
+from broker.settings import BrokerSettings
+from llama_direct.refusals import (
+    GateUnavailable,
+)
+
+logger = logging.getLogger(__name__)
+
+
+HEALTH_INTERVAL_SECONDS = 0.5
+HEALTH_TIMEOUT_SECONDS = 1.0
+
+
+class GateLink:
+    """The broker's one door to the gate's private socket: the health poller and the baseline.
+
+    A fresh connection per request: the gate may close a kept-alive connection after a stream, and
+    a unix-socket connect costs microseconds.
+    """
+
+    def __init__(self, settings: BrokerSettings, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.health: GateHealth = GATE_DOWN
+        self._settings = settings
+        self._transport = transport
+        self._client: httpx.AsyncClient | None = None
+        self._poller: asyncio.Task[None] | None = None
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            raise GateUnavailable()
+        return self._client
+
+    async def start(self) -> None:
+        transport = self._transport or httpx.AsyncHTTPTransport(
+            uds=str(self._settings.gate_socket), limits=httpx.Limits(max_keepalive_connections=0)
+        )
+        self._client = httpx.AsyncClient(
+            transport=transport,
+            base_url="http://gate",
+            timeout=httpx.Timeout(connect=2.0, read=None, write=30.0, pool=5.0),
+        )
+        await self.poll_once()
+        self._poller = asyncio.create_task(self._poll_forever(), name="gate-health")
+
+    async def stop(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+            self._poller = None
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def poll_once(self) -> None:
+        try:
+            answer = await self.client.get("/health", timeout=HEALTH_TIMEOUT_SECONDS)
+            health = GateHealth.from_answer(answer.json()) if answer.status_code == 200 else GATE_DOWN
+        except (httpx.HTTPError, ValueError):
+            health = GATE_DOWN
+        if health.up != self.health.up or health.model_ready != self.health.model_ready:
+            logger.info("event=gate_health gate_up=%s model_ready=%s", health.up, health.model_ready)
+        self.health = health
+
+    async def _poll_forever(self) -> None:
+        """Never stops on a surprise: a poller that died would leave a stale answer in place for good."""
+        while True:
+            await asyncio.sleep(HEALTH_INTERVAL_SECONDS)
+            try:
+                await self.poll_once()
+            except Exception as exc:
+                logger.error("event=health_poll_failed error=%s", type(exc).__name__)
+                self.health = GATE_DOWN

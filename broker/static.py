@@ -1,0 +1,44 @@
+"""The built page's files, served from the package, never from outside its folder."""
+
+from __future__ import annotations
+
+from importlib import resources
+from importlib.resources.abc import Traversable
+
+STATIC_PACKAGE = "broker"
+STATIC_DIR = "static"
+
+
+UNBUILT_PAGE = (
+    "<!doctype html><meta charset=utf-8><title>llama-direct</title>"
+    "<p>The page has not been built yet: run <code>npm run build</code> in <code>frontend/</code>.</p>"
+)
+
+
+def _static_root() -> Traversable:
+    return resources.files(STATIC_PACKAGE).joinpath(STATIC_DIR)
+
+
+def static_file(name: str) -> bytes | None:
+    """A file of the built page, from package data so an installed wheel serves it; None when absent.
+
+    Walked one plain segment at a time, so no `..`, hidden name or odd character can leave the folder.
+    """
+    segments = name.split("/")
+    if not name or any(not _plain_segment(segment) for segment in segments):
+        return None
+    node = _static_root()
+    for segment in segments:
+        node = node.joinpath(segment)
+    try:
+        return node.read_bytes() if node.is_file() else None
+    except OSError:
+        return None
+
+
+def _plain_segment(segment: str) -> bool:
+    return (
+        bool(segment)
+        and not segment.startswith(".")
+        and all(c.isascii() and (c.isalnum() or c in "-_.") for c in segment)
+    )
