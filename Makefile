@@ -1,4 +1,5 @@
-# Two entry points: `make serve` and `make test`. Both install what is missing, idempotently.
+# Three entry points: `make serve`, `make check` (fast: no llama-server, no browser) and `make test`
+# (everything). Each installs what is missing, idempotently.
 # The slow steps (building llama-server, fetching the model) are done by llama-direct itself,
 # cached per user and per version, with progress on stderr.
 
@@ -10,14 +11,22 @@ FRONT_STAMP := frontend/node_modules/.installed
 STATIC := broker/static/index.html
 ARGS ?=
 
-.PHONY: serve test install frontend browser tools
+.PHONY: serve check test install frontend browser tools
 
 serve: install frontend
 	$(BIN)/llama-direct serve $(ARGS)
 
+# Lint, types, the unit and hostile tests that need no llama-server, and the page's unit tests.
+check: install $(FRONT_STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/pytest -q -m "not real and not browser" tests/unit tests/hostile
+	cd frontend && npm test
+
 test: install frontend browser
 	$(BIN)/llama-direct setup
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/pytest
 	cd frontend && npm test
 	cd frontend && npm run e2e
@@ -26,9 +35,9 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || { echo "llama-direct: creating $(VENV)"; $(PYTHON) -m venv $(VENV); }
-	@echo "llama-direct: installing the Python package and its test tools into $(VENV)"
+	@echo "llama-direct: installing the Python package, its test tools and the bench's extra into $(VENV)"
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	@touch $@
 
 frontend: $(STATIC)

@@ -236,7 +236,7 @@ class KeyRing:
     def public_keyset(self, now: float) -> PublicKeySet:
         self.prune(now)
         current = self.current
-        keys: dict[str, tuple[str, object]] = {current.kid: (current.algorithm, current.public_key)}
+        keys: dict[str, tuple[str, PublicKey]] = {current.kid: (current.algorithm, current.public_key)}
         if self._next is not None:
             keys[self._next[0].kid] = (self._next[0].algorithm, self._next[0].public_key)
         keys.update((kid, (k.algorithm, k.public_key)) for kid, k in self._retired.items())
@@ -266,6 +266,7 @@ class KeyRing:
         )
         if not valid:
             raise KeyFileError("the key state file is damaged")
+        assert isinstance(current, str) and isinstance(retired, dict)  # what `valid` checked, for the type checker
         return current, retired, since, (staged["kid"], staged["staged_at"]) if staged else None
 
     def _write_state(self) -> None:

@@ -60,6 +60,8 @@ def _read(path: Path) -> Ids:
     if not isinstance(raw, dict):
         raise IdsFileError("the ids file is damaged")
     broker_id, gate_id = raw.get("broker_id"), raw.get("gate_id")
-    if not all(isinstance(v, str) and _ID.fullmatch(v) for v in (broker_id, gate_id)):
+    if not (isinstance(broker_id, str) and isinstance(gate_id, str)) or not all(
+        _ID.fullmatch(v) for v in (broker_id, gate_id)
+    ):
         raise IdsFileError("the ids file is damaged")
     return Ids(broker_id=broker_id, gate_id=gate_id)

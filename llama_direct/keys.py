@@ -29,7 +29,7 @@ _JWK_KINDS = {("OKP", "Ed25519", "EdDSA"), ("EC", "P-256", "ES256")}
 class PublicKeySet:
     """What the gate holds: kid -> (algorithm, public key)."""
 
-    keys: Mapping[str, tuple[str, object]]
+    keys: Mapping[str, tuple[str, PublicKey]]
 
     @classmethod
     def from_jwks(cls, jwks: dict[str, Any]) -> PublicKeySet:
@@ -37,7 +37,7 @@ class PublicKeySet:
         entries = jwks.get("keys") if isinstance(jwks, dict) else None
         if not isinstance(entries, list):
             raise ValueError("a JWKS is an object with a list of keys")
-        keys: dict[str, tuple[str, object]] = {}
+        keys: dict[str, tuple[str, PublicKey]] = {}
         for jwk in entries:
             if not isinstance(jwk, dict):
                 raise ValueError("each JWKS entry must be an object")

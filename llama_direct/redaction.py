@@ -84,7 +84,7 @@ def install() -> None:
         handler.addFilter(RedactingFilter())
         original_add_handler(handler)
 
-    root.addHandler = add_handler  # type: ignore[method-assign]
+    root.addHandler = add_handler  # type: ignore[method-assign, assignment]  # wraps the bound method on purpose
 
 
 def configure_logging(level: int | None = None, *, process: str) -> None:

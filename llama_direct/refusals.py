@@ -266,14 +266,14 @@ class Refusal(Exception):
         if isinstance(bound, Reason):
             cls.status, cls.code, cls.message = bound.status, bound.code, bound.message
 
-    def __init__(self, reason: Reason | None = None, variant: str | None = None, *,
-                 status: int | None = None, **fields: object) -> None:
+    def __init__(self, reason: Reason | None = None, variant: str | None = None,
+                 fields: Mapping[str, object] | None = None, *, status: int | None = None) -> None:
         if type(self) in _ABSTRACT:
             raise TypeError(f"{type(self).__name__} is a base class: raise one of its subclasses")
         chosen = reason if reason is not None else type(self).reason
         self.status = chosen.status if status is None else status
         self.code = chosen.code
-        self.message = chosen.text(variant, **fields)
+        self.message = chosen.text(variant, **(fields or {}))
         super().__init__(self.code)
 
     def __str__(self) -> str:
@@ -352,7 +352,7 @@ class RequestRefusal(Refusal):
     def __init__(self, reason: Reason, variant: str | None = None, **fields: object) -> None:
         if not 400 <= reason.status <= 499:
             raise ValueError("a request refusal needs a 4xx status")
-        super().__init__(reason, variant, **fields)
+        super().__init__(reason, variant, fields)
 
 
 class RateLimited(RequestRefusal):
@@ -396,7 +396,7 @@ class FrameworkError(Refusal):
     """An answer the broker's web framework makes itself (an unknown path, a wrong method, a crash)."""
 
     def __init__(self, reason: Reason, variant: str | None = None, *, status: int | None = None) -> None:
-        super().__init__(reason, variant, status=status)
+        super().__init__(reason, variant, None, status=status)
 
 
 _ABSTRACT = frozenset({Refusal, TokenRefusal, ServiceRefusal})

@@ -37,7 +37,7 @@ from llama_direct.refusals import (
 )
 
 if TYPE_CHECKING:
-    from llama_direct.keys import PublicKeySet
+    from llama_direct.keys import PublicKey, PublicKeySet
 
 LEEWAY_SECONDS = 5
 DEFAULT_TTL_SECONDS = 30
@@ -273,7 +273,7 @@ def _refusal_for(exc: jwt.PyJWTError) -> TokenRefusal:
     return MalformedToken()
 
 
-def _key_for(token: str, keys: PublicKeySet) -> tuple[str, object]:
+def _key_for(token: str, keys: PublicKeySet) -> tuple[str, PublicKey]:
     """Read the header just enough to pick the key; PyJWT then checks it strictly with the signature."""
     segment = token.partition(".")[0]
     try:

@@ -30,6 +30,7 @@ def read_secret_file(path: Path, flag: str) -> str:
 
 def upstream_key(key_file: Path | None) -> str | None:
     """The attached llama-server's key from `--upstream-key-file` or the environment; None: it has none."""
+    key: str | None
     if key_file is not None:
         key, source = read_secret_file(key_file, "--upstream-key-file"), "--upstream-key-file"
     else:

@@ -170,9 +170,9 @@ class Stack:
             "control_socket": str(self.runtime / CONTROL_SOCKET),
             "gate_socket": str(self.gate_socket),
         }
-        broker = {**self.plan.broker_settings, **sockets, "data_dir": str(self.plan.data_dir)}
+        broker: dict[str, object] = {**self.plan.broker_settings, **sockets, "data_dir": str(self.plan.data_dir)}
         ids = load_or_create_ids(self.plan.data_dir)
-        gate = {
+        gate: dict[str, object] = {
             **self.plan.gate_settings, **sockets, "private_socket": str(self.gate_socket),
             "audience": ids.gate_id, "issuer": ids.broker_id,
         }

@@ -72,7 +72,7 @@ class Bed:
 
     def stop(self) -> None:
         for step in (self.stack.stop, self.studio.stop, self.relay.stop, self.stop_upstream):
-            step()  # type: ignore[operator]
+            step()  # type: ignore[operator]  # stop_upstream is set once the bed is built
 
 
 def _front(name: str, socket_path: Path, key: str, upstream_pid: int, stop_upstream: object, work: Path,
@@ -97,7 +97,7 @@ def _front(name: str, socket_path: Path, key: str, upstream_pid: int, stop_upstr
         wait_for_port(relay_port, relay)
     except BaseException:
         for stop in reversed(started):
-            stop()  # type: ignore[operator]
+            stop()  # type: ignore[operator]  # only what was started is in `started`
         raise
     return Bed(name, socket_path, key, upstream_pid, stack, studio, studio_port, relay, relay_port, stop_upstream)
 

@@ -7,6 +7,7 @@ unix socket, and every process started here is stopped here, whatever happens.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import shlex
 import shutil
 import sys
@@ -168,9 +169,16 @@ def run_soak(argv: list[str]) -> int:
     return 0 if found.passed else 1
 
 
+BENCH_EXTRA_MISSING = "llama-direct bench: the plot needs matplotlib: pip install 'llama-direct[bench]'"
+"""Said before anything runs, rather than after a whole run whose results could not be drawn."""
+
+
 def main(argv: list[str]) -> int:
     if argv[:1] == ["--"]:
         argv = argv[1:]
+    if argv[:1] != ["soak"] and importlib.util.find_spec("matplotlib") is None:
+        print(BENCH_EXTRA_MISSING, file=sys.stderr, flush=True)
+        return 2
     try:
         if argv and argv[0] == "soak":
             return run_soak(argv[1:])

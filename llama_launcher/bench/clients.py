@@ -13,7 +13,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import httptools
 
@@ -91,9 +91,10 @@ class StreamProtocol(asyncio.Protocol):
         self.finished: asyncio.Future[None] = loop.create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        connected = cast(asyncio.Transport, transport)
+        self.transport = connected
         self.started = time.perf_counter()
-        self.transport.write(self.request)
+        connected.write(self.request)
 
     def data_received(self, data: bytes) -> None:
         now = time.perf_counter()
@@ -147,9 +148,9 @@ async def _connect(target: Target, factory: Callable[[], P]) -> tuple[asyncio.Tr
     """A unix socket path or a loopback (host, port): the one place a benchmark client connects."""
     loop = asyncio.get_running_loop()
     if isinstance(target.address, str):
-        return await loop.create_unix_connection(factory, target.address)  # type: ignore[return-value]
+        return await loop.create_unix_connection(factory, target.address)
     host, port = target.address
-    return await loop.create_connection(factory, host, port)  # type: ignore[return-value]
+    return await loop.create_connection(factory, host, port)
 
 
 async def open_stream(target: Target, request: bytes, *, timeout: float = 30.0) -> StreamProtocol:
@@ -182,8 +183,9 @@ class _Collector(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        self.transport.write(self.request)
+        connected = cast(asyncio.Transport, transport)
+        self.transport = connected
+        connected.write(self.request)
 
     def on_body(self, body: bytes) -> None:
         self.body += body

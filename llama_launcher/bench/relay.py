@@ -29,7 +29,7 @@ class _Side(asyncio.Protocol):
         self.buffered: list[bytes] | None = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = transport  # type: ignore[assignment]  # asyncio hands stream protocols a Transport
 
     def data_received(self, data: bytes) -> None:
         peer = self.peer
@@ -75,12 +75,12 @@ class _Client(_Side):
                 self.transport.close()
             return
         if self.transport is None or self.transport.is_closing():
-            upstream.transport.close()  # type: ignore[union-attr]
+            upstream.transport.close()  # type: ignore[union-attr]  # set by connection_made before the connect call returns
             return
         self.peer, upstream.peer = upstream, self
         pending, self.buffered = self.buffered or [], None
         for data in pending:
-            upstream.transport.write(data)  # type: ignore[union-attr]
+            upstream.transport.write(data)  # type: ignore[union-attr]  # set by connection_made before the connect call returns
 
 
 async def serve(fd: int, upstream: str) -> None:

@@ -34,9 +34,9 @@ def summarize(rounds: Iterable[dict[str, Any]], *, base_lane: str = "raw") -> li
     for found in rounds:
         groups[(found.get("upstream", ""), found["concurrency"], found["lane"])].append(found)
     rows = []
-    for (upstream, concurrency, lane), found in groups.items():
+    for (upstream, concurrency, lane), found_rounds in groups.items():
         base = {r.get("rep"): r for r in groups.get((upstream, concurrency, base_lane), [])}
-        rows.append(_row(upstream, concurrency, lane, found, base))
+        rows.append(_row(upstream, concurrency, lane, found_rounds, base))
     return rows
 
 
@@ -45,7 +45,8 @@ def _row(upstream: str, concurrency: int, lane: str, rounds: list[dict[str, Any]
     streams = [s for r in rounds for s in r["streams"]]
     ok = [s for s in streams if s["ok"]]
     rates = [round_rates(r) for r in rounds]
-    token_ratios, chunk_ratios = [], []
+    token_ratios: list[float] = []
+    chunk_ratios: list[float] = []
     for found, (tokens, chunks) in zip(rounds, rates, strict=True):
         paired = base.get(found.get("rep"))
         if paired is not None:
@@ -176,13 +177,15 @@ def verdicts(results: dict[str, Any]) -> list[Verdict]:
 
     negotiation = results.get("negotiation")
     verification = results.get("verification", {}).get("EdDSA")
-    p5_known = negotiation is not None and verification is not None
-    found.append(Verdict(
-        "P5", "negotiation ≤ 2 ms p50, verification ≤ 100 µs",
-        f"{negotiation['p50_ms']:.2f} ms p50 (p99 {negotiation['p99_ms']:.2f} ms); "
-        f"EdDSA verify {verification['us_per_verify']:.0f} µs" if p5_known else "not measured",
-        negotiation["p50_ms"] <= 2.0 and verification["us_per_verify"] <= 100 if p5_known else None,
-    ))
+    if negotiation is not None and verification is not None:
+        found.append(Verdict(
+            "P5", "negotiation ≤ 2 ms p50, verification ≤ 100 µs",
+            f"{negotiation['p50_ms']:.2f} ms p50 (p99 {negotiation['p99_ms']:.2f} ms); "
+            f"EdDSA verify {verification['us_per_verify']:.0f} µs",
+            negotiation["p50_ms"] <= 2.0 and verification["us_per_verify"] <= 100,
+        ))
+    else:
+        found.append(Verdict("P5", "negotiation ≤ 2 ms p50, verification ≤ 100 µs", "not measured", None))
 
     memory = results.get("memory")
     per_stream = memory.get("kib_per_stream") if memory else None

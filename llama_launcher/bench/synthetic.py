@@ -95,7 +95,7 @@ class Connection(asyncio.Protocol):
         self.writable.set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = transport  # type: ignore[assignment]  # asyncio hands stream protocols a Transport
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -159,7 +159,8 @@ class Connection(asyncio.Protocol):
     async def _stream(self, body: dict[str, Any]) -> None:
         transport = self.transport
         assert transport is not None
-        model = body.get("model") if isinstance(body.get("model"), str) else "synthetic"
+        asked = body.get("model")
+        model = asked if isinstance(asked, str) else "synthetic"
         script = StreamScript(f"chatcmpl-{secrets.token_urlsafe(24)}", int(time.time()), model)
         count = length_of(body)
         pace = pace_of(body, self.upstream.pace)

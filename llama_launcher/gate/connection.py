@@ -113,7 +113,7 @@ class ClientConnection(asyncio.Protocol):
     def __init__(self, gate: Gate, listener: Listener) -> None:
         self.gate = gate
         self.listener = listener
-        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set in connection_made, before any other callback; no None check on the hot path
         self.peer: str | None = None
         self.state = _HEAD
         self.buf = bytearray()
@@ -134,7 +134,7 @@ class ClientConnection(asyncio.Protocol):
     # -- asyncio callbacks -----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = transport  # type: ignore[assignment]  # asyncio hands stream protocols a Transport
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if isinstance(peer, tuple) and peer else None
         self.gate.connections.add(self)
@@ -144,7 +144,7 @@ class ClientConnection(asyncio.Protocol):
         state = self.state
         if state == _BODY:
             self._arm(self.gate.config.body_timeout, self._on_body_timeout)
-            self.h11.receive_data(data)  # type: ignore[union-attr]
+            self.h11.receive_data(data)  # type: ignore[union-attr]  # _BODY is entered only once h11 is set
             self._drain_body()
             return
         self.buf += data
@@ -415,7 +415,7 @@ class ClientConnection(asyncio.Protocol):
         log.debug("refused status=%d code=%s", refusal.status, refusal.code)
         headers: list[Header] = []
         if self.listener.cors and self.origin in self.gate.allowed_origins:
-            headers = cors_headers(self.origin)  # type: ignore[arg-type]
+            headers = cors_headers(self.origin)
         close = close or self._closing()
         self.transport.write(simple_response(refusal.status, refusal.to_body(), headers, close=close))
         self.task = None

@@ -84,7 +84,7 @@ class _LoopThread:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         await serve_gate(
-            self._config, self._upstream, self._public_sock, self._stop, self._app_sock,  # type: ignore[arg-type]
+            self._config, self._upstream, self._public_sock, self._stop, self._app_sock,  # type: ignore[arg-type]  # _main runs only after the sockets and upstream are set
             started=self._started.set,
         )
 

@@ -74,7 +74,7 @@ class Relay(asyncio.Protocol):
         self.cors = cors
         self.strip_cors = strip_cors
         self.head_only = head_only
-        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set in connection_made, before any other callback; no None check on the hot path
         self.head: bytearray | None = bytearray()
         self.headers: list[Header] | None = []
         self.reason = b""
@@ -98,7 +98,7 @@ class Relay(asyncio.Protocol):
     # asyncio callbacks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = transport  # type: ignore[assignment]  # asyncio hands stream protocols a Transport
 
     def data_received(self, data: bytes) -> None:
         client = self.client

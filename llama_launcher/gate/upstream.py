@@ -70,7 +70,7 @@ async def connect(
         raise UpstreamTimeout() from None
     except (OSError, ssl.SSLError, ValueError):
         raise UpstreamUnavailable() from None
-    return transport, protocol  # type: ignore[return-value]
+    return transport, protocol
 
 
 async def connect_upstream(
