@@ -63,12 +63,8 @@ MAX_SMALL_BODY_BYTES = 64 * 1024
 
 
 def create_app(
-    settings: BrokerSettings,
-    access_token: str,
-    *,
-    keyring: KeyRing | None = None,
-    clock: Callable[[], float] = time.time,
-    core: BrokerCore | None = None,
+    settings: BrokerSettings, access_token: str, *, keyring: KeyRing | None = None,
+    clock: Callable[[], float] = time.time, core: BrokerCore | None = None,
     gate_transport: httpx.AsyncBaseTransport | None = None,
 ) -> FastAPI:
     """The public app. A given `keyring` must be loaded; `gate_transport` replaces the gate's socket."""

@@ -17,14 +17,16 @@ IDS_FILE = "ids.json"
 _ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 
 
-class IdsFileError(ValueError):
-    """The ids file is damaged; the message names no path."""
-
-
 @dataclass(frozen=True)
 class Ids:
+    """`broker_id` is every token's `iss`, `gate_id` its `aud`."""
+
     broker_id: str
     gate_id: str
+
+
+class IdsFileError(ValueError):
+    """The ids file is damaged; the message names no path."""
 
 
 def load_or_create_ids(data_dir: Path | str) -> Ids:

@@ -128,30 +128,26 @@ class Claims:
     grant: Grant
 
     def to_payload(self) -> dict[str, Any]:
-        return {
-            "iss": self.iss,
-            "aud": self.aud,
-            "sub": self.sub,
-            "iat": self.iat,
-            "nbf": self.nbf,
-            "exp": self.exp,
-            "jti": self.jti,
-            "scope": self.scope,
-            "grant": self.grant.to_claim(),
-        }
+        """The JWT payload: every required claim, in `REQUIRED_CLAIMS` order, the grant as its claim."""
+        payload: dict[str, Any] = {name: getattr(self, name) for name in REQUIRED_CLAIMS}
+        payload["grant"] = self.grant.to_claim()
+        return payload
 
 
 class Signer(Protocol):
     """What `mint` needs of a key: the broker's `SigningKey` is one; the contract never holds one."""
 
     @property
-    def kid(self) -> str: ...
+    def kid(self) -> str:
+        """Named in the token's header, so the gate picks the public key that checks it."""
 
     @property
-    def algorithm(self) -> str: ...
+    def algorithm(self) -> str:
+        """One of `ALGORITHMS`; the token's `alg`."""
 
     @property
-    def private_key(self) -> Any: ...
+    def private_key(self) -> Any:
+        """What PyJWT signs with; `Any` because the contract never names a private key type."""
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +57,9 @@ from llama_launcher.gate.upstream import (
 )
 
 log = logging.getLogger(__name__)
+
+Opened = tuple[tuple[asyncio.Transport, Relay], Callable[[], bytes]]
+"""A connected relay and what to send it: built last, since building it may still refuse (a spent token)."""
 
 PIPELINE_LIMIT = 64 * 1024
 """Bytes of a next request buffered while a response is still running; reading pauses beyond."""
@@ -241,11 +244,11 @@ class ClientConnection(asyncio.Protocol):
             if listener.cors and request.method == b"OPTIONS":
                 self._run(self._serve_preflight(request))
             else:
-                self._run(self._serve_lane(request))
+                self._run(self._forward(self._open_lane(request)))
         elif listener.health and target == b"/health" and request.method in (b"GET", b"HEAD"):
             self._run(self._serve_health(request.method == b"HEAD"))
         elif listener.broker:
-            self._run(self._serve_broker(request))
+            self._run(self._forward(self._open_broker(request)))
         else:
             self._refuse(RequestRefusal(NOT_FOUND))
 
@@ -302,30 +305,12 @@ class ClientConnection(asyncio.Protocol):
 
     # -- what answers a request ------------------------------------------------------------
 
-    async def _serve_lane(self, request: h11.Request) -> None:
-        gate = self.gate
-        head = RequestHead(request.method.decode("ascii"), request.target, list(request.headers))
+    async def _forward(self, opening: Awaitable[Opened]) -> None:
+        """Connect, then hand the request over; a refusal at any step is answered, an opened relay closed."""
         relay: Relay | None = None
         try:
-            claims = await gate.authorize(head)
-            route = check_request(head, claims, lane_prefix=gate.config.lane_prefix)
-            body = await self._read_body()
-            if route.kind == "chat":
-                await gate.health.ensure_props()
-                if len(body) > SHAPE_IN_THREAD_BYTES:
-                    body = await asyncio.to_thread(shape_chat_body, body, claims.grant, gate.policy)
-                else:
-                    body = shape_chat_body(body, claims.grant, gate.policy)
-            elif body:
-                raise RequestRefusal(UNEXPECTED_BODY)
-            cors = claims.grant.origin if self.listener.cors else None
-            transport, relay = await connect_upstream(
-                gate.upstream, lambda: self._relay(request, cors, strip_cors=True),
-                timeout=gate.config.connect_timeout,
-            )
-            upstream_head = _lane_request(gate.upstream, route, body)
-            gate.spend(claims)
-            self._hand_over(transport, relay, upstream_head + body)
+            (transport, relay), outgoing = await opening
+            self._hand_over(transport, relay, outgoing())
             relay = None
         except Refusal as refusal:
             self._refuse(refusal)
@@ -333,25 +318,45 @@ class ClientConnection(asyncio.Protocol):
             if relay is not None:
                 relay.detach()
 
-    async def _serve_broker(self, request: h11.Request) -> None:
-        relay: Relay | None = None
+    async def _open_lane(self, request: h11.Request) -> Opened:
+        """Check the token, the route and the body, connect to llama-server; the use is spent last."""
+        gate = self.gate
+        head = RequestHead(request.method.decode("ascii"), request.target, list(request.headers))
+        claims = await gate.authorize(head)
+        route = check_request(head, claims, lane_prefix=gate.config.lane_prefix)
+        body = await self._read_body()
+        if route.kind == "chat":
+            await gate.health.ensure_props()
+            if len(body) > SHAPE_IN_THREAD_BYTES:
+                body = await asyncio.to_thread(shape_chat_body, body, claims.grant, gate.policy)
+            else:
+                body = shape_chat_body(body, claims.grant, gate.policy)
+        elif body:
+            raise RequestRefusal(UNEXPECTED_BODY)
+        cors = claims.grant.origin if self.listener.cors else None
+        connected = await connect_upstream(
+            gate.upstream, lambda: self._relay(request, cors, strip_cors=True),
+            timeout=gate.config.connect_timeout,
+        )
+
+        def outgoing() -> bytes:
+            upstream_head = _lane_request(gate.upstream, route, body)
+            gate.spend(claims)
+            return upstream_head + body
+
+        return connected, outgoing
+
+    async def _open_broker(self, request: h11.Request) -> Opened:
+        body = await self._read_body()
         try:
-            body = await self._read_body()
-            try:
-                transport, relay = await connect(
-                    self.gate.config.broker_socket,
-                    lambda: self._relay(request, None, strip_cors=False),
-                    timeout=self.gate.config.connect_timeout,
-                )
-            except (UpstreamUnavailable, UpstreamTimeout):
-                raise BrokerUnavailable() from None
-            self._hand_over(transport, relay, self._broker_request(request, body) + body)
-            relay = None
-        except Refusal as refusal:
-            self._refuse(refusal)
-        finally:
-            if relay is not None:
-                relay.detach()
+            connected = await connect(
+                self.gate.config.broker_socket,
+                lambda: self._relay(request, None, strip_cors=False),
+                timeout=self.gate.config.connect_timeout,
+            )
+        except (UpstreamUnavailable, UpstreamTimeout):
+            raise BrokerUnavailable() from None
+        return connected, lambda: self._broker_request(request, body) + body
 
     async def _serve_health(self, head_only: bool) -> None:
         body = json.dumps(await self.gate.health.snapshot(), separators=(",", ":")).encode()
