@@ -314,6 +314,13 @@ export class StreamShaper {
     this.emitReasoning(text, out);
   }
 
+  /** Emit all but a trailing partial `</think>`, which waits in `held` for the next chunk. */
+  private emitHoldingTag(buffer: string, emit: (text: string) => void): void {
+    const keep = partialTagLength(buffer, CLOSE_TAG);
+    emit(buffer.slice(0, buffer.length - keep));
+    this.held = buffer.slice(buffer.length - keep);
+  }
+
   private emitReasoning(text: string, out: ShapedEvent[]): void {
     const piece = this.reasoningLead ? text.replace(/^\s+/, "") : text;
     if (piece === "") return;
@@ -382,9 +389,7 @@ export class StreamShaper {
             buffer = buffer.slice(close + CLOSE_TAG.length);
             continue;
           }
-          const keep = partialTagLength(buffer, CLOSE_TAG);
-          this.emitReasoning(buffer.slice(0, buffer.length - keep), out);
-          this.held = buffer.slice(buffer.length - keep);
+          this.emitHoldingTag(buffer, (text) => this.emitReasoning(text, out));
           return;
         }
         case "after": {
@@ -411,9 +416,7 @@ export class StreamShaper {
             buffer = buffer.slice(close + CLOSE_TAG.length);
             continue;
           }
-          const keep = partialTagLength(buffer, CLOSE_TAG);
-          this.emitText(buffer.slice(0, buffer.length - keep), out);
-          this.held = buffer.slice(buffer.length - keep);
+          this.emitHoldingTag(buffer, (text) => this.emitText(text, out));
           return;
         }
       }

@@ -1,0 +1,50 @@
+/** The public shapes `streamChat` takes: the request, the options and the tool executors. */
+export type FetchLike = (input: string, init?: RequestInit) => Promise<Response>;
+
+export interface ChatMessage {
+  role: string;
+  content?: unknown;
+  [field: string]: unknown;
+}
+
+export interface ChatRequest {
+  messages: ChatMessage[];
+  max_tokens?: number;
+  [field: string]: unknown;
+}
+
+export interface ToolContext {
+  signal: AbortSignal;
+}
+
+/** `args` is whatever JSON the model wrote, so each executor checks its own shape. */
+export type ToolExecutor = (args: unknown, context: ToolContext) => unknown;
+
+export interface StreamChatOptions {
+  /** Injected for tests; defaults to the global `fetch`. */
+  fetch?: FetchLike;
+  /** Negotiation path, relative so that a reverse proxy's path prefix survives. */
+  negotiateUrl?: string;
+  /** Baseline path when the negotiation did not name one. */
+  fallbackUrl?: string;
+  signal?: AbortSignal;
+  /** How long the lane may take to answer with a response head (not the first token). */
+  headTimeoutMs?: number;
+  /** Ask for a resumable stream (`X-Conversation-Id`), so a broken connection can resume. */
+  resumable?: boolean;
+  /** The generation cap to ask the broker for; defaults to `request.max_tokens`. */
+  maxTokens?: number;
+  tools?: Record<string, ToolExecutor>;
+  /** Tool rounds before the loop stops: each round runs the tools and asks the model again. */
+  maxToolRounds?: number;
+  /** How many times one stream may resume after its connection broke. */
+  maxResumes?: number;
+  /** Back-off before each renegotiation while both lanes are unreachable (a gate restarting). */
+  reconnectDelaysMs?: number[];
+  /** Waits before asking again while the model is still loading (both lanes answer 503). */
+  loadingDelaysMs?: number[];
+  /** The longest wait a 429's `Retry-After` may impose before the one retry. */
+  maxRetryAfterMs?: number;
+  prefilledThink?: boolean;
+  sleep?: (ms: number, signal?: AbortSignal) => Promise<void>;
+}

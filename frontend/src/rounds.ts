@@ -1,0 +1,137 @@
+/**
+ * One round: negotiate, try the direct lane, fall back to the baseline, and reconnect or wait for a
+ * loading model. The design's point of no return decides: before the first delta any failure falls
+ * back silently, once; after it, only a resumable stream goes on.
+ */
+import { type Classified, classified, classifyServerError } from "./errors.ts";
+import type { UIEvent } from "./shape.ts";
+import { parseErrorBody } from "./sse.ts";
+import { type ChatRun, DEFAULTS, type DirectGrant, discard, isEventStream, LaneRequest } from "./chat-run.ts";
+import { abortStream, type BodyOutcome, errorEvent, type RoundOutcome, streamBody } from "./stream-body.ts";
+
+/** Shown while the client waits for the model on its own; the error's wording asks the user to retry. */
+const LOADING_NOTICE: UIEvent = {
+  type: "notice",
+  code: "model_loading",
+  message: "The model is still loading; the reply starts as soon as it is ready.",
+};
+
+/** The direct lane: fetch with the token; any failure before a response streams is a fallback. */
+async function* directRound(
+  run: ChatRun,
+  grant: DirectGrant,
+  body: Record<string, unknown>,
+): AsyncGenerator<UIEvent, BodyOutcome> {
+  const request = new LaneRequest(run.signal, run.headTimeoutMs);
+  const headers: Record<string, string> = {
+    "Content-Type": "application/json",
+    Authorization: `Bearer ${grant.token}`,
+  };
+  if (grant.conversationId !== null) headers["X-Conversation-Id"] = grant.conversationId;
+  let response: Response;
+  try {
+    response = await run.fetch(`${grant.url}/v1/chat/completions`, {
+      method: "POST",
+      credentials: "omit",
+      headers,
+      body: JSON.stringify(body),
+      signal: request.controller.signal,
+    });
+  } catch {
+    request.cancel();
+    if (run.signal.aborted) return yield* abortStream(run, grant);
+    if (grant.conversationId) await run.cancelConversation(grant.conversationId);
+    return { kind: "fallback" };
+  }
+  request.headArrived();
+  if (response.ok && isEventStream(response)) {
+    return yield* streamBody(run, { request, response }, grant, "direct");
+  }
+  if (response.status === 400 || response.status === 413 || response.status === 429) {
+    const error = classifyServerError(response.status, parseErrorBody(await response.text()), run.hasImage);
+    request.cancel();
+    yield errorEvent(error, "pre-output");
+    return { kind: "stopped" };
+  }
+  await discard(response);
+  request.cancel();
+  if (grant.conversationId) await run.cancelConversation(grant.conversationId);
+  return { kind: "fallback" };
+}
+
+/**
+ * The baseline could not serve yet: `unreachable` (a restart: reconnect) or `loading` (the model is
+ * still loading: wait for it). `error` is what to show if waiting never succeeds.
+ */
+interface NotYet {
+  kind: "unreachable" | "loading";
+  error?: Classified;
+}
+
+/** The broker's baseline, same body, same SSE; `unreachable` lets the round reconnect. */
+async function* fallbackRound(
+  run: ChatRun,
+  url: string,
+  body: Record<string, unknown>,
+): AsyncGenerator<UIEvent, RoundOutcome | NotYet> {
+  const request = new LaneRequest(run.signal, null);
+  let response: Response;
+  try {
+    response = await run.postJson(url, body, request.controller.signal);
+  } catch {
+    request.cancel();
+    if (run.signal.aborted) return yield* abortStream(run, null);
+    return { kind: "unreachable" };
+  }
+  request.headArrived();
+  if (response.ok && isEventStream(response)) {
+    const outcome = yield* streamBody(run, { request, response }, null, "fallback");
+    return outcome.kind === "fallback" ? { kind: "stopped" } : outcome;
+  }
+  const error = response.ok
+    ? classified("bad_response")
+    : classifyServerError(response.status, parseErrorBody(await response.text()), run.hasImage);
+  request.cancel();
+  // A 502 is the gate saying the app or the model server is gone for now: both come back on their
+  // own (a restart, a respawn), so it reconnects like a refused connection, keeping this error for last.
+  if (response.status === 502) return { kind: "unreachable", error };
+  if (response.status === 503) return { kind: "loading", error };
+  yield errorEvent(error, "pre-output");
+  return { kind: "stopped" };
+}
+
+export async function* round(run: ChatRun, body: Record<string, unknown>): AsyncGenerator<UIEvent, RoundOutcome> {
+  const maxTokens = run.options.maxTokens ?? (typeof body.max_tokens === "number" ? body.max_tokens : undefined);
+  const ask: Record<string, unknown> = {};
+  if (maxTokens !== undefined) ask.max_tokens = maxTokens;
+  if (run.options.resumable) ask.resumable = true;
+  const delays = run.options.reconnectDelaysMs ?? DEFAULTS.reconnectDelaysMs;
+  const loadingDelays = run.options.loadingDelaysMs ?? DEFAULTS.loadingDelaysMs;
+  let reconnects = 0;
+  let loadingWaits = 0;
+  for (;;) {
+    if (run.signal.aborted) return yield* abortStream(run, null);
+    const answer = await run.negotiate(ask);
+    if (answer.kind === "abort") return yield* abortStream(run, null);
+    if (answer.kind === "error") {
+      yield errorEvent(answer.error, "pre-output");
+      return { kind: "stopped" };
+    }
+    if (answer.kind === "fallback" && answer.reason === "model_loading") yield LOADING_NOTICE;
+    if (answer.kind === "grant") {
+      const outcome = yield* directRound(run, answer.grant, body);
+      if (outcome.kind !== "fallback") return outcome;
+    }
+    const fallbackUrl = answer.fallbackUrl ?? run.options.fallbackUrl ?? DEFAULTS.fallbackUrl;
+    const outcome = yield* fallbackRound(run, fallbackUrl, body);
+    if (outcome.kind === "end" || outcome.kind === "stopped") return outcome;
+    const loading = outcome.kind === "loading";
+    const delay = loading ? loadingDelays[loadingWaits++] : delays[reconnects++];
+    if (delay === undefined) {
+      yield errorEvent(outcome.error ?? classified("connection_lost"), "pre-output");
+      return { kind: "stopped" };
+    }
+    yield loading ? LOADING_NOTICE : { type: "notice", code: "reconnecting", message: "Reconnecting…" };
+    await run.sleep(delay, run.signal);
+  }
+}
