@@ -30,3 +30,8 @@ class StartError(LauncherError):
         super().__init__(message)
         self.exit_code = exit_code
         self.last_lines = last_lines
+
+
+class SmokeFailed(LauncherError):
+    """A llama-server binary could not load the default model and generate one token. The message
+    names the cause (the signal or exit code), llama-server's last lines and a remedy."""

@@ -7,6 +7,11 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
+# The gate's last word to the parent: why it stopped for good (llama-server cannot start), written to
+# the runtime dir, with the exit code that tells the parent not to restart it for the same cause.
+GATE_FAILURE_FILE = "gate-failure.json"
+GATE_EXIT_GAVE_UP = 3
+
 
 def cache_dir(env: Mapping[str, str] = os.environ) -> Path:
     """Rebuildable things: the llama-server build and the default model."""

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from llama_launcher import binary, model
+from llama_launcher import model, provision
 from llama_launcher.paths import cache_dir
 
 
 @pytest.fixture(scope="session")
 def llama_server_binary() -> Path:
-    return binary.ensure_llama_server(None, cache_dir()).path
+    return provision.ensure_llama_server(None, cache_dir()).path
 
 
 @pytest.fixture(scope="session")
