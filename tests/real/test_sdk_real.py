@@ -4,6 +4,7 @@ against the real stack: the lane, the SDK's retry on a fresh grant, and the fall
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -66,7 +67,12 @@ def _three_turns_sync(client: openai.OpenAI) -> None:
         assert text.strip(), f"turn {number} came back empty"
 
 
-async def _three_turns_async(client: openai.AsyncOpenAI) -> None:
+async def _three_turns_async(unopened: openai.AsyncOpenAI) -> None:
+    async with unopened as client:
+        await _async_turns(client)
+
+
+async def _async_turns(client: openai.AsyncOpenAI) -> None:
     model = (await client.models.list()).data[0].id
     for number, messages in enumerate(_turns()):
         if number % 2 == 0:
@@ -80,7 +86,8 @@ async def _three_turns_async(client: openai.AsyncOpenAI) -> None:
 
 def test_three_turns_on_one_sync_client_through_the_lane(stack: Stack) -> None:
     seen = Seen()
-    _three_turns_sync(_client(stack, seen))
+    with _client(stack, seen) as client:
+        _three_turns_sync(client)
     assert seen.paths == ["/v1/models"] + ["/direct-stream", "/direct/v1/chat/completions"] * 3
 
 
@@ -91,19 +98,22 @@ def test_three_turns_on_one_async_client_through_the_lane(stack: Stack) -> None:
 
 
 def test_the_first_streamed_chunk_arrives_before_the_last_is_generated(stack: Stack) -> None:
-    client = _client(stack, Seen())
-    stream = client.chat.completions.create(model=client.models.list().data[0].id, messages=LONG, stream=True,
-                                            max_tokens=200)
     busy_at_first = None
     contents = 0
-    for chunk in stream:
-        if chunk.choices and chunk.choices[0].delta.content:
-            contents += 1
-            if busy_at_first is None:
-                busy_at_first = stack.busy_slots()
+    with _client(stack, Seen()) as client:
+        stream = client.chat.completions.create(model=client.models.list().data[0].id, messages=LONG, stream=True,
+                                                max_tokens=200)
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                contents += 1
+                if busy_at_first is None:
+                    busy_at_first = stack.busy_slots()
     assert busy_at_first == 1, "llama-server had already finished when the SDK saw its first token"
     assert contents > 20
-    assert stack.busy_slots() == 0
+    deadline = time.monotonic() + 5
+    while stack.busy_slots() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert stack.busy_slots() == 0, "the slot stayed busy after the stream ended"
 
 
 class FailFirstLaneAnswer(httpx.HTTPTransport):
@@ -126,29 +136,30 @@ class FailFirstLaneAnswer(httpx.HTTPTransport):
 def test_the_sdks_retry_after_a_lane_5xx_gets_a_fresh_token_and_succeeds(stack: Stack) -> None:
     seen = Seen()
     transport = FailFirstLaneAnswer()
-    client = _client(stack, seen, max_retries=1, transport=transport)
-    reply = client.chat.completions.create(model=client.models.list().data[0].id, messages=next(_turns()),
-                                           max_tokens=8)
+    with _client(stack, seen, max_retries=1, transport=transport) as client:
+        reply = client.chat.completions.create(model=client.models.list().data[0].id, messages=next(_turns()),
+                                               max_tokens=8)
     assert transport.failed and reply.choices[0].message.content
     assert seen.paths == ["/v1/models"] + ["/direct-stream", "/direct/v1/chat/completions"] * 2
 
 
 def test_a_model_the_server_does_not_have_is_the_sdks_not_found(stack: Stack) -> None:
-    with pytest.raises(openai.NotFoundError):
-        _client(stack, Seen()).chat.completions.create(model="no-such-model", messages=next(_turns()))
+    with _client(stack, Seen()) as client, pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="no-such-model", messages=next(_turns()))
 
 
 def test_a_wrong_access_token_is_the_sdks_authentication_error(stack: Stack) -> None:
     client = openai.OpenAI(base_url=stack.base + "/v1", api_key="unused", max_retries=0,
                            http_client=httpx.Client(auth=DirectAuth(stack.base, "wrong-token"), timeout=30))
-    with pytest.raises(openai.AuthenticationError):
+    with client, pytest.raises(openai.AuthenticationError):
         client.chat.completions.create(model="x", messages=next(_turns()))
 
 
 def test_with_the_lane_off_three_turns_take_the_fallback(llama_server_binary: Path, model_path: Path) -> None:
     with run_stack("--llama-server", str(llama_server_binary), env={"UNSLOTH_DIRECT_STREAM": "0"}) as off:
         seen = Seen()
-        _three_turns_sync(_client(off, seen))
+        with _client(off, seen) as client:
+            _three_turns_sync(client)
         assert seen.paths == ["/v1/models"] + ["/direct-stream", "/v1/chat/completions"] * 3
         seen_async = Seen()
         asyncio.run(_three_turns_async(_async_client(off, seen_async)))
