@@ -45,12 +45,13 @@ async function openApp(stack: Stack): Promise<{ page: Page; posts: () => string[
   page.on("request", (request) => requests.push(request));
   expect((await page.goto(stack.loginUrl, { timeout: WAIT_MS }))?.status()).toBe(200);
   await page.addScriptTag({ content: sdkBundle });
-  const loaded = await page.evaluate(async () => {
-    const module = (await import(new URL("llama-direct.js", location.href).href)) as Record<string, unknown>;
-    (window as unknown as Record<string, unknown>).directFetch = module.directFetch;
-    return typeof module.directFetch;
+  // A module script, as a page would load it (vitest rewrites an `import()` inside an evaluated function).
+  await page.addScriptTag({
+    type: "module",
+    content: 'import { directFetch } from "./llama-direct.js"; window.directFetch = directFetch;',
   });
-  expect(loaded).toBe("function");
+  await page.waitForFunction(() => typeof (window as unknown as Record<string, unknown>).directFetch === "function",
+    undefined, { timeout: 10_000 });
   const posts = (): string[] =>
     requests.filter((r) => r.method() === "POST").map((r) => new URL(r.url()).pathname);
   return { page, posts };
