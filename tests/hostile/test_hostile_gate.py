@@ -48,8 +48,10 @@ from broker.negotiation import (
     BAD_CONVERSATION_MESSAGE,
     BAD_HOST_MESSAGE,
     BAD_MAX_TOKENS_MESSAGE,
+    BAD_MODEL_MESSAGE,
     NOT_OWNED_MESSAGE,
     REPEATED_OPTION_MESSAGE,
+    UNKNOWN_MODEL_MESSAGE,
     UNKNOWN_OPTION_MESSAGE,
 )
 from broker.sessions import COOKIE_NAME, AccessTokens
@@ -645,6 +647,10 @@ BROKER_CASES: list[tuple[str, Any, int, str]] = [
     ("boolean_max_tokens", lambda c: c.post("/direct-stream", headers=_bearer(), json={"max_tokens": True}),
      400, BAD_MAX_TOKENS_MESSAGE),
     ("asking_for_another_model", lambda c: c.post("/direct-stream", headers=_bearer(), json={"model": "big"}),
+     404, UNKNOWN_MODEL_MESSAGE),
+    ("a_model_that_is_not_a_name", lambda c: c.post("/direct-stream", headers=_bearer(), json={"model": ["smol"]}),
+     400, BAD_MODEL_MESSAGE),
+    ("an_unknown_option", lambda c: c.post("/direct-stream", headers=_bearer(), json={"uses": 5}),
      400, UNKNOWN_OPTION_MESSAGE),
     ("repeated_query_option", lambda c: c.get("/direct-stream?max_tokens=1&max_tokens=99999", headers=_bearer()),
      400, REPEATED_OPTION_MESSAGE),
