@@ -323,3 +323,12 @@ def test_the_module_imports_nothing_that_holds_keys() -> None:
     )
     found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert found.strip() == "[]"
+
+
+def test_the_public_names_are_exactly_the_helper() -> None:
+    import llama_direct.sdk
+
+    assert llama_direct.sdk.__all__ == ["DirectAuth"]
+    assert [name for name in vars(llama_direct.sdk) if not name.startswith("_") and name.isidentifier()
+            and getattr(llama_direct.sdk, name).__class__.__name__ in ("type", "function")
+            and getattr(getattr(llama_direct.sdk, name), "__module__", "") == "llama_direct.sdk"] == ["DirectAuth"]
