@@ -32,7 +32,8 @@ CONVERSATION_TTL_SECONDS = 3600
 """How long a resumable conversation may be resumed or cancelled by its owner."""
 MAX_CONVERSATIONS = 10_000
 
-_OPTIONS = frozenset({"max_tokens", "resumable", "resume", "cancel"})
+_OPTIONS = frozenset({"max_tokens", "resumable", "resume", "cancel", "model"})
+MAX_MODEL_NAME_LENGTH = 256
 _QUERY_BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
 _HOST = re.compile(r"(?:[A-Za-z0-9_-]{1,63}(?:\.[A-Za-z0-9_-]{1,63})*\.?|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?")
 _CONVERSATION_ID = re.compile(r"[A-Za-z0-9_-]+")
@@ -49,7 +50,9 @@ def _bad_option(code: str, message: str) -> RequestRefusal:
 
 
 BAD_BODY_MESSAGE = "The request body must be a JSON object."
-UNKNOWN_OPTION_MESSAGE = "Unknown option: only max_tokens, resumable, resume and cancel are accepted."
+UNKNOWN_OPTION_MESSAGE = "Unknown option: only max_tokens, resumable, resume, cancel and model are accepted."
+BAD_MODEL_MESSAGE = "model must be a model name."
+UNKNOWN_MODEL_MESSAGE = "This server does not serve that model."
 BAD_MAX_TOKENS_MESSAGE = "max_tokens must be a positive integer."
 BAD_RESUMABLE_MESSAGE = "resumable must be true or false."
 BAD_CONVERSATION_MESSAGE = "resume and cancel take a conversation id."
@@ -67,6 +70,8 @@ class Options:
     resumable: bool = False
     resume: str | None = None
     cancel: str | None = None
+    model: str | None = None
+    """The model the client will name in its chat body (an SDK helper passes it on); None: the served one."""
 
     @classmethod
     def from_body(cls, body: bytes) -> Options:
@@ -118,7 +123,10 @@ class Options:
                 raise _bad_option("invalid_option", BAD_CONVERSATION_MESSAGE)
         if resume is not None and cancel is not None:
             raise _bad_option("conflicting_options", BOTH_RESUME_AND_CANCEL_MESSAGE)
-        return cls(max_tokens=max_tokens, resumable=resumable, resume=resume, cancel=cancel)
+        model = raw.get("model")
+        if model is not None and (not isinstance(model, str) or not 0 < len(model) <= MAX_MODEL_NAME_LENGTH):
+            raise _bad_option("invalid_option", BAD_MODEL_MESSAGE)
+        return cls(max_tokens=max_tokens, resumable=resumable, resume=resume, cancel=cancel, model=model)
 
 
 @dataclass(frozen=True)
@@ -282,7 +290,10 @@ def negotiate(
     issuer: Issuer,
     now: float,
 ) -> dict[str, Any]:
-    """The answer to one `/direct-stream`; raises `RequestRefusal` for a conversation not the user's."""
+    """The answer to one `/direct-stream`; raises `RequestRefusal` for a conversation not the user's,
+    or for a model this server does not serve (404, as the OpenAI API answers one)."""
+    if options.model is not None and options.model != policy.model:
+        raise RequestRefusal(404, "model_not_found", UNKNOWN_MODEL_MESSAGE)
     reason = unsupported_reason(enabled, health)
     if reason is not None:
         return unsupported(reason, policy)

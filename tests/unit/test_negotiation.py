@@ -13,11 +13,13 @@ from broker.negotiation import (
     BAD_CONVERSATION_MESSAGE,
     BAD_HOST_MESSAGE,
     BAD_MAX_TOKENS_MESSAGE,
+    BAD_MODEL_MESSAGE,
     BAD_RESUMABLE_MESSAGE,
     BOTH_RESUME_AND_CANCEL_MESSAGE,
     GATE_DOWN,
     NOT_OWNED_MESSAGE,
     REPEATED_OPTION_MESSAGE,
+    UNKNOWN_MODEL_MESSAGE,
     UNKNOWN_OPTION_MESSAGE,
     Conversations,
     GateHealth,
@@ -72,6 +74,7 @@ class TestOptionsFromBody:
         assert Options.from_body(b'{"max_tokens": 64, "resumable": true}') == Options(max_tokens=64, resumable=True)
         assert Options.from_body(b'{"resume": "abc_-1"}') == Options(resume="abc_-1")
         assert Options.from_body(b'{"cancel": "abc"}') == Options(cancel="abc")
+        assert Options.from_body(b'{"model": "smol"}') == Options(model="smol")
 
     @pytest.mark.parametrize(
         ("body", "message"),
@@ -79,7 +82,9 @@ class TestOptionsFromBody:
             (b"[1]", BAD_BODY_MESSAGE),
             (b"{not json", BAD_BODY_MESSAGE),
             (b'"text"', BAD_BODY_MESSAGE),
-            (b'{"model": "other"}', UNKNOWN_OPTION_MESSAGE),
+            (b'{"model": 5}', BAD_MODEL_MESSAGE),
+            (b'{"model": ""}', BAD_MODEL_MESSAGE),
+            (b'{"model": "' + b"m" * 257 + b'"}', BAD_MODEL_MESSAGE),
             (b'{"max_tokens": 10, "uses": 5}', UNKNOWN_OPTION_MESSAGE),
             (b'{"max_tokens": "10"}', BAD_MAX_TOKENS_MESSAGE),
             (b'{"max_tokens": 1.5}', BAD_MAX_TOKENS_MESSAGE),
@@ -179,6 +184,16 @@ class TestSupported:
 
     def test_no_origin_means_a_grant_without_one(self) -> None:
         assert "origin" not in _negotiate(origin=None)["grant"]
+
+    def test_the_served_model_may_be_named(self) -> None:
+        assert _negotiate(Options(model="smol"))["grant"]["model"] == "smol"
+
+    def test_another_model_is_not_found_even_when_the_lane_is_off(self) -> None:
+        for enabled in (True, False):
+            with pytest.raises(RequestRefusal) as excinfo:
+                _negotiate(Options(model="other"), enabled=enabled)
+            assert (excinfo.value.status, excinfo.value.code) == (404, "model_not_found")
+            assert excinfo.value.message == UNKNOWN_MODEL_MESSAGE
 
     def test_a_smaller_max_tokens_narrows_the_cap(self) -> None:
         assert _negotiate(Options(max_tokens=64))["grant"]["max_tokens"] == 64
