@@ -31,6 +31,10 @@ CONTROL_SOCKET = "control.sock"
 BROKER_CONFIG_FILE = "broker.json"
 GATE_CONFIG_FILE = "gate.json"
 LAUNCH_FILE = "launch.json"
+GATE_FAILURE_FILE = "gate-failure.json"
+"""The gate's last word to the parent: why it stopped for good (llama-server cannot start)."""
+GATE_EXIT_GAVE_UP = 3
+"""The gate's exit status when it gave up: the parent reports the failure file and does not restart it."""
 
 _READY = re.compile(r"llama-direct ready: (?P<url>https?://\S+)")
 _RUNTIME = re.compile(r"runtime dir=(?P<path>\S+) public=(?P<host>\S+):(?P<port>\d+)")
