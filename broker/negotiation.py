@@ -21,6 +21,7 @@ from llama_direct.refusals import (
     CONVERSATION_NOT_OWNED,
     INVALID_OPTION,
     INVALID_OPTIONS,
+    MODEL_NOT_FOUND,
     UNKNOWN_OPTION,
     RequestRefusal,
 )
@@ -37,7 +38,8 @@ CONVERSATION_TTL_SECONDS = 3600
 """How long a resumable conversation may be resumed or cancelled by its owner."""
 MAX_CONVERSATIONS = 10_000
 
-_OPTIONS = frozenset({"max_tokens", "resumable", "resume", "cancel"})
+_OPTIONS = frozenset({"max_tokens", "resumable", "resume", "cancel", "model"})
+MAX_MODEL_NAME_LENGTH = 256
 _QUERY_BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
 _HOST = re.compile(r"(?:[A-Za-z0-9_-]{1,63}(?:\.[A-Za-z0-9_-]{1,63})*\.?|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?")
 _CONVERSATION_ID = re.compile(r"[A-Za-z0-9_-]+")
@@ -59,6 +61,8 @@ class Options:
     resumable: bool = False
     resume: str | None = None
     cancel: str | None = None
+    model: str | None = None
+    """The model the client will name in its chat body (an SDK helper passes it on); None: the served one."""
 
     @classmethod
     def from_body(cls, body: bytes) -> Options:
@@ -110,7 +114,10 @@ class Options:
                 raise RequestRefusal(INVALID_OPTION, "conversation")
         if resume is not None and cancel is not None:
             raise RequestRefusal(CONFLICTING_OPTIONS)
-        return cls(max_tokens=max_tokens, resumable=resumable, resume=resume, cancel=cancel)
+        model = raw.get("model")
+        if model is not None and (not isinstance(model, str) or not 0 < len(model) <= MAX_MODEL_NAME_LENGTH):
+            raise RequestRefusal(INVALID_OPTION, "model")
+        return cls(max_tokens=max_tokens, resumable=resumable, resume=resume, cancel=cancel, model=model)
 
 
 @dataclass(frozen=True)
@@ -274,7 +281,10 @@ def negotiate(
     issuer: Issuer,
     now: float,
 ) -> dict[str, Any]:
-    """The answer to one `/direct-stream`; raises `RequestRefusal` for a conversation not the user's."""
+    """The answer to one `/direct-stream`; raises `RequestRefusal` for a conversation not the user's,
+    or for a model this server does not serve (404, as the OpenAI API answers one)."""
+    if options.model is not None and options.model != policy.model:
+        raise RequestRefusal(MODEL_NOT_FOUND)
     reason = unsupported_reason(enabled, health)
     if reason is not None:
         return unsupported(reason, policy)

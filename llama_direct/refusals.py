@@ -105,10 +105,6 @@ ORIGIN_REQUIRED = _reason(
 )
 ORIGIN_MISMATCH = _reason(403, "origin_mismatch", "The Origin does not match the token's origin.")
 SCOPE_MISMATCH = _reason(403, "scope_mismatch", "The token's scope does not cover this route.")
-HEADER_NOT_ALLOWED = _reason(
-    403, "header_not_allowed",
-    "The direct lane allows only the Authorization, Content-Type and X-Conversation-Id headers.",
-)
 CONVERSATION_NOT_GRANTED = _reason(
     403, "conversation_not_granted", "This token names no conversation.",
     header="This token names no conversation: drop X-Conversation-Id.",
@@ -128,6 +124,7 @@ METHOD_NOT_ALLOWED = _reason(
     connect="CONNECT is not served.",
     lane="The direct lane allows only GET, POST and DELETE.",
     token="This token allows this route only with {allowed}.",
+    path="The direct lane does not serve this method on this path.",
 )
 REQUEST_TIMEOUT = _reason(408, "request_timeout", "The request did not arrive in time.")
 BODY_TOO_LARGE = _reason(
@@ -173,7 +170,11 @@ AMBIGUOUS_PATH = _reason(
 )
 DUPLICATE_HEADER = _reason(400, "duplicate_header", "The {label} header must appear at most once.")
 MISSING_CONVERSATION_ID = _reason(400, "missing_conversation_id", "This token needs the X-Conversation-Id it names.")
-BAD_PREFLIGHT = _reason(400, "bad_preflight", "A preflight needs Access-Control-Request-Method.")
+BAD_PREFLIGHT = _reason(
+    400, "bad_preflight", "A preflight needs Access-Control-Request-Method.",
+    too_many_headers="A preflight may ask for at most {limit} request headers.",
+    header_names="Access-Control-Request-Headers must list header names.",
+)
 BAD_QUERY = _reason(
     400, "bad_query", "This route takes no query string.",
     only="This route takes only {names} in its query.",
@@ -225,13 +226,15 @@ INVALID_OPTIONS = _reason(
     repeated="Each option may be given once.",
 )
 UNKNOWN_OPTION = _reason(
-    400, "unknown_option", "Unknown option: only max_tokens, resumable, resume and cancel are accepted."
+    400, "unknown_option", "Unknown option: only max_tokens, resumable, resume, cancel and model are accepted."
 )
 INVALID_OPTION = _reason(
     400, "invalid_option", "max_tokens must be a positive integer.",
     resumable="resumable must be true or false.",
     conversation="resume and cancel take a conversation id.",
+    model="model must be a model name.",
 )
+MODEL_NOT_FOUND = _reason(404, "model_not_found", "This server does not serve that model.")
 CONFLICTING_OPTIONS = _reason(400, "conflicting_options", "Ask for resume or cancel, not both.")
 BAD_HOST = _reason(400, "bad_host", "The request's Host header is not a valid host.")
 BAD_TOOL_INPUT = _reason(400, "bad_tool_input", 'The echo tool takes {{"text": "..."}}.')

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from llama_direct.redaction import configure_logging, register_secret
 from llama_direct.runtime import ACCESS_TOKEN_ENV, LOG_LEVEL_ENV
-from llama_launcher import binary, model, secret_inputs
+from llama_launcher import model, provision, secret_inputs
 from llama_launcher.attached import AttachedServer
 from llama_launcher.errors import LauncherError
 from llama_launcher.launch_spec import LaunchSpec
@@ -79,8 +79,11 @@ def _parser() -> argparse.ArgumentParser:
     _add_server_options(serve)
     serve.add_argument("server_args", nargs=argparse.REMAINDER, help="-- then extra llama-server arguments")
 
-    setup = commands.add_parser("setup", help="find or build llama-server and fetch the default model, once")
+    setup = commands.add_parser("setup", help="find or build llama-server, fetch the default model, and prove "
+                                "that they run (one token)")
     setup.add_argument("--llama-server", help="the llama-server binary to use instead of building one")
+    setup.add_argument("server_args", nargs=argparse.REMAINDER,
+                       help="-- then the extra llama-server arguments serve will pass")
 
     commands.add_parser("bench", help="measure the direct lane against raw llama-server, side by side "
                         "(llama-direct bench --help)")
@@ -89,6 +92,8 @@ def _parser() -> argparse.ArgumentParser:
     _add_server_options(doctor)
     doctor.add_argument("--upstream", help="check an attached llama-server instead")
     doctor.add_argument("--upstream-key-file", type=Path)
+    doctor.add_argument("server_args", nargs=argparse.REMAINDER,
+                        help="-- then the extra llama-server arguments serve will pass")
     return parser
 
 
@@ -148,13 +153,19 @@ def _attached_alias(url: str, key: str | None) -> str:
     return name
 
 
-def _launch_spec(args: argparse.Namespace, cache: Path, upstream_key: str | None = None) -> LaunchSpec:
+def extra_server_args(args: argparse.Namespace) -> list[str]:
+    """What follows ``--``: extra llama-server arguments, with the flags the launcher owns refused."""
     extra = [a for a in args.server_args if a != "--"] if getattr(args, "server_args", None) else []
     validate_extra_args(extra)
+    return extra
+
+
+def _launch_spec(args: argparse.Namespace, cache: Path, upstream_key: str | None = None) -> LaunchSpec:
+    extra = extra_server_args(args)
     if args.upstream:
         alias = args.model_alias or _attached_alias(args.upstream, upstream_key)
         return LaunchSpec(mode="attach", upstream_url=args.upstream, alias=alias, max_tokens=args.max_tokens)
-    found = binary.ensure_llama_server(args.llama_server, cache)
+    found = provision.ensure_llama_server(args.llama_server, cache, extra)
     if args.model:
         model_path = model.check_gguf(args.model.resolve())
         alias = args.model_alias or model_path.stem.lower()
@@ -212,15 +223,19 @@ def serve(args: argparse.Namespace) -> int:
 def doctor(args: argparse.Namespace) -> int:
     from llama_launcher import doctor as doctor_checks
 
-    return doctor_checks.run(args, cache_dir())
+    return doctor_checks.run(args, cache_dir(), extra_server_args(args))
 
 
 def setup(args: argparse.Namespace) -> int:
-    """The slow, cached installs on their own, so a test run shows their progress up front."""
+    """The slow, cached installs on their own, so a test run shows their progress up front, and proof
+    that the binary runs here: one token from the default model."""
     cache = cache_dir()
-    found = binary.ensure_llama_server(args.llama_server, cache)
-    print(f"llama-direct: llama-server from {found.source}: {found.path}", file=sys.stderr, flush=True)
+    extra = extra_server_args(args)
     print(f"llama-direct: model: {model.ensure_default_model(cache)}", file=sys.stderr, flush=True)
+    found = provision.ensure_llama_server(args.llama_server, cache, extra)
+    if found.source != "cache":  # a cached build was proven when it was built
+        provision.prove(found, cache, extra)
+    print(f"llama-direct: llama-server from {found.source}: {found.path}", file=sys.stderr, flush=True)
     return 0
 
 

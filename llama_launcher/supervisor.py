@@ -38,6 +38,8 @@ from llama_direct.runtime import (
     BROKER_SOCKET,
     CONTROL_SOCKET,
     GATE_CONFIG_FILE,
+    GATE_EXIT_GAVE_UP,
+    GATE_FAILURE_FILE,
     GATE_SOCKET,
     LAUNCH_FILE,
     LLAMA_API_KEY_ENV,
@@ -55,6 +57,10 @@ from llama_launcher.progress import Progress
 log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
+# A child that dies this many times in a row, each within QUICK_EXIT_SECONDS of its start, has a cause
+# that a restart will not fix: stop and say so rather than restart it forever.
+MAX_QUICK_RESTARTS = 5
+QUICK_EXIT_SECONDS = 30.0
 
 
 @dataclass
@@ -253,7 +259,7 @@ class Stack:
             while not self.stopping.is_set():
                 for name, child in (("gate", self.gate), ("broker", self.broker)):
                     if child is not None and child.poll() is not None:
-                        raise LauncherError(f"the {name} process exited with code {child.returncode} while starting")
+                        raise LauncherError(exit_cause(self.runtime, name, child.returncode, "while starting"))
                 if time.monotonic() > deadline:
                     raise LauncherError(f"not ready within {timeout:.0f} s")
                 state = _probe(gate, "http://gate/health")
@@ -276,20 +282,33 @@ class Stack:
         return f"{base}/?token={self.plan.access_token}"
 
     def supervise(self) -> None:
-        """Restart a child that dies on its own; return once a stop was asked for."""
+        """Restart a child that dies on its own; return once a stop was asked for.
+
+        A gate that gave up (llama-server cannot start) is not restarted, and neither is a child
+        that keeps dying right after each start: both raise :class:`LauncherError` with the cause.
+        """
         backoff = {"gate": 0.5, "broker": 0.5}
+        started = {"gate": time.monotonic(), "broker": time.monotonic()}
+        quick_exits = {"gate": 0, "broker": 0}
         while not self.stopping.wait(0.2):
             for name in ("broker", "gate"):
                 child = self.broker if name == "broker" else self.gate
                 if child is None or child.poll() is None:
                     continue
-                log.warning(
-                    "%s exited unexpectedly code=%s; restarting in %.1fs", name, child.returncode, backoff[name]
-                )
+                code = child.returncode
+                if name == "gate" and code == GATE_EXIT_GAVE_UP:
+                    raise LauncherError(exit_cause(self.runtime, name, code, "while serving"))
+                quick = time.monotonic() - started[name] < QUICK_EXIT_SECONDS
+                quick_exits[name] = quick_exits[name] + 1 if quick else 0
+                if quick_exits[name] >= MAX_QUICK_RESTARTS:
+                    raise LauncherError(f"the {name} process exited {quick_exits[name]} times in a row within "
+                                        f"{QUICK_EXIT_SECONDS:.0f} s of starting (last code {code}); not restarting it")
+                log.warning("%s exited unexpectedly code=%s; restarting in %.1fs", name, code, backoff[name])
                 if self.stopping.wait(backoff[name]):
                     return
                 backoff[name] = min(backoff[name] * 2, 10.0)
                 (self.start_broker if name == "broker" else self.start_gate)()
+                started[name] = time.monotonic()
 
     def shutdown(self) -> None:
         self.stopping.set()
@@ -307,6 +326,22 @@ class Stack:
         if self.lane is not None:
             self.lane.close()
         shutil.rmtree(self.runtime, ignore_errors=True)
+
+
+def exit_cause(runtime: Path, name: str, code: int | None, when: str) -> str:
+    """Why a child stopped, in words: the gate's own report when it left one (llama-server crashed
+    with SIGSEGV while loading the model, and its last lines), else the exit code."""
+    if name == "gate":
+        try:
+            record = json.loads((runtime / GATE_FAILURE_FILE).read_text())
+        except (OSError, ValueError):
+            record = None
+        if isinstance(record, dict) and isinstance(record.get("message"), str):
+            lines = [str(line) for line in record.get("last_lines", [])][-5:]
+            said = "".join(f"\n  llama-server said: {line}" for line in lines)
+            remedy = f"\n  {record['remedy']}" if isinstance(record.get("remedy"), str) else ""
+            return f"{record['message']}{said}{remedy}"
+    return f"the {name} process exited with code {code} {when}"
 
 
 def _probe(client: httpx.Client, url: str) -> dict[str, object] | None:

@@ -48,7 +48,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from llama_direct.runtime import RuntimeLine, parse_ready_line, parse_runtime_line
-from llama_launcher import binary
+from llama_launcher import provision
 from llama_launcher.bench.processes import descendants, kill_all, stop_process
 from llama_launcher.paths import cache_dir
 
@@ -423,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=300, help="seconds serve may take to be ready")
     args = parser.parse_args(argv)
     if args.llama_server is None:
-        args.llama_server = str(binary.ensure_llama_server(None, cache_dir()).path)
+        args.llama_server = str(provision.ensure_llama_server(None, cache_dir()).path)
     try:
         hits, haystacks, secrets, log_lines = scan(args.llama_server, args.timeout)
     except ScanError as error:

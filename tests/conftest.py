@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from llama_launcher import binary, model
+from llama_launcher import model, provision
 from llama_launcher.paths import cache_dir
 
 pytest.register_assert_rewrite("gate_fakes", "hostile_support", "stack")
@@ -21,7 +21,7 @@ pytest.register_assert_rewrite("gate_fakes", "hostile_support", "stack")
 
 @pytest.fixture(scope="session")
 def llama_server_binary() -> Path:
-    return binary.ensure_llama_server(None, cache_dir()).path
+    return provision.ensure_llama_server(None, cache_dir()).path
 
 
 @pytest.fixture(scope="session")

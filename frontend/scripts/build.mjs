@@ -1,25 +1,28 @@
-// Bundle the demo page into the broker's package data (broker/static/), which it serves at `/`.
+// Bundle the demo page into the broker's package data (broker/static/), which it serves at `/`, and
+// `directFetch` as a standalone ES module that the broker serves at `./llama-direct.js` (the frontend
+// is not on npm: a page loads it with `import { directFetch } from "./llama-direct.js"`).
 import { copyFile, mkdir, readdir, rm } from "node:fs/promises";
 import { fileURLToPath } from "node:url";
 import { build } from "esbuild";
 
 const root = fileURLToPath(new URL("..", import.meta.url));
 const out = fileURLToPath(new URL("../../broker/static/", import.meta.url));
-const OUTPUTS = new Set(["index.html", "app.js", "app.css"]);
+const OUTPUTS = new Set(["index.html", "app.js", "app.css", "llama-direct.js"]);
 
 await mkdir(out, { recursive: true });
 for (const name of await readdir(out)) {
   if (OUTPUTS.has(name)) await rm(out + name);
 }
-await build({
-  entryPoints: [root + "src/page/app.ts", root + "src/page/app.css"],
-  outdir: out,
+/** One bundle setting for both outputs: modern browsers, minified, quiet. */
+const COMMON = {
   bundle: true,
   format: "esm",
   target: ["es2022", "chrome110", "firefox115", "safari16"],
   minify: true,
   legalComments: "none",
   logLevel: "warning",
-});
+};
+await build({ ...COMMON, entryPoints: [root + "src/page/app.ts", root + "src/page/app.css"], outdir: out });
+await build({ ...COMMON, entryPoints: [root + "src/direct_fetch.ts"], outfile: out + "llama-direct.js" });
 await copyFile(root + "src/page/index.html", out + "index.html");
 console.log(`built ${[...OUTPUTS].join(", ")} into ${out}`);

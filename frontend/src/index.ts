@@ -1,5 +1,6 @@
 /** The browser client library: what an app imports to stream chat through llama-direct. */
 export { type ChatMessage, type ChatRequest, type FetchLike, type StreamChatOptions, streamChat, type ToolContext, type ToolExecutor } from "./client.ts";
+export { type DirectFetch, type DirectFetchOptions, directFetch } from "./direct_fetch.ts";
 export { type ErrorCode, friendlyMessage } from "./errors.ts";
 export {
   type Lane,

@@ -5,6 +5,7 @@ it("exports exactly the public runtime names", () => {
   expect(Object.keys(api).sort()).toEqual([
     "StreamShaper",
     "createSSEDecoder",
+    "directFetch",
     "friendlyMessage",
     "interpretEvent",
     "parseErrorBody",

@@ -15,7 +15,7 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llama_launcher import binary, model
+from llama_launcher import model, provision
 from llama_launcher.bench.clients import Target
 from llama_launcher.bench.processes import KEY_ENV, Child, listening_socket, wait_for_port, wait_for_socket
 from llama_launcher.bench.stack import ServeStack, start_stack
@@ -121,7 +121,7 @@ def real_bed(work: Path, *, max_tokens: int) -> Bed:
     """A real llama-server with SmolLM2, started here so that the benchmark holds its key."""
     cache = cache_dir()
     options = ServerOptions(
-        binary=binary.ensure_llama_server(None, cache).path,
+        binary=provision.ensure_llama_server(None, cache).path,
         model=model.ensure_default_model(cache),
         alias=REAL_ALIAS,
         max_tokens=max_tokens,

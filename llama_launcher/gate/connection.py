@@ -374,6 +374,8 @@ class ClientConnection(asyncio.Protocol):
             self.gate.allowed_origins,
             headers.get("access-control-request-method"),
             headers.get("access-control-request-headers"),
+            target=request.target,
+            lane_prefix=self.gate.config.lane_prefix,
         )
         if isinstance(answer, Refusal):
             self._refuse(answer)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import resource
@@ -18,13 +19,23 @@ import threading
 from pathlib import Path
 
 from llama_direct.redaction import configure_logging
-from llama_direct.runtime import APP_FD_ENV, GATE_CONFIG_FILE, LAUNCH_FILE, PUBLIC_FD_ENV, RUNTIME_ENV, UPSTREAM_KEY_ENV
+from llama_direct.runtime import (
+    APP_FD_ENV,
+    GATE_CONFIG_FILE,
+    GATE_EXIT_GAVE_UP,
+    GATE_FAILURE_FILE,
+    LAUNCH_FILE,
+    PUBLIC_FD_ENV,
+    RUNTIME_ENV,
+    UPSTREAM_KEY_ENV,
+)
 from llama_launcher.attached import AttachedServer
 from llama_launcher.errors import LauncherError, StartError
 from llama_launcher.gate.config import GateConfig
 from llama_launcher.gate.proxy import serve_gate
 from llama_launcher.launch_spec import LaunchSpec
 from llama_launcher.server_process import LlamaServer
+from llama_launcher.smoke import remedy
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +111,15 @@ class _LoopThread:
         self.thread.join(timeout)
 
 
+def report_failure(runtime: Path, error: StartError, spec: LaunchSpec) -> None:
+    """Tell the parent why, so its last line names the cause and a remedy rather than this process's
+    exit code. The lines were redacted as they were read from llama-server."""
+    record = {"message": str(error), "last_lines": error.last_lines[-10:],
+              "remedy": remedy(error.exit_code, spec.extra_args, "serve")}
+    with contextlib.suppress(OSError):
+        (runtime / GATE_FAILURE_FILE).write_text(json.dumps(record))
+
+
 def main() -> int:
     configure_logging(process="gate")
     runtime = Path(os.environ[RUNTIME_ENV])
@@ -149,7 +169,8 @@ def main() -> int:
         log.error("llama-server did not start: %s", error)
         for line in error.last_lines[-10:]:
             log.error("llama-server said: %s", line)
-        code = 3
+        report_failure(runtime, error, spec)
+        code = GATE_EXIT_GAVE_UP
     finally:
         loop.stop()
         if server is not None:

@@ -25,7 +25,6 @@ from llama_direct.refusals import (
     CONVERSATION_MISMATCH,
     CONVERSATION_NOT_GRANTED,
     DUPLICATE_HEADER,
-    HEADER_NOT_ALLOWED,
     METHOD_NOT_ALLOWED,
     MISSING_CONVERSATION_ID,
     NO_SUCH_ROUTE,
@@ -42,13 +41,15 @@ from llama_direct.tokens import Claims, Grant
 RouteKind = Scope
 
 PREFLIGHT_METHODS = ("GET", "POST", "DELETE")
-PREFLIGHT_HEADERS = ("authorization", "content-type", "x-conversation-id")
+PREFLIGHT_MAX_HEADERS = 32
 PREFLIGHT_MAX_AGE = 600
 
 _ENCODED_SEPARATOR = re.compile(r"%(2e|2f|5c)", re.IGNORECASE)
 _CONTROL = re.compile(r"[\x00-\x20\x7f]")
 _PERCENT_TRIPLET = re.compile(r"%([0-9A-Fa-f]{2})")
 _DIGITS = re.compile(r"[0-9]{1,18}")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+"""An RFC 9110 token (section 5.6.2): what a header field name is."""
 _SINGLE_HEADERS = (b"origin", b"x-conversation-id", b"content-type", b"content-encoding")
 
 
@@ -99,12 +100,21 @@ def allowed_preflight(
     allowed_origins: frozenset[str],
     requested_method: str | None,
     requested_headers: str | None,
+    *,
+    target: bytes,
+    lane_prefix: str = "/direct",
 ) -> list[tuple[bytes, bytes]] | RequestRefusal:
     """The CORS headers for a preflight the gate answers itself in two-port mode, or the refusal.
 
-    Only the app's own origins get an answer, and only for what the lane serves, so a page on
-    another origin cannot even learn which headers the lane would take. No credentials are
-    allowed: the lane authenticates with a bearer token, never a cookie.
+    Only the app's own origins get an answer, and only for a method and path the lane serves, so a
+    page on another origin cannot even learn what the lane would take. No credentials are allowed:
+    the lane authenticates with a bearer token, never a cookie.
+
+    Any request-header name is allowed (up to `PREFLIGHT_MAX_HEADERS`), because SDKs add their own
+    (`x-stainless-*`) and a browser refuses the whole request if one is missing from the answer. That
+    widens nothing: the token is the boundary, and the request forwarded to llama-server is built
+    from an allow-list, so no client header reaches it beyond what the grant sets. The answer names
+    exactly the names asked for, since `*` does not cover `Authorization`.
     """
     if origin not in allowed_origins:
         return RequestRefusal(ORIGIN_NOT_ALLOWED, "lane")
@@ -112,16 +122,44 @@ def allowed_preflight(
         return RequestRefusal(BAD_PREFLIGHT)
     if requested_method not in PREFLIGHT_METHODS:
         return RequestRefusal(METHOD_NOT_ALLOWED, "lane")
-    names = [name.strip().lower() for name in (requested_headers or "").split(",")]
-    if any(name and name not in PREFLIGHT_HEADERS for name in names):
-        return RequestRefusal(HEADER_NOT_ALLOWED)
-    return [
+    try:
+        path, _query = _split_target(target)
+        lane_path = _lane_path(path, lane_prefix)
+    except RequestRefusal as refusal:
+        return refusal
+    if lane_path not in {p for _m, p in LANE_ROUTES}:
+        return _no_such_route()
+    if (requested_method, lane_path) not in LANE_ROUTES:
+        return RequestRefusal(METHOD_NOT_ALLOWED, "path")
+    names = preflight_header_names(requested_headers)
+    if isinstance(names, RequestRefusal):
+        return names
+    headers = [
         (b"access-control-allow-origin", origin.encode("latin-1")),
         (b"access-control-allow-methods", ", ".join(PREFLIGHT_METHODS).encode()),
-        (b"access-control-allow-headers", b"Authorization, Content-Type, X-Conversation-Id"),
-        (b"access-control-max-age", str(PREFLIGHT_MAX_AGE).encode()),
-        (b"vary", b"Origin"),
     ]
+    if names:
+        headers.append((b"access-control-allow-headers", ", ".join(names).encode("ascii")))
+    headers += [
+        (b"access-control-max-age", str(PREFLIGHT_MAX_AGE).encode()),
+        (b"vary", b"Origin, Access-Control-Request-Headers"),
+    ]
+    return headers
+
+
+def preflight_header_names(requested_headers: str | None) -> list[str] | RequestRefusal:
+    """The names in `Access-Control-Request-Headers`, as asked, or `bad_preflight`.
+
+    Each must be an RFC 9110 token, so that echoing it back cannot split or inject a header; empty
+    list elements are skipped, as RFC 9110 section 5.6.1 asks of a recipient.
+    """
+    names = [name.strip(" \t") for name in (requested_headers or "").split(",")]
+    names = [name for name in names if name]
+    if len(names) > PREFLIGHT_MAX_HEADERS:
+        return RequestRefusal(BAD_PREFLIGHT, "too_many_headers", limit=PREFLIGHT_MAX_HEADERS)
+    if not all(_TOKEN.fullmatch(name) for name in names):
+        return RequestRefusal(BAD_PREFLIGHT, "header_names")
+    return names
 
 
 def _split_target(target: bytes) -> tuple[str, str | None]:

@@ -53,6 +53,7 @@ from llama_direct.refusals import (
     INVALID_OPTION,
     INVALID_OPTIONS,
     LOGIN_REQUIRED,
+    MODEL_NOT_FOUND,
     ORIGIN_NOT_ALLOWED,
     UNKNOWN_OPTION,
 )
@@ -456,8 +457,13 @@ def _origin(value: bytes) -> bytes:
     return b"Origin: " + value + b"\r\n"
 
 
-def _preflight(origin: bytes | None, method: bytes = b"POST", headers: bytes = b"authorization") -> Any:
-    line = b"OPTIONS /direct/v1/chat/completions HTTP/1.1\r\nHost: gate\r\n"
+def _preflight(
+    origin: bytes | None,
+    method: bytes = b"POST",
+    headers: bytes = b"authorization",
+    target: bytes = b"/direct/v1/chat/completions",
+) -> Any:
+    line = b"OPTIONS " + target + b" HTTP/1.1\r\nHost: gate\r\n"
     extra = (_origin(origin) if origin else b"") + b"Access-Control-Request-Method: " + method + b"\r\n"
     extra += b"Access-Control-Request-Headers: " + headers + b"\r\n"
     return send(lambda h: line + extra + b"\r\n")
@@ -494,9 +500,16 @@ CORS = [
     Case("preflight_without_an_origin", _preflight(None), 403, "A preflight needs an Origin.", settings=TWO_PORT),
     Case("preflight_for_put", _preflight(APP.encode(), method=b"PUT"), 405,
          "The direct lane allows only GET, POST and DELETE.", settings=TWO_PORT, cors=APP),
-    Case("preflight_for_a_foreign_header", _preflight(APP.encode(), headers=b"authorization, x-api-key"), 403,
-         "The direct lane allows only the Authorization, Content-Type and X-Conversation-Id headers.",
-         settings=TWO_PORT, cors=APP),
+    Case("preflight_for_40_header_names",
+         _preflight(APP.encode(), headers=b", ".join(b"x-h%d" % i for i in range(40))), 400,
+         "A preflight may ask for at most 32 request headers.", settings=TWO_PORT, cors=APP),
+    Case("preflight_for_an_invalid_header_name", _preflight(APP.encode(), headers=b"authorization, x-a:b"), 400,
+         "Access-Control-Request-Headers must list header names.", settings=TWO_PORT, cors=APP),
+    Case("preflight_from_a_foreign_origin_for_any_header",
+         _preflight(EVIL.encode(), headers=b"authorization, x-stainless-os"), 403,
+         "This origin may not call the direct lane.", settings=TWO_PORT),
+    Case("preflight_for_a_path_off_the_lane_routes", _preflight(APP.encode(), target=b"/direct/v1/props"), 404,
+         "No such route on the direct lane.", settings=TWO_PORT, cors=APP),
     Case("one_port_preflight_needs_a_token", _preflight(EVIL.encode()), 401, refusals.MissingToken.message),
 ]
 
@@ -544,6 +557,24 @@ def test_a_valid_request_still_passes_so_the_refusals_above_mean_something() -> 
             response = await exchange(h, chat_request(h.token()))
             assert response.status == 200
             assert len(h.upstream_requests) == 1
+
+    asyncio.run(asyncio.wait_for(main(), 20))
+
+
+def test_headers_a_preflight_allows_never_reach_llama_server() -> None:
+    """Any header name passes the preflight, so the forwarded head must still be built from an allow-list."""
+
+    async def main() -> None:
+        from gate_fakes import running_gate
+
+        async with running_gate(**TWO_PORT) as h:
+            extra = _origin(APP.encode()) + b"X-Api-Key: sk-client\r\nCookie: s=1\r\nX-Stainless-Os: Linux\r\n"
+            response = await exchange(h, request(h.token(origin=APP), headers=extra))
+            assert response.status == 200
+            (forwarded,) = h.upstream_requests
+            names = {name.lower() for name, _ in forwarded.headers}
+            assert not names & {b"x-api-key", b"cookie", b"x-stainless-os", b"origin"}
+            assert all(b"sk-client" not in value for _, value in forwarded.headers)
 
     asyncio.run(asyncio.wait_for(main(), 20))
 
@@ -617,6 +648,10 @@ BROKER_CASES: list[tuple[str, Any, int, str]] = [
     ("boolean_max_tokens", lambda c: c.post("/direct-stream", headers=_bearer(), json={"max_tokens": True}),
      400, INVALID_OPTION.message),
     ("asking_for_another_model", lambda c: c.post("/direct-stream", headers=_bearer(), json={"model": "big"}),
+     404, MODEL_NOT_FOUND.message),
+    ("a_model_that_is_not_a_name", lambda c: c.post("/direct-stream", headers=_bearer(), json={"model": ["smol"]}),
+     400, INVALID_OPTION.text("model")),
+    ("an_unknown_option", lambda c: c.post("/direct-stream", headers=_bearer(), json={"uses": 5}),
      400, UNKNOWN_OPTION.message),
     ("repeated_query_option", lambda c: c.get("/direct-stream?max_tokens=1&max_tokens=99999", headers=_bearer()),
      400, INVALID_OPTIONS.text("repeated")),

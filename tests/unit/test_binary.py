@@ -1,9 +1,11 @@
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from llama_launcher.binary import cached_binary, missing_build_tools, resolve
+from llama_launcher.binary import resolve
+from llama_launcher.build import build_dir, missing_build_tools
 from llama_launcher.errors import BinaryNotFound
 
 
@@ -24,35 +26,50 @@ def tree(tmp_path: Path) -> dict[str, Path]:
     }
 
 
+def cached_binary(cache: Path) -> Path:
+    return build_dir(cache) / "llama-server"
+
+
+def _good(path: Path) -> Callable[[], Path | None]:
+    """The cache as resolve sees it: the binary when the build is current and proven."""
+    return lambda: path if path.is_file() else None
+
+
 def test_explicit_flag_wins(tree: dict[str, Path]) -> None:
     found = resolve(str(tree["explicit"]), {"LLAMA_SERVER": str(tree["env"])}, lambda _: str(tree["path"]),
-                    tree["cache"])
+                    _good(cached_binary(tree["cache"])))
     assert found is not None and (found.path, found.source) == (tree["explicit"], "--llama-server")
 
 
 def test_environment_comes_second(tree: dict[str, Path]) -> None:
-    found = resolve(None, {"LLAMA_SERVER": str(tree["env"])}, lambda _: str(tree["path"]), tree["cache"])
+    cache = _good(cached_binary(tree["cache"]))
+    found = resolve(None, {"LLAMA_SERVER": str(tree["env"])}, lambda _: str(tree["path"]), cache)
     assert found is not None and (found.path, found.source) == (tree["env"], "LLAMA_SERVER")
 
 
 def test_path_comes_third(tree: dict[str, Path]) -> None:
     _exe(cached_binary(tree["cache"]))
-    found = resolve(None, {}, lambda _: str(tree["path"]), tree["cache"])
+    found = resolve(None, {}, lambda _: str(tree["path"]), _good(cached_binary(tree["cache"])))
     assert found is not None and (found.path, found.source) == (tree["path"], "PATH")
 
 
 def test_cache_comes_last(tree: dict[str, Path]) -> None:
     cached = _exe(cached_binary(tree["cache"]))
-    found = resolve(None, {}, lambda _: None, tree["cache"])
+    found = resolve(None, {}, lambda _: None, _good(cached_binary(tree["cache"])))
     assert found is not None and (found.path, found.source) == (cached, "cache")
 
 
 def test_nothing_found_means_build(tree: dict[str, Path]) -> None:
-    assert resolve(None, {}, lambda _: None, tree["cache"]) is None
+    assert resolve(None, {}, lambda _: None, _good(cached_binary(tree["cache"]))) is None
+
+
+def test_a_cached_build_that_is_not_current_and_proven_is_not_found(tree: dict[str, Path]) -> None:
+    _exe(cached_binary(tree["cache"]))
+    assert resolve(None, {}, lambda _: None, lambda: None) is None
 
 
 def test_cache_is_keyed_by_version(tmp_path: Path) -> None:
-    assert cached_binary(tmp_path, "1.2.3") == tmp_path / "llama-server-1.2.3" / "llama-server"
+    assert build_dir(tmp_path, "1.2.3") == tmp_path / "llama-server-1.2.3"
 
 
 @pytest.mark.parametrize("bad", ["missing", "not-executable"])
@@ -63,9 +80,9 @@ def test_a_wrong_explicit_choice_is_an_error_not_a_fallback(tree: dict[str, Path
         path.write_text("x")
         os.chmod(path, 0o644)
     with pytest.raises(BinaryNotFound, match=r"^--llama-server .*: not an executable file$"):
-        resolve(str(path), {}, lambda _: str(tree["path"]), tree["cache"])
+        resolve(str(path), {}, lambda _: str(tree["path"]), _good(cached_binary(tree["cache"])))
     with pytest.raises(BinaryNotFound, match=r"^LLAMA_SERVER=.*: not an executable file$"):
-        resolve(None, {"LLAMA_SERVER": str(path)}, lambda _: str(tree["path"]), tree["cache"])
+        resolve(None, {"LLAMA_SERVER": str(path)}, lambda _: str(tree["path"]), _good(cached_binary(tree["cache"])))
 
 
 def test_missing_build_tools_are_named() -> None:

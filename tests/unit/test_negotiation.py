@@ -18,6 +18,7 @@ from llama_direct.refusals import (
     CONVERSATION_NOT_OWNED,
     INVALID_OPTION,
     INVALID_OPTIONS,
+    MODEL_NOT_FOUND,
     UNKNOWN_OPTION,
     RequestRefusal,
 )
@@ -63,6 +64,7 @@ class TestOptionsFromBody:
         assert Options.from_body(b'{"max_tokens": 64, "resumable": true}') == Options(max_tokens=64, resumable=True)
         assert Options.from_body(b'{"resume": "abc_-1"}') == Options(resume="abc_-1")
         assert Options.from_body(b'{"cancel": "abc"}') == Options(cancel="abc")
+        assert Options.from_body(b'{"model": "smol"}') == Options(model="smol")
 
     @pytest.mark.parametrize(
         ("body", "message"),
@@ -70,7 +72,9 @@ class TestOptionsFromBody:
             (b"[1]", INVALID_OPTIONS.message),
             (b"{not json", INVALID_OPTIONS.message),
             (b'"text"', INVALID_OPTIONS.message),
-            (b'{"model": "other"}', UNKNOWN_OPTION.message),
+            (b'{"model": 5}', INVALID_OPTION.text("model")),
+            (b'{"model": ""}', INVALID_OPTION.text("model")),
+            (b'{"model": "' + b"m" * 257 + b'"}', INVALID_OPTION.text("model")),
             (b'{"max_tokens": 10, "uses": 5}', UNKNOWN_OPTION.message),
             (b'{"max_tokens": "10"}', INVALID_OPTION.message),
             (b'{"max_tokens": 1.5}', INVALID_OPTION.message),
@@ -170,6 +174,16 @@ class TestSupported:
 
     def test_no_origin_means_a_grant_without_one(self) -> None:
         assert "origin" not in _negotiate(origin=None)["grant"]
+
+    def test_the_served_model_may_be_named(self) -> None:
+        assert _negotiate(Options(model="smol"))["grant"]["model"] == "smol"
+
+    def test_another_model_is_not_found_even_when_the_lane_is_off(self) -> None:
+        for enabled in (True, False):
+            with pytest.raises(RequestRefusal) as excinfo:
+                _negotiate(Options(model="other"), enabled=enabled)
+            assert (excinfo.value.status, excinfo.value.code) == (404, "model_not_found")
+            assert excinfo.value.message == MODEL_NOT_FOUND.message
 
     def test_a_smaller_max_tokens_narrows_the_cap(self) -> None:
         assert _negotiate(Options(max_tokens=64))["grant"]["max_tokens"] == 64

@@ -514,7 +514,8 @@ def test_two_port_preflight_allowed_and_foreign() -> None:
         allowed = await ask(h, preflight % APP.encode())
         assert allowed.status == 204
         assert allowed.header(b"access-control-allow-origin") == [APP.encode()]
-        assert allowed.header(b"access-control-allow-headers") == [b"Authorization, Content-Type, X-Conversation-Id"]
+        assert allowed.header(b"access-control-allow-headers") == [b"authorization, content-type"]
+        assert allowed.header(b"vary") == [b"Origin, Access-Control-Request-Headers"]
         foreign = await ask(h, preflight % b"http://evil.test")
         assert foreign.status == 403
         assert foreign.header(b"access-control-allow-origin") == []

@@ -488,34 +488,91 @@ def test_random_targets_never_leave_the_three_routes(method, suffix):
 APP = "https://app.example"
 
 
+CHAT_TARGET = b"/direct/v1/chat/completions"
+
+
+def _preflight(origin: str, method: str | None, headers: str | None, target: bytes = CHAT_TARGET) -> object:
+    return allowed_preflight(origin, frozenset({APP}), method, headers, target=target)
+
+
 def test_preflight_for_an_allowed_origin():
-    headers = allowed_preflight(APP, frozenset({APP}), "POST", "authorization, content-type, X-Conversation-Id")
+    headers = _preflight(APP, "POST", "authorization, content-type, X-Conversation-Id")
     assert headers == [
         (b"access-control-allow-origin", b"https://app.example"),
         (b"access-control-allow-methods", b"GET, POST, DELETE"),
-        (b"access-control-allow-headers", b"Authorization, Content-Type, X-Conversation-Id"),
+        (b"access-control-allow-headers", b"authorization, content-type, X-Conversation-Id"),
         (b"access-control-max-age", b"600"),
-        (b"vary", b"Origin"),
+        (b"vary", b"Origin, Access-Control-Request-Headers"),
     ]
 
 
-def test_preflight_without_requested_headers():
-    assert isinstance(allowed_preflight(APP, frozenset({APP}), "DELETE", None), list)
+def test_preflight_answers_exactly_the_names_an_sdk_asks_for():
+    asked = (
+        "authorization,content-type,x-stainless-arch,x-stainless-lang,x-stainless-os,"
+        "x-stainless-package-version,x-stainless-retry-count,x-stainless-runtime,"
+        "x-stainless-runtime-version,x-stainless-timeout"
+    )
+    answer = dict(_preflight(APP, "POST", asked))
+    assert answer[b"access-control-allow-headers"] == asked.replace(",", ", ").encode()
+
+
+def test_preflight_allows_any_token_name_and_skips_empty_elements():
+    answer = dict(_preflight(APP, "POST", " x-api-key ,\tcookie,, !#$%&'*+.^_`|~09azAZ- "))
+    assert answer[b"access-control-allow-headers"] == b"x-api-key, cookie, !#$%&'*+.^_`|~09azAZ-"
+
+
+def test_preflight_without_requested_headers_names_none():
+    for asked in (None, "", " , "):
+        answer = _preflight(APP, "DELETE", asked, target=b"/direct/v1/stream?conv_id=c1")
+        assert isinstance(answer, list)
+        assert b"access-control-allow-headers" not in dict(answer)
+
+
+def test_preflight_takes_32_names_and_refuses_33():
+    names = [f"x-h{i}" for i in range(33)]
+    assert isinstance(_preflight(APP, "POST", ", ".join(names[:32])), list)
+    refusal = _preflight(APP, "POST", ", ".join(names))
+    assert isinstance(refusal, RequestRefusal)
+    assert (refusal.status, refusal.code) == (400, "bad_preflight")
+    assert "32" in refusal.message
 
 
 @pytest.mark.parametrize(
-    ("origin", "method", "headers", "expected"),
+    ("origin", "method", "headers", "target", "expected"),
     [
-        ("https://evil.example", "POST", None, (403, "origin_not_allowed")),
-        ("https://app.example.evil", "POST", None, (403, "origin_not_allowed")),
-        (APP, None, None, (400, "bad_preflight")),
-        (APP, "PUT", None, (405, "method_not_allowed")),
-        (APP, "post", None, (405, "method_not_allowed")),
-        (APP, "POST", "authorization, x-api-key", (403, "header_not_allowed")),
-        (APP, "POST", "cookie", (403, "header_not_allowed")),
+        ("https://evil.example", "POST", None, CHAT_TARGET, (403, "origin_not_allowed")),
+        ("https://app.example.evil", "POST", None, CHAT_TARGET, (403, "origin_not_allowed")),
+        ("https://evil.example", "POST", "x-a" + ", x-a" * 40, CHAT_TARGET, (403, "origin_not_allowed")),
+        (APP, None, None, CHAT_TARGET, (400, "bad_preflight")),
+        (APP, "PUT", None, CHAT_TARGET, (405, "method_not_allowed")),
+        (APP, "post", None, CHAT_TARGET, (405, "method_not_allowed")),
+        (APP, "GET", None, CHAT_TARGET, (405, "method_not_allowed")),
+        (APP, "POST", None, b"/direct/v1/stream", (405, "method_not_allowed")),
+        (APP, "POST", None, b"/direct/v1/props", (404, "no_such_route")),
+        (APP, "GET", None, b"/direct/v1/streams/lookup", (404, "no_such_route")),
+        (APP, "POST", None, b"/v1/chat/completions", (404, "no_such_route")),
+        (APP, "POST", None, b"/direct/v1/%2e%2e/props", (400, "ambiguous_path")),
+        (APP, "POST", ", ".join(f"x-h{i}" for i in range(40)), CHAT_TARGET, (400, "bad_preflight")),
+        (APP, "POST", "authorization, x api key", CHAT_TARGET, (400, "bad_preflight")),
+        (APP, "POST", "authorization, x-a:b", CHAT_TARGET, (400, "bad_preflight")),
+        (APP, "POST", "x-a\r\nset-cookie", CHAT_TARGET, (400, "bad_preflight")),
+        (APP, "POST", "x-\u00e9", CHAT_TARGET, (400, "bad_preflight")),
+        (APP, "POST", "(x)", CHAT_TARGET, (400, "bad_preflight")),
     ],
 )
-def test_preflight_refusals_are_returned(origin, method, headers, expected):
-    refusal = allowed_preflight(origin, frozenset({APP}), method, headers)
+def test_preflight_refusals_are_returned(origin, method, headers, target, expected):
+    refusal = allowed_preflight(origin, frozenset({APP}), method, headers, target=target)
     assert isinstance(refusal, RequestRefusal)
     assert (refusal.status, refusal.code) == expected
+
+
+@given(st.text(max_size=200))
+def test_any_requested_header_list_is_echoed_only_as_tokens(asked):
+    answer = _preflight(APP, "POST", asked)
+    if isinstance(answer, RequestRefusal):
+        assert (answer.status, answer.code) == (400, "bad_preflight")
+        return
+    echoed = dict(answer).get(b"access-control-allow-headers", b"").decode("ascii")
+    names = [name for name in echoed.split(", ") if name]
+    assert len(names) <= 32
+    assert all(re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name) for name in names)

@@ -69,8 +69,13 @@ export interface Preflight {
   headers: Record<string, string | string[] | undefined>;
 }
 
-/** A CORS preflight for a POST with `Authorization` and `Content-Type`, as a browser would send it. */
-export function preflight(url: string, origin: string, timeoutMs = 10_000): Promise<Preflight> {
+/** A CORS preflight for a POST with `requestHeaders` (by default `Authorization` and `Content-Type`), as a browser sends it. */
+export function preflight(
+  url: string,
+  origin: string,
+  requestHeaders = "authorization, content-type",
+  timeoutMs = 10_000,
+): Promise<Preflight> {
   return new Promise((resolve, reject) => {
     const ask = request(
       url,
@@ -80,7 +85,7 @@ export function preflight(url: string, origin: string, timeoutMs = 10_000): Prom
         headers: {
           Origin: origin,
           "Access-Control-Request-Method": "POST",
-          "Access-Control-Request-Headers": "authorization, content-type",
+          "Access-Control-Request-Headers": requestHeaders,
         },
       },
       (response) => {
