@@ -11,16 +11,22 @@ FRONT_STAMP := frontend/node_modules/.installed
 STATIC := broker/static/index.html
 ARGS ?=
 
-.PHONY: serve check test install frontend browser tools
+.PHONY: serve check check-python check-frontend test install frontend browser tools
 
 serve: install frontend
 	$(BIN)/llama-direct serve $(ARGS)
 
-# Lint, types, the unit and hostile tests that need no llama-server, and the page's unit tests.
+# Lint, types, the unit and hostile tests that need no llama-server, and the page's unit tests
+# (pytest and vitest side by side: each uses one core).
 check: install $(FRONT_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(MAKE) --no-print-directory -j2 check-python check-frontend
+
+check-python:
 	$(BIN)/pytest -q -m "not real and not browser" tests/unit tests/hostile
+
+check-frontend:
 	cd frontend && npm test
 
 test: install frontend browser

@@ -123,8 +123,8 @@ METHOD_NOT_ALLOWED = _reason(
     405, "method_not_allowed", "Method not allowed.",
     connect="CONNECT is not served.",
     lane="The direct lane allows only GET, POST and DELETE.",
-    route="The direct lane does not serve this method on this path.",
     token="This token allows this route only with {allowed}.",
+    path="The direct lane does not serve this method on this path.",
 )
 REQUEST_TIMEOUT = _reason(408, "request_timeout", "The request did not arrive in time.")
 BODY_TOO_LARGE = _reason(
@@ -172,8 +172,8 @@ DUPLICATE_HEADER = _reason(400, "duplicate_header", "The {label} header must app
 MISSING_CONVERSATION_ID = _reason(400, "missing_conversation_id", "This token needs the X-Conversation-Id it names.")
 BAD_PREFLIGHT = _reason(
     400, "bad_preflight", "A preflight needs Access-Control-Request-Method.",
-    too_many="A preflight may ask for at most {limit} request headers.",
-    names="Access-Control-Request-Headers must list header names.",
+    too_many_headers="A preflight may ask for at most {limit} request headers.",
+    header_names="Access-Control-Request-Headers must list header names.",
 )
 BAD_QUERY = _reason(
     400, "bad_query", "This route takes no query string.",

@@ -15,6 +15,8 @@ from pathlib import Path
 RUNTIME_ENV = "LLAMA_DIRECT_RUNTIME"
 BROKER_CONFIG_ENV = "LLAMA_DIRECT_BROKER_CONFIG"
 ACCESS_TOKEN_ENV = "LLAMA_DIRECT_ACCESS_TOKEN"
+ACCESS_TOKEN_FILE_ENV = "LLAMA_DIRECT_ACCESS_TOKEN_FILE"
+"""Where a client (`llama_direct.sdk`) may read the access token from instead."""
 UPSTREAM_KEY_ENV = "LLAMA_DIRECT_UPSTREAM_KEY"
 PUBLIC_FD_ENV = "LLAMA_DIRECT_PUBLIC_FD"
 APP_FD_ENV = "LLAMA_DIRECT_APP_FD"
@@ -34,7 +36,7 @@ LAUNCH_FILE = "launch.json"
 GATE_FAILURE_FILE = "gate-failure.json"
 """The gate's last word to the parent: why it stopped for good (llama-server cannot start)."""
 GATE_EXIT_GAVE_UP = 3
-"""The gate's exit status when it gave up: the parent reports the failure file and does not restart it."""
+"""The gate's exit code that tells the parent not to restart it for the same cause."""
 
 _READY = re.compile(r"llama-direct ready: (?P<url>https?://\S+)")
 _RUNTIME = re.compile(r"runtime dir=(?P<path>\S+) public=(?P<host>\S+):(?P<port>\d+)")

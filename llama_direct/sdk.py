@@ -32,10 +32,9 @@ from pathlib import Path
 
 import httpx
 
-__all__ = ["DirectAuth"]
+from llama_direct.runtime import ACCESS_TOKEN_ENV, ACCESS_TOKEN_FILE_ENV
 
-ACCESS_TOKEN_ENV = "LLAMA_DIRECT_ACCESS_TOKEN"
-ACCESS_TOKEN_FILE_ENV = "LLAMA_DIRECT_ACCESS_TOKEN_FILE"
+__all__ = ["DirectAuth"]
 CHAT_PATH = "/v1/chat/completions"
 NEGOTIATION_PATH = "/direct-stream"
 _DROPPED_HEADERS = frozenset({"authorization", "cookie", "host", "content-length", "x-conversation-id"})

@@ -66,7 +66,7 @@ class BuildPlan:
 def cmake_options(machine: str, compiler_accepts_no_amx: bool) -> tuple[str, ...]:
     """The configure options. On x86 the AMX kernels are compiled out; a compiler too old to know the
     ``-mno-amx-*`` flags (GCC < 11) cannot emit AMX code in the first place, so it needs none."""
-    options = BASE_CMAKE_OPTIONS
+    options: tuple[str, ...] = BASE_CMAKE_OPTIONS
     if machine.lower() in _X86 and compiler_accepts_no_amx:
         flags = " ".join(NO_AMX_FLAGS)
         options = (*options, f"-DCMAKE_C_FLAGS={flags}", f"-DCMAKE_CXX_FLAGS={flags}")

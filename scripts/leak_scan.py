@@ -31,7 +31,6 @@ import base64
 import contextlib
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -48,12 +47,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from llama_direct.runtime import RuntimeLine, parse_ready_line, parse_runtime_line
 from llama_launcher import provision
+from llama_launcher.bench.processes import descendants, kill_all, stop_process
 from llama_launcher.paths import cache_dir
 
 MAX_FILE_BYTES = 16 * 1024 * 1024
-READY = re.compile(r"llama-direct ready: (?P<url>https?://\S+)")
-RUNTIME = re.compile(r"runtime dir=(?P<path>\S+)")
 CHAT = {"messages": [{"role": "user", "content": "Say hello."}], "stream": True, "max_tokens": 12}
 LONG = {"messages": [{"role": "user", "content": "Write a long story about a lighthouse."}], "stream": True,
         "max_tokens": 1000}
@@ -181,25 +180,6 @@ def search(needles: list[Needle], haystacks: Iterable[tuple[str, bytes]]) -> lis
 # -- the stack and its traffic -------------------------------------------------------------------
 
 
-def children(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                if int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                    found.append(int(entry))
-    return found
-
-
-def descendants(pid: int) -> list[int]:
-    found, todo = [], [pid]
-    while todo:
-        for child in children(todo.pop()):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
 def llama_server_pid(serve: int) -> int | None:
     for pid in descendants(serve):
         with contextlib.suppress(OSError):
@@ -249,32 +229,24 @@ def serve(llama_server: str, timeout: float, data_dir: Path, log: Path) -> Itera
         )
     run = Run(process, log, data_dir)
     try:
-        text = str(wait_for("the ready line", lambda: _ready(run), timeout))
-        url = READY.search(text).group("url")  # type: ignore[union-attr]
+        url, where = wait_for("the ready line", lambda: _ready(run), timeout)
         parts = urllib.parse.urlsplit(url)
         run.base = f"{parts.scheme}://{parts.netloc}"
         run.access = urllib.parse.parse_qs(parts.query)["token"][0]
-        run.runtime = Path(RUNTIME.search(text).group("path"))  # type: ignore[union-attr]
+        run.runtime = where.path
         yield run
     finally:
         run.family |= set(descendants(process.pid))
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-        for pid in run.family:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        stop_process(process, 30, group=True)
+        kill_all(run.family)
 
 
-def _ready(run: Run) -> str | None:
+def _ready(run: Run) -> tuple[str, RuntimeLine] | None:
     if run.process.poll() is not None:
         raise ScanError(f"serve exited with code {run.process.returncode} before it was ready")
     text = run.log.read_text(errors="replace")
-    return text if READY.search(text) and RUNTIME.search(text) else None
+    url, where = parse_ready_line(text), parse_runtime_line(text)
+    return (url, where) if url is not None and where is not None else None
 
 
 @dataclass(frozen=True)

@@ -13,25 +13,16 @@ await mkdir(out, { recursive: true });
 for (const name of await readdir(out)) {
   if (OUTPUTS.has(name)) await rm(out + name);
 }
-await build({
-  entryPoints: [root + "src/page/app.ts", root + "src/page/app.css"],
-  outdir: out,
+/** One bundle setting for both outputs: modern browsers, minified, quiet. */
+const COMMON = {
   bundle: true,
   format: "esm",
   target: ["es2022", "chrome110", "firefox115", "safari16"],
   minify: true,
   legalComments: "none",
   logLevel: "warning",
-});
-await build({
-  entryPoints: [root + "src/direct_fetch.ts"],
-  outfile: out + "llama-direct.js",
-  bundle: true,
-  format: "esm",
-  target: ["es2022", "chrome110", "firefox115", "safari16"],
-  minify: true,
-  legalComments: "none",
-  logLevel: "warning",
-});
+};
+await build({ ...COMMON, entryPoints: [root + "src/page/app.ts", root + "src/page/app.css"], outdir: out });
+await build({ ...COMMON, entryPoints: [root + "src/direct_fetch.ts"], outfile: out + "llama-direct.js" });
 await copyFile(root + "src/page/index.html", out + "index.html");
 console.log(`built ${[...OUTPUTS].join(", ")} into ${out}`);

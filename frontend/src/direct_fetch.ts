@@ -12,7 +12,7 @@
  * (`/v1/models`) go to the app with the cookie. The response body is never read here: a stream
  * reaches the SDK chunk by chunk.
  */
-import type { FetchLike } from "./client.ts";
+import type { FetchLike } from "./chat-types.ts";
 
 export interface DirectFetchOptions {
   /** Injected for tests; defaults to the global `fetch`. */

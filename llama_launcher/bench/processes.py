@@ -1,5 +1,8 @@
 """The processes a benchmark starts, and what `/proc` says about them (CPU time, RSS, children).
 
+The `/proc` readers and `stop_process` are also what the real tests and the leak scan use to find
+and end a serve stack's family: one copy of each.
+
 Everything started here dies with the benchmark: each child is spawned with `PR_SET_PDEATHSIG`,
 in its own session, and `Child.stop` ends it (SIGTERM, then SIGKILL) by its own pid only.
 """
@@ -16,7 +19,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -108,18 +111,35 @@ class Child:
             return ""
 
     def stop(self, grace: float = 15.0) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(grace)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, grace)
+
+
+def stop_process(process: subprocess.Popen[bytes], grace: float, *, group: bool = False) -> None:
+    """SIGTERM, then SIGKILL after `grace` seconds: the process alone, or (`group`) the process group
+    it leads, for a child started in its own session whose children must not outlive it."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        if group:
+            os.killpg(process.pid, signal.SIGKILL)
+        else:
+            process.kill()
+        process.wait()
+
+
+def kill_all(pids: Iterable[int]) -> None:
+    """SIGKILL each pid still there: what is left of a family after its parent stopped."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def cpu_seconds(pid: int) -> float:
     """User plus system CPU of a whole process (all its threads), from /proc/<pid>/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    fields = _stat_fields(pid)
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
@@ -138,14 +158,41 @@ def cmdline(pid: int) -> list[str]:
         return []
 
 
+def _stat_fields(pid: int | str) -> list[str]:
+    """`/proc/<pid>/stat` after the command name (which may hold spaces and parentheses)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def state(pid: int) -> str:
+    """The process's state letter (`Z` for a zombie), or "gone"."""
+    try:
+        return _stat_fields(pid)[0]
+    except (OSError, IndexError):
+        return "gone"
+
+
+def alive(pid: int) -> bool:
+    return state(pid) not in ("gone", "Z")
+
+
 def children(pid: int) -> list[int]:
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         with contextlib.suppress(OSError, IndexError, ValueError):
-            if int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+            if int(_stat_fields(entry)[1]) == pid:
                 found.append(int(entry))
+    return found
+
+
+def descendants(pid: int) -> list[int]:
+    """Children, grandchildren and so on, as they are now."""
+    found, todo = [], [pid]
+    while todo:
+        for child in children(todo.pop()):
+            found.append(child)
+            todo.append(child)
     return found
 
 

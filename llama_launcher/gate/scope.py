@@ -130,7 +130,7 @@ def allowed_preflight(
     if lane_path not in {p for _m, p in LANE_ROUTES}:
         return _no_such_route()
     if (requested_method, lane_path) not in LANE_ROUTES:
-        return RequestRefusal(METHOD_NOT_ALLOWED, "route")
+        return RequestRefusal(METHOD_NOT_ALLOWED, "path")
     names = preflight_header_names(requested_headers)
     if isinstance(names, RequestRefusal):
         return names
@@ -156,9 +156,9 @@ def preflight_header_names(requested_headers: str | None) -> list[str] | Request
     names = [name.strip(" \t") for name in (requested_headers or "").split(",")]
     names = [name for name in names if name]
     if len(names) > PREFLIGHT_MAX_HEADERS:
-        return RequestRefusal(BAD_PREFLIGHT, "too_many", limit=PREFLIGHT_MAX_HEADERS)
+        return RequestRefusal(BAD_PREFLIGHT, "too_many_headers", limit=PREFLIGHT_MAX_HEADERS)
     if not all(_TOKEN.fullmatch(name) for name in names):
-        return RequestRefusal(BAD_PREFLIGHT, "names")
+        return RequestRefusal(BAD_PREFLIGHT, "header_names")
     return names
 
 

@@ -15,8 +15,9 @@ import openai
 import pytest
 from forwarder import Forwarder
 from prefix_proxy import PrefixProxy
-from stack import _descendants, run_stack
+from stack import run_stack
 
+from llama_launcher.bench.processes import alive, descendants
 from llama_launcher.paths import make_runtime_dir
 from llama_launcher.server_args import ServerOptions
 from llama_launcher.server_process import LlamaServer
@@ -156,11 +157,9 @@ def test_doctor_names_a_wrong_upstream_key(own_llama_server: LlamaServer) -> Non
 
 def test_sigterm_leaves_no_process(llama_server_binary: Path) -> None:
     with run_stack("--llama-server", str(llama_server_binary)) as stack:
-        family = _descendants(stack.process.pid)
+        family = descendants(stack.process.pid)
         assert len(family) >= 3  # broker, gate, llama-server
         stack.process.send_signal(signal.SIGTERM)
         assert stack.process.wait(30) == 0
     time.sleep(0.5)
-    alive = [pid for pid in family if Path(f"/proc/{pid}").exists()
-             and Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"]
-    assert alive == []
+    assert [pid for pid in family if alive(pid)] == []

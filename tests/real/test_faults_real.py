@@ -26,6 +26,8 @@ import httpx
 import pytest
 from stack import Stack, run_stack
 
+from llama_launcher.bench.processes import children, cmdline, state, stop_process
+
 pytestmark = [pytest.mark.real, pytest.mark.timeout(240)]
 
 SHORT = {"messages": [{"role": "user", "content": "Say hi."}], "stream": True, "max_tokens": 8}
@@ -36,39 +38,10 @@ LONG = {"messages": [{"role": "user", "content": "Write a long story about a lig
 # -- processes -------------------------------------------------------------------------------------
 
 
-def children(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-            found.append(int(entry))
-    return found
-
-
-def cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def state(pid: int) -> str:
-    """The process's state letter (`Z` for a zombie), or "gone"."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return "gone"
-
-
 def child_running(parent: int, marker: str) -> int | None:
     """The live child of `parent` whose command line holds `marker` (zombies excluded)."""
     for pid in children(parent):
-        if marker in cmdline(pid) and state(pid) not in ("gone", "Z"):
+        if marker in " ".join(cmdline(pid)) and state(pid) not in ("gone", "Z"):
             return pid
     return None
 
@@ -332,18 +305,10 @@ def test_a_slow_loading_model_negotiates_unsupported_model_loading() -> None:
             wait_for("the ready line", lambda: "llama-direct ready:" in Path(log.name).read_text(), 30)
             assert wait_for("a supported negotiation", lambda: (negotiate() or {}).get("supported"), 10, 0.1) is True
         finally:
-            _stop(process)
+            stop_process(process, 30, group=True)
             log.close()
             os.unlink(log.name)
             shutil.rmtree(data_dir, ignore_errors=True)
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 

@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from llama_direct.redaction import install
+from llama_launcher.bench.processes import alive
 from llama_launcher.errors import StartError
 from llama_launcher.paths import make_runtime_dir
 from llama_launcher.server_args import ServerOptions
@@ -26,18 +27,10 @@ pytestmark = pytest.mark.real
 CHAT = {"messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8, "stream": True}
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def _wait_gone(pid: int, seconds: float = 10.0) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if not _alive(pid):
+        if not alive(pid):
             return True
         time.sleep(0.05)
     return False
@@ -210,7 +203,7 @@ def test_stop_leaves_no_process(options: ServerOptions) -> None:
     launched.start()
     launched.wait_ready(timeout=120, show_progress=False)
     pid = launched.pid
-    assert pid is not None and _alive(pid)
+    assert pid is not None and alive(pid)
     launched.stop()
     assert _wait_gone(pid, 1)
     assert not Path(launched.socket_path).exists()
@@ -233,7 +226,7 @@ def test_sigkill_of_the_parent_takes_llama_server_down(options: ServerOptions, t
     try:
         assert parent.stdout is not None
         child_pid = int(parent.stdout.readline())
-        assert _alive(child_pid)
+        assert alive(child_pid)
         parent.kill()
         parent.wait(10)
         assert _wait_gone(child_pid, 10), "llama-server outlived its SIGKILLed parent"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -17,6 +16,7 @@ from pathlib import Path
 import httpx
 
 from llama_direct.runtime import parse_ready_line, parse_runtime_line
+from llama_launcher.bench.processes import descendants, kill_all, stop_process
 
 
 @dataclass
@@ -59,23 +59,6 @@ class Stack:
         return int(self.gate_health()["slots"]["busy"])
 
 
-def _descendants(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                parent = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(parent, []).append(int(entry))
-    found, todo = [], [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
 @contextlib.contextmanager
 def run_stack(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> Iterator[Stack]:
     data_dir = Path(tempfile.mkdtemp(prefix="ld-test-data-"))
@@ -96,20 +79,12 @@ def run_stack(*args: str, env: dict[str, str] | None = None, timeout: float = 30
             login, runtime, port = ready, where.path, where.port
             break
         time.sleep(0.1)
-    family = _descendants(process.pid)
+    family = descendants(process.pid)
     try:
         if login is None or runtime is None:
             raise AssertionError(f"serve did not become ready:\n{log_path.read_text(errors='replace')[-3000:]}")
         yield Stack(process, login, runtime, log_path, data_dir, port)
     finally:
-        family = sorted(set(family) | set(_descendants(process.pid)))
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-        for pid in family:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        family = sorted(set(family) | set(descendants(process.pid)))
+        stop_process(process, 30, group=True)
+        kill_all(family)
