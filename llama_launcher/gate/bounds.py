@@ -50,6 +50,11 @@ of nested object schemas), in the sum of its repetition counts (`minItems`,
 `maxLength`, … each expand into that many grammar rules) and in the length of each regex
 `pattern` (parsed by recursive descent)."""
 
+MAX_SCHEMA_NUMBER = 10**15
+"""Integer bounds are read into an int64 and then shifted by one (`exclusiveMinimum` + 1), and a
+float beyond int64 is cast without a check, so bounds stay far inside it (and exact as doubles)."""
+NUMBER_KEYWORDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+
 REPEAT_KEYWORDS = ("minItems", "maxItems", "minLength", "maxLength", "minProperties", "maxProperties",
                    "minContains", "maxContains")
 
@@ -167,7 +172,7 @@ def _check_strings(value: object, name: str, count: int, size: int, *, single: b
     if not isinstance(items, list) or len(items) > count:
         raise FieldOutOfBounds(name)
     for item in items:
-        if not isinstance(item, str) or len(item.encode("utf-8", "surrogatepass")) > size:
+        if not isinstance(item, str) or _utf8_length(item) > size:
             raise FieldOutOfBounds(name)
 
 
@@ -187,7 +192,7 @@ def _check_template_kwargs(kwargs: object) -> None:
 def _check_schemas(shaped: dict[str, Any]) -> None:
     total = 0
     for name, schema in _schemas(shaped):
-        total += len(json.dumps(schema, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass"))
+        total += _utf8_length(json.dumps(schema, ensure_ascii=False, separators=(",", ":")))
         if total > MAX_SCHEMA_BYTES:
             raise FieldOutOfBounds(name)
         _check_schema(name, schema)
@@ -225,16 +230,30 @@ def _check_schema(name: str, schema: object) -> None:
             stack.extend((child, depth + 1) for child in node)
             continue
         for key, value in node.items():
-            if key in REPEAT_KEYWORDS and isinstance(value, (int, float)) and not isinstance(value, bool):
-                repeats += max(int(value), 0)
-            elif key == "pattern" and isinstance(value, str) and len(value.encode("utf-8", "surrogatepass")) > (
-                MAX_PATTERN_BYTES
-            ):
-                raise FieldOutOfBounds(name)
             if isinstance(value, (dict, list)):
                 stack.append((value, depth + 1))
+            elif _is_number(value) and key in REPEAT_KEYWORDS:
+                repeats += max(int(value), 0)
+            elif _over_its_bound(key, value):
+                raise FieldOutOfBounds(name)
         if repeats > MAX_SCHEMA_REPEATS:
             raise FieldOutOfBounds(name)
+
+
+def _over_its_bound(key: str, value: object) -> bool:
+    """A schema number too large for llama-server's int64 arithmetic, or a pattern too long."""
+    if key in NUMBER_KEYWORDS and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return abs(value) > MAX_SCHEMA_NUMBER
+    return key == "pattern" and isinstance(value, str) and _utf8_length(value) > MAX_PATTERN_BYTES
+
+
+def _utf8_length(text: str) -> int:
+    """Bytes, as llama-server counts them; a lone surrogate from a JSON escape counts too."""
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _is_effort(value: object) -> bool:

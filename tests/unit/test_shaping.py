@@ -626,6 +626,7 @@ PERSON = {"type": "object", "properties": {"name": {"type": "string", "maxLength
         {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON}},
         {"type": "json_schema", "json_schema": {"name": "deep", "schema": _nested_schema(10)}},
         {"type": "text"},
+        {"type": "json_object", "schema": {"type": "integer", "minimum": -(10**15), "exclusiveMaximum": 10**15}},
     ],
 )
 def test_ordinary_schemas_pass(response_format):
@@ -641,6 +642,8 @@ HOSTILE_SCHEMAS = {
     "long_pattern": {"type": "string", "pattern": "(" * 300 + "a" + ")" * 300},
     "large": {"type": "object", "properties": {f"p{i}": {"type": "string", "description": "x" * 100}
                                                for i in range(400)}},
+    "int64_edge_exclusive_minimum": {"type": "integer", "exclusiveMinimum": 2**63 - 1},
+    "float_beyond_int64": {"type": "integer", "maximum": 1e300},
     "deep_arrays": {"enum": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]},
 }
 
