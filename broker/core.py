@@ -29,7 +29,10 @@ def _keyring(settings: BrokerSettings, now: float) -> KeyRing:
     """The configured key file (its own algorithm wins), else the keys dir, made at first start."""
     if settings.signing_key_file is None:
         keyring = KeyRing(settings.data_dir / "keys", settings.algorithm)
-        keyring.load_or_create(now)
+        try:
+            keyring.load_or_create(now)
+        except KeyFileError as error:
+            raise SettingsError(f"keys dir: {error}") from None
         return keyring
     try:
         return KeyRing.from_pem_file(settings.signing_key_file)

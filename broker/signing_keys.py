@@ -286,7 +286,7 @@ class KeyRing:
             return None
         with os.fdopen(fd, "rb") as file:
             if os.fstat(fd).st_mode & 0o077:
-                os.fchmod(fd, 0o600)
+                raise KeyFileError("a signing key file in the keys dir is readable by others (chmod 600 it)")
             key = _load_pem(file.read(), None)
         if key.kid != kid:
             raise KeyFileError("a signing key file does not hold the key its name says")

@@ -30,10 +30,14 @@ To add a refusal: add one `Reason` below (and, if a shell must catch it by type,
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import ClassVar
+
+MODEL_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+"""A model's public name: the only request text a refusal may repeat (in `error.param`)."""
 
 _ERROR_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error"}
 
@@ -218,6 +222,13 @@ BAD_IMAGE = _reason(
     not_a_data_url="{part}: the image must be a base64 data: URL.",
     base64="{part}: the image is not valid base64.",
 )
+FIELD_OUT_OF_BOUNDS = _reason(
+    400, "field_out_of_bounds", "A field is over the bound the direct lane allows for it: see error.param."
+)
+TEMPLATE_KWARG_NOT_ALLOWED = _reason(
+    400, "template_kwarg_not_allowed",
+    "This chat_template_kwargs key is not allowed on the direct lane: see error.param.",
+)
 IMAGE_TOO_MANY_PIXELS = _reason(400, "image_too_many_pixels", "{part}: the image has more than {limit} pixels.")
 
 # 400: the broker's negotiation and its own routes.
@@ -261,6 +272,8 @@ class Refusal(Exception):
     status: int
     code: str
     message: str
+    param: str | None = None
+    """The request field's value the refusal is about, in `error.param`: only a checked model name."""
 
     def __init_subclass__(cls) -> None:
         """A subclass bound to one reason shows it on the class too: `TokenSpent.message`."""
@@ -284,7 +297,11 @@ class Refusal(Exception):
 
     def to_body(self) -> bytes:
         """llama-server's error JSON plus the code: `{"error": {"message", "type", "code": <status>, "reason"}}`."""
-        error = {"message": self.message, "type": error_type(self.status), "code": self.status, "reason": self.code}
+        error: dict[str, object] = {
+            "message": self.message, "type": error_type(self.status), "code": self.status, "reason": self.code,
+        }
+        if self.param is not None:
+            error["param"] = self.param
         return json.dumps({"error": error}, separators=(",", ":")).encode()
 
 
@@ -364,6 +381,21 @@ class RateLimited(RequestRefusal):
     def __init__(self, retry_after: int) -> None:
         super().__init__(RATE_LIMITED)
         self.retry_after = retry_after
+
+
+class FieldOutOfBounds(RequestRefusal):
+    """400: a body field over the bound the lane allows; `error.param` names it when the name is plain."""
+
+    def __init__(self, param: str, reason: Reason = FIELD_OUT_OF_BOUNDS) -> None:
+        super().__init__(reason)
+        self.param = param if MODEL_NAME.fullmatch(param) else None
+
+
+class TemplateKwargNotAllowed(FieldOutOfBounds):
+    """400: a `chat_template_kwargs` key that is not allow-listed, or a value of the wrong kind."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key, TEMPLATE_KWARG_NOT_ALLOWED)
 
 
 class ServiceRefusal(Refusal):

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from llama_direct.redaction import configure_logging, register_secret
 from llama_direct.runtime import ACCESS_TOKEN_ENV, LOG_LEVEL_ENV
@@ -140,6 +141,12 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _upstream_in_clear(url: str) -> bool:
+    """An `http://` upstream on another machine: its key crosses the network in clear text."""
+    parts = urlsplit(url)
+    return parts.scheme == "http" and not _is_loopback(parts.hostname or "")
+
+
 ATTACHED_FALLBACK_ALIAS = "model"
 
 
@@ -190,6 +197,10 @@ def serve(args: argparse.Namespace) -> int:
     data_dir = (args.data_dir or default_data_dir()).resolve()
     access_token = _access_token(args)
     upstream_key = secret_inputs.upstream_key(args.upstream_key_file) if args.upstream else None
+    if args.upstream and _upstream_in_clear(args.upstream):
+        print("llama-direct: warning: --upstream is plain http:// to another machine: the upstream key crosses "
+              "the network in clear text; use https:// or an SSH tunnel to a loopback port", file=sys.stderr,
+              flush=True)
     if args.allow_origin and args.gate_port is None:
         raise LauncherError("--allow-origin needs --gate-port: in one-port mode the lane is same-origin")
     launch = _launch_spec(args, cache, upstream_key)

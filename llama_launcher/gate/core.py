@@ -53,13 +53,11 @@ class Gate:
         self.connections: set[Connection] = set()
         self.allowed_origins = frozenset(config.allowed_origins)
         self.lane_prefix = (config.lane_prefix + "/").encode()
-        self._policies = {
-            vision: ShapingPolicy(max_body_bytes=config.max_body_bytes, vision=vision) for vision in (False, True)
-        }
 
     @property
     def policy(self) -> ShapingPolicy:
-        return self._policies[self.health.vision]
+        health = self.health
+        return ShapingPolicy(max_body_bytes=self.config.max_body_bytes, vision=health.vision, context=health.context)
 
     async def authorize(self, head: RequestHead) -> Claims:
         """The verified, unrevoked claims of the request's bearer token (uses are spent later)."""

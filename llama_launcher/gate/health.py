@@ -13,6 +13,7 @@ from llama_direct.refusals import (
     Refusal,
 )
 from llama_launcher.errors import NotListening
+from llama_launcher.gate.bounds import FALLBACK_CONTEXT
 from llama_launcher.gate.upstream import (
     Upstream,
     get_json,
@@ -27,14 +28,16 @@ class Health:
     """llama-server's state as `/health` reports it, asked at most every 0.5 s; `/props` once per start.
 
     A respawned llama-server has a new key, so the key's digest tells whether `/props` (and so
-    `vision`) belongs to the llama-server running now. A failed read is retried at most every
-    `PROPS_RETRY` seconds, so a llama-server without `/props` does not cost every chat a round trip.
+    `vision` and one slot's `context`) belongs to the llama-server running now. A failed read is
+    retried at most every `PROPS_RETRY` seconds, so a llama-server without `/props` does not cost
+    every chat a round trip.
     """
 
     def __init__(self, upstream: Upstream, model: str) -> None:
         self.upstream = upstream
         self.model = model
         self.vision = False
+        self.context = FALLBACK_CONTEXT
         self._props_for: bytes | None = None
         self._props_failed_at = -math.inf
         self._props_task: asyncio.Task[None] | None = None
@@ -50,7 +53,7 @@ class Health:
         return await asyncio.shield(self._snapshot_task)
 
     async def ensure_props(self) -> None:
-        """Learn `vision` from `/props` unless it was read from the llama-server running now."""
+        """Learn `vision` and `context` from `/props` unless read from the llama-server running now."""
         digest = self._key_digest()
         if digest is None or digest == self._props_for:
             return
@@ -74,6 +77,10 @@ class Health:
         if status == 200 and isinstance(props, dict):
             modalities = props.get("modalities")
             self.vision = isinstance(modalities, dict) and modalities.get("vision") is True
+            settings = props.get("default_generation_settings")
+            n_ctx = settings.get("n_ctx") if isinstance(settings, dict) else None
+            if isinstance(n_ctx, int) and not isinstance(n_ctx, bool) and n_ctx > 0:
+                self.context = n_ctx
             self._props_for = digest
         else:
             self._props_failed_at = time.monotonic()

@@ -9,7 +9,8 @@ client sends can pick a slot, load an adapter, replace the sampler chain or lift
 limit. Hence three lists:
 
 - `ALLOWED_FIELDS` are forwarded, checked where they matter (`model`, `n`, `top_logprobs`, the
-  length fields, `messages`).
+  length fields, `messages`), and each field that sizes a buffer or a per-token scan in
+  llama-server is held to its bound (`bounds.py`, which classifies every allowed field).
 - `DENIED_FIELDS` are refused with a 400 naming the field: each reaches into the server (slots,
   adapters, KV cache, context shifting, raw prompts and grammars, the sampler chain, template
   internals) or removes a bound (`ignore_eos`, `t_max_predict_ms`, `n_probs`, `logit_bias`
@@ -53,6 +54,7 @@ from llama_direct.refusals import (
     RequestRefusal,
 )
 from llama_direct.tokens import Grant
+from llama_launcher.gate.bounds import FALLBACK_CONTEXT, check_bounds
 from llama_launcher.gate.images import shape_image_url
 
 SAMPLER_FIELDS = frozenset(
@@ -69,8 +71,9 @@ SAMPLER_FIELDS = frozenset(
         "mirostat_eta",
     }
 )
-"""Extra samplers: plain numbers that llama-server clamps or bounds itself; each step's cost is
-bounded by the context, and the generation by the length cap."""
+"""Extra samplers. Those that size a buffer or a per-token scan (`dry_penalty_last_n`,
+`dry_sequence_breakers`) are held to a bound in `bounds.py`, which also says why each of the others
+is harmless."""
 
 LENGTH_FIELDS = ("max_tokens", "max_completion_tokens", "n_predict")
 
@@ -175,7 +178,7 @@ MAX_TOP_LOGPROBS = 20
 
 @dataclass(frozen=True)
 class ShapingPolicy:
-    """The gate's limits for one model. `vision` comes from llama-server's `/props`."""
+    """The gate's limits for one model. `vision` and `context` (one slot's) come from `/props`."""
 
     max_body_bytes: int = 20 * 1024 * 1024
     max_json_depth: int = 64
@@ -183,6 +186,7 @@ class ShapingPolicy:
     max_image_bytes: int = 10 * 1024 * 1024
     max_image_pixels: int = 40_000_000
     max_images: int = 8
+    context: int = FALLBACK_CONTEXT
 
 
 def shape_chat_body(body: bytes, grant: Grant, policy: ShapingPolicy) -> bytes:
@@ -196,6 +200,7 @@ def shape_chat_body(body: bytes, grant: Grant, policy: ShapingPolicy) -> bytes:
     _check_model(shaped, grant)
     _check_n(shaped)
     _check_logprobs(shaped)
+    check_bounds(shaped, context=policy.context)
     _cap_length(shaped, grant.max_tokens)
     messages = _shape_messages(shaped.get("messages"), request.get("image_base64"), policy)
     shaped["messages"] = messages
@@ -293,7 +298,9 @@ def _check_model(shaped: dict[str, Any], grant: Grant) -> None:
 
 
 def _check_n(shaped: dict[str, Any]) -> None:
-    """Several completions would each take a slot; llama-server reads `n` as `n_cmpl`."""
+    """Several completions would each take a slot; llama-server reads `n` as `n_cmpl`. `null` is absent."""
+    if "n" in shaped and shaped["n"] is None:
+        del shaped["n"]
     value = shaped.get("n")
     if value is not None and not (_is_int(value) and value == 1):
         raise RequestRefusal(N_NOT_SUPPORTED)

@@ -168,6 +168,7 @@ class LlamaBehaviour:
     die_after: int | None = None
     slots_busy: int = 0
     vision: bool = False
+    n_ctx: int = 512
     silent: bool = False
     chunk_bytes: int = 0
 
@@ -181,7 +182,8 @@ async def llama_handler(behaviour: LlamaBehaviour, received: Received, writer: a
         writer.write(_json_response(200, slots))
         return
     if received.target == "/props":
-        writer.write(_json_response(200, {"modalities": {"vision": behaviour.vision}}))
+        props = {"modalities": {"vision": behaviour.vision}, "default_generation_settings": {"n_ctx": behaviour.n_ctx}}
+        writer.write(_json_response(200, props))
         return
     if behaviour.silent:
         await asyncio.sleep(3600)

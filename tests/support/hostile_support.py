@@ -191,6 +191,8 @@ class Case:
     cors: str | None = None
     """The Access-Control-Allow-Origin the refusal must carry (two-port mode), None: no CORS header."""
     closes: bool = False
+    param: str | None = None
+    """The field the refusal names in `error.param`, None: no `param`."""
 
 
 def run_case(case: Case) -> None:
@@ -202,7 +204,8 @@ def run_case(case: Case) -> None:
             before_broker = len(h.broker.requests)
             response = await case.act(h)
             await asyncio.sleep(0.05)  # anything the gate wrongly forwarded has landed by now
-            assert (response.status, response.json()) == (case.status, error_body(case.status, case.message))
+            expected = error_body(case.status, case.message, case.param)
+            assert (response.status, response.json()) == (case.status, expected)
             assert len(h.upstream_requests) == before_llama + case.forwarded, "llama-server received it"
             assert len(h.broker.requests) == before_broker, "the broker received a lane request"
             assert b"eyJ" not in response.body and MASTER_KEY.encode() not in response.body

@@ -31,7 +31,10 @@ def reason_for(status: int, message: str) -> str:
     return found[0]
 
 
-def error_body(status: int, message: str) -> dict[str, Any]:
-    """llama-server's error shape plus the refusal's code."""
-    return {"error": {"message": message, "type": error_type(status), "code": status,
-                      "reason": reason_for(status, message)}}
+def error_body(status: int, message: str, param: str | None = None) -> dict[str, Any]:
+    """llama-server's error shape plus the refusal's code (and `param`, for a refusal that names a field)."""
+    error: dict[str, Any] = {"message": message, "type": error_type(status), "code": status,
+                             "reason": reason_for(status, message)}
+    if param is not None:
+        error["param"] = param
+    return {"error": error}

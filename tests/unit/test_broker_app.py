@@ -520,6 +520,15 @@ def test_a_given_keyring_is_used(tmp_path: Path) -> None:
     assert core.keyring.current.kid == ring.current.kid
 
 
+def test_a_key_in_the_keys_dir_that_others_can_read_stops_the_broker_in_one_line(tmp_path: Path) -> None:
+    ring = KeyRing(tmp_path / "data" / "keys", "EdDSA")
+    ring.load_or_create(0.0)
+    (tmp_path / "data" / "keys" / f"{ring.current.kid}.pem").chmod(0o640)
+    with pytest.raises(SettingsError, match=r"^keys dir: .*chmod 600") as caught:
+        BrokerCore(_settings(tmp_path), ACCESS_TOKEN)
+    assert "\n" not in str(caught.value) and str(tmp_path) not in str(caught.value)
+
+
 class TestScheduledRotation:
     def test_a_successor_is_published_before_it_signs_and_the_old_key_stays_published(
         self, make: HarnessFactory

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import datetime
 import socket
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from llama_launcher import cli, supervisor, tls
 from llama_launcher.errors import LauncherError
@@ -85,6 +89,31 @@ def test_allow_origin_needs_two_port_mode(capsys: pytest.CaptureFixture[str], is
     assert "--allow-origin needs --gate-port" in err
 
 
+CLEAR_KEY_WARNING = "the upstream key crosses the network in clear text"
+
+
+@pytest.mark.parametrize("upstream", ["http://192.0.2.7:8080", "http://gpu-box.example:8080"])
+def test_attach_over_plain_http_to_another_machine_warns_of_the_key_in_clear(
+    capsys: pytest.CaptureFixture[str], isolated: Path, upstream: str
+) -> None:
+    # --allow-origin without --gate-port stops serve right after the warning, before any connection.
+    _, err = _run(capsys, "serve", "--upstream", upstream, "--allow-origin", "https://a.example",
+                  "--data-dir", str(isolated / "d"))
+    assert CLEAR_KEY_WARNING in err
+
+
+@pytest.mark.parametrize(
+    "upstream", ["http://127.0.0.1:8080", "http://localhost:8080", "http://[::1]:8080", "https://192.0.2.7:8443",
+                 "unix:/run/llama.sock"]
+)
+def test_attach_over_loopback_tls_or_a_socket_does_not_warn(
+    capsys: pytest.CaptureFixture[str], isolated: Path, upstream: str
+) -> None:
+    _, err = _run(capsys, "serve", "--upstream", upstream, "--allow-origin", "https://a.example",
+                  "--data-dir", str(isolated / "d"))
+    assert CLEAR_KEY_WARNING not in err
+
+
 def test_a_busy_port_names_the_port_and_the_flag() -> None:
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
@@ -106,6 +135,42 @@ def test_the_self_signed_pair_is_made_once_and_reused(tmp_path: Path) -> None:
     assert key.stat().st_mode & 0o777 == 0o600
     again = tls.self_signed_pair(tmp_path / "keys", "127.0.0.1")
     assert (again[0].read_bytes(), again[1].read_bytes()) == first
+
+
+def _basic_constraints(cert: Path) -> x509.BasicConstraints:
+    certificate = x509.load_pem_x509_certificate(cert.read_bytes())
+    return certificate.extensions.get_extension_for_class(x509.BasicConstraints).value
+
+
+def test_the_self_signed_certificate_is_a_leaf_for_server_auth(tmp_path: Path) -> None:
+    cert, _ = tls.self_signed_pair(tmp_path / "keys", "127.0.0.1")
+    assert _basic_constraints(cert).ca is False
+    usage = x509.load_pem_x509_certificate(cert.read_bytes()).extensions.get_extension_for_class(
+        x509.ExtendedKeyUsage).value
+    assert list(usage) == [ExtendedKeyUsageOID.SERVER_AUTH]
+
+
+def test_a_self_signed_ca_from_an_older_version_is_made_anew_as_a_leaf(tmp_path: Path) -> None:
+    cert, key = tls.self_signed_pair(tmp_path / "keys", "127.0.0.1")
+    private_key = serialization.load_pem_private_key(key.read_bytes(), None)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "old")])
+    old = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+           .public_key(private_key.public_key()).serial_number(1)  # type: ignore[union-attr,arg-type]
+           .not_valid_before(datetime.datetime(2025, 1, 1)).not_valid_after(datetime.datetime(2030, 1, 1))
+           .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+           .sign(private_key, hashes.SHA256()))  # type: ignore[arg-type]
+    cert.write_bytes(old.public_bytes(serialization.Encoding.PEM))
+    cert, key = tls.self_signed_pair(tmp_path / "keys", "127.0.0.1")
+    assert _basic_constraints(cert).ca is False
+
+
+def test_a_self_signed_key_that_others_can_read_is_refused_in_one_line(tmp_path: Path) -> None:
+    _, key = tls.self_signed_pair(tmp_path / "keys", "127.0.0.1")
+    key.chmod(0o644)
+    with pytest.raises(LauncherError) as caught:
+        tls.self_signed_pair(tmp_path / "keys", "127.0.0.1")
+    assert "readable by its owner only" in str(caught.value) and "\n" not in str(caught.value)
+    assert key.stat().st_mode & 0o777 == 0o644, "the key was chmodded instead of refused"
 
 
 def test_half_a_self_signed_pair_is_made_anew(tmp_path: Path) -> None:

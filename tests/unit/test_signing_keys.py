@@ -127,12 +127,15 @@ def test_a_second_load_finds_the_same_key(tmp_path: Path) -> None:
     assert len(list((tmp_path / "keys").glob("*.pem"))) == 1
 
 
-def test_a_key_file_that_others_can_read_is_narrowed_on_load(tmp_path: Path) -> None:
+def test_a_key_file_that_others_can_read_is_refused_not_narrowed(tmp_path: Path) -> None:
+    """Issue 14 replaces the old narrowing: a key others could read may already be known."""
     ring = loaded(tmp_path / "keys")
     path = tmp_path / "keys" / f"{ring.current.kid}.pem"
     path.chmod(0o644)
-    loaded(tmp_path / "keys")
-    assert mode(path) == 0o600
+    with pytest.raises(KeyFileError, match="chmod 600") as caught:
+        loaded(tmp_path / "keys")
+    assert "\n" not in str(caught.value) and str(tmp_path) not in str(caught.value)
+    assert mode(path) == 0o644
 
 
 def test_a_file_holding_another_key_than_its_name_is_refused(tmp_path: Path) -> None:
