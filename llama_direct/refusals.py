@@ -218,6 +218,9 @@ BAD_IMAGE = _reason(
     base64="{part}: the image is not valid base64.",
 )
 IMAGE_TOO_MANY_PIXELS = _reason(400, "image_too_many_pixels", "{part}: the image has more than {limit} pixels.")
+IMAGES_TOO_MANY_PIXELS = _reason(
+    400, "images_too_many_pixels", "{part}: the request's images hold more than {limit} pixels in all."
+)
 
 # 400: the broker's negotiation and its own routes.
 INVALID_OPTIONS = _reason(

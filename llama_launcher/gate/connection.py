@@ -59,13 +59,15 @@ from llama_launcher.gate.upstream import (
 log = logging.getLogger(__name__)
 
 Opened = tuple[tuple[asyncio.Transport, Relay], Callable[[], bytes]]
-"""A connected relay and what to send it: built last, since building it may still refuse (a spent token)."""
+"""A connected relay and what to send it: built last, since building it may still refuse (no upstream key yet)."""
 
 PIPELINE_LIMIT = 64 * 1024
 """Bytes of a next request buffered while a response is still running; reading pauses beyond."""
 
 SHAPE_IN_THREAD_BYTES = 256 * 1024
-"""Bodies above this (images) are shaped off the event loop, so decoding them stalls no stream."""
+"""Bodies above this are shaped off the event loop, so parsing them stalls no stream. Any body for a
+vision model is shaped there too, whatever its size: a 1.5 KB WebP may take a second to decode.
+(Without vision an image is refused before a byte of it is decoded.)"""
 
 _HEAD, _BODY, _BUSY, _CLOSED = range(4)
 
@@ -319,7 +321,7 @@ class ClientConnection(asyncio.Protocol):
                 relay.detach()
 
     async def _open_lane(self, request: h11.Request) -> Opened:
-        """Check the token, the route and the body, connect to llama-server; the use is spent last."""
+        """Check the token (a use is spent there, first), the route and the body, then connect to llama-server."""
         gate = self.gate
         head = RequestHead(request.method.decode("ascii"), request.target, list(request.headers))
         claims = await gate.authorize(head)
@@ -327,10 +329,11 @@ class ClientConnection(asyncio.Protocol):
         body = await self._read_body()
         if route.kind == "chat":
             await gate.health.ensure_props()
-            if len(body) > SHAPE_IN_THREAD_BYTES:
-                body = await asyncio.to_thread(shape_chat_body, body, claims.grant, gate.policy)
+            policy = gate.policy
+            if policy.vision or len(body) > SHAPE_IN_THREAD_BYTES:
+                body = await asyncio.to_thread(shape_chat_body, body, claims.grant, policy)
             else:
-                body = shape_chat_body(body, claims.grant, gate.policy)
+                body = shape_chat_body(body, claims.grant, policy)
         elif body:
             raise RequestRefusal(UNEXPECTED_BODY)
         cors = claims.grant.origin if self.listener.cors else None
@@ -339,12 +342,7 @@ class ClientConnection(asyncio.Protocol):
             timeout=gate.config.connect_timeout,
         )
 
-        def outgoing() -> bytes:
-            upstream_head = _lane_request(gate.upstream, route, body)
-            gate.spend(claims)
-            return upstream_head + body
-
-        return connected, outgoing
+        return connected, lambda: _lane_request(gate.upstream, route, body) + body
 
     async def _open_broker(self, request: h11.Request) -> Opened:
         body = await self._read_body()

@@ -78,6 +78,21 @@ async def _replay(h: Harness) -> Response:
     return await exchange(h, request(token))
 
 
+async def _resent_after_a_refusal(h: Harness) -> Response:
+    """A request refused after the token verified spent it: the same token cannot try again."""
+    token = h.token()
+    first = await exchange(h, request(token, body=_with(id_slot=0)))
+    assert first.status == 400
+    return await exchange(h, request(token))
+
+
+async def _resent_after_a_wrong_route(h: Harness) -> Response:
+    token = h.token()
+    first = await exchange(h, request(token, target=b"/direct/v1/completions"))
+    assert first.status == 404
+    return await exchange(h, request(token))
+
+
 async def _revoke(h: Harness) -> None:
     h.revocations.revoke("alice", time.time() + 1)
     assert await h.server.keyset.refresh()
@@ -131,6 +146,8 @@ TOKENS = [
     _token_case("oversized", lambda h: h.token() + "A" * 9000, refusals.MalformedToken),
     _token_case("non_base64", lambda h: "@@@@.####.$$$$", refusals.MalformedToken),
     Case("replayed_past_its_uses", _replay, 401, refusals.TokenSpent.message, forwarded=1),
+    Case("resent_after_a_refused_body", _resent_after_a_refusal, 401, refusals.TokenSpent.message),
+    Case("resent_after_a_refused_route", _resent_after_a_wrong_route, 401, refusals.TokenSpent.message),
     Case("revoked", send(lambda h: request(h.token())), 401, refusals.TokenRevoked.message, prepare=_revoke),
     Case("in_the_query_string", send(_in_query), 401, refusals.MissingToken.message),
     Case("basic_scheme", send(lambda h: request(None, headers=b"Authorization: Basic " + h.token().encode()
@@ -423,6 +440,13 @@ BODIES = [
     Case("decompression_bomb_png", status=400,
          message=f"{IMAGE_PART}: the image has more than 40000000 pixels.",
          **_body(image_body(data_url(bomb_png(), "image/png")), vision=True)),
+    Case("images_past_the_request_pixel_budget", status=400,
+         message="messages[0].content[2]: the request's images hold more than 48000000 pixels in all.",
+         **_body({"messages": [{"role": "user", "content": [
+             {"type": "text", "text": "two big ones"},
+             {"type": "image_url", "image_url": {"url": data_url(encoded("PNG", (6000, 4000), mode="1"), "image/png")}},
+             {"type": "image_url", "image_url": {"url": data_url(bomb_png(6000, 5000), "image/png")}}]}]},
+             vision=True)),
     Case("svg_as_an_image", status=400, message=UNDECODABLE,
          **_body(image_body(data_url(SVG, "image/png")), vision=True)),
     Case("truncated_jpeg", status=400, message=UNDECODABLE,
@@ -524,6 +548,37 @@ def test_http10_with_transfer_encoding_is_refused_as_faulty_framing() -> None:
             assert response.status == 400
             assert response.header(b"connection") == [b"close"]
             assert b"HTTP/1.0 requests may not use Transfer-Encoding." in response.body
+
+    asyncio.run(asyncio.wait_for(main(), 20))
+
+
+def test_a_small_image_is_never_decoded_on_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 1.5 KB WebP may take a second to decode: whatever the body's size, it must not stall the loop."""
+    from PIL import Image
+
+    body = image_body(data_url(encoded("PNG"), "image/png"))
+    on_loop: list[bool] = []
+    open_image = Image.open
+
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        try:
+            asyncio.get_running_loop()
+            on_loop.append(True)
+        except RuntimeError:
+            on_loop.append(False)
+        return open_image(*args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", watched)
+
+    async def main() -> None:
+        from gate_fakes import running_gate
+
+        async with running_gate() as h:
+            h.behaviour.vision = True
+            response = await exchange(h, request(h.token(), body=body))
+            assert response.status == 200
+            assert len(h.upstream_requests) == 1
+            assert on_loop and not any(on_loop), "an image was decoded on the gate's event loop"
 
     asyncio.run(asyncio.wait_for(main(), 20))
 
