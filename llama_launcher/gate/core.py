@@ -9,6 +9,7 @@ be replayed with the same token to make the gate decode its images again.
 from __future__ import annotations
 
 import math
+import resource
 import time
 from typing import Protocol
 
@@ -21,6 +22,7 @@ from llama_direct.refusals import (
 )
 from llama_direct.replay import MemoryReplayStore
 from llama_direct.tokens import LEEWAY_SECONDS, Claims, verify
+from llama_launcher.gate.admission import Admission
 from llama_launcher.gate.config import GateConfig
 from llama_launcher.gate.health import Health
 from llama_launcher.gate.http1 import (
@@ -53,6 +55,7 @@ class Gate:
         self.not_issued_before = start_cut_off(time.time() if started_at is None else started_at)
         self.health = Health(upstream, config.model)
         self.connections: set[Connection] = set()
+        self.admission = Admission(config, descriptors=resource.getrlimit(resource.RLIMIT_NOFILE)[0])
         self.allowed_origins = frozenset(config.allowed_origins)
         self.lane_prefix = (config.lane_prefix + "/").encode()
         self._policies = {
