@@ -24,6 +24,7 @@ To add a refusal: add one `Reason` below (and, if a shell must catch it by type,
     │   └── RateLimited (429)     carries retry_after
     └── ServiceRefusal            5xx: the request was fine, something behind it is not
         ├── UpstreamUnavailable, UpstreamTimeout, BrokerUnavailable, GateUnavailable
+        ├── Overloaded (503, Retry-After), TooManyPending
         └── VersionNotSupported (505)
 """
 
@@ -230,6 +231,9 @@ TEMPLATE_KWARG_NOT_ALLOWED = _reason(
     "This chat_template_kwargs key is not allowed on the direct lane: see error.param.",
 )
 IMAGE_TOO_MANY_PIXELS = _reason(400, "image_too_many_pixels", "{part}: the image has more than {limit} pixels.")
+IMAGES_TOO_MANY_PIXELS = _reason(
+    400, "images_too_many_pixels", "{part}: the request's images hold more than {limit} pixels in all."
+)
 
 # 400: the broker's negotiation and its own routes.
 INVALID_OPTIONS = _reason(
@@ -257,6 +261,12 @@ INTERNAL_ERROR = _reason(500, "internal_error", "Internal error.")
 UPSTREAM_UNAVAILABLE = _reason(502, "upstream_unavailable", "The model server is not reachable right now.")
 APP_UNAVAILABLE = _reason(502, "app_unavailable", "The app is not reachable right now; it may be restarting.")
 GATE_UNAVAILABLE = _reason(503, "gate_unavailable", "The gate is not answering; try again in a moment.")
+TOO_MANY_CONNECTIONS = _reason(
+    503, "too_many_connections", "The server holds too many connections; try again in a moment.",
+)
+TOO_MANY_PENDING = _reason(
+    503, "too_many_pending", "Too many requests from your address are still arriving; try again in a moment.",
+)
 UPSTREAM_TIMEOUT = _reason(504, "upstream_timeout", "The model server did not answer in time.")
 HTTP_VERSION_NOT_SUPPORTED = _reason(505, "http_version_not_supported", "Only HTTP/1.1 and HTTP/1.0 are supported.")
 
@@ -421,6 +431,19 @@ class BrokerUnavailable(ServiceRefusal):
 
 class GateUnavailable(ServiceRefusal):
     reason = GATE_UNAVAILABLE
+
+
+class Overloaded(ServiceRefusal):
+    """The gate holds as many connections as it may, in all; answered with `Retry-After`."""
+
+    reason = TOO_MANY_CONNECTIONS
+    retry_after: ClassVar[int] = 2
+
+
+class TooManyPending(Overloaded):
+    """One client address has as many requests still arriving as it may."""
+
+    reason = TOO_MANY_PENDING
 
 
 class VersionNotSupported(ServiceRefusal):

@@ -17,6 +17,7 @@ from llama_direct.runtime import ACCESS_TOKEN_ENV, LOG_LEVEL_ENV
 from llama_launcher import model, provision, secret_inputs
 from llama_launcher.attached import AttachedServer
 from llama_launcher.errors import LauncherError
+from llama_launcher.gate.config import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PENDING
 from llama_launcher.launch_spec import LaunchSpec
 from llama_launcher.paths import cache_dir, default_data_dir
 from llama_launcher.secret_inputs import read_secret_file
@@ -26,6 +27,14 @@ UNLIMITED_RATE = 10**9
 """The highest rate limit serve takes: the bench sets it to measure the lane, not the limiter."""
 
 TEMPLATES = {"think": "smollm2-think.jinja", "tools": "chatml-tools.jinja"}
+
+
+def _ip_address(value: str) -> str:
+    """An IP address as the socket reports it (no host names: a proxy is trusted by its address)."""
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an IP address: {value!r}") from None
 
 
 def _int_in(low: int, high: int) -> Callable[[str], int]:
@@ -76,6 +85,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-self-signed", action="store_true", help="make (once) and use a self-signed pair")
     serve.add_argument("--upstream", help="attach to a running llama-server: http(s)://host:port or unix:/path")
     serve.add_argument("--upstream-key-file", type=Path, help="the attached server's API key, read from a file")
+    serve.add_argument("--max-connections", type=_int_in(16, 1 << 20), default=DEFAULT_MAX_CONNECTIONS,
+                       help=f"client connections held at once, in all (default {DEFAULT_MAX_CONNECTIONS}; "
+                       "lowered to what the descriptor limit allows)")
+    serve.add_argument("--max-pending-per-address", type=_int_in(1, 1 << 20), default=DEFAULT_MAX_PENDING,
+                       help="connections one client address may have still sending a request head or body "
+                       f"(default {DEFAULT_MAX_PENDING}; streams being answered do not count)")
+    serve.add_argument("--trusted-proxy", action="append", default=[], metavar="ADDR", type=_ip_address,
+                       help="a reverse proxy's address whose X-Forwarded-For/-Proto are believed (repeatable)")
     serve.add_argument("--verbose", action="store_true", help="log llama-server's own output too")
     _add_server_options(serve)
     serve.add_argument("server_args", nargs=argparse.REMAINDER, help="-- then extra llama-server arguments")
@@ -221,6 +238,8 @@ def serve(args: argparse.Namespace) -> int:
     gate_settings: dict[str, object] = {
         "model": launch.alias, "max_tokens": args.max_tokens,
         "tls_cert": str(cert_pair[0]) if cert_pair else None, "tls_key": str(cert_pair[1]) if cert_pair else None,
+        "max_connections": args.max_connections, "max_pending_per_address": args.max_pending_per_address,
+        "trusted_proxies": list(args.trusted_proxy),
     }
     plan = supervisor.StackPlan(
         host=args.host, port=args.port, data_dir=data_dir, launch=launch, access_token=access_token,

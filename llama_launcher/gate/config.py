@@ -14,10 +14,20 @@ Fields (JSON name = attribute name):
 - `allowed_origins`: app origins that may call the lane cross-origin (two-port mode only).
 - `two_port`: the public socket is the lane's own port; it serves `/direct/…` only, with CORS.
 - `tls_cert`, `tls_key`: PEM files; when both are set the public listener speaks TLS.
-- `max_body_bytes`: the largest request body accepted (413 beyond).
-- `head_timeout`: seconds a request head may take to arrive (408 after), and a kept-alive
+- `max_body_bytes`: the largest request body accepted where a large one belongs: the lane's chat
+  and the broker's baseline `POST /v1/chat/completions` (413 beyond).
+- `max_small_body_bytes`: the largest body relayed to any other broker route (`/direct-stream`,
+  `/logout`, `/direct-stream/revoke`, `/tools/*`, the login): a larger declared length is 413 at once.
+- `head_timeout`: seconds a request head may take to arrive, in all (408 after), and a kept-alive
   connection may stay idle (closed after).
-- `body_timeout`: seconds a request body may pause between two reads (408 after).
+- `body_timeout`: seconds a request body may take to arrive, in all, from the end of its head
+  (408 after): never re-armed by a read, so a body dripped a byte at a time still ends.
+- `max_connections`: public client connections held at once; one over it is answered 503 with
+  `Retry-After` and closed. Lowered at start to what the descriptor limit allows (two per stream).
+- `max_pending_per_address`: public connections one client address may have still sending a head
+  or a body (503 with `Retry-After` beyond); a connection whose answer is streaming does not count.
+- `trusted_proxies`: socket addresses of reverse proxies whose `X-Forwarded-For` names the client
+  (and whose `X-Forwarded-Proto` is believed); from anyone else those headers are dropped.
 - `model`: llama-server's `--alias`, reported by `/health`.
 - `max_tokens`: the hard cap on generation length (llama-server's `-n` backstop).
 - `keyset_interval`: seconds between two pulls of the JWKS and the revocations.
@@ -36,6 +46,12 @@ from typing import Any
 from llama_direct.lanes import LANE_PREFIX
 
 DEFAULT_MAX_BODY_BYTES = 20 * 1024 * 1024
+DEFAULT_MAX_SMALL_BODY_BYTES = 64 * 1024
+"""The broker's own cap on its small routes (`broker.app.MAX_SMALL_BODY_BYTES`), enforced before relaying."""
+DEFAULT_MAX_CONNECTIONS = 4096
+"""Four times the 1,000 streams the benchmark holds; 8,192 descriptors plus a margin at two per stream."""
+DEFAULT_MAX_PENDING = 256
+"""A browser has six or so requests arriving at once; a burst of connects from one load tester fits."""
 
 
 @dataclass(frozen=True)
@@ -53,8 +69,12 @@ class GateConfig:
     tls_cert: str | None = None
     tls_key: str | None = None
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_small_body_bytes: int = DEFAULT_MAX_SMALL_BODY_BYTES
     head_timeout: float = 5.0
-    body_timeout: float = 30.0
+    body_timeout: float = 60.0
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_pending_per_address: int = DEFAULT_MAX_PENDING
+    trusted_proxies: tuple[str, ...] = ()
     keyset_interval: float = 0.5
     connect_timeout: float = 5.0
     upstream_head_timeout: float = 600.0
@@ -66,8 +86,10 @@ class GateConfig:
             raise ValueError("lane_prefix must start with '/' and not end with one")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together")
-        if self.max_body_bytes < 1 or self.max_tokens < 1:
-            raise ValueError("max_body_bytes and max_tokens must be positive")
+        if min(self.max_body_bytes, self.max_small_body_bytes, self.max_tokens) < 1:
+            raise ValueError("max_body_bytes, max_small_body_bytes and max_tokens must be positive")
+        if self.max_connections < 1 or self.max_pending_per_address < 1:
+            raise ValueError("max_connections and max_pending_per_address must be positive")
         if min(self.head_timeout, self.body_timeout, self.keyset_interval, self.connect_timeout) <= 0:
             raise ValueError("timeouts and intervals must be positive")
 
@@ -83,8 +105,9 @@ class GateConfig:
         if unknown:
             raise ValueError(f"unknown gate settings: {', '.join(unknown)}")
         values = dict(data)
-        if "allowed_origins" in values:
-            values["allowed_origins"] = tuple(values["allowed_origins"])
+        for name in ("allowed_origins", "trusted_proxies"):
+            if name in values:
+                values[name] = tuple(values[name])
         return cls(**values)
 
     @classmethod
@@ -94,4 +117,5 @@ class GateConfig:
     def to_dict(self) -> dict[str, Any]:
         data = {field.name: getattr(self, field.name) for field in fields(self)}
         data["allowed_origins"] = list(self.allowed_origins)
+        data["trusted_proxies"] = list(self.trusted_proxies)
         return data

@@ -27,47 +27,49 @@ from llama_direct.refusals import (
     REQUEST_TIMEOUT,
     UNEXPECTED_BODY,
     BrokerUnavailable,
+    Overloaded,
     Refusal,
     RequestRefusal,
     UpstreamTimeout,
     UpstreamUnavailable,
     VersionNotSupported,
 )
-from llama_launcher.errors import NotListening
+from llama_launcher.gate.admission import forwarded_client
 from llama_launcher.gate.core import Gate
 from llama_launcher.gate.http1 import (
-    FORWARDING,
     MAX_HEAD_BYTES,
     Header,
     check_raw_head,
+    chunk,
     connection_tokens,
+    content_length,
     cors_headers,
-    end_to_end,
     find_head_end,
-    request_head,
     simple_response,
 )
+from llama_launcher.gate.outgoing import broker_request, lane_request
 from llama_launcher.gate.relay import DechunkingRelay, Relay
-from llama_launcher.gate.scope import RequestHead, Route, allowed_preflight, check_request
+from llama_launcher.gate.scope import RequestHead, allowed_preflight, check_request
 from llama_launcher.gate.shaping import shape_chat_body
-from llama_launcher.gate.upstream import (
-    Upstream,
-    connect,
-    connect_upstream,
-)
+from llama_launcher.gate.upstream import connect, connect_upstream
 
 log = logging.getLogger(__name__)
 
 Opened = tuple[tuple[asyncio.Transport, Relay], Callable[[], bytes]]
-"""A connected relay and what to send it: built last, since building it may still refuse (a spent token)."""
+"""A connected relay and what to send it: built last, since building it may still refuse (no upstream key yet)."""
 
 PIPELINE_LIMIT = 64 * 1024
 """Bytes of a next request buffered while a response is still running; reading pauses beyond."""
 
 SHAPE_IN_THREAD_BYTES = 256 * 1024
-"""Bodies above this (images) are shaped off the event loop, so decoding them stalls no stream."""
+"""Bodies above this are shaped off the event loop, so parsing them stalls no stream. Any body for a
+vision model is shaped there too, whatever its size: a 1.5 KB WebP may take a second to decode.
+(Without vision an image is refused before a byte of it is decoded.)"""
 
 _HEAD, _BODY, _BUSY, _CLOSED = range(4)
+
+BASELINE = (b"POST", b"/v1/chat/completions")
+"""The one broker route whose body may be large (the baseline chat, images inline); the rest are small."""
 
 
 @dataclass(frozen=True)
@@ -81,21 +83,18 @@ class Listener:
     tls: bool = False
 
 
-def _content_length(request: h11.Request) -> int | None:
-    for name, value in request.headers:
-        if name == b"content-length":
-            return int(value)
-    return None
-
-
 class ClientConnection(asyncio.Protocol):
     """One client connection: reads requests one at a time, and writes what answers them."""
 
     __slots__ = (
         "body",
+        "body_limit",
         "body_waiter",
         "buf",
+        "chunked_sink",
+        "client",
         "close_after",
+        "counted",
         "gate",
         "h11",
         "http10",
@@ -103,9 +102,11 @@ class ClientConnection(asyncio.Protocol):
         "origin",
         "paused",
         "peer",
+        "received",
         "relay",
         "scanned",
         "sent_head",
+        "sink",
         "state",
         "task",
         "timer",
@@ -133,6 +134,12 @@ class ClientConnection(asyncio.Protocol):
         self.paused = False
         self.sent_head = False
         self.write_paused = False
+        self.client: str | None = None
+        self.counted: str | None = None
+        self.body_limit = gate.config.max_body_bytes
+        self.received = 0
+        self.sink: asyncio.Transport | None = None
+        self.chunked_sink = False
 
     # -- asyncio callbacks -----------------------------------------------------------------
 
@@ -140,18 +147,44 @@ class ClientConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # asyncio hands stream protocols a Transport
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if isinstance(peer, tuple) and peer else None
-        self.gate.connections.add(self)
-        self._arm(self.gate.config.head_timeout, self._on_head_timeout)
+        gate = self.gate
+        if self.peer is not None:  # a public (TCP) listener: the caps apply; gate.sock is the broker's
+            refusal = gate.admission.admit(len(gate.connections), self.peer)
+            if refusal is not None:
+                self._overloaded(refusal)
+                return
+            self._count(True)
+        gate.connections.add(self)
+        self._arm(gate.config.head_timeout, self._on_head_timeout)
+
+    def _overloaded(self, refusal: Overloaded) -> None:
+        """Over a cap: 503 with Retry-After at once, then close; nothing of the request is read."""
+        self.state = _CLOSED
+        retry = [(b"Retry-After", str(refusal.retry_after).encode())]
+        self.transport.write(simple_response(refusal.status, refusal.to_body(), retry, close=True))
+        self.transport.close()
+
+    def _count(self, arriving: bool) -> None:
+        """Keep `admission.pending` right: a connection counts while its head or body is arriving."""
+        admission = self.gate.admission
+        if self.counted is not None:
+            admission.leave(self.counted)
+            self.counted = None
+        address = self.client or (self.peer if self.peer not in admission.trusted else None)
+        if arriving and address is not None:
+            admission.enter(address)
+            self.counted = address
 
     def data_received(self, data: bytes) -> None:
         state = self.state
         if state == _BODY:
-            self._arm(self.gate.config.body_timeout, self._on_body_timeout)
             self.h11.receive_data(data)  # type: ignore[union-attr]  # _BODY is entered only once h11 is set
             self._drain_body()
             return
         self.buf += data
         if state == _HEAD:
+            if self.counted is None and self.peer is not None:
+                self._count(True)  # a kept-alive connection's next head has begun
             self._read_head()
         elif state == _BUSY and len(self.buf) > PIPELINE_LIMIT and not self.paused:
             self.paused = True
@@ -163,6 +196,8 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state = _CLOSED
+        self._count(False)
+        self.sink = None
         self.gate.connections.discard(self)
         self._cancel_timer()
         if self.task is not None:
@@ -225,21 +260,40 @@ class ClientConnection(asyncio.Protocol):
         self.origin = next((v.decode("latin-1") for n, v in request.headers if n == b"origin"), None)
         self.state = _BODY
         self.body = bytearray()
+        self.received = 0
+        if self.peer is not None and self.peer in self.gate.admission.trusted:
+            self.client = forwarded_client(
+                self.peer, [v for n, v in request.headers if n == b"x-forwarded-for"], self.gate.admission.trusted
+            )
+            overloaded = self.gate.admission.over(self.client)
+            if overloaded is not None:
+                self._refuse(overloaded, close=True)
+                return
+            self._count(True)
+        else:
+            self.client = self.peer
         if request.method == b"CONNECT":
             self._refuse(RequestRefusal(METHOD_NOT_ALLOWED, "connect"), close=True)
             return
         if not request.target.startswith(b"/"):
             self._refuse(RequestRefusal(BAD_TARGET), close=True)
             return
-        length = _content_length(request)
-        if length is not None and length > self.gate.config.max_body_bytes:
+        listener = self.listener
+        target = request.target
+        config = self.gate.config
+        large = (listener.lane and target.startswith(self.gate.lane_prefix)) or (
+            (request.method, target.partition(b"?")[0]) == BASELINE
+        )
+        self.body_limit = config.max_body_bytes if large else config.max_small_body_bytes
+        length = content_length(request)
+        if length is not None and length > self.body_limit:
             self._refuse(RequestRefusal(BODY_TOO_LARGE), close=True)
             return
         self._drain_body()
         if self.state == _CLOSED:
             return
-        listener = self.listener
-        target = request.target
+        if self.state == _BODY:  # one deadline for the whole body, never re-armed by a read
+            self._arm(config.body_timeout, self._on_body_timeout)
         if listener.lane and target.startswith(self.gate.lane_prefix):
             if listener.cors and request.method == b"OPTIONS":
                 self._run(self._serve_preflight(request))
@@ -260,25 +314,33 @@ class ClientConnection(asyncio.Protocol):
     def _drain_body(self) -> None:
         conn = self.h11
         assert conn is not None
-        limit = self.gate.config.max_body_bytes
+        limit = self.body_limit
         try:
             while True:
                 event = conn.next_event()
                 if event is h11.NEED_DATA:
                     return
                 if type(event) is h11.Data:
-                    self.body += event.data
-                    if len(self.body) > limit:
+                    self.received += len(event.data)
+                    if self.received > limit:
                         self._fail(RequestRefusal(BODY_TOO_LARGE))
                         return
+                    if self.sink is None:
+                        self.body += event.data
+                    else:
+                        self._pour(event.data)
                 elif type(event) is h11.EndOfMessage:
                     break
         except h11.RemoteProtocolError:
             self._fail(RequestRefusal(BAD_BODY))
             return
+        if self.sink is not None and self.chunked_sink:
+            self.sink.write(b"0\r\n\r\n")
+        self.sink = None
         self.buf = bytearray(conn.trailing_data[0])
         self.h11 = None
         self.state = _BUSY
+        self._count(False)
         self._cancel_timer()
         waiter = self.body_waiter
         if waiter is not None and not waiter.done():
@@ -297,7 +359,6 @@ class ClientConnection(asyncio.Protocol):
         if conn.they_are_waiting_for_100_continue:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         self.body_waiter = asyncio.get_running_loop().create_future()
-        self._arm(self.gate.config.body_timeout, self._on_body_timeout)
         try:
             return await self.body_waiter
         finally:
@@ -319,7 +380,7 @@ class ClientConnection(asyncio.Protocol):
                 relay.detach()
 
     async def _open_lane(self, request: h11.Request) -> Opened:
-        """Check the token, the route and the body, connect to llama-server; the use is spent last."""
+        """Check the token (a use is spent there, first), the route and the body, then connect to llama-server."""
         gate = self.gate
         head = RequestHead(request.method.decode("ascii"), request.target, list(request.headers))
         claims = await gate.authorize(head)
@@ -327,10 +388,11 @@ class ClientConnection(asyncio.Protocol):
         body = await self._read_body()
         if route.kind == "chat":
             await gate.health.ensure_props()
-            if len(body) > SHAPE_IN_THREAD_BYTES:
-                body = await asyncio.to_thread(shape_chat_body, body, claims.grant, gate.policy)
+            policy = gate.policy
+            if policy.vision or len(body) > SHAPE_IN_THREAD_BYTES:
+                body = await asyncio.to_thread(shape_chat_body, body, claims.grant, policy)
             else:
-                body = shape_chat_body(body, claims.grant, gate.policy)
+                body = shape_chat_body(body, claims.grant, policy)
         elif body:
             raise RequestRefusal(UNEXPECTED_BODY)
         cors = claims.grant.origin if self.listener.cors else None
@@ -339,15 +401,14 @@ class ClientConnection(asyncio.Protocol):
             timeout=gate.config.connect_timeout,
         )
 
-        def outgoing() -> bytes:
-            upstream_head = _lane_request(gate.upstream, route, body)
-            gate.spend(claims)
-            return upstream_head + body
-
-        return connected, outgoing
+        return connected, lambda: lane_request(gate.upstream, route, body) + body
 
     async def _open_broker(self, request: h11.Request) -> Opened:
-        body = await self._read_body()
+        """Connect to the broker at once: a body still arriving is relayed as it comes, never held whole.
+
+        So the broker sees the head first and refuses an anonymous request before its body arrives,
+        and the gate's memory grows only with bytes that arrived and the broker has not read yet.
+        """
         try:
             connected = await connect(
                 self.gate.config.broker_socket,
@@ -356,7 +417,7 @@ class ClientConnection(asyncio.Protocol):
             )
         except (UpstreamUnavailable, UpstreamTimeout):
             raise BrokerUnavailable() from None
-        return connected, lambda: self._broker_request(request, body) + body
+        return connected, lambda: self._broker_outgoing(request, connected[0])
 
     async def _serve_health(self, head_only: bool) -> None:
         body = json.dumps(await self.gate.health.snapshot(), separators=(",", ":")).encode()
@@ -382,17 +443,25 @@ class ClientConnection(asyncio.Protocol):
         else:
             self._answer(simple_response(204, b"", answer, close=self._closing()))
 
-    def _broker_request(self, request: h11.Request, body: bytes) -> bytes:
-        """The client's request as the broker receives it: its own headers, plus forwarding ones."""
-        dropped = FORWARDING | {b"content-length", b"expect"}
-        headers = [(n, v) for n, v in end_to_end(request.headers.raw_items()) if n.lower() not in dropped]
-        if self.peer is not None:
-            headers.append((b"X-Forwarded-For", self.peer.encode("ascii")))
-        headers.append((b"X-Forwarded-Proto", b"https" if self.listener.tls else b"http"))
-        if body or request.method not in (b"GET", b"HEAD", b"DELETE", b"OPTIONS"):
-            headers.append((b"Content-Length", str(len(body)).encode()))
-        headers.append((b"Connection", b"close"))
-        return request_head(request.method, request.target, headers)
+    def _broker_outgoing(self, request: h11.Request, transport: asyncio.Transport) -> bytes:
+        """The head and what body arrived; what is still to come goes to `transport` as it arrives."""
+        proto = b"https" if self.listener.tls else b"http"
+        if self.peer in self.gate.admission.trusted:
+            proto = next((v for n, v in request.headers if n == b"x-forwarded-proto"), proto).split(b",")[0].strip()
+        body = self._take_body()
+        if self.state != _BODY:
+            return broker_request(request, client=self.client, proto=proto, length=len(body)) + body
+        length = content_length(request)
+        self.sink, self.chunked_sink = transport, length is None
+        head = broker_request(request, client=self.client, proto=proto, length=length, chunked=length is None)
+        if self.h11 is not None and self.h11.they_are_waiting_for_100_continue:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        return head + (chunk(body) if self.chunked_sink and body else body)
+
+    def _pour(self, data: bytes) -> None:
+        sink = self.sink
+        assert sink is not None
+        sink.write(chunk(data) if self.chunked_sink else data)
 
     def _relay(self, request: h11.Request, cors: str | None, *, strip_cors: bool) -> Relay:
         factory = DechunkingRelay if self.http10 else Relay
@@ -423,6 +492,8 @@ class ClientConnection(asyncio.Protocol):
         headers: list[Header] = []
         if self.listener.cors and self.origin in self.gate.allowed_origins:
             headers = cors_headers(self.origin)
+        if isinstance(refusal, Overloaded):
+            headers.append((b"Retry-After", str(refusal.retry_after).encode()))
         close = close or self._closing()
         self.transport.write(simple_response(refusal.status, refusal.to_body(), headers, close=close))
         self.task = None
@@ -452,7 +523,8 @@ class ClientConnection(asyncio.Protocol):
 
     def relay_done(self, close: bool) -> None:
         self.relay = None
-        if close or self.close_after:
+        self.sink = None
+        if close or self.close_after or self.state == _BODY:  # answered before its body ended
             self._close()
         else:
             self._next_request()
@@ -460,6 +532,7 @@ class ClientConnection(asyncio.Protocol):
     def relay_failed(self, refusal: Refusal) -> None:
         """Upstream went away or timed out: an error before the head, a truncated stream after it."""
         self.relay = None
+        self.sink = None
         if self.sent_head:
             self._close()
         else:
@@ -467,6 +540,9 @@ class ClientConnection(asyncio.Protocol):
 
     def _next_request(self) -> None:
         self.state = _HEAD
+        self._count(False)
+        if self.peer in self.gate.admission.trusted:
+            self.client = None  # a proxy's next request may be another client's
         self.sent_head = False
         self.origin = None
         self.body = bytearray()
@@ -520,22 +596,3 @@ class ClientConnection(asyncio.Protocol):
         self.timer = None
         if self.state == _BODY:
             self._fail(RequestRefusal(REQUEST_TIMEOUT))
-
-
-def _lane_request(upstream: Upstream, route: Route, body: bytes) -> bytes:
-    """llama-server's request, built from scratch: nothing of the client's head travels but the route."""
-    try:
-        authorization = upstream.authorization()
-    except NotListening:
-        raise UpstreamUnavailable() from None
-    headers: list[Header] = [(b"Host", upstream.host_header)]
-    if authorization:  # an attached llama-server may run without a key
-        headers.append((b"Authorization", authorization))
-    if route.kind == "chat":
-        headers.append((b"Content-Type", b"application/json"))
-        if route.conversation_id is not None:
-            headers.append((b"X-Conversation-Id", route.conversation_id.encode("ascii")))
-    if body or route.method == "POST":
-        headers.append((b"Content-Length", str(len(body)).encode()))
-    headers.append((b"Connection", b"close"))
-    return request_head(route.method.encode("ascii"), route.upstream_target.encode("ascii"), headers)

@@ -1,12 +1,15 @@
 """What every connection of one gate shares: its settings, the upstream, the keys and the token check.
 
-A request's token is verified here (`authorize`) before its scope and body are looked at, and one
-use is spent (`spend`) only once the request is known to be forwarded.
+A request's token is verified here (`authorize`), and one use is spent as soon as its signature,
+audience, expiry and the gate's start cut-off pass: before its scope, its body or llama-server are
+looked at. Any later refusal, cheap or costly, leaves the use spent, so a refused request can never
+be replayed with the same token to make the gate decode its images again.
 """
 
 from __future__ import annotations
 
 import math
+import resource
 import time
 from typing import Protocol
 
@@ -19,6 +22,7 @@ from llama_direct.refusals import (
 )
 from llama_direct.replay import MemoryReplayStore
 from llama_direct.tokens import LEEWAY_SECONDS, Claims, verify
+from llama_launcher.gate.admission import Admission
 from llama_launcher.gate.config import GateConfig
 from llama_launcher.gate.health import Health
 from llama_launcher.gate.http1 import (
@@ -48,9 +52,10 @@ class Gate:
         self.upstream = upstream
         self.keyset = keyset
         self.replay = MemoryReplayStore()
-        self.not_issued_before = math.floor(time.time() if started_at is None else started_at)
+        self.not_issued_before = start_cut_off(time.time() if started_at is None else started_at)
         self.health = Health(upstream, config.model)
         self.connections: set[Connection] = set()
+        self.admission = Admission(config, descriptors=resource.getrlimit(resource.RLIMIT_NOFILE)[0])
         self.allowed_origins = frozenset(config.allowed_origins)
         self.lane_prefix = (config.lane_prefix + "/").encode()
 
@@ -60,13 +65,14 @@ class Gate:
         return ShapingPolicy(max_body_bytes=self.config.max_body_bytes, vision=health.vision, context=health.context)
 
     async def authorize(self, head: RequestHead) -> Claims:
-        """The verified, unrevoked claims of the request's bearer token (uses are spent later)."""
+        """The verified, unrevoked claims of the request's bearer token, one of its uses spent."""
         token = _bearer_token(head.headers)
         try:
             claims = self._verify(token)
         except UnknownKey:
             await self.keyset.refresh_for_unknown_kid()
             claims = self._verify(token)
+        self.spend(claims)
         if self.keyset.revocations.is_revoked(claims):
             raise TokenRevoked()
         return claims
@@ -84,6 +90,15 @@ class Gate:
     def spend(self, claims: Claims) -> None:
         if not self.replay.consume(claims.jti, claims.grant.uses, claims.exp + LEEWAY_SECONDS, time.time()):
             raise TokenSpent()
+
+
+def start_cut_off(started_at: float) -> int:
+    """The `iat` a token needs to be accepted: the next whole second after the gate started.
+
+    `iat` has whole seconds, so a token minted in the same second as the restart (and perhaps
+    spent on the gate before it) must not pass: the new gate's replay store has never seen it.
+    """
+    return math.ceil(started_at)
 
 
 def _bearer_token(headers: list[Header]) -> str:

@@ -16,6 +16,8 @@ import re
 from collections.abc import Iterable
 from http import HTTPStatus
 
+import h11
+
 from llama_direct.refusals import (
     AMBIGUOUS_FRAMING,
     BAD_CONTENT_LENGTH,
@@ -154,3 +156,16 @@ def simple_response(
 
 def cors_headers(origin: str) -> list[Header]:
     return [(b"Access-Control-Allow-Origin", origin.encode("latin-1")), (b"Vary", b"Origin")]
+
+
+def content_length(request: h11.Request) -> int | None:
+    """The declared body length (h11 has already refused a malformed or repeated one)."""
+    for name, value in request.headers:
+        if name == b"content-length":
+            return int(value)
+    return None
+
+
+def chunk(data: bytes) -> bytes:
+    """`data` as one chunk of a chunked body."""
+    return b"%x\r\n" % len(data) + data + b"\r\n"

@@ -1,16 +1,20 @@
-"""One image from a chat message, checked and reduced to what llama-server decodes safely.
+"""One image from a chat message, decoded under hard caps and re-encoded, so llama-server never
+decodes a byte the client chose.
 
 llama-server decodes images with stb_image inside the process that holds every user's slots, so
-the gate decodes each one first, with Pillow and under hard caps, and forwards only PNG or JPEG:
-the two formats it passes through byte for byte. Anything Pillow decodes but llama-server may not
-(WebP, GIF, BMP, TIFF) becomes a PNG of its first frame; anything else is refused.
+the gate decodes each one first, with Pillow, and forwards only a fresh encoding of its pixels:
+a JPEG stays a JPEG (re-encoded at quality 92), anything else Pillow decodes (PNG, WebP, GIF, BMP,
+TIFF) becomes a PNG of its first frame. Metadata is not carried over; the EXIF orientation is
+applied to the pixels first, so a phone photo still reaches the model upright. Anything else is
+refused. Decoding costs CPU, so the caller runs this off the event loop (`connection`).
 
 Only `data:` URLs are accepted: llama-server would fetch an `http(s)` URL itself, from inside the
 user's network, or read a `file://` one from disk.
 
-The pixel cap is this module's, per call: `Image.MAX_IMAGE_PIXELS` is a process-wide setting, so
-it is left alone, and the size in the header is checked here before anything is decoded. Pillow's
-own bomb guard still fires, above its global limit, either as `DecompressionBombError` or as a
+The pixel caps are this module's, per call: one per image (`max_image_pixels`) and one across
+the request (`PixelBudget`), both checked on the size in the header before anything is decoded.
+`Image.MAX_IMAGE_PIXELS` is a process-wide setting, so it is left alone. Pillow's own bomb guard
+still fires, above its global limit, either as `DecompressionBombError` or as a
 `DecompressionBombWarning` that a warnings-as-errors filter raises; both become the same refusal.
 """
 
@@ -21,12 +25,13 @@ import binascii
 import io
 from typing import Protocol
 
-from PIL import Image
+from PIL import Image, ImageOps
 
 from llama_direct.refusals import (
     BAD_IMAGE,
     IMAGE_TOO_LARGE,
     IMAGE_TOO_MANY_PIXELS,
+    IMAGES_TOO_MANY_PIXELS,
     REMOTE_IMAGE,
     VISION_NOT_SUPPORTED,
     RequestRefusal,
@@ -46,23 +51,38 @@ class ImageLimits(Protocol):
     def max_image_pixels(self) -> int: ...
 
 
-PASSTHROUGH_FORMATS = frozenset({"PNG", "JPEG"})
-CONVERTED_FORMATS = frozenset({"WEBP", "GIF", "BMP", "TIFF"})
-_OPEN_FORMATS = sorted(PASSTHROUGH_FORMATS | CONVERTED_FORMATS)
+class PixelBudget:
+    """The pixels one request's images may hold in all; each image takes its share before it is decoded."""
+
+    __slots__ = ("left", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.left = limit
+
+    def take(self, pixels: int, part: str) -> None:
+        if pixels > self.left:
+            raise RequestRefusal(IMAGES_TOO_MANY_PIXELS, part=part, limit=self.limit)
+        self.left -= pixels
+
+
+OPEN_FORMATS = ("BMP", "GIF", "JPEG", "PNG", "TIFF", "WEBP")
+JPEG_QUALITY = 92
+"""High enough that a photo keeps what a vision model reads in it; JPEG in, JPEG out keeps bodies small."""
+PNG_COMPRESS_LEVEL = 1
+"""zlib's fastest level: the PNG travels once, over a unix socket, so its size matters less than the time."""
 _PNG_MODES = frozenset({"1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"})
 _DATA_PREFIX = "data:"
 _BASE64_MARK = ";base64,"
 
 
-def shape_image_url(url: str, *, part: str, policy: ImageLimits) -> str:
-    """The `data:` URL to forward for this image: PNG or JPEG, or a refusal naming `part`."""
+def shape_image_url(url: str, *, part: str, policy: ImageLimits, budget: PixelBudget) -> str:
+    """The `data:` URL to forward for this image, freshly encoded, or a refusal naming `part`."""
     if not policy.vision:
         raise RequestRefusal(VISION_NOT_SUPPORTED)
     data = _decode_data_url(url, part=part, max_bytes=policy.max_image_bytes)
-    fmt, png = _decode_image(data, part=part, max_pixels=policy.max_image_pixels)
-    if png is None:
-        return _data_url(fmt, data)
-    return _data_url("PNG", png)
+    fmt, encoded = reencode(data, part=part, max_pixels=policy.max_image_pixels, budget=budget)
+    return f"data:image/{fmt.lower()};base64,{base64.b64encode(encoded).decode('ascii')}"
 
 
 def _decode_data_url(url: str, *, part: str, max_bytes: int) -> bytes:
@@ -82,25 +102,25 @@ def _decode_data_url(url: str, *, part: str, max_bytes: int) -> bytes:
     return data
 
 
-def _decode_image(data: bytes, *, part: str, max_pixels: int) -> tuple[str, bytes | None]:
-    """The image's format, and its first frame as PNG when it is not forwarded unchanged.
+def reencode(data: bytes, *, part: str, max_pixels: int, budget: PixelBudget) -> tuple[str, bytes]:
+    """The image's first frame, encoded afresh: `("JPEG", ...)` for a JPEG, `("PNG", ...)` otherwise.
 
     The decoders run on untrusted bytes and fail in many ways (OSError, SyntaxError, ValueError,
     struct.error, EOFError, ...), so any exception from them is the one refusal, and its text is
     never shown.
     """
     try:
-        with Image.open(io.BytesIO(data), formats=_OPEN_FORMATS) as probe:
-            fmt = probe.format or ""
+        with Image.open(io.BytesIO(data), formats=OPEN_FORMATS) as probe:
             width, height = probe.size
             if width * height > max_pixels:
                 raise _too_many_pixels(part, max_pixels)
+            budget.take(width * height, part)
             probe.verify()
-        with Image.open(io.BytesIO(data), formats=_OPEN_FORMATS) as image:
+        with Image.open(io.BytesIO(data), formats=OPEN_FORMATS) as image:
             image.load()
-            if fmt in PASSTHROUGH_FORMATS:
-                return fmt, None
-            return fmt, _first_frame_png(image)
+            if image.format == "JPEG":
+                return "JPEG", _encode_jpeg(image)
+            return "PNG", _encode_png(image)
     except RequestRefusal:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -113,15 +133,20 @@ def _too_many_pixels(part: str, max_pixels: int) -> RequestRefusal:
     return RequestRefusal(IMAGE_TOO_MANY_PIXELS, part=part, limit=max_pixels)
 
 
-def _first_frame_png(image: Image.Image) -> bytes:
-    frame = image
+def _encode_jpeg(image: Image.Image) -> bytes:
+    frame = ImageOps.exif_transpose(image)
+    if frame.mode not in ("L", "RGB"):
+        frame = frame.convert("RGB")
+    out = io.BytesIO()
+    frame.save(out, format="JPEG", quality=JPEG_QUALITY)
+    return out.getvalue()
+
+
+def _encode_png(image: Image.Image) -> bytes:
+    frame = ImageOps.exif_transpose(image)
     if frame.mode not in _PNG_MODES:
         has_alpha = "A" in frame.getbands() or "transparency" in frame.info
         frame = frame.convert("RGBA" if has_alpha else "RGB")
     out = io.BytesIO()
-    frame.save(out, format="PNG")
+    frame.save(out, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     return out.getvalue()
-
-
-def _data_url(fmt: str, data: bytes) -> str:
-    return f"data:image/{fmt.lower()};base64,{base64.b64encode(data).decode('ascii')}"

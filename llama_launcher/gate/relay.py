@@ -120,6 +120,15 @@ class Relay(asyncio.Protocol):
     def eof_received(self) -> bool:
         return False
 
+    def pause_writing(self) -> None:
+        """A request body relayed as it arrives outruns the upstream's reading: stop reading the client."""
+        if self.client is not None:
+            self.client.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.client is not None:
+            self.client.transport.resume_reading()
+
     def connection_lost(self, exc: Exception | None) -> None:
         client = self.client
         if client is None:

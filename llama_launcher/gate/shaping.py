@@ -55,7 +55,7 @@ from llama_direct.refusals import (
 )
 from llama_direct.tokens import Grant
 from llama_launcher.gate.bounds import FALLBACK_CONTEXT, check_bounds
-from llama_launcher.gate.images import shape_image_url
+from llama_launcher.gate.images import PixelBudget, shape_image_url
 
 SAMPLER_FIELDS = frozenset(
     {
@@ -186,6 +186,8 @@ class ShapingPolicy:
     max_image_bytes: int = 10 * 1024 * 1024
     max_image_pixels: int = 40_000_000
     max_images: int = 8
+    max_request_pixels: int = 48_000_000
+    """All of one request's images together (four 12-megapixel photos): what its decoding may cost."""
     context: int = FALLBACK_CONTEXT
 
 
@@ -344,11 +346,12 @@ def _shape_messages(messages: object, legacy_image: object, policy: ShapingPolic
 
 
 class _ImageCounter:
-    """Shapes each image in turn and refuses the one past `max_images`."""
+    """Shapes each image in turn and refuses the one past `max_images` or past the pixel budget."""
 
     def __init__(self, policy: ShapingPolicy) -> None:
         self.policy = policy
         self.count = 0
+        self.budget = PixelBudget(policy.max_request_pixels)
 
     def shape(self, url: object, part: str) -> str:
         if not self.policy.vision:
@@ -358,7 +361,7 @@ class _ImageCounter:
             raise RequestRefusal(TOO_MANY_IMAGES, limit=self.policy.max_images)
         if not isinstance(url, str):
             raise RequestRefusal(BAD_IMAGE, "not_a_string", part=part)
-        return shape_image_url(url, part=part, policy=self.policy)
+        return shape_image_url(url, part=part, policy=self.policy, budget=self.budget)
 
 
 def _shape_message(index: int, message: object, images: _ImageCounter) -> dict[str, Any]:

@@ -81,6 +81,21 @@ async def _replay(h: Harness) -> Response:
     return await exchange(h, request(token))
 
 
+async def _resent_after_a_refusal(h: Harness) -> Response:
+    """A request refused after the token verified spent it: the same token cannot try again."""
+    token = h.token()
+    first = await exchange(h, request(token, body=_with(id_slot=0)))
+    assert first.status == 400
+    return await exchange(h, request(token))
+
+
+async def _resent_after_a_wrong_route(h: Harness) -> Response:
+    token = h.token()
+    first = await exchange(h, request(token, target=b"/direct/v1/completions"))
+    assert first.status == 404
+    return await exchange(h, request(token))
+
+
 async def _revoke(h: Harness) -> None:
     h.revocations.revoke("alice", time.time() + 1)
     assert await h.server.keyset.refresh()
@@ -134,6 +149,8 @@ TOKENS = [
     _token_case("oversized", lambda h: h.token() + "A" * 9000, refusals.MalformedToken),
     _token_case("non_base64", lambda h: "@@@@.####.$$$$", refusals.MalformedToken),
     Case("replayed_past_its_uses", _replay, 401, refusals.TokenSpent.message, forwarded=1),
+    Case("resent_after_a_refused_body", _resent_after_a_refusal, 401, refusals.TokenSpent.message),
+    Case("resent_after_a_refused_route", _resent_after_a_wrong_route, 401, refusals.TokenSpent.message),
     Case("revoked", send(lambda h: request(h.token())), 401, refusals.TokenRevoked.message, prepare=_revoke),
     Case("in_the_query_string", send(_in_query), 401, refusals.MissingToken.message),
     Case("basic_scheme", send(lambda h: request(None, headers=b"Authorization: Basic " + h.token().encode()
@@ -207,6 +224,52 @@ async def _stalled_body(h: Harness) -> Response:
     return await _trickle(h, head + b'{"messages":', b"")
 
 
+async def _dripped_body(h: Harness) -> Response:
+    """A body sent a byte every 50 ms: each read used to re-arm the timeout, so it never ended."""
+    head = request(h.token(), body=b"").replace(b"Content-Length: 0", b"Content-Length: 400")
+    return await _trickle(h, head + b'{"messages":', b" " * 100)
+
+
+def _small_route(method: bytes, target: bytes) -> Any:
+    """A broker route with a small body, declared 100 KB: 413 at once, with not one body byte sent."""
+
+    async def act(h: Harness) -> Response:
+        raw = method + b" " + target + b" HTTP/1.1\r\nHost: gate\r\nContent-Length: 100000\r\n\r\n"
+        started = time.monotonic()
+        response = await exchange(h, raw, timeout=2)
+        assert time.monotonic() - started < 1.0
+        return response
+
+    return act
+
+
+async def _over_the_connection_cap(h: Harness) -> Response:
+    held = [await Client.open(h.port) for _ in range(3)]  # type: ignore[arg-type]
+    try:
+        await asyncio.sleep(0.05)
+        response = await exchange(h, request(h.token()))
+        assert response.header(b"retry-after") == [b"2"]
+        return response
+    finally:
+        for client in held:
+            client.close()
+
+
+async def _over_the_pending_cap(h: Harness) -> Response:
+    """Two connections still sending their heads from 127.0.0.1: a third from it is turned away."""
+    held = [await Client.open(h.port) for _ in range(2)]  # type: ignore[arg-type]
+    try:
+        for client in held:
+            await client.send(b"POST /direct/v1/chat/completions HTTP/1.1\r\nHost: gate\r\n")
+        await asyncio.sleep(0.05)
+        response = await exchange(h, request(h.token()))
+        assert response.header(b"retry-after") == [b"2"]
+        return response
+    finally:
+        for client in held:
+            client.close()
+
+
 async def _fifty_megabytes_announced(h: Harness) -> Response:
     head = request(h.token(), body=b"").replace(b"Content-Length: 0", b"Content-Length: 52428800")
     return await exchange(h, head)
@@ -265,6 +328,23 @@ HTTP = [
          settings={"head_timeout": 0.3}, closes=True),
     Case("stalled_body", _stalled_body, 408, "The request did not arrive in time.",
          settings={"body_timeout": 0.3}, closes=True),
+    Case("dripped_body", _dripped_body, 408, "The request did not arrive in time.",
+         settings={"body_timeout": 0.3}, closes=True),
+    Case("over_the_connection_cap", _over_the_connection_cap, 503,
+         "The server holds too many connections; try again in a moment.",
+         settings={"max_connections": 3}, closes=True),
+    Case("over_the_pending_cap_per_address", _over_the_pending_cap, 503,
+         "Too many requests from your address are still arriving; try again in a moment.",
+         settings={"max_pending_per_address": 2}, closes=True),
+    *[Case(f"large_body_declared_to_{name}", _small_route(method, target), 413, "The request body is too large.",
+           closes=True)
+      for name, method, target in [
+          ("direct_stream", b"POST", b"/direct-stream"),
+          ("logout", b"POST", b"/logout"),
+          ("revoke", b"POST", b"/direct-stream/revoke"),
+          ("a_tool", b"POST", b"/tools/echo"),
+          ("the_login", b"GET", b"/?token=abc"),
+      ]],
     Case("pipelined_second_request_with_the_spent_token", _pipelined, 401, refusals.TokenSpent.message,
          forwarded=1),
     Case("http10_without_a_token", send(lambda h: request(None, method=b"GET", target=b"/direct/v1/stream",
@@ -426,6 +506,13 @@ BODIES = [
     Case("decompression_bomb_png", status=400,
          message=f"{IMAGE_PART}: the image has more than 40000000 pixels.",
          **_body(image_body(data_url(bomb_png(), "image/png")), vision=True)),
+    Case("images_past_the_request_pixel_budget", status=400,
+         message="messages[0].content[2]: the request's images hold more than 48000000 pixels in all.",
+         **_body({"messages": [{"role": "user", "content": [
+             {"type": "text", "text": "two big ones"},
+             {"type": "image_url", "image_url": {"url": data_url(encoded("PNG", (6000, 4000), mode="1"), "image/png")}},
+             {"type": "image_url", "image_url": {"url": data_url(bomb_png(6000, 5000), "image/png")}}]}]},
+             vision=True)),
     Case("svg_as_an_image", status=400, message=UNDECODABLE,
          **_body(image_body(data_url(SVG, "image/png")), vision=True)),
     Case("truncated_jpeg", status=400, message=UNDECODABLE,
@@ -582,6 +669,119 @@ def test_http10_with_transfer_encoding_is_refused_as_faulty_framing() -> None:
             assert response.status == 400
             assert response.header(b"connection") == [b"close"]
             assert b"HTTP/1.0 requests may not use Transfer-Encoding." in response.body
+
+    asyncio.run(asyncio.wait_for(main(), 20))
+
+
+def test_a_small_image_is_never_decoded_on_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 1.5 KB WebP may take a second to decode: whatever the body's size, it must not stall the loop."""
+    from PIL import Image
+
+    body = image_body(data_url(encoded("PNG"), "image/png"))
+    on_loop: list[bool] = []
+    open_image = Image.open
+
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        try:
+            asyncio.get_running_loop()
+            on_loop.append(True)
+        except RuntimeError:
+            on_loop.append(False)
+        return open_image(*args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", watched)
+
+    async def main() -> None:
+        from gate_fakes import running_gate
+
+        async with running_gate() as h:
+            h.behaviour.vision = True
+            response = await exchange(h, request(h.token(), body=body))
+            assert response.status == 200
+            assert len(h.upstream_requests) == 1
+            assert on_loop and not any(on_loop), "an image was decoded on the gate's event loop"
+
+    asyncio.run(asyncio.wait_for(main(), 20))
+
+
+def test_held_streams_do_not_count_against_the_per_address_cap() -> None:
+    """Only requests still arriving count: a client holding streams (the benchmark's 1,000) may open more."""
+
+    async def main() -> None:
+        from gate_fakes import running_gate
+
+        async with running_gate(max_pending_per_address=2) as h:
+            h.behaviour.forever, h.behaviour.delay = True, 0.05
+            streams: list[Client] = []
+            try:
+                for _ in range(4):
+                    client = await Client.open(h.port)  # type: ignore[arg-type]
+                    streams.append(client)
+                    await client.send(chat_request(h.token()))
+                    assert (await client.response(head_request=True)).status == 200
+                h.behaviour.forever = False
+                response = await exchange(h, chat_request(h.token()))
+                assert response.status == 200
+            finally:
+                for client in streams:
+                    client.close()
+
+    asyncio.run(asyncio.wait_for(main(), 20))
+
+
+def test_an_anonymous_body_reaches_the_broker_as_it_arrives_and_is_never_held_whole() -> None:
+    """The broker sees the head at once (and refuses an anonymous caller before the body arrives)."""
+
+    async def main() -> None:
+        from gate_fakes import running_gate
+
+        async with running_gate() as h:
+            client = await Client.open(h.port)  # type: ignore[arg-type]
+            try:
+                await client.send(b"POST /v1/chat/completions HTTP/1.1\r\nHost: gate\r\n"
+                                  b"Content-Length: 20000000\r\n\r\n" + b"x" * 1000)
+                deadline = time.monotonic() + 2
+                while h.broker.connections == 0 and time.monotonic() < deadline:
+                    await asyncio.sleep(0.02)
+                assert h.broker.connections == 1, "the gate held the body instead of relaying it"
+                connection = next(iter(h.server.gate.connections))
+                assert len(connection.body) == 0  # type: ignore[attr-defined]
+            finally:
+                client.close()
+
+    asyncio.run(asyncio.wait_for(main(), 20))
+
+
+def test_a_chunked_body_is_relayed_to_the_broker_chunk_by_chunk() -> None:
+    async def main() -> None:
+        from gate_fakes import running_gate
+
+        async with running_gate() as h:
+            client = await Client.open(h.port)  # type: ignore[arg-type]
+            try:
+                await client.send(b"POST /tools/echo HTTP/1.1\r\nHost: gate\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                  b"3\r\nabc\r\n")
+                await asyncio.sleep(0.1)
+                await client.send(b"3\r\ndef\r\n0\r\n\r\n")
+                echo = (await client.response()).json()
+            finally:
+                client.close()
+            assert echo["body"] == "abcdef"
+
+    asyncio.run(asyncio.wait_for(main(), 20))
+
+
+def test_forwarded_headers_count_only_from_a_trusted_proxy() -> None:
+    async def main() -> None:
+        from gate_fakes import running_gate
+
+        forged = b"GET /x HTTP/1.1\r\nHost: gate\r\nX-Forwarded-For: 203.0.113.9\r\nX-Forwarded-Proto: https\r\n\r\n"
+        async with running_gate() as h:
+            headers = dict((await exchange(h, forged)).json()["headers"])
+            assert (headers["X-Forwarded-For"], headers["X-Forwarded-Proto"]) == ("127.0.0.1", "http")
+        async with running_gate(trusted_proxies=["127.0.0.1"]) as h:
+            headers = dict((await exchange(h, forged)).json()["headers"])
+            assert (headers["X-Forwarded-For"], headers["X-Forwarded-Proto"]) == ("203.0.113.9", "https")
 
     asyncio.run(asyncio.wait_for(main(), 20))
 

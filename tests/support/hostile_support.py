@@ -96,9 +96,9 @@ def data_url(data: bytes, mime: str) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
-def encoded(fmt: str, size: tuple[int, int] = (32, 24)) -> bytes:
+def encoded(fmt: str, size: tuple[int, int] = (32, 24), mode: str = "RGB") -> bytes:
     out = io.BytesIO()
-    Image.new("RGB", size, (200, 10, 30)).save(out, format=fmt)
+    Image.new(mode, size, 0 if mode == "1" else (200, 10, 30)).save(out, format=fmt)
     return out.getvalue()
 
 

@@ -6,10 +6,10 @@ import warnings
 import zlib
 
 import pytest
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from llama_direct.refusals import RequestRefusal
-from llama_launcher.gate.images import shape_image_url
+from llama_launcher.gate.images import JPEG_QUALITY, PixelBudget, shape_image_url
 from llama_launcher.gate.shaping import ShapingPolicy
 
 VISION = ShapingPolicy(vision=True)
@@ -34,9 +34,14 @@ def payload(url: str) -> bytes:
     return base64.b64decode(b64, validate=True)
 
 
-def refused(url: str, policy: ShapingPolicy = VISION) -> RequestRefusal:
+def shape(url: str, policy: ShapingPolicy = VISION, budget: PixelBudget | None = None) -> str:
+    budget = budget if budget is not None else PixelBudget(policy.max_request_pixels)
+    return shape_image_url(url, part=PART, policy=policy, budget=budget)
+
+
+def refused(url: str, policy: ShapingPolicy = VISION, budget: PixelBudget | None = None) -> RequestRefusal:
     with pytest.raises(RequestRefusal) as caught:
-        shape_image_url(url, part=PART, policy=policy)
+        shape(url, policy, budget)
     return caught.value
 
 
@@ -55,22 +60,51 @@ def png_with_size(width: int, height: int) -> bytes:
     )
 
 
-# --- pass through -----------------------------------------------------------------------------
+# --- every image is encoded afresh ------------------------------------------------------------
 
 
-def test_png_passes_unchanged():
-    png = encode("PNG")
-    assert shape_image_url(data_url(png), part=PART, policy=VISION) == data_url(png)
+def test_png_is_re_encoded_not_forwarded():
+    """llama-server's decoder must never see the client's bytes, even for a valid PNG."""
+    png = encode("PNG", Image.new("RGB", (4, 3), (200, 10, 30)), compress_level=9)
+    url = shape(data_url(png))
+    assert url != data_url(png)
+    image = decoded(url)
+    assert image.size == (4, 3)
+    assert image.convert("RGB").getpixel((1, 1)) == (200, 10, 30)
 
 
-def test_jpeg_passes_unchanged():
-    jpeg = encode("JPEG", quality=80)
-    assert shape_image_url(data_url(jpeg, "image/jpeg"), part=PART, policy=VISION) == data_url(jpeg, "image/jpeg")
+def test_png_metadata_and_trailing_bytes_are_dropped():
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Comment", "attacker-chosen text")
+    png = encode("PNG", pnginfo=info) + b"trailing attacker bytes"
+    forwarded = payload(shape(data_url(png)))
+    assert b"attacker" not in forwarded
+
+
+def test_jpeg_is_re_encoded_as_jpeg():
+    jpeg = encode("JPEG", Image.new("RGB", (16, 16), (10, 200, 30)), quality=50) + b"trailing attacker bytes"
+    url = shape(data_url(jpeg, "image/jpeg"))
+    assert url.startswith("data:image/jpeg;base64,")
+    forwarded = payload(url)
+    assert forwarded != jpeg and b"attacker" not in forwarded
+    image = Image.open(io.BytesIO(forwarded))
+    assert (image.format, image.size) == ("JPEG", (16, 16))
+    assert JPEG_QUALITY > 50
+
+
+def test_jpeg_exif_orientation_is_applied_to_the_pixels():
+    source = Image.new("RGB", (8, 4), (0, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    jpeg = encode("JPEG", source, exif=exif.tobytes())
+    image = Image.open(io.BytesIO(payload(shape(data_url(jpeg, "image/jpeg")))))
+    assert image.size == (4, 8)
+    assert image.getexif().get(0x0112) is None
 
 
 def test_the_declared_type_is_replaced_by_the_decoded_one():
     png = encode("PNG")
-    assert shape_image_url(data_url(png, "image/jpeg"), part=PART, policy=VISION) == data_url(png)
+    assert shape(data_url(png, "image/jpeg")).startswith("data:image/png;base64,")
 
 
 # --- conversion -------------------------------------------------------------------------------
@@ -87,7 +121,7 @@ def decoded(url: str) -> Image.Image:
 def test_webp_becomes_png():
     source = Image.new("RGB", (5, 4), (12, 200, 99))
     image = decoded(
-        shape_image_url(data_url(encode("WEBP", source, lossless=True), "image/webp"), part=PART, policy=VISION)
+        shape(data_url(encode("WEBP", source, lossless=True), "image/webp"), VISION)
     )
     assert image.size == (5, 4)
     assert image.convert("RGB").getpixel((2, 2)) == (12, 200, 99)
@@ -96,27 +130,27 @@ def test_webp_becomes_png():
 def test_gif_becomes_png_of_its_first_frame():
     frames = [Image.new("RGB", (6, 6), (255, 0, 0)), Image.new("RGB", (6, 6), (0, 0, 255))]
     gif = encode("GIF", frames[0], save_all=True, append_images=frames[1:], duration=50, loop=0)
-    image = decoded(shape_image_url(data_url(gif, "image/gif"), part=PART, policy=VISION))
+    image = decoded(shape(data_url(gif, "image/gif"), VISION))
     assert image.size == (6, 6)
     assert image.convert("RGB").getpixel((3, 3)) == (255, 0, 0)
 
 
 def test_bmp_becomes_png():
     source = Image.new("RGB", (3, 2), (1, 2, 3))
-    image = decoded(shape_image_url(data_url(encode("BMP", source), "image/bmp"), part=PART, policy=VISION))
+    image = decoded(shape(data_url(encode("BMP", source), "image/bmp"), VISION))
     assert image.convert("RGB").getpixel((0, 0)) == (1, 2, 3)
 
 
 def test_cmyk_tiff_becomes_rgb_png():
     source = Image.new("CMYK", (3, 2), (0, 255, 255, 0))
-    image = decoded(shape_image_url(data_url(encode("TIFF", source), "image/tiff"), part=PART, policy=VISION))
+    image = decoded(shape(data_url(encode("TIFF", source), "image/tiff"), VISION))
     assert image.mode == "RGB"
     assert image.getpixel((1, 1)) == (255, 0, 0)
 
 
 def test_webp_with_alpha_keeps_it():
     source = Image.new("RGBA", (4, 4), (10, 20, 30, 40))
-    image = decoded(shape_image_url(data_url(encode("WEBP", source, lossless=True)), part=PART, policy=VISION))
+    image = decoded(shape(data_url(encode("WEBP", source, lossless=True)), VISION))
     assert image.mode == "RGBA"
     assert image.getpixel((0, 0)) == (10, 20, 30, 40)
 
@@ -207,7 +241,7 @@ def test_images_over_the_byte_cap_are_413():
         "image_too_large",
         f"{PART}: the image is larger than {len(png) - 1} bytes.",
     )
-    assert shape_image_url(data_url(png), part=PART, policy=ShapingPolicy(vision=True, max_image_bytes=len(png)))
+    assert shape(data_url(png), ShapingPolicy(vision=True, max_image_bytes=len(png)))
 
 
 def test_a_huge_payload_is_refused_before_decoding():
@@ -236,7 +270,7 @@ def test_pixel_cap_is_per_call():
         "image_too_many_pixels",
         f"{PART}: the image has more than 100 pixels.",
     )
-    assert shape_image_url(data_url(image), part=PART, policy=ShapingPolicy(vision=True, max_image_pixels=110))
+    assert shape(data_url(image), ShapingPolicy(vision=True, max_image_pixels=110))
 
 
 @pytest.mark.parametrize("size", [(20_000, 20_000), (10_000, 10_000), (8_000, 6_000), (40_001, 1_000)])
@@ -268,3 +302,29 @@ def test_a_real_bomb_is_refused_before_its_pixels_are_decoded():
         tracemalloc.stop()
     assert (refusal.status, refusal.code) == (400, "image_too_many_pixels")
     assert peak < 2_000_000
+
+
+def test_the_request_pixel_budget_is_shared_by_its_images():
+    image = data_url(encode("PNG", Image.new("L", (10, 10))))
+    budget = PixelBudget(250)
+    shape(image, budget=budget)
+    shape(image, budget=budget)
+    refusal = refused(image, budget=budget)
+    assert (refusal.status, refusal.code, refusal.message) == (
+        400,
+        "images_too_many_pixels",
+        f"{PART}: the request's images hold more than 250 pixels in all.",
+    )
+
+
+def test_the_budget_is_taken_before_decoding():
+    """The declared size is charged first: a bomb past the budget costs no decode at all."""
+    bomb = png_with_size(5_000, 5_000)
+    tracemalloc.start()
+    try:
+        refusal = refused(data_url(bomb), budget=PixelBudget(1_000_000))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert refusal.code == "images_too_many_pixels"
+    assert peak < 1_000_000

@@ -409,19 +409,22 @@ def test_a_new_kid_is_pulled_at_once() -> None:
     run(scenario)
 
 
-def test_refused_request_does_not_spend_the_token() -> None:
+def test_a_request_refused_after_verification_still_spends_the_token() -> None:
+    """The use is spent once the token verifies: a refused body cannot be retried (and decoded) again."""
+
     async def scenario(h: Harness) -> None:
         token = h.token()
         denied = await ask(h, chat_request(token, b'{"messages":[],"id_slot":1}'))
         assert denied.status == 400
         assert "id_slot" in denied.json()["error"]["message"]
+        again = await ask(h, chat_request(token))
+        assert (again.status, again.json()["error"]["reason"]) == (401, "token_spent")
         assert h.upstream_requests == []
-        assert (await ask(h, chat_request(token))).status == 200
 
     run(scenario)
 
 
-def test_unreachable_upstream_gives_502_and_keeps_the_token() -> None:
+def test_unreachable_upstream_gives_502_and_the_token_stays_spent() -> None:
     async def scenario(h: Harness) -> None:
         token = h.token()
         await h.llama.stop()
@@ -430,7 +433,8 @@ def test_unreachable_upstream_gives_502_and_keeps_the_token() -> None:
         assert response.json()["error"]["type"] == "server_error"
         assert b"llama.sock" not in response.body
         await h.llama.start()
-        assert (await ask(h, chat_request(token))).status == 200
+        assert (await ask(h, chat_request(token))).status == 401
+        assert (await ask(h, chat_request(h.token()))).status == 200
 
     run(scenario)
 

@@ -26,6 +26,7 @@ from llama_launcher.gate.bounds import (
     MAX_STOP_STRINGS,
     MAX_TOOLS,
 )
+from llama_launcher.gate.images import PixelBudget, shape_image_url
 from llama_launcher.gate.shaping import (
     ALLOWED_FIELDS,
     DENIED_FIELDS,
@@ -380,11 +381,34 @@ def image_part(url: str) -> dict:
     return {"type": "image_url", "image_url": {"url": url}}
 
 
+def reencoded(url: str) -> str:
+    """What the gate forwards for `url`: its pixels encoded afresh (deterministic for one Pillow)."""
+    return shape_image_url(url, part="p", policy=VISION, budget=PixelBudget(VISION.max_request_pixels))
+
+
 def test_image_parts_are_shaped_and_rebuilt():
     url = png_url()
     part = {"type": "image_url", "image_url": {"url": url, "detail": "high"}, "extra": 1}
     out = shape({"messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, part]}]}, VISION)
-    assert out["messages"][0]["content"] == [{"type": "text", "text": "a"}, image_part(url)]
+    text, image = out["messages"][0]["content"]
+    assert text == {"type": "text", "text": "a"}
+    assert image.keys() == {"type", "image_url"} and image["image_url"].keys() == {"url"}
+    forwarded = image["image_url"]["url"]
+    assert forwarded.startswith("data:image/png;base64,") and forwarded != url
+    decoded = Image.open(io.BytesIO(base64.b64decode(forwarded.partition(",")[2])))
+    assert decoded.size == (2, 2) and decoded.convert("RGB").getpixel((1, 1)) == (9, 9, 9)
+
+
+def test_the_pixel_budget_spans_every_image_of_the_request():
+    parts = [image_part(png_url((10, 10))), image_part(png_url((10, 10)))]
+    policy = ShapingPolicy(vision=True, max_request_pixels=150)
+    refusal = refused({"messages": [{"role": "user", "content": parts}]}, policy)
+    assert (refusal.status, refusal.code, refusal.message) == (
+        400,
+        "images_too_many_pixels",
+        "messages[0].content[1]: the request's images hold more than 150 pixels in all.",
+    )
+    assert shape({"messages": [{"role": "user", "content": parts[:1]}]}, policy)
 
 
 def test_images_without_vision_are_400():
@@ -427,7 +451,8 @@ def test_legacy_image_base64_joins_the_last_user_message():
     out = shape({"messages": messages, "image_base64": raw}, VISION)
     assert "image_base64" not in out
     assert out["messages"][:2] == messages[:2]
-    assert out["messages"][2] == {"role": "user", "content": [{"type": "text", "text": "hi"}, image_part(url)]}
+    expected = [{"type": "text", "text": "hi"}, image_part(reencoded(url))]
+    assert out["messages"][2] == {"role": "user", "content": expected}
 
 
 def test_legacy_image_base64_extends_a_list_of_parts():
@@ -435,7 +460,7 @@ def test_legacy_image_base64_extends_a_list_of_parts():
     out = shape(
         {"messages": [{"role": "user", "content": [{"type": "text", "text": "a"}]}], "image_base64": url}, VISION
     )
-    assert out["messages"][0]["content"] == [{"type": "text", "text": "a"}, image_part(url)]
+    assert out["messages"][0]["content"] == [{"type": "text", "text": "a"}, image_part(reencoded(url))]
 
 
 def test_legacy_image_base64_needs_a_user_message():

@@ -1,0 +1,55 @@
+"""The requests the gate sends on: built from scratch for llama-server, rebuilt for the broker.
+
+Nothing of a lane request's head travels to llama-server but the route; a broker request keeps the
+client's end-to-end headers, minus any forwarding header the client wrote, plus the gate's own.
+"""
+
+from __future__ import annotations
+
+import h11
+
+from llama_direct.refusals import UpstreamUnavailable
+from llama_launcher.errors import NotListening
+from llama_launcher.gate.http1 import FORWARDING, Header, end_to_end, request_head
+from llama_launcher.gate.scope import Route
+from llama_launcher.gate.upstream import Upstream
+
+
+def lane_request(upstream: Upstream, route: Route, body: bytes) -> bytes:
+    """llama-server's request, built from scratch: nothing of the client's head travels but the route."""
+    try:
+        authorization = upstream.authorization()
+    except NotListening:
+        raise UpstreamUnavailable() from None
+    headers: list[Header] = [(b"Host", upstream.host_header)]
+    if authorization:  # an attached llama-server may run without a key
+        headers.append((b"Authorization", authorization))
+    if route.kind == "chat":
+        headers.append((b"Content-Type", b"application/json"))
+        if route.conversation_id is not None:
+            headers.append((b"X-Conversation-Id", route.conversation_id.encode("ascii")))
+    if body or route.method == "POST":
+        headers.append((b"Content-Length", str(len(body)).encode()))
+    headers.append((b"Connection", b"close"))
+    return request_head(route.method.encode("ascii"), route.upstream_target.encode("ascii"), headers)
+
+
+def broker_request(
+    request: h11.Request, *, client: str | None, proto: bytes, length: int | None, chunked: bool = False
+) -> bytes:
+    """The client's request as the broker receives it: its own headers, plus forwarding ones.
+
+    `length` is the body's (None: none is sent); `chunked`: the body is still arriving, unsized, and
+    is relayed chunk by chunk as it comes.
+    """
+    dropped = FORWARDING | {b"content-length", b"expect", b"transfer-encoding"}
+    headers = [(n, v) for n, v in end_to_end(request.headers.raw_items()) if n.lower() not in dropped]
+    if client is not None:
+        headers.append((b"X-Forwarded-For", client.encode("ascii")))
+    headers.append((b"X-Forwarded-Proto", proto))
+    if chunked:
+        headers.append((b"Transfer-Encoding", b"chunked"))
+    elif length or (length is not None and request.method not in (b"GET", b"HEAD", b"DELETE", b"OPTIONS")):
+        headers.append((b"Content-Length", str(length).encode()))
+    headers.append((b"Connection", b"close"))
+    return request_head(request.method, request.target, headers)
