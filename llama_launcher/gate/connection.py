@@ -27,6 +27,7 @@ from llama_direct.refusals import (
     REQUEST_TIMEOUT,
     UNEXPECTED_BODY,
     BrokerUnavailable,
+    ModelNotLoaded,
     Refusal,
     RequestRefusal,
     UpstreamTimeout,
@@ -325,12 +326,16 @@ class ClientConnection(asyncio.Protocol):
         claims = await gate.authorize(head)
         route = check_request(head, claims, lane_prefix=gate.config.lane_prefix)
         body = await self._read_body()
+        target = route.upstream_target
         if route.kind == "chat":
             await gate.health.ensure_props()
+            policy = gate.policy_for(claims.grant.model)
             if len(body) > SHAPE_IN_THREAD_BYTES:
-                body = await asyncio.to_thread(shape_chat_body, body, claims.grant, gate.policy)
+                body = await asyncio.to_thread(shape_chat_body, body, claims.grant, policy)
             else:
-                body = shape_chat_body(body, claims.grant, gate.policy)
+                body = shape_chat_body(body, claims.grant, policy)
+            if not claims.grant.autoload:
+                target = await _no_load_target(gate, claims.grant.model, target)
         elif body:
             raise RequestRefusal(UNEXPECTED_BODY)
         cors = claims.grant.origin if self.listener.cors else None
@@ -340,7 +345,7 @@ class ClientConnection(asyncio.Protocol):
         )
 
         def outgoing() -> bytes:
-            upstream_head = _lane_request(gate.upstream, route, body)
+            upstream_head = _lane_request(gate.upstream, route, target, body)
             gate.spend(claims)
             return upstream_head + body
 
@@ -418,9 +423,9 @@ class ClientConnection(asyncio.Protocol):
             self._close()
             return
         log.debug("refused status=%d code=%s", refusal.status, refusal.code)
-        headers: list[Header] = []
+        headers: list[Header] = [(name.encode(), value.encode()) for name, value in refusal.headers]
         if self.listener.cors and self.origin in self.gate.allowed_origins:
-            headers = cors_headers(self.origin)
+            headers += cors_headers(self.origin)
         close = close or self._closing()
         self.transport.write(simple_response(refusal.status, refusal.to_body(), headers, close=close))
         self.task = None
@@ -520,7 +525,20 @@ class ClientConnection(asyncio.Protocol):
             self._fail(RequestRefusal(REQUEST_TIMEOUT))
 
 
-def _lane_request(upstream: Upstream, route: Route, body: bytes) -> bytes:
+async def _no_load_target(gate: Gate, model: str, target: str) -> str:
+    """A grant that may not load: 409 unless its model is loaded now, and the router told not to load.
+
+    The router is asked afresh; `?autoload=false` covers a model unloaded between the two.
+    """
+    status = await gate.health.model_status(model)
+    if not gate.health.router:
+        return target  # one model, loaded with llama-server itself: nothing to load
+    if status != "loaded":
+        raise ModelNotLoaded()
+    return target + "?autoload=false"
+
+
+def _lane_request(upstream: Upstream, route: Route, target: str, body: bytes) -> bytes:
     """llama-server's request, built from scratch: nothing of the client's head travels but the route."""
     try:
         authorization = upstream.authorization()
@@ -536,4 +554,4 @@ def _lane_request(upstream: Upstream, route: Route, body: bytes) -> bytes:
     if body or route.method == "POST":
         headers.append((b"Content-Length", str(len(body)).encode()))
     headers.append((b"Connection", b"close"))
-    return request_head(route.method.encode("ascii"), route.upstream_target.encode("ascii"), headers)
+    return request_head(route.method.encode("ascii"), target.encode("ascii"), headers)

@@ -61,6 +61,10 @@ class Gate:
     def policy(self) -> ShapingPolicy:
         return self._policies[self.health.vision]
 
+    def policy_for(self, model: str) -> ShapingPolicy:
+        """The limits for the grant's model: whether it reads images is known per model."""
+        return self._policies[self.health.vision_of(model)]
+
     async def authorize(self, head: RequestHead) -> Claims:
         """The verified, unrevoked claims of the request's bearer token (uses are spent later)."""
         token = _bearer_token(head.headers)

@@ -560,6 +560,8 @@ def test_private_socket_health_and_baseline_lane() -> None:
             "model": "smollm2",
             "vision": False,
             "slots": {"total": 4, "busy": 1},
+            "router": False,
+            "models": [{"id": "smollm2", "status": "loaded", "vision": False}],
         }
         baseline = await ask(h, chat_request(h.token()), where=h.config.private_socket)
         assert baseline.status == 200
