@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from broker.models import ModelInfo, allowed_models, choose_model
 from llama_direct.lanes import CANCEL_ROUTE, CHAT_PATH, CHAT_ROUTE, LANE_PREFIX, RESUME_ROUTE
 from llama_direct.refusals import (
     BAD_HOST,
@@ -23,6 +24,7 @@ from llama_direct.refusals import (
     INVALID_OPTIONS,
     UNKNOWN_OPTION,
     RequestRefusal,
+    UnknownModel,
 )
 from llama_direct.tokens import Grant, mint
 
@@ -37,7 +39,7 @@ CONVERSATION_TTL_SECONDS = 3600
 """How long a resumable conversation may be resumed or cancelled by its owner."""
 MAX_CONVERSATIONS = 10_000
 
-_OPTIONS = frozenset({"max_tokens", "resumable", "resume", "cancel"})
+_OPTIONS = frozenset({"max_tokens", "resumable", "resume", "cancel", "model", "autoload"})
 _QUERY_BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
 _HOST = re.compile(r"(?:[A-Za-z0-9_-]{1,63}(?:\.[A-Za-z0-9_-]{1,63})*\.?|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?")
 _CONVERSATION_ID = re.compile(r"[A-Za-z0-9_-]+")
@@ -59,6 +61,8 @@ class Options:
     resumable: bool = False
     resume: str | None = None
     cancel: str | None = None
+    model: str | None = None
+    autoload: bool = True
 
     @classmethod
     def from_body(cls, body: bytes) -> Options:
@@ -88,8 +92,9 @@ class Options:
         if "max_tokens" in raw:
             text = raw["max_tokens"]
             raw["max_tokens"] = int(text) if text.isascii() and text.isdigit() and len(text) < 10 else text
-        if "resumable" in raw:
-            raw["resumable"] = _QUERY_BOOLEANS.get(raw["resumable"].lower(), raw["resumable"])
+        for name in ("resumable", "autoload"):
+            if name in raw:
+                raw[name] = _QUERY_BOOLEANS.get(raw[name].lower(), raw[name])
         return cls._from_mapping(raw)
 
     @classmethod
@@ -110,7 +115,13 @@ class Options:
                 raise RequestRefusal(INVALID_OPTION, "conversation")
         if resume is not None and cancel is not None:
             raise RequestRefusal(CONFLICTING_OPTIONS)
-        return cls(max_tokens=max_tokens, resumable=resumable, resume=resume, cancel=cancel)
+        model, autoload = raw.get("model"), raw.get("autoload", True)
+        if model is not None and not isinstance(model, str):
+            raise UnknownModel(None)
+        if not isinstance(autoload, bool):
+            raise RequestRefusal(INVALID_OPTION, "autoload")
+        return cls(max_tokens=max_tokens, resumable=resumable, resume=resume, cancel=cancel, model=model,
+                   autoload=autoload)
 
 
 @dataclass(frozen=True)
@@ -122,6 +133,7 @@ class GateHealth:
     model: str | None = None
     vision: bool = False
     slots: Mapping[str, int] = field(default_factory=dict)
+    models: tuple[ModelInfo, ...] = ()
 
     @classmethod
     def from_answer(cls, answer: object) -> GateHealth:
@@ -136,6 +148,7 @@ class GateHealth:
             model=model if isinstance(model, str) else None,
             vision=answer.get("vision") is True,
             slots=slots if isinstance(slots, dict) else {},
+            models=ModelInfo.parse_all(answer.get("models")),
         )
 
 
@@ -152,11 +165,13 @@ class Policy:
     public_base: str | None = None
     public_prefix: str = ""
     gate_port: int | None = None
+    models: tuple[str, ...] = ()
 
     @classmethod
     def from_settings(cls, settings: BrokerSettings) -> Policy:
         return cls(
             model=settings.model,
+            models=settings.models,
             max_tokens_cap=settings.max_tokens_cap,
             ttl=settings.token_ttl,
             public_base=settings.public_base,
@@ -288,10 +303,12 @@ def negotiate(
     else:
         scope, route = "chat", CHAT_ROUTE
         conversation_id = conversations.open(user, now) if options.resumable else None
+    model = choose_model(options.model, allowed_models(policy.models, policy.model, health.models))
     cap = policy.max_tokens_cap
     grant = Grant(
         routes=(route,),
-        model=policy.model,
+        model=model,
+        autoload=options.autoload,
         max_tokens=min(options.max_tokens, cap) if options.max_tokens is not None else cap,
         origin=origin,
         conversation_id=conversation_id,
@@ -312,7 +329,7 @@ def negotiate(
         "token": minted.token,
         "expires_at": minted.claims.exp,
         "ttl_seconds": minted.claims.exp - minted.claims.iat,
-        "model": policy.model,
+        "model": model,
         "conversation_id": conversation_id,
         "scope": scope,
         "grant": grant.to_claim(),

@@ -230,11 +230,12 @@ INVALID_OPTIONS = _reason(
     repeated="Each option may be given once.",
 )
 UNKNOWN_OPTION = _reason(
-    400, "unknown_option", "Unknown option: only max_tokens, resumable, resume and cancel are accepted."
+    400, "unknown_option", "Unknown option: only model, autoload, max_tokens, resumable, resume and cancel are accepted."
 )
 INVALID_OPTION = _reason(
     400, "invalid_option", "max_tokens must be a positive integer.",
     resumable="resumable must be true or false.",
+    autoload="autoload must be true or false.",
     conversation="resume and cancel take a conversation id.",
 )
 UNKNOWN_MODEL = _reason(400, "unknown_model", "That model is unknown or not offered to you.")

@@ -18,6 +18,7 @@ from llama_direct.refusals import (
     CONVERSATION_NOT_OWNED,
     INVALID_OPTION,
     INVALID_OPTIONS,
+    UNKNOWN_MODEL,
     UNKNOWN_OPTION,
     RequestRefusal,
 )
@@ -70,7 +71,9 @@ class TestOptionsFromBody:
             (b"[1]", INVALID_OPTIONS.message),
             (b"{not json", INVALID_OPTIONS.message),
             (b'"text"', INVALID_OPTIONS.message),
-            (b'{"model": "other"}', UNKNOWN_OPTION.message),
+            (b'{"temperature": 0.5}', UNKNOWN_OPTION.message),
+            (b'{"model": 7}', UNKNOWN_MODEL.message),
+            (b'{"autoload": "yes"}', INVALID_OPTION.text("autoload")),
             (b'{"max_tokens": 10, "uses": 5}', UNKNOWN_OPTION.message),
             (b'{"max_tokens": "10"}', INVALID_OPTION.message),
             (b'{"max_tokens": 1.5}', INVALID_OPTION.message),
