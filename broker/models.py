@@ -72,5 +72,8 @@ def listing(allowed: Sequence[str], listed: Sequence[ModelInfo], model_ready: bo
 
 
 def needs_load(name: str, listed: Sequence[ModelInfo]) -> bool:
-    """Whether a chat for `name` would make the router load it (a model it lists, not loaded yet)."""
-    return any(model.id == name and model.status != "loaded" for model in listed)
+    """Whether a chat for `name` would make the router load it (a model it lists as unloaded).
+
+    Charged at negotiation, so a token that is never used still counts; one already loading does not.
+    """
+    return any(model.id == name and model.status == "unloaded" for model in listed)

@@ -230,7 +230,8 @@ INVALID_OPTIONS = _reason(
     repeated="Each option may be given once.",
 )
 UNKNOWN_OPTION = _reason(
-    400, "unknown_option", "Unknown option: only model, autoload, max_tokens, resumable, resume and cancel are accepted."
+    400, "unknown_option",
+    "Unknown option: only model, autoload, max_tokens, resumable, resume and cancel are accepted.",
 )
 INVALID_OPTION = _reason(
     400, "invalid_option", "max_tokens must be a positive integer.",

@@ -25,7 +25,8 @@ PROMPT = {"messages": [{"role": "user", "content": "Name three colours."}], "str
 @pytest.fixture(scope="module")
 def router(llama_server_binary: Path, model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     preset = tmp_path_factory.mktemp("preset") / "models.ini"
-    preset.write_text(f"[alpha]\nmodel = {model_path}\nctx-size = 1024\n\n[beta]\nmodel = {model_path}\nctx-size = 2048\n")
+    preset.write_text(f"[alpha]\nmodel = {model_path}\nctx-size = 1024\n\n"
+                      f"[beta]\nmodel = {model_path}\nctx-size = 2048\n")
     with run_stack("--llama-server", str(llama_server_binary), "--models-preset", str(preset),
                    "--models-max", "1", "--verbose") as running:
         yield running
