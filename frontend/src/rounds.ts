@@ -105,6 +105,8 @@ export async function* round(run: ChatRun, body: Record<string, unknown>): Async
   const ask: Record<string, unknown> = {};
   if (maxTokens !== undefined) ask.max_tokens = maxTokens;
   if (run.options.resumable) ask.resumable = true;
+  if (run.options.model !== undefined) ask.model = run.options.model;
+  if (run.options.autoload === false) ask.autoload = false;
   const delays = run.options.reconnectDelaysMs ?? DEFAULTS.reconnectDelaysMs;
   const loadingDelays = run.options.loadingDelaysMs ?? DEFAULTS.loadingDelaysMs;
   let reconnects = 0;
