@@ -37,7 +37,7 @@ async function open(): Promise<Page> {
     return route.continue({ postData: JSON.stringify({ ...body, max_tokens: 16 }) });
   });
   await page.goto(stack.baseUrl);
-  await page.waitForSelector("#model option");
+  await page.waitForSelector("#model option", { state: "attached" });
   return page;
 }
 
@@ -67,7 +67,7 @@ describe("model picker", () => {
     expect(reply.text).toContain("beta");
     await page.screenshot({ path: artifact("models-picker.png") });
     await page.reload();
-    await page.waitForSelector("#model option");
+    await page.waitForSelector("#model option", { state: "attached" });
     expect(await page.locator("#model").inputValue()).toBe("beta");
     await page.close();
   });
