@@ -54,7 +54,7 @@ from llama_direct.refusals import (
     INVALID_OPTIONS,
     LOGIN_REQUIRED,
     ORIGIN_NOT_ALLOWED,
-    UNKNOWN_OPTION,
+    UNKNOWN_MODEL,
 )
 from llama_direct.tokens import verify
 
@@ -616,8 +616,9 @@ BROKER_CASES: list[tuple[str, Any, int, str]] = [
      400, INVALID_OPTION.message),
     ("boolean_max_tokens", lambda c: c.post("/direct-stream", headers=_bearer(), json={"max_tokens": True}),
      400, INVALID_OPTION.message),
+    # Issue 16: a model may be named now; one the user may not use is still 400 (unknown_model).
     ("asking_for_another_model", lambda c: c.post("/direct-stream", headers=_bearer(), json={"model": "big"}),
-     400, UNKNOWN_OPTION.message),
+     400, UNKNOWN_MODEL.message),
     ("repeated_query_option", lambda c: c.get("/direct-stream?max_tokens=1&max_tokens=99999", headers=_bearer()),
      400, INVALID_OPTIONS.text("repeated")),
     ("resume_of_someone_elses_conversation",
