@@ -37,6 +37,7 @@ from broker.access import (
 )
 from broker.baseline import baseline
 from broker.core import BrokerCore
+from broker.models import allowed_models, listing, needs_load
 from broker.negotiation import (
     Options,
     negotiate,
@@ -54,6 +55,7 @@ from llama_direct.refusals import (
     BAD_TOOL_INPUT,
     BODY_TOO_LARGE,
     LOGIN_REQUIRED,
+    RateLimited,
     RequestRefusal,
 )
 
@@ -108,6 +110,11 @@ def create_app(
             options = Options.from_body(await read_body(request, MAX_SMALL_BODY_BYTES))
         now = core.clock()
         rate_limit(core, caller.user, now)
+        if options.autoload and options.resume is None and options.cancel is None \
+                and needs_load(options.model or core.policy.model, core.gate.health.models):
+            retry_after = core.load_limiter.acquire(caller.user, now)
+            if retry_after:
+                raise RateLimited(retry_after)
         scheme = request_scheme(request)
         answer = negotiate(
             options,
@@ -147,8 +154,9 @@ def create_app(
     @app.get("/v1/models")
     async def models(request: Request) -> Response:
         require_caller(core, request)
-        model = {"id": core.settings.model, "object": "model", "created": 0, "owned_by": "llama-direct"}
-        return json_response({"object": "list", "data": [model]})
+        health = core.gate.health
+        allowed = allowed_models(core.policy.models, core.policy.model, health.models)
+        return json_response(listing(allowed, health.models, health.model_ready), headers=NO_STORE)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:

@@ -65,6 +65,8 @@ class BrokerCore:
         self.access = AccessTokens.single(access_token)
         self.sessions = SessionStore()
         self.limiter = RateLimiter(settings.rate_per_minute, settings.burst)
+        self.load_limiter = RateLimiter(settings.load_rate_per_minute, settings.load_rate_per_minute)
+        """Model loads per user: a load stalls every user of the box for its duration."""
         self.revocations = Revocations()
         self.policy = Policy.from_settings(settings)
         self.ids = ids or load_or_create_ids(settings.data_dir)

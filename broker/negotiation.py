@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from broker.models import ModelInfo, allowed_models, choose_model
 from llama_direct.lanes import CANCEL_ROUTE, CHAT_PATH, CHAT_ROUTE, LANE_PREFIX, RESUME_ROUTE
 from llama_direct.refusals import (
     BAD_HOST,
@@ -21,9 +22,9 @@ from llama_direct.refusals import (
     CONVERSATION_NOT_OWNED,
     INVALID_OPTION,
     INVALID_OPTIONS,
-    MODEL_NOT_FOUND,
     UNKNOWN_OPTION,
     RequestRefusal,
+    UnknownModel,
 )
 from llama_direct.tokens import Grant, mint
 
@@ -38,8 +39,7 @@ CONVERSATION_TTL_SECONDS = 3600
 """How long a resumable conversation may be resumed or cancelled by its owner."""
 MAX_CONVERSATIONS = 10_000
 
-_OPTIONS = frozenset({"max_tokens", "resumable", "resume", "cancel", "model"})
-MAX_MODEL_NAME_LENGTH = 256
+_OPTIONS = frozenset({"max_tokens", "resumable", "resume", "cancel", "model", "autoload"})
 _QUERY_BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
 _HOST = re.compile(r"(?:[A-Za-z0-9_-]{1,63}(?:\.[A-Za-z0-9_-]{1,63})*\.?|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?")
 _CONVERSATION_ID = re.compile(r"[A-Za-z0-9_-]+")
@@ -63,6 +63,7 @@ class Options:
     cancel: str | None = None
     model: str | None = None
     """The model the client will name in its chat body (an SDK helper passes it on); None: the served one."""
+    autoload: bool = True
 
     @classmethod
     def from_body(cls, body: bytes) -> Options:
@@ -92,8 +93,9 @@ class Options:
         if "max_tokens" in raw:
             text = raw["max_tokens"]
             raw["max_tokens"] = int(text) if text.isascii() and text.isdigit() and len(text) < 10 else text
-        if "resumable" in raw:
-            raw["resumable"] = _QUERY_BOOLEANS.get(raw["resumable"].lower(), raw["resumable"])
+        for name in ("resumable", "autoload"):
+            if name in raw:
+                raw[name] = _QUERY_BOOLEANS.get(raw[name].lower(), raw[name])
         return cls._from_mapping(raw)
 
     @classmethod
@@ -114,10 +116,13 @@ class Options:
                 raise RequestRefusal(INVALID_OPTION, "conversation")
         if resume is not None and cancel is not None:
             raise RequestRefusal(CONFLICTING_OPTIONS)
-        model = raw.get("model")
-        if model is not None and (not isinstance(model, str) or not 0 < len(model) <= MAX_MODEL_NAME_LENGTH):
-            raise RequestRefusal(INVALID_OPTION, "model")
-        return cls(max_tokens=max_tokens, resumable=resumable, resume=resume, cancel=cancel, model=model)
+        model, autoload = raw.get("model"), raw.get("autoload", True)
+        if model is not None and not isinstance(model, str):
+            raise UnknownModel(None)
+        if not isinstance(autoload, bool):
+            raise RequestRefusal(INVALID_OPTION, "autoload")
+        return cls(max_tokens=max_tokens, resumable=resumable, resume=resume, cancel=cancel, model=model,
+                   autoload=autoload)
 
 
 @dataclass(frozen=True)
@@ -129,6 +134,7 @@ class GateHealth:
     model: str | None = None
     vision: bool = False
     slots: Mapping[str, int] = field(default_factory=dict)
+    models: tuple[ModelInfo, ...] = ()
 
     @classmethod
     def from_answer(cls, answer: object) -> GateHealth:
@@ -143,6 +149,7 @@ class GateHealth:
             model=model if isinstance(model, str) else None,
             vision=answer.get("vision") is True,
             slots=slots if isinstance(slots, dict) else {},
+            models=ModelInfo.parse_all(answer.get("models")),
         )
 
 
@@ -159,11 +166,13 @@ class Policy:
     public_base: str | None = None
     public_prefix: str = ""
     gate_port: int | None = None
+    models: tuple[str, ...] = ()
 
     @classmethod
     def from_settings(cls, settings: BrokerSettings) -> Policy:
         return cls(
             model=settings.model,
+            models=settings.models,
             max_tokens_cap=settings.max_tokens_cap,
             ttl=settings.token_ttl,
             public_base=settings.public_base,
@@ -282,9 +291,9 @@ def negotiate(
     now: float,
 ) -> dict[str, Any]:
     """The answer to one `/direct-stream`; raises `RequestRefusal` for a conversation not the user's,
-    or for a model this server does not serve (404, as the OpenAI API answers one)."""
-    if options.model is not None and options.model != policy.model:
-        raise RequestRefusal(MODEL_NOT_FOUND)
+    or `UnknownModel` for a model the user may not use (even with the lane off: the fallback would
+    answer with another model)."""
+    model = choose_model(options.model, allowed_models(policy.models, policy.model, health.models))
     reason = unsupported_reason(enabled, health)
     if reason is not None:
         return unsupported(reason, policy)
@@ -301,7 +310,8 @@ def negotiate(
     cap = policy.max_tokens_cap
     grant = Grant(
         routes=(route,),
-        model=policy.model,
+        model=model,
+        autoload=options.autoload,
         max_tokens=min(options.max_tokens, cap) if options.max_tokens is not None else cap,
         origin=origin,
         conversation_id=conversation_id,
@@ -322,7 +332,7 @@ def negotiate(
         "token": minted.token,
         "expires_at": minted.claims.exp,
         "ttl_seconds": minted.claims.exp - minted.claims.iat,
-        "model": policy.model,
+        "model": model,
         "conversation_id": conversation_id,
         "scope": scope,
         "grant": grant.to_claim(),

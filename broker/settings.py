@@ -35,6 +35,10 @@ class BrokerSettings:
     control_socket: Path
     gate_socket: Path
     model: str
+    models: tuple[str, ...] = ()
+    """Router mode: every model's name, the default (`model`) first; empty for one model."""
+    load_rate_per_minute: int = 6
+    """Model loads a user may cause per minute: a load costs the whole box."""
     public_url: str | None = None
     gate_port: int | None = None
     allowed_origins: tuple[str, ...] = ()
@@ -53,7 +57,7 @@ class BrokerSettings:
             raise SettingsError(f"algorithm must be one of {', '.join(ALGORITHMS)}")
         if not _positive_int(self.token_ttl) or self.token_ttl > MAX_TTL_SECONDS:
             raise SettingsError(f"token_ttl must be between 1 and {MAX_TTL_SECONDS} seconds")
-        for name in ("max_tokens_cap", "rate_per_minute", "burst"):
+        for name in ("max_tokens_cap", "rate_per_minute", "burst", "load_rate_per_minute"):
             if not _positive_int(getattr(self, name)):
                 raise SettingsError(f"{name} must be a positive integer")
         if isinstance(self.key_rotation_hours, bool) or not isinstance(self.key_rotation_hours, int | float) \
@@ -102,6 +106,10 @@ class BrokerSettings:
             raise SettingsError(f"missing setting: {exc.args[0]}") from None
         except TypeError:
             raise SettingsError("paths must be strings") from None
+        if "models" in values:
+            if not isinstance(values["models"], list | tuple) or not all(isinstance(m, str) for m in values["models"]):
+                raise SettingsError("models must be a list of names")
+            values["models"] = tuple(values["models"])
         if "allowed_origins" in values:
             origins = values["allowed_origins"]
             if not isinstance(origins, list | tuple):

@@ -131,6 +131,7 @@ METHOD_NOT_ALLOWED = _reason(
     token="This token allows this route only with {allowed}.",
     path="The direct lane does not serve this method on this path.",
 )
+MODEL_NOT_LOADED = _reason(409, "model_not_loaded", "This model is not loaded, and this request may not load it.")
 REQUEST_TIMEOUT = _reason(408, "request_timeout", "The request did not arrive in time.")
 BODY_TOO_LARGE = _reason(
     413, "body_too_large", "The request body is too large.",
@@ -241,15 +242,16 @@ INVALID_OPTIONS = _reason(
     repeated="Each option may be given once.",
 )
 UNKNOWN_OPTION = _reason(
-    400, "unknown_option", "Unknown option: only max_tokens, resumable, resume, cancel and model are accepted."
+    400, "unknown_option",
+    "Unknown option: only model, autoload, max_tokens, resumable, resume and cancel are accepted.",
 )
 INVALID_OPTION = _reason(
     400, "invalid_option", "max_tokens must be a positive integer.",
     resumable="resumable must be true or false.",
+    autoload="autoload must be true or false.",
     conversation="resume and cancel take a conversation id.",
-    model="model must be a model name.",
 )
-MODEL_NOT_FOUND = _reason(404, "model_not_found", "This server does not serve that model.")
+UNKNOWN_MODEL = _reason(400, "unknown_model", "That model is unknown or not offered to you.")
 CONFLICTING_OPTIONS = _reason(400, "conflicting_options", "Ask for resume or cancel, not both.")
 BAD_HOST = _reason(400, "bad_host", "The request's Host header is not a valid host.")
 BAD_TOOL_INPUT = _reason(400, "bad_tool_input", 'The echo tool takes {{"text": "..."}}.')
@@ -279,6 +281,8 @@ class Refusal(Exception):
     """
 
     reason: ClassVar[Reason]
+    headers: ClassVar[tuple[tuple[str, str], ...]] = ()
+    """Response headers the refusal needs beside its body (none but `ModelNotLoaded`'s)."""
     status: int
     code: str
     message: str
@@ -406,6 +410,23 @@ class TemplateKwargNotAllowed(FieldOutOfBounds):
 
     def __init__(self, key: str) -> None:
         super().__init__(key, TEMPLATE_KWARG_NOT_ALLOWED)
+
+
+class UnknownModel(RequestRefusal):
+    """A model the user may not use, or none of that name: `param` names it when it is a safe name."""
+
+    def __init__(self, name: object) -> None:
+        super().__init__(UNKNOWN_MODEL)
+        self.param = name if isinstance(name, str) and MODEL_NAME.fullmatch(name) else None
+
+
+class ModelNotLoaded(RequestRefusal):
+    """409 for a grant that may not load its model; both OpenAI SDKs retry a 409 unless told not to."""
+
+    headers = (("x-should-retry", "false"),)
+
+    def __init__(self) -> None:
+        super().__init__(MODEL_NOT_LOADED)
 
 
 class ServiceRefusal(Refusal):

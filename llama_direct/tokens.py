@@ -48,7 +48,7 @@ MAX_TOKEN_LENGTH = 8192
 REQUIRED_CLAIMS = ("iss", "aud", "sub", "iat", "nbf", "exp", "jti", "scope", "grant")
 
 _GRANT_REQUIRED = frozenset({"routes", "model", "max_tokens"})
-_GRANT_FIELDS = _GRANT_REQUIRED | {"uses", "origin", "conversation_id"}
+_GRANT_FIELDS = _GRANT_REQUIRED | {"uses", "origin", "conversation_id", "autoload"}
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,8 @@ class Grant:
     uses: int = 1
     origin: str | None = None
     conversation_id: str | None = None
+    autoload: bool = True
+    """Whether the request may load its model when a router has not loaded it (a load costs the box)."""
 
     def __post_init__(self) -> None:
         routes_ok = isinstance(self.routes, tuple) and all(
@@ -75,6 +77,8 @@ class Grant:
             raise ValueError("max_tokens must be a positive integer")
         if not _is_int(self.uses) or self.uses < 1:
             raise ValueError("uses must be a positive integer")
+        if not isinstance(self.autoload, bool):
+            raise ValueError("autoload must be true or false")
         for optional in (self.origin, self.conversation_id):
             if optional is not None and (not isinstance(optional, str) or not optional):
                 raise ValueError("origin and conversation_id must be non-empty strings or None")
@@ -90,6 +94,8 @@ class Grant:
             claim["origin"] = self.origin
         if self.conversation_id is not None:
             claim["conversation_id"] = self.conversation_id
+        if not self.autoload:  # absent means true, so a grant without the limit stays as it was
+            claim["autoload"] = False
         return claim
 
     @classmethod
@@ -108,6 +114,7 @@ class Grant:
                 uses=value.get("uses", 1),
                 origin=value.get("origin"),
                 conversation_id=value.get("conversation_id"),
+                autoload=value.get("autoload", True),
             )
         except ValueError:
             raise MalformedToken() from None

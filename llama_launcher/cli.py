@@ -20,6 +20,7 @@ from llama_launcher.errors import LauncherError
 from llama_launcher.gate.config import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PENDING
 from llama_launcher.launch_spec import LaunchSpec
 from llama_launcher.paths import cache_dir, default_data_dir
+from llama_launcher.router_launch import is_router, router_spec
 from llama_launcher.secret_inputs import read_secret_file
 from llama_launcher.server_args import validate_extra_args
 
@@ -116,8 +117,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_server_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", type=Path, help="a GGUF file (default: SmolLM2-135M-Instruct, fetched once)")
+    parser.add_argument("--model", action="append", default=[], metavar="[NAME=]PATH",
+                        help="a GGUF file (default: SmolLM2-135M-Instruct, fetched once); repeat it, "
+                        "optionally as NAME=PATH, to serve several models through llama-server's router")
     parser.add_argument("--model-alias", help="the model's public name (default: from the file name)")
+    parser.add_argument("--models-dir", type=Path, help="serve every GGUF model in this folder (router mode)")
+    parser.add_argument("--models-preset", type=Path,
+                        help="serve the models of this llama-server preset INI file (router mode)")
+    parser.add_argument("--models-max", type=int, help="router mode: how many models stay loaded at once")
     parser.add_argument("--llama-server", help="the llama-server binary to run")
     parser.add_argument("--chat-template", help="'think', 'tools', or a Jinja template file")
     parser.add_argument("--ctx", type=int, help="llama-server context size")
@@ -190,8 +197,11 @@ def _launch_spec(args: argparse.Namespace, cache: Path, upstream_key: str | None
         alias = args.model_alias or _attached_alias(args.upstream, upstream_key)
         return LaunchSpec(mode="attach", upstream_url=args.upstream, alias=alias, max_tokens=args.max_tokens)
     found = provision.ensure_llama_server(args.llama_server, cache, extra)
+    if is_router(args):
+        router_template = _template_path(args.chat_template)
+        return router_spec(args, str(found.path), extra, str(router_template) if router_template else None)
     if args.model:
-        model_path = model.check_gguf(args.model.resolve())
+        model_path = model.check_gguf(Path(args.model[0]).resolve())
         alias = args.model_alias or model_path.stem.lower()
     else:
         model_path = model.ensure_default_model(cache)
@@ -229,7 +239,7 @@ def serve(args: argparse.Namespace) -> int:
             file=sys.stderr, flush=True,
         )
     broker_settings: dict[str, object] = {
-        "model": launch.alias, "public_url": args.public_url, "algorithm": args.algorithm,
+        "model": launch.alias, "models": launch.models, "public_url": args.public_url, "algorithm": args.algorithm,
         "token_ttl": args.token_ttl, "max_tokens_cap": args.max_tokens,
         "signing_key_file": str(args.signing_key_file.resolve()) if args.signing_key_file else None,
         "key_rotation_hours": args.key_rotation_hours,

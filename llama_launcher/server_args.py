@@ -27,15 +27,28 @@ OWNED_FLAGS: dict[str, str] = {
     "-n": "the launcher sets the generation cap; use --max-tokens",
     "--predict": "the launcher sets the generation cap; use --max-tokens",
     "--n-predict": "the launcher sets the generation cap; use --max-tokens",
+    "--models-preset": "use llama-direct's --models-preset",
+    "--models-dir": "use llama-direct's --models-dir",
 }
 
 _LISTENING = re.compile(r"listening on (unix://(?P<path>\S+)|https?://(?P<host>[^\s:/]+|\[[^\]]+\]):(?P<port>\d+))")
 
 
 @dataclass(frozen=True)
+class RouterSource:
+    """What a router serves: llama-server's own `--models-preset` INI file or `--models-dir` folder."""
+
+    kind: str  # "preset" or "dir"
+    path: Path
+
+    def flag(self) -> str:
+        return "--models-preset" if self.kind == "preset" else "--models-dir"
+
+
+@dataclass(frozen=True)
 class ServerOptions:
     binary: Path
-    model: Path
+    model: Path | None
     alias: str
     max_tokens: int = 2048
     ctx_size: int | None = None
@@ -43,6 +56,8 @@ class ServerOptions:
     chat_template_file: Path | None = None
     mmproj: Path | None = None
     extra_args: tuple[str, ...] = field(default_factory=tuple)
+    router: RouterSource | None = None
+    """Set: llama-server runs as a router over many models; `model` and `alias` are then unused."""
 
 
 @dataclass(frozen=True)
@@ -63,8 +78,12 @@ def validate_extra_args(args: list[str] | tuple[str, ...]) -> tuple[str, ...]:
 
 def build_argv(options: ServerOptions, *, unix_socket: Path | None) -> list[str]:
     """argv for one launch: never a key, and a unix socket unless the binary cannot listen on one."""
-    argv = [str(options.binary), "--model", str(options.model), "--alias", options.alias,
-            "--n-predict", str(options.max_tokens), "--no-webui", "--jinja"]
+    if options.router is not None:
+        # The router hands its own flags to every child; each child is named by its section (`--alias`).
+        argv = [str(options.binary), options.router.flag(), str(options.router.path)]
+    else:
+        argv = [str(options.binary), "--model", str(options.model), "--alias", options.alias]
+    argv += ["--n-predict", str(options.max_tokens), "--no-webui", "--jinja"]
     if unix_socket is not None:
         argv += ["--host", str(unix_socket)]
     else:

@@ -33,6 +33,8 @@ PR_SET_PDEATHSIG = 1
 # A llama-server that dies this many times in a row before it is ready will not start on the next try
 # either (a crash while loading, a bad model): stop and say why instead of respawning forever.
 MAX_CONSECUTIVE_START_FAILURES = 3
+LLAMA_CACHE_DIR = "llama-cache"
+"""In router mode: llama.cpp's download cache, private and empty."""
 _LAST_LINES = 40
 _NOTABLE = ("error", "failed", "warn", "listening on", "model loaded")
 
@@ -121,9 +123,15 @@ class LlamaServer:
             self.socket_path.unlink(missing_ok=True)
         argv = build_argv(self.options, unix_socket=self.socket_path if unix else None)
         parent = os.getpid()
+        env = dict(os.environ)
+        if self.options.router is not None:
+            # The router also lists llama.cpp's download cache: an empty private one lists nothing more.
+            cache = self.runtime_dir / LLAMA_CACHE_DIR
+            cache.mkdir(mode=0o700, exist_ok=True)
+            env["LLAMA_CACHE"] = str(cache)
         self._proc = subprocess.Popen(
             argv,
-            env=self._key.child_environment(dict(os.environ)),
+            env=self._key.child_environment(env),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

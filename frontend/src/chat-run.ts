@@ -3,7 +3,8 @@
  * with its head deadline, and the best-effort cancel of a resumable stream. The only door to the
  * network is `options.fetch`.
  */
-import { classified, type Classified } from "./errors.ts";
+import { classified, type Classified, classifyServerError } from "./errors.ts";
+import { parseErrorBody } from "./sse.ts";
 import type { ChatMessage, ChatRequest, FetchLike, StreamChatOptions } from "./chat-types.ts";
 
 export interface DirectGrant {
@@ -150,6 +151,12 @@ export class ChatRun {
       }
       if (response.status === 429) return { kind: "error", error: classified("rate_limited") };
       if (response.status === 401) return { kind: "error", error: classified("session_expired") };
+      if (response.status === 400) {
+        // A model this user may not use: the baseline must not answer with another model instead.
+        const error = classifyServerError(400, parseErrorBody(await response.text()), false);
+        if (error.code === "unknown_model") return { kind: "error", error };
+        return { kind: "fallback", reason: "negotiation_failed", fallbackUrl: undefined };
+      }
       if (!response.ok) {
         await discard(response);
         return { kind: "fallback", reason: "negotiation_failed", fallbackUrl: undefined };

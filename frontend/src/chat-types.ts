@@ -32,6 +32,10 @@ export interface StreamChatOptions {
   headTimeoutMs?: number;
   /** Ask for a resumable stream (`X-Conversation-Id`), so a broken connection can resume. */
   resumable?: boolean;
+  /** The model to negotiate for (the broker's `GET /v1/models` names them); the server's default if unset. */
+  model?: string;
+  /** `false`: the request may not load a model that is not loaded (409 `model_not_loaded` then). */
+  autoload?: boolean;
   /** The generation cap to ask the broker for; defaults to `request.max_tokens`. */
   maxTokens?: number;
   tools?: Record<string, ToolExecutor>;

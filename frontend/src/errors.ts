@@ -18,6 +18,8 @@ export type ErrorCode =
   | "vision_unsupported"
   | "image_rejected"
   | "model_loading"
+  | "model_not_loaded"
+  | "unknown_model"
   | "bad_request"
   | "bad_response"
   | "bad_tool_arguments"
@@ -33,6 +35,8 @@ const MESSAGES: Record<ErrorCode, string> = {
   vision_unsupported: "This model cannot read images. Remove the image and send again.",
   image_rejected: "The image could not be sent: use a PNG, JPEG, WebP, GIF, BMP or TIFF within the size limit.",
   model_loading: "The model is still loading. Try again in a moment.",
+  model_not_loaded: "This model is not loaded. Pick a loaded model, or allow loading it.",
+  unknown_model: "This model is not offered on this server. Pick another one.",
   bad_request: "The server could not accept this message. Try rephrasing it or start a new chat.",
   bad_response: "The server sent a reply this page could not read. Please try again.",
   bad_tool_arguments: "The model asked for a tool with arguments that are not valid JSON.",
@@ -82,6 +86,8 @@ export const REASONS: ReadonlyMap<string, ErrorCode> = new Map<string, ErrorCode
   ...IMAGE_REASONS.map((reason): [string, ErrorCode] => [reason, "image_rejected"]),
   ...UNAVAILABLE_REASONS.map((reason): [string, ErrorCode] => [reason, "server_error"]),
   ["vision_not_supported", "vision_unsupported"],
+  ["model_not_loaded", "model_not_loaded"],
+  ["unknown_model", "unknown_model"],
   ["rate_limited", "rate_limited"],
   ["gate_unavailable", "model_loading"],
   ["http_version_not_supported", "server_error"],

@@ -47,7 +47,8 @@ async function* directRound(
   if (response.ok && isEventStream(response)) {
     return yield* streamBody(run, { request, response }, grant, "direct");
   }
-  if (response.status === 400 || response.status === 413 || response.status === 429) {
+  // 409: the model is not loaded and this grant may not load it; the baseline would not serve it either.
+  if (response.status === 400 || response.status === 409 || response.status === 413 || response.status === 429) {
     const error = classifyServerError(response.status, parseErrorBody(await response.text()), run.hasImage);
     request.cancel();
     yield errorEvent(error, "pre-output");
@@ -105,6 +106,8 @@ export async function* round(run: ChatRun, body: Record<string, unknown>): Async
   const ask: Record<string, unknown> = {};
   if (maxTokens !== undefined) ask.max_tokens = maxTokens;
   if (run.options.resumable) ask.resumable = true;
+  if (run.options.model !== undefined) ask.model = run.options.model;
+  if (run.options.autoload === false) ask.autoload = false;
   const delays = run.options.reconnectDelaysMs ?? DEFAULTS.reconnectDelaysMs;
   const loadingDelays = run.options.loadingDelaysMs ?? DEFAULTS.loadingDelaysMs;
   let reconnects = 0;

@@ -119,3 +119,14 @@ class GateConfig:
         data["allowed_origins"] = list(self.allowed_origins)
         data["trusted_proxies"] = list(self.trusted_proxies)
         return data
+
+
+@dataclass(frozen=True)
+class Listener:
+    """What one listening socket serves."""
+
+    lane: bool = True
+    broker: bool = False
+    health: bool = False
+    cors: bool = False
+    tls: bool = False

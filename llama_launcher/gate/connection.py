@@ -10,7 +10,6 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
 from typing import Any
 
 import h11
@@ -35,6 +34,7 @@ from llama_direct.refusals import (
     VersionNotSupported,
 )
 from llama_launcher.gate.admission import forwarded_client
+from llama_launcher.gate.config import Listener
 from llama_launcher.gate.core import Gate
 from llama_launcher.gate.http1 import (
     MAX_HEAD_BYTES,
@@ -70,17 +70,6 @@ _HEAD, _BODY, _BUSY, _CLOSED = range(4)
 
 BASELINE = (b"POST", b"/v1/chat/completions")
 """The one broker route whose body may be large (the baseline chat, images inline); the rest are small."""
-
-
-@dataclass(frozen=True)
-class Listener:
-    """What one listening socket serves."""
-
-    lane: bool = True
-    broker: bool = False
-    health: bool = False
-    cors: bool = False
-    tls: bool = False
 
 
 class ClientConnection(asyncio.Protocol):
@@ -386,13 +375,16 @@ class ClientConnection(asyncio.Protocol):
         claims = await gate.authorize(head)
         route = check_request(head, claims, lane_prefix=gate.config.lane_prefix)
         body = await self._read_body()
+        target = route.upstream_target
         if route.kind == "chat":
             await gate.health.ensure_props()
-            policy = gate.policy
+            policy = gate.policy_for(claims.grant.model)
             if policy.vision or len(body) > SHAPE_IN_THREAD_BYTES:
                 body = await asyncio.to_thread(shape_chat_body, body, claims.grant, policy)
             else:
                 body = shape_chat_body(body, claims.grant, policy)
+            if not claims.grant.autoload:
+                target = await gate.no_load_target(claims.grant.model, target)
         elif body:
             raise RequestRefusal(UNEXPECTED_BODY)
         cors = claims.grant.origin if self.listener.cors else None
@@ -401,7 +393,7 @@ class ClientConnection(asyncio.Protocol):
             timeout=gate.config.connect_timeout,
         )
 
-        return connected, lambda: lane_request(gate.upstream, route, body) + body
+        return connected, lambda: lane_request(gate.upstream, route, target, body) + body
 
     async def _open_broker(self, request: h11.Request) -> Opened:
         """Connect to the broker at once: a body still arriving is relayed as it comes, never held whole.
@@ -489,9 +481,9 @@ class ClientConnection(asyncio.Protocol):
             self._close()
             return
         log.debug("refused status=%d code=%s", refusal.status, refusal.code)
-        headers: list[Header] = []
+        headers: list[Header] = [(name.encode(), value.encode()) for name, value in refusal.headers]
         if self.listener.cors and self.origin in self.gate.allowed_origins:
-            headers = cors_headers(self.origin)
+            headers += cors_headers(self.origin)
         if isinstance(refusal, Overloaded):
             headers.append((b"Retry-After", str(refusal.retry_after).encode()))
         close = close or self._closing()

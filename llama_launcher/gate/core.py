@@ -16,6 +16,7 @@ from typing import Protocol
 from llama_direct.refusals import (
     MalformedToken,
     MissingToken,
+    ModelNotLoaded,
     TokenRevoked,
     TokenSpent,
     UnknownKey,
@@ -59,10 +60,24 @@ class Gate:
         self.allowed_origins = frozenset(config.allowed_origins)
         self.lane_prefix = (config.lane_prefix + "/").encode()
 
-    @property
-    def policy(self) -> ShapingPolicy:
+    def policy_for(self, model: str) -> ShapingPolicy:
+        """The limits for the grant's model: whether it reads images is known per model, and one slot's
+        context from `/props` (a router reports none of its own: the fallback bound applies)."""
         health = self.health
-        return ShapingPolicy(max_body_bytes=self.config.max_body_bytes, vision=health.vision, context=health.context)
+        return ShapingPolicy(max_body_bytes=self.config.max_body_bytes, vision=health.vision_of(model),
+                             context=health.context)
+
+    async def no_load_target(self, model: str, target: str) -> str:
+        """A grant that may not load: 409 unless its model is loaded now, and the router told not to load.
+
+        The router is asked afresh; `?autoload=false` covers a model unloaded between the two.
+        """
+        status = await self.health.model_status(model)
+        if not self.health.router:
+            return target  # one model, loaded with llama-server itself: nothing to load
+        if status != "loaded":
+            raise ModelNotLoaded()
+        return target + "?autoload=false"
 
     async def authorize(self, head: RequestHead) -> Claims:
         """The verified, unrevoked claims of the request's bearer token, one of its uses spent."""

@@ -1,4 +1,9 @@
-"""llama-server's state as the gate reports it on `GET /health`: ready, slots and whether it reads images."""
+"""llama-server's state as the gate reports it on `GET /health`: ready, slots, models and who reads images.
+
+A llama-server router (`/props` says `"role": "router"`, launched or attached) serves many models;
+then `/v1/models` gives each model's state (`unloaded`, `loading`, `loaded`) and whether it reads
+images, and `model_ready` means the router itself answers. The snapshot never holds a file path.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import contextlib
 import hashlib
 import math
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from llama_direct.refusals import (
@@ -38,6 +44,8 @@ class Health:
         self.model = model
         self.vision = False
         self.context = FALLBACK_CONTEXT
+        self.router = False
+        self.models: dict[str, ModelState] = {}
         self._props_for: bytes | None = None
         self._props_failed_at = -math.inf
         self._props_task: asyncio.Task[None] | None = None
@@ -81,9 +89,38 @@ class Health:
             n_ctx = settings.get("n_ctx") if isinstance(settings, dict) else None
             if isinstance(n_ctx, int) and not isinstance(n_ctx, bool) and n_ctx > 0:
                 self.context = n_ctx
+            self.router = props.get("role") == "router"
             self._props_for = digest
         else:
             self._props_failed_at = time.monotonic()
+
+    def vision_of(self, model: str) -> bool:
+        """Whether `model` reads images: per model behind a router, llama-server's `/props` otherwise."""
+        if self.router:
+            state = self.models.get(model)
+            return state is not None and state.vision
+        return self.vision
+
+    async def model_status(self, model: str) -> str | None:
+        """`model`'s state asked of the router now (a grant that may not load must not trust a poll)."""
+        await self.ensure_props()
+        if not self.router:
+            return None
+        await self._read_models()
+        state = self.models.get(model)
+        return state.status if state is not None else None
+
+    async def _read_models(self) -> None:
+        with contextlib.suppress(Refusal):
+            status, listing = await get_json(self.upstream, "/v1/models", timeout=HEALTH_TIMEOUT)
+            if status == 200:
+                self.models = parse_models(listing)
+
+    def _model_list(self, ready: bool) -> list[dict[str, Any]]:
+        if self.router:
+            return [{"id": name, "status": state.status, "vision": state.vision}
+                    for name, state in self.models.items()]
+        return [{"id": self.model, "status": "loaded" if ready else "loading", "vision": self.vision}]
 
     async def _query(self) -> dict[str, Any]:
         ready = False
@@ -93,13 +130,45 @@ class Health:
                 status, _ = await get_json(self.upstream, "/health", timeout=HEALTH_TIMEOUT)
                 ready = status == 200
         if ready:
+            await self.ensure_props()
+        if ready and self.router:
+            await self._read_models()
+        elif ready:
             with contextlib.suppress(Refusal):
                 status, found = await get_json(self.upstream, "/slots", timeout=HEALTH_TIMEOUT)
                 if status == 200 and isinstance(found, list):
                     busy = sum(1 for slot in found if isinstance(slot, dict) and slot.get("is_processing"))
                     slots = {"total": len(found), "busy": busy}
-            await self.ensure_props()
         snapshot = {"gate": "ok", "model_ready": ready, "model": self.model, "vision": self.vision,
-                    "slots": slots}
+                    "slots": slots, "router": self.router, "models": self._model_list(ready)}
         self._snapshot, self._snapshot_at = snapshot, time.monotonic()
         return snapshot
+
+
+@dataclass(frozen=True)
+class ModelState:
+    """One model behind a router, as `/v1/models` says: its state and whether it reads images."""
+
+    status: str
+    vision: bool
+
+
+MODEL_STATES = frozenset({"unloaded", "loading", "loaded"})
+
+
+def parse_models(listing: object) -> dict[str, ModelState]:
+    """A router's `/v1/models`, reduced to name -> state: its `status.args` and `preset` hold file paths."""
+    models: dict[str, ModelState] = {}
+    data = listing.get("data") if isinstance(listing, dict) else None
+    for item in data if isinstance(data, list) else []:
+        if not isinstance(item, dict) or not isinstance(item.get("id"), str):
+            continue
+        status = item.get("status")
+        value = status.get("value") if isinstance(status, dict) else None
+        architecture = item.get("architecture")
+        inputs = architecture.get("input_modalities") if isinstance(architecture, dict) else None
+        models[item["id"]] = ModelState(
+            status=value if value in MODEL_STATES else "unloaded",
+            vision=isinstance(inputs, list) and "image" in inputs,
+        )
+    return models

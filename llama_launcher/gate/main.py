@@ -124,7 +124,7 @@ def main() -> int:
     configure_logging(process="gate")
     runtime = Path(os.environ[RUNTIME_ENV])
     config = GateConfig.from_file(runtime / GATE_CONFIG_FILE)
-    spec = LaunchSpec.read(runtime / LAUNCH_FILE)
+    spec = LaunchSpec.read(runtime / LAUNCH_FILE).materialise(runtime)
     raise_fd_limit()
     public_fd = os.environ.get(PUBLIC_FD_ENV)
     public_sock = socket.socket(fileno=int(public_fd)) if public_fd else None

@@ -15,8 +15,9 @@ from llama_launcher.gate.scope import Route
 from llama_launcher.gate.upstream import Upstream
 
 
-def lane_request(upstream: Upstream, route: Route, body: bytes) -> bytes:
-    """llama-server's request, built from scratch: nothing of the client's head travels but the route."""
+def lane_request(upstream: Upstream, route: Route, target: str, body: bytes) -> bytes:
+    """llama-server's request, built from scratch: nothing of the client's head travels but the route
+    (`target`: the route's upstream target, with `?autoload=false` for a grant that may not load)."""
     try:
         authorization = upstream.authorization()
     except NotListening:
@@ -31,7 +32,7 @@ def lane_request(upstream: Upstream, route: Route, body: bytes) -> bytes:
     if body or route.method == "POST":
         headers.append((b"Content-Length", str(len(body)).encode()))
     headers.append((b"Connection", b"close"))
-    return request_head(route.method.encode("ascii"), route.upstream_target.encode("ascii"), headers)
+    return request_head(route.method.encode("ascii"), target.encode("ascii"), headers)
 
 
 def broker_request(

@@ -40,8 +40,8 @@ import socket
 import ssl
 from collections.abc import Callable
 
-from llama_launcher.gate.config import GateConfig
-from llama_launcher.gate.connection import ClientConnection, Listener
+from llama_launcher.gate.config import GateConfig, Listener
+from llama_launcher.gate.connection import ClientConnection
 from llama_launcher.gate.core import Gate
 from llama_launcher.gate.keyset import KeySet
 from llama_launcher.gate.upstream import (

@@ -194,12 +194,12 @@ class ShapingPolicy:
 def shape_chat_body(body: bytes, grant: Grant, policy: ShapingPolicy) -> bytes:
     """The compact JSON body to forward to llama-server's chat route, or a `RequestRefusal`."""
     request = _decode(body, policy)
+    _check_model(request, grant)  # the grant first: another model is refused before anything else is read
     denied = sorted(DENIED_FIELDS & request.keys())
     if denied:
         raise RequestRefusal(FIELD_NOT_ALLOWED, field=denied[0])
     request = _merge_repetition_penalty(request)
     shaped = {name: value for name, value in request.items() if name in ALLOWED_FIELDS}
-    _check_model(shaped, grant)
     _check_n(shaped)
     _check_logprobs(shaped)
     check_bounds(shaped, context=policy.context)
@@ -292,6 +292,7 @@ def _merge_repetition_penalty(request: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check_model(shaped: dict[str, Any], grant: Grant) -> None:
+    """The grant's model always reaches llama-server: a router routes by it, and refuses a body without one."""
     model = shaped.get("model")
     if model is None:
         shaped["model"] = grant.model

@@ -18,12 +18,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from forwarder import Forwarder
 from stack import Stack, run_stack
 
 from llama_launcher.paths import make_runtime_dir
-from llama_launcher.server_args import ServerOptions
+from llama_launcher.server_args import RouterSource, ServerOptions
 from llama_launcher.server_process import LlamaServer
 
 pytestmark = [pytest.mark.real, pytest.mark.timeout(300)]
@@ -31,7 +32,8 @@ pytestmark = [pytest.mark.real, pytest.mark.timeout(300)]
 ALIAS = "smollm2-hostile"
 CAP = 16
 CHAT = {"messages": [{"role": "user", "content": "hi"}], "stream": True}
-GATE_OWN = (b"GET /health ", b"GET /slots ", b"GET /props ")
+GATE_OWN = (b"GET /health ", b"GET /slots ", b"GET /props ", b"GET /v1/models HTTP/")
+"""The gate's own polls (a router's model list is `GET /v1/models`); no lane route is one of them."""
 
 
 class Lane:
@@ -66,21 +68,44 @@ class Lane:
         return int(status.group(1)), body
 
 
-@pytest.fixture(scope="module")
-def lane(llama_server_binary: Path, model_path: Path) -> Iterator[Lane]:
-    server = LlamaServer(ServerOptions(binary=llama_server_binary, model=model_path, alias=ALIAS, max_tokens=2048),
-                         make_runtime_dir())
+@pytest.fixture(scope="module", params=["single", "router"])
+def lane(request: pytest.FixtureRequest, llama_server_binary: Path, model_path: Path,
+         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lane]:
+    """The same cases against one llama-server and against a router serving the model as `ALIAS`."""
+    router = None
+    if request.param == "router":
+        preset = tmp_path_factory.mktemp("preset") / "models.ini"
+        preset.write_text(f"[{ALIAS}]\nmodel = {model_path}\n\n[other]\nmodel = {model_path}\nctx-size = 1024\n")
+        router = RouterSource("preset", preset)
+    server = LlamaServer(ServerOptions(binary=llama_server_binary, model=model_path, alias=ALIAS, max_tokens=2048,
+                                       router=router), make_runtime_dir())
     server.start()
     try:
         server.wait_ready(timeout=120, show_progress=False)
         key = server.authorization().decode().removeprefix("Bearer ")
+        if router is not None:  # loaded before the cases, so that no case pays (or is charged) a load
+            _load(str(server.address), key, ALIAS)
         with Forwarder(str(server.address)) as forwarder, run_stack(
             "--upstream", f"http://127.0.0.1:{forwarder.port}", "--model-alias", ALIAS, "--max-tokens", "512",
+            "--burst", "100",  # one negotiation per case; the limiter has tests of its own
             env={"LLAMA_DIRECT_UPSTREAM_KEY": key},
         ) as stack:
             yield Lane(stack, forwarder)
     finally:
         server.stop()
+
+
+def _load(socket_path: str, key: str, name: str) -> None:
+    with httpx.Client(transport=httpx.HTTPTransport(uds=socket_path), timeout=10) as client:
+        headers = {"Authorization": f"Bearer {key}"}
+        assert client.post("http://router/models/load", json={"model": name}, headers=headers).status_code == 200
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            listing = client.get("http://router/v1/models", headers=headers).json()["data"]
+            if any(m["id"] == name and m["status"]["value"] == "loaded" for m in listing):
+                return
+            time.sleep(0.2)
+    raise AssertionError(f"{name} did not load")
 
 
 def request(token: str | None, *, method: bytes = b"POST", target: bytes = b"/direct/v1/chat/completions",
@@ -125,6 +150,27 @@ CASES: list[tuple[str, Callable[[str], bytes], int, str]] = [
     ("obs_fold", lambda t: request(t, headers=b"X-A: 1\r\n folded\r\n"), 400, "Folded header lines are not accepted."),
     ("foreign_origin", lambda t: request(t, headers=b"Origin: http://evil.test\r\n"), 403,
      "This token was issued for use without an Origin header."),
+    # The router's management endpoints, and raw spellings of them: never routed by the lane.
+    ("router_load", lambda t: request(t, target=b"/direct/models/load", body={"model": ALIAS}), 404,
+     "No such route on the direct lane."),
+    ("router_unload", lambda t: request(t, target=b"/direct/models/unload", body={"model": ALIAS}), 404,
+     "No such route on the direct lane."),
+    ("router_sse", lambda t: request(t, method=b"GET", target=b"/direct/models/sse", body=b""), 404,
+     "No such route on the direct lane."),
+    ("router_add", lambda t: request(t, target=b"/direct/models", body={"model": "/etc/passwd"}), 404,
+     "No such route on the direct lane."),
+    ("router_remove", lambda t: request(t, method=b"DELETE", target=b"/direct/models", body=b""), 404,
+     "No such route on the direct lane."),
+    ("router_list", lambda t: request(t, method=b"GET", target=b"/direct/v1/models", body=b""), 404,
+     "No such route on the direct lane."),
+    ("router_load_encoded", lambda t: request(t, target=b"/direct/%6dodels/load"), 400,
+     "__ANY__"),
+    ("router_load_upper", lambda t: request(t, target=b"/direct/MODELS/LOAD"), 404, "__ANY__"),
+    ("router_load_double_slash", lambda t: request(t, target=b"/direct//models/load"), 400, "__ANY__"),
+    ("router_load_dot_dot", lambda t: request(t, target=b"/direct/v1/chat/completions/../../models/load"), 400,
+     "The path must not hold '.' or '..' segments."),
+    ("router_load_query", lambda t: request(t, target=b"/direct/v1/chat/completions?autoload=true"), 400,
+     "__ANY__"),
     ("foreign_conversation", lambda t: request(t, headers=b"X-Conversation-Id: someone-else\r\n"), 403,
      "This token names no conversation: drop X-Conversation-Id."),
 ]
@@ -136,7 +182,8 @@ def test_refused_and_never_reached_the_real_llama_server(
 ) -> None:
     before = lane.forwarded()
     answer_status, body = lane.exchange(build(lane.token()))
-    assert (answer_status, json.loads(body)["error"]["message"]) == (status, message)
+    found = json.loads(body)["error"]["message"]
+    assert (answer_status, found if message == "__ANY__" else message) == (status, found)
     time.sleep(0.1)
     assert lane.forwarded() == before, "llama-server received a request the gate refused"
 

@@ -143,8 +143,8 @@ def test_the_sdks_retry_after_a_lane_5xx_gets_a_fresh_token_and_succeeds(stack: 
     assert seen.paths == ["/v1/models"] + ["/direct-stream", "/direct/v1/chat/completions"] * 2
 
 
-def test_a_model_the_server_does_not_have_is_the_sdks_not_found(stack: Stack) -> None:
-    with _client(stack, Seen()) as client, pytest.raises(openai.NotFoundError):
+def test_a_model_the_server_does_not_have_is_the_sdks_bad_request(stack: Stack) -> None:
+    with _client(stack, Seen()) as client, pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model="no-such-model", messages=next(_turns()))
 
 

@@ -473,7 +473,8 @@ class TestBaseline:
     def test_models_lists_the_alias(self, h: Harness) -> None:
         assert h.client.get("/v1/models", headers=BEARER).json() == {
             "object": "list",
-            "data": [{"id": "smol", "object": "model", "created": 0, "owned_by": "llama-direct"}],
+            "data": [{"id": "smol", "object": "model", "created": 0, "owned_by": "llama-direct", "status": "loaded",
+                      "vision": False}],
         }
 
 

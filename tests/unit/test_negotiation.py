@@ -18,7 +18,7 @@ from llama_direct.refusals import (
     CONVERSATION_NOT_OWNED,
     INVALID_OPTION,
     INVALID_OPTIONS,
-    MODEL_NOT_FOUND,
+    UNKNOWN_MODEL,
     UNKNOWN_OPTION,
     RequestRefusal,
 )
@@ -72,9 +72,9 @@ class TestOptionsFromBody:
             (b"[1]", INVALID_OPTIONS.message),
             (b"{not json", INVALID_OPTIONS.message),
             (b'"text"', INVALID_OPTIONS.message),
-            (b'{"model": 5}', INVALID_OPTION.text("model")),
-            (b'{"model": ""}', INVALID_OPTION.text("model")),
-            (b'{"model": "' + b"m" * 257 + b'"}', INVALID_OPTION.text("model")),
+            (b'{"temperature": 0.5}', UNKNOWN_OPTION.message),
+            (b'{"model": 7}', UNKNOWN_MODEL.message),
+            (b'{"autoload": "yes"}', INVALID_OPTION.text("autoload")),
             (b'{"max_tokens": 10, "uses": 5}', UNKNOWN_OPTION.message),
             (b'{"max_tokens": "10"}', INVALID_OPTION.message),
             (b'{"max_tokens": 1.5}', INVALID_OPTION.message),
@@ -182,8 +182,8 @@ class TestSupported:
         for enabled in (True, False):
             with pytest.raises(RequestRefusal) as excinfo:
                 _negotiate(Options(model="other"), enabled=enabled)
-            assert (excinfo.value.status, excinfo.value.code) == (404, "model_not_found")
-            assert excinfo.value.message == MODEL_NOT_FOUND.message
+            assert (excinfo.value.status, excinfo.value.code) == (400, "unknown_model")
+            assert excinfo.value.message == UNKNOWN_MODEL.message
 
     def test_a_smaller_max_tokens_narrows_the_cap(self) -> None:
         assert _negotiate(Options(max_tokens=64))["grant"]["max_tokens"] == 64

@@ -565,6 +565,8 @@ def test_private_socket_health_and_baseline_lane() -> None:
             "model": "smollm2",
             "vision": False,
             "slots": {"total": 4, "busy": 1},
+            "router": False,
+            "models": [{"id": "smollm2", "status": "loaded", "vision": False}],
         }
         baseline = await ask(h, chat_request(h.token()), where=h.config.private_socket)
         assert baseline.status == 200
@@ -740,7 +742,7 @@ def test_health_reports_vision_from_props() -> None:
         h.behaviour.vision = True
         health = await ask(h, b"GET /health HTTP/1.1\r\nHost: gate\r\n\r\n", where=h.config.private_socket)
         assert health.json()["vision"] is True
-        assert h.server.gate.policy.vision is True
+        assert h.server.gate.policy_for("any").vision is True
 
     run(scenario)
 

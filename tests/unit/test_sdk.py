@@ -96,7 +96,8 @@ class FakeApp:
                                   json={"error": {"message": "refused", "code": self.negotiation_status}})
         options = json.loads(request.content or b"{}")
         if options.get("model") not in (None, MODEL):
-            return httpx.Response(404, json={"error": {"message": "no such model", "code": 404}})
+            return httpx.Response(400, json={"error": {"message": "no such model", "code": 400,
+                                                       "reason": "unknown_model", "param": "other"}})
         fallback = self.prefix + "/v1/chat/completions"
         if not self.supported:
             return httpx.Response(200, json={"supported": False, "reason": "disabled", "fallback_url": fallback})
@@ -229,9 +230,9 @@ def test_a_rate_limited_negotiation_is_retried_by_the_sdk() -> None:
     assert app.paths() == ["/direct-stream"] * 3
 
 
-def test_an_unknown_model_is_not_found() -> None:
+def test_an_unknown_model_is_the_sdks_bad_request() -> None:
     app = FakeApp()
-    with pytest.raises(openai.NotFoundError):
+    with pytest.raises(openai.BadRequestError):
         _client(app).chat.completions.create(model="other", messages=MESSAGES)
     assert json.loads(app.seen[0].content) == {"model": "other"}
 

@@ -2,6 +2,7 @@
  * The demo chat at `/`. Every path it uses is relative, so a reverse proxy's path prefix works.
  */
 import { type ChatMessage, streamChat } from "../client.ts";
+import { ModelPicker } from "./models.ts";
 import { ReplyView } from "./reply.ts";
 import { EXECUTORS, TOOL_SPECS } from "./tools.ts";
 
@@ -33,6 +34,8 @@ function start(): void {
   const notice = byId<HTMLParagraphElement>("notice");
   const laneBadge = byId<HTMLSpanElement>("lane");
   const tpsBadge = byId<HTMLSpanElement>("tps");
+  const picker = new ModelPicker(byId<HTMLSelectElement>("model"));
+  void picker.refresh();
   const imageInput = byId<HTMLInputElement>("image");
   const attachment = byId<HTMLSpanElement>("attachment");
   const preview = byId<HTMLImageElement>("attachment-preview");
@@ -128,10 +131,20 @@ function start(): void {
     controller = new AbortController();
     setBusy(true);
     const useTools = toolsToggle.checked;
+    const model = picker.value;
+    if (model !== undefined) reply.showModel(model);
+    const unwatch = picker.watch((status) => {
+      if (model !== undefined) reply.showModelLoading(model, status === "loading");
+    });
     try {
       const events = streamChat(
         { messages: [...history], ...(useTools ? { tools: TOOL_SPECS } : {}) },
-        { signal: controller.signal, resumable: true, ...(useTools ? { tools: EXECUTORS } : {}) },
+        {
+          signal: controller.signal,
+          resumable: true,
+          ...(model !== undefined ? { model } : {}),
+          ...(useTools ? { tools: EXECUTORS } : {}),
+        },
       );
       for await (const event of events) {
         if (event.type === "notice") showNotice(event.message);
@@ -147,6 +160,7 @@ function start(): void {
         reply.root.scrollIntoView({ block: "end" });
       }
     } finally {
+      unwatch();
       controller = null;
       setBusy(false);
       if (reply.content !== "") history.push({ role: "assistant", content: reply.content });

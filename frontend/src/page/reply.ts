@@ -47,6 +47,21 @@ export class ReplyView {
     this.root.append(who, this.body, this.status);
   }
 
+  /** Name the model that answers, beside "Assistant". */
+  showModel(name: string): void {
+    const tag = el("span", "model-tag", name);
+    this.root.dataset.model = name;
+    this.root.querySelector(".who")?.append(tag);
+  }
+
+  /** The router is loading the chosen model: shown until the prompt's progress or a token replaces it. */
+  showModelLoading(name: string, loading: boolean): void {
+    if (this.content !== "" || this.state !== "streaming") return;
+    const text = this.status.textContent ?? "";
+    if (loading && (text === "" || text.startsWith("Waiting"))) this.status.textContent = `Loading ${name}…`;
+    else if (!loading && text.startsWith("Loading ")) this.status.textContent = "Waiting for the model…";
+  }
+
   get state(): ReplyState {
     return (this.root.dataset.state as ReplyState | undefined) ?? "streaming";
   }

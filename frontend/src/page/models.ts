@@ -1,0 +1,112 @@
+/**
+ * The model picker: the broker's `GET /v1/models` (the models this user may use, each with its state),
+ * the choice kept in localStorage across reloads, and the state of the chosen model while it loads.
+ * Names only: the broker never sends a file path.
+ */
+
+export type ModelStatus = "unloaded" | "loading" | "loaded";
+
+export interface ModelEntry {
+  id: string;
+  status: ModelStatus;
+}
+
+export const STORAGE_KEY = "llama-direct.model";
+const POLL_MS = 400;
+
+const STATUS_WORDS: Record<ModelStatus, string> = {
+  unloaded: "not loaded",
+  loading: "loading…",
+  loaded: "ready",
+};
+
+function parseModels(value: unknown): ModelEntry[] {
+  if (typeof value !== "object" || value === null || !Array.isArray((value as { data?: unknown }).data)) return [];
+  const found: ModelEntry[] = [];
+  for (const item of (value as { data: unknown[] }).data) {
+    if (typeof item !== "object" || item === null) continue;
+    const { id, status } = item as { id?: unknown; status?: unknown };
+    if (typeof id !== "string") continue;
+    const known = status === "loading" || status === "loaded" ? status : "unloaded";
+    found.push({ id, status: known });
+  }
+  return found;
+}
+
+function storedChoice(): string | null {
+  try {
+    return window.localStorage.getItem(STORAGE_KEY);
+  } catch {
+    return null;
+  }
+}
+
+export class ModelPicker {
+  private models: ModelEntry[] = [];
+  private timer: number | null = null;
+  private watchers = 0;
+
+  constructor(private readonly select: HTMLSelectElement, private readonly url = "v1/models") {
+    select.addEventListener("change", () => {
+      try {
+        window.localStorage.setItem(STORAGE_KEY, select.value);
+      } catch {
+        // storage may be off (private mode): the choice then lasts for this page only
+      }
+    });
+  }
+
+  /** The chosen model, or undefined before the list arrived (the server's default is used then). */
+  get value(): string | undefined {
+    return this.select.value === "" ? undefined : this.select.value;
+  }
+
+  status(id: string | undefined): ModelStatus | undefined {
+    return this.models.find((model) => model.id === id)?.status;
+  }
+
+  async refresh(): Promise<void> {
+    let answer: Response;
+    try {
+      answer = await fetch(this.url, { credentials: "same-origin", headers: { Accept: "application/json" } });
+    } catch {
+      return;
+    }
+    if (!answer.ok) return;
+    this.models = parseModels(await answer.json().catch(() => null));
+    this.render();
+  }
+
+  private render(): void {
+    const wanted = this.select.value || storedChoice();
+    this.select.replaceChildren(
+      ...this.models.map((model) => {
+        const option = document.createElement("option");
+        option.value = model.id;
+        option.textContent = `${model.id} (${STATUS_WORDS[model.status]})`;
+        option.dataset.status = model.status;
+        return option;
+      }),
+    );
+    if (wanted !== null && this.models.some((model) => model.id === wanted)) this.select.value = wanted;
+    this.select.hidden = this.models.length === 0;
+  }
+
+  /** Poll the states while a reply runs, so a load shows as it happens; `stop` ends it. */
+  watch(onChange: (status: ModelStatus | undefined) => void): () => void {
+    this.watchers += 1;
+    const tick = async (): Promise<void> => {
+      await this.refresh();
+      onChange(this.status(this.value));
+    };
+    if (this.timer === null) this.timer = window.setInterval(() => void tick(), POLL_MS);
+    void tick();
+    return () => {
+      this.watchers -= 1;
+      if (this.watchers === 0 && this.timer !== null) {
+        window.clearInterval(this.timer);
+        this.timer = null;
+      }
+    };
+  }
+}

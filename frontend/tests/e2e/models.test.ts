@@ -1,0 +1,89 @@
+/**
+ * The model picker against the real stack in router mode: two names for the same SmolLM2 file,
+ * `--models-max 1`, so picking one evicts the other. Headless Chromium.
+ */
+import { homedir } from "node:os";
+import { join } from "node:path";
+import type { Browser, BrowserContext, Page } from "playwright-core";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { artifact, launchBrowser, type Stack, startStack } from "./stack.ts";
+
+const WAIT_MS = 90_000;
+const MODEL = process.env.E2E_MODEL ?? join(homedir(), ".cache/llama-direct/models/SmolLM2-135M-Instruct.Q4_1.gguf");
+
+let browser: Browser;
+let stack: Stack;
+let context: BrowserContext;
+
+beforeAll(async () => {
+  browser = await launchBrowser();
+  stack = await startStack(["--model", `alpha=${MODEL}`, "--model", `beta=${MODEL}`, "--models-max", "1"]);
+  context = await browser.newContext({ viewport: { width: 1000, height: 760 } });
+  const login = await context.newPage();
+  expect((await login.goto(stack.loginUrl))?.status()).toBe(200);
+  await login.close();
+});
+
+afterAll(async () => {
+  await context?.close();
+  await stack?.stop();
+  await browser?.close();
+});
+
+async function open(): Promise<Page> {
+  const page = await context.newPage();
+  await page.route("**/v1/chat/completions", (route) => {
+    const body = JSON.parse(route.request().postData() ?? "{}") as Record<string, unknown>;
+    return route.continue({ postData: JSON.stringify({ ...body, max_tokens: 16 }) });
+  });
+  await page.goto(stack.baseUrl);
+  await page.waitForSelector("#model option", { state: "attached" });
+  return page;
+}
+
+async function send(page: Page, text: string): Promise<{ state: string; model: string | null; text: string }> {
+  const before = await page.locator("li.assistant").count();
+  await page.fill("#prompt", text);
+  await page.press("#prompt", "Enter");
+  const reply = page.locator("li.assistant").nth(before);
+  await reply.locator("xpath=self::*[@data-state!='streaming']").waitFor({ timeout: WAIT_MS });
+  return {
+    state: (await reply.getAttribute("data-state")) ?? "",
+    model: await reply.getAttribute("data-model"),
+    text: await reply.innerText(),
+  };
+}
+
+describe("model picker", () => {
+  it("lists both models with their state, answers with the one picked, and keeps the choice on reload", async () => {
+    const page = await open();
+    const options = await page.locator("#model option").allTextContents();
+    expect(options.map((text) => text.split(" ")[0])).toEqual(["alpha", "beta"]);
+    expect(options.join(" ")).not.toContain("/");
+    await page.selectOption("#model", "beta");
+    const reply = await send(page, "Say hello.");
+    expect(reply.state).toBe("done");
+    expect(reply.model).toBe("beta");
+    expect(reply.text).toContain("beta");
+    await page.screenshot({ path: artifact("models-picker.png") });
+    await page.reload();
+    await page.waitForSelector("#model option", { state: "attached" });
+    expect(await page.locator("#model").inputValue()).toBe("beta");
+    await page.close();
+  });
+
+  it("shows the not-loaded message when a request may not load its model", async () => {
+    const page = await open();
+    await page.selectOption("#model", "beta");
+    expect((await send(page, "Hi.")).state).toBe("done"); // beta loaded, alpha evicted (--models-max 1)
+    await page.selectOption("#model", "alpha");
+    await page.route("**/direct-stream", (route) => {
+      const body = JSON.parse(route.request().postData() ?? "{}") as Record<string, unknown>;
+      return route.continue({ postData: JSON.stringify({ ...body, autoload: false }) });
+    });
+    const reply = await send(page, "Hi again.");
+    expect(reply.state).toBe("error");
+    expect(reply.text).toContain("This model is not loaded.");
+    await page.close();
+  });
+});
