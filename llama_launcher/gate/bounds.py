@@ -31,11 +31,13 @@ MAX_STOP_BYTES = 256
 """Every stop string is searched for on every generated token (`find_stopping_strings`, full and
 partial), so their count and length set a per-token cost. OpenAI allows 4."""
 
-MAX_BREAKERS = 8
-MAX_BREAKER_BYTES = 40
-"""Each DRY sequence breaker costs a detokenizing scan of the whole vocabulary and up to a
-megabyte of token sequences at sampler setup (`llama_sampler_init_dry`); llama-server truncates a
-breaker to 40 bytes itself. The default set has 4."""
+MAX_BREAKERS = 4
+"""Each DRY sequence breaker costs a detokenizing scan of the whole vocabulary at sampler setup,
+on llama-server's main loop (`llama_sampler_init_dry`), and one of more than one character also
+tokenizes its tail once for every vocabulary token that ends in its first character: measured on
+2 busy cores, eight one-character breakers added about 0.4 s before the first token and eight
+two-character ones about 4 s, whatever their length. So breakers are single characters, at most
+as many as llama-server's own default set (`\\n`, `:`, `"`, `*`)."""
 
 MAX_SCHEMA_BYTES = 32 * 1024
 MAX_SCHEMA_DEPTH = 32
@@ -74,7 +76,7 @@ HARMLESS = "harmless"
 FIELD_COSTS: dict[str, tuple[str, str]] = {
     "repeat_last_n": (BOUNDED, "sizes the penalty sampler's ring buffer at setup: -1 to the slot's context"),
     "dry_penalty_last_n": (BOUNDED, "sizes DRY's ring buffer and per-token scan: -1 to the slot's context"),
-    "dry_sequence_breakers": (BOUNDED, "a vocabulary scan each at setup: at most 8 of at most 40 bytes"),
+    "dry_sequence_breakers": (BOUNDED, "a vocabulary scan each at setup: at most 4, one character each"),
     "stop": (BOUNDED, "searched for on every token: at most 16 of at most 256 bytes"),
     "response_format": (BOUNDED, "its schema becomes a grammar: size, depth and repetitions bounded"),
     "tools": (BOUNDED, "their parameter schemas become a grammar: bounded with response_format's"),
@@ -122,7 +124,10 @@ def check_bounds(shaped: dict[str, Any], *, context: int) -> None:
     for name in ("repeat_last_n", "dry_penalty_last_n"):
         _check_last_n(shaped, name, context)
     _check_strings(shaped.get("stop"), "stop", MAX_STOP_STRINGS, MAX_STOP_BYTES, single=True)
-    _check_strings(shaped.get("dry_sequence_breakers"), "dry_sequence_breakers", MAX_BREAKERS, MAX_BREAKER_BYTES)
+    breakers = shaped.get("dry_sequence_breakers")
+    _check_strings(breakers, "dry_sequence_breakers", MAX_BREAKERS, 4)
+    if breakers is not None and any(len(breaker) != 1 for breaker in breakers):
+        raise FieldOutOfBounds("dry_sequence_breakers")
     _check_template_kwargs(shaped.get("chat_template_kwargs"))
     effort = shaped.get("reasoning_effort")
     if effort is not None and not _is_effort(effort):

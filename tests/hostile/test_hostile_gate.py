@@ -564,6 +564,8 @@ COSTS = [
              dry_penalty_last_n=2**31 - 1),
     _bounded("dry_2000_one_character_breakers", "dry_sequence_breakers", dry_multiplier=0.8,
              dry_sequence_breakers=[chr(33 + i % 90) for i in range(2000)]),
+    _bounded("dry_eight_two_character_breakers", "dry_sequence_breakers", dry_multiplier=0.8,
+             dry_sequence_breakers=["ee"] * 8),
     _bounded("stop_1000_strings", "stop", stop=[f"s{i}" for i in range(1000)]),
     _bounded("stop_one_100k_string", "stop", stop="x" * 100_000),
     _bounded("template_kwargs_overriding_messages", "messages", KWARG,

@@ -19,7 +19,6 @@ from llama_launcher.gate.bounds import (
     FALLBACK_CONTEXT,
     FIELD_COSTS,
     HARMLESS,
-    MAX_BREAKER_BYTES,
     MAX_BREAKERS,
     MAX_SCHEMA_BYTES,
     MAX_STOP_BYTES,
@@ -588,12 +587,14 @@ def test_stop_over_its_bounds_is_refused(stop):
 
 
 def test_dry_sequence_breakers_within_bounds_pass():
-    breakers = ["\n", ":", '"', "*"] + ["b" * MAX_BREAKER_BYTES] * (MAX_BREAKERS - 4)
+    breakers = ["\n", ":", '"', "。"][:MAX_BREAKERS]
     assert shape({"messages": HI, "dry_sequence_breakers": breakers})["dry_sequence_breakers"] == breakers
 
 
 @pytest.mark.parametrize(
-    "breakers", [[chr(33 + i % 90) for i in range(2000)], ["x"] * (MAX_BREAKERS + 1), ["b" * 41], "\n", [None]]
+    "breakers",
+    [[chr(33 + i % 90) for i in range(2000)], ["x"] * (MAX_BREAKERS + 1), ["b" * 41], ["ee"], ["\n", "<|im_end|>"],
+     "\n", [None], [""]],
 )
 def test_dry_sequence_breakers_over_their_bounds_are_refused(breakers):
     assert out_of_bounds({"dry_multiplier": 0.8, "dry_sequence_breakers": breakers})["param"] == "dry_sequence_breakers"

@@ -1,0 +1,298 @@
+"""What one request may cost the REAL llama-server through the lane (issue 14, section A and B).
+
+Each costly body goes through the whole stack (`serve --upstream`, the gate in front of a
+llama-server this module starts, so its pid is known). Each body must be refused, or else:
+
+- cost no more than three plain requests with the same `max_tokens`, measured in the same test;
+- grow llama-server's resident memory (VmHWM after `clear_refs`, else VmRSS) by under 64 MB;
+- delay a concurrent plain request's first token by no more than a plain request's own time.
+
+The bodies come in two kinds: those over a bound, which llama-server 11434 would take (for example
+`repeat_last_n: 1e9`, measured at 8 s and +3.8 GB), and those just inside every bound, which the
+gate forwards, so the bounds themselves are shown to be cheap. Hostile JSON schemas, refused or
+at the bound, must neither stall nor crash the server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from forwarder import Forwarder
+from stack import Stack, run_stack
+
+from llama_launcher.gate.bounds import (
+    MAX_BREAKERS,
+    MAX_PATTERN_BYTES,
+    MAX_SCHEMA_REPEATS,
+    MAX_STOP_BYTES,
+    MAX_STOP_STRINGS,
+)
+from llama_launcher.paths import make_runtime_dir
+from llama_launcher.server_args import ServerOptions
+from llama_launcher.server_process import LlamaServer
+
+pytestmark = [pytest.mark.real, pytest.mark.timeout(600)]
+
+ALIAS = "smollm2-costs"
+CONTEXT = 2048
+MAX_TOKENS = 8
+MB = 1024 * 1024
+PLAIN: dict[str, Any] = {"messages": [{"role": "user", "content": "Name three colours."}], "stream": True,
+                         "max_tokens": MAX_TOKENS}
+GATE_OWN = (b"GET /health ", b"GET /slots ", b"GET /props ")
+
+
+@dataclass
+class Lane:
+    stack: Stack
+    forwarder: Forwarder
+    pid: int
+
+    def token(self) -> str:
+        """A fresh chat token; the broker's rate limit (120 a minute) is waited out, off the clock."""
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            response = httpx.post(f"{self.stack.base}/direct-stream", json={"max_tokens": MAX_TOKENS}, timeout=10,
+                                  headers={"Authorization": f"Bearer {self.stack.access_token}"})
+            if response.status_code == 429:
+                time.sleep(float(response.headers.get("retry-after", "1")))
+                continue
+            assert response.status_code == 200, response.text
+            grant = response.json()
+            if grant.get("supported"):
+                return str(grant["token"])
+            time.sleep(0.1)
+        raise AssertionError("negotiation never gave a token")
+
+    def chat(self, body: dict[str, Any]) -> Answer:
+        """One streamed chat through the lane, timed: status, seconds to the first chunk and to the end."""
+        token = self.token()
+        started = time.monotonic()
+        first = None
+        with httpx.stream("POST", f"{self.stack.base}/direct/v1/chat/completions", json=body, timeout=120,
+                          headers={"Authorization": f"Bearer {token}"}) as response:
+            text = b""
+            for chunk in response.iter_bytes():
+                if first is None and b"data:" in chunk:
+                    first = time.monotonic() - started
+                text += chunk
+        return Answer(response.status_code, first, time.monotonic() - started, text)
+
+    def forwarded(self) -> list[bytes]:
+        return self.forwarder.requests(lambda line: not line.startswith(GATE_OWN))
+
+    def memory_mark(self) -> None:
+        """Reset the peak so that VmHWM measures this request alone (5: reset the high-water mark)."""
+        with contextlib.suppress(OSError):
+            Path(f"/proc/{self.pid}/clear_refs").write_text("5")
+
+    def memory(self, field: str) -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError(f"no {field} for llama-server")
+
+    def alive(self) -> bool:
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        return bool(self.stack.gate_health()["model_ready"])
+
+
+@dataclass
+class Answer:
+    status: int
+    first: float | None
+    total: float
+    text: bytes
+
+
+@pytest.fixture(scope="module")
+def lane(llama_server_binary: Path, model_path: Path) -> Iterator[Lane]:
+    options = ServerOptions(binary=llama_server_binary, model=model_path, alias=ALIAS, max_tokens=2048,
+                            ctx_size=CONTEXT * 2, parallel=2)
+    server = LlamaServer(options, make_runtime_dir())
+    server.start()
+    try:
+        server.wait_ready(timeout=120, show_progress=False)
+        key = server.authorization().decode().removeprefix("Bearer ")
+        pid = server.pid
+        assert pid is not None
+        with Forwarder(str(server.address)) as forwarder, run_stack(
+            "--upstream", f"http://127.0.0.1:{forwarder.port}", "--model-alias", ALIAS, "--max-tokens", "512",
+            env={"LLAMA_DIRECT_UPSTREAM_KEY": key},
+        ) as stack:
+            yield Lane(stack, forwarder, pid)
+    finally:
+        server.stop()
+
+
+def _schema(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "json_schema", "json_schema": {"name": "s", "schema": schema}}
+
+
+def _deep(levels: int) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string"}
+    for _ in range(levels):
+        schema = {"type": "object", "properties": {"a": schema}, "required": ["a"]}
+    return schema
+
+
+OVER: dict[str, dict[str, Any]] = {
+    "repeat_last_n_a_billion": {"repeat_last_n": 1_000_000_000, "repeat_penalty": 1.1},
+    "repeat_last_n_one_past_the_context": {"repeat_last_n": CONTEXT + 1, "repeat_penalty": 1.1},
+    "dry_penalty_last_n_int32_max": {"dry_multiplier": 0.8, "dry_penalty_last_n": 2**31 - 1},
+    "dry_eight_two_character_breakers": {"dry_multiplier": 0.8, "dry_sequence_breakers": ["ee"] * 8},
+    "dry_2000_one_character_breakers": {"dry_multiplier": 0.8,
+                                        "dry_sequence_breakers": [chr(33 + i % 90) for i in range(2000)]},
+    "stop_2000_strings": {"stop": [f"never{i}" for i in range(2000)]},
+    "stop_one_string_of_1mb": {"stop": "x" * MB},
+    "template_kwargs_over_messages": {"chat_template_kwargs": {"messages": [{"role": "user", "content": "x"}]}},
+    "schema_a_million_items": {"response_format": _schema({"type": "array", "items": {"type": "string"},
+                                                           "minItems": 1_000_000})},
+    "schema_20_levels_deep": {"response_format": _schema(_deep(20))},
+    "schema_nested_pattern": {"response_format": _schema({"type": "string",
+                                                          "pattern": "(" * 2000 + "a" + ")" * 2000})},
+    "schema_integer_bound_at_the_int64_edge": {"response_format": _schema({"type": "integer",
+                                                                            "exclusiveMinimum": 2**63 - 1})},
+    "tool_schema_a_million_items": {"tools": [{"type": "function", "function": {
+        "name": "f", "parameters": {"type": "object", "properties": {"a": {"type": "array", "minItems": 10**6}}}}}]},
+}
+
+HALF_PATTERN = (MAX_PATTERN_BYTES - 1) // 2 - 1
+
+AT_BOUND: dict[str, dict[str, Any]] = {
+    "repeat_last_n_the_whole_context": {"repeat_last_n": CONTEXT, "repeat_penalty": 1.1,
+                                        "frequency_penalty": 0.5, "presence_penalty": 0.5},
+    "dry_at_every_bound": {"dry_multiplier": 0.8, "dry_penalty_last_n": CONTEXT, "dry_allowed_length": 1,
+                           "dry_sequence_breakers": list("eats")[:MAX_BREAKERS]},
+    "stop_at_every_bound": {"stop": [chr(65 + i) * MAX_STOP_BYTES for i in range(MAX_STOP_STRINGS)]},
+    "schema_repeats_at_the_bound": {"response_format": _schema({"type": "object", "properties": {
+        f"p{i}": {"type": "string", "maxLength": MAX_SCHEMA_REPEATS // 4} for i in range(4)}})},
+    "schema_deep_at_the_bound": {"response_format": _schema(_deep(10))},
+    "schema_nested_pattern_at_the_bound": {"response_format": _schema({
+        "type": "string", "pattern": "(" * HALF_PATTERN + "a" + ")" * HALF_PATTERN})},
+    "schema_alternation_pattern": {"response_format": _schema({
+        "type": "string", "pattern": "^(" + "|".join("(a+)+b" for _ in range(60)) + ")$"})},
+    "schema_integer_range_at_the_bound": {"response_format": _schema({"type": "integer", "minimum": -(10**15),
+                                                                       "maximum": 10**15})},
+    "logprobs_at_the_bound": {"logprobs": True, "top_logprobs": 20},
+}
+
+
+@dataclass
+class Plain:
+    """Three plain requests in a row, measured in the same test as the body they judge."""
+
+    three: float
+    one: float
+    first: float
+
+
+def _plain(lane: Lane) -> Plain:
+    runs = [lane.chat(PLAIN) for _ in range(3)]
+    assert all(run.status == 200 for run in runs), [run.text[:200] for run in runs]
+    totals = sorted(run.total for run in runs)
+    firsts = sorted(run.first or run.total for run in runs)
+    return Plain(three=sum(totals), one=totals[1], first=firsts[1])
+
+
+def _check_cost(lane: Lane, body: dict[str, Any], plain: Plain) -> Answer:
+    """Memory on every try; time as the best of three, since two busy cores make one try noisy."""
+    times = []
+    for _ in range(3):
+        before = lane.memory("VmRSS")
+        lane.memory_mark()
+        answer = lane.chat({**PLAIN, **body})
+        grown = max(lane.memory("VmHWM"), lane.memory("VmRSS")) - before
+        assert grown < 64 * MB, f"llama-server grew by {grown / MB:.0f} MB"
+        assert lane.alive(), "llama-server died"
+        if answer.status != 200:
+            assert answer.status == 400, answer.text[:300]
+            return answer
+        times.append(answer.total)
+        if answer.total <= plain.three:
+            return answer
+    raise AssertionError(f"{min(times):.2f}s at best, three plain requests: {plain.three:.2f}s")
+
+
+def _concurrent_delay(lane: Lane, body: dict[str, Any], plain: Plain) -> float:
+    """How much later a plain request's first token comes while `body` is being served."""
+    thread = threading.Thread(target=lambda: lane.chat({**PLAIN, **body}))
+    thread.start()
+    time.sleep(0.02)
+    other = lane.chat(PLAIN)
+    thread.join(120)
+    assert other.status == 200
+    return (other.first or other.total) - plain.first
+
+
+def _check_concurrent_delay(lane: Lane, body: dict[str, Any], plain: Plain) -> None:
+    """Two cores shared with other work make one try noisy, so the best of three counts: a body
+    that stalls llama-server's loop (seconds, as `repeat_last_n: 1e9` did) fails all three."""
+    delays = []
+    for _ in range(3):
+        delays.append(_concurrent_delay(lane, body, plain))
+        if delays[-1] <= plain.one:
+            return
+    raise AssertionError(f"a plain request's first token waited {min(delays):.2f}s more at best; "
+                         f"a plain request takes {plain.one:.2f}s")
+
+
+@pytest.mark.parametrize("name", sorted(OVER))
+def test_a_body_over_a_bound_is_refused_naming_the_field_and_never_reaches_llama_server(lane: Lane, name: str) -> None:
+    plain = _plain(lane)
+    before = len(lane.forwarded())
+    answer = _check_cost(lane, OVER[name], plain)
+    assert answer.status == 400
+    error = json.loads(answer.text)["error"]
+    assert error["code"] == 400 and error.get("param"), error
+    time.sleep(0.1)
+    assert len(lane.forwarded()) == before, "llama-server received a body over a bound"
+    _check_concurrent_delay(lane, OVER[name], plain)
+
+
+DRY_SETUP = pytest.mark.xfail(
+    reason="open finding: DRY's setup scans the whole vocabulary once per breaker on llama-server's main "
+    "loop; with its own default 4 breakers (what any dry_multiplier gets) that delayed a concurrent first "
+    "token by 1.5 s on 2 busy cores. Bounding the count cannot go below the default: refusing DRY is the "
+    "lead's call", strict=False)
+AT_BOUND_CASES = [pytest.param(name, marks=DRY_SETUP) if name.startswith("dry_") else name for name in sorted(AT_BOUND)]
+
+
+@pytest.mark.parametrize("name", AT_BOUND_CASES)
+def test_a_body_at_every_bound_costs_about_a_plain_request(lane: Lane, name: str) -> None:
+    plain = _plain(lane)
+    answer = _check_cost(lane, AT_BOUND[name], plain)
+    assert answer.status == 200, answer.text[:300]
+    _check_concurrent_delay(lane, AT_BOUND[name], plain)
+
+
+def test_llama_server_survived_every_hostile_body_and_still_answers(lane: Lane) -> None:
+    assert lane.alive()
+    answer = lane.chat(PLAIN)
+    assert answer.status == 200 and b"[DONE]" in answer.text
+
+
+def test_the_baseline_shares_the_bounds(lane: Lane) -> None:
+    """The broker's fallback goes through the same gate and the same shaping: the same refusal."""
+    for _ in range(60):
+        response = httpx.post(f"{lane.stack.base}/v1/chat/completions", timeout=60,
+                              json={**PLAIN, **OVER["repeat_last_n_a_billion"]},
+                              headers={"Authorization": f"Bearer {lane.stack.access_token}"})
+        if response.status_code != 429:
+            break
+        time.sleep(float(response.headers.get("retry-after", "1")))
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "repeat_last_n"
