@@ -51,6 +51,7 @@ from broker.responses import (
 from broker.settings import BrokerSettings, direct_stream_enabled
 from broker.signing_keys import KeyRing
 from broker.static import UNBUILT_PAGE, static_file
+from llama_direct.control import HOLD_SECONDS, STATE_PATH, state_document
 from llama_direct.refusals import (
     BAD_TOOL_INPUT,
     BODY_TOO_LARGE,
@@ -190,7 +191,7 @@ def create_app(
 
 
 def create_control_app(core: BrokerCore) -> FastAPI:
-    """The gate's side door: the JWKS and the revocations it pulls every 0.5 s; never the signing key."""
+    """The gate's side door: the JWKS and the revocations, long-polled (`/state`); never the signing key."""
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     install_error_handlers(app)
     app.add_middleware(Envelope, access_log=False)
@@ -198,6 +199,21 @@ def create_control_app(core: BrokerCore) -> FastAPI:
     @app.get("/jwks")
     async def jwks() -> Response:
         return json_response(core.keyring.jwks(core.clock()), headers=NO_STORE)
+
+    @app.get(STATE_PATH)
+    async def state(known: str = "") -> Response:
+        """Both documents when they differ from `known`; else held until they change, or 304 (llama_direct.control)."""
+        deadline = time.monotonic() + HOLD_SECONDS
+        while True:
+            now = core.clock()
+            core.revocations.prune(now)
+            document = state_document(core.keyring.jwks(now), core.revocations.to_dict())
+            left = deadline - time.monotonic()
+            if document["version"] != known:
+                return json_response(document, headers=NO_STORE)
+            if left <= 0:
+                return Response(status_code=304, headers=NO_STORE)
+            await core.wait_for_change(left)
 
     @app.get("/revocations")
     async def revocations() -> Response:

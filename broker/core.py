@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -78,6 +80,7 @@ class BrokerCore:
             origin for origin in (normalise_origin(o) for o in settings.allowed_origins) if origin
         )
         self.conversations = Conversations()
+        self._changed = asyncio.Event()
         logger.info(
             "event=broker_configured algorithm=%s direct_stream=%s model=%s",
             keyring.current.algorithm, direct_stream_enabled(), settings.model,
@@ -85,7 +88,10 @@ class BrokerCore:
 
     def issuer(self) -> Issuer:
         """Minting is what moves the rotation schedule on: a successor is staged, then signs once published."""
+        generation = self.keyring.generation
         key = self.keyring.advance(self.clock(), self.settings.key_max_age)
+        if self.keyring.generation != generation:
+            self.published_changed()
         return Issuer(key=key, issuer=self.ids.broker_id, audience=self.ids.gate_id)
 
     def mint_time(self, user: str, now: float) -> float:
@@ -103,4 +109,15 @@ class BrokerCore:
         self.revocations.prune(now)
         self.revocations.revoke(user, not_before)
         logger.info("event=revoked user=%s not_before=%d", user, not_before)
+        self.published_changed()
         return not_before
+
+    def published_changed(self) -> None:
+        """Wake every long poll of the gate's (`GET /state`): what it holds may be stale now."""
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_for_change(self, timeout: float) -> None:
+        """Until `published_changed` or `timeout` seconds; a waiter rechecks the version either way."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), timeout)

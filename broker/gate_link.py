@@ -1,10 +1,20 @@
-"""The broker's link to the gate's private socket: its health, polled, and the baseline's transport."""
+"""The broker's link to the gate's private socket: its health, polled, and the baseline's transport.
+
+The health is polled every `HEALTH_INTERVAL_SECONDS` while it is read (a negotiation in the last
+`ACTIVE_SECONDS`) or while the lane is not ready, and every `IDLE_INTERVAL_SECONDS` otherwise: each
+poll costs the gate a `/health` and `/slots` round to llama-server, and an idle pair must stay
+under a millisecond of CPU a second. The first read after a quiet spell wakes the poller at once;
+that read itself gets the last answer, at most `IDLE_INTERVAL_SECONDS` old, which can only be "up"
+(a gate that is down is polled at the fast rate), and a gate that went down meanwhile refuses the
+token itself.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import time
 
 import httpx
 
@@ -21,6 +31,8 @@ logger = logging.getLogger(__name__)
 
 
 HEALTH_INTERVAL_SECONDS = 0.5
+IDLE_INTERVAL_SECONDS = 5.0
+ACTIVE_SECONDS = 5.0
 HEALTH_TIMEOUT_SECONDS = 1.0
 
 
@@ -32,11 +44,32 @@ class GateLink:
     """
 
     def __init__(self, settings: BrokerSettings, transport: httpx.AsyncBaseTransport | None = None) -> None:
-        self.health: GateHealth = GATE_DOWN
+        self._health: GateHealth = GATE_DOWN
+        self._read_at = -ACTIVE_SECONDS
+        self._polled_at = 0.0
+        self._wake = asyncio.Event()
         self._settings = settings
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
         self._poller: asyncio.Task[None] | None = None
+
+    @property
+    def health(self) -> GateHealth:
+        """The last answer; reading it keeps the fast poll going, and wakes a poller gone quiet."""
+        now = time.monotonic()
+        self._read_at = now
+        if now - self._polled_at > HEALTH_INTERVAL_SECONDS:
+            self._wake.set()
+        return self._health
+
+    @health.setter
+    def health(self, value: GateHealth) -> None:
+        self._health = value
+
+    def interval(self, now: float) -> float:
+        """Fast while the health is read or the lane is not ready; slow when nothing asks."""
+        ready = self._health.up and self._health.model_ready
+        return HEALTH_INTERVAL_SECONDS if not ready or now - self._read_at < ACTIVE_SECONDS else IDLE_INTERVAL_SECONDS
 
     @property
     def client(self) -> httpx.AsyncClient:
@@ -72,16 +105,19 @@ class GateLink:
             health = GateHealth.from_answer(answer.json()) if answer.status_code == 200 else GATE_DOWN
         except (httpx.HTTPError, ValueError):
             health = GATE_DOWN
-        if health.up != self.health.up or health.model_ready != self.health.model_ready:
+        if health.up != self._health.up or health.model_ready != self._health.model_ready:
             logger.info("event=gate_health gate_up=%s model_ready=%s", health.up, health.model_ready)
-        self.health = health
+        self._health = health
+        self._polled_at = time.monotonic()
 
     async def _poll_forever(self) -> None:
         """Never stops on a surprise: a poller that died would leave a stale answer in place for good."""
         while True:
-            await asyncio.sleep(HEALTH_INTERVAL_SECONDS)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.interval(time.monotonic()))
             try:
                 await self.poll_once()
             except Exception as exc:
                 logger.error("event=health_poll_failed error=%s", type(exc).__name__)
-                self.health = GATE_DOWN
+                self._health = GATE_DOWN

@@ -35,11 +35,31 @@ EXIT_BAD_SETTINGS = 2
 
 
 class _Server(uvicorn.Server):
-    """A uvicorn server that leaves the signals to `serve`, which stops every server at once."""
+    """A uvicorn server that leaves the signals to `serve`, which stops every server at once.
+
+    uvicorn's own main loop wakes ten times a second to notice `should_exit`; two servers idling
+    so cost the broker about 3 ms of CPU a second. This one wakes when `stop` is called, and once
+    a second for the `Date` header (uvicorn's own resolution).
+    """
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self._stopping = asyncio.Event()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
+
+    def stop(self) -> None:
+        self.should_exit = True
+        self._stopping.set()
+
+    async def main_loop(self) -> None:
+        ticks = 0
+        while not await self.on_tick(ticks):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), 1.0)
+            ticks += 10
 
 
 def bind_unix_socket(path: Path) -> socket.socket:
@@ -89,7 +109,7 @@ async def serve(settings: BrokerSettings, access_token: str) -> None:
 
     def stop_all() -> None:
         for server, _ in servers:
-            server.should_exit = True
+            server.stop()
 
     with _signals_stop(stop_all), _sockets([path for _, path in servers]) as sockets:
         logger.info("event=broker_listening sockets=%d", len(sockets))

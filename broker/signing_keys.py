@@ -115,6 +115,8 @@ class KeyRing:
         self._since = 0.0
         self._next: tuple[SigningKey, float] | None = None
         self._retired: dict[str, _RetiredKey] = {}
+        self.generation = 0
+        """Counts the changes to what `jwks()` publishes, so the broker wakes the gate's long poll."""
 
     @classmethod
     def from_pem_file(cls, path: Path, algorithm: str | None = None,
@@ -194,7 +196,7 @@ class KeyRing:
                 self._promote(staged, now)
         elif max_age is not None and now - self._since >= max_age:
             self._next = (self._generate(), now)
-            self._write_state()
+            self._changed()
         return self.current
 
     def _generate(self) -> SigningKey:
@@ -211,7 +213,7 @@ class KeyRing:
             assert self._dir is not None
             (self._dir / f"{self._next[0].kid}.pem").unlink(missing_ok=True)
         self._current, self._since, self._next = new, now, None
-        self._write_state()
+        self._changed()
 
     def prune(self, now: float) -> list[str]:
         """Forget the retired keys whose tokens have all expired and delete their files; returns their kids."""
@@ -222,10 +224,15 @@ class KeyRing:
         assert self._dir is not None, "only a ring with a keys dir retires keys"
         for kid in gone:
             del self._retired[kid]
-        self._write_state()
+        self._changed()
         for kid in gone:
             (self._dir / f"{kid}.pem").unlink(missing_ok=True)
         return gone
+
+    def _changed(self) -> None:
+        """What `jwks()` publishes moved (staged, promoted, retired): on disk, and counted for the gate."""
+        self.generation += 1
+        self._write_state()
 
     def jwks(self, now: float) -> dict[str, Any]:
         """`{"keys": [...]}`: the current key first, then the retired keys still in their window."""

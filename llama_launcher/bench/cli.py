@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llama_launcher.bench import machine, report, scenarios, soak, summary
+from llama_launcher.bench import machine, report, request_cost, scenarios, soak, summary
 from llama_launcher.bench.beds import Bed, real_bed, synthetic_bed
 from llama_launcher.bench.processes import raise_fd_limit, run_loop
 
@@ -41,6 +41,9 @@ class Plan:
     load_slow: int
     load_hammers: int
     settle: float
+    cost_requests: int = 20
+    cost_rounds: int = 3
+    idle_seconds: float = 3.0
     real: bool = True
 
 
@@ -53,7 +56,7 @@ FULL = Plan(
 QUICK = Plan(
     reps=1, levels=(1, 4), real_tokens={1: 8, 4: 4}, synthetic_tokens={1: 500, 4: 100}, negotiations=10,
     verifications=50, held_streams=20, load_reps=1, load_tokens=50, load_pace=500.0, load_concurrency=2,
-    load_slow=4, load_hammers=2, settle=0.5,
+    load_slow=4, load_hammers=2, settle=0.5, cost_requests=10, cost_rounds=2, idle_seconds=1.0,
 )
 
 
@@ -96,7 +99,7 @@ def run_bench(plan: Plan, out: Path, command: str) -> dict[str, Any]:
     started = time.monotonic()
     raise_fd_limit()
     work = Path(tempfile.mkdtemp(prefix="ldb-"))
-    results: dict[str, Any] = {"machine": machine.describe(), "command": command, "rounds": []}
+    results: dict[str, Any] = {"machine": machine.describe(), "command": command, "rounds": [], "gate_cost": {}}
     max_tokens = max(max(plan.synthetic_tokens.values()), plan.load_tokens, 10_000)
     try:
         if plan.real:
@@ -105,14 +108,22 @@ def run_bench(plan: Plan, out: Path, command: str) -> dict[str, Any]:
             async def on_real(bed: Bed) -> None:
                 results["rounds"] += await scenarios.throughput(
                     bed, real=True, levels=plan.levels, tokens=plan.real_tokens, reps=plan.reps, say=_say)
+                results["gate_cost"]["real"] = await request_cost.gate_cost(
+                    bed, scenarios.chat_body(real=True, max_tokens=1), count=plan.cost_requests,
+                    rounds=plan.cost_rounds, kept_alive=True)
 
             _with_bed(lambda: real_bed(work, max_tokens=max(plan.real_tokens.values()) * 4), on_real)
 
         _say("starting the synthetic upstream and the lanes in front of it")
 
         async def on_synthetic(bed: Bed) -> None:
+            results["idle_cpu"] = await request_cost.idle_cpu(
+                {"gate": bed.stack.gate_pid, "broker": bed.stack.broker_pid}, plan.idle_seconds)
             results["rounds"] += await scenarios.throughput(
                 bed, real=False, levels=plan.levels, tokens=plan.synthetic_tokens, reps=plan.reps, say=_say)
+            results["gate_cost"]["synthetic"] = await request_cost.gate_cost(
+                bed, scenarios.chat_body(real=False, max_tokens=1), count=plan.cost_requests * 5,
+                rounds=plan.cost_rounds, kept_alive=False)
             results["first_token"] = await scenarios.first_token(bed, plan.negotiations)
             results["negotiation"] = await scenarios.negotiation_latency(bed, plan.negotiations)
             results["memory"] = await scenarios.held_memory(bed, plan.held_streams, settle=plan.settle / 3, say=_say)

@@ -238,3 +238,55 @@ async def negotiate(public: Target, access_token: str, body: dict[str, Any]) -> 
     if status != 200 or not isinstance(answer, dict) or not answer.get("supported"):
         raise ConnectionError(f"negotiation answered {status}")
     return elapsed, answer
+
+
+class KeptAlive(asyncio.Protocol):
+    """One kept-alive connection for requests one after another; each answer read whole (httptools)."""
+
+    def __init__(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.done: asyncio.Future[None] | None = None
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def on_message_complete(self) -> None:
+        if self.done is not None and not self.done.done():
+            self.done.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as error:
+            self.connection_lost(error)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.done is not None and not self.done.done():
+            self.done.set_exception(ConnectionError("the connection closed before a whole response"))
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    async def send(self, request: bytes, *, timeout: float = 30.0) -> int:
+        """Write one request and wait for its whole answer; its status."""
+        assert self.transport is not None
+        self.done = asyncio.get_running_loop().create_future()
+        self.transport.write(request)
+        async with asyncio.timeout(timeout):
+            await self.done
+        return self.parser.get_status_code()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+async def keep_alive(target: Target) -> KeptAlive:
+    _, protocol = await _connect(target, KeptAlive)
+    return protocol
+
+
+def kept_alive_request(target: Target, body: bytes, authorization: str | None) -> bytes:
+    """`chat_request` without `Connection: close`: the connection stays for the next request."""
+    return chat_request(target, body, authorization).replace(b"Connection: close\r\n", b"", 1)

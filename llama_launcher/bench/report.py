@@ -97,8 +97,20 @@ def render_markdown(results: dict[str, Any]) -> str:
         notes.append(f"- Negotiation (`POST /direct-stream` through the public port, {negotiation['count']} in a row): "
                      f"{negotiation['p50_ms']:.2f} ms p50, {negotiation['p99_ms']:.2f} ms p99.")
     for algorithm, entry in results.get("verification", {}).items():
+        primitive = (f" ({entry['us_primitive']:.0f} µs the signature check alone, "
+                     f"{entry['us_overhead']:.0f} µs the rest)" if "us_primitive" in entry else "")
         notes.append(f"- Verification (`llama_direct.tokens.verify`, {algorithm}): "
-                     f"{entry['us_per_verify']:.0f} µs per token.")
+                     f"{entry['us_per_verify']:.0f} µs per token{primitive}.")
+    for upstream, entry in results.get("gate_cost", {}).items():
+        how = "one kept-alive connection" if entry["kept_alive"] else "`Connection: close`"
+        notes.append(f"- Gate CPU per lane request (P7, {upstream} upstream, {how}, {entry['count']} requests × "
+                     f"{len(entry['rounds'])} rounds, tokens negotiated first, idle background subtracted): "
+                     f"{entry['gate_ms_per_request']:.3f} ms "
+                     f"(the broker meanwhile: {entry['broker_ms_per_request']:.3f} ms).")
+    idle = results.get("idle_cpu")
+    if idle:
+        notes.append("- Idle (nothing asked): " + ", ".join(f"{name} {ms:.2f} ms of CPU per second"
+                                                           for name, ms in idle.items()) + ".")
     memory = results.get("memory")
     if memory:
         notes.append(f"- Gate memory: {memory['held']} slow streams held through the lane "

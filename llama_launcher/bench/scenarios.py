@@ -9,6 +9,7 @@ tenant) lands on every lane alike, and medians are taken over repetitions.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import tempfile
 import time
@@ -21,6 +22,7 @@ from typing import Any
 from broker.signing_keys import KeyRing
 from llama_direct.lanes import CHAT_PATH, CHAT_ROUTE
 from llama_direct.tokens import Grant, mint, verify
+from llama_launcher.bench import request_cost
 from llama_launcher.bench.beds import LANES, Bed
 from llama_launcher.bench.clients import (
     StreamProtocol,
@@ -151,28 +153,38 @@ async def first_token(bed: Bed, count: int, lanes: Sequence[str] = ("raw", "rela
 
     Nothing else runs, so this is each lane's own latency (the direct lane's request half:
     parse, verify, check, shape, connect), not the scheduling noise of a saturated machine.
-    The negotiation is timed apart. CPU per request is kept per process: the gate's own (the request
-    half, and relaying the negotiation to the broker) apart from the broker's (minting the token).
+    The direct lane's token is negotiated before its request's clock and CPU window start; the
+    negotiation is timed apart (`negotiation_latency`, and `request_cost` for its CPU). CPU is read
+    from the per-thread scheduler counters, and each process's idle background, measured in a quiet
+    window first, is subtracted over the window's wall time.
     """
     body = chat_body(real=False, max_tokens=1)
+    payload = json.dumps(body).encode()
     samples: dict[str, list[float]] = {lane: [] for lane in lanes}
-    processes = ("gate", "broker", "relay")
-    cpu = {lane: dict.fromkeys(processes, 0.0) for lane in lanes}
-    pids = bed.pids()
+    pids = {name: pid for name, pid in bed.pids().items() if name in ("gate", "broker", "relay")}
+    idle = await request_cost.idle_cpu(pids, request_cost.IDLE_WINDOW_S)
+    spent = {lane: dict.fromkeys(pids, 0.0) for lane in lanes}
     for rep in range(count):
         for lane in rotated(lanes, rep):
-            before = _cpu(pids)
-            found = await one_stream(bed, lane, body, timeout=10)
-            after = _cpu(pids)
+            try:
+                target, authorization, _ = await _lane_target(bed, lane, body["max_tokens"])
+            except (OSError, TimeoutError):
+                continue
+            before, started = request_cost.thread_cpu_ns_of(pids), time.perf_counter()
+            try:
+                found = await stream_once(target, chat_request(target, payload, authorization), timeout=10)
+            except (OSError, TimeoutError):
+                found = _failed()
+            after, wall = request_cost.thread_cpu_ns_of(pids), time.perf_counter() - started
             if found.ttft is not None:
                 samples[lane].append(found.ttft * 1000)
-            for name in processes:
-                cpu[lane][name] += after[name] - before[name]
+            for name in pids:
+                spent[lane][name] += (after[name] - before[name]) / 1e6 - idle[name] * wall
     return {lane: {"count": len(values), "p50_ms": percentile(values, 50) if values else None,
                    "p99_ms": percentile(values, 99) if values else None,
-                   "cpu_ms_per_request": sum(cpu[lane].values()) / count * 1000,
-                   "cpu_ms_per_request_by_process": {name: seconds / count * 1000
-                                                     for name, seconds in cpu[lane].items() if seconds > 0}}
+                   "cpu_ms_per_request": sum(spent[lane].values()) / count,
+                   "cpu_ms_per_request_by_process": {name: ms / count for name, ms in spent[lane].items()
+                                                     if ms / count >= 0.005}}
             for lane, values in samples.items()}
 
 
@@ -203,9 +215,28 @@ def verification_cost(count: int) -> dict[str, Any]:
             def check(token: str = token, keys: Any = keys) -> None:
                 verify(token, keys=keys, audience="aud", issuer="iss", now=time.time())
 
-            runs = [timeit.timeit(check, number=count) / count for _ in range(5)]
-            found[algorithm] = {"count": count, "us_per_verify": median(runs) * 1e6}
+            primitive = _primitive(token, keys.keys[ring.current.kid][1])
+            runs = [(timeit.timeit(check, number=count) / count, timeit.timeit(primitive, number=count) / count)
+                    for _ in range(5)]
+            whole, alone = median([r[0] for r in runs]) * 1e6, median([r[1] for r in runs]) * 1e6
+            found[algorithm] = {"count": count, "us_per_verify": whole, "us_primitive": alone,
+                                "us_overhead": whole - alone}
     return found
+
+
+def _primitive(token: str, public_key: Any) -> Callable[[], None]:
+    """The signature check alone, as `cryptography` does it, on the same token: the floor of `verify`."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, utils
+
+    signing_input, _, signature_b64 = token.rpartition(".")
+    signature = base64.urlsafe_b64decode(signature_b64 + "=" * (-len(signature_b64) % 4))
+    message = signing_input.encode()
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        der = utils.encode_dss_signature(int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big"))
+        algorithm = ec.ECDSA(hashes.SHA256())
+        return lambda: public_key.verify(der, message, algorithm)
+    return lambda: public_key.verify(signature, message)
 
 
 async def held_memory(bed: Bed, streams: int, *, batch: int = 50, settle: float = 1.0, say: Say = print

@@ -30,7 +30,7 @@ Fields (JSON name = attribute name):
   (and whose `X-Forwarded-Proto` is believed); from anyone else those headers are dropped.
 - `model`: llama-server's `--alias`, reported by `/health`.
 - `max_tokens`: the hard cap on generation length (llama-server's `-n` backstop).
-- `keyset_interval`: seconds between two pulls of the JWKS and the revocations.
+- `keyset_interval`: seconds before a failed long poll of the JWKS and the revocations is retried.
 - `connect_timeout`: seconds to open a connection to llama-server or the broker (504 after).
 - `upstream_head_timeout`: seconds llama-server may take to send a response head (504 after).
   Long, because a non-streaming chat answers only once the whole generation is done.

@@ -54,7 +54,9 @@ FORWARDING = frozenset({b"forwarded", b"x-forwarded-for", b"x-forwarded-proto", 
 """Headers the broker would trust for the client's address or scheme: only the gate sets them."""
 
 _CONTENT_LENGTH = re.compile(rb"[0-9]{1,18}")
-_HEADER_LINE = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*(.*?)[ \t]*")
+_HEADER_LINE = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):(.*)")
+"""Greedy: a lazy value group followed by optional blanks backtracks once per byte (11 µs on a token's
+line); the two values read here are stripped of their blanks where they are read."""
 
 
 def find_head_end(buffer: bytes | bytearray, start: int = 0) -> int:
@@ -89,9 +91,9 @@ def check_raw_head(head: bytes) -> None:
             raise RequestRefusal(BAD_HEADER)
         name = match.group(1).lower()
         if name == b"content-length":
-            lengths.append(match.group(2))
+            lengths.append(match.group(2).strip(b" \t"))
         elif name == b"transfer-encoding":
-            encodings.append(match.group(2))
+            encodings.append(match.group(2).strip(b" \t"))
     if lengths and encodings:
         raise RequestRefusal(AMBIGUOUS_FRAMING)
     if len(lengths) > 1:

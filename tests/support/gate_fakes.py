@@ -17,6 +17,7 @@ import socket
 import ssl
 import tempfile
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,7 @@ import h11
 import httptools
 
 from broker.signing_keys import SigningKey
+from llama_direct.control import KNOWN_PARAMETER, STATE_PATH, state_document
 from llama_direct.replay import Revocations
 from llama_direct.tokens import Grant, mint
 from llama_launcher.gate.config import GateConfig
@@ -285,14 +287,27 @@ class Harness:
         ).token
 
 
-async def control_handler(harness_ref: list[Harness], received: Received, writer: asyncio.StreamWriter) -> None:
+def state_of(harness: Harness) -> dict[str, Any]:
+    return state_document(harness.jwks, harness.revocations.to_dict())
+
+
+async def control_handler(harness_ref: list[Harness], received: Received, writer: asyncio.StreamWriter,
+                          hold: float = 0.5) -> None:
+    """The broker's `GET /state`: held (polled every 10 ms) while `known` is current, then 304."""
     harness = harness_ref[0]
-    if received.target == "/jwks":
-        writer.write(_json_response(200, harness.jwks))
-    elif received.target == "/revocations":
-        writer.write(_json_response(200, harness.revocations.to_dict()))
-    else:
+    path, _, query = received.target.partition("?")
+    if path != STATE_PATH:
         writer.write(_json_response(404, {}))
+        return
+    known = urllib.parse.parse_qs(query).get(KNOWN_PARAMETER, [""])[0]
+    deadline = time.monotonic() + hold
+    while state_of(harness)["version"] == known and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    document = state_of(harness)
+    if document["version"] == known:
+        writer.write(b"HTTP/1.1 304 Not Modified\r\n\r\n")
+    else:
+        writer.write(_json_response(200, document))
 
 
 @contextlib.asynccontextmanager

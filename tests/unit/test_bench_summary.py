@@ -99,15 +99,23 @@ def _results(direct_real: float, direct_synthetic: float, *, held: int = 1000, k
         "rows": summarize(rounds),
         "first_token": {"raw": {"p50_ms": 0.2, "p99_ms": 0.5}, "direct": {"p50_ms": 0.6, "p99_ms": 2.0}},
         "negotiation": {"count": 10, "p50_ms": 1.5, "p99_ms": 3.0},
-        "verification": {"EdDSA": {"count": 10, "us_per_verify": 80.0}},
+        "verification": {"EdDSA": {"count": 10, "us_per_verify": 80.0, "us_primitive": 60.0, "us_overhead": 20.0},
+                         "ES256": {"count": 10, "us_per_verify": 90.0}},
         "memory": {"held": held, "kib_per_stream": kib},
+        "gate_cost": {"real": {"gate_ms_per_request": 0.45, "kept_alive": True},
+                      "synthetic": {"gate_ms_per_request": 0.40, "kept_alive": False}},
+        "idle_cpu": {"gate": 0.4, "broker": 0.9},
         "app_load_summary": {"direct": {"loaded_over_unloaded": 0.99}, "raw": {"loaded_over_unloaded": 0.97}},
     }
 
 
 def test_verdicts_pass_when_every_figure_meets_its_target() -> None:
     found = {v.target: v for v in verdicts(_results(0.995, 0.96))}
-    assert [found[t].passed for t in ("P1", "P2", "P3", "P4", "P5", "P6")] == [True] * 6
+    assert [found[t].passed for t in ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "Idle")] == [True] * 8
+    assert found["P5"].measured == ("1.50 ms p50 (p99 3.00 ms); ES256 verify 90 µs; EdDSA 80 µs "
+                                    "(60 µs the Ed25519 check, 20 µs ours)")
+    assert found["P7"].measured == "0.45 ms real (kept-alive), 0.40 ms synthetic (Connection: close)"
+    assert found["Idle"].measured == "gate 0.40 ms/s, broker 0.90 ms/s"
     assert found["P1"].measured == "0.995× at 1, 0.995× at 64"
     assert found["P3"].measured == (
         "+0.40 ms p50, +1.50 ms p99 alone; real llama-server, 1 stream: +0.30 ms p50, +0.30 ms p99"
@@ -117,8 +125,11 @@ def test_verdicts_pass_when_every_figure_meets_its_target() -> None:
 def test_verdicts_miss_honestly() -> None:
     results = _results(0.985, 0.90, kib=25.0)
     results["first_token"]["direct"]["p99_ms"] = 2.6
+    results["verification"]["ES256"]["us_per_verify"] = 140.0
+    results["gate_cost"]["real"]["gate_ms_per_request"] = 1.2
+    results["idle_cpu"]["gate"] = 11.0
     found = {v.target: v for v in verdicts(results)}
-    assert [found[t].passed for t in ("P1", "P2", "P3", "P6")] == [False] * 4
+    assert [found[t].passed for t in ("P1", "P2", "P3", "P5", "P6", "P7", "Idle")] == [False] * 7
     assert found["P6"].measured == "25.0 KiB per stream with 1000 held"
 
 
@@ -129,5 +140,5 @@ def test_memory_with_fewer_than_1000_streams_is_not_a_verdict() -> None:
 
 def test_nothing_measured_is_said_so() -> None:
     found = verdicts({})
-    assert [v.passed for v in found] == [None] * 6
+    assert [v.passed for v in found] == [None] * 8
     assert all(v.measured == "not measured" for v in found)

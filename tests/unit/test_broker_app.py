@@ -407,6 +407,36 @@ class TestRevocation:
         assert Revocations.from_dict(pulled).to_dict() == h.core.revocations.to_dict()
         assert control.get("/jwks").json() == h.core.keyring.jwks(h.clock.now)
 
+    def test_the_state_long_poll_answers_a_revocation_at_once_and_304_when_nothing_changed(
+        self, h: Harness, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        import broker.app
+
+        monkeypatch.setattr(broker.app, "HOLD_SECONDS", 0.3)
+
+        async def scenario() -> None:
+            transport = httpx.ASGITransport(app=create_control_app(h.core))
+            async with httpx.AsyncClient(transport=transport, base_url="http://control") as control:
+                first = (await control.get("/state")).json()
+                assert first["jwks"] == h.core.keyring.jwks(h.clock.now)
+                assert first["revocations"] == {"not_before": {}}
+                started = time.monotonic()
+                unchanged = await control.get("/state", params={"known": first["version"]})
+                assert unchanged.status_code == 304
+                assert time.monotonic() - started >= 0.29
+                held = asyncio.ensure_future(control.get("/state", params={"known": first["version"]}))
+                await asyncio.sleep(0.05)
+                assert not held.done()
+                h.core.revoke("local")
+                answer = await asyncio.wait_for(held, 0.2)
+                assert answer.status_code == 200
+                assert answer.json()["revocations"] == {"not_before": {"local": 1_750_000_001}}
+                assert answer.json()["version"] != first["version"]
+                stale = await asyncio.wait_for(control.get("/state", params={"known": "stale"}), 0.2)
+                assert stale.json() == answer.json()
+
+        asyncio.run(scenario())
+
     def test_logout_ends_the_session_and_revokes(self, h: Harness) -> None:
         h.login()
         answer = h.client.post("/logout", headers={"Origin": ORIGIN})

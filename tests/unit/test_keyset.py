@@ -1,4 +1,4 @@
-"""The gate's copies of the broker's JWKS and revocations."""
+"""The gate's copies of the broker's JWKS and revocations, long-polled on `GET /state`."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ import os
 import shutil
 import tempfile
 import time
+import urllib.parse
 from typing import Any
 
 from gate_fakes import FakeServer, Received, _json_response
 
 from broker.signing_keys import SigningKey
+from llama_direct.control import STATE_PATH, state_document
 from llama_direct.replay import Revocations
 from llama_launcher.gate.keyset import KeySet
 
@@ -25,17 +27,37 @@ def run(scenario: Any) -> None:
 
 
 class Control:
-    def __init__(self, path: str) -> None:
+    """The broker's side of the long poll: answers at once when `known` is stale, else holds `hold` s, then 304."""
+
+    def __init__(self, path: str, hold: float = 5.0) -> None:
         self.key = SigningKey.generate("EdDSA")
         self.jwks: dict[str, Any] = {"keys": [dict(self.key.public_jwk)]}
         self.revocations = Revocations()
+        self.hold = hold
+        self.changed = asyncio.Event()
         self.server = FakeServer(path, self.handle)
 
+    def document(self) -> dict[str, Any]:
+        found = state_document(self.jwks, self.revocations.to_dict())
+        if not isinstance(self.jwks.get("keys"), list):
+            found["jwks"] = self.jwks
+        return found
+
+    def change(self) -> None:
+        self.changed.set()
+        self.changed = asyncio.Event()
+
     async def handle(self, received: Received, writer: asyncio.StreamWriter) -> None:
-        if received.target == "/jwks":
-            writer.write(_json_response(200, self.jwks))
-        else:
-            writer.write(_json_response(200, self.revocations.to_dict()))
+        path, _, query = received.target.partition("?")
+        assert path == STATE_PATH
+        known = urllib.parse.parse_qs(query).get("known", [""])[0]
+        if known and self.document()["version"] == known:
+            try:
+                await asyncio.wait_for(self.changed.wait(), self.hold)
+            except TimeoutError:
+                writer.write(b"HTTP/1.1 304 Not Modified\r\n\r\n")
+                return
+        writer.write(_json_response(200, self.document()))
 
 
 def test_pull_reads_keys_and_revocations_and_keeps_them_when_the_broker_is_gone() -> None:
@@ -78,22 +100,69 @@ def test_unknown_kid_pulls_at_most_once_a_second() -> None:
         keyset = KeySet(path)
         assert await keyset.refresh_for_unknown_kid()
         assert not await keyset.refresh_for_unknown_kid()
-        assert [r.target for r in control.server.requests] == ["/jwks", "/revocations"]
+        assert [r.target for r in control.server.requests] == ["/state?known="]
         await control.server.stop()
         await keyset.aclose()
 
     run(scenario)
 
 
-def test_run_pulls_every_interval_until_stopped() -> None:
+def test_a_revocation_reaches_a_held_long_poll_at_once() -> None:
     async def scenario(path: str) -> None:
-        control = Control(path)
+        control = Control(path, hold=5.0)
         await control.server.start()
-        keyset = KeySet(path, interval=0.05)
+        keyset = KeySet(path)
         stop = asyncio.Event()
         task = asyncio.ensure_future(keyset.run(stop))
+        while not keyset.version:
+            await asyncio.sleep(0.01)
+        while len(control.server.requests) < 2:  # the second request is the held long poll
+            await asyncio.sleep(0.01)
+        assert control.server.requests[1].target == f"{STATE_PATH}?known={keyset.version}"
+        control.revocations.revoke("bob", 1000)
+        changed = time.monotonic()
+        control.change()
+        while len(keyset.revocations) == 0:
+            await asyncio.sleep(0.005)
+        assert time.monotonic() - changed < 0.5
+        assert keyset.revocations.to_dict() == {"not_before": {"bob": 1000}}
+        stop.set()
+        await asyncio.wait_for(task, 1.0)
+        await control.server.stop()
+        await keyset.aclose()
+
+    run(scenario)
+
+
+def test_an_unchanged_state_costs_one_request_per_hold() -> None:
+    async def scenario(path: str) -> None:
+        control = Control(path, hold=0.2)
+        await control.server.start()
+        keyset = KeySet(path)
+        stop = asyncio.Event()
+        task = asyncio.ensure_future(keyset.run(stop))
+        await asyncio.sleep(1.0)
+        stop.set()
+        await asyncio.wait_for(task, 1.0)
+        # one first pull, then one request per 0.2 s hold, answered 304: never a busy loop
+        assert 4 <= len(control.server.requests) <= 7
+        assert list(keyset.keys.keys) == [control.key.kid]
+        await control.server.stop()
+        await keyset.aclose()
+
+    run(scenario)
+
+
+def test_a_failed_long_poll_is_retried_after_the_interval() -> None:
+    async def scenario(path: str) -> None:
+        keyset = KeySet(path, interval=0.1)
+        stop = asyncio.Event()
+        task = asyncio.ensure_future(keyset.run(stop))
+        await asyncio.sleep(0.25)
+        control = Control(path)
+        await control.server.start()
         started = time.monotonic()
-        while sum(r.target == "/jwks" for r in control.server.requests) < 3:
+        while not keyset.version:
             await asyncio.sleep(0.01)
         assert time.monotonic() - started < 1.0
         stop.set()

@@ -404,7 +404,7 @@ def test_a_new_kid_is_pulled_at_once() -> None:
         h.jwks = {"keys": [dict(h.key.public_jwk), dict(new_key.public_jwk)]}
         response = await ask(h, chat_request(h.token(key=new_key)))
         assert response.status == 200
-        assert sum(1 for r in h.control.requests if r.target == "/jwks") == 2
+        assert sum(1 for r in h.control.requests if r.target == "/state?known=") == 2
 
     run(scenario)
 

@@ -1,0 +1,29 @@
+"""The control socket's one document the gate waits on: the JWKS and the revocations, with a version.
+
+The gate asks `GET /state?known=<version>`. When the broker's state has another version, it
+answers at once (200 and the document); when it is the one the gate holds, the broker holds the
+request until the state changes (a revocation, a key staged, promoted or retired) or `HOLD_SECONDS`
+pass, then answers 304 with no body. So a revocation reaches the gate as soon as it is recorded,
+and an idle pair costs one small exchange every `HOLD_SECONDS` instead of two full pulls a second.
+
+Pure: the version is a digest of the canonical JSON of what it names, so the same state has the
+same version in every broker process, and a gate that pulled it some other way is still current.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+STATE_PATH = "/state"
+KNOWN_PARAMETER = "known"
+HOLD_SECONDS = 10.0
+"""The longest the broker holds a long poll; the gate's read timeout is this plus a margin."""
+
+
+def state_document(jwks: dict[str, Any], revocations: dict[str, Any]) -> dict[str, Any]:
+    """`{"version", "jwks", "revocations"}`, the version naming exactly this content."""
+    canonical = json.dumps({"jwks": jwks, "revocations": revocations}, sort_keys=True, separators=(",", ":"))
+    version = hashlib.sha256(canonical.encode()).hexdigest()[:32]
+    return {"version": version, "jwks": jwks, "revocations": revocations}
