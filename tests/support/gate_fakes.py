@@ -108,18 +108,29 @@ class FakeServer:
         self.connections = 0
         self.closed_at: list[float] = []
         self._server: asyncio.AbstractServer | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> None:
         self._server = await asyncio.start_unix_server(self._serve, self.path)
 
     async def stop(self) -> None:
+        """Close the listener and end every connection still being served (a handler held by a test's
+        `forever` stream included), so no coroutine outlives the test's event loop."""
         if self._server is not None:
             self._server.close()
             self._server = None
+        tasks = [task for task in self._tasks if task is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         self.connections += 1
         number = self.connections
         conn = h11.Connection(h11.SERVER)
