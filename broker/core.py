@@ -81,7 +81,17 @@ class BrokerCore:
     def issuer(self) -> Issuer:
         """Minting is what moves the rotation schedule on: a successor is staged, then signs once published."""
         key = self.keyring.advance(self.clock(), self.settings.key_max_age)
-        return Issuer(key=key, issuer=self.ids.broker_id, audience=self.ids.gate_id)
+        return Issuer(key=key, issuer=self.iss, audience=self.aud)
+
+    @property
+    def iss(self) -> str:
+        """`--issuer` (the first one: this broker's own) when given, else the broker id of the data dir."""
+        return self.settings.issuer or self.ids.broker_id
+
+    @property
+    def aud(self) -> str:
+        """`--audience` when given (several gates share it), else the gate id of the data dir."""
+        return self.settings.audience or self.ids.gate_id
 
     def mint_time(self, user: str, now: float) -> float:
         """`now`, or the user's revocation second when that is later, so a new token is not born revoked.

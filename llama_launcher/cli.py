@@ -11,6 +11,7 @@ from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
+from llama_direct.ids import ID_PATTERN
 from llama_direct.redaction import configure_logging, register_secret
 from llama_direct.runtime import ACCESS_TOKEN_ENV, LOG_LEVEL_ENV
 from llama_launcher import model, provision, secret_inputs
@@ -25,6 +26,13 @@ UNLIMITED_RATE = 10**9
 """The highest rate limit serve takes: the bench sets it to measure the lane, not the limiter."""
 
 TEMPLATES = {"think": "smollm2-think.jinja", "tools": "chatml-tools.jinja"}
+
+
+def _name(text: str) -> str:
+    """An audience or issuer name: what the ids file allows, so it needs no escaping anywhere."""
+    if not ID_PATTERN.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r} must be 1 to 128 letters, digits or _.:-")
+    return text
 
 
 def _int_in(low: int, high: int) -> Callable[[str], int]:
@@ -70,6 +78,11 @@ def _parser() -> argparse.ArgumentParser:
                        help="token negotiations per minute per session (default 120)")
     serve.add_argument("--burst", type=_int_in(1, UNLIMITED_RATE), default=20,
                        help="negotiations a session may make at once before the rate applies (default 20)")
+    serve.add_argument("--audience", type=_name, metavar="NAME",
+                       help="the tokens' aud, shared by several gates (default: this data dir's gate id)")
+    serve.add_argument("--issuer", type=_name, action="append", default=[], metavar="NAME",
+                       help="a broker whose tokens the gate accepts, repeatable; the first is this broker's own "
+                       "iss (default: this data dir's broker id)")
     serve.add_argument("--tls-cert", type=Path, help="TLS certificate (PEM) for the public port")
     serve.add_argument("--tls-key", type=Path, help="TLS private key (PEM) for the public port")
     serve.add_argument("--tls-self-signed", action="store_true", help="make (once) and use a self-signed pair")
@@ -206,6 +219,7 @@ def serve(args: argparse.Namespace) -> int:
         "signing_key_file": str(args.signing_key_file.resolve()) if args.signing_key_file else None,
         "key_rotation_hours": args.key_rotation_hours,
         "rate_per_minute": args.rate_per_minute, "burst": args.burst,
+        "audience": args.audience, "issuer": args.issuer[0] if args.issuer else None,
     }
     gate_settings: dict[str, object] = {
         "model": launch.alias, "max_tokens": args.max_tokens,
@@ -215,7 +229,7 @@ def serve(args: argparse.Namespace) -> int:
         host=args.host, port=args.port, data_dir=data_dir, launch=launch, access_token=access_token,
         broker_settings=broker_settings, gate_settings=gate_settings, upstream_key=upstream_key,
         tls=cert_pair is not None, public_url=args.public_url, gate_port=args.gate_port,
-        allow_origins=tuple(args.allow_origin),
+        allow_origins=tuple(args.allow_origin), audience=args.audience, issuers=tuple(args.issuer),
     )
     return supervisor.run(plan)
 

@@ -79,6 +79,10 @@ class StackPlan:
     public_url: str | None = None
     gate_port: int | None = None
     allow_origins: tuple[str, ...] = ()
+    audience: str | None = None
+    """`--audience`: the `aud` several gates share; None: the data dir's gate id."""
+    issuers: tuple[str, ...] = ()
+    """`--issuer`s: the brokers whose tokens the gate accepts; empty: the data dir's broker id."""
 
 
 def _child_setup(parent_pid: int) -> None:
@@ -180,7 +184,7 @@ class Stack:
         ids = load_or_create_ids(self.plan.data_dir)
         gate: dict[str, object] = {
             **self.plan.gate_settings, **sockets, "private_socket": str(self.gate_socket),
-            "audience": ids.gate_id, "issuer": ids.broker_id,
+            "audience": self.plan.audience or ids.gate_id, "issuer": list(self.plan.issuers) or [ids.broker_id],
         }
         if self.lane_port is not None:
             broker["gate_port"] = self.lane_port
