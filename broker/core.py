@@ -1,4 +1,8 @@
-"""The broker's in-memory state: settings, ids, keys, sessions, conversations and the gate link."""
+"""The broker's state: settings, ids, keys, sessions, conversations and the gate link.
+
+Sessions, rate counters and revocations live in memory, or in Redis when a URL is configured
+(`broker.shared_state`), so that several brokers behind a balancer share them.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from broker.negotiation import (
 )
 from broker.sessions import AccessTokens, RateLimiter, SessionStore
 from broker.settings import BrokerSettings, SettingsError, direct_stream_enabled, normalise_origin
+from broker.shared_state import RedisRateLimiter, RedisRevocations, RedisSessionStore, sync_client
 from broker.signing_keys import KeyFileError, KeyRing
 from llama_direct.ids import Ids, load_or_create_ids
 from llama_direct.redaction import register_secret
@@ -55,14 +60,24 @@ class BrokerCore:
         clock: Callable[[], float] = time.time,
         ids: Ids | None = None,
         gate_transport: httpx.AsyncBaseTransport | None = None,
+        redis_url: str | None = None,
     ) -> None:
         register_secret(access_token)
         self.settings = settings
         self.clock = clock
         self.access = AccessTokens.single(access_token)
-        self.sessions = SessionStore()
-        self.limiter = RateLimiter(settings.rate_per_minute, settings.burst)
-        self.revocations = Revocations()
+        self.sessions: SessionStore | RedisSessionStore
+        self.limiter: RateLimiter | RedisRateLimiter
+        self.revocations: Revocations | RedisRevocations
+        if redis_url:
+            client = sync_client(redis_url)
+            self.sessions = RedisSessionStore(client)
+            self.limiter = RedisRateLimiter(client, settings.rate_per_minute, settings.burst)
+            self.revocations = RedisRevocations(client)
+        else:
+            self.sessions = SessionStore()
+            self.limiter = RateLimiter(settings.rate_per_minute, settings.burst)
+            self.revocations = Revocations()
         self.policy = Policy.from_settings(settings)
         self.ids = ids or load_or_create_ids(settings.data_dir)
         if keyring is None:

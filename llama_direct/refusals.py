@@ -246,6 +246,10 @@ INTERNAL_ERROR = _reason(500, "internal_error", "Internal error.")
 UPSTREAM_UNAVAILABLE = _reason(502, "upstream_unavailable", "The model server is not reachable right now.")
 APP_UNAVAILABLE = _reason(502, "app_unavailable", "The app is not reachable right now; it may be restarting.")
 GATE_UNAVAILABLE = _reason(503, "gate_unavailable", "The gate is not answering; try again in a moment.")
+SHARED_STATE_UNAVAILABLE = _reason(
+    503, "shared_state_unavailable",
+    "The shared state store (Redis) is not reachable, so no credential can be checked; try again in a moment.",
+)
 UPSTREAM_TIMEOUT = _reason(504, "upstream_timeout", "The model server did not answer in time.")
 HTTP_VERSION_NOT_SUPPORTED = _reason(505, "http_version_not_supported", "Only HTTP/1.1 and HTTP/1.0 are supported.")
 
@@ -389,6 +393,12 @@ class BrokerUnavailable(ServiceRefusal):
 
 class GateUnavailable(ServiceRefusal):
     reason = GATE_UNAVAILABLE
+
+
+class SharedStateUnavailable(ServiceRefusal):
+    """Redis, which several gates and brokers share, cannot be reached: refuse rather than skip a check."""
+
+    reason = SHARED_STATE_UNAVAILABLE
 
 
 class VersionNotSupported(ServiceRefusal):

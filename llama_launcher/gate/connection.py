@@ -338,11 +338,14 @@ class ClientConnection(asyncio.Protocol):
             gate.upstream, lambda: self._relay(request, cors, strip_cors=True),
             timeout=gate.config.connect_timeout,
         )
+        try:
+            await gate.spend(claims)
+        except BaseException:
+            connected[1].detach()
+            raise
 
         def outgoing() -> bytes:
-            upstream_head = _lane_request(gate.upstream, route, body)
-            gate.spend(claims)
-            return upstream_head + body
+            return _lane_request(gate.upstream, route, body) + body
 
         return connected, outgoing
 

@@ -2,6 +2,10 @@
 
 A request's token is verified here (`authorize`) before its scope and body are looked at, and one
 use is spent (`spend`) only once the request is known to be forwarded.
+
+Uses are counted in this process's memory, or in Redis (`shared`) when several gates share an
+audience; then a gate restart no longer refuses older tokens, Redis's own restart does
+(`llama_direct.shared_replay`).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from llama_direct.refusals import (
     UnknownKey,
 )
 from llama_direct.replay import MemoryReplayStore
+from llama_direct.shared_replay import RedisReplayStore
 from llama_direct.tokens import LEEWAY_SECONDS, Claims, verify
 from llama_launcher.gate.config import GateConfig
 from llama_launcher.gate.health import Health
@@ -42,13 +47,17 @@ class Gate:
     """State shared by every connection of one gate process."""
 
     def __init__(
-        self, config: GateConfig, upstream: Upstream, keyset: KeySet, *, started_at: float | None = None
+        self, config: GateConfig, upstream: Upstream, keyset: KeySet, *, started_at: float | None = None,
+        shared: RedisReplayStore | None = None,
     ) -> None:
         self.config = config
         self.upstream = upstream
         self.keyset = keyset
         self.replay = MemoryReplayStore()
-        self.not_issued_before = math.floor(time.time() if started_at is None else started_at)
+        self.shared = shared
+        self.not_issued_before: int | None = (
+            None if shared is not None else math.floor(time.time() if started_at is None else started_at)
+        )
         self.health = Health(upstream, config.model)
         self.connections: set[Connection] = set()
         self.allowed_origins = frozenset(config.allowed_origins)
@@ -83,7 +92,10 @@ class Gate:
             not_issued_before=self.not_issued_before,
         )
 
-    def spend(self, claims: Claims) -> None:
+    async def spend(self, claims: Claims) -> None:
+        if self.shared is not None:
+            await self.shared.spend(claims)
+            return
         if not self.replay.consume(claims.jti, claims.grant.uses, claims.exp + LEEWAY_SECONDS, time.time()):
             raise TokenSpent()
 
