@@ -13,7 +13,7 @@ from pathlib import Path
 
 from llama_direct.ids import ID_PATTERN
 from llama_direct.redaction import configure_logging, register_secret
-from llama_direct.runtime import ACCESS_TOKEN_ENV, LOG_LEVEL_ENV
+from llama_direct.runtime import ACCESS_TOKEN_ENV, LOG_LEVEL_ENV, REDIS_URL_ENV
 from llama_launcher import model, provision, secret_inputs
 from llama_launcher.attached import AttachedServer
 from llama_launcher.errors import LauncherError
@@ -26,6 +26,14 @@ UNLIMITED_RATE = 10**9
 """The highest rate limit serve takes: the bench sets it to measure the lane, not the limiter."""
 
 TEMPLATES = {"think": "smollm2-think.jinja", "tools": "chatml-tools.jinja"}
+
+
+def _address(text: str) -> str:
+    """An IP address, written the way the gate will see the peer (so '::1', not '[::1]')."""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IP address") from None
 
 
 def _name(text: str) -> str:
@@ -83,6 +91,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--issuer", type=_name, action="append", default=[], metavar="NAME",
                        help="a broker whose tokens the gate accepts, repeatable; the first is this broker's own "
                        "iss (default: this data dir's broker id)")
+    serve.add_argument("--trusted-proxy", action="append", default=[], metavar="ADDRESS", type=_address,
+                       help="a proxy (HAProxy) whose X-Forwarded-For/-Proto the gate believes, repeatable")
+    serve.add_argument("--redis-url-file", type=Path,
+                       help=f"share replay cache, revocations, rate counters and sessions in Redis: its URL, "
+                       f"read from this file (or {REDIS_URL_ENV}; never on the command line)")
     serve.add_argument("--tls-cert", type=Path, help="TLS certificate (PEM) for the public port")
     serve.add_argument("--tls-key", type=Path, help="TLS private key (PEM) for the public port")
     serve.add_argument("--tls-self-signed", action="store_true", help="make (once) and use a self-signed pair")
@@ -107,6 +120,24 @@ def _parser() -> argparse.ArgumentParser:
     doctor.add_argument("--upstream-key-file", type=Path)
     doctor.add_argument("server_args", nargs=argparse.REMAINDER,
                         help="-- then the extra llama-server arguments serve will pass")
+
+    haproxy = commands.add_parser("haproxy-config", help="write an HAProxy 2.6 config: at the edge of several "
+                                  "gates (--gate), or in the gate's place (--upstream, ES256 only)")
+    haproxy.add_argument("--bind", default="127.0.0.1:8443", help="HOST:PORT HAProxy listens on")
+    haproxy.add_argument("--tls-pem", type=Path, help="certificate and key in one PEM file: TLS on --bind")
+    haproxy.add_argument("--gate", action="append", default=[], metavar="HOST:PORT", help="a serve stack, repeatable")
+    haproxy.add_argument("--upstream", action="append", default=[], metavar="HOST:PORT",
+                         help="a llama-server, repeatable (its key is ${LLAMA_API_KEY} in HAProxy's environment)")
+    haproxy.add_argument("--app", metavar="HOST:PORT",
+                         help="where everything off the lane goes: a serve stack (page, login, negotiation, fallback)")
+    haproxy.add_argument("--public-key-file", type=Path, action="append", default=[],
+                         help="a broker's ES256 public key (PEM), repeatable during a rotation")
+    haproxy.add_argument("--audience", type=_name, help="the tokens' aud")
+    haproxy.add_argument("--issuer", type=_name, action="append", default=[], help="an accepted iss, repeatable")
+    haproxy.add_argument("--peer", action="append", default=[], metavar="NAME=HOST:PORT",
+                         help="an HAProxy sharing the jti table, this one included, repeatable")
+    haproxy.add_argument("--local-peer", type=_name, help="which --peer this HAProxy is")
+    haproxy.add_argument("--output", "-o", type=Path, help="write here (default: stdout)")
     return parser
 
 
@@ -222,7 +253,7 @@ def serve(args: argparse.Namespace) -> int:
         "audience": args.audience, "issuer": args.issuer[0] if args.issuer else None,
     }
     gate_settings: dict[str, object] = {
-        "model": launch.alias, "max_tokens": args.max_tokens,
+        "model": launch.alias, "max_tokens": args.max_tokens, "trusted_proxies": args.trusted_proxy,
         "tls_cert": str(cert_pair[0]) if cert_pair else None, "tls_key": str(cert_pair[1]) if cert_pair else None,
     }
     plan = supervisor.StackPlan(
@@ -230,6 +261,7 @@ def serve(args: argparse.Namespace) -> int:
         broker_settings=broker_settings, gate_settings=gate_settings, upstream_key=upstream_key,
         tls=cert_pair is not None, public_url=args.public_url, gate_port=args.gate_port,
         allow_origins=tuple(args.allow_origin), audience=args.audience, issuers=tuple(args.issuer),
+        redis_url=secret_inputs.redis_url(args.redis_url_file),
     )
     return supervisor.run(plan)
 
@@ -238,6 +270,32 @@ def doctor(args: argparse.Namespace) -> int:
     from llama_launcher import doctor as doctor_checks
 
     return doctor_checks.run(args, cache_dir(), extra_server_args(args))
+
+
+def haproxy_config(args: argparse.Namespace) -> int:
+    from llama_launcher.haproxy_config import HaproxyPlan, Peer, render
+
+    peers = []
+    for entry in args.peer:
+        name, sep, address = entry.partition("=")
+        if not sep:
+            raise LauncherError(f"--peer {entry!r}: expected NAME=HOST:PORT")
+        peers.append(Peer(name, address))
+    plan = HaproxyPlan(
+        bind=args.bind, gates=tuple(args.gate), upstreams=tuple(args.upstream), app=args.app,
+        tls_pem=str(args.tls_pem.resolve()) if args.tls_pem else None,
+        public_keys=tuple(str(path.resolve()) for path in args.public_key_file), audience=args.audience,
+        issuers=tuple(args.issuer), peers=tuple(peers), local_peer=args.local_peer,
+    )
+    try:
+        text = render(plan)
+    except ValueError as error:
+        raise LauncherError(str(error)) from None
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        args.output.write_text(text)
+    return 0
 
 
 def setup(args: argparse.Namespace) -> int:
@@ -261,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return bench_main(argv[1:])
     args = _parser().parse_args(argv)
-    commands = {"serve": serve, "setup": setup, "doctor": doctor}
+    commands = {"serve": serve, "setup": setup, "doctor": doctor, "haproxy-config": haproxy_config}
     try:
         return commands[args.command](args)
     except LauncherError as error:

@@ -16,6 +16,8 @@ Fields (JSON name = attribute name):
 - `allowed_origins`: app origins that may call the lane cross-origin (two-port mode only).
 - `two_port`: the public socket is the lane's own port; it serves `/direct/…` only, with CORS.
 - `tls_cert`, `tls_key`: PEM files; when both are set the public listener speaks TLS.
+- `trusted_proxies`: addresses (HAProxy's) whose `X-Forwarded-For` and `X-Forwarded-Proto` the gate
+  passes on to the broker; from anyone else they are dropped and the gate sets its own.
 - `max_body_bytes`: the largest request body accepted (413 beyond).
 - `head_timeout`: seconds a request head may take to arrive (408 after), and a kept-alive
   connection may stay idle (closed after).
@@ -51,6 +53,7 @@ class GateConfig:
     max_tokens: int
     lane_prefix: str = LANE_PREFIX
     allowed_origins: tuple[str, ...] = ()
+    trusted_proxies: tuple[str, ...] = ()
     two_port: bool = False
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -87,8 +90,9 @@ class GateConfig:
         if unknown:
             raise ValueError(f"unknown gate settings: {', '.join(unknown)}")
         values = dict(data)
-        if "allowed_origins" in values:
-            values["allowed_origins"] = tuple(values["allowed_origins"])
+        for name in ("allowed_origins", "trusted_proxies"):
+            if name in values:
+                values[name] = tuple(values[name])
         return cls(**values)
 
     @classmethod
@@ -98,5 +102,6 @@ class GateConfig:
     def to_dict(self) -> dict[str, Any]:
         data = {field.name: getattr(self, field.name) for field in fields(self)}
         data["allowed_origins"] = list(self.allowed_origins)
+        data["trusted_proxies"] = list(self.trusted_proxies)
         data["issuer"] = list(self.issuer)
         return data

@@ -388,10 +388,18 @@ class ClientConnection(asyncio.Protocol):
     def _broker_request(self, request: h11.Request, body: bytes) -> bytes:
         """The client's request as the broker receives it: its own headers, plus forwarding ones."""
         dropped = FORWARDING | {b"content-length", b"expect"}
-        headers = [(n, v) for n, v in end_to_end(request.headers.raw_items()) if n.lower() not in dropped]
-        if self.peer is not None:
-            headers.append((b"X-Forwarded-For", self.peer.encode("ascii")))
-        headers.append((b"X-Forwarded-Proto", b"https" if self.listener.tls else b"http"))
+        raw = end_to_end(request.headers.raw_items())
+        headers = [(n, v) for n, v in raw if n.lower() not in dropped]
+        peer, proto = self.peer, b"https" if self.listener.tls else b"http"
+        if peer is not None and peer in self.gate.config.trusted_proxies:
+            # A trusted proxy (HAProxy) set these after dropping the client's own: its last hop is the client.
+            told = {n.lower(): v for n, v in raw if n.lower() in (b"x-forwarded-for", b"x-forwarded-proto")}
+            peer = told[b"x-forwarded-for"].rsplit(b",", 1)[-1].strip().decode("latin-1") \
+                if b"x-forwarded-for" in told else peer
+            proto = told.get(b"x-forwarded-proto", proto)
+        if peer is not None:
+            headers.append((b"X-Forwarded-For", peer.encode("latin-1")))
+        headers.append((b"X-Forwarded-Proto", proto))
         if body or request.method not in (b"GET", b"HEAD", b"DELETE", b"OPTIONS"):
             headers.append((b"Content-Length", str(len(body)).encode()))
         headers.append((b"Connection", b"close"))
