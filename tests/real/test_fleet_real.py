@@ -7,9 +7,13 @@ with one `--signing-key-file`. Their state meets in a private redis-server witho
 
 from __future__ import annotations
 
+import shutil
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import httpx
@@ -53,8 +57,8 @@ def _reason(response: httpx.Response) -> str:
 
 
 @pytest.fixture
-def fleet(llama_server_binary: Path, model_path: Path, tmp_path: Path) -> Iterator[tuple[Stack, Stack, Forwarder,
-                                                                                            RedisServer]]:
+def fleet(llama_server_binary: Path, model_path: Path,
+          tmp_path: Path) -> Iterator[tuple[Stack, Stack, Forwarder, RedisServer, str]]:
     redis = RedisServer(tmp_path)
     redis.start()
     server = LlamaServer(ServerOptions(binary=llama_server_binary, model=model_path, alias="smollm2", parallel=1),
@@ -69,12 +73,43 @@ def fleet(llama_server_binary: Path, model_path: Path, tmp_path: Path) -> Iterat
         signing_key = _key_file(tmp_path)
         env = {"LLAMA_DIRECT_UPSTREAM_KEY": key, REDIS_URL_ENV: redis.url}
         common = ("--upstream", f"http://127.0.0.1:{upstream.port}", "--audience", "fleet",
-                  "--signing-key-file", str(signing_key), "--token-ttl", "60")
+                  "--signing-key-file", str(signing_key), "--token-ttl", "60", "--trusted-proxy", "127.0.0.1")
         a = exits.enter_context(run_stack(*common, "--issuer", "broker-a", "--issuer", "broker-b", env=env))
         b = exits.enter_context(run_stack(*common, "--issuer", "broker-b", "--issuer", "broker-a", env=env))
+        edge = exits.enter_context(_haproxy_edge(tmp_path, a, b))
         # Tokens minted in the first seconds of Redis's run are refused (it might have lost a spent one).
         time.sleep(max(0.0, LEEWAY_SECONDS + 2 - (time.monotonic() - redis.started)))
-        yield a, b, upstream, redis
+        yield a, b, upstream, redis, edge
+
+
+@contextmanager
+def _haproxy_edge(workdir: Path, *stacks: Stack) -> Iterator[str]:
+    """HAProxy in front of both stacks, as `llama-direct haproxy-config` writes it; yields its base URL."""
+    haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    if not Path(haproxy).exists():
+        pytest.skip("haproxy is not installed (apt-get install haproxy)")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = workdir / "edge.cfg"
+    subprocess.run([sys.executable, "-m", "llama_launcher.cli", "haproxy-config", "--bind", f"127.0.0.1:{port}",
+                    *[arg for stack in stacks for arg in ("--gate", f"127.0.0.1:{stack.port}")],
+                    "--output", str(config)], check=True)
+    process = subprocess.Popen([haproxy, "-db", "-f", str(config)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                assert process.poll() is None and time.monotonic() < deadline, "haproxy did not start"
+                time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(10)
 
 
 def _chats(upstream: Forwarder) -> int:
@@ -82,9 +117,21 @@ def _chats(upstream: Forwarder) -> int:
 
 
 def test_two_gates_share_replay_revocations_and_sessions_and_fail_closed_without_redis(
-    fleet: tuple[Stack, Stack, Forwarder, RedisServer],
+    fleet: tuple[Stack, Stack, Forwarder, RedisServer, str],
 ) -> None:
-    a, b, upstream, redis = fleet
+    a, b, upstream, redis, edge = fleet
+
+    # Through HAProxy: log in (whichever broker answers), then negotiate and stream, several times,
+    # each request landing on either stack; the shared session makes it all one user.
+    login = httpx.get(f"{edge}/?token={a.access_token}", follow_redirects=False, timeout=10)
+    assert login.status_code == 303
+    through = {"Cookie": f"{COOKIE}={login.cookies[COOKIE]}"}
+    for _ in range(4):
+        grant = httpx.post(f"{edge}/direct-stream", headers=through, timeout=10).json()
+        assert grant["url"] == f"{edge}/direct"
+        response = httpx.post(f"{grant['url']}/v1/chat/completions", json=CHAT, timeout=60,
+                              headers={**through, "Authorization": f"Bearer {grant['token']}"})
+        assert response.status_code == 200, response.text
 
     # Spent at A, refused at B; and the other way round (each gate accepts both brokers).
     token = a.negotiate()["token"]
