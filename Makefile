@@ -11,7 +11,7 @@ FRONT_STAMP := frontend/node_modules/.installed
 STATIC := broker/static/index.html
 ARGS ?=
 
-.PHONY: serve check check-python check-frontend test install frontend browser tools
+.PHONY: serve check check-python check-frontend test install frontend browser fleet-tools tools
 
 serve: install frontend
 	$(BIN)/llama-direct serve $(ARGS)
@@ -29,7 +29,7 @@ check-python:
 check-frontend:
 	cd frontend && npm test
 
-test: install frontend browser
+test: install frontend browser fleet-tools
 	$(BIN)/llama-direct setup
 	$(BIN)/ruff check .
 	$(BIN)/mypy
@@ -43,7 +43,7 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || { echo "llama-direct: creating $(VENV)"; $(PYTHON) -m venv $(VENV); }
 	@echo "llama-direct: installing the Python package, its test tools and the bench's extra into $(VENV)"
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[test,bench,fleet]'
 	@touch $@
 
 frontend: $(STATIC)
@@ -56,6 +56,13 @@ $(FRONT_STAMP): frontend/package.json frontend/package-lock.json | tools
 $(STATIC): $(FRONT_STAMP) $(shell find frontend/src -type f 2>/dev/null)
 	@echo "llama-direct: building the frontend into broker/static/"
 	cd frontend && npm run build
+
+# Debian's redis-server and haproxy for the fleet tests. The packages' services are not started here:
+# each test starts its own on a private loopback port and stops it.
+fleet-tools:
+	@test -x /usr/bin/redis-server -a -x /usr/sbin/haproxy || { \
+		echo "llama-direct: installing Debian's redis-server and haproxy"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server haproxy; }
 
 # Debian's Chromium for the browser tests; never a downloaded browser.
 browser:

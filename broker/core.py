@@ -1,4 +1,8 @@
-"""The broker's in-memory state: settings, ids, keys, sessions, conversations and the gate link."""
+"""The broker's state: settings, ids, keys, sessions, conversations and the gate link.
+
+Sessions, rate counters and revocations live in memory, or in Redis when a URL is configured
+(`broker.shared_state`), so that several brokers behind a balancer share them.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from broker.negotiation import (
 )
 from broker.sessions import AccessTokens, RateLimiter, SessionStore
 from broker.settings import BrokerSettings, SettingsError, direct_stream_enabled, normalise_origin
+from broker.shared_state import RedisRateLimiter, RedisRevocations, RedisSessionStore, sync_client
 from broker.signing_keys import KeyFileError, KeyRing
 from llama_direct.ids import Ids, load_or_create_ids
 from llama_direct.redaction import register_secret
@@ -60,16 +65,26 @@ class BrokerCore:
         clock: Callable[[], float] = time.time,
         ids: Ids | None = None,
         gate_transport: httpx.AsyncBaseTransport | None = None,
+        redis_url: str | None = None,
     ) -> None:
         register_secret(access_token)
         self.settings = settings
         self.clock = clock
         self.access = AccessTokens.single(access_token)
-        self.sessions = SessionStore()
-        self.limiter = RateLimiter(settings.rate_per_minute, settings.burst)
+        self.sessions: SessionStore | RedisSessionStore
+        self.limiter: RateLimiter | RedisRateLimiter
+        self.revocations: Revocations | RedisRevocations
+        if redis_url:
+            client = sync_client(redis_url)
+            self.sessions = RedisSessionStore(client)
+            self.limiter = RedisRateLimiter(client, settings.rate_per_minute, settings.burst)
+            self.revocations = RedisRevocations(client)
+        else:
+            self.sessions = SessionStore()
+            self.limiter = RateLimiter(settings.rate_per_minute, settings.burst)
+            self.revocations = Revocations()
         self.load_limiter = RateLimiter(settings.load_rate_per_minute, settings.load_rate_per_minute)
         """Model loads per user: a load stalls every user of the box for its duration."""
-        self.revocations = Revocations()
         self.policy = Policy.from_settings(settings)
         self.ids = ids or load_or_create_ids(settings.data_dir)
         if keyring is None:
@@ -92,7 +107,17 @@ class BrokerCore:
         key = self.keyring.advance(self.clock(), self.settings.key_max_age)
         if self.keyring.generation != generation:
             self.published_changed()
-        return Issuer(key=key, issuer=self.ids.broker_id, audience=self.ids.gate_id)
+        return Issuer(key=key, issuer=self.iss, audience=self.aud)
+
+    @property
+    def iss(self) -> str:
+        """`--issuer` (the first one: this broker's own) when given, else the broker id of the data dir."""
+        return self.settings.issuer or self.ids.broker_id
+
+    @property
+    def aud(self) -> str:
+        """`--audience` when given (several gates share it), else the gate id of the data dir."""
+        return self.settings.audience or self.ids.gate_id
 
     def mint_time(self, user: str, now: float) -> float:
         """`now`, or the user's revocation second when that is later, so a new token is not born revoked.

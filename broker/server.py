@@ -26,6 +26,8 @@ from broker.app import create_app, create_control_app
 from broker.core import BrokerCore
 from broker.settings import BrokerSettings, SettingsError, access_token_from_env
 from llama_direct.redaction import configure_logging
+from llama_direct.runtime import REDIS_URL_ENV
+from llama_direct.shared_replay import register_url
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +103,10 @@ def _config(app: FastAPI) -> uvicorn.Config:
 
 async def serve(settings: BrokerSettings, access_token: str) -> None:
     """Run the public and the control app until a signal, or until either stops."""
-    core = BrokerCore(settings, access_token)
+    redis_url = os.environ.pop(REDIS_URL_ENV, None) or None
+    if redis_url:
+        register_url(redis_url)
+    core = BrokerCore(settings, access_token, redis_url=redis_url)
     servers = [
         (_Server(_config(create_app(settings, access_token, core=core))), settings.broker_socket),
         (_Server(_config(create_control_app(core))), settings.control_socket),

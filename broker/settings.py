@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from llama_direct.ids import ID_PATTERN
 from llama_direct.runtime import ACCESS_TOKEN_ENV
 from llama_direct.runtime import BROKER_CONFIG_ENV as CONFIG_ENV
 from llama_direct.tokens import ALGORITHMS, DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS
@@ -49,6 +50,8 @@ class BrokerSettings:
     burst: int = 20
     signing_key_file: Path | None = None
     key_rotation_hours: float = 24.0
+    audience: str | None = None
+    issuer: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model:
@@ -63,6 +66,10 @@ class BrokerSettings:
         if isinstance(self.key_rotation_hours, bool) or not isinstance(self.key_rotation_hours, int | float) \
                 or not 0 <= self.key_rotation_hours <= 24 * 365:
             raise SettingsError("key_rotation_hours must be between 0 (never) and 8760")
+        for name in ("audience", "issuer"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not ID_PATTERN.fullmatch(value)):
+                raise SettingsError(f"{name} must be 1 to 128 letters, digits or _.:-")
         if self.gate_port is not None and (not _positive_int(self.gate_port) or self.gate_port > 65535):
             raise SettingsError("gate_port must be a port number")
         if self.public_url is not None:

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 IDS_FILE = "ids.json"
-_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+ID_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+"""What an id, an audience or an issuer name may be: no spaces, no quotes, nothing to escape."""
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ def _read(path: Path) -> Ids:
         raise IdsFileError("the ids file is damaged")
     broker_id, gate_id = raw.get("broker_id"), raw.get("gate_id")
     if not (isinstance(broker_id, str) and isinstance(gate_id, str)) or not all(
-        _ID.fullmatch(v) for v in (broker_id, gate_id)
+        ID_PATTERN.fullmatch(v) for v in (broker_id, gate_id)
     ):
         raise IdsFileError("the ids file is damaged")
     return Ids(broker_id=broker_id, gate_id=gate_id)

@@ -269,6 +269,10 @@ TOO_MANY_CONNECTIONS = _reason(
 TOO_MANY_PENDING = _reason(
     503, "too_many_pending", "Too many requests from your address are still arriving; try again in a moment.",
 )
+SHARED_STATE_UNAVAILABLE = _reason(
+    503, "shared_state_unavailable",
+    "The shared state store (Redis) is not reachable, so no credential can be checked; try again in a moment.",
+)
 UPSTREAM_TIMEOUT = _reason(504, "upstream_timeout", "The model server did not answer in time.")
 HTTP_VERSION_NOT_SUPPORTED = _reason(505, "http_version_not_supported", "Only HTTP/1.1 and HTTP/1.0 are supported.")
 
@@ -465,6 +469,12 @@ class TooManyPending(Overloaded):
     """One client address has as many requests still arriving as it may."""
 
     reason = TOO_MANY_PENDING
+
+
+class SharedStateUnavailable(ServiceRefusal):
+    """Redis, which several gates and brokers share, cannot be reached: refuse rather than skip a check."""
+
+    reason = SHARED_STATE_UNAVAILABLE
 
 
 class VersionNotSupported(ServiceRefusal):

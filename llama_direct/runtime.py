@@ -22,6 +22,8 @@ PUBLIC_FD_ENV = "LLAMA_DIRECT_PUBLIC_FD"
 APP_FD_ENV = "LLAMA_DIRECT_APP_FD"
 LOG_LEVEL_ENV = "LLAMA_DIRECT_LOG_LEVEL"
 CACHE_ENV = "LLAMA_DIRECT_CACHE"
+REDIS_URL_ENV = "LLAMA_DIRECT_REDIS_URL"
+"""Where the state several gates and brokers share lives (`redis://` or `rediss://`); may hold a password."""
 LLAMA_API_KEY_ENV = "LLAMA_API_KEY"
 """llama-server's own variable for its key; never passed on to a child that is not llama-server."""
 

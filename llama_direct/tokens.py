@@ -15,6 +15,7 @@ import base64
 import json
 import math
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -206,13 +207,14 @@ def verify(
     *,
     keys: PublicKeySet,
     audience: str,
-    issuer: str,
+    issuer: str | Sequence[str],
     now: float,
     leeway: int = LEEWAY_SECONDS,
     not_issued_before: int | None = None,
 ) -> Claims:
     """Check a token completely (except uses and revocation, which need state) or raise a `TokenRefusal`.
 
+    `issuer` is one accepted `iss`, or several when brokers share an audience.
     `not_issued_before` is the second the gate started: its replay cache is empty, so a token
     issued earlier might already have been spent.
     """
@@ -227,7 +229,8 @@ def verify(
     algorithm, public_key = _key_for(token, keys)
     try:
         payload = _DECODER.decode(
-            token, public_key, algorithms=(algorithm,), audience=audience, issuer=issuer
+            token, public_key, algorithms=(algorithm,), audience=audience,
+            issuer=issuer if isinstance(issuer, str) else list(issuer),
         )
     except jwt.PyJWTError as exc:
         raise _refusal_for(exc) from None

@@ -12,8 +12,9 @@ from importlib import resources
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from llama_direct.ids import ID_PATTERN
 from llama_direct.redaction import configure_logging, register_secret
-from llama_direct.runtime import ACCESS_TOKEN_ENV, LOG_LEVEL_ENV
+from llama_direct.runtime import ACCESS_TOKEN_ENV, LOG_LEVEL_ENV, REDIS_URL_ENV
 from llama_launcher import model, provision, secret_inputs
 from llama_launcher.attached import AttachedServer
 from llama_launcher.errors import LauncherError
@@ -36,6 +37,13 @@ def _ip_address(value: str) -> str:
         return str(ipaddress.ip_address(value))
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an IP address: {value!r}") from None
+
+
+def _name(text: str) -> str:
+    """An audience or issuer name: what the ids file allows, so it needs no escaping anywhere."""
+    if not ID_PATTERN.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r} must be 1 to 128 letters, digits or _.:-")
+    return text
 
 
 def _int_in(low: int, high: int) -> Callable[[str], int]:
@@ -81,6 +89,14 @@ def _parser() -> argparse.ArgumentParser:
                        help="token negotiations per minute per session (default 120)")
     serve.add_argument("--burst", type=_int_in(1, UNLIMITED_RATE), default=20,
                        help="negotiations a session may make at once before the rate applies (default 20)")
+    serve.add_argument("--audience", type=_name, metavar="NAME",
+                       help="the tokens' aud, shared by several gates (default: this data dir's gate id)")
+    serve.add_argument("--issuer", type=_name, action="append", default=[], metavar="NAME",
+                       help="a broker whose tokens the gate accepts, repeatable; the first is this broker's own "
+                       "iss (default: this data dir's broker id)")
+    serve.add_argument("--redis-url-file", type=Path,
+                       help=f"share replay cache, revocations, rate counters and sessions in Redis: its URL, "
+                       f"read from this file (or {REDIS_URL_ENV}; never on the command line)")
     serve.add_argument("--tls-cert", type=Path, help="TLS certificate (PEM) for the public port")
     serve.add_argument("--tls-key", type=Path, help="TLS private key (PEM) for the public port")
     serve.add_argument("--tls-self-signed", action="store_true", help="make (once) and use a self-signed pair")
@@ -113,6 +129,24 @@ def _parser() -> argparse.ArgumentParser:
     doctor.add_argument("--upstream-key-file", type=Path)
     doctor.add_argument("server_args", nargs=argparse.REMAINDER,
                         help="-- then the extra llama-server arguments serve will pass")
+
+    haproxy = commands.add_parser("haproxy-config", help="write an HAProxy 2.6 config: at the edge of several "
+                                  "gates (--gate), or in the gate's place (--upstream, ES256 only)")
+    haproxy.add_argument("--bind", default="127.0.0.1:8443", help="HOST:PORT HAProxy listens on")
+    haproxy.add_argument("--tls-pem", type=Path, help="certificate and key in one PEM file: TLS on --bind")
+    haproxy.add_argument("--gate", action="append", default=[], metavar="HOST:PORT", help="a serve stack, repeatable")
+    haproxy.add_argument("--upstream", action="append", default=[], metavar="HOST:PORT",
+                         help="a llama-server, repeatable (its key is ${LLAMA_API_KEY} in HAProxy's environment)")
+    haproxy.add_argument("--app", metavar="HOST:PORT",
+                         help="where everything off the lane goes: a serve stack (page, login, negotiation, fallback)")
+    haproxy.add_argument("--public-key-file", type=Path, action="append", default=[],
+                         help="a broker's ES256 public key (PEM), repeatable during a rotation")
+    haproxy.add_argument("--audience", type=_name, help="the tokens' aud")
+    haproxy.add_argument("--issuer", type=_name, action="append", default=[], help="an accepted iss, repeatable")
+    haproxy.add_argument("--peer", action="append", default=[], metavar="NAME=HOST:PORT",
+                         help="an HAProxy sharing the jti table, this one included, repeatable")
+    haproxy.add_argument("--local-peer", type=_name, help="which --peer this HAProxy is")
+    haproxy.add_argument("--output", "-o", type=Path, help="write here (default: stdout)")
     return parser
 
 
@@ -244,6 +278,7 @@ def serve(args: argparse.Namespace) -> int:
         "signing_key_file": str(args.signing_key_file.resolve()) if args.signing_key_file else None,
         "key_rotation_hours": args.key_rotation_hours,
         "rate_per_minute": args.rate_per_minute, "burst": args.burst,
+        "audience": args.audience, "issuer": args.issuer[0] if args.issuer else None,
     }
     gate_settings: dict[str, object] = {
         "model": launch.alias, "max_tokens": args.max_tokens,
@@ -255,7 +290,8 @@ def serve(args: argparse.Namespace) -> int:
         host=args.host, port=args.port, data_dir=data_dir, launch=launch, access_token=access_token,
         broker_settings=broker_settings, gate_settings=gate_settings, upstream_key=upstream_key,
         tls=cert_pair is not None, public_url=args.public_url, gate_port=args.gate_port,
-        allow_origins=tuple(args.allow_origin),
+        allow_origins=tuple(args.allow_origin), audience=args.audience, issuers=tuple(args.issuer),
+        redis_url=secret_inputs.redis_url(args.redis_url_file),
     )
     return supervisor.run(plan)
 
@@ -264,6 +300,32 @@ def doctor(args: argparse.Namespace) -> int:
     from llama_launcher import doctor as doctor_checks
 
     return doctor_checks.run(args, cache_dir(), extra_server_args(args))
+
+
+def haproxy_config(args: argparse.Namespace) -> int:
+    from llama_launcher.haproxy_config import HaproxyPlan, Peer, render
+
+    peers = []
+    for entry in args.peer:
+        name, sep, address = entry.partition("=")
+        if not sep:
+            raise LauncherError(f"--peer {entry!r}: expected NAME=HOST:PORT")
+        peers.append(Peer(name, address))
+    plan = HaproxyPlan(
+        bind=args.bind, gates=tuple(args.gate), upstreams=tuple(args.upstream), app=args.app,
+        tls_pem=str(args.tls_pem.resolve()) if args.tls_pem else None,
+        public_keys=tuple(str(path.resolve()) for path in args.public_key_file), audience=args.audience,
+        issuers=tuple(args.issuer), peers=tuple(peers), local_peer=args.local_peer,
+    )
+    try:
+        text = render(plan)
+    except ValueError as error:
+        raise LauncherError(str(error)) from None
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        args.output.write_text(text)
+    return 0
 
 
 def setup(args: argparse.Namespace) -> int:
@@ -287,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return bench_main(argv[1:])
     args = _parser().parse_args(argv)
-    commands = {"serve": serve, "setup": setup, "doctor": doctor}
+    commands = {"serve": serve, "setup": setup, "doctor": doctor, "haproxy-config": haproxy_config}
     try:
         return commands[args.command](args)
     except LauncherError as error:

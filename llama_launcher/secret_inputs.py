@@ -10,7 +10,8 @@ import os
 from pathlib import Path
 
 from llama_direct.redaction import register_secret
-from llama_direct.runtime import UPSTREAM_KEY_ENV
+from llama_direct.runtime import REDIS_URL_ENV, UPSTREAM_KEY_ENV
+from llama_direct.shared_replay import register_url
 from llama_launcher.errors import LauncherError
 
 MIN_UPSTREAM_KEY_LENGTH = 8
@@ -41,3 +42,29 @@ def upstream_key(key_file: Path | None) -> str | None:
         raise LauncherError(f"the key from {source} is shorter than {MIN_UPSTREAM_KEY_LENGTH} characters")
     register_secret(key)
     return key
+
+
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def redis_url(url_file: Path | None) -> str | None:
+    """The shared state's URL from `--redis-url-file` or the environment; None: state stays in memory.
+
+    It may carry a password, so it is never taken from argv. The `redis` client (the `fleet` extra)
+    must be installed when one is given.
+    """
+    if url_file is not None:
+        url, source = read_secret_file(url_file, "--redis-url-file"), "--redis-url-file"
+    else:
+        url, source = os.environ.get(REDIS_URL_ENV, "").strip(), REDIS_URL_ENV
+    if not url:
+        return None
+    scheme = url.partition("://")[0].lower()
+    if scheme not in REDIS_SCHEMES or "://" not in url:
+        raise LauncherError(f"the URL from {source} must start with redis://, rediss:// (TLS) or unix://")
+    try:
+        import redis  # noqa: F401 - only to say early that the extra is missing
+    except ImportError:
+        raise LauncherError("a Redis URL needs the redis client: pip install 'llama-direct[fleet]'") from None
+    register_url(url)
+    return url

@@ -44,6 +44,7 @@ from llama_direct.runtime import (
     LAUNCH_FILE,
     LLAMA_API_KEY_ENV,
     PUBLIC_FD_ENV,
+    REDIS_URL_ENV,
     RUNTIME_ENV,
     UPSTREAM_KEY_ENV,
     format_ready_line,
@@ -79,6 +80,12 @@ class StackPlan:
     public_url: str | None = None
     gate_port: int | None = None
     allow_origins: tuple[str, ...] = ()
+    audience: str | None = None
+    """`--audience`: the `aud` several gates share; None: the data dir's gate id."""
+    issuers: tuple[str, ...] = ()
+    """`--issuer`s: the brokers whose tokens the gate accepts; empty: the data dir's broker id."""
+    redis_url: str | None = None
+    """Shared state for several gates and brokers; both children get it in their environment."""
 
 
 def _child_setup(parent_pid: int) -> None:
@@ -180,7 +187,7 @@ class Stack:
         ids = load_or_create_ids(self.plan.data_dir)
         gate: dict[str, object] = {
             **self.plan.gate_settings, **sockets, "private_socket": str(self.gate_socket),
-            "audience": ids.gate_id, "issuer": ids.broker_id,
+            "audience": self.plan.audience or ids.gate_id, "issuer": list(self.plan.issuers) or [ids.broker_id],
         }
         if self.lane_port is not None:
             broker["gate_port"] = self.lane_port
@@ -211,8 +218,10 @@ class Stack:
         env = {
             k: v
             for k, v in os.environ.items()
-            if k not in (ACCESS_TOKEN_ENV, UPSTREAM_KEY_ENV, LLAMA_API_KEY_ENV)
+            if k not in (ACCESS_TOKEN_ENV, UPSTREAM_KEY_ENV, LLAMA_API_KEY_ENV, REDIS_URL_ENV)
         }
+        if self.plan.redis_url:
+            env[REDIS_URL_ENV] = self.plan.redis_url
         env[RUNTIME_ENV] = str(self.runtime)
         env[BROKER_CONFIG_ENV] = str(self.runtime / BROKER_CONFIG_FILE)
         env.update(extra)

@@ -9,9 +9,11 @@ stack) live in `tests/support/`, which pytest's `pythonpath` setting puts on the
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from redis_server import RedisServer
 
 from llama_launcher import model, provision
 from llama_launcher.paths import cache_dir
@@ -27,3 +29,14 @@ def llama_server_binary() -> Path:
 @pytest.fixture(scope="session")
 def model_path() -> Path:
     return model.ensure_default_model(cache_dir())
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A private redis-server on a loopback port, without persistence; stopped after the test."""
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -5,7 +5,9 @@ launcher, the signing key in the broker), so it may sit in the runtime dir like 
 
 Fields (JSON name = attribute name):
 
-- `audience`, `issuer`: the `aud` (gate id) and `iss` (broker id) every token must carry.
+- `audience`, `issuer`: the `aud` every token must carry, and the `iss` it may carry: one broker id,
+  or a list when several brokers share one audience (`--audience`, `--issuer` on `serve`); read as a
+  tuple either way.
 - `lane_prefix`: the direct lane's path prefix, `/direct`; a request is on the lane when its target
   starts with `lane_prefix + "/"`.
 - `broker_socket`: the broker's public app; every public request off the lane is relayed there.
@@ -57,7 +59,7 @@ DEFAULT_MAX_PENDING = 256
 @dataclass(frozen=True)
 class GateConfig:
     audience: str
-    issuer: str
+    issuer: str | tuple[str, ...]
     broker_socket: str
     control_socket: str
     private_socket: str
@@ -80,7 +82,9 @@ class GateConfig:
     upstream_head_timeout: float = 600.0
 
     def __post_init__(self) -> None:
-        if not (self.audience and self.issuer):
+        issuers = (self.issuer,) if isinstance(self.issuer, str) else tuple(self.issuer)
+        object.__setattr__(self, "issuer", issuers)
+        if not (self.audience and issuers and all(isinstance(i, str) and i for i in issuers)):
             raise ValueError("audience and issuer must be non-empty")
         if not self.lane_prefix.startswith("/") or self.lane_prefix.endswith("/"):
             raise ValueError("lane_prefix must start with '/' and not end with one")
@@ -118,6 +122,7 @@ class GateConfig:
         data = {field.name: getattr(self, field.name) for field in fields(self)}
         data["allowed_origins"] = list(self.allowed_origins)
         data["trusted_proxies"] = list(self.trusted_proxies)
+        data["issuer"] = list(self.issuer)
         return data
 
 

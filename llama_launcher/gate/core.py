@@ -4,6 +4,10 @@ A request's token is verified here (`authorize`), and one use is spent as soon a
 audience, expiry and the gate's start cut-off pass: before its scope, its body or llama-server are
 looked at. Any later refusal, cheap or costly, leaves the use spent, so a refused request can never
 be replayed with the same token to make the gate decode its images again.
+
+Uses are counted in this process's memory, or in Redis (`shared`) when several gates share an
+audience; then a gate restart no longer refuses older tokens, Redis's own restart does
+(`llama_direct.shared_replay`).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from llama_direct.refusals import (
     UnknownKey,
 )
 from llama_direct.replay import MemoryReplayStore
+from llama_direct.shared_replay import RedisReplayStore
 from llama_direct.tokens import LEEWAY_SECONDS, Claims, verify
 from llama_launcher.gate.admission import Admission
 from llama_launcher.gate.config import GateConfig
@@ -47,13 +52,17 @@ class Gate:
     """State shared by every connection of one gate process."""
 
     def __init__(
-        self, config: GateConfig, upstream: Upstream, keyset: KeySet, *, started_at: float | None = None
+        self, config: GateConfig, upstream: Upstream, keyset: KeySet, *, started_at: float | None = None,
+        shared: RedisReplayStore | None = None,
     ) -> None:
         self.config = config
         self.upstream = upstream
         self.keyset = keyset
         self.replay = MemoryReplayStore()
-        self.not_issued_before = start_cut_off(time.time() if started_at is None else started_at)
+        self.shared = shared
+        self.not_issued_before: int | None = (
+            None if shared is not None else start_cut_off(time.time() if started_at is None else started_at)
+        )
         self.health = Health(upstream, config.model)
         self.connections: set[Connection] = set()
         self.admission = Admission(config, descriptors=resource.getrlimit(resource.RLIMIT_NOFILE)[0])
@@ -87,7 +96,7 @@ class Gate:
         except UnknownKey:
             await self.keyset.refresh_for_unknown_kid()
             claims = self._verify(token)
-        self.spend(claims)
+        await self.spend(claims)
         if self.keyset.revocations.is_revoked(claims):
             raise TokenRevoked()
         return claims
@@ -102,7 +111,10 @@ class Gate:
             not_issued_before=self.not_issued_before,
         )
 
-    def spend(self, claims: Claims) -> None:
+    async def spend(self, claims: Claims) -> None:
+        if self.shared is not None:
+            await self.shared.spend(claims)
+            return
         if not self.replay.consume(claims.jti, claims.grant.uses, claims.exp + LEEWAY_SECONDS, time.time()):
             raise TokenSpent()
 

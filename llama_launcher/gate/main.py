@@ -26,9 +26,11 @@ from llama_direct.runtime import (
     GATE_FAILURE_FILE,
     LAUNCH_FILE,
     PUBLIC_FD_ENV,
+    REDIS_URL_ENV,
     RUNTIME_ENV,
     UPSTREAM_KEY_ENV,
 )
+from llama_direct.shared_replay import register_url
 from llama_launcher.attached import AttachedServer
 from llama_launcher.errors import LauncherError, StartError
 from llama_launcher.gate.config import GateConfig
@@ -62,7 +64,9 @@ class _LoopThread:
         public_sock: socket.socket | None,
         app_sock: socket.socket | None,
         on_exit: threading.Event,
+        redis_url: str | None = None,
     ) -> None:
+        self._redis_url = redis_url
         self._config = config
         self._upstream = upstream
         self._public_sock = public_sock
@@ -96,7 +100,7 @@ class _LoopThread:
         self._stop = asyncio.Event()
         await serve_gate(
             self._config, self._upstream, self._public_sock, self._stop, self._app_sock,  # type: ignore[arg-type]  # _main runs only after the sockets and upstream are set
-            started=self._started.set,
+            started=self._started.set, redis_url=self._redis_url,
         )
 
     def start(self) -> None:
@@ -152,7 +156,10 @@ def main() -> int:
         log.error("cannot start: %s", error)
         return 2
 
-    loop = _LoopThread(config, upstream, public_sock, app_sock, on_exit=stop)
+    redis_url = os.environ.pop(REDIS_URL_ENV, None) or None
+    if redis_url:
+        register_url(redis_url)
+    loop = _LoopThread(config, upstream, public_sock, app_sock, on_exit=stop, redis_url=redis_url)
     loop.start()
     if loop.failed:
         return 1

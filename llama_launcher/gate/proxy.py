@@ -40,6 +40,7 @@ import socket
 import ssl
 from collections.abc import Callable
 
+from llama_direct.shared_replay import RedisReplayStore, async_client
 from llama_launcher.gate.config import GateConfig, Listener
 from llama_launcher.gate.connection import ClientConnection
 from llama_launcher.gate.core import Gate
@@ -61,10 +62,12 @@ class GateServer:
         *,
         keyset: KeySet | None = None,
         started_at: float | None = None,
+        redis_url: str | None = None,
     ) -> None:
         self.config = config
         self.keyset = keyset or KeySet(config.control_socket, interval=config.keyset_interval)
-        self.gate = Gate(config, upstream, self.keyset, started_at=started_at)
+        self.shared = RedisReplayStore(async_client(redis_url)) if redis_url else None
+        self.gate = Gate(config, upstream, self.keyset, started_at=started_at, shared=self.shared)
         self._servers: list[asyncio.AbstractServer] = []
         self._closed = False
         self._stop_pulling = asyncio.Event()
@@ -114,6 +117,8 @@ class GateServer:
         if self._puller is not None:
             await self._puller
         await self.keyset.aclose()
+        if self.shared is not None:
+            await self.shared.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.config.private_socket)
 
@@ -141,13 +146,14 @@ async def serve_gate(
     stop: asyncio.Event,
     app_sock: socket.socket | None = None,
     started: Callable[[], None] | None = None,
+    redis_url: str | None = None,
 ) -> None:
     """Serve until `stop` is set, then close the listeners and every live connection.
 
     `started` is called once every listener is up, so a caller never mistakes a gate that failed
     to bind (a bad TLS pair, say) for one that serves.
     """
-    server = GateServer(config, upstream)
+    server = GateServer(config, upstream, redis_url=redis_url)
     await server.start(public_sock, app_sock)
     log.info("gate serving two_port=%s tls=%s", config.two_port, config.tls)
     if started is not None:

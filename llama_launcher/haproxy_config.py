@@ -1,0 +1,261 @@
+"""`llama-direct haproxy-config`: a working HAProxy 2.6 configuration, rendered from a few settings.
+
+Pure: `render(plan)` returns the text; the CLI writes it. Two shapes:
+
+- **edge** (`--gate`): HAProxy in front of several `serve` stacks. TLS optional, `balance leastconn`,
+  responses never buffered (SSE goes out as llama-server writes it), a health check per gate, and
+  `X-Forwarded-For` / `X-Forwarded-Proto` set by HAProxy after deleting any the client sent. The gates
+  trust those headers only from HAProxy's address (`--trusted-proxy` on `serve`).
+- **gate** (`--upstream`): HAProxy stands in the Python gate's place in front of llama-servers. ES256
+  only (HAProxy 2.6 cannot verify EdDSA or pull a JWKS): `jwt_verify` with the broker's public key
+  files, `aud`, `iss`, `exp`, `nbf`, `scope`, method and path, the grant's route, `model` and every
+  length field read from the body against `grant.max_tokens`, Origin and `X-Conversation-Id` against
+  the grant, single use through a `jti` stick table (shared by `peers` when given). llama-server's key is
+  `${LLAMA_API_KEY}` from HAProxy's own environment, never written here. Everything off the lane goes to
+  `--app` (a `serve` stack's public port: page, login, negotiation, the fallback path, health).
+
+What this cannot do that the Python gate does is in the README ("What HAProxy cannot do").
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from llama_direct.lanes import LANE_PREFIX
+from llama_direct.tokens import LEEWAY_SECONDS, MAX_TTL_SECONDS
+
+LENGTH_FIELDS = ("max_tokens", "max_completion_tokens", "n_predict")
+"""The body fields llama-server reads as a generation length; each is checked against the cap."""
+MAX_BODY_BYTES = 60_000
+"""HAProxy reads the body from its buffer (`tune.bufsize` 65536 here): a larger one is refused, 413."""
+JTI_TABLE_EXPIRE = MAX_TTL_SECONDS + LEEWAY_SECONDS + 5
+_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+_ADDRESS = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}")
+_PATH = re.compile(r"/[^\s\"'\\]*")
+
+
+@dataclass(frozen=True)
+class Peer:
+    name: str
+    address: str
+
+
+@dataclass(frozen=True)
+class HaproxyPlan:
+    """What the config is rendered from; `check()` refuses anything that would need escaping."""
+
+    bind: str
+    gates: tuple[str, ...] = ()
+    upstreams: tuple[str, ...] = ()
+    app: str | None = None
+    tls_pem: str | None = None
+    public_keys: tuple[str, ...] = ()
+    audience: str | None = None
+    issuers: tuple[str, ...] = ()
+    peers: tuple[Peer, ...] = ()
+    local_peer: str | None = None
+
+    @property
+    def gate_mode(self) -> bool:
+        return bool(self.upstreams)
+
+    def check(self) -> None:
+        if bool(self.gates) == bool(self.upstreams):
+            raise ValueError("give --gate (HAProxy at the edge) or --upstream (HAProxy in the gate's place), not both")
+        for address in (self.bind, *self.gates, *self.upstreams, *([self.app] if self.app else []),
+                        *(p.address for p in self.peers)):
+            if not _ADDRESS.fullmatch(address):
+                raise ValueError(f"{address!r} is not HOST:PORT")
+        for path in (*self.public_keys, *([self.tls_pem] if self.tls_pem else [])):
+            if not _PATH.fullmatch(path):
+                raise ValueError("file paths must be absolute, without spaces or quotes")
+        for name in (*self.issuers, *([self.audience] if self.audience else []), *(p.name for p in self.peers),
+                     *([self.local_peer] if self.local_peer else [])):
+            if not _NAME.fullmatch(name):
+                raise ValueError(f"{name!r} must be 1 to 128 letters, digits or _.:-")
+        if self.gate_mode:
+            if not (self.public_keys and self.audience and self.issuers):
+                raise ValueError("in the gate's place HAProxy needs --public-key-file, --audience and --issuer")
+            if self.peers and self.local_peer not in {p.name for p in self.peers}:
+                raise ValueError("--local-peer must name one of the --peer entries")
+
+
+def render(plan: HaproxyPlan) -> str:
+    plan.check()
+    parts = [_global(plan), _defaults()]
+    if plan.gate_mode:
+        if plan.peers:
+            parts.append(_peers(plan))
+        parts += [_gate_frontend(plan), _jti_table(plan)]
+        if plan.app:
+            parts.append(_servers("app", (plan.app,)))
+    else:
+        parts += [_edge_frontend(plan), _servers("gates", plan.gates)]
+    return "\n".join(parts)
+
+
+def _global(plan: HaproxyPlan) -> str:
+    lines = ["# Written by `llama-direct haproxy-config`; HAProxy 2.6.", "global",
+             "    log stderr format short local0 notice",
+             "    tune.bufsize 65536",
+             "    ssl-default-bind-options ssl-min-ver TLSv1.2"]
+    if plan.gate_mode and plan.local_peer:
+        lines.append(f"    localpeer {plan.local_peer}")
+    return "\n".join(lines) + "\n"
+
+
+def _defaults() -> str:
+    return """defaults
+    mode http
+    log global
+    option httplog
+    option dontlognull
+    timeout connect 5s
+    timeout client 60s
+    timeout http-request 10s
+    # A non-streaming chat answers only when the whole generation is done; SSE chunks may pause.
+    timeout server 600s
+    timeout tunnel 600s
+    # No compression and no response buffering: each SSE chunk leaves as soon as it arrives.
+    option http-no-delay
+"""
+
+
+def _bind(plan: HaproxyPlan) -> str:
+    tls = f" ssl crt {plan.tls_pem} alpn http/1.1" if plan.tls_pem else ""
+    return f"    bind {plan.bind}{tls}"
+
+
+def _forwarded(plan: HaproxyPlan) -> list[str]:
+    """The client's address and scheme as HAProxy saw them; what the client claimed is dropped first."""
+    proto = "https" if plan.tls_pem else "http"
+    return ["    http-request del-header X-Forwarded-For",
+            "    http-request del-header X-Forwarded-Proto",
+            "    option forwardfor",
+            f"    http-request set-header X-Forwarded-Proto {proto}"]
+
+
+def _edge_frontend(plan: HaproxyPlan) -> str:
+    return "\n".join(["frontend public", _bind(plan), *_forwarded(plan), "    default_backend gates"]) + "\n"
+
+
+def _servers(name: str, addresses: tuple[str, ...]) -> str:
+    # A gate relays this to its broker: 200 means the gate and the broker both answer.
+    lines = [f"backend {name}", "    balance leastconn", "    option httpchk GET /.well-known/jwks.json"]
+    lines += [f"    server {name}{i} {address} check inter 2s fall 2 rise 2" for i, address in enumerate(addresses, 1)]
+    return "\n".join(lines) + "\n"
+
+
+def _peers(plan: HaproxyPlan) -> str:
+    lines = ["peers lane_peers"] + [f"    peer {p.name} {p.address}" for p in plan.peers]
+    return "\n".join(lines) + "\n"
+
+
+def _jti_table(plan: HaproxyPlan) -> str:
+    peers = " peers lane_peers" if plan.peers else ""
+    return (f"backend jti_uses\n    stick-table type string len 64 size 1m expire {JTI_TABLE_EXPIRE}s"
+            f"{peers} store gpc0\n")
+
+
+def _claim(var: str, path: str, kind: str = "") -> str:
+    output = f",'{kind}'" if kind else ""
+    return f"    http-request set-var(txn.{var}) var(txn.bearer),jwt_payload_query('{path}'{output})"
+
+
+def _gate_frontend(plan: HaproxyPlan) -> str:
+    lane = LANE_PREFIX
+    keys = [f'    http-request set-var(txn.signed) int(1) if {{ var(txn.bearer),jwt_verify(txn.alg,"{path}") 1 }}'
+            for path in plan.public_keys]
+    issuers = " ".join(plan.issuers)
+    lengths = []
+    for name in LENGTH_FIELDS:
+        lengths += [
+            f"    http-request set-var(txn.len_{name}) req.body,json_query('$.{name}','int')",
+            f"    http-request deny deny_status 400 if {{ var(txn.len_{name}),sub(txn.cap) -m int gt 0 }}",
+            f"    http-request deny deny_status 400 if {{ var(txn.len_{name}) -m int lt 1 }}",
+        ]
+    frontend = [
+        "frontend public",
+        _bind(plan),
+        *_forwarded(plan),
+        f"    acl on_lane path_beg {lane}/",
+        "    use_backend lane if on_lane",
+        "    default_backend app" if plan.app else "    http-request deny deny_status 404 unless on_lane",
+    ]
+    checks = [
+        "backend lane",
+        "    balance leastconn",
+        "    option httpchk GET /health",
+        # Method and path: the chat route only, spelt exactly, with no query.
+        f"    http-request deny deny_status 404 unless {{ path {lane}/v1/chat/completions }}",
+        "    http-request deny deny_status 400 if { url -m sub ? }",
+        "    http-request deny deny_status 405 unless { method POST }",
+        # The token: ES256, signed by one of the broker's keys, for this audience and these issuers.
+        "    http-request set-var(txn.bearer) http_auth_bearer",
+        "    http-request deny deny_status 401 unless { var(txn.bearer) -m found }",
+        "    http-request set-var(txn.alg) var(txn.bearer),jwt_header_query('$.alg')",
+        "    http-request deny deny_status 401 unless { var(txn.alg) -m str ES256 }",
+        *keys,
+        "    http-request deny deny_status 401 unless { var(txn.signed) -m found }",
+        _claim("aud", "$.aud"),
+        f"    http-request deny deny_status 401 unless {{ var(txn.aud) -m str {plan.audience} }}",
+        _claim("iss", "$.iss"),
+        f"    http-request deny deny_status 401 unless {{ var(txn.iss) -m str {issuers} }}",
+        "    http-request set-var(txn.now) date",
+        _claim("exp", "$.exp", "int"),
+        _claim("nbf", "$.nbf", "int"),
+        # exp + leeway > now >= nbf - leeway; no negative constant (HAProxy reads "-5" as a range).
+        f"    http-request deny deny_status 401 unless "
+        f"{{ var(txn.exp),add({LEEWAY_SECONDS}),sub(txn.now) -m int gt 0 }}",
+        f"    http-request deny deny_status 401 unless {{ var(txn.nbf),sub(txn.now) -m int le {LEEWAY_SECONDS} }}",
+        _claim("scope", "$.scope"),
+        "    http-request deny deny_status 403 unless { var(txn.scope) -m str chat }",
+        _claim("route_method", "$.grant.routes[0][0]"),
+        _claim("route_path", "$.grant.routes[0][1]"),
+        "    http-request deny deny_status 403 unless { var(txn.route_method) -m str POST }",
+        "    http-request deny deny_status 403 unless { var(txn.route_path) -m str /v1/chat/completions }",
+        # Origin and conversation: exactly the grant's, or absent when the grant names none.
+        _claim("origin", "$.grant.origin"),
+        "    http-request deny deny_status 403 if !{ var(txn.origin) -m found } { req.hdr(origin) -m found }",
+        "    http-request deny deny_status 403 if { var(txn.origin) -m found } !{ req.hdr(origin) -m found }",
+        "    http-request deny deny_status 403 if { var(txn.origin) -m found } "
+        "!{ req.hdr(origin),strcmp(txn.origin) -m int eq 0 }",
+        _claim("conversation", "$.grant.conversation_id"),
+        "    http-request deny deny_status 403 if !{ var(txn.conversation) -m found } "
+        "{ req.hdr(x-conversation-id) -m found }",
+        "    http-request deny deny_status 403 if { var(txn.conversation) -m found } "
+        "!{ req.hdr(x-conversation-id) -m found }",
+        "    http-request deny deny_status 403 if { var(txn.conversation) -m found } "
+        "!{ req.hdr(x-conversation-id),strcmp(txn.conversation) -m int eq 0 }",
+        # The body: plain JSON of a known length, read whole from the buffer.
+        "    option http-buffer-request",
+        "    http-request deny deny_status 400 unless { req.hdr(content-type) -m reg -i ^application/json(;.*)?$ }",
+        "    http-request deny deny_status 400 if { req.hdr(content-encoding) -m found }",
+        "    http-request deny deny_status 400 unless { req.hdr(content-length) -m found }",
+        f"    http-request deny deny_status 413 if {{ req.body_size gt {MAX_BODY_BYTES} }}",
+        # An escaped printable ASCII character is how a second key can hide from json_query, and no
+        # client needs one; a length field or model named twice is refused for the same reason.
+        r"    http-request deny deny_status 400 if { req.body -m reg '\\u00[2-7][0-9A-Fa-f]' }",
+        *[rf"""    http-request deny deny_status 400 if {{ req.body -m reg '"{name}"[\s\S]*"{name}"' }}"""
+          for name in (*LENGTH_FIELDS, "model")],
+        # model and max_tokens are required: HAProxy cannot add them.
+        _claim("grant_model", "$.grant.model"),
+        _claim("cap", "$.grant.max_tokens", "int"),
+        "    http-request set-var(txn.body_model) req.body,json_query('$.model')",
+        "    http-request deny deny_status 400 unless { var(txn.body_model) -m found }",
+        "    http-request deny deny_status 403 unless { var(txn.body_model),strcmp(txn.grant_model) -m int eq 0 }",
+        "    http-request deny deny_status 400 unless { req.body,json_query('$.max_tokens','int') -m found }",
+        *lengths,
+        # Single use: the last check, so a refused request spends nothing.
+        _claim("jti", "$.jti"),
+        "    http-request deny deny_status 401 unless { var(txn.jti) -m found }",
+        "    http-request track-sc0 var(txn.jti) table jti_uses",
+        "    http-request deny deny_status 401 if { sc0_inc_gpc0 gt 1 }",
+        # What llama-server gets: its own path, its key, none of the client's credentials.
+        "    http-request del-header Cookie",
+        '    http-request set-header Authorization "Bearer ${LLAMA_API_KEY}"',
+        f"    http-request replace-path ^{lane}(/.*) \\1",
+        *[f"    server llama{i} {address} check inter 2s fall 2 rise 2" for i, address in enumerate(plan.upstreams, 1)],
+    ]
+    return "\n".join(frontend) + "\n\n" + "\n".join(checks) + "\n"

@@ -1,0 +1,199 @@
+"""Two gates and two brokers, one audience, one Redis, in front of one real llama-server.
+
+Both `serve` stacks attach to the same llama-server (through a counting forwarder, so the test can
+tell whether a request reached it), share `--audience`, list both brokers in `--issuer`, and sign
+with one `--signing-key-file`. Their state meets in a private redis-server without persistence.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from forwarder import Forwarder
+from redis_server import RedisServer
+from stack import Stack, run_stack
+
+from llama_direct.runtime import REDIS_URL_ENV
+from llama_direct.tokens import LEEWAY_SECONDS
+from llama_launcher.paths import make_runtime_dir
+from llama_launcher.server_args import ServerOptions
+from llama_launcher.server_process import LlamaServer
+
+pytestmark = pytest.mark.real
+
+CHAT = {"messages": [{"role": "user", "content": "Say hello."}], "stream": True, "max_tokens": 8}
+COOKIE = "llama_direct_session"
+
+
+def _key_file(directory: Path) -> Path:
+    path = directory / "signing-key.pem"
+    pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    path.write_bytes(pem)
+    path.chmod(0o600)
+    return path
+
+
+def _lane(stack: Stack, token: str, body: dict | None = None) -> httpx.Response:
+    """One lane request at `stack`'s gate, read to the end."""
+    return httpx.post(f"{stack.base}/direct/v1/chat/completions", json=body or CHAT,
+                      headers={"Authorization": f"Bearer {token}"}, timeout=60)
+
+
+def _reason(response: httpx.Response) -> str:
+    return str(response.json()["error"]["reason"])
+
+
+@pytest.fixture
+def fleet(llama_server_binary: Path, model_path: Path,
+          tmp_path: Path) -> Iterator[tuple[Stack, Stack, Forwarder, RedisServer, str]]:
+    redis = RedisServer(tmp_path)
+    redis.start()
+    server = LlamaServer(ServerOptions(binary=llama_server_binary, model=model_path, alias="smollm2", parallel=1),
+                         make_runtime_dir())
+    with ExitStack() as exits:
+        exits.callback(redis.stop)
+        server.start()
+        exits.callback(server.stop)
+        server.wait_ready(timeout=120, show_progress=False)
+        key = server.authorization().removeprefix(b"Bearer ").decode()
+        upstream = exits.enter_context(Forwarder(server.address))  # type: ignore[arg-type]  # a unix socket path here
+        signing_key = _key_file(tmp_path)
+        env = {"LLAMA_DIRECT_UPSTREAM_KEY": key, REDIS_URL_ENV: redis.url}
+        common = ("--upstream", f"http://127.0.0.1:{upstream.port}", "--audience", "fleet",
+                  "--signing-key-file", str(signing_key), "--token-ttl", "60", "--trusted-proxy", "127.0.0.1")
+        a = exits.enter_context(run_stack(*common, "--issuer", "broker-a", "--issuer", "broker-b", env=env))
+        b = exits.enter_context(run_stack(*common, "--issuer", "broker-b", "--issuer", "broker-a", env=env))
+        edge = exits.enter_context(_haproxy_edge(tmp_path, a, b))
+        # Tokens minted in the first seconds of Redis's run are refused (it might have lost a spent one).
+        time.sleep(max(0.0, LEEWAY_SECONDS + 2 - (time.monotonic() - redis.started)))
+        yield a, b, upstream, redis, edge
+
+
+@contextmanager
+def _haproxy_edge(workdir: Path, *stacks: Stack) -> Iterator[str]:
+    """HAProxy in front of both stacks, as `llama-direct haproxy-config` writes it; yields its base URL."""
+    haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    if not Path(haproxy).exists():
+        pytest.skip("haproxy is not installed (apt-get install haproxy)")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = workdir / "edge.cfg"
+    subprocess.run([sys.executable, "-m", "llama_launcher.cli", "haproxy-config", "--bind", f"127.0.0.1:{port}",
+                    *[arg for stack in stacks for arg in ("--gate", f"127.0.0.1:{stack.port}")],
+                    "--output", str(config)], check=True)
+    process = subprocess.Popen([haproxy, "-db", "-f", str(config)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                assert process.poll() is None and time.monotonic() < deadline, "haproxy did not start"
+                time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def _chats(upstream: Forwarder) -> int:
+    return len(upstream.requests(lambda line: line.startswith(b"POST")))
+
+
+def test_two_gates_share_replay_revocations_and_sessions_and_fail_closed_without_redis(
+    fleet: tuple[Stack, Stack, Forwarder, RedisServer, str],
+) -> None:
+    a, b, upstream, redis, edge = fleet
+
+    # Through HAProxy: log in (whichever broker answers), then negotiate and stream, several times,
+    # each request landing on either stack; the shared session makes it all one user.
+    login = httpx.get(f"{edge}/?token={a.access_token}", follow_redirects=False, timeout=10)
+    assert login.status_code == 303
+    through = {"Cookie": f"{COOKIE}={login.cookies[COOKIE]}"}
+    for _ in range(4):
+        grant = httpx.post(f"{edge}/direct-stream", headers=through, timeout=10).json()
+        assert grant["url"] == f"{edge}/direct"
+        response = httpx.post(f"{grant['url']}/v1/chat/completions", json=CHAT, timeout=60,
+                              headers={**through, "Authorization": f"Bearer {grant['token']}"})
+        assert response.status_code == 200, response.text
+
+    # Spent at A, refused at B; and the other way round (each gate accepts both brokers).
+    token = a.negotiate()["token"]
+    assert _lane(a, token).status_code == 200
+    reached = _chats(upstream)
+    refused = _lane(b, token)
+    assert (refused.status_code, _reason(refused)) == (401, "token_spent")
+    other = b.negotiate()["token"]
+    assert _lane(b, other).status_code == 200
+    assert _reason(_lane(a, other)) == "token_spent"
+    assert _chats(upstream) == reached + 1
+
+    # A session made at broker A is known at broker B; a logout at A ends it everywhere, and within
+    # one second no gate accepts a token minted before it.
+    login = httpx.get(a.login_url, follow_redirects=False, timeout=10)
+    session = {"Cookie": f"{COOKIE}={login.cookies[COOKIE]}"}
+    minted = [httpx.post(f"{b.base}/direct-stream", headers=session, timeout=10).json()["token"] for _ in range(2)]
+    assert httpx.post(f"{a.base}/logout", headers=session, timeout=10).status_code == 200
+    logged_out = time.monotonic()
+    time.sleep(1.0)
+    for stack, token in zip((a, b), minted, strict=True):
+        response = _lane(stack, token)
+        assert (response.status_code, _reason(response)) == (401, "token_revoked")
+    assert time.monotonic() - logged_out < 1.5
+    assert httpx.post(f"{b.base}/direct-stream", headers=session, timeout=10).status_code == 401
+
+    # A stream already running goes on when Redis goes down; new lane requests and negotiations get
+    # 503 and never reach llama-server.
+    held = [a.negotiate()["token"], b.negotiate()["token"]]
+    spent_before = a.negotiate()["token"]
+    assert _lane(a, spent_before).status_code == 200
+    long_chat = {**CHAT, "max_tokens": 64, "messages": [{"role": "user", "content": "Count from 1 to 40."}]}
+    running = a.negotiate()["token"]
+    with httpx.stream("POST", f"{a.base}/direct/v1/chat/completions", json=long_chat,
+                      headers={"Authorization": f"Bearer {running}"}, timeout=60) as stream:
+        assert stream.status_code == 200
+        lines = stream.iter_lines()
+        assert next(line for line in lines if line.startswith("data: {"))
+        redis.stop()
+        assert any(line == "data: [DONE]" for line in lines)
+    reached = _chats(upstream)
+    for stack, token in zip((a, b), held, strict=True):
+        response = _lane(stack, token)
+        assert (response.status_code, _reason(response)) == (503, "shared_state_unavailable")
+    negotiation = httpx.post(f"{b.base}/direct-stream", headers={"Authorization": f"Bearer {b.access_token}"},
+                             timeout=10)
+    assert (negotiation.status_code, _reason(negotiation)) == (503, "shared_state_unavailable")
+    assert _chats(upstream) == reached
+
+    # Redis back, empty: nothing minted before its run is accepted (spent or not), fresh tokens work.
+    redis.start()
+    for stack in (a, b):
+        for token in (spent_before, *held):
+            assert _lane(stack, token).status_code == 401
+    assert _chats(upstream) == reached
+    deadline = time.monotonic() + LEEWAY_SECONDS + 10
+    while True:
+        fresh = b.negotiate()["token"]
+        response = _lane(b, fresh)
+        if response.status_code == 200 or time.monotonic() > deadline:
+            break
+        assert _reason(response) == "token_predates_gate"
+        time.sleep(0.5)
+    assert response.status_code == 200
+    assert _reason(_lane(a, fresh)) == "token_spent"

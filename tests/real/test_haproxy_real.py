@@ -1,0 +1,221 @@
+"""HAProxy 2.6 in the gate's place, in front of the real llama-server: the hostile probes against it.
+
+`llama-direct haproxy-config --upstream` writes the config; Debian's haproxy runs it with
+llama-server's key in its environment only. A counting forwarder stands between HAProxy and
+llama-server, so each probe shows whether the upstream was reached. The token and route probes are
+those of `tests/hostile` (the Python gate's status beside each, in `GATE`), sent with `model` and
+`max_tokens` as this mode requires, plus the probes that only this mode needs. Each one is refused
+without reaching llama-server, or is in `KNOWN_LIMITS`, which the README lists.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from forwarder import Forwarder
+from hostile_support import claims, hs256_with_public_key, signed, swap_payload, unsigned
+
+from broker.signing_keys import SigningKey
+from llama_launcher.paths import make_runtime_dir
+from llama_launcher.server_args import ServerOptions
+from llama_launcher.server_process import LlamaServer
+
+pytestmark = [pytest.mark.real, pytest.mark.timeout(300)]
+
+MODEL = "smollm2"
+CAP = 16
+AUDIENCE, ISSUER = "fleet", "broker-a"
+CHAT: dict[str, Any] = {"messages": [{"role": "user", "content": "hi"}], "stream": True, "model": MODEL,
+                        "max_tokens": 4}
+GATE_OWN = (b"GET /health ",)
+KEY = SigningKey.generate("ES256")
+EDDSA = SigningKey.generate("EdDSA")
+PNG = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+                    "1f15c4890000000d49444154789c6360000002000185d114090000000049454e44ae426082")
+
+IMAGE_MESSAGE = {"role": "user", "content": [
+    {"type": "text", "text": "what is it?"},
+    {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(PNG).decode()}},
+]}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def payload(**overrides: Any) -> dict[str, Any]:
+    grant = {"routes": [["POST", "/v1/chat/completions"]], "model": MODEL, "max_tokens": CAP, "uses": 1}
+    values = {"iss": ISSUER, "aud": AUDIENCE, **overrides, "grant": {**grant, **overrides.get("grant", {})}}
+    return claims(**values)
+
+
+def token(**overrides: Any) -> str:
+    return signed(KEY, payload(**overrides))
+
+
+def request(tok: str | None, *, method: bytes = b"POST", target: bytes = b"/direct/v1/chat/completions",
+            body: bytes | dict[str, Any] = CHAT, headers: bytes = b"") -> bytes:
+    raw = json.dumps(body).encode() if isinstance(body, dict) else body
+    auth = b"Authorization: Bearer " + tok.encode() + b"\r\n" if tok else b""
+    return (method + b" " + target + b" HTTP/1.1\r\nHost: lane\r\nConnection: close\r\n" + auth
+            + b"Content-Type: application/json\r\nContent-Length: %d\r\n" % len(raw) + headers + b"\r\n" + raw)
+
+
+class Edge:
+    def __init__(self, port: int, forwarder: Forwarder) -> None:
+        self.port = port
+        self.forwarder = forwarder
+
+    def forwarded(self) -> list[bytes]:
+        return self.forwarder.requests(lambda line: not line.startswith(GATE_OWN))
+
+    def exchange(self, raw: bytes) -> int:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=60) as sock:
+            sock.sendall(raw)
+            data = bytearray()
+            while chunk := sock.recv(65536):
+                data += chunk
+        status = re.match(rb"HTTP/1\.[01] (\d{3}) ", bytes(data))
+        assert status is not None, data[:200]
+        return int(status.group(1))
+
+
+@pytest.fixture(scope="module")
+def edge(llama_server_binary: Path, model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
+    haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    if not Path(haproxy).exists():
+        pytest.skip("haproxy is not installed (apt-get install haproxy)")
+    workdir = tmp_path_factory.mktemp("haproxy")
+    public_key = workdir / "broker-public.pem"
+    public_key.write_bytes(KEY.public_key.public_bytes(serialization.Encoding.PEM,
+                                                       serialization.PublicFormat.SubjectPublicKeyInfo))
+    server = LlamaServer(ServerOptions(binary=llama_server_binary, model=model_path, alias=MODEL, max_tokens=2048,
+                                       parallel=1), make_runtime_dir())
+    server.start()
+    process = None
+    try:
+        server.wait_ready(timeout=120, show_progress=False)
+        key = server.authorization().decode().removeprefix("Bearer ")
+        with Forwarder(str(server.address)) as forwarder:
+            port, peer_port = _free_port(), _free_port()
+            config = workdir / "haproxy.cfg"
+            subprocess.run(
+                [sys.executable, "-m", "llama_launcher.cli", "haproxy-config", "--bind", f"127.0.0.1:{port}",
+                 "--upstream", f"127.0.0.1:{forwarder.port}", "--public-key-file", str(public_key),
+                 "--audience", AUDIENCE, "--issuer", ISSUER, "--issuer", "broker-b",
+                 "--peer", f"hap1=127.0.0.1:{peer_port}", "--local-peer", "hap1", "--output", str(config)],
+                check=True,
+            )
+            assert key not in config.read_text()
+            process = subprocess.Popen([haproxy, "-db", "-f", str(config)], env={"LLAMA_API_KEY": key},
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                    break
+                except OSError:
+                    assert process.poll() is None, process.stderr.read() if process.stderr else ""
+                    assert time.monotonic() < deadline, "haproxy did not listen"
+                    time.sleep(0.05)
+            yield Edge(port, forwarder)
+    finally:
+        if process is not None:
+            process.terminate()
+            process.wait(10)
+            if process.stderr is not None:
+                process.stderr.close()
+        server.stop()
+
+
+# name -> (build, the Python gate's status where tests/hostile has the probe, HAProxy's status)
+PROBES: dict[str, tuple[Callable[[], bytes], int | None, int]] = {
+    "no_token": (lambda: request(None), 401, 401),
+    "alg_none": (lambda: request(unsigned({"alg": "none"}, payload())), 401, 401),
+    "eddsa_token": (lambda: request(signed(EDDSA, payload())), 401, 401),
+    "hs256_with_the_public_key": (lambda: request(hs256_with_public_key(KEY, payload())), 401, 401),
+    "tampered_grant": (lambda: request(swap_payload(token(), payload(grant={"max_tokens": 100_000}))), 401, 401),
+    "truncated_signature": (lambda: request(token()[:-10]), 401, 401),
+    "expired": (lambda: request(token(exp=int(time.time()) - 60, iat=int(time.time()) - 90,
+                                      nbf=int(time.time()) - 90)), 401, 401),
+    "not_yet_valid": (lambda: request(token(nbf=int(time.time()) + 60)), 401, 401),
+    "wrong_audience": (lambda: request(token(aud="other-gate")), 401, 401),
+    "wrong_issuer": (lambda: request(token(iss="broker-x")), 401, 401),
+    "resume_scope_on_chat": (lambda: request(token(scope="resume")), 403, 403),
+    "token_in_the_query": (
+        lambda: request(None, target=b"/direct/v1/chat/completions?access_token=" + token().encode()), 401, 400),
+    "max_tokens_over_the_cap": (lambda: request(token(), body={**CHAT, "max_tokens": CAP + 1}), 400, 400),
+    "n_predict_over_the_cap": (lambda: request(token(), body={**CHAT, "n_predict": CAP + 1}), 400, 400),
+    "max_tokens_twice": (lambda: request(token(), body=b'{"messages":[{"role":"user","content":"hi"}],"model":"'
+                                         + MODEL.encode() + b'","max_tokens":4,"max_tokens":100000}'), 400, 400),
+    "escaped_key": (lambda: request(token(), body=b'{"messages":[{"role":"user","content":"hi"}],"model":"'
+                                    + MODEL.encode() + b'","max_tokens":4,"max_\\u0074okens":100000}'), 400, 400),
+    "missing_max_tokens": (lambda: request(token(), body={k: v for k, v in CHAT.items() if k != "max_tokens"}),
+                           None, 400),
+    "missing_model": (lambda: request(token(), body={k: v for k, v in CHAT.items() if k != "model"}), None, 400),
+    "model_mismatch": (lambda: request(token(), body={**CHAT, "model": "other"}), 403, 403),
+    "invalid_json": (lambda: request(token(), body=b'{"messages":'), 400, 400),
+    "dot_dot_to_slots": (lambda: request(token(), target=b"/direct/v1/chat/completions/../../slots"), 400, 404),
+    "percent_encoded_dots": (lambda: request(token(), target=b"/direct/v1/%2e%2e/props"), 400, 404),
+    "lane_slots": (lambda: request(token(), method=b"GET", target=b"/direct/slots", body=b""), 404, 404),
+    "lane_post_props": (lambda: request(token(), target=b"/direct/props"), 404, 404),
+    "lane_metrics": (lambda: request(token(), method=b"GET", target=b"/direct/metrics", body=b""), 404, 404),
+    "off_the_lane": (lambda: request(token(), target=b"/v1/chat/completions"), None, 404),
+    "content_length_and_transfer_encoding": (lambda: request(token(), headers=b"Transfer-Encoding: chunked\r\n"),
+                                             400, 400),
+    "foreign_origin": (lambda: request(token(), headers=b"Origin: http://evil.test\r\n"), 403, 403),
+    "foreign_conversation": (lambda: request(token(), headers=b"X-Conversation-Id: someone-else\r\n"), 403, 403),
+    "wrong_conversation": (lambda: request(token(grant={"conversation_id": "c1"}),
+                                           headers=b"X-Conversation-Id: c2\r\n"), 403, 403),
+    "not_json": (lambda: request(token(), headers=b"X-Pad: 1\r\n").replace(b"application/json", b"text/plain"),
+                 400, 400),
+}
+
+KNOWN_LIMITS: dict[str, tuple[Callable[[], bytes], int | None]] = {
+    # Body shaping: a field the Python gate refuses passes; llama-server reads it.
+    "id_slot": (lambda: request(token(), body={**CHAT, "id_slot": 0}), 400),
+    # Images are not decoded or bounded: llama-server gets them and answers for itself.
+    "image_to_a_model_without_vision": (lambda: request(token(), body={**CHAT, "messages": [IMAGE_MESSAGE]}), 400),
+}
+
+
+def test_each_probe_is_refused_before_llama_server(edge: Edge) -> None:
+    results: dict[str, tuple[int, bool]] = {}
+    for name, (build, _gate_status, _expected) in PROBES.items():
+        before = len(edge.forwarded())
+        status = edge.exchange(build())
+        time.sleep(0.05)
+        results[name] = (status, len(edge.forwarded()) > before)
+    wrong = {name: got for name, got in results.items() if got != (PROBES[name][2], False)}
+    assert wrong == {}, f"refused with another status, or reached llama-server: {wrong}"
+
+
+def test_a_good_request_streams_once_and_its_token_never_again(edge: Edge) -> None:
+    good = token()
+    before = len(edge.forwarded())
+    assert edge.exchange(request(good)) == 200
+    assert edge.forwarded()[before:] == [b"POST /v1/chat/completions HTTP/1.1"]
+    assert edge.exchange(request(good)) == 401
+    assert len(edge.forwarded()) == before + 1
+
+
+def test_the_known_limits_still_reach_llama_server(edge: Edge) -> None:
+    """The README lists these; if HAProxy starts refusing one, this fails and the README must change."""
+    for name, (build, _gate_status) in KNOWN_LIMITS.items():
+        before = len(edge.forwarded())
+        edge.exchange(build())
+        assert len(edge.forwarded()) == before + 1, name

@@ -1,0 +1,99 @@
+"""`llama-direct haproxy-config`: both shapes render, `haproxy -c` accepts them, no secret is written;
+and the gate believes X-Forwarded-For only from a trusted proxy."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from gate_fakes import Client, running_gate
+
+from llama_launcher.haproxy_config import HaproxyPlan, Peer, render
+
+HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
+
+
+def _public_key(tmp_path: Path) -> Path:
+    path = tmp_path / "public.pem"
+    path.write_bytes(ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    return path
+
+
+def _valid(config: str, tmp_path: Path) -> None:
+    if not Path(HAPROXY).exists():
+        pytest.skip("haproxy is not installed (apt-get install haproxy)")
+    path = tmp_path / "haproxy.cfg"
+    path.write_text(config)
+    checked = subprocess.run([HAPROXY, "-c", "-f", str(path)], capture_output=True, text=True,
+                             env={"LLAMA_API_KEY": "key-from-the-environment"})
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_the_edge_balances_by_least_connections_checks_health_and_sets_forwarding(tmp_path: Path) -> None:
+    config = render(HaproxyPlan(bind="0.0.0.0:8443", gates=("10.0.0.1:8000", "10.0.0.2:8000")))
+    assert "balance leastconn" in config and "option forwardfor" in config
+    assert "http-request del-header X-Forwarded-For" in config
+    assert config.count(" check ") == 2 and "option httpchk" in config
+    assert "\n    compression" not in config and "http-buffer-request" not in config
+    _valid(config, tmp_path)
+
+
+def test_the_gates_place_checks_the_token_and_never_holds_the_key(tmp_path: Path) -> None:
+    key = _public_key(tmp_path)
+    config = render(HaproxyPlan(bind="127.0.0.1:8443", upstreams=("127.0.0.1:9001", "127.0.0.1:9002"),
+                                app="127.0.0.1:8000", public_keys=(str(key),), audience="fleet",
+                                issuers=("broker-a", "broker-b"), peers=(Peer("hap1", "127.0.0.1:10001"),
+                                                                        Peer("hap2", "10.0.0.2:10001")),
+                                local_peer="hap1"))
+    for needle in ("jwt_verify(txn.alg", "-m str ES256", "$.aud", "$.iss", "$.exp", "$.nbf", "$.grant.max_tokens",
+                   "$.grant.conversation_id", "x-conversation-id", "json_query('$.max_tokens','int')",
+                   "json_query('$.n_predict','int')", "track-sc0 var(txn.jti)", "peers lane_peers",
+                   '"Bearer ${LLAMA_API_KEY}"', "method POST"):
+        assert needle in config, needle
+    _valid(config, tmp_path)
+
+
+@pytest.mark.parametrize("plan", [
+    HaproxyPlan(bind="127.0.0.1:1"),
+    HaproxyPlan(bind="127.0.0.1:1", gates=("a:1",), upstreams=("b:2",)),
+    HaproxyPlan(bind="127.0.0.1:1", upstreams=("b:2",)),
+    HaproxyPlan(bind="127.0.0.1:1", upstreams=("b:2",), public_keys=("/k.pem",), audience="a b", issuers=("i",)),
+    HaproxyPlan(bind="127.0.0.1:1", upstreams=("b:2",), public_keys=("rel.pem",), audience="a", issuers=("i",)),
+    HaproxyPlan(bind="127.0.0.1:1 ssl", gates=("a:1",)),
+])
+def test_a_plan_that_would_need_escaping_or_misses_a_part_is_refused(plan: HaproxyPlan) -> None:
+    with pytest.raises(ValueError):
+        render(plan)
+
+
+def test_the_command_writes_the_file(tmp_path: Path) -> None:
+    out = tmp_path / "edge.cfg"
+    done = subprocess.run([sys.executable, "-m", "llama_launcher.cli", "haproxy-config", "--gate", "127.0.0.1:8000",
+                           "--output", str(out)], capture_output=True, text=True, env={**os.environ})
+    assert done.returncode == 0, done.stderr
+    assert "backend gates" in out.read_text()
+
+
+@pytest.mark.parametrize(("trusted", "expected"), [((), "127.0.0.1"), (("127.0.0.1",), "203.0.113.9")])
+def test_forwarding_headers_are_believed_only_from_a_trusted_proxy(trusted: tuple[str, ...], expected: str) -> None:
+    async def main() -> None:
+        async with running_gate(trusted_proxies=trusted) as h:
+            client = await Client.open(h.port)
+            try:
+                await client.send(b"GET /echo HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 6.6.6.6, 203.0.113.9\r\n"
+                                  b"X-Forwarded-Proto: https\r\n\r\n")
+                headers = dict((await client.response()).json()["headers"])
+            finally:
+                client.close()
+            assert headers["X-Forwarded-For"] == expected
+            assert headers["X-Forwarded-Proto"] == ("https" if trusted else "http")
+
+    asyncio.run(asyncio.wait_for(main(), 20))
