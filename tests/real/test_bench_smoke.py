@@ -35,7 +35,7 @@ def test_quick_bench_measures_every_lane_and_writes_its_outputs(
         rows = [r for r in results["rows"] if r["upstream"] == upstream]
         assert {r["lane"] for r in rows} == LANES
         assert all(r["errors"] == 0 for r in rows), rows
-    assert [t["target"] for t in results["targets"]] == ["P1", "P2", "P3", "P4", "P5", "P6"]
+    assert [t["target"] for t in results["targets"]] == ["P1", "P2", "P3", "P4", "P5", "P6", "P7", "Idle"]
     assert results["memory"]["held"] == results["memory"]["streams"]
     assert set(results["app_load_summary"]) == {"raw", "direct", "baseline"}
     markdown = (out / "bench.md").read_text()
