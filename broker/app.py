@@ -35,7 +35,7 @@ from broker.access import (
     session_cookie,
     wants_html,
 )
-from broker.baseline import baseline
+from broker.baseline import autoload_option, baseline, baseline_model
 from broker.core import BrokerCore
 from broker.models import allowed_models, listing, needs_load
 from broker.negotiation import (
@@ -111,11 +111,8 @@ def create_app(
             options = Options.from_body(await read_body(request, MAX_SMALL_BODY_BYTES))
         now = core.clock()
         rate_limit(core, caller.user, now)
-        if options.autoload and options.resume is None and options.cancel is None \
-                and needs_load(options.model or core.policy.model, core.gate.health.models):
-            retry_after = core.load_limiter.acquire(caller.user, now)
-            if retry_after:
-                raise RateLimited(retry_after)
+        if options.autoload and options.resume is None and options.cancel is None:
+            charge_load(core, caller.user, options.model or core.policy.model, now)
         scheme = request_scheme(request)
         answer = negotiate(
             options,
@@ -163,9 +160,15 @@ def create_app(
     async def chat_completions(request: Request) -> Response:
         caller = require_caller(core, request)
         check_cookie_origin(core, request, caller)
-        rate_limit(core, caller.user, core.clock())
+        now = core.clock()
+        rate_limit(core, caller.user, now)
+        autoload = autoload_option(request.query_params.getlist("autoload"))
         body = await read_body(request, MAX_CHAT_BODY_BYTES)
-        return await baseline(core, caller.user, body, request.headers.get("content-type"))
+        model = baseline_model(core, body)
+        if autoload:
+            charge_load(core, caller.user, model, now)
+        return await baseline(core, caller.user, body, request.headers.get("content-type"), model=model,
+                              autoload=autoload)
 
     @app.post("/tools/echo")
     async def echo(request: Request) -> Response:
@@ -188,6 +191,14 @@ def create_app(
         return Response(data, media_type=media_type, headers={"Cache-Control": "no-cache"})
 
     return app
+
+
+def charge_load(core: BrokerCore, user: str, model: str, now: float) -> None:
+    """A request that would make the router load a model counts against the user's loads (429 past them)."""
+    if needs_load(model, core.gate.health.models):
+        retry_after = core.load_limiter.acquire(user, now)
+        if retry_after:
+            raise RateLimited(retry_after)
 
 
 def create_control_app(core: BrokerCore) -> FastAPI:

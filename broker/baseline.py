@@ -1,7 +1,13 @@
-"""The baseline: a chat sent through the broker and the gate's private socket, for comparison and fallback."""
+"""The baseline: a chat sent through the broker and the gate's private socket, for comparison and fallback.
+
+It serves the model the body names, as negotiation would grant it: one the user may not use is 400
+`unknown_model` here, never an answer from another model. The body is read once for its `model`
+only; the gate shapes it as it shapes any lane request.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator
 
@@ -10,20 +16,58 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from broker.core import BrokerCore
+from broker.models import allowed_models, choose_model
 from broker.responses import (
     JSON_TYPE,
 )
 from llama_direct.lanes import CHAT_ROUTE, LANE_PREFIX
 from llama_direct.refusals import (
+    INVALID_OPTION,
     GateUnavailable,
+    RequestRefusal,
+    UnknownModel,
 )
 from llama_direct.tokens import Grant, mint
 
 logger = logging.getLogger(__name__)
 
 
-async def baseline(core: BrokerCore, user: str, body: bytes, content_type: str | None) -> Response:
-    """The fallback: the same request through the gate's private side, with a token minted for it."""
+_QUERY_BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
+
+
+def body_model(body: bytes) -> object:
+    """The `model` a chat body names, or None (absent, null, or a body that is not a JSON object:
+    the gate refuses that one with its own words)."""
+    try:
+        value = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    return value.get("model") if isinstance(value, dict) else None
+
+
+def autoload_option(values: list[str]) -> bool:
+    """`?autoload=false` (llama-server's own spelling) keeps this request from loading a model."""
+    if not values:
+        return True
+    if len(values) > 1 or values[0].lower() not in _QUERY_BOOLEANS:
+        raise RequestRefusal(INVALID_OPTION, "autoload")
+    return _QUERY_BOOLEANS[values[0].lower()]
+
+
+def baseline_model(core: BrokerCore, body: bytes) -> str:
+    """The model the body names when the user may use it, the default when it names none."""
+    asked = body_model(body)
+    if asked is not None and not isinstance(asked, str):
+        raise UnknownModel(None)
+    health = core.gate.health
+    return choose_model(asked, allowed_models(core.policy.models, core.policy.model, health.models))
+
+
+async def baseline(
+    core: BrokerCore, user: str, body: bytes, content_type: str | None, *, model: str, autoload: bool = True,
+) -> Response:
+    """The fallback: the same request through the gate's private side, with a token minted for `model`
+    (from `baseline_model`; a load it may cause is charged by the caller, as at negotiation)."""
     now = core.clock()
     issuer = core.issuer()
     minted = mint(
@@ -32,7 +76,7 @@ async def baseline(core: BrokerCore, user: str, body: bytes, content_type: str |
         audience=issuer.audience,
         subject=user,
         scope="chat",
-        grant=Grant(routes=(CHAT_ROUTE,), model=core.settings.model, max_tokens=core.settings.max_tokens_cap),
+        grant=Grant(routes=(CHAT_ROUTE,), model=model, autoload=autoload, max_tokens=core.settings.max_tokens_cap),
         now=core.mint_time(user, now),
         ttl=core.settings.token_ttl,
     )

@@ -20,13 +20,15 @@ from llama_launcher.bench.clients import Target
 from llama_launcher.bench.processes import KEY_ENV, Child, listening_socket, wait_for_port, wait_for_socket
 from llama_launcher.bench.stack import ServeStack, start_stack
 from llama_launcher.paths import cache_dir
-from llama_launcher.server_args import ServerOptions
+from llama_launcher.server_args import RouterSource, ServerOptions
 from llama_launcher.server_process import LlamaServer
 
 LANES = ("raw", "direct", "baseline", "studio", "relay")
 REAL_ALIAS = "smollm2"
 REAL_SLOTS = 64
 REAL_CTX_PER_SLOT = 256
+ROUTER_MODELS = ("alpha", "beta")
+"""The router bed's two names for the same SmolLM2 file; `--models-max 1` keeps one loaded."""
 
 
 @dataclass
@@ -117,27 +119,40 @@ def synthetic_bed(work: Path, *, max_tokens: int) -> Bed:
         raise
 
 
-def real_bed(work: Path, *, max_tokens: int) -> Bed:
-    """A real llama-server with SmolLM2, started here so that the benchmark holds its key."""
+def real_bed(work: Path, *, max_tokens: int, router: bool = False) -> Bed:
+    """A real llama-server with SmolLM2, started here so that the benchmark holds its key.
+
+    `router`: llama-server's router over two presets of the same file (`ROUTER_MODELS`), one loaded
+    at a time, so that switching costs a load; the lanes attach to it as to any router.
+    """
     cache = cache_dir()
+    name = "router" if router else "real"
+    runtime = work / name
+    runtime.mkdir(mode=0o700)
+    gguf = model.ensure_default_model(cache)
+    source = None
+    if router:
+        preset = runtime / "models.ini"
+        preset.write_text("".join(f"[{alias}]\nmodel = {gguf}\n\n" for alias in ROUTER_MODELS))
+        source = RouterSource("preset", preset)
     options = ServerOptions(
         binary=provision.ensure_llama_server(None, cache).path,
-        model=model.ensure_default_model(cache),
+        model=gguf,
         alias=REAL_ALIAS,
         max_tokens=max_tokens,
         parallel=REAL_SLOTS,
         ctx_size=REAL_SLOTS * REAL_CTX_PER_SLOT,
+        extra_args=("--models-max", "1") if router else (),
+        router=source,
     )
-    runtime = work / "real"
-    runtime.mkdir(mode=0o700)
     server = LlamaServer(options, runtime, listen="unix")
     server.start()
     try:
         server.wait_ready(timeout=300, show_progress=False)
         key = server.authorization().decode().removeprefix("Bearer ")
         assert server.pid is not None
-        return _front("real", server.socket_path, key, server.pid, server.stop, work, alias=REAL_ALIAS,
-                      max_tokens=max_tokens)
+        return _front(name, server.socket_path, key, server.pid, server.stop, work,
+                      alias=ROUTER_MODELS[0] if router else REAL_ALIAS, max_tokens=max_tokens)
     except BaseException:
         server.stop()
         raise

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llama_launcher.bench import machine, report, request_cost, scenarios, soak, summary
-from llama_launcher.bench.beds import Bed, real_bed, synthetic_bed
+from llama_launcher.bench import machine, models, report, request_cost, scenarios, soak, summary
+from llama_launcher.bench.beds import ROUTER_MODELS, Bed, real_bed, synthetic_bed
 from llama_launcher.bench.processes import raise_fd_limit, run_loop
 
 
@@ -45,6 +45,10 @@ class Plan:
     cost_rounds: int = 3
     idle_seconds: float = 3.0
     real: bool = True
+    model_ttfts: int = 50
+    """One-token streams per lane for P3 on each real upstream, single-model and router."""
+    model_loads: int = 3
+    """Switches to each of the router's two models (each a load, then a warm request)."""
 
 
 FULL = Plan(
@@ -57,6 +61,7 @@ QUICK = Plan(
     reps=1, levels=(1, 4), real_tokens={1: 8, 4: 4}, synthetic_tokens={1: 500, 4: 100}, negotiations=10,
     verifications=50, held_streams=20, load_reps=1, load_tokens=50, load_pace=500.0, load_concurrency=2,
     load_slow=4, load_hammers=2, settle=0.5, cost_requests=10, cost_rounds=2, idle_seconds=1.0,
+    model_ttfts=5, model_loads=1,
 )
 
 
@@ -111,8 +116,17 @@ def run_bench(plan: Plan, out: Path, command: str) -> dict[str, Any]:
                 results["gate_cost"]["real"] = await request_cost.gate_cost(
                     bed, scenarios.chat_body(real=True, max_tokens=1), count=plan.cost_requests,
                     rounds=plan.cost_rounds, kept_alive=True)
+                results["many_models"]["single"] = await models.lane_vs_raw(bed, plan.model_ttfts)
 
+            async def on_router(bed: Bed) -> None:
+                results["many_models"]["router"] = await models.lane_vs_raw(
+                    bed, plan.model_ttfts, model=ROUTER_MODELS[0])
+                results["many_models"]["loads"] = await models.cold_and_warm(bed, plan.model_loads)
+
+            results["many_models"] = {}
             _with_bed(lambda: real_bed(work, max_tokens=max(plan.real_tokens.values()) * 4), on_real)
+            _say("starting a real llama-server router (two models, one loaded at a time) and the lanes")
+            _with_bed(lambda: real_bed(work, max_tokens=max(plan.real_tokens.values()) * 4, router=True), on_router)
 
         _say("starting the synthetic upstream and the lanes in front of it")
 

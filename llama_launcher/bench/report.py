@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from llama_launcher.bench import models
 from llama_launcher.bench.machine import one_line
 from llama_launcher.bench.summary import Verdict, verdicts
 
@@ -118,6 +119,10 @@ def render_markdown(results: dict[str, Any]) -> str:
                      f"{memory['rss_held_kib']:,.0f} KiB, {_num(memory['kib_per_stream'], '.1f')} KiB per stream.")
     if notes:
         lines += ["", *notes]
+    many = results.get("many_models")
+    if many:
+        lines += ["", "Many models: the lane against raw llama-server, single-model upstream beside a router:", ""]
+        lines += models.render(many)
     load = results.get("app_load")
     if load:
         lines += ["", f"App under load: {load['concurrency']} streams at {load['pace']:g} tokens/s each, while a "

@@ -198,3 +198,22 @@ def test_resume_of_a_stream_from_the_second_model(router: Stack) -> None:
     rest = read_from(len(first))
     assert first + rest == whole
     assert _chunk_models(whole.decode()) == {"beta"}
+
+
+def _baseline(stack: Stack, body: dict, query: str = "") -> httpx.Response:
+    return httpx.post(f"{stack.base}/v1/chat/completions{query}", json=body, timeout=120,
+                      headers={"Authorization": f"Bearer {stack.access_token}"})
+
+
+def test_the_fallback_lane_serves_the_model_the_body_names(router: Stack) -> None:
+    assert _chat(_grant(router, model="alpha")).status_code == 200  # beta is evicted now
+    before = _proxied(router)
+    refused = _baseline(router, {**PROMPT, "model": "beta"}, "?autoload=false")
+    assert refused.status_code == 409 and refused.json()["error"]["reason"] == "model_not_loaded"
+    assert _proxied(router) == before
+    response = _baseline(router, {**PROMPT, "model": "beta"})
+    assert response.status_code == 200, response.text
+    assert _chunk_models(response.text) == {"beta"}
+    assert _models(router)["beta"] == "loaded"
+    unknown = _baseline(router, {**PROMPT, "model": "gamma"})
+    assert unknown.status_code == 400 and unknown.json()["error"]["param"] == "gamma"

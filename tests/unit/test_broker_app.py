@@ -508,6 +508,88 @@ class TestBaseline:
         }
 
 
+ROUTER_READY = {**READY, "models": [{"id": "smol", "status": "loaded"}, {"id": "beta", "status": "unloaded"}]}
+
+
+class TestBaselineModels:
+    """The fallback lane serves the model the body names, as negotiation would grant it."""
+
+    @staticmethod
+    def _router(make: HarnessFactory, **overrides: Any) -> Harness:
+        return make(FakeGate(health=dict(ROUTER_READY)), models=("smol", "beta"), **overrides)
+
+    @staticmethod
+    def _grant(h: Harness) -> dict[str, Any]:
+        token = h.gate.requests[-1].headers["authorization"].partition(" ")[2]
+        claims = verify(token, keys=h.core.keyring.public_keyset(h.clock.now), audience=h.core.ids.gate_id,
+                        issuer=h.core.ids.broker_id, now=h.clock.now)
+        return claims.grant.to_claim()
+
+    def test_the_model_in_the_body_is_the_grants(self, make: HarnessFactory) -> None:
+        h = self._router(make)
+        answer = h.client.post("/v1/chat/completions", headers=BEARER, json={"model": "beta", "messages": []})
+        assert answer.status_code == 200
+        assert self._grant(h)["model"] == "beta"
+        assert json.loads(h.gate.requests[-1].content)["model"] == "beta"
+
+    def test_no_model_or_null_is_the_default(self, make: HarnessFactory) -> None:
+        h = self._router(make)
+        for body in ({"messages": []}, {"model": None, "messages": []}):
+            assert h.client.post("/v1/chat/completions", headers=BEARER, json=body).status_code == 200
+            assert self._grant(h)["model"] == "smol"
+
+    def test_a_body_that_is_not_json_goes_to_the_gate_for_the_default(self, make: HarnessFactory) -> None:
+        h = self._router(make)
+        h.client.post("/v1/chat/completions", headers=BEARER, content=b"{not json")
+        assert self._grant(h)["model"] == "smol" and h.gate.requests[-1].content == b"{not json"
+
+    def test_a_model_not_offered_is_400_naming_it_only_when_safe(self, make: HarnessFactory) -> None:
+        h = self._router(make)
+        sent = len(h.gate.requests)
+        for model, param in (("gamma", "gamma"), ("../../etc/passwd", None), (7, None)):
+            answer = h.client.post("/v1/chat/completions", headers=BEARER, json={"model": model, "messages": []})
+            assert answer.status_code == 400
+            error = answer.json()["error"]
+            assert error["reason"] == "unknown_model" and error.get("param") == param
+            assert "passwd" not in answer.text
+        assert [r.url.path for r in h.gate.requests[sent:]] == [], "nothing reached the gate"
+
+    def test_a_single_model_server_refuses_another_name(self, h: Harness) -> None:
+        answer = h.client.post("/v1/chat/completions", headers=BEARER, json={"model": "beta", "messages": []})
+        assert (answer.status_code, answer.json()["error"]["reason"]) == (400, "unknown_model")
+        assert h.client.post("/v1/chat/completions", headers=BEARER,
+                             json={"model": "smol", "messages": []}).status_code == 200
+
+    def test_autoload_false_reaches_the_grant(self, make: HarnessFactory) -> None:
+        h = self._router(make)
+        answer = h.client.post("/v1/chat/completions?autoload=false", headers=BEARER,
+                               json={"model": "beta", "messages": []})
+        assert answer.status_code == 200
+        assert self._grant(h)["autoload"] is False
+        h.client.post("/v1/chat/completions?autoload=true", headers=BEARER, json={"model": "beta", "messages": []})
+        assert "autoload" not in self._grant(h)
+
+    def test_a_bad_autoload_is_400(self, make: HarnessFactory) -> None:
+        h = self._router(make)
+        for query in ("autoload=maybe", "autoload=true&autoload=false"):
+            answer = h.client.post("/v1/chat/completions?" + query, headers=BEARER, json={"messages": []})
+            assert (answer.status_code, answer.json()["error"]["reason"]) == (400, "invalid_option")
+
+    def test_loads_are_charged_like_negotiation(self, make: HarnessFactory) -> None:
+        h = self._router(make, load_rate_per_minute=1)
+        beta = {"model": "beta", "messages": []}
+        assert h.client.post("/v1/chat/completions", headers=BEARER, json={"messages": []}).status_code == 200
+        assert h.client.post("/v1/chat/completions", headers=BEARER, json=beta).status_code == 200
+        assert h.client.post("/v1/chat/completions?autoload=false", headers=BEARER, json=beta).status_code == 200
+        limited = h.client.post("/v1/chat/completions", headers=BEARER, json=beta)
+        assert limited.status_code == 429 and "retry-after" in limited.headers
+        assert _negotiated(h, model="beta").status_code == 429, "the lane and the fallback share the count"
+
+
+def _negotiated(h: Harness, **body: Any) -> httpx.Response:
+    return h.client.post("/direct-stream", headers=BEARER, json=body)
+
+
 class TestErrors:
     def test_an_unknown_route_is_json(self, h: Harness) -> None:
         answer = h.client.post("/nowhere", headers=BEARER)
