@@ -49,6 +49,8 @@ class Plan:
     """One-token streams per lane for P3 on each real upstream, single-model and router."""
     model_loads: int = 3
     """Switches to each of the router's two models (each a load, then a warm request)."""
+    router: bool = True
+    """Start a router bed too (two models: its loads take most of a minute on 2 cores, so not in --quick)."""
 
 
 FULL = Plan(
@@ -61,7 +63,7 @@ QUICK = Plan(
     reps=1, levels=(1, 4), real_tokens={1: 8, 4: 4}, synthetic_tokens={1: 500, 4: 100}, negotiations=10,
     verifications=50, held_streams=20, load_reps=1, load_tokens=50, load_pace=500.0, load_concurrency=2,
     load_slow=4, load_hammers=2, settle=0.5, cost_requests=10, cost_rounds=2, idle_seconds=1.0,
-    model_ttfts=5, model_loads=1,
+    model_ttfts=5, model_loads=1, router=False,
 )
 
 
@@ -125,8 +127,10 @@ def run_bench(plan: Plan, out: Path, command: str) -> dict[str, Any]:
 
             results["many_models"] = {}
             _with_bed(lambda: real_bed(work, max_tokens=max(plan.real_tokens.values()) * 4), on_real)
-            _say("starting a real llama-server router (two models, one loaded at a time) and the lanes")
-            _with_bed(lambda: real_bed(work, max_tokens=max(plan.real_tokens.values()) * 4, router=True), on_router)
+            if plan.router:
+                _say("starting a real llama-server router (two models, one loaded at a time) and the lanes")
+                _with_bed(lambda: real_bed(work, max_tokens=max(plan.real_tokens.values()) * 4, router=True),
+                          on_router)
 
         _say("starting the synthetic upstream and the lanes in front of it")
 
