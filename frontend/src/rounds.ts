@@ -69,6 +69,18 @@ interface NotYet {
   error?: Classified;
 }
 
+/** The baseline serves the model the body names: the one picked, as the lane's grant does. */
+function fallbackBody(run: ChatRun, body: Record<string, unknown>): Record<string, unknown> {
+  const model = run.options.model;
+  return model !== undefined && body.model === undefined ? { ...body, model } : body;
+}
+
+/** A run that may not load a model asks the baseline the same (`?autoload=false`: 409 if not loaded). */
+function fallbackTarget(run: ChatRun, url: string): string {
+  if (run.options.autoload !== false) return url;
+  return `${url}${url.includes("?") ? "&" : "?"}autoload=false`;
+}
+
 /** The broker's baseline, same body, same SSE; `unreachable` lets the round reconnect. */
 async function* fallbackRound(
   run: ChatRun,
@@ -126,7 +138,7 @@ export async function* round(run: ChatRun, body: Record<string, unknown>): Async
       if (outcome.kind !== "fallback") return outcome;
     }
     const fallbackUrl = answer.fallbackUrl ?? run.options.fallbackUrl ?? DEFAULTS.fallbackUrl;
-    const outcome = yield* fallbackRound(run, fallbackUrl, body);
+    const outcome = yield* fallbackRound(run, fallbackTarget(run, fallbackUrl), fallbackBody(run, body));
     if (outcome.kind === "end" || outcome.kind === "stopped") return outcome;
     const loading = outcome.kind === "loading";
     const delay = loading ? loadingDelays[loadingWaits++] : delays[reconnects++];

@@ -37,7 +37,8 @@ function server(routes: { negotiate?: Route; lane?: Route; fallback?: Route; str
     if (call.url === "direct-stream") return routes.negotiate ?? (() => json(grant()));
     if (call.url.startsWith(`${LANE}/v1/chat/completions`)) return routes.lane ?? ((c) => sse(c, chunks(PLAIN)));
     if (call.url.startsWith(`${LANE}/v1/stream`)) return routes.stream ?? (() => json({}, 404));
-    if (call.url === "/app/v1/chat/completions" || call.url === "v1/chat/completions") {
+    const path = call.url.split("?")[0];
+    if (path === "/app/v1/chat/completions" || path === "v1/chat/completions") {
       return routes.fallback ?? ((c) => sse(c, chunks(PLAIN)));
     }
     throw new Error(`unexpected request ${call.method} ${call.url}`);
@@ -146,6 +147,21 @@ describe("silent fallback before the first delta", () => {
     const unnamed = server({ negotiate: () => networkError() });
     await run(unnamed);
     expect(unnamed.calls[1]?.url).toBe("v1/chat/completions");
+  });
+
+  it("falls back with the picked model, and with autoload off when the run may not load", async () => {
+    const unsupported = () => json({ supported: false, reason: "gate_down", fallback_url: "/app/v1/chat/completions" });
+    const picked = server({ negotiate: unsupported });
+    await run(picked, { model: "beta" });
+    expect(picked.calls[1]?.url).toBe("/app/v1/chat/completions");
+    expect(picked.calls[1]?.body).toMatchObject({ model: "beta" });
+    const noLoad = server({
+      negotiate: unsupported,
+      fallback: (c) => (c.url.endsWith("?autoload=false") ? sse(c, chunks(PLAIN)) : json({}, 500)),
+    });
+    const events = await run(noLoad, { model: "beta", autoload: false });
+    expect(noLoad.calls[1]?.url).toBe("/app/v1/chat/completions?autoload=false");
+    expect(last(events)).toMatchObject({ lane: "fallback" });
   });
 
   it("shows a notice while the model is loading, then falls back", async () => {
