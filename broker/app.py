@@ -51,7 +51,7 @@ from broker.responses import (
 from broker.settings import BrokerSettings, direct_stream_enabled
 from broker.signing_keys import KeyRing
 from broker.static import UNBUILT_PAGE, static_file
-from llama_direct.control import HOLD_SECONDS, STATE_PATH, state_document
+from llama_direct.control import HOLD_SECONDS, SHARED_RECHECK_SECONDS, STATE_PATH, state_document
 from llama_direct.refusals import (
     BAD_TOOL_INPUT,
     BODY_TOO_LARGE,
@@ -224,7 +224,7 @@ def create_control_app(core: BrokerCore) -> FastAPI:
                 return json_response(document, headers=NO_STORE)
             if left <= 0:
                 return Response(status_code=304, headers=NO_STORE)
-            await core.wait_for_change(left)
+            await core.wait_for_change(min(left, SHARED_RECHECK_SECONDS) if core.shared_state else left)
 
     @app.get("/revocations")
     async def revocations() -> Response:

@@ -74,6 +74,8 @@ class BrokerCore:
         self.sessions: SessionStore | RedisSessionStore
         self.limiter: RateLimiter | RedisRateLimiter
         self.revocations: Revocations | RedisRevocations
+        self.shared_state = bool(redis_url)
+        """Revocations may change at another broker: `/state` polls re-read them (SHARED_RECHECK_SECONDS)."""
         if redis_url:
             client = sync_client(redis_url)
             self.sessions = RedisSessionStore(client)

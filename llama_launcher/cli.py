@@ -89,6 +89,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="token negotiations per minute per session (default 120)")
     serve.add_argument("--burst", type=_int_in(1, UNLIMITED_RATE), default=20,
                        help="negotiations a session may make at once before the rate applies (default 20)")
+    serve.add_argument("--loads-per-minute", type=_int_in(1, UNLIMITED_RATE), default=6,
+                       help="many models: loads a session may cause per minute (default 6; a load stalls the box)")
     serve.add_argument("--audience", type=_name, metavar="NAME",
                        help="the tokens' aud, shared by several gates (default: this data dir's gate id)")
     serve.add_argument("--issuer", type=_name, action="append", default=[], metavar="NAME",
@@ -277,7 +279,7 @@ def serve(args: argparse.Namespace) -> int:
         "token_ttl": args.token_ttl, "max_tokens_cap": args.max_tokens,
         "signing_key_file": str(args.signing_key_file.resolve()) if args.signing_key_file else None,
         "key_rotation_hours": args.key_rotation_hours,
-        "rate_per_minute": args.rate_per_minute, "burst": args.burst,
+        "rate_per_minute": args.rate_per_minute, "burst": args.burst, "load_rate_per_minute": args.loads_per_minute,
         "audience": args.audience, "issuer": args.issuer[0] if args.issuer else None,
     }
     gate_settings: dict[str, object] = {

@@ -28,7 +28,7 @@ def router(llama_server_binary: Path, model_path: Path, tmp_path_factory: pytest
     preset.write_text(f"[alpha]\nmodel = {model_path}\nctx-size = 1024\n\n"
                       f"[beta]\nmodel = {model_path}\nctx-size = 2048\n")
     with run_stack("--llama-server", str(llama_server_binary), "--models-preset", str(preset),
-                   "--models-max", "1", "--verbose") as running:
+                   "--models-max", "1", "--loads-per-minute", "60", "--verbose") as running:
         yield running
 
 
