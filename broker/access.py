@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from fastapi import Request
 from fastapi.responses import Response
@@ -14,7 +15,7 @@ from broker.responses import (
 )
 from broker.sessions import COOKIE_NAME
 from broker.settings import normalise_origin
-from llama_direct.redaction import register_secret
+from llama_direct.redaction import forget_secret, register_secret
 from llama_direct.refusals import (
     BAD_ACCESS_TOKEN,
     LOGIN_REQUIRED,
@@ -51,23 +52,39 @@ def login(core: BrokerCore, request: Request) -> Response:
     """Trade the access token for a session, then send the browser on, so the token leaves the address bar."""
     user = core.access.user_for(request.query_params.get("token"))
     if user is None:
+        failed_login(core, request)
         if wants_html(request):
             return Response(BAD_LOGIN_PAGE, status_code=401, media_type="text/html", headers=NO_STORE)
         raise RequestRefusal(BAD_ACCESS_TOKEN)
-    core.sessions.drop(request.cookies.get(COOKIE_NAME))
+    end_session(core, request.cookies.get(COOKIE_NAME))
     session_id = core.sessions.create(user)
-    register_secret(session_id)
+    register_secret(session_id, ephemeral=True)
     logger.info("event=login user=%s", user)
     headers = {
         "Location": "./",
         "Cache-Control": "no-store",
-        "Set-Cookie": session_cookie(session_id, secure=request_scheme(request) == "https"),
+        "Set-Cookie": session_cookie(core, request, session_id),
     }
     return Response(status_code=303, headers=headers)
 
 
-def session_cookie(value: str, *, secure: bool, max_age: int | None = None) -> str:
-    parts = [f"{COOKIE_NAME}={value}", "HttpOnly", "SameSite=Strict", "Path=/"]
+def end_session(core: BrokerCore, session_id: str | None) -> None:
+    """The session is gone on the server's side: its cookie, replayed, names nobody."""
+    if session_id:
+        core.sessions.drop(session_id)
+        forget_secret(session_id)
+
+
+def session_cookie(core: BrokerCore, request: Request, value: str, *, max_age: int | None = None) -> str:
+    """Scoped to the public path, and `Secure` whenever the browser's side is TLS.
+
+    Behind a TLS reverse proxy (`--public-url https://host/llm`) the gate's own listener is plain, so
+    the public URL decides; without one, the scheme the gate saw does.
+    """
+    public = urlsplit(core.settings.public_url) if core.settings.public_url else None
+    secure = (public.scheme if public else request_scheme(request)) == "https"
+    path = core.settings.public_prefix or "/"
+    parts = [f"{COOKIE_NAME}={value}", "HttpOnly", "SameSite=Strict", f"Path={path}"]
     if max_age is not None:
         parts.append(f"Max-Age={max_age}")
     if secure:
@@ -82,6 +99,7 @@ def caller_or_none(core: BrokerCore, request: Request) -> Caller | None:
         scheme, _, value = authorization.partition(" ")
         user = core.access.user_for(value.strip()) if scheme.lower() == "bearer" else None
         if user is None:
+            failed_login(core, request)
             raise RequestRefusal(BAD_ACCESS_TOKEN)
         return Caller(user=user, session_id=None)
     session_id = request.cookies.get(COOKIE_NAME)
@@ -122,6 +140,26 @@ def grant_origin(core: BrokerCore, request: Request, caller: Caller) -> str | No
 
 def check_cookie_origin(core: BrokerCore, request: Request, caller: Caller) -> None:
     grant_origin(core, request, caller)
+
+
+def failed_login(core: BrokerCore, request: Request) -> None:
+    """Count a wrong access token against the client's address; 429 once its allowance is spent.
+
+    Only failures are counted and a right token is checked first, so someone sharing the address
+    (a NAT, a proxy) can slow their own guessing but never lock the real user out.
+    """
+    retry_after = core.login_failures.acquire(client_address(request), core.clock())
+    if retry_after:
+        logger.warning("event=login_failures_limited retry_after=%d", retry_after)
+        raise RateLimited(retry_after)
+
+
+def client_address(request: Request) -> str:
+    """The gate names the client in `X-Forwarded-For` (its own resolution, one entry); else the socket's peer."""
+    forwarded = request.headers.get("x-forwarded-for")
+    if forwarded:
+        return forwarded.rsplit(",", 1)[-1].strip()[:64]
+    return request.client.host if request.client else "unknown"
 
 
 def rate_limit(core: BrokerCore, user: str, now: float) -> None:

@@ -27,6 +27,7 @@ from broker.access import (
     LOGIN_PAGE,
     caller_or_none,
     check_cookie_origin,
+    end_session,
     grant_origin,
     login,
     rate_limit,
@@ -48,6 +49,7 @@ from broker.responses import (
     install_error_handlers,
     json_response,
 )
+from broker.sessions import COOKIE_NAME
 from broker.settings import BrokerSettings, direct_stream_enabled
 from broker.signing_keys import KeyRing
 from broker.static import UNBUILT_PAGE, static_file
@@ -139,10 +141,10 @@ def create_app(
     async def logout(request: Request) -> Response:
         caller = require_caller(core, request)
         check_cookie_origin(core, request, caller)
-        core.sessions.drop(caller.session_id)
+        end_session(core, caller.session_id or request.cookies.get(COOKIE_NAME))
         core.revoke(caller.user)
         response = json_response({"logged_out": True}, headers=NO_STORE)
-        response.headers["Set-Cookie"] = session_cookie("", secure=request_scheme(request) == "https", max_age=0)
+        response.headers["Set-Cookie"] = session_cookie(core, request, "", max_age=0)
         return response
 
     @app.get("/.well-known/jwks.json")

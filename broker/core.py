@@ -1,6 +1,7 @@
 """The broker's state: settings, ids, keys, sessions, conversations and the gate link.
 
-Sessions, rate counters and revocations live in memory, or in Redis when a URL is configured
+Sessions and rate counters live in memory, revocations in memory and the data dir's
+`revocations.json` (`broker.revocation_file`); or all three in Redis when a URL is configured
 (`broker.shared_state`), so that several brokers behind a balancer share them.
 """
 
@@ -21,7 +22,14 @@ from broker.negotiation import (
     Issuer,
     Policy,
 )
-from broker.sessions import AccessTokens, RateLimiter, SessionStore
+from broker.revocation_file import load_revocations, save_revocations
+from broker.sessions import (
+    LOGIN_FAILURE_BURST,
+    LOGIN_FAILURES_PER_MINUTE,
+    AccessTokens,
+    RateLimiter,
+    SessionStore,
+)
 from broker.settings import BrokerSettings, SettingsError, direct_stream_enabled, normalise_origin
 from broker.shared_state import RedisRateLimiter, RedisRevocations, RedisSessionStore, sync_client
 from broker.signing_keys import KeyFileError, KeyRing
@@ -84,7 +92,9 @@ class BrokerCore:
         else:
             self.sessions = SessionStore()
             self.limiter = RateLimiter(settings.rate_per_minute, settings.burst)
-            self.revocations = Revocations()
+            self.revocations = load_revocations(settings.data_dir, clock())
+        self.login_failures = RateLimiter(LOGIN_FAILURES_PER_MINUTE, LOGIN_FAILURE_BURST)
+        """Wrong access tokens per client address, this broker's own count even with Redis."""
         self.load_limiter = RateLimiter(settings.load_rate_per_minute, settings.load_rate_per_minute)
         """Model loads per user: a load stalls every user of the box for its duration."""
         self.policy = Policy.from_settings(settings)
@@ -135,6 +145,8 @@ class BrokerCore:
         not_before = math.floor(now) + 1
         self.revocations.prune(now)
         self.revocations.revoke(user, not_before)
+        if isinstance(self.revocations, Revocations):  # Redis keeps its own
+            save_revocations(self.settings.data_dir, self.revocations)
         logger.info("event=revoked user=%s not_before=%d", user, not_before)
         self.published_changed()
         return not_before

@@ -16,6 +16,11 @@ DEFAULT_USER = "local"
 """The embedded deployment has one user: whoever holds the access token."""
 MAX_SESSIONS = 1024
 """Each login adds a session; the oldest go first, so repeated logins cannot grow memory forever."""
+LOGIN_FAILURE_BURST = 10
+LOGIN_FAILURES_PER_MINUTE = 6
+"""Wrong access tokens allowed per client address: ten at once, then one every ten seconds."""
+MAX_LIMITED_KEYS = 4096
+"""Buckets kept per limiter: the least recently seen key goes first, so many addresses cannot grow memory."""
 
 
 class AccessTokens:
@@ -77,18 +82,22 @@ class _Bucket:
 class RateLimiter:
     """A token bucket per user: `burst` at once, refilled at `per_minute` a minute."""
 
-    def __init__(self, per_minute: int, burst: int) -> None:
+    def __init__(self, per_minute: int, burst: int, max_keys: int = MAX_LIMITED_KEYS) -> None:
         if per_minute < 1 or burst < 1:
             raise ValueError("per_minute and burst must be positive")
         self._rate = per_minute / 60.0
         self._burst = float(burst)
         self._buckets: dict[str, _Bucket] = {}
+        self._max_keys = max_keys
 
     def acquire(self, user: str, now: float) -> int:
         """Take one from `user`'s bucket: 0 when allowed, else the whole seconds to wait (≥ 1)."""
-        bucket = self._buckets.get(user)
+        bucket = self._buckets.pop(user, None)
         if bucket is None:
-            bucket = self._buckets[user] = _Bucket(tokens=self._burst, updated=now)
+            bucket = _Bucket(tokens=self._burst, updated=now)
+        self._buckets[user] = bucket
+        while len(self._buckets) > self._max_keys:
+            del self._buckets[next(iter(self._buckets))]
         elapsed = max(0.0, now - bucket.updated)
         bucket.tokens = min(self._burst, bucket.tokens + elapsed * self._rate)
         bucket.updated = max(bucket.updated, now)

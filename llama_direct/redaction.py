@@ -15,24 +15,54 @@ from llama_direct.runtime import LOG_LEVEL_ENV
 
 REDACTED = "[redacted]"
 _MIN_SECRET_LENGTH = 8
+MAX_EPHEMERAL_SECRETS = 1024
+"""As many as the broker keeps sessions (`broker.sessions.MAX_SESSIONS`): an older session id names nobody."""
 
 _lock = threading.Lock()
+_lasting: set[str] = set()
+_ephemeral: dict[str, None] = {}
+"""Insertion-ordered, so the oldest goes first once the bound is passed."""
 _secrets: tuple[str, ...] = ()
 
 
-def register_secret(secret: str | bytes) -> None:
+def register_secret(secret: str | bytes, *, ephemeral: bool = False) -> None:
     """Remember a secret so that every later log record is scrubbed of it.
 
+    Keys and the access token last for the process. An `ephemeral` secret (a session id) is one of
+    at most `MAX_EPHEMERAL_SECRETS`, the oldest forgotten first, so logins cannot grow the list (and
+    the cost of scrubbing each record) forever; a session that old has been evicted and is worthless.
     Short values are refused: redacting them would mangle ordinary words, and no real key is short.
     """
-    global _secrets
     text = secret.decode("utf-8", "replace") if isinstance(secret, bytes) else secret
     if len(text) < _MIN_SECRET_LENGTH:
         raise ValueError("a secret to redact must be at least 8 characters long")
     with _lock:
-        if text not in _secrets:
-            # Longest first, so a secret that contains another is replaced whole.
-            _secrets = tuple(sorted((*_secrets, text), key=len, reverse=True))
+        if ephemeral:
+            _ephemeral.pop(text, None)
+            _ephemeral[text] = None
+            while len(_ephemeral) > MAX_EPHEMERAL_SECRETS:
+                del _ephemeral[next(iter(_ephemeral))]
+        else:
+            _lasting.add(text)
+        _rebuild()
+
+
+def forget_secret(secret: str) -> None:
+    """Stop scrubbing an ephemeral secret (a session that has ended); a lasting one stays."""
+    with _lock:
+        if secret in _ephemeral:
+            del _ephemeral[secret]
+            _rebuild()
+
+
+def registered_count() -> int:
+    return len(_secrets)
+
+
+def _rebuild() -> None:
+    global _secrets
+    # Longest first, so a secret that contains another is replaced whole.
+    _secrets = tuple(sorted(_lasting | _ephemeral.keys(), key=len, reverse=True))
 
 
 

@@ -18,6 +18,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -133,12 +134,30 @@ def bind_public(host: str, port: int, flag: str = "--port") -> socket.socket:
     return sock
 
 
+def check_data_dir(data_dir: Path) -> None:
+    """The data dir holds the signing keys: only its owner, this user, may change what is in it."""
+    info = data_dir.stat()
+    if not stat.S_ISDIR(info.st_mode):
+        raise LauncherError(f"the data dir {data_dir} is not a directory")
+    if info.st_uid != os.getuid():
+        raise LauncherError(f"the data dir {data_dir} is not owned by this user; use one that is")
+    if info.st_mode & 0o022:
+        raise LauncherError(f"the data dir {data_dir} is writable by group or others; chmod go-w it")
+
+
 class DataDirLock:
     """Two instances never share one data dir: their keys and ids would fight."""
 
     def __init__(self, data_dir: Path) -> None:
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._handle: IO[str] = open(data_dir / ".lock", "w")  # noqa: SIM115 - held for the process lifetime
+        check_data_dir(data_dir)
+        try:
+            fd = os.open(data_dir / ".lock", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as error:
+            if error.errno == errno.ELOOP:
+                raise LauncherError(f"the lock file in the data dir {data_dir} is a symlink; remove it") from None
+            raise LauncherError(f"cannot open the lock file in the data dir {data_dir}: {error.strerror}") from None
+        self._handle: IO[str] = os.fdopen(fd, "w")
         try:
             fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
