@@ -1,0 +1,157 @@
+"""The gate's token check: a small, pure JWS verification core over `cryptography` (issue 18, P5).
+
+Why not PyJWT here: its Python-level work (a per-character base64 genexpr, option merging, key
+preparation on every call) costs more than the signature itself, and the gate checks a token on
+every lane request. No maintained Python JOSE library is cheaper (jwcrypto, joserfc and authlib do
+more per call, not less), so the issue allows this core, for verification only; minting stays on
+PyJWT (`tokens.mint`).
+
+What it keeps of PyJWT, check by check and in PyJWT's order, so the refusals stay the same:
+the header picks the key by `kid` and the key's own algorithm must equal the header's `alg` (a
+token cannot choose its algorithm: `none`, HS256 or a mismatch is refused before any crypto);
+exactly three segments, each canonical unpadded base64url (stricter than PyJWT, which accepts
+`=` padding); header and payload JSON objects; `crit` only as PyJWT allows it, and `b64: false`
+refused (it needs a detached payload, which the gate never has); the signature checked before the
+payload is parsed; then the required claims, `iss`, the strict single `aud`, `sub` and `jti`.
+`tests/unit/test_jws_differential.py` fuzzes it against PyJWT.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+from llama_direct.keys import PublicKey, PublicKeySet
+from llama_direct.refusals import (
+    AlgorithmNotAllowed,
+    BadSignature,
+    MalformedToken,
+    MissingClaim,
+    UnknownKey,
+    WrongAudience,
+    WrongIssuer,
+)
+
+ALGORITHMS = ("EdDSA", "ES256")
+_ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
+_P256_SIGNATURE_BYTES = 64
+_SUPPORTED_CRIT = frozenset({"b64"})
+"""What PyJWT understands in `crit`; anything else is refused, as RFC 7515 §4.1.11 requires."""
+
+
+def decode(
+    token: str,
+    keys: PublicKeySet,
+    *,
+    audience: str,
+    issuer: str | Sequence[str],
+    required: Sequence[str],
+) -> dict[str, Any]:
+    """The verified payload of a compact JWS, or a `TokenRefusal`; the time claims are the caller's."""
+    header_segment, _, rest = token.partition(".")
+    header = _json_object(_b64url(header_segment))
+    alg = header.get("alg")
+    if alg not in ALGORITHMS:
+        raise AlgorithmNotAllowed()
+    kid = header.get("kid")
+    entry = keys.keys.get(kid) if isinstance(kid, str) else None
+    if entry is None:
+        raise UnknownKey()
+    key_alg, public_key = entry
+    if key_alg != alg:
+        raise AlgorithmNotAllowed()
+    payload_segment, dot, signature_segment = rest.partition(".")
+    if not dot or "." in signature_segment:
+        raise MalformedToken()
+    _check_crit(header)
+    payload_bytes = _b64url(payload_segment)
+    signature = _b64url(signature_segment)
+    signing_input = token[: len(header_segment) + 1 + len(payload_segment)].encode("ascii")
+    if not _signature_ok(key_alg, public_key, signing_input, signature):
+        raise BadSignature()
+    payload = _json_object(payload_bytes)
+    _check_registered(payload, audience=audience, issuer=issuer, required=required)
+    return payload
+
+
+def _b64url(segment: str) -> bytes:
+    """Canonical unpadded base64url only: re-encoding must give the segment back, byte for byte."""
+    try:
+        data = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    except (ValueError, binascii.Error):
+        raise MalformedToken() from None
+    if base64.urlsafe_b64encode(data).rstrip(b"=") != segment.encode("ascii"):
+        raise MalformedToken()
+    return data
+
+
+def _json_object(data: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(data)
+    except (ValueError, RecursionError):
+        raise MalformedToken() from None
+    if not isinstance(value, dict):
+        raise MalformedToken()
+    return value
+
+
+def _check_crit(header: dict[str, Any]) -> None:
+    """PyJWT's rules: `crit` a non-empty list of understood names present in the header; no b64=false."""
+    if "crit" in header:
+        crit = header["crit"]
+        if not isinstance(crit, list) or not crit:
+            raise MalformedToken()
+        for name in crit:
+            if not isinstance(name, str) or name not in _SUPPORTED_CRIT or name not in header:
+                raise MalformedToken()
+    if header.get("b64", True) is False:
+        raise MalformedToken()
+
+
+def _signature_ok(alg: str, key: PublicKey, signing_input: bytes, signature: bytes) -> bool:
+    """The algorithm is the key's own; ES256 signatures are raw r||s (RFC 7518 §3.4), DER for OpenSSL."""
+    try:
+        if alg == "EdDSA" and isinstance(key, Ed25519PublicKey):
+            key.verify(signature, signing_input)
+            return True
+        if alg == "ES256" and isinstance(key, ec.EllipticCurvePublicKey):
+            if len(signature) != _P256_SIGNATURE_BYTES:
+                return False
+            r = int.from_bytes(signature[:32], "big")
+            s = int.from_bytes(signature[32:], "big")
+            key.verify(encode_dss_signature(r, s), signing_input, _ECDSA_SHA256)
+            return True
+    except InvalidSignature:
+        return False
+    raise AlgorithmNotAllowed()
+
+
+def _check_registered(
+    payload: dict[str, Any], *, audience: str, issuer: str | Sequence[str], required: Sequence[str]
+) -> None:
+    """PyJWT's claim checks in its order: required, `iss`, strict `aud`, then `sub` and `jti` strings."""
+    for claim in required:
+        if payload.get(claim) is None:
+            raise MissingClaim()
+    iss = payload.get("iss")
+    if "iss" not in payload:
+        raise MissingClaim()
+    if not isinstance(iss, str) or (iss != issuer if isinstance(issuer, str) else iss not in issuer):
+        raise WrongIssuer()
+    aud = payload.get("aud")
+    if not aud:
+        raise MissingClaim()
+    if not isinstance(aud, str) or aud != audience:
+        raise WrongAudience()
+    for name in ("sub", "jti"):
+        if name in payload and not isinstance(payload[name], str):
+            raise MalformedToken()
