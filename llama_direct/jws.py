@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import binascii
 import json
+import json.scanner
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -37,6 +38,8 @@ from llama_direct.refusals import (
 
 ALGORITHMS = ("EdDSA", "ES256")
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
+_SCAN_JSON = json.scanner.make_scanner(json.JSONDecoder())
+"""`json.loads`'s own scanner, called directly: the same parser without its Python wrapper (~3 µs)."""
 _TO_STANDARD = bytes.maketrans(b"-_", b"+/")
 _PADDING = ("", "", "==", "=")
 _CANONICAL_LAST = (None, None, frozenset("AQgw"), frozenset("AEIMQUYcgkosw048"))
@@ -95,11 +98,13 @@ def _b64url(segment: str) -> bytes:
 
 
 def _json_object(data: bytes) -> dict[str, Any]:
+    """A JSON object, decoded as `json.loads` would; whitespace around it is refused (ours never has it)."""
     try:
-        value = json.loads(data)
-    except (ValueError, RecursionError):
+        text = data.decode(json.detect_encoding(data), "surrogatepass")
+        value, end = _SCAN_JSON(text, 0)
+    except (StopIteration, ValueError, RecursionError):
         raise MalformedToken() from None
-    if not isinstance(value, dict):
+    if end != len(text) or not isinstance(value, dict):
         raise MalformedToken()
     return value
 
