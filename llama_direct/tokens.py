@@ -233,10 +233,13 @@ def verify(
 
 
 def _claims_from(payload: dict[str, Any]) -> Claims:
-    strings = (payload["iss"], payload["aud"], payload["sub"], payload["jti"], payload["scope"])
-    times = (payload["iat"], payload["nbf"], payload["exp"])
-    if not all(isinstance(s, str) and s for s in strings) or not all(_is_int(t) for t in times):
-        raise MalformedToken()
+    # Plain loops, not all(genexpr): this runs on every lane request (issue 18, P5).
+    for text in (payload["iss"], payload["aud"], payload["sub"], payload["jti"], payload["scope"]):
+        if not isinstance(text, str) or not text:
+            raise MalformedToken()
+    for time in (payload["iat"], payload["nbf"], payload["exp"]):
+        if not _is_int(time):
+            raise MalformedToken()
     if payload["exp"] - payload["iat"] > MAX_TTL_SECONDS:
         raise MalformedToken()
     return Claims(
