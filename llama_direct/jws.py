@@ -2,15 +2,16 @@
 
 Why not PyJWT here: its Python-level work (a per-character base64 genexpr, option merging, key
 preparation on every call) costs more than the signature itself, and the gate checks a token on
-every lane request. No maintained Python JOSE library is cheaper (jwcrypto, joserfc and authlib do
-more per call, not less), so the issue allows this core, for verification only; minting stays on
-PyJWT (`tokens.mint`).
+every lane request. The other maintained Python JOSE libraries (jwcrypto, joserfc, authlib) are
+Python layers over the same `cryptography` calls too; only PyJWT was timed here. The issue allows
+this core for verification only; minting stays on PyJWT (`tokens.mint`).
 
 What it keeps of PyJWT, check by check and in PyJWT's order, so the refusals stay the same:
 the header picks the key by `kid` and the key's own algorithm must equal the header's `alg` (a
 token cannot choose its algorithm: `none`, HS256 or a mismatch is refused before any crypto);
 exactly three segments, each canonical unpadded base64url (stricter than PyJWT, which accepts
-`=` padding); header and payload JSON objects; `crit` only as PyJWT allows it, and `b64: false`
+`=` padding); header and payload JSON objects (read by `json`'s own scanner; whitespace
+around the object is refused, which PyJWT allows); `crit` only as PyJWT allows it, and `b64: false`
 refused (it needs a detached payload, which the gate never has); the signature checked before the
 payload is parsed; then the required claims, `iss`, the strict single `aud`, `sub` and `jti`.
 `tests/unit/test_jws_differential.py` fuzzes it against PyJWT.

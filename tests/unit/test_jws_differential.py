@@ -5,9 +5,9 @@ PyJWT's `decode` with that key's algorithm only and the same options. Both must 
 decision on every token. Where both refuse, the refusal is the same class, with one documented
 equivalence: a token that is malformed somewhere *and* names a bad `alg` or `kid` may be called
 `MalformedToken` by one and `AlgorithmNotAllowed`/`UnknownKey` by the other, because PyJWT reads
-the header loosely before its strict pass and the core reads it strictly once. And one documented
-difference: the core refuses `=` padding, which PyJWT tolerates (RFC 7515 §2 forbids it; no minter
-of ours writes it).
+the header loosely before its strict pass and the core reads it strictly once. And two documented
+differences, where the core is stricter: it refuses `=` padding, which PyJWT tolerates (RFC 7515 §2
+forbids it), and whitespace around a JSON object; no minter of ours writes either.
 """
 
 from __future__ import annotations
@@ -238,3 +238,13 @@ def test_a_padded_token_is_refused_by_the_core_alone() -> None:
         pytest.fail("expected a signature that needs padding")
     assert isinstance(reference(padded), dict)
     assert core(padded) is MalformedToken
+
+
+def test_whitespace_around_the_json_is_refused_by_the_core_alone() -> None:
+    key = _KEYS["EdDSA"]
+    header = b64(json.dumps({"alg": "EdDSA", "kid": key.kid}).encode())
+    payload = b64(b" " + json.dumps(jwt.decode(_VALID["EdDSA"], options={"verify_signature": False})).encode())
+    signing_input = f"{header}.{payload}".encode()
+    token = f"{signing_input.decode()}.{b64(sign(key.private_key, 'EdDSA', signing_input))}"
+    assert isinstance(reference(token), dict)
+    assert core(token) is MalformedToken
