@@ -9,17 +9,20 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 PublicKey = Ed25519PublicKey | ec.EllipticCurvePublicKey
+SignatureCheck = Callable[[bytes, bytes], bool]
+"""(signing input, signature) -> whether the signature is the key's, with the key's own algorithm."""
 
 _P256_BYTES = 32
 _JWK_KINDS = {("OKP", "Ed25519", "EdDSA"), ("EC", "P-256", "ES256")}
@@ -30,6 +33,12 @@ class PublicKeySet:
     """What the gate holds: kid -> (algorithm, public key)."""
 
     keys: Mapping[str, tuple[str, PublicKey]]
+    checks: Mapping[str, tuple[str, SignatureCheck]] = field(init=False, repr=False, compare=False)
+    """kid -> (algorithm, its signature check), built once per key set rather than per token."""
+
+    def __post_init__(self) -> None:
+        checks = {kid: (alg, signature_check(alg, key)) for kid, (alg, key) in self.keys.items()}
+        object.__setattr__(self, "checks", MappingProxyType(checks))
 
     @classmethod
     def from_jwks(cls, jwks: dict[str, Any]) -> PublicKeySet:
@@ -49,6 +58,43 @@ class PublicKeySet:
                 raise ValueError("each key needs a kid of its own")
             keys[kid] = (kind[2], public_key_from_jwk(jwk))
         return cls(MappingProxyType(keys))
+
+
+def signature_check(algorithm: str, public_key: PublicKey) -> SignatureCheck:
+    """The check for one key, pinned to its algorithm; a key of another kind is an error, not a pass.
+
+    ES256 signatures are raw r||s (RFC 7518 §3.4), re-encoded as the DER that OpenSSL reads; any
+    other length is a bad signature, as in PyJWT.
+    """
+    if algorithm == "EdDSA" and isinstance(public_key, Ed25519PublicKey):
+        verify_ed25519 = public_key.verify
+
+        def check_eddsa(message: bytes, signature: bytes) -> bool:
+            try:
+                verify_ed25519(signature, message)
+            except InvalidSignature:
+                return False
+            return True
+
+        return check_eddsa
+    if algorithm == "ES256" and isinstance(public_key, ec.EllipticCurvePublicKey) and isinstance(
+        public_key.curve, ec.SECP256R1
+    ):
+        verify_ecdsa, ecdsa = public_key.verify, ec.ECDSA(hashes.SHA256())
+
+        def check_es256(message: bytes, signature: bytes) -> bool:
+            if len(signature) != 2 * _P256_BYTES:
+                return False
+            r = int.from_bytes(signature[:_P256_BYTES], "big")
+            s = int.from_bytes(signature[_P256_BYTES:], "big")
+            try:
+                verify_ecdsa(encode_dss_signature(r, s), message, ecdsa)
+            except InvalidSignature:
+                return False
+            return True
+
+        return check_es256
+    raise ValueError("the key does not fit its algorithm")
 
 
 def thumbprint(jwk_members: Mapping[str, str]) -> str:

@@ -1,0 +1,147 @@
+"""The gate's token check: a small, pure JWS verification core over `cryptography` (issue 18, P5).
+
+Why not PyJWT here: its Python-level work (a per-character base64 genexpr, option merging, key
+preparation on every call) costs more than the signature itself, and the gate checks a token on
+every lane request. The other maintained Python JOSE libraries (jwcrypto, joserfc, authlib) are
+Python layers over the same `cryptography` calls too; only PyJWT was timed here. The issue allows
+this core for verification only; minting stays on PyJWT (`tokens.mint`).
+
+What it keeps of PyJWT, check by check and in PyJWT's order, so the refusals stay the same:
+the header picks the key by `kid` and the key's own algorithm must equal the header's `alg` (a
+token cannot choose its algorithm: `none`, HS256 or a mismatch is refused before any crypto);
+exactly three segments, each canonical unpadded base64url (stricter than PyJWT, which accepts
+`=` padding); header and payload JSON objects (read by `json`'s own scanner; whitespace
+around the object is refused, which PyJWT allows); `crit` only as PyJWT allows it, and `b64: false`
+refused (it needs a detached payload, which the gate never has); the signature checked before the
+payload is parsed; then the required claims, `iss`, the strict single `aud`, `sub` and `jti`.
+`tests/unit/test_jws_differential.py` fuzzes it against PyJWT.
+"""
+
+from __future__ import annotations
+
+import binascii
+import json
+import json.scanner
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from llama_direct.keys import PublicKeySet
+from llama_direct.refusals import (
+    AlgorithmNotAllowed,
+    BadSignature,
+    MalformedToken,
+    MissingClaim,
+    UnknownKey,
+    WrongAudience,
+    WrongIssuer,
+)
+
+ALGORITHMS = ("EdDSA", "ES256")
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
+_SCAN_JSON: Callable[[str, int], tuple[Any, int]] = json.scanner.make_scanner(
+    json.JSONDecoder()  # type: ignore[arg-type]  # typeshed types the argument as the scanner's own class
+)
+"""`json.loads`'s own scanner, called directly: the same parser without its Python wrapper (~3 µs)."""
+_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
+_PADDING = ("", "", "==", "=")
+_CANONICAL_LAST = (None, None, frozenset("AQgw"), frozenset("AEIMQUYcgkosw048"))
+"""By length mod 4, the characters a canonical segment may end with: the unused low bits are zero."""
+_SUPPORTED_CRIT = frozenset({"b64"})
+"""What PyJWT understands in `crit`; anything else is refused, as RFC 7515 §4.1.11 requires."""
+
+
+def decode(
+    token: str,
+    keys: PublicKeySet,
+    *,
+    audience: str,
+    issuer: str | Sequence[str],
+    required: Sequence[str],
+) -> dict[str, Any]:
+    """The verified payload of a compact JWS, or a `TokenRefusal`; the time claims are the caller's."""
+    header_segment, _, rest = token.partition(".")
+    header = _json_object(_b64url(header_segment))
+    alg = header.get("alg")
+    if alg not in ALGORITHMS:
+        raise AlgorithmNotAllowed()
+    kid = header.get("kid")
+    entry = keys.checks.get(kid) if isinstance(kid, str) else None
+    if entry is None:
+        raise UnknownKey()
+    key_alg, signature_ok = entry
+    if key_alg != alg:
+        raise AlgorithmNotAllowed()
+    payload_segment, dot, signature_segment = rest.partition(".")
+    if not dot or "." in signature_segment:
+        raise MalformedToken()
+    _check_crit(header)
+    payload_bytes = _b64url(payload_segment)
+    signature = _b64url(signature_segment)
+    signing_input = token[: len(header_segment) + 1 + len(payload_segment)].encode("ascii")
+    if not signature_ok(signing_input, signature):
+        raise BadSignature()
+    payload = _json_object(payload_bytes)
+    _check_registered(payload, audience=audience, issuer=issuer, required=required)
+    return payload
+
+
+def _b64url(segment: str) -> bytes:
+    """Canonical unpadded base64url only: its alphabet, no `=`, and zero bits where none are used."""
+    size = len(segment) % 4
+    if size == 1 or _BASE64URL.fullmatch(segment) is None:
+        raise MalformedToken()
+    last = _CANONICAL_LAST[size]
+    if last is not None and segment[-1] not in last:
+        raise MalformedToken()
+    try:
+        return binascii.a2b_base64((segment + _PADDING[size]).encode("ascii").translate(_TO_STANDARD))
+    except binascii.Error:
+        raise MalformedToken() from None
+
+
+def _json_object(data: bytes) -> dict[str, Any]:
+    """A JSON object, decoded as `json.loads` would; whitespace around it is refused (ours never has it)."""
+    try:
+        text = data.decode(json.detect_encoding(data), "surrogatepass")
+        value, end = _SCAN_JSON(text, 0)
+    except (StopIteration, ValueError, RecursionError):
+        raise MalformedToken() from None
+    if end != len(text) or not isinstance(value, dict):
+        raise MalformedToken()
+    return value
+
+
+def _check_crit(header: dict[str, Any]) -> None:
+    """PyJWT's rules: `crit` a non-empty list of understood names present in the header; no b64=false."""
+    if "crit" in header:
+        crit = header["crit"]
+        if not isinstance(crit, list) or not crit:
+            raise MalformedToken()
+        for name in crit:
+            if not isinstance(name, str) or name not in _SUPPORTED_CRIT or name not in header:
+                raise MalformedToken()
+    if header.get("b64", True) is False:
+        raise MalformedToken()
+
+
+def _check_registered(
+    payload: dict[str, Any], *, audience: str, issuer: str | Sequence[str], required: Sequence[str]
+) -> None:
+    """PyJWT's claim checks in its order: required, `iss`, strict `aud`, then `sub` and `jti` strings."""
+    for claim in required:
+        if payload.get(claim) is None:
+            raise MissingClaim()
+    iss = payload.get("iss")
+    if "iss" not in payload:
+        raise MissingClaim()
+    if not isinstance(iss, str) or (iss != issuer if isinstance(issuer, str) else iss not in issuer):
+        raise WrongIssuer()
+    aud = payload.get("aud")
+    if not aud:
+        raise MissingClaim()
+    if not isinstance(aud, str) or aud != audience:
+        raise WrongAudience()
+    for name in ("sub", "jti"):
+        if name in payload and not isinstance(payload[name], str):
+            raise MalformedToken()
