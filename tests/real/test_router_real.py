@@ -214,6 +214,9 @@ def test_the_fallback_lane_serves_the_model_the_body_names(router: Stack) -> Non
     response = _baseline(router, {**PROMPT, "model": "beta"})
     assert response.status_code == 200, response.text
     assert _chunk_models(response.text) == {"beta"}
-    assert _models(router)["beta"] == "loaded"
+    deadline = time.monotonic() + 10  # the listing follows the gate's health poll
+    while _models(router)["beta"] != "loaded":
+        assert time.monotonic() < deadline, _models(router)
+        time.sleep(0.2)
     unknown = _baseline(router, {**PROMPT, "model": "gamma"})
     assert unknown.status_code == 400 and unknown.json()["error"]["param"] == "gamma"
