@@ -412,10 +412,7 @@ class ClientConnection(asyncio.Protocol):
         return connected, lambda: self._broker_outgoing(request, connected[0])
 
     async def _serve_health(self, head_only: bool) -> None:
-        answer = await self.gate.health.snapshot()
-        if self.gate.not_issued_before is not None:  # the broker mints no token this gate would refuse
-            answer = {**answer, "not_issued_before": self.gate.not_issued_before}
-        body = json.dumps(answer, separators=(",", ":")).encode()
+        body = json.dumps(await self.gate.health.snapshot(), separators=(",", ":")).encode()
         response = simple_response(200, body, close=self._closing())
         self._answer(response[: len(response) - len(body)] if head_only else response)
 

@@ -626,16 +626,6 @@ def test_ids_are_made_once_and_kept(tmp_path: Path) -> None:
     assert (tmp_path / "data" / "ids.json").stat().st_mode & 0o777 == 0o600
 
 
-def test_a_token_is_never_minted_before_the_gates_start_cut_off(tmp_path: Path) -> None:
-    """The gate refuses an `iat` before the second after it started; minted in that second, a token
-    takes the cut-off as its `iat` (the gate's leeway lets it start at once) instead of a 401."""
-    core = BrokerCore(_settings(tmp_path), ACCESS_TOKEN)
-    assert core.mint_time("user", 1000.4) == 1000.4
-    core.gate.health = GateHealth(up=True, model_ready=True, not_issued_before=1001)
-    assert core.mint_time("user", 1000.4) == 1001
-    assert core.mint_time("user", 1002.7) == 1002.7
-
-
 def test_a_given_keyring_is_used(tmp_path: Path) -> None:
     ring = KeyRing(tmp_path / "keys", "ES256")
     ring.load_or_create(0.0)
