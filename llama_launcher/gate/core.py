@@ -120,12 +120,13 @@ class Gate:
 
 
 def start_cut_off(started_at: float) -> int:
-    """The `iat` a token needs to be accepted: the next whole second after the gate started.
+    """The `iat` a token needs to be accepted: the whole second the gate started in.
 
-    `iat` has whole seconds, so a token minted in the same second as the restart (and perhaps
-    spent on the gate before it) must not pass: the new gate's replay store has never seen it.
+    Rounding up would also refuse a token minted in that second and spent on the gate before a
+    restart, but then the broker, whose view of the gate lags its restart, mints tokens the new gate
+    refuses (the page's first request after a gate restart failed); see the security model's limits.
     """
-    return math.ceil(started_at)
+    return math.floor(started_at)
 
 
 def _bearer_token(headers: list[Header]) -> str:

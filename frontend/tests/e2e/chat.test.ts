@@ -144,7 +144,8 @@ describe("default template", () => {
     expect(path(deleted.request())).toBe("/direct/v1/stream");
     expect(deleted.status()).toBeLessThan(300);
     const negotiations = requests.filter((r) => path(r) === "/direct-stream").map((r) => r.postDataJSON());
-    expect(negotiations).toEqual([{ resumable: true }, { cancel: expect.any(String) }]);
+    // The page names the picked model (here the only one) when it negotiates the chat.
+    expect(negotiations).toEqual([{ resumable: true, model: expect.any(String) }, { cancel: expect.any(String) }]);
     const freedBy = Date.now() + 3_000;
     while ((await stack.health()).slots.busy !== 0) {
       expect(Date.now()).toBeLessThan(freedBy);
