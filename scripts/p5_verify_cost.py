@@ -20,12 +20,11 @@ from collections.abc import Callable
 from typing import Any
 
 import jwt
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, utils
 
 from broker.signing_keys import SigningKey
 from llama_direct.keys import PublicKeySet
 from llama_direct.tokens import REQUIRED_CLAIMS, Grant, _claims_from, mint, verify
+from llama_launcher.bench.scenarios import signature_check_alone
 
 _DECODER = jwt.PyJWT({"verify_exp": False, "verify_nbf": False, "verify_iat": False,
                       "require": list(REQUIRED_CLAIMS), "strict_aud": True})
@@ -39,17 +38,6 @@ def pyjwt_verify(token: str, keys: PublicKeySet) -> dict[str, Any]:
     payload: dict[str, Any] = _DECODER.decode(token, public_key, algorithms=(algorithm,), audience="aud",
                                               issuer="iss")
     return payload
-
-
-def primitive(token: str, public_key: Any) -> Callable[[], None]:
-    signing_input, _, signature_b64 = token.rpartition(".")
-    signature = base64.urlsafe_b64decode(signature_b64 + "=" * (-len(signature_b64) % 4))
-    message = signing_input.encode()
-    if isinstance(public_key, ec.EllipticCurvePublicKey):
-        der = utils.encode_dss_signature(int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big"))
-        algorithm = ec.ECDSA(hashes.SHA256())
-        return lambda: public_key.verify(der, message, algorithm)
-    return lambda: public_key.verify(signature, message)
 
 
 def main() -> None:
@@ -67,7 +55,7 @@ def main() -> None:
         cases[algorithm] = {
             "after (jws core)": lambda t=token, k=keys, n=now: verify(t, keys=k, audience="aud", issuer="iss", now=n),
             "before (PyJWT)": lambda t=token, k=keys, n=now: verify_before(t, k, n),
-            "primitive": primitive(token, key.public_key),
+            "primitive": signature_check_alone(token, key.public_key),
         }
     samples: dict[tuple[str, str], list[float]] = {}
     for _ in range(args.rounds):
