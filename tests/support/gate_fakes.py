@@ -352,10 +352,7 @@ async def running_gate(*, public: bool = True, **settings: Any) -> AsyncIterator
         public_sock.listen(128)
         port = public_sock.getsockname()[1]
     upstream = StaticUpstream(llama.path, key=MASTER_KEY)
-    # Started a second ago: the cut-off rounds up to the next whole second, and tests mint at once.
-    server = GateServer(
-        config, upstream, keyset=KeySet(control.path, interval=config.keyset_interval), started_at=time.time() - 1
-    )
+    server = GateServer(config, upstream, keyset=KeySet(control.path, interval=config.keyset_interval))
     harness = Harness(
         base, key, config, server, llama, broker, control, behaviour, port, {"keys": [dict(key.public_jwk)]}
     )

@@ -30,14 +30,18 @@ def cache(tmp_path: Path) -> Path:
     return cache
 
 
+def _write_standin(binary: Path) -> None:
+    binary.write_text(f"#!/bin/sh\nexec {sys.executable} {STANDIN} \"$@\"\n")
+    binary.chmod(0o755)
+
+
 def _cached_standin(cache: Path) -> Path:
     """The stand-in installed as this machine's current, not yet proven build."""
     plan = build.plan_build()
     folder = build.build_dir(cache, plan.version)
     folder.mkdir(parents=True)
     binary = folder / "llama-server"
-    binary.write_text(f"#!/bin/sh\nexec {sys.executable} {STANDIN} \"$@\"\n")
-    binary.chmod(0o755)
+    _write_standin(binary)
     (folder / build.BUILD_RECORD).write_text(json.dumps({"key": plan.key}))
     return binary
 
@@ -73,8 +77,7 @@ def test_the_remedy_works_as_written_and_then_the_build_is_marked_good(cache: Pa
 
 def test_a_named_binary_that_crashes_fails_setup_with_the_same_clear_error(cache: Path, tmp_path: Path) -> None:
     binary = tmp_path / "llama-server"
-    binary.write_text(f"#!/bin/sh\nexec {sys.executable} {STANDIN} \"$@\"\n")
-    binary.chmod(0o755)
+    _write_standin(binary)
     done = _llama_direct(cache, "setup", "--llama-server", str(binary))
     assert done.returncode == 2
     assert "crashed with SIGSEGV while loading the model (llama-server from --llama-server" in done.stderr
@@ -83,8 +86,7 @@ def test_a_named_binary_that_crashes_fails_setup_with_the_same_clear_error(cache
 
 def test_doctor_runs_the_binary_and_reports_the_crash(cache: Path, tmp_path: Path) -> None:
     binary = tmp_path / "llama-server"
-    binary.write_text(f"#!/bin/sh\nexec {sys.executable} {STANDIN} \"$@\"\n")
-    binary.chmod(0o755)
+    _write_standin(binary)
     crashed = _llama_direct(cache, "doctor", "--llama-server", str(binary))
     assert crashed.returncode == 1
     assert "FAIL  llama-server crashed with SIGSEGV while loading the model" in crashed.stdout
