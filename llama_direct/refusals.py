@@ -23,7 +23,7 @@ To add a refusal: add one `Reason` below (and, if a shell must catch it by type,
     ├── RequestRefusal            any other 4xx: RequestRefusal(REASON, variant, **fields)
     │   └── RateLimited (429)     carries retry_after
     └── ServiceRefusal            5xx: the request was fine, something behind it is not
-        ├── UpstreamUnavailable, UpstreamTimeout, BrokerUnavailable, GateUnavailable
+        ├── UpstreamUnavailable, StreamLost, UpstreamTimeout, BrokerUnavailable, GateUnavailable
         ├── Overloaded (503, Retry-After), TooManyPending
         └── VersionNotSupported (505)
 """
@@ -261,6 +261,10 @@ REFUSED = _reason(400, "refused", "The request was refused.")
 # 5xx: the request was fine; something behind it is not.
 INTERNAL_ERROR = _reason(500, "internal_error", "Internal error.")
 UPSTREAM_UNAVAILABLE = _reason(502, "upstream_unavailable", "The model server is not reachable right now.")
+STREAM_LOST = _reason(
+    502, "stream_lost",
+    "The model server that held this stream is gone, so it cannot be resumed; send the message again.",
+)
 APP_UNAVAILABLE = _reason(502, "app_unavailable", "The app is not reachable right now; it may be restarting.")
 GATE_UNAVAILABLE = _reason(503, "gate_unavailable", "The gate is not answering; try again in a moment.")
 TOO_MANY_CONNECTIONS = _reason(
@@ -442,6 +446,12 @@ class ServiceRefusal(Refusal):
 
 class UpstreamUnavailable(ServiceRefusal):
     reason = UPSTREAM_UNAVAILABLE
+
+
+class StreamLost(ServiceRefusal):
+    """A resume or cancel whose stream's upstream is gone: no other upstream holds the stream."""
+
+    reason = STREAM_LOST
 
 
 class UpstreamTimeout(ServiceRefusal):

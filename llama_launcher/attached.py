@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import ssl
-from pathlib import PurePath
 from urllib.parse import urlsplit
 
 import httpx
 
 from llama_launcher.errors import LauncherError
+from llama_launcher.gate.health import public_name
 from llama_launcher.master_key import MasterKey
 
 
@@ -65,4 +65,4 @@ class AttachedServer:
         names = [m.get("id") for m in models if isinstance(m, dict) and isinstance(m.get("id"), str)]
         if len(names) != 1 or not names[0]:
             return None
-        return PurePath(names[0]).stem.lower() if "/" in names[0] or names[0].endswith(".gguf") else names[0]
+        return public_name(names[0])

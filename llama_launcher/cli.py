@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from llama_direct.ids import ID_PATTERN
 from llama_direct.redaction import configure_logging, register_secret
-from llama_direct.runtime import ACCESS_TOKEN_ENV, LOG_LEVEL_ENV, REDIS_URL_ENV
+from llama_direct.runtime import ACCESS_TOKEN_ENV, LOG_LEVEL_ENV, REDIS_URL_ENV, UPSTREAM_KEY_ENV
 from llama_launcher import model, provision, secret_inputs
 from llama_launcher.attached import AttachedServer
 from llama_launcher.errors import LauncherError
@@ -102,8 +102,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-cert", type=Path, help="TLS certificate (PEM) for the public port")
     serve.add_argument("--tls-key", type=Path, help="TLS private key (PEM) for the public port")
     serve.add_argument("--tls-self-signed", action="store_true", help="make (once) and use a self-signed pair")
-    serve.add_argument("--upstream", help="attach to a running llama-server: http(s)://host:port or unix:/path")
-    serve.add_argument("--upstream-key-file", type=Path, help="the attached server's API key, read from a file")
+    serve.add_argument("--upstream", action="append", default=[],
+                       help="attach to a running llama-server: http(s)://host:port or unix:/path; repeatable "
+                       "(the gate routes each request to the least busy one serving its model); "
+                       "not mixed with a launched llama-server")
+    serve.add_argument("--upstream-key-file", type=Path, action="append", default=[],
+                       help=f"an attached server's API key, read from a file: once for every upstream, or once "
+                       f"per --upstream, by position (or {UPSTREAM_KEY_ENV} for all)")
     serve.add_argument("--max-connections", type=_int_in(16, 1 << 20), default=DEFAULT_MAX_CONNECTIONS,
                        help=f"client connections held at once, in all (default {DEFAULT_MAX_CONNECTIONS}; "
                        "lowered to what the descriptor limit allows)")
@@ -230,8 +235,8 @@ def extra_server_args(args: argparse.Namespace) -> list[str]:
 def _launch_spec(args: argparse.Namespace, cache: Path, upstream_key: str | None = None) -> LaunchSpec:
     extra = extra_server_args(args)
     if args.upstream:
-        alias = args.model_alias or _attached_alias(args.upstream, upstream_key)
-        return LaunchSpec(mode="attach", upstream_url=args.upstream, alias=alias, max_tokens=args.max_tokens)
+        alias = args.model_alias or _attached_alias(args.upstream[0], upstream_key)
+        return LaunchSpec(mode="attach", upstreams=list(args.upstream), alias=alias, max_tokens=args.max_tokens)
     found = provision.ensure_llama_server(args.llama_server, cache, extra)
     if is_router(args):
         router_template = _template_path(args.chat_template)
@@ -259,14 +264,14 @@ def serve(args: argparse.Namespace) -> int:
     cache = cache_dir()
     data_dir = (args.data_dir or default_data_dir()).resolve()
     access_token = _access_token(args)
-    upstream_key = secret_inputs.upstream_key(args.upstream_key_file) if args.upstream else None
-    if args.upstream and _upstream_in_clear(args.upstream):
-        print("llama-direct: warning: --upstream is plain http:// to another machine: the upstream key crosses "
+    upstream_keys = secret_inputs.upstream_keys(args.upstream_key_file, len(args.upstream))
+    if any(_upstream_in_clear(url) for url in args.upstream):
+        print("llama-direct: warning: an --upstream is plain http:// to another machine: the upstream key crosses "
               "the network in clear text; use https:// or an SSH tunnel to a loopback port", file=sys.stderr,
               flush=True)
     if args.allow_origin and args.gate_port is None:
         raise LauncherError("--allow-origin needs --gate-port: in one-port mode the lane is same-origin")
-    launch = _launch_spec(args, cache, upstream_key)
+    launch = _launch_spec(args, cache, upstream_keys[0] if upstream_keys else None)
     cert_pair = tls.resolve_tls(args.tls_cert, args.tls_key, args.tls_self_signed, data_dir, args.host)
     if cert_pair is None and not _is_loopback(args.host):
         print(
@@ -290,7 +295,7 @@ def serve(args: argparse.Namespace) -> int:
     }
     plan = supervisor.StackPlan(
         host=args.host, port=args.port, data_dir=data_dir, launch=launch, access_token=access_token,
-        broker_settings=broker_settings, gate_settings=gate_settings, upstream_key=upstream_key,
+        broker_settings=broker_settings, gate_settings=gate_settings, upstream_keys=tuple(upstream_keys),
         tls=cert_pair is not None, public_url=args.public_url, gate_port=args.gate_port,
         allow_origins=tuple(args.allow_origin), audience=args.audience, issuers=tuple(args.issuer),
         redis_url=secret_inputs.redis_url(args.redis_url_file),

@@ -26,7 +26,8 @@ class LaunchSpec:
     chat_template_file: str | None = None
     mmproj: str | None = None
     extra_args: list[str] = field(default_factory=list)
-    upstream_url: str | None = None
+    upstreams: list[str] = field(default_factory=list)
+    """Attach mode: each running llama-server's URL (several: the gate routes among them)."""
     router_kind: str | None = None
     """"preset" or "dir": llama-server runs as a router over `router_path`; `alias` is the default model."""
     router_path: str | None = None

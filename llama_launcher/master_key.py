@@ -10,7 +10,7 @@ from __future__ import annotations
 import secrets
 
 from llama_direct.redaction import register_secret
-from llama_direct.runtime import LLAMA_API_KEY_ENV, UPSTREAM_KEY_ENV
+from llama_direct.runtime import LLAMA_API_KEY_ENV, UPSTREAM_KEY_ENV, UPSTREAM_KEYS_ENV
 
 KEY_BYTES = 32  # 256 bits
 
@@ -37,7 +37,8 @@ class MasterKey:
         env = {
             name: value
             for name, value in inherited.items()
-            if not name.startswith("LLAMA_ARG_") and name not in (LLAMA_API_KEY_ENV, UPSTREAM_KEY_ENV)
+            if not name.startswith("LLAMA_ARG_")
+            and name not in (LLAMA_API_KEY_ENV, UPSTREAM_KEY_ENV, UPSTREAM_KEYS_ENV)
         }
         env["LLAMA_API_KEY"] = self._value
         return env

@@ -44,6 +44,19 @@ def upstream_key(key_file: Path | None) -> str | None:
     return key
 
 
+def upstream_keys(key_files: list[Path], count: int) -> list[str | None]:
+    """Each of `count` upstreams' key: one `--upstream-key-file` (or the environment) for all, or one
+    file per `--upstream`, paired by position."""
+    if count == 0:
+        return []
+    if len(key_files) > 1 and len(key_files) != count:
+        raise LauncherError(f"give one --upstream-key-file for all upstreams, or one per --upstream "
+                            f"({count}); got {len(key_files)}")
+    if len(key_files) > 1:
+        return [upstream_key(path) for path in key_files]
+    return [upstream_key(key_files[0] if key_files else None)] * count
+
+
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 

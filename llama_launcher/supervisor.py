@@ -48,6 +48,7 @@ from llama_direct.runtime import (
     REDIS_URL_ENV,
     RUNTIME_ENV,
     UPSTREAM_KEY_ENV,
+    UPSTREAM_KEYS_ENV,
     format_ready_line,
     format_runtime_line,
 )
@@ -76,7 +77,8 @@ class StackPlan:
     access_token: str
     broker_settings: dict[str, object]
     gate_settings: dict[str, object]
-    upstream_key: str | None = None
+    upstream_keys: tuple[str | None, ...] = ()
+    """Each attached upstream's key, by position (None: it has none)."""
     tls: bool = False
     public_url: str | None = None
     gate_port: int | None = None
@@ -237,7 +239,7 @@ class Stack:
         env = {
             k: v
             for k, v in os.environ.items()
-            if k not in (ACCESS_TOKEN_ENV, UPSTREAM_KEY_ENV, LLAMA_API_KEY_ENV, REDIS_URL_ENV)
+            if k not in (ACCESS_TOKEN_ENV, UPSTREAM_KEY_ENV, UPSTREAM_KEYS_ENV, LLAMA_API_KEY_ENV, REDIS_URL_ENV)
         }
         if self.plan.redis_url:
             env[REDIS_URL_ENV] = self.plan.redis_url
@@ -273,8 +275,8 @@ class Stack:
         else:
             extra = {PUBLIC_FD_ENV: str(self.public.fileno())}
             fds = (self.public.fileno(),)
-        if self.plan.upstream_key:
-            extra[UPSTREAM_KEY_ENV] = self.plan.upstream_key
+        if self.plan.upstream_keys:
+            extra[UPSTREAM_KEYS_ENV] = json.dumps(list(self.plan.upstream_keys))
         self.gate = self._spawn("llama_launcher.gate", self._env(**extra), pass_fds=fds)
         log.info("gate started pid=%d", self.gate.pid)
 

@@ -20,6 +20,7 @@ export type ErrorCode =
   | "model_loading"
   | "model_not_loaded"
   | "unknown_model"
+  | "stream_lost"
   | "bad_request"
   | "bad_response"
   | "bad_tool_arguments"
@@ -37,6 +38,7 @@ const MESSAGES: Record<ErrorCode, string> = {
   model_loading: "The model is still loading. Try again in a moment.",
   model_not_loaded: "This model is not loaded. Pick a loaded model, or allow loading it.",
   unknown_model: "This model is not offered on this server. Pick another one.",
+  stream_lost: "The server that was writing this reply went away, so it cannot be resumed. Send the message again.",
   bad_request: "The server could not accept this message. Try rephrasing it or start a new chat.",
   bad_response: "The server sent a reply this page could not read. Please try again.",
   bad_tool_arguments: "The model asked for a tool with arguments that are not valid JSON.",
@@ -88,6 +90,7 @@ export const REASONS: ReadonlyMap<string, ErrorCode> = new Map<string, ErrorCode
   ["vision_not_supported", "vision_unsupported"],
   ["model_not_loaded", "model_not_loaded"],
   ["unknown_model", "unknown_model"],
+  ["stream_lost", "stream_lost"],
   ["rate_limited", "rate_limited"],
   ["gate_unavailable", "model_loading"],
   ["http_version_not_supported", "server_error"],

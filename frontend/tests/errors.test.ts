@@ -56,6 +56,7 @@ describe("classifyServerError reads the refusal's code first", () => {
     [400, { reason: "length_over_cap", code: 400 }, false, "bad_request"],
     [429, { reason: "rate_limited", code: 429 }, false, "rate_limited"],
     [502, { reason: "upstream_unavailable", code: 502 }, false, "server_error"],
+    [502, { reason: "stream_lost", code: 502 }, false, "stream_lost"],
     [503, { reason: "gate_unavailable", code: 503 }, false, "model_loading"],
     [undefined, { reason: "token_spent", code: 401 }, false, "session_expired"],
     [503, { type: "unavailable_error", code: 503 }, false, "model_loading"],

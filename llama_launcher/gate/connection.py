@@ -7,6 +7,7 @@ body's shape, then one use of the token); then a `relay.Relay` carries the answe
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
@@ -48,10 +49,11 @@ from llama_launcher.gate.http1 import (
     simple_response,
 )
 from llama_launcher.gate.outgoing import broker_request, lane_request
+from llama_launcher.gate.pool import Attempts, Member
 from llama_launcher.gate.relay import DechunkingRelay, Relay
-from llama_launcher.gate.scope import RequestHead, allowed_preflight, check_request
+from llama_launcher.gate.scope import RequestHead, Route, allowed_preflight, check_request
 from llama_launcher.gate.shaping import shape_chat_body
-from llama_launcher.gate.upstream import connect, connect_upstream
+from llama_launcher.gate.upstream import Upstream, connect, connect_upstream
 
 log = logging.getLogger(__name__)
 
@@ -75,33 +77,10 @@ BASELINE = (b"POST", b"/v1/chat/completions")
 class ClientConnection(asyncio.Protocol):
     """One client connection: reads requests one at a time, and writes what answers them."""
 
-    __slots__ = (
-        "body",
-        "body_limit",
-        "body_waiter",
-        "buf",
-        "chunked_sink",
-        "client",
-        "close_after",
-        "counted",
-        "gate",
-        "h11",
-        "http10",
-        "listener",
-        "origin",
-        "paused",
-        "peer",
-        "received",
-        "relay",
-        "scanned",
-        "sent_head",
-        "sink",
-        "state",
-        "task",
-        "timer",
-        "transport",
-        "write_paused",
-    )
+    __slots__ = ("body", "body_limit", "body_waiter", "buf", "chunked_sink", "client", "close_after",
+                 "counted", "gate", "h11", "http10", "listener", "origin", "paused", "peer", "received",
+                 "relay", "scanned", "sent_head", "sink", "state", "task", "timer", "transport",
+                 "write_paused")
 
     def __init__(self, gate: Gate, listener: Listener) -> None:
         self.gate = gate
@@ -376,24 +355,53 @@ class ClientConnection(asyncio.Protocol):
         route = check_request(head, claims, lane_prefix=gate.config.lane_prefix)
         body = await self._read_body()
         target = route.upstream_target
+        model = claims.grant.model
+        attempts = await gate.pool.route(model, route.kind, route.conversation_id)
         if route.kind == "chat":
-            await gate.health.ensure_props()
-            policy = gate.policy_for(claims.grant.model)
+            await attempts.first.health.ensure_props()
+            policy = gate.policy_for(attempts.first, model)
             if policy.vision or len(body) > SHAPE_IN_THREAD_BYTES:
                 body = await asyncio.to_thread(shape_chat_body, body, claims.grant, policy)
             else:
                 body = shape_chat_body(body, claims.grant, policy)
             if not claims.grant.autoload:
-                target = await gate.no_load_target(claims.grant.model, target)
+                target = await gate.no_load_target(attempts, model, target)
         elif body:
             raise RequestRefusal(UNEXPECTED_BODY)
         cors = claims.grant.origin if self.listener.cors else None
-        connected = await connect_upstream(
-            gate.upstream, lambda: self._relay(request, cors, strip_cors=True),
-            timeout=gate.config.connect_timeout,
-        )
+        return await self._connect_lane(attempts, lambda: self._relay(request, cors, strip_cors=True),
+                                        lambda upstream: lane_request(upstream, route, target, body) + body, route)
 
-        return connected, lambda: lane_request(gate.upstream, route, target, body) + body
+    async def _connect_lane(self, attempts: Attempts, relay: Callable[[], Relay],
+                            outgoing: Callable[[Upstream], bytes], route: Route) -> Opened:
+        """Connect to the first upstream that takes the connection; with several, the relay may hand
+        the request to the next one if this one fails before its head (`Relay.fallback`)."""
+        pool, timeout = self.gate.pool, self.gate.config.connect_timeout
+        while True:
+            member = attempts.next()
+            try:
+                transport, opened = await connect_upstream(member.upstream, relay, timeout=timeout)
+            except (UpstreamUnavailable, UpstreamTimeout) as refusal:
+                attempts.failed(refusal)
+                if not pool.single:
+                    member.failed()
+                continue
+            if not pool.single:
+                await pool.chosen(member, route.kind, route.conversation_id)
+                opened.on_end = member.release
+                opened.fallback = functools.partial(self._fall_back, member, attempts, relay, outgoing, route)
+            return (transport, opened), functools.partial(outgoing, member.upstream)
+
+    def _fall_back(self, member: Member, attempts: Attempts, relay: Callable[[], Relay],
+                   outgoing: Callable[[Upstream], bytes], route: Route) -> bool:
+        """`member` failed before its head: hand the request to the next upstream, if one is left and
+        the client is still waiting (False: the failure goes to the client as it is)."""
+        member.failed()
+        if self.state == _CLOSED or self.sent_head or not attempts.left():
+            return False
+        self.relay = None
+        self._run(self._forward(self._connect_lane(attempts, relay, outgoing, route)))
+        return True
 
     async def _open_broker(self, request: h11.Request) -> Opened:
         """Connect to the broker at once: a body still arriving is relayed as it comes, never held whole.
@@ -412,7 +420,7 @@ class ClientConnection(asyncio.Protocol):
         return connected, lambda: self._broker_outgoing(request, connected[0])
 
     async def _serve_health(self, head_only: bool) -> None:
-        body = json.dumps(await self.gate.health.snapshot(), separators=(",", ":")).encode()
+        body = json.dumps(await self.gate.pool.snapshot(), separators=(",", ":")).encode()
         response = simple_response(200, body, close=self._closing())
         self._answer(response[: len(response) - len(body)] if head_only else response)
 

@@ -1,4 +1,4 @@
-"""What every connection of one gate shares: its settings, the upstream, the keys and the token check.
+"""What every connection of one gate shares: its settings, its upstreams, the keys and the token check.
 
 A request's token is verified here (`authorize`), and one use is spent as soon as its signature,
 audience, expiry and the gate's start cut-off pass: before its scope, its body or llama-server are
@@ -30,16 +30,13 @@ from llama_direct.shared_replay import RedisReplayStore
 from llama_direct.tokens import LEEWAY_SECONDS, Claims, verify
 from llama_launcher.gate.admission import Admission
 from llama_launcher.gate.config import GateConfig
-from llama_launcher.gate.health import Health
 from llama_launcher.gate.http1 import (
     Header,
 )
 from llama_launcher.gate.keyset import KeySet
+from llama_launcher.gate.pool import Attempts, Member, Pool
 from llama_launcher.gate.scope import RequestHead
 from llama_launcher.gate.shaping import ShapingPolicy
-from llama_launcher.gate.upstream import (
-    Upstream,
-)
 
 
 class Connection(Protocol):
@@ -52,40 +49,46 @@ class Gate:
     """State shared by every connection of one gate process."""
 
     def __init__(
-        self, config: GateConfig, upstream: Upstream, keyset: KeySet, *, started_at: float | None = None,
+        self, config: GateConfig, pool: Pool, keyset: KeySet, *, started_at: float | None = None,
         shared: RedisReplayStore | None = None,
     ) -> None:
         self.config = config
-        self.upstream = upstream
+        self.pool = pool
         self.keyset = keyset
         self.replay = MemoryReplayStore()
         self.shared = shared
         self.not_issued_before: int | None = (
             None if shared is not None else start_cut_off(time.time() if started_at is None else started_at)
         )
-        self.health = Health(upstream, config.model)
         self.connections: set[Connection] = set()
         self.admission = Admission(config, descriptors=resource.getrlimit(resource.RLIMIT_NOFILE)[0])
         self.allowed_origins = frozenset(config.allowed_origins)
         self.lane_prefix = (config.lane_prefix + "/").encode()
 
-    def policy_for(self, model: str) -> ShapingPolicy:
-        """The limits for the grant's model: whether it reads images is known per model, and one slot's
-        context from `/props` (a router reports none of its own: the fallback bound applies)."""
-        health = self.health
+    def policy_for(self, member: Member, model: str) -> ShapingPolicy:
+        """The limits for the grant's model on the upstream tried first: whether it reads images is
+        known per model, and one slot's context from `/props` (a router reports none of its own: the
+        fallback bound applies). Upstreams serving one model alike, a retry elsewhere keeps them."""
+        health = member.health
         return ShapingPolicy(max_body_bytes=self.config.max_body_bytes, vision=health.vision_of(model),
                              context=health.context)
 
-    async def no_load_target(self, model: str, target: str) -> str:
+    async def no_load_target(self, attempts: Attempts, model: str, target: str) -> str:
         """A grant that may not load: 409 unless its model is loaded now, and the router told not to load.
 
-        The router is asked afresh; `?autoload=false` covers a model unloaded between the two.
+        Only upstreams that have it loaded are kept, each router asked afresh; `?autoload=false`
+        covers a model unloaded between the two.
         """
-        status = await self.health.model_status(model)
-        if not self.health.router:
-            return target  # one model, loaded with llama-server itself: nothing to load
-        if status != "loaded":
+        loaded = []
+        for member in attempts.members:
+            status = await member.health.model_status(model)
+            if not member.health.router:
+                return target  # one model, loaded with llama-server itself: nothing to load
+            if status == "loaded":
+                loaded.append(member)
+        if not loaded:
             raise ModelNotLoaded()
+        attempts.keep(loaded)
         return target + "?autoload=false"
 
     async def authorize(self, head: RequestHead) -> Claims:

@@ -13,6 +13,7 @@ import hashlib
 import math
 import time
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import Any
 
 from llama_direct.refusals import (
@@ -39,9 +40,14 @@ class Health:
     every chat a round trip.
     """
 
-    def __init__(self, upstream: Upstream, model: str) -> None:
+    def __init__(self, upstream: Upstream, model: str, *, learn_name: bool = False) -> None:
         self.upstream = upstream
         self.model = model
+        self.learn_name = learn_name
+        """One of several upstreams: a single-model one is known by the name its `/v1/models` gives,
+        not the launcher's default name, since each upstream of a fleet may serve another model."""
+        self.ready: bool | None = None
+        """What the last `/health` said; None before the first answer."""
         self.vision = False
         self.context = FALLBACK_CONTEXT
         self.router = False
@@ -59,6 +65,20 @@ class Health:
         if self._snapshot_task is None or self._snapshot_task.done():
             self._snapshot_task = asyncio.ensure_future(self._query())
         return await asyncio.shield(self._snapshot_task)
+
+    def invalidate(self) -> None:
+        """A connection to this upstream just failed: the next snapshot asks it afresh."""
+        self.ready = False
+        self._snapshot_at = -math.inf
+
+    def is_fresh(self) -> bool:
+        return time.monotonic() - self._snapshot_at < HEALTH_INTERVAL
+
+    def serves(self, model: str) -> bool:
+        """Whether this upstream's last answers list `model` (a router's list, or a single server's name)."""
+        if self.router:
+            return model in self.models
+        return model == self.model
 
     async def ensure_props(self) -> None:
         """Learn `vision` and `context` from `/props` unless read from the llama-server running now."""
@@ -90,9 +110,18 @@ class Health:
             if isinstance(n_ctx, int) and not isinstance(n_ctx, bool) and n_ctx > 0:
                 self.context = n_ctx
             self.router = props.get("role") == "router"
+            if self.learn_name and not self.router:
+                await self._learn_name()
             self._props_for = digest
         else:
             self._props_failed_at = time.monotonic()
+
+    async def _learn_name(self) -> None:
+        with contextlib.suppress(Refusal):
+            status, listing = await get_json(self.upstream, "/v1/models", timeout=HEALTH_TIMEOUT)
+            names = list(parse_models(listing)) if status == 200 else []
+            if len(names) == 1:
+                self.model = public_name(names[0])
 
     def vision_of(self, model: str) -> bool:
         """Whether `model` reads images: per model behind a router, llama-server's `/props` otherwise."""
@@ -139,6 +168,7 @@ class Health:
                 if status == 200 and isinstance(found, list):
                     busy = sum(1 for slot in found if isinstance(slot, dict) and slot.get("is_processing"))
                     slots = {"total": len(found), "busy": busy}
+        self.ready = ready
         snapshot = {"gate": "ok", "model_ready": ready, "model": self.model, "vision": self.vision,
                     "slots": slots, "router": self.router, "models": self._model_list(ready)}
         self._snapshot, self._snapshot_at = snapshot, time.monotonic()
@@ -154,6 +184,14 @@ class ModelState:
 
 
 MODEL_STATES = frozenset({"unloaded", "loading", "loaded"})
+
+
+def public_name(name: str) -> str:
+    """A single llama-server's model name as clients may see it: an `--alias` as it is, a file path
+    (a server started without `--alias`) reduced to its stem, since a path must never reach a browser."""
+    if "/" in name or name.endswith(".gguf"):
+        return PurePath(name).stem.lower()
+    return name
 
 
 def parse_models(listing: object) -> dict[str, ModelState]:

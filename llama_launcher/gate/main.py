@@ -18,7 +18,7 @@ import sys
 import threading
 from pathlib import Path
 
-from llama_direct.redaction import configure_logging
+from llama_direct.redaction import configure_logging, register_secret
 from llama_direct.runtime import (
     APP_FD_ENV,
     GATE_CONFIG_FILE,
@@ -28,7 +28,7 @@ from llama_direct.runtime import (
     PUBLIC_FD_ENV,
     REDIS_URL_ENV,
     RUNTIME_ENV,
-    UPSTREAM_KEY_ENV,
+    UPSTREAM_KEYS_ENV,
 )
 from llama_direct.shared_replay import register_url
 from llama_launcher.attached import AttachedServer
@@ -115,6 +115,17 @@ class _LoopThread:
         self.thread.join(timeout)
 
 
+def attached_upstreams(urls: list[str], keys_json: str | None) -> list[tuple[str, AttachedServer]]:
+    """Each `--upstream` with its key, paired by position as the parent handed them over."""
+    keys = json.loads(keys_json) if keys_json else [None] * len(urls)
+    if not urls or len(keys) != len(urls):
+        raise LauncherError("attach mode needs one key entry per upstream")
+    for key in keys:
+        if key:
+            register_secret(key)
+    return [(url, AttachedServer(url, key)) for url, key in zip(urls, keys, strict=True)]
+
+
 def report_failure(runtime: Path, error: StartError, spec: LaunchSpec) -> None:
     """Tell the parent why, so its last line names the cause and a remedy rather than this process's
     exit code. The lines were redacted as they were read from llama-server."""
@@ -147,8 +158,7 @@ def main() -> int:
     server: LlamaServer | None = None
     try:
         if spec.mode == "attach":
-            assert spec.upstream_url
-            upstream: object = AttachedServer(spec.upstream_url, os.environ.pop(UPSTREAM_KEY_ENV, None))
+            upstream: object = attached_upstreams(spec.upstreams, os.environ.pop(UPSTREAM_KEYS_ENV, None))
         else:
             server = LlamaServer(spec.server_options(), runtime)
             upstream = server

@@ -38,13 +38,15 @@ import logging
 import os
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from llama_direct.shared_replay import RedisReplayStore, async_client
 from llama_launcher.gate.config import GateConfig, Listener
 from llama_launcher.gate.connection import ClientConnection
 from llama_launcher.gate.core import Gate
+from llama_launcher.gate.holders import RedisHolders
 from llama_launcher.gate.keyset import KeySet
+from llama_launcher.gate.pool import Pool
 from llama_launcher.gate.upstream import (
     Upstream,
 )
@@ -58,16 +60,21 @@ class GateServer:
     def __init__(
         self,
         config: GateConfig,
-        upstream: Upstream,
+        upstream: Upstream | Sequence[tuple[str, Upstream]],
         *,
         keyset: KeySet | None = None,
         started_at: float | None = None,
         redis_url: str | None = None,
     ) -> None:
+        """`upstream`: the one llama-server, or several as (address, door) pairs (a fleet)."""
         self.config = config
         self.keyset = keyset or KeySet(config.control_socket, interval=config.keyset_interval)
-        self.shared = RedisReplayStore(async_client(redis_url)) if redis_url else None
-        self.gate = Gate(config, upstream, self.keyset, started_at=started_at, shared=self.shared)
+        client = async_client(redis_url) if redis_url else None
+        self.shared = RedisReplayStore(client) if client is not None else None
+        holders = RedisHolders(client, config.audience) if client is not None else None
+        upstreams = upstream if isinstance(upstream, Sequence) else [("upstream", upstream)]
+        self.pool = Pool(upstreams, config.model, holders)
+        self.gate = Gate(config, self.pool, self.keyset, started_at=started_at, shared=self.shared)
         self._servers: list[asyncio.AbstractServer] = []
         self._closed = False
         self._stop_pulling = asyncio.Event()
@@ -117,6 +124,7 @@ class GateServer:
         if self._puller is not None:
             await self._puller
         await self.keyset.aclose()
+        await self.pool.close()
         if self.shared is not None:
             await self.shared.close()
         with contextlib.suppress(FileNotFoundError):
@@ -141,7 +149,7 @@ def _server_tls(config: GateConfig) -> ssl.SSLContext | None:
 
 async def serve_gate(
     config: GateConfig,
-    upstream: Upstream,
+    upstream: Upstream | Sequence[tuple[str, Upstream]],
     public_sock: socket.socket | None,
     stop: asyncio.Event,
     app_sock: socket.socket | None = None,

@@ -8,6 +8,7 @@ is fed the same bytes with no Python callback per chunk, only to notice where th
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import ClassVar, Protocol
 
 import httptools
@@ -55,9 +56,11 @@ class Relay(asyncio.Protocol):
         "client",
         "complete",
         "cors",
+        "fallback",
         "head",
         "head_only",
         "headers",
+        "on_end",
         "parser",
         "reason",
         "strip_cors",
@@ -82,6 +85,11 @@ class Relay(asyncio.Protocol):
         self.until_eof = False
         self.timer: asyncio.TimerHandle | None = None
         self.parser = httptools.HttpResponseParser(self)
+        self.on_end: Callable[[], None] | None = None
+        """Called once when this relay ends, however it ends (an upstream's in-flight count)."""
+        self.fallback: Callable[[], bool] | None = None
+        """Before any answer reached the client, a 502/503 or a lost connection may be retried on
+        another upstream: True means that retry took the request over, and this relay just ends."""
 
     # httptools callbacks: the head, and the message's end
 
@@ -135,6 +143,9 @@ class Relay(asyncio.Protocol):
             return
         self.client = None
         self._cancel_timer()
+        self._end()
+        if self.head is not None and self.fallback is not None and self.fallback():
+            return
         if self.head is None and self.until_eof:
             client.relay_done(close=True)
         else:
@@ -149,6 +160,7 @@ class Relay(asyncio.Protocol):
         """The client is gone: close upstream now, so llama-server stops generating."""
         self.client = None
         self._cancel_timer()
+        self._end()
         self.transport.abort()
 
     def pause(self) -> None:
@@ -184,6 +196,11 @@ class Relay(asyncio.Protocol):
         if status < 200:
             self._fail(UpstreamUnavailable())
             return
+        if status in (502, 503) and self.fallback is not None and self.fallback():
+            self.client = None
+            self._end()
+            self.transport.abort()
+            return
         client.relay_head(self._client_head(client, status, headers))
         if self.head_only or status in (204, 304):
             self._done(client)
@@ -213,15 +230,23 @@ class Relay(asyncio.Protocol):
     def _done(self, client: RelayClient) -> None:
         self.client = None
         self._cancel_timer()
+        self._end()
         self.transport.abort()
         client.relay_done(close=self.until_eof)
 
     def _fail(self, refusal: Refusal) -> None:
         client, self.client = self.client, None
         self._cancel_timer()
+        self._end()
         self.transport.abort()
         if client is not None:
             client.relay_failed(refusal)
+
+    def _end(self) -> None:
+        on_end = self.on_end
+        if on_end is not None:
+            self.on_end = None
+            on_end()
 
     def _on_timeout(self) -> None:
         self.timer = None

@@ -184,6 +184,10 @@ class LlamaBehaviour:
     n_ctx: int = 512
     silent: bool = False
     chunk_bytes: int = 0
+    status: int = 200
+    """Anything else: chats are answered with this status and llama-server's error shape."""
+    name: str = "smollm2"
+    """The one model `/v1/models` lists."""
 
 
 async def llama_handler(behaviour: LlamaBehaviour, received: Received, writer: asyncio.StreamWriter) -> None:
@@ -193,6 +197,13 @@ async def llama_handler(behaviour: LlamaBehaviour, received: Received, writer: a
     if received.target == "/slots":
         slots = [{"id": n, "is_processing": n < behaviour.slots_busy} for n in range(4)]
         writer.write(_json_response(200, slots))
+        return
+    if received.target == "/v1/models":
+        writer.write(_json_response(200, {"object": "list", "data": [{"id": behaviour.name}]}))
+        return
+    if behaviour.status != 200:
+        error = {"error": {"code": behaviour.status, "message": "Loading model", "type": "unavailable_error"}}
+        writer.write(_json_response(behaviour.status, error))
         return
     if received.target == "/props":
         props = {"modalities": {"vision": behaviour.vision}, "default_generation_settings": {"n_ctx": behaviour.n_ctx}}
@@ -264,6 +275,8 @@ class Harness:
     port: int | None
     jwks: dict[str, Any]
     revocations: Revocations = field(default_factory=Revocations)
+    fleet: list[tuple[FakeServer, LlamaBehaviour]] = field(default_factory=list)
+    """With `upstreams=N`: every fake llama-server, the first being `llama`."""
 
     @property
     def upstream_requests(self) -> list[Received]:
@@ -322,8 +335,10 @@ async def control_handler(harness_ref: list[Harness], received: Received, writer
 
 
 @contextlib.asynccontextmanager
-async def running_gate(*, public: bool = True, **settings: Any) -> AsyncIterator[Harness]:
-    """A gate on loopback and unix sockets in a fresh short temp dir; everything stops on exit."""
+async def running_gate(*, public: bool = True, upstreams: int = 1, **settings: Any) -> AsyncIterator[Harness]:
+    """A gate on loopback and unix sockets in a fresh short temp dir; everything stops on exit.
+
+    `upstreams`: more than one runs that many fake llama-servers behind the gate, as a fleet."""
     base = tempfile.mkdtemp(prefix="gt-", dir="/tmp")
     key = SigningKey.generate("EdDSA")
     behaviour = LlamaBehaviour()
@@ -351,20 +366,27 @@ async def running_gate(*, public: bool = True, **settings: Any) -> AsyncIterator
         public_sock.bind(("127.0.0.1", 0))
         public_sock.listen(128)
         port = public_sock.getsockname()[1]
-    upstream = StaticUpstream(llama.path, key=MASTER_KEY)
-    server = GateServer(config, upstream, keyset=KeySet(control.path, interval=config.keyset_interval))
+    fleet = [(llama, behaviour)]
+    for n in range(1, upstreams):
+        more = LlamaBehaviour()
+        fleet.append((FakeServer(os.path.join(base, f"llama{n}.sock"),
+                                 lambda r, w, b=more: llama_handler(b, r, w)), more))  # type: ignore[misc]
+    doors = [(fake.path, StaticUpstream(fake.path, key=MASTER_KEY)) for fake, _ in fleet]
+    server = GateServer(config, doors if upstreams > 1 else doors[0][1],
+                        keyset=KeySet(control.path, interval=config.keyset_interval))
     harness = Harness(
-        base, key, config, server, llama, broker, control, behaviour, port, {"keys": [dict(key.public_jwk)]}
+        base, key, config, server, llama, broker, control, behaviour, port, {"keys": [dict(key.public_jwk)]},
+        fleet=fleet,
     )
     ref.append(harness)
-    for fake in (llama, broker, control):
+    for fake in (*[f for f, _ in fleet], broker, control):
         await fake.start()
     await server.start(public_sock)
     try:
         yield harness
     finally:
         await server.close()
-        for fake in (llama, broker, control):
+        for fake in (*[f for f, _ in fleet], broker, control):
             await fake.stop()
         shutil.rmtree(base, ignore_errors=True)
 

@@ -68,7 +68,7 @@ def test_serve_passes_the_names_to_both_children(tmp_path: Path) -> None:
     with pytest.raises(SystemExit):
         _parser().parse_args(["serve", "--issuer", "no/slash"])
     plan = StackPlan(host="127.0.0.1", port=0, data_dir=tmp_path / "data",
-                     launch=LaunchSpec(mode="attach", upstream_url="http://127.0.0.1:1", alias="m", max_tokens=8),
+                     launch=LaunchSpec(mode="attach", upstreams=["http://127.0.0.1:1"], alias="m", max_tokens=8),
                      access_token="t" * 24, broker_settings={"model": "m", "audience": "fleet", "issuer": "broker-a"},
                      gate_settings={"model": "m", "max_tokens": 8}, audience="fleet", issuers=("broker-a", "broker-b"))
     stack = Stack(plan)

@@ -742,7 +742,7 @@ def test_health_reports_vision_from_props() -> None:
         h.behaviour.vision = True
         health = await ask(h, b"GET /health HTTP/1.1\r\nHost: gate\r\n\r\n", where=h.config.private_socket)
         assert health.json()["vision"] is True
-        assert h.server.gate.policy_for("any").vision is True
+        assert h.server.gate.policy_for(h.server.pool.first, "any").vision is True
 
     run(scenario)
 
@@ -751,7 +751,7 @@ def test_an_upstream_without_a_key_gets_no_authorization_header() -> None:
     from gate_fakes import StaticUpstream
 
     async def scenario(h: Harness) -> None:
-        h.server.gate.upstream = StaticUpstream(h.llama.path, key=None)
+        h.server.pool.first.upstream = StaticUpstream(h.llama.path, key=None)
         assert (await ask(h, chat_request(h.token()))).status == 200
         assert h.upstream_requests[0].header(b"Authorization") == []
 
@@ -760,7 +760,7 @@ def test_an_upstream_without_a_key_gets_no_authorization_header() -> None:
 
 def test_health_before_llama_server_is_ready_asks_it_nothing() -> None:
     async def scenario(h: Harness) -> None:
-        h.server.gate.health.upstream.ready = False  # type: ignore[attr-defined]
+        h.server.pool.first.health.upstream.ready = False  # type: ignore[attr-defined]
         health = await ask(h, b"GET /health HTTP/1.1\r\nHost: gate\r\n\r\n", where=h.config.private_socket)
         assert health.json()["model_ready"] is False
         assert health.json()["slots"] == {"total": None, "busy": None}
