@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llama_launcher.bench import machine, models, report, request_cost, scenarios, soak, summary
+from llama_launcher.bench import fleet, machine, models, report, request_cost, scenarios, soak, summary
 from llama_launcher.bench.beds import ROUTER_MODELS, Bed, real_bed, synthetic_bed
 from llama_launcher.bench.processes import raise_fd_limit, run_loop
 
@@ -51,6 +51,12 @@ class Plan:
     """Switches to each of the router's two models (each a load, then a warm request)."""
     router: bool = True
     """Start a router bed too (two models: its loads take most of a minute on 2 cores, so not in --quick)."""
+    fleet_reps: int = 5
+    """Repetitions of the fleet's rows (1, 2, 4 upstreams; two gates on Redis); 0 skips them (--quick:
+    seven more stacks would not fit its two minutes; `tests/real/test_bench_fleet.py` runs them small)."""
+    fleet_streams: int = 64
+    fleet_tokens: int = 2_000
+    fleet_requests: int = 100
 
 
 FULL = Plan(
@@ -63,7 +69,7 @@ QUICK = Plan(
     reps=1, levels=(1, 4), real_tokens={1: 8, 4: 4}, synthetic_tokens={1: 500, 4: 100}, negotiations=10,
     verifications=50, held_streams=20, load_reps=1, load_tokens=50, load_pace=500.0, load_concurrency=2,
     load_slow=4, load_hammers=2, settle=0.5, cost_requests=10, cost_rounds=2, idle_seconds=1.0,
-    model_ttfts=5, model_loads=1, router=False,
+    model_ttfts=5, model_loads=1, router=False, fleet_reps=0,
 )
 
 
@@ -151,6 +157,14 @@ def run_bench(plan: Plan, out: Path, command: str) -> dict[str, Any]:
 
         _with_bed(lambda: synthetic_bed(work, max_tokens=max_tokens), on_synthetic)
         results["verification"] = scenarios.verification_cost(plan.verifications)
+        if plan.fleet_reps:
+            _say("the fleet: one gate in front of 1, 2 and 4 synthetic upstreams; two gates on one Redis")
+            results["fleet"] = {
+                "routing": run_loop(fleet.routing_cost(work, streams=plan.fleet_streams, tokens=plan.fleet_tokens,
+                                                       reps=plan.fleet_reps, max_tokens=max_tokens, say=_say)),
+                "redis": run_loop(fleet.redis_round_trip(work, count=plan.fleet_requests, reps=plan.fleet_reps,
+                                                         max_tokens=max_tokens, say=_say)),
+            }
     finally:
         shutil.rmtree(work, ignore_errors=True)
     results["rows"] = summary.summarize(results["rounds"])

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from llama_launcher.bench import models
+from llama_launcher.bench import fleet, models
 from llama_launcher.bench.machine import one_line
 from llama_launcher.bench.summary import Verdict, verdicts
 
@@ -123,6 +123,8 @@ def render_markdown(results: dict[str, Any]) -> str:
     if many:
         lines += ["", "Many models: the lane against raw llama-server, single-model upstream beside a router:", ""]
         lines += models.render(many)
+    if results.get("fleet"):
+        lines += ["", *fleet.render(results["fleet"])]
     load = results.get("app_load")
     if load:
         lines += ["", f"App under load: {load['concurrency']} streams at {load['pace']:g} tokens/s each, while a "

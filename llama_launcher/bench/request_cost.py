@@ -33,6 +33,7 @@ from llama_launcher.bench.clients import (
     stream_once,
 )
 from llama_launcher.bench.processes import thread_cpu_ns
+from llama_launcher.bench.stack import ServeStack
 from llama_launcher.bench.stats import median
 
 IDLE_WINDOW_S = 1.0
@@ -55,12 +56,12 @@ def net_ms_per_request(spent_ns: int, wall_s: float, idle_ms_per_s: float, count
     return (spent_ns / 1e6 - idle_ms_per_s * wall_s) / count
 
 
-async def tokens_for(bed: Bed, count: int, max_tokens: int) -> tuple[Target, list[str]]:
+async def tokens_for(stack: ServeStack, count: int, max_tokens: int) -> tuple[Target, list[str]]:
     """`count` single-use lane tokens negotiated now, before any measurement; and where they go."""
-    public = Target(bed.stack.public, "/")
+    public = Target(stack.public, "/")
     tokens, target = [], None
     for _ in range(count):
-        _, answer = await negotiate(public, bed.stack.access_token, {"max_tokens": max_tokens})
+        _, answer = await negotiate(public, stack.access_token, {"max_tokens": max_tokens})
         url = urllib.parse.urlsplit(answer["url"])
         assert url.hostname is not None and url.port is not None
         target = Target((url.hostname, url.port), url.path + CHAT_PATH)
@@ -80,7 +81,7 @@ async def gate_cost(bed: Bed, body: dict[str, Any], *, count: int, rounds: int, 
     payload = json.dumps(body).encode()
     per_round: list[dict[str, Any]] = []
     for _ in range(rounds):
-        target, tokens = await tokens_for(bed, count, body["max_tokens"])
+        target, tokens = await tokens_for(bed.stack, count, body["max_tokens"])
         idle = await idle_cpu(pids, idle_s)
         before, started = thread_cpu_ns_of(pids), time.perf_counter()
         statuses = await (_kept(target, tokens, payload) if kept_alive else _closed(target, tokens, payload))

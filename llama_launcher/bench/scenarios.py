@@ -17,7 +17,7 @@ import timeit
 import urllib.parse
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from broker.signing_keys import KeyRing
 from llama_direct.lanes import CHAT_PATH, CHAT_ROUTE
@@ -38,6 +38,7 @@ from llama_launcher.bench.stats import median, percentile
 
 REAL_PROMPT = "Write a long story about a robot who learns to paint. Describe every color it mixes."
 Say = Callable[[str], None]
+T = TypeVar("T")
 
 
 def chat_body(*, real: bool, max_tokens: int, pace: float = 0.0) -> dict[str, Any]:
@@ -49,7 +50,8 @@ def chat_body(*, real: bool, max_tokens: int, pace: float = 0.0) -> dict[str, An
             "user": f"bench-pace:{pace:g}"}
 
 
-def rotated(lanes: Sequence[str], rep: int) -> list[str]:
+def rotated(lanes: Sequence[T], rep: int) -> list[T]:
+    """The order of one repetition: each lane (or upstream count) goes first in turn."""
     shift = rep % len(lanes)
     return [*lanes[shift:], *lanes[:shift]]
 

@@ -15,6 +15,7 @@ import secrets
 import tempfile
 import time
 import urllib.parse
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,23 +56,27 @@ class ServeStack:
         self.child.stop(grace=30.0)
 
 
-def start_stack(name: str, upstream_socket: Path, upstream_key: str, work: Path, *, alias: str, max_tokens: int,
-                timeout: float = 120.0) -> ServeStack:
-    """Start serve attached to `upstream_socket`; returns once it is ready and its gate holds the keys.
+def start_stack(name: str, upstream_socket: Path | Sequence[Path], upstream_key: str, work: Path, *, alias: str,
+                max_tokens: int, timeout: float = 120.0, extra: Sequence[str] = (),
+                env: dict[str, str] | None = None) -> ServeStack:
+    """Start serve attached to `upstream_socket` (several: one gate routing among them, all with one
+    key); returns once it is ready and its gate holds the keys. `extra`: more serve flags, `env` more
+    environment (a Redis URL).
 
     The ready line can come a moment before the gate has pulled the broker's public keys, so a
     token minted at once may meet an unknown key; waiting two pull intervals rules that out.
     """
     data_dir = Path(tempfile.mkdtemp(prefix="data-", dir=work))
     access = secrets.token_urlsafe(24)
+    sockets = [upstream_socket] if isinstance(upstream_socket, Path) else list(upstream_socket)
     child = Child.python(
         "serve",
         "llama_launcher.cli",
         ["serve", "--rate-per-minute", str(UNLIMITED), "--burst", str(UNLIMITED),
-         "--port", "0", "--data-dir", str(data_dir), "--upstream", f"unix:{upstream_socket}",
-         "--max-tokens", str(max_tokens), "--model-alias", alias],
+         "--port", "0", "--data-dir", str(data_dir), *[a for s in sockets for a in ("--upstream", f"unix:{s}")],
+         "--max-tokens", str(max_tokens), "--model-alias", alias, *extra],
         work / f"{name}-serve.log",
-        env={UPSTREAM_KEY_ENV: upstream_key, ACCESS_TOKEN_ENV: access},
+        env={UPSTREAM_KEY_ENV: upstream_key, ACCESS_TOKEN_ENV: access, **(env or {})},
     )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

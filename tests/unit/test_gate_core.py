@@ -37,7 +37,7 @@ class FixedKeys:
 
 
 def gate(started_at: float) -> Gate:
-    return Gate(CONFIG, upstream=None, keyset=FixedKeys(), started_at=started_at)  # type: ignore[arg-type]
+    return Gate(CONFIG, pool=None, keyset=FixedKeys(), started_at=started_at)  # type: ignore[arg-type]
 
 
 def head(token: str) -> RequestHead:

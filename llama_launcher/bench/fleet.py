@@ -1,0 +1,225 @@
+"""The fleet's costs, on fast synthetic upstreams (two CPU llama-servers would share the same 2 cores).
+
+In one run, interleaved by repetition:
+
+- **routing**: one gate in front of 1, 2 and 4 synthetic upstreams, 64 streams at once, tokens
+  negotiated beforehand; gate CPU per request (per-thread counters) and tokens/s, each as the
+  median of per-repetition ratios against one upstream. Routing must cost under 2%.
+- **Redis**: two gates (two `serve` stacks: one audience, one signing key file, one Redis) against
+  a gate alone, one-token requests with tokens negotiated beforehand, interleaved; time to first
+  token p50/p99 of each, and the difference: the Redis round trip a request pays (its `spend`).
+  Skipped, with a line saying so, where `redis-server` is not installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from llama_direct.runtime import REDIS_URL_ENV
+from llama_launcher.bench.clients import chat_request, stream_once
+from llama_launcher.bench.processes import KEY_ENV, Child, thread_cpu_ns, wait_for_socket
+from llama_launcher.bench.request_cost import tokens_for
+from llama_launcher.bench.scenarios import Say, chat_body, rotated
+from llama_launcher.bench.stack import ServeStack, start_stack
+from llama_launcher.bench.stats import median, percentile
+
+UPSTREAM_COUNTS = (1, 2, 4)
+
+
+@contextlib.contextmanager
+def _synthetic_upstreams(work: Path, count: int, key: str) -> Iterator[list[Path]]:
+    children, sockets = [], []
+    try:
+        for n in range(count):
+            path = work / f"fleet-synthetic-{n}.sock"
+            child = Child.python("synthetic", "llama_launcher.bench.synthetic", ["--socket", str(path)],
+                                 work / f"fleet-synthetic-{n}.log", env={KEY_ENV: key})
+            children.append(child)
+            wait_for_socket(path, child)
+            sockets.append(path)
+        yield sockets
+    finally:
+        for child in children:
+            child.stop()
+
+
+@contextlib.contextmanager
+def _stacks(starts: dict[Any, Any]) -> Iterator[dict[Any, ServeStack]]:
+    started: dict[Any, ServeStack] = {}
+    try:
+        for name, start in starts.items():
+            started[name] = start()
+        yield started
+    finally:
+        for stack in started.values():
+            stack.stop()
+
+
+async def _round(stack: ServeStack, streams: int, body: dict[str, Any]) -> dict[str, float]:
+    target, tokens = await tokens_for(stack, streams, body["max_tokens"])
+    payload = json.dumps(body).encode()
+    before, started = thread_cpu_ns(stack.gate_pid), time.perf_counter()
+    results = await asyncio.gather(*(stream_once(target, chat_request(target, payload, f"Bearer {t}"), timeout=120)
+                                     for t in tokens))
+    spent, wall = thread_cpu_ns(stack.gate_pid) - before, time.perf_counter() - started
+    ok = sum(1 for r in results if r.ok)
+    return {"ok": ok, "gate_ms_per_request": spent / 1e6 / streams,
+            "tokens_per_s": sum(r.tokens for r in results) / wall}
+
+
+async def routing_cost(work: Path, *, streams: int, tokens: int, reps: int, max_tokens: int,
+                       say: Say) -> dict[str, Any]:
+    """One gate in front of 1, 2 and 4 upstreams: gate CPU per request and tokens/s against one upstream."""
+    key = secrets.token_urlsafe(32)
+    body = chat_body(real=False, max_tokens=tokens)
+    with _synthetic_upstreams(work, max(UPSTREAM_COUNTS), key) as sockets:
+        starts = {n: (lambda n=n: start_stack(f"fleet-{n}", sockets[:n], key, work, alias="synthetic",
+                                              max_tokens=max_tokens)) for n in UPSTREAM_COUNTS}
+        with _stacks(starts) as stacks:
+            for n in UPSTREAM_COUNTS:  # warm-up: first connections, imports, every upstream's health
+                await _round(stacks[n], streams, body)
+            rounds: list[dict[int, dict[str, float]]] = []
+            for rep in range(reps):
+                found = {}
+                for n in rotated(UPSTREAM_COUNTS, rep):
+                    found[n] = await _round(stacks[n], streams, body)
+                rounds.append(found)
+                say(f"fleet routing: repetition {rep + 1}/{reps} done")
+    summary: dict[int, dict[str, float]] = {}
+    for n in UPSTREAM_COUNTS:
+        summary[n] = {
+            "gate_ms_per_request": median([r[n]["gate_ms_per_request"] for r in rounds]),
+            "cpu_ratio": median([r[n]["gate_ms_per_request"] / r[1]["gate_ms_per_request"] for r in rounds]),
+            "tokens_per_s": median([r[n]["tokens_per_s"] for r in rounds]),
+            "tokens_ratio": median([r[n]["tokens_per_s"] / r[1]["tokens_per_s"] for r in rounds]),
+            "failed": sum(streams - r[n]["ok"] for r in rounds),
+        }
+    return {"streams": streams, "tokens": tokens, "reps": reps, "by_upstreams": summary, "rounds": rounds}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def _redis(work: Path) -> Iterator[str | None]:
+    """A private redis-server on a loopback port, without persistence; None where none is installed."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        yield None
+        return
+    port = _free_port()
+    process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                "--appendonly", "no", "--dir", str(work)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError("redis-server did not start")
+            time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def _signing_key(work: Path) -> Path:
+    path = work / "fleet-signing.pem"
+    path.write_bytes(ed25519.Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    path.chmod(0o600)
+    return path
+
+
+async def _ttfts(stack: ServeStack, count: int) -> list[float]:
+    target, tokens = await tokens_for(stack, count, 1)
+    payload = json.dumps(chat_body(real=False, max_tokens=1)).encode()
+    found = []
+    for token in tokens:
+        result = await stream_once(target, chat_request(target, payload, f"Bearer {token}"), timeout=30)
+        if result.ok and result.ttft is not None:
+            found.append(result.ttft * 1000)
+    return found
+
+
+async def redis_round_trip(work: Path, *, count: int, reps: int, max_tokens: int, say: Say) -> dict[str, Any]:
+    """Two gates sharing Redis against one gate alone: what the shared replay check adds per request."""
+    with _redis(work) as url:
+        if url is None:
+            say("fleet Redis: skipped, redis-server is not installed (apt-get install redis-server)")
+            return {"skipped": "redis-server is not installed"}
+        key = secrets.token_urlsafe(32)
+        shared = ["--audience", "bench-fleet", "--signing-key-file", str(_signing_key(work)),
+                  "--issuer", "broker-a", "--issuer", "broker-b"]
+        with _synthetic_upstreams(work, 1, key) as sockets:
+            def start(name: str, issuers: list[str], env: dict[str, str] | None) -> ServeStack:
+                return start_stack(name, sockets[0], key, work, alias="synthetic", max_tokens=max_tokens,
+                                   extra=issuers, env=env)
+
+            starts = {
+                "alone": lambda: start("fleet-alone", [], None),
+                "a": lambda: start("fleet-a", shared, {REDIS_URL_ENV: url}),
+                "b": lambda: start("fleet-b", [*shared[:4], "--issuer", "broker-b", "--issuer", "broker-a"],
+                                   {REDIS_URL_ENV: url}),
+            }
+            with _stacks(starts) as stacks:
+                await asyncio.sleep(7)  # tokens from the first seconds of Redis's run are refused
+                alone: list[float] = []
+                shared_ttfts: list[float] = []
+                for rep in range(reps):
+                    for name in rotated(["alone", "a", "b"], rep):
+                        ttfts = await _ttfts(stacks[name], count)
+                        (alone if name == "alone" else shared_ttfts).extend(ttfts)
+                    say(f"fleet Redis: repetition {rep + 1}/{reps} done")
+    if not alone or not shared_ttfts:
+        return {"failed": "no request succeeded"}
+    return {
+        "count": len(shared_ttfts),
+        "alone_ms": {"p50": percentile(alone, 50), "p99": percentile(alone, 99)},
+        "redis_ms": {"p50": percentile(shared_ttfts, 50), "p99": percentile(shared_ttfts, 99)},
+        "added_ms": {"p50": percentile(shared_ttfts, 50) - percentile(alone, 50),
+                     "p99": percentile(shared_ttfts, 99) - percentile(alone, 99)},
+    }
+
+
+def render(found: dict[str, Any]) -> list[str]:
+    """The fleet's rows for the report (pure)."""
+    lines = []
+    routing = found.get("routing")
+    if routing:
+        lines += [f"One gate in front of N synthetic upstreams, {routing['streams']} streams × {routing['tokens']} "
+                  f"tokens, {routing['reps']} interleaved repetitions (× 1 upstream: median of per-repetition "
+                  "ratios; the routing goal is ≤ 1.02× gate CPU):", "",
+                  "| upstreams | gate CPU per request | × 1 upstream | tokens/s | × 1 upstream | failed |",
+                  "|---|---|---|---|---|---|"]
+        for n, entry in routing["by_upstreams"].items():
+            lines.append(f"| {n} | {entry['gate_ms_per_request']:.3f} ms | {entry['cpu_ratio']:.3f}× | "
+                         f"{entry['tokens_per_s']:,.0f} | {entry['tokens_ratio']:.3f}× | {entry['failed']} |")
+    redis = found.get("redis")
+    if redis and "added_ms" in redis:
+        lines += ["", f"Two gates on one Redis against a gate alone ({redis['count']} one-token requests through "
+                  f"the gates on Redis, tokens negotiated first): time to first token "
+                  f"{redis['alone_ms']['p50']:.2f} → {redis['redis_ms']['p50']:.2f} ms p50, "
+                  f"{redis['alone_ms']['p99']:.2f} → {redis['redis_ms']['p99']:.2f} ms p99; the Redis round trip "
+                  f"adds {redis['added_ms']['p50']:.2f} ms p50, {redis['added_ms']['p99']:.2f} ms p99."]
+    elif redis:
+        lines += ["", f"Two gates on one Redis: not measured ({redis.get('skipped') or redis.get('failed')})."]
+    return lines
