@@ -24,6 +24,8 @@ class ModelInfo:
     id: str
     status: str
     vision: bool = False
+    progress: float | None = None
+    """How much of a loading model's load is done (0..1), where the router reported it."""
 
     @classmethod
     def parse_all(cls, value: object) -> tuple[ModelInfo, ...]:
@@ -31,9 +33,16 @@ class ModelInfo:
         for item in value if isinstance(value, list) else []:
             if isinstance(item, dict) and isinstance(item.get("id"), str):
                 status = item.get("status")
-                found.append(cls(item["id"], status if status in MODEL_STATES else "unloaded",
-                                 item.get("vision") is True))
+                status = status if status in MODEL_STATES else "unloaded"
+                found.append(cls(item["id"], status, item.get("vision") is True,
+                                 _fraction(item.get("progress")) if status == "loading" else None))
         return tuple(found)
+
+
+def _fraction(value: object) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0.0 <= value <= 1.0:
+        return float(value)
+    return None
 
 
 def allowed_models(configured: Sequence[str], default: str, listed: Sequence[ModelInfo]) -> list[str]:
@@ -62,12 +71,16 @@ def model_status(name: str, listed: Sequence[ModelInfo], model_ready: bool) -> M
 
 
 def listing(allowed: Sequence[str], listed: Sequence[ModelInfo], model_ready: bool) -> dict[str, Any]:
-    """`GET /v1/models`: OpenAI's list shape, plus each model's state; only names, never a path."""
+    """`GET /v1/models`: OpenAI's list shape, plus each model's state (and a loading one's `progress`,
+    0..1, where the router reports it); only names, never a path."""
     data: list[Mapping[str, Any]] = []
     for name in allowed:
         info = model_status(name, listed, model_ready)
-        data.append({"id": name, "object": "model", "created": 0, "owned_by": "llama-direct",
-                     "status": info.status, "vision": info.vision})
+        entry: dict[str, Any] = {"id": name, "object": "model", "created": 0, "owned_by": "llama-direct",
+                                 "status": info.status, "vision": info.vision}
+        if info.progress is not None:
+            entry["progress"] = info.progress
+        data.append(entry)
     return {"object": "list", "data": data}
 
 
