@@ -38,7 +38,7 @@ from broker.access import (
 )
 from broker.baseline import autoload_option, baseline, baseline_model
 from broker.core import BrokerCore
-from broker.models import allowed_models, listing, needs_load
+from broker.models import allowed_models, listing
 from broker.negotiation import (
     Options,
     negotiate,
@@ -58,7 +58,6 @@ from llama_direct.refusals import (
     BAD_TOOL_INPUT,
     BODY_TOO_LARGE,
     LOGIN_REQUIRED,
-    RateLimited,
     RequestRefusal,
 )
 
@@ -114,7 +113,7 @@ def create_app(
         now = core.clock()
         rate_limit(core, caller.user, now)
         if options.autoload and options.resume is None and options.cancel is None:
-            charge_load(core, caller.user, options.model or core.policy.model, now)
+            core.charge_load(caller.user, options.model or core.policy.model, now)
         scheme = request_scheme(request)
         answer = negotiate(
             options,
@@ -168,7 +167,7 @@ def create_app(
         body = await read_body(request, MAX_CHAT_BODY_BYTES)
         model = baseline_model(core, body)
         if autoload:
-            charge_load(core, caller.user, model, now)
+            core.charge_load(caller.user, model, now)
         return await baseline(core, caller.user, body, request.headers.get("content-type"), model=model,
                               autoload=autoload)
 
@@ -193,14 +192,6 @@ def create_app(
         return Response(data, media_type=media_type, headers={"Cache-Control": "no-cache"})
 
     return app
-
-
-def charge_load(core: BrokerCore, user: str, model: str, now: float) -> None:
-    """A request that would make the router load a model counts against the user's loads (429 past them)."""
-    if needs_load(model, core.gate.health.models):
-        retry_after = core.load_limiter.acquire(user, now)
-        if retry_after:
-            raise RateLimited(retry_after)
 
 
 def create_control_app(core: BrokerCore) -> FastAPI:

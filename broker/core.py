@@ -16,7 +16,8 @@ from collections.abc import Callable
 
 import httpx
 
-from broker.gate_link import GateLink
+from broker.gate_link import IDLE_INTERVAL_SECONDS, GateLink
+from broker.models import LoadCharges, ModelInfo
 from broker.negotiation import (
     Conversations,
     Issuer,
@@ -35,7 +36,9 @@ from broker.shared_state import RedisRateLimiter, RedisRevocations, RedisSession
 from broker.signing_keys import KeyFileError, KeyRing
 from llama_direct.ids import Ids, load_or_create_ids
 from llama_direct.redaction import register_secret
+from llama_direct.refusals import RateLimited
 from llama_direct.replay import Revocations
+from llama_direct.tokens import LEEWAY_SECONDS
 
 logger = logging.getLogger(__name__)
 
@@ -97,12 +100,15 @@ class BrokerCore:
         """Wrong access tokens per client address, this broker's own count even with Redis."""
         self.load_limiter = RateLimiter(settings.load_rate_per_minute, settings.load_rate_per_minute)
         """Model loads per user: a load stalls every user of the box for its duration."""
+        self.loads = LoadCharges(window=settings.token_ttl + LEEWAY_SECONDS + IDLE_INTERVAL_SECONDS)
+        """Which load each user was charged for: settled or refunded from the gate's health polls."""
         self.policy = Policy.from_settings(settings)
         self.ids = ids or load_or_create_ids(settings.data_dir)
         if keyring is None:
             keyring = _keyring(settings, clock())
         self.keyring = keyring
         self.gate = GateLink(settings, gate_transport)
+        self.gate.on_health = lambda health: self.settle_loads(health.models, self.clock())
         self.allowed_origins = frozenset(
             origin for origin in (normalise_origin(o) for o in settings.allowed_origins) if origin
         )
@@ -139,6 +145,24 @@ class BrokerCore:
         """
         not_before = self.revocations.to_dict()["not_before"].get(user)
         return max(now, not_before) if not_before is not None else now
+
+    def charge_load(self, user: str, model: str, now: float) -> None:
+        """A request that starts a model's load counts against the user's loads (429 past them).
+
+        Charged once per load, not per request (`broker.models.LoadCharges`).
+        """
+        listed = self.gate.health.models
+        self.settle_loads(listed, now)
+        if self.loads.should_charge(model, listed):
+            retry_after = self.load_limiter.acquire(user, now)
+            if retry_after:
+                raise RateLimited(retry_after)
+            self.loads.record(user, model, now)
+
+    def settle_loads(self, listed: tuple[ModelInfo, ...], now: float) -> None:
+        """Refund the load charges whose load never happened."""
+        for user in self.loads.observe(listed, now):
+            self.load_limiter.refund(user)
 
     def revoke(self, user: str) -> int:
         now = self.clock()

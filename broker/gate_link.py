@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 
 import httpx
 
@@ -52,6 +53,8 @@ class GateLink:
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
         self._poller: asyncio.Task[None] | None = None
+        self.on_health: Callable[[GateHealth], None] | None = None
+        """Called with each answer polled (the broker settles its load charges there)."""
 
     @property
     def health(self) -> GateHealth:
@@ -109,6 +112,8 @@ class GateLink:
             logger.info("event=gate_health gate_up=%s model_ready=%s", health.up, health.model_ready)
         self._health = health
         self._polled_at = time.monotonic()
+        if self.on_health is not None:
+            self.on_health(health)
 
     async def _poll_forever(self) -> None:
         """Never stops on a surprise: a poller that died would leave a stale answer in place for good."""

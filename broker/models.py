@@ -24,6 +24,8 @@ class ModelInfo:
     id: str
     status: str
     vision: bool = False
+    progress: float | None = None
+    """How much of a loading model's load is done (0..1), where the router reported it."""
 
     @classmethod
     def parse_all(cls, value: object) -> tuple[ModelInfo, ...]:
@@ -31,9 +33,16 @@ class ModelInfo:
         for item in value if isinstance(value, list) else []:
             if isinstance(item, dict) and isinstance(item.get("id"), str):
                 status = item.get("status")
-                found.append(cls(item["id"], status if status in MODEL_STATES else "unloaded",
-                                 item.get("vision") is True))
+                status = status if status in MODEL_STATES else "unloaded"
+                found.append(cls(item["id"], status, item.get("vision") is True,
+                                 _fraction(item.get("progress")) if status == "loading" else None))
         return tuple(found)
+
+
+def _fraction(value: object) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0.0 <= value <= 1.0:
+        return float(value)
+    return None
 
 
 def allowed_models(configured: Sequence[str], default: str, listed: Sequence[ModelInfo]) -> list[str]:
@@ -62,18 +71,71 @@ def model_status(name: str, listed: Sequence[ModelInfo], model_ready: bool) -> M
 
 
 def listing(allowed: Sequence[str], listed: Sequence[ModelInfo], model_ready: bool) -> dict[str, Any]:
-    """`GET /v1/models`: OpenAI's list shape, plus each model's state; only names, never a path."""
+    """`GET /v1/models`: OpenAI's list shape, plus each model's state (and a loading one's `progress`,
+    0..1, where the router reports it); only names, never a path."""
     data: list[Mapping[str, Any]] = []
     for name in allowed:
         info = model_status(name, listed, model_ready)
-        data.append({"id": name, "object": "model", "created": 0, "owned_by": "llama-direct",
-                     "status": info.status, "vision": info.vision})
+        entry: dict[str, Any] = {"id": name, "object": "model", "created": 0, "owned_by": "llama-direct",
+                                 "status": info.status, "vision": info.vision}
+        if info.progress is not None:
+            entry["progress"] = info.progress
+        data.append(entry)
     return {"object": "list", "data": data}
 
 
 def needs_load(name: str, listed: Sequence[ModelInfo]) -> bool:
-    """Whether a chat for `name` would make the router load it (a model it lists as unloaded).
-
-    Charged at negotiation, so a token that is never used still counts; one already loading does not.
-    """
+    """Whether a chat for `name` would make the router load it (a model it lists as unloaded)."""
     return any(model.id == name and model.status == "unloaded" for model in listed)
+
+
+@dataclass
+class _Charge:
+    user: str
+    at: float
+
+
+class LoadCharges:
+    """Which load each user was charged for, so that the load limit counts loads, not negotiations.
+
+    A load must be refused before it starts, so it is charged at negotiation (or at the fallback
+    lane's request), when the model is listed `unloaded`. Charging every such negotiation would count
+    tokens never used, and two negotiations for the same load twice; so a charge stays *open* for its
+    model until the gate's health shows the model left `unloaded` (the load happened: the charge
+    stands) or until `window` passes with the model still `unloaded` (no token of that model caused a
+    load: the charge is refunded). While a charge is open, no one is charged again for that model:
+    one load, one charge, on the first user to negotiate for it. Another user who negotiates for the
+    same model meanwhile rides on that charge, and if only their token is used the first user keeps
+    the charge; the limit then counts the load against someone who asked for it, never twice. The
+    health the broker sees is polled (0.5 s while read, 5 s when quiet), so a load evicted again
+    before any poll saw it looks unused and is refunded: the eviction needed another load, itself
+    charged. `window` covers a token's life, the clock leeway and one quiet poll.
+    """
+
+    def __init__(self, window: float) -> None:
+        self.window = window
+        self._open: dict[str, _Charge] = {}
+
+    def observe(self, listed: Sequence[ModelInfo], now: float) -> list[str]:
+        """Settle open charges against the models' states now; the users to refund, one per entry.
+
+        A model not listed (the gate is down, say) settles nothing: only `window` refunds it.
+        """
+        states = {model.id: model.status for model in listed}
+        refunds: list[str] = []
+        for name, charge in list(self._open.items()):
+            state = states.get(name)
+            if state in ("loading", "loaded"):
+                del self._open[name]
+            elif now - charge.at > self.window:
+                del self._open[name]
+                refunds.append(charge.user)
+        return refunds
+
+    def should_charge(self, name: str, listed: Sequence[ModelInfo]) -> bool:
+        """Whether a request for `name` now starts a load no one was charged for yet."""
+        return name not in self._open and needs_load(name, listed)
+
+    def record(self, user: str, name: str, now: float) -> None:
+        """`user` was charged for `name`'s next load."""
+        self._open[name] = _Charge(user, now)

@@ -105,3 +105,9 @@ class RateLimiter:
             bucket.tokens -= 1.0
             return 0
         return max(1, math.ceil((1.0 - bucket.tokens) / self._rate))
+
+    def refund(self, user: str) -> None:
+        """Give back one taken for work that never happened (never past `burst`)."""
+        bucket = self._buckets.get(user)
+        if bucket is not None:
+            bucket.tokens = min(self._burst, bucket.tokens + 1.0)

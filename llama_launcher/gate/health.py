@@ -21,6 +21,7 @@ from llama_direct.refusals import (
 )
 from llama_launcher.errors import NotListening
 from llama_launcher.gate.bounds import FALLBACK_CONTEXT
+from llama_launcher.gate.load_progress import LoadProgress
 from llama_launcher.gate.upstream import (
     Upstream,
     get_json,
@@ -52,6 +53,7 @@ class Health:
         self.context = FALLBACK_CONTEXT
         self.router = False
         self.models: dict[str, ModelState] = {}
+        self.load_progress = LoadProgress(upstream)
         self._props_for: bytes | None = None
         self._props_failed_at = -math.inf
         self._props_task: asyncio.Task[None] | None = None
@@ -144,10 +146,11 @@ class Health:
             status, listing = await get_json(self.upstream, "/v1/models", timeout=HEALTH_TIMEOUT)
             if status == 200:
                 self.models = parse_models(listing)
+                self.load_progress.watch(name for name, state in self.models.items() if state.status == "loading")
 
     def _model_list(self, ready: bool) -> list[dict[str, Any]]:
         if self.router:
-            return [{"id": name, "status": state.status, "vision": state.vision}
+            return [{"id": name, "status": state.status, "vision": state.vision, **self.load_progress.of(name)}
                     for name, state in self.models.items()]
         return [{"id": self.model, "status": "loaded" if ready else "loading", "vision": self.vision}]
 

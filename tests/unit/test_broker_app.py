@@ -580,10 +580,30 @@ class TestBaselineModels:
         beta = {"model": "beta", "messages": []}
         assert h.client.post("/v1/chat/completions", headers=BEARER, json={"messages": []}).status_code == 200
         assert h.client.post("/v1/chat/completions", headers=BEARER, json=beta).status_code == 200
+        assert h.client.post("/v1/chat/completions", headers=BEARER, json=beta).status_code == 200, \
+            "the same load is charged once"
+        self._poll(h, {"smol": "unloaded", "beta": "loaded"})
+        self._poll(h, {"smol": "loaded", "beta": "unloaded"})
         assert h.client.post("/v1/chat/completions?autoload=false", headers=BEARER, json=beta).status_code == 200
+        assert _negotiated(h, model="beta", autoload=False).status_code == 200
         limited = h.client.post("/v1/chat/completions", headers=BEARER, json=beta)
-        assert limited.status_code == 429 and "retry-after" in limited.headers
+        assert limited.status_code == 429 and "retry-after" in limited.headers, "evicted, so a second load"
         assert _negotiated(h, model="beta").status_code == 429, "the lane and the fallback share the count"
+
+    def test_a_load_that_never_happened_is_given_back(self, make: HarnessFactory) -> None:
+        h = self._router(make, load_rate_per_minute=1)
+        assert _negotiated(h, model="beta").status_code == 200
+        h.clock.now += h.core.loads.window + 1
+        self._poll(h, {"smol": "loaded", "beta": "unloaded"})
+        assert _negotiated(h, model="beta").status_code == 200, "the unused token's charge was refunded"
+        h.clock.now += 1
+        self._poll(h, {"smol": "loaded", "beta": "unloaded"})
+        assert _negotiated(h, model="beta").status_code == 200, "still the same open charge"
+
+    @staticmethod
+    def _poll(h: Harness, states: dict[str, str]) -> None:
+        h.gate.health = {**READY, "models": [{"id": name, "status": state} for name, state in states.items()]}
+        h.client.portal.call(h.core.gate.poll_once)
 
 
 def _negotiated(h: Harness, **body: Any) -> httpx.Response:

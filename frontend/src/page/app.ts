@@ -133,8 +133,8 @@ function start(): void {
     const useTools = toolsToggle.checked;
     const model = picker.value;
     if (model !== undefined) reply.showModel(model);
-    const unwatch = picker.watch((status) => {
-      if (model !== undefined) reply.showModelLoading(model, status === "loading");
+    const unwatch = picker.watch((entry) => {
+      if (model !== undefined) reply.showModelLoading(model, entry?.status === "loading", entry?.progress);
     });
     try {
       const events = streamChat(

@@ -9,6 +9,8 @@ export type ModelStatus = "unloaded" | "loading" | "loaded";
 export interface ModelEntry {
   id: string;
   status: ModelStatus;
+  /** How much of the load is done (0..1): only while loading, and only once the router reported it. */
+  progress?: number;
 }
 
 export const STORAGE_KEY = "llama-direct.model";
@@ -20,15 +22,30 @@ const STATUS_WORDS: Record<ModelStatus, string> = {
   loaded: "ready",
 };
 
-function parseModels(value: unknown): ModelEntry[] {
+/** The status line while the chosen model loads: its name, and the router's fraction when known. */
+export function loadingLine(name: string, progress: number | undefined): string {
+  return progress === undefined ? `Loading ${name}…` : `Loading ${name}… ${Math.round(100 * progress)}%`;
+}
+
+/** A model's state in the picker, with the load's percentage when known. */
+export function statusWords(model: ModelEntry): string {
+  if (model.status === "loading" && model.progress !== undefined) {
+    return `loading… ${Math.round(100 * model.progress)}%`;
+  }
+  return STATUS_WORDS[model.status];
+}
+
+export function parseModels(value: unknown): ModelEntry[] {
   if (typeof value !== "object" || value === null || !Array.isArray((value as { data?: unknown }).data)) return [];
   const found: ModelEntry[] = [];
   for (const item of (value as { data: unknown[] }).data) {
     if (typeof item !== "object" || item === null) continue;
-    const { id, status } = item as { id?: unknown; status?: unknown };
+    const { id, status, progress } = item as { id?: unknown; status?: unknown; progress?: unknown };
     if (typeof id !== "string") continue;
     const known = status === "loading" || status === "loaded" ? status : "unloaded";
-    found.push({ id, status: known });
+    const fraction =
+      known === "loading" && typeof progress === "number" && progress >= 0 && progress <= 1 ? progress : undefined;
+    found.push(fraction === undefined ? { id, status: known } : { id, status: known, progress: fraction });
   }
   return found;
 }
@@ -61,8 +78,8 @@ export class ModelPicker {
     return this.select.value === "" ? undefined : this.select.value;
   }
 
-  status(id: string | undefined): ModelStatus | undefined {
-    return this.models.find((model) => model.id === id)?.status;
+  entry(id: string | undefined): ModelEntry | undefined {
+    return this.models.find((model) => model.id === id);
   }
 
   async refresh(): Promise<void> {
@@ -83,7 +100,7 @@ export class ModelPicker {
       ...this.models.map((model) => {
         const option = document.createElement("option");
         option.value = model.id;
-        option.textContent = `${model.id} (${STATUS_WORDS[model.status]})`;
+        option.textContent = `${model.id} (${statusWords(model)})`;
         option.dataset.status = model.status;
         return option;
       }),
@@ -93,11 +110,11 @@ export class ModelPicker {
   }
 
   /** Poll the states while a reply runs, so a load shows as it happens; `stop` ends it. */
-  watch(onChange: (status: ModelStatus | undefined) => void): () => void {
+  watch(onChange: (model: ModelEntry | undefined) => void): () => void {
     this.watchers += 1;
     const tick = async (): Promise<void> => {
       await this.refresh();
-      onChange(this.status(this.value));
+      onChange(this.entry(this.value));
     };
     if (this.timer === null) this.timer = window.setInterval(() => void tick(), POLL_MS);
     void tick();

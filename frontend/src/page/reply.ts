@@ -3,6 +3,7 @@
  * model output is untrusted and never parsed as HTML.
  */
 import type { Lane, UIEvent } from "../shape.ts";
+import { loadingLine } from "./models.ts";
 
 export type ReplyState = "streaming" | "done" | "error" | "stopped";
 
@@ -54,11 +55,15 @@ export class ReplyView {
     this.root.querySelector(".who")?.append(tag);
   }
 
-  /** The router is loading the chosen model: shown until the prompt's progress or a token replaces it. */
-  showModelLoading(name: string, loading: boolean): void {
+  /**
+   * The router is loading the chosen model (with its fraction, when the router reported it): shown
+   * until the prompt's progress or a token replaces it.
+   */
+  showModelLoading(name: string, loading: boolean, progress?: number): void {
     if (this.content !== "" || this.state !== "streaming") return;
     const text = this.status.textContent ?? "";
-    if (loading && (text === "" || text.startsWith("Waiting"))) this.status.textContent = `Loading ${name}…`;
+    const ours = text === "" || text.startsWith("Waiting") || text.startsWith("Loading ");
+    if (loading && ours) this.status.textContent = loadingLine(name, progress);
     else if (!loading && text.startsWith("Loading ")) this.status.textContent = "Waiting for the model…";
   }
 
