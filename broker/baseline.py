@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import AsyncIterator
 
 import httpx
@@ -24,6 +25,7 @@ from llama_direct.lanes import CHAT_ROUTE, LANE_PREFIX
 from llama_direct.refusals import (
     INVALID_OPTION,
     GateUnavailable,
+    IssuedBeforeGateStart,
     RequestRefusal,
     UnknownModel,
 )
@@ -68,7 +70,22 @@ async def baseline(
 ) -> Response:
     """The fallback: the same request through the gate's private side, with a token minted for `model`
     (from `baseline_model`; a load it may cause is charged by the caller, as at negotiation)."""
-    now = core.clock()
+    now = core.mint_time(user, core.clock())
+    upstream = await _send(core, user, body, content_type, model=model, autoload=autoload, now=now)
+    if upstream.status_code == 401 and await _predates_gate(upstream):
+        # The gate restarted after this broker last looked: its cut-off is at most the second after
+        # this refusal, and its leeway lets an `iat` that far ahead start at once.
+        upstream = await _send(core, user, body, content_type, model=model, autoload=autoload,
+                               now=math.floor(core.clock()) + 1)
+    headers = {"Cache-Control": "no-store"}
+    upstream_type = upstream.headers.get("content-type")
+    if upstream_type:
+        headers["Content-Type"] = upstream_type
+    return _RelayResponse(upstream, headers)
+
+
+async def _send(core: BrokerCore, user: str, body: bytes, content_type: str | None, *, model: str,
+                autoload: bool, now: float) -> httpx.Response:
     issuer = core.issuer()
     minted = mint(
         issuer.key,
@@ -77,7 +94,7 @@ async def baseline(
         subject=user,
         scope="chat",
         grant=Grant(routes=(CHAT_ROUTE,), model=model, autoload=autoload, max_tokens=core.settings.max_tokens_cap),
-        now=core.mint_time(user, now),
+        now=now,
         ttl=core.settings.token_ttl,
     )
     client = core.gate.client
@@ -88,14 +105,21 @@ async def baseline(
         headers={"authorization": f"Bearer {minted.token}", "content-type": content_type or JSON_TYPE},
     )
     try:
-        upstream = await client.send(request, stream=True)
+        return await client.send(request, stream=True)
     except httpx.HTTPError:
         raise GateUnavailable() from None
-    headers = {"Cache-Control": "no-store"}
-    upstream_type = upstream.headers.get("content-type")
-    if upstream_type:
-        headers["Content-Type"] = upstream_type
-    return _RelayResponse(upstream, headers)
+
+
+async def _predates_gate(upstream: httpx.Response) -> bool:
+    """Whether the gate's 401 is `token_predates_gate` (its small body read, and the answer closed if so)."""
+    try:
+        error = json.loads(await upstream.aread()).get("error")
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return False
+    if isinstance(error, dict) and error.get("reason") == IssuedBeforeGateStart.reason.code:
+        await upstream.aclose()
+        return True
+    return False
 
 
 class _RelayResponse(StreamingResponse):
@@ -116,6 +140,9 @@ class _RelayResponse(StreamingResponse):
 
 async def _relay(upstream: httpx.Response) -> AsyncIterator[bytes]:
     """A cut upstream ends the stream, as a cut lane would: the client sees it end early."""
+    if upstream.is_stream_consumed:  # a 401 whose small body was read for its reason
+        yield upstream.content
+        return
     try:
         async for chunk in upstream.aiter_raw():
             yield chunk

@@ -138,13 +138,14 @@ class BrokerCore:
         return self.settings.audience or self.ids.gate_id
 
     def mint_time(self, user: str, now: float) -> float:
-        """`now`, or the user's revocation second when that is later, so a new token is not born revoked.
+        """`now`, or a later whole second the gate requires, so a new token is not born refused: the
+        user's revocation second, or the gate's start cut-off (the next second after it started).
 
         `iat` is a whole second and a revocation refuses every `iat` below its second, which is the
-        one after the revocation; the gate's leeway lets such a token start at once.
+        one after the revocation; the gate's leeway (5 s) lets such a token start at once.
         """
-        not_before = self.revocations.to_dict()["not_before"].get(user)
-        return max(now, not_before) if not_before is not None else now
+        floors = [self.revocations.to_dict()["not_before"].get(user), self.gate.health.not_issued_before]
+        return max([now, *(floor for floor in floors if floor is not None)])
 
     def charge_load(self, user: str, model: str, now: float) -> None:
         """A request that starts a model's load counts against the user's loads (429 past them).

@@ -135,6 +135,8 @@ class GateHealth:
     vision: bool = False
     slots: Mapping[str, int] = field(default_factory=dict)
     models: tuple[ModelInfo, ...] = ()
+    not_issued_before: int | None = None
+    """The gate's start cut-off: it refuses a token whose `iat` is earlier (its replay cache is new)."""
 
     @classmethod
     def from_answer(cls, answer: object) -> GateHealth:
@@ -143,6 +145,7 @@ class GateHealth:
             return GATE_DOWN
         slots = answer.get("slots")
         model = answer.get("model")
+        cut_off = answer.get("not_issued_before")
         return cls(
             up=True,
             model_ready=answer.get("model_ready") is True,
@@ -150,6 +153,7 @@ class GateHealth:
             vision=answer.get("vision") is True,
             slots=slots if isinstance(slots, dict) else {},
             models=ModelInfo.parse_all(answer.get("models")),
+            not_issued_before=cut_off if isinstance(cut_off, int) and not isinstance(cut_off, bool) else None,
         )
 
 

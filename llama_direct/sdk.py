@@ -15,7 +15,9 @@ and every retry (httpx runs the auth flow once per `send`, and an SDK retry is a
 - A refused negotiation (401, 429, 404 for an unknown model, ...) is handed to the SDK as the response,
   so that it raises its own typed error and honours `Retry-After`. Nothing is raised inside the flow:
   the SDK would report that as "Connection error".
-- The lane's response is never read here, so a stream reaches the SDK chunk by chunk.
+- The lane's response is never read here, so a stream reaches the SDK chunk by chunk; only a 401's
+  small body is, and a `token_predates_gate` (the gate restarted after the broker last looked) is
+  negotiated and sent once more.
 
 The access token comes from the constructor, `LLAMA_DIRECT_ACCESS_TOKEN`, or a file
 (`token_file` or `LLAMA_DIRECT_ACCESS_TOKEN_FILE`); never from the command line. This module holds
@@ -26,17 +28,21 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import AsyncGenerator, Generator
 from dataclasses import dataclass
 from pathlib import Path
 
+import anyio
 import httpx
 
+from llama_direct.refusals import IssuedBeforeGateStart
 from llama_direct.runtime import ACCESS_TOKEN_ENV, ACCESS_TOKEN_FILE_ENV
 
 __all__ = ["DirectAuth"]
 CHAT_PATH = "/v1/chat/completions"
 NEGOTIATION_PATH = "/direct-stream"
+PREDATES_GATE_WAIT = 1.0
 _DROPPED_HEADERS = frozenset({"authorization", "cookie", "host", "content-length", "x-conversation-id"})
 """Headers of the SDK's request that never travel on: the auth is ours, the rest httpx recomputes."""
 
@@ -47,6 +53,10 @@ class _Step:
 
     request: httpx.Request
     read: bool
+    read_if_refused: bool = False
+    """Read the body of a 401 only (small): it says whether a fresh token would be let through."""
+    wait: float = 0.0
+    """Seconds to wait before sending."""
 
 
 _Flow = Generator[_Step, httpx.Response, None]
@@ -69,8 +79,10 @@ class DirectAuth(httpx.Auth):
         flow = self._flow(request)
         step = next(flow)
         while True:
+            if step.wait:
+                time.sleep(step.wait)
             response = yield step.request
-            if step.read:
+            if step.read or (step.read_if_refused and response.status_code == 401):
                 response.read()
             try:
                 step = flow.send(response)
@@ -82,8 +94,10 @@ class DirectAuth(httpx.Auth):
         flow = self._flow(request)
         step = next(flow)
         while True:
+            if step.wait:
+                await anyio.sleep(step.wait)
             response = yield step.request
-            if step.read:
+            if step.read or (step.read_if_refused and response.status_code == 401):
                 await response.aread()
             try:
                 step = flow.send(response)
@@ -95,13 +109,21 @@ class DirectAuth(httpx.Auth):
         if not (request.method == "POST" and request.url.path == self._base.path.rstrip("/") + CHAT_PATH):
             yield _Step(self._to_broker(request, request.url), read=False)
             return
-        negotiation = yield _Step(self._negotiation(request), read=True)
-        if negotiation.status_code != 200:
-            return  # the SDK raises its own typed error for this response, and applies Retry-After
-        grant = _json_object(negotiation.content)
-        if grant.get("supported") is True and isinstance(grant.get("url"), str) and isinstance(grant.get("token"), str):
-            yield _Step(_to_lane(request, grant), read=False)
-            return
+        wait = 0.0
+        for first in (True, False):
+            negotiation = yield _Step(self._negotiation(request), read=True, wait=wait)
+            if negotiation.status_code != 200:
+                return  # the SDK raises its own typed error for this response, and applies Retry-After
+            grant = _json_object(negotiation.content)
+            supported = grant.get("supported") is True
+            if not (supported and isinstance(grant.get("url"), str) and isinstance(grant.get("token"), str)):
+                break
+            answer = yield _Step(_to_lane(request, grant), read=False, read_if_refused=first)
+            if not (first and _predates_gate(answer)):
+                return
+            # The gate restarted after the broker last looked; its cut-off is at most one second
+            # after the restart, so a token minted a second after this refusal is let through.
+            wait = PREDATES_GATE_WAIT
         fallback = grant.get("fallback_url")
         path = fallback if isinstance(fallback, str) and fallback.startswith("/") else None
         target = self._base.copy_with(raw_path=path.encode("ascii", "replace")) if path else self._chat_url()
@@ -123,6 +145,14 @@ class DirectAuth(httpx.Auth):
 
     def _to_broker(self, request: httpx.Request, url: httpx.URL) -> httpx.Request:
         return _rebuilt(request, url, f"Bearer {self._access_token}", conversation_id=None)
+
+
+def _predates_gate(response: httpx.Response) -> bool:
+    """A 401 `token_predates_gate`: the only refusal a second token minted at once would pass."""
+    if response.status_code != 401:
+        return False
+    error = _json_object(response.content).get("error")
+    return isinstance(error, dict) and error.get("reason") == IssuedBeforeGateStart.reason.code
 
 
 def _to_lane(request: httpx.Request, grant: dict[str, object]) -> httpx.Request:

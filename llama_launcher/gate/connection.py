@@ -420,7 +420,7 @@ class ClientConnection(asyncio.Protocol):
         return connected, lambda: self._broker_outgoing(request, connected[0])
 
     async def _serve_health(self, head_only: bool) -> None:
-        body = json.dumps(await self.gate.pool.snapshot(), separators=(",", ":")).encode()
+        body = json.dumps(await self.gate.health_answer(), separators=(",", ":")).encode()
         response = simple_response(200, body, close=self._closing())
         self._answer(response[: len(response) - len(body)] if head_only else response)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import resource
 import time
-from typing import Protocol
+from typing import Any, Protocol
 
 from llama_direct.refusals import (
     MalformedToken,
@@ -64,6 +64,14 @@ class Gate:
         self.admission = Admission(config, descriptors=resource.getrlimit(resource.RLIMIT_NOFILE)[0])
         self.allowed_origins = frozenset(config.allowed_origins)
         self.lane_prefix = (config.lane_prefix + "/").encode()
+
+    async def health_answer(self) -> dict[str, Any]:
+        """`GET /health`: every upstream's state, and without Redis the start cut-off, so the broker
+        mints no token this gate would refuse."""
+        answer = await self.pool.snapshot()
+        if self.not_issued_before is not None:
+            answer = {**answer, "not_issued_before": self.not_issued_before}
+        return answer
 
     def policy_for(self, member: Member, model: str) -> ShapingPolicy:
         """The limits for the grant's model on the upstream tried first: whether it reads images is
@@ -123,13 +131,15 @@ class Gate:
 
 
 def start_cut_off(started_at: float) -> int:
-    """The `iat` a token needs to be accepted: the whole second the gate started in.
+    """The `iat` a token needs to be accepted: the whole second after the gate started.
 
-    Rounding up would also refuse a token minted in that second and spent on the gate before a
-    restart, but then the broker, whose view of the gate lags its restart, mints tokens the new gate
-    refuses (the page's first request after a gate restart failed); see the security model's limits.
+    `iat` is whole seconds, so a token minted in the second of a restart, before it, may have been
+    spent on the gate that stopped: its use is not in this gate's new memory, so it is refused. The
+    broker learns the cut-off from `/health` and mints no earlier `iat` (`BrokerCore.mint_time`); a
+    token it minted before it saw the restart is refused once, and minted again by the baseline and
+    `DirectAuth` (`401 token_predates_gate`).
     """
-    return math.floor(started_at)
+    return math.ceil(started_at)
 
 
 def _bearer_token(headers: list[Header]) -> str:

@@ -372,8 +372,9 @@ async def running_gate(*, public: bool = True, upstreams: int = 1, **settings: A
         fleet.append((FakeServer(os.path.join(base, f"llama{n}.sock"),
                                  lambda r, w, b=more: llama_handler(b, r, w)), more))  # type: ignore[misc]
     doors = [(fake.path, StaticUpstream(fake.path, key=MASTER_KEY)) for fake, _ in fleet]
+    # Started a second ago: the cut-off rounds up to the next whole second, and tests mint at once.
     server = GateServer(config, doors if upstreams > 1 else doors[0][1],
-                        keyset=KeySet(control.path, interval=config.keyset_interval))
+                        keyset=KeySet(control.path, interval=config.keyset_interval), started_at=time.time() - 1)
     harness = Harness(
         base, key, config, server, llama, broker, control, behaviour, port, {"keys": [dict(key.public_jwk)]},
         fleet=fleet,

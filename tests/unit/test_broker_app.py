@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import shutil
 import signal
@@ -85,6 +86,8 @@ class FakeGate:
     chat_body: bytes = SSE
     chat_type: str = "text/event-stream"
     requests: list[httpx.Request] = field(default_factory=list)
+    predates_gate: int = 0
+    """Baseline chats answered 401 `token_predates_gate` first (the gate restarted after the broker looked)."""
 
     def handle(self, request: httpx.Request) -> httpx.Response:
         if not self.reachable:
@@ -92,6 +95,10 @@ class FakeGate:
         self.requests.append(request)
         if request.url.path == "/health":
             return httpx.Response(200, json=self.health)
+        if (request.method, request.url.path) == ("POST", "/direct/v1/chat/completions") and self.predates_gate:
+            self.predates_gate -= 1
+            return httpx.Response(401, json={"error": {"message": "restarted", "code": 401,
+                                                       "reason": "token_predates_gate"}})
         if (request.method, request.url.path) == ("POST", "/direct/v1/chat/completions"):
             return httpx.Response(
                 self.chat_status, stream=ChunkStream(self.chat_body), headers={"content-type": self.chat_type}
@@ -490,6 +497,21 @@ class TestBaseline:
         assert (answer.status_code, answer.content) == (403, refusal)
         assert answer.headers["content-type"] == "application/json"
 
+    def test_a_token_older_than_a_gate_restart_is_minted_again_once_for_the_next_second(
+            self, make: HarnessFactory) -> None:
+        h = make(FakeGate(predates_gate=1))
+        answer = h.client.post("/v1/chat/completions", headers=BEARER, json={"messages": []})
+        assert answer.status_code == 200
+        first, second = [r for r in h.gate.requests if r.url.path.startswith("/direct/")]
+        iats = [verify(r.headers["authorization"].removeprefix("Bearer "),
+                       keys=h.core.keyring.public_keyset(h.clock.now), audience=h.core.ids.gate_id,
+                       issuer=h.core.ids.broker_id, now=h.clock.now).iat for r in (first, second)]
+        assert iats[1] == math.floor(h.clock.now) + 1 and iats[0] <= iats[1] - 1
+        again = make(FakeGate(predates_gate=2))
+        refused = again.client.post("/v1/chat/completions", headers=BEARER, json={"messages": []})
+        assert refused.status_code == 401 and refused.json()["error"]["reason"] == "token_predates_gate"
+        assert len([r for r in again.gate.requests if r.url.path.startswith("/direct/")]) == 2
+
     def test_a_gate_that_cannot_be_reached_is_503_without_details(self, make: HarnessFactory) -> None:
         h = make(FakeGate(reachable=False))
         answer = h.client.post("/v1/chat/completions", headers=BEARER, json={"messages": []})
@@ -644,6 +666,16 @@ def test_ids_are_made_once_and_kept(tmp_path: Path) -> None:
     assert load_or_create_ids(tmp_path / "data") == first
     assert first.broker_id != first.gate_id
     assert (tmp_path / "data" / "ids.json").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_token_is_never_minted_before_the_gates_start_cut_off(tmp_path: Path) -> None:
+    """The gate refuses an `iat` before the second after it started; minted in that second, a token
+    takes the cut-off as its `iat` (the gate's leeway lets it start at once) instead of a 401."""
+    core = BrokerCore(_settings(tmp_path), ACCESS_TOKEN)
+    assert core.mint_time("user", 1000.4) == 1000.4
+    core.gate.health = GateHealth(up=True, model_ready=True, not_issued_before=1001)
+    assert core.mint_time("user", 1000.4) == 1001
+    assert core.mint_time("user", 1002.7) == 1002.7
 
 
 def test_a_given_keyring_is_used(tmp_path: Path) -> None:

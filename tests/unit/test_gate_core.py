@@ -49,16 +49,24 @@ def token(now: float) -> str:
     return mint(KEY, issuer="broker", audience="gate", subject="alice", scope="chat", grant=grant, now=now).token
 
 
-@pytest.mark.parametrize(("started", "cut_off"), [(100.0, 100), (100.2, 100), (100.999, 100), (101.0, 101)])
-def test_the_start_cut_off_is_the_second_the_gate_started_in(started: float, cut_off: int) -> None:
+@pytest.mark.parametrize(("started", "cut_off"), [(100.0, 100), (100.2, 101), (100.999, 101), (101.0, 101)])
+def test_the_start_cut_off_rounds_up_to_the_next_whole_second(started: float, cut_off: int) -> None:
     assert start_cut_off(started) == cut_off
 
 
-def test_a_token_issued_before_the_gates_start_second_is_refused() -> None:
+def test_a_token_spent_in_the_second_of_a_restart_cannot_be_replayed_across_it() -> None:
+    """iat is whole seconds: with a cut-off rounded down, a token minted at S.1, spent on the old gate
+    and replayed on a gate restarted at S.5 would pass, since the new replay store never saw it."""
     second = math.floor(time.time())
+    spent = token(second + 0.1)
+    before = gate(second - 10)
+    asyncio.run(before.authorize(head(spent)))
+    with pytest.raises(TokenSpent):
+        asyncio.run(before.authorize(head(spent)))
+    restarted = gate(second + 0.5)
     with pytest.raises(IssuedBeforeGateStart):
-        asyncio.run(gate(second + 0.5).authorize(head(token(second - 1.0))))
-    asyncio.run(gate(second + 0.5).authorize(head(token(second + 0.1))))
+        asyncio.run(restarted.authorize(head(spent)))
+    asyncio.run(restarted.authorize(head(token(second + 1.0))))  # what the broker mints once it knows
 
 
 def test_the_use_is_spent_by_authorize_itself() -> None:

@@ -142,6 +142,12 @@ class TestGateHealth:
     def test_model_ready_must_be_true_itself(self) -> None:
         assert GateHealth.from_answer({"gate": "ok", "model_ready": "yes"}).model_ready is False
 
+    def test_the_gates_start_cut_off_is_read_when_it_is_a_whole_second(self) -> None:
+        assert GateHealth.from_answer({"gate": "ok", "not_issued_before": 1_750_000_001}).not_issued_before \
+            == 1_750_000_001
+        for odd in (True, "1750000001", 1.5, None):
+            assert GateHealth.from_answer({"gate": "ok", "not_issued_before": odd}).not_issued_before is None
+
 
 class TestSupported:
     def test_a_chat_answer_has_exactly_the_documented_fields(self) -> None:

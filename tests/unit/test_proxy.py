@@ -567,6 +567,7 @@ def test_private_socket_health_and_baseline_lane() -> None:
             "slots": {"total": 4, "busy": 1},
             "router": False,
             "models": [{"id": "smollm2", "status": "loaded", "vision": False}],
+            "not_issued_before": h.server.gate.not_issued_before,
         }
         baseline = await ask(h, chat_request(h.token()), where=h.config.private_socket)
         assert baseline.status == 200

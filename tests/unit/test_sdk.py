@@ -64,6 +64,8 @@ class FakeApp:
     supported: bool = True
     negotiation_status: int = 200
     lane_failures: int = 0
+    predates_gate: int = 0
+    """Lane requests answered 401 `token_predates_gate` first (a gate restarted after the broker looked)."""
     conversation_id: str | None = None
     prefix: str = ""
     seen: list[httpx.Request] = field(default_factory=list)
@@ -112,6 +114,10 @@ class FakeApp:
         if token not in self.issued or token in self.spent:
             return httpx.Response(401, json={"error": {"message": "The token has already been used", "code": 401}})
         self.spent.add(token)
+        if self.predates_gate:
+            self.predates_gate -= 1
+            return httpx.Response(401, json={"error": {"message": "restarted", "code": 401,
+                                                       "reason": "token_predates_gate"}})
         if self.conversation_id is not None:
             assert request.headers["x-conversation-id"] == self.conversation_id
         if self.lane_failures:
@@ -177,6 +183,20 @@ def test_the_sdks_retry_after_a_lane_5xx_takes_a_fresh_grant() -> None:
     assert app.paths() == ["/direct-stream", "/direct/v1/chat/completions"] * 2
     tokens = [r.headers["authorization"] for r in app.seen if r.url.path.startswith("/direct/")]
     assert len(set(tokens)) == 2
+
+
+def test_a_token_older_than_a_gate_restart_is_negotiated_and_sent_once_more(monkeypatch: pytest.MonkeyPatch) -> None:
+    waits: list[float] = []
+    monkeypatch.setattr("llama_direct.sdk.time.sleep", waits.append)
+    app = FakeApp(predates_gate=1)
+    reply = _client(app).chat.completions.create(model=MODEL, messages=MESSAGES)
+    assert reply.choices[0].message.content == "hello"
+    assert app.paths() == ["/direct-stream", "/direct/v1/chat/completions"] * 2
+    assert waits == [1.0]  # the cut-off is at most a second after the restart
+    twice = FakeApp(predates_gate=2)
+    with pytest.raises(openai.AuthenticationError):
+        _client(twice).chat.completions.create(model=MODEL, messages=MESSAGES)
+    assert twice.paths() == ["/direct-stream", "/direct/v1/chat/completions"] * 2  # once more, not again
 
 
 def test_unsupported_sends_the_same_body_to_the_fallback_with_the_access_token() -> None:
