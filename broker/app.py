@@ -40,6 +40,7 @@ from broker.baseline import autoload_option, baseline, baseline_model
 from broker.core import BrokerCore
 from broker.models import allowed_models, listing, needs_load
 from broker.negotiation import (
+    GateHealth,
     Options,
     negotiate,
 )
@@ -113,8 +114,9 @@ def create_app(
             options = Options.from_body(await read_body(request, MAX_SMALL_BODY_BYTES))
         now = core.clock()
         rate_limit(core, caller.user, now)
+        health = await core.gate.fresh()
         if options.autoload and options.resume is None and options.cancel is None:
-            charge_load(core, caller.user, options.model or core.policy.model, now)
+            charge_load(core, caller.user, options.model or core.policy.model, now, health)
         scheme = request_scheme(request)
         answer = negotiate(
             options,
@@ -122,7 +124,7 @@ def create_app(
             origin=origin,
             url=core.policy.lane_url(scheme, request.headers.get("host", "")),
             policy=core.policy,
-            health=core.gate.health,
+            health=health,
             enabled=direct_stream_enabled(),
             conversations=core.conversations,
             issuer=core.issuer(),
@@ -154,7 +156,7 @@ def create_app(
     @app.get("/v1/models")
     async def models(request: Request) -> Response:
         require_caller(core, request)
-        health = core.gate.health
+        health = await core.gate.fresh()
         allowed = allowed_models(core.policy.models, core.policy.model, health.models)
         return json_response(listing(allowed, health.models, health.model_ready), headers=NO_STORE)
 
@@ -166,9 +168,10 @@ def create_app(
         rate_limit(core, caller.user, now)
         autoload = autoload_option(request.query_params.getlist("autoload"))
         body = await read_body(request, MAX_CHAT_BODY_BYTES)
-        model = baseline_model(core, body)
+        health = await core.gate.fresh()
+        model = baseline_model(core, body, health)
         if autoload:
-            charge_load(core, caller.user, model, now)
+            charge_load(core, caller.user, model, now, health)
         return await baseline(core, caller.user, body, request.headers.get("content-type"), model=model,
                               autoload=autoload)
 
@@ -195,9 +198,9 @@ def create_app(
     return app
 
 
-def charge_load(core: BrokerCore, user: str, model: str, now: float) -> None:
+def charge_load(core: BrokerCore, user: str, model: str, now: float, health: GateHealth) -> None:
     """A request that would make the router load a model counts against the user's loads (429 past them)."""
-    if needs_load(model, core.gate.health.models):
+    if needs_load(model, health.models):
         retry_after = core.load_limiter.acquire(user, now)
         if retry_after:
             raise RateLimited(retry_after)
@@ -237,7 +240,7 @@ def create_control_app(core: BrokerCore) -> FastAPI:
     @app.get("/health")
     async def health() -> Response:
         """``lane_ready`` is what negotiation would say now: serve prints its ready line only then."""
-        gate = core.gate.health
+        gate = await core.gate.fresh()
         return json_response({"broker": "ok", "lane_ready": gate.up and gate.model_ready}, headers=NO_STORE)
 
     return app
