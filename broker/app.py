@@ -112,6 +112,7 @@ def create_app(
             options = Options.from_body(await read_body(request, MAX_SMALL_BODY_BYTES))
         now = core.clock()
         rate_limit(core, caller.user, now)
+        health = await core.gate.fresh()
         if options.autoload and options.resume is None and options.cancel is None:
             core.charge_load(caller.user, options.model or core.policy.model, now)
         scheme = request_scheme(request)
@@ -121,7 +122,7 @@ def create_app(
             origin=origin,
             url=core.policy.lane_url(scheme, request.headers.get("host", "")),
             policy=core.policy,
-            health=core.gate.health,
+            health=health,
             enabled=direct_stream_enabled(),
             conversations=core.conversations,
             issuer=core.issuer(),
@@ -153,7 +154,7 @@ def create_app(
     @app.get("/v1/models")
     async def models(request: Request) -> Response:
         require_caller(core, request)
-        health = core.gate.health
+        health = await core.gate.fresh()
         allowed = allowed_models(core.policy.models, core.policy.model, health.models)
         return json_response(listing(allowed, health.models, health.model_ready), headers=NO_STORE)
 
@@ -165,7 +166,8 @@ def create_app(
         rate_limit(core, caller.user, now)
         autoload = autoload_option(request.query_params.getlist("autoload"))
         body = await read_body(request, MAX_CHAT_BODY_BYTES)
-        model = baseline_model(core, body)
+        health = await core.gate.fresh()
+        model = baseline_model(core, body, health)
         if autoload:
             core.charge_load(caller.user, model, now)
         return await baseline(core, caller.user, body, request.headers.get("content-type"), model=model,
@@ -228,7 +230,7 @@ def create_control_app(core: BrokerCore) -> FastAPI:
     @app.get("/health")
     async def health() -> Response:
         """``lane_ready`` is what negotiation would say now: serve prints its ready line only then."""
-        gate = core.gate.health
+        gate = await core.gate.fresh()
         return json_response({"broker": "ok", "lane_ready": gate.up and gate.model_ready}, headers=NO_STORE)
 
     return app

@@ -18,6 +18,7 @@ from starlette.types import Receive, Scope, Send
 
 from broker.core import BrokerCore
 from broker.models import allowed_models, choose_model
+from broker.negotiation import GateHealth
 from broker.responses import (
     JSON_TYPE,
 )
@@ -56,12 +57,11 @@ def autoload_option(values: list[str]) -> bool:
     return _QUERY_BOOLEANS[values[0].lower()]
 
 
-def baseline_model(core: BrokerCore, body: bytes) -> str:
+def baseline_model(core: BrokerCore, body: bytes, health: GateHealth) -> str:
     """The model the body names when the user may use it, the default when it names none."""
     asked = body_model(body)
     if asked is not None and not isinstance(asked, str):
         raise UnknownModel(None)
-    health = core.gate.health
     return choose_model(asked, allowed_models(core.policy.models, core.policy.model, health.models))
 
 

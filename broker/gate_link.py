@@ -1,12 +1,15 @@
-"""The broker's link to the gate's private socket: its health, polled, and the baseline's transport.
+"""The broker's link to the gate's private socket: its health, asked for when it is read, and the baseline.
 
-The health is polled every `HEALTH_INTERVAL_SECONDS` while it is read (a negotiation in the last
-`ACTIVE_SECONDS`) or while the lane is not ready, and every `IDLE_INTERVAL_SECONDS` otherwise: each
-poll costs the gate a `/health` and `/slots` round to llama-server, and an idle pair must stay
-under a millisecond of CPU a second. The first read after a quiet spell wakes the poller at once;
-that read itself gets the last answer, at most `IDLE_INTERVAL_SECONDS` old, which can only be "up"
-(a gate that is down is polled at the fast rate), and a gate that went down meanwhile refuses the
-token itself.
+Every answer that depends on the gate's health (negotiation, `GET /v1/models`, the baseline, the
+control socket's `/health`) reads it through `fresh()`, which asks the gate first when the last
+answer is more than `FRESH_SECONDS` old: so `gate_down` and `model_loading` follow a change within a
+second, however long the broker sat idle. Concurrent readers share one question.
+
+Behind that, a poller keeps the answer warm so that reads seldom wait: every
+`HEALTH_INTERVAL_SECONDS` while the health is read (a read in the last `ACTIVE_SECONDS`) or while
+the lane is not ready, and every `IDLE_INTERVAL_SECONDS` otherwise, only so that a change is logged.
+Each poll costs the gate a `/health` and `/slots` round to llama-server and the broker about 2 ms of
+CPU, and an idle pair must stay under a millisecond of CPU a second.
 """
 
 from __future__ import annotations
@@ -32,13 +35,14 @@ logger = logging.getLogger(__name__)
 
 
 HEALTH_INTERVAL_SECONDS = 0.5
-IDLE_INTERVAL_SECONDS = 5.0
+IDLE_INTERVAL_SECONDS = 30.0
 ACTIVE_SECONDS = 5.0
+FRESH_SECONDS = 1.0
 HEALTH_TIMEOUT_SECONDS = 1.0
 
 
 class GateLink:
-    """The broker's one door to the gate's private socket: the health poller and the baseline.
+    """The broker's one door to the gate's private socket: the health and the baseline.
 
     A fresh connection per request: the gate may close a kept-alive connection after a stream, and
     a unix-socket connect costs microseconds.
@@ -47,7 +51,8 @@ class GateLink:
     def __init__(self, settings: BrokerSettings, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self._health: GateHealth = GATE_DOWN
         self._read_at = -ACTIVE_SECONDS
-        self._polled_at = 0.0
+        self._polled_at = -FRESH_SECONDS
+        self._asking: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._settings = settings
         self._transport = transport
@@ -58,16 +63,29 @@ class GateLink:
 
     @property
     def health(self) -> GateHealth:
-        """The last answer; reading it keeps the fast poll going, and wakes a poller gone quiet."""
-        now = time.monotonic()
-        self._read_at = now
-        if now - self._polled_at > HEALTH_INTERVAL_SECONDS:
-            self._wake.set()
+        """The last answer, however old: what the log and the tests look at; answers read `fresh()`."""
         return self._health
 
     @health.setter
     def health(self, value: GateHealth) -> None:
+        """An answer from elsewhere (a test, an app run without its lifespan), counted as just asked."""
         self._health = value
+        self._polled_at = time.monotonic()
+
+    async def fresh(self) -> GateHealth:
+        """The gate's health, at most `FRESH_SECONDS` old: asked now when the last answer is older.
+
+        A read also keeps the poller at its fast rate, and wakes it when it had gone quiet. A link
+        that is not started (no client) has nobody to ask and gives its last answer.
+        """
+        now = time.monotonic()
+        was_idle = now - self._read_at >= ACTIVE_SECONDS
+        self._read_at = now
+        if self._client is not None and now - self._polled_at > FRESH_SECONDS:
+            await self._ask()
+        if was_idle:
+            self._wake.set()
+        return self._health
 
     def interval(self, now: float) -> float:
         """Fast while the health is read or the lane is not ready; slow when nothing asks."""
@@ -89,15 +107,16 @@ class GateLink:
             base_url="http://gate",
             timeout=httpx.Timeout(connect=2.0, read=None, write=30.0, pool=5.0),
         )
-        await self.poll_once()
+        await self._ask()
         self._poller = asyncio.create_task(self._poll_forever(), name="gate-health")
 
     async def stop(self) -> None:
-        if self._poller is not None:
-            self._poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poller
-            self._poller = None
+        for task in (self._poller, self._asking):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._poller = self._asking = None
         if self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -115,14 +134,34 @@ class GateLink:
         if self.on_health is not None:
             self.on_health(health)
 
+    async def _ask(self) -> None:
+        """One question to the gate, shared by whoever asks while it is out.
+
+        Shielded: a reader that goes away (its client hung up) does not cancel the others' answer.
+        """
+        if self._asking is None or self._asking.done():
+            self._asking = asyncio.create_task(self._poll_guarded(), name="gate-health-ask")
+        await asyncio.shield(self._asking)
+
+    async def _poll_guarded(self) -> None:
+        """Never raises: a surprise counts as a gate that is down, never as a stale answer kept."""
+        try:
+            await self.poll_once()
+        except Exception as exc:
+            logger.error("event=health_poll_failed error=%s", type(exc).__name__)
+            self._health = GATE_DOWN
+            self._polled_at = time.monotonic()
+
     async def _poll_forever(self) -> None:
-        """Never stops on a surprise: a poller that died would leave a stale answer in place for good."""
+        """Sleeps until the next poll is due; a wake (a read after a quiet spell) recomputes when that is."""
         while True:
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.interval(time.monotonic()))
-            try:
-                await self.poll_once()
-            except Exception as exc:
-                logger.error("event=health_poll_failed error=%s", type(exc).__name__)
-                self._health = GATE_DOWN
+            wait = self._polled_at + self.interval(time.monotonic()) - time.monotonic()
+            if wait > 0:
+                # `asyncio.timeout`, not `wait_for`: in 3.11 `wait_for` swallows a cancel that lands as
+                # the wake does, and `stop` would wait on a poller that never ends.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await self._wake.wait()
+                continue
+            await self._ask()

@@ -15,6 +15,12 @@ around the object is refused, which PyJWT allows); `crit` only as PyJWT allows i
 refused (it needs a detached payload, which the gate never has); the signature checked before the
 payload is parsed; then the required claims, `iss`, the strict single `aud`, `sub` and `jti`.
 `tests/unit/test_jws_differential.py` fuzzes it against PyJWT.
+
+One memo, for speed: a header segment whose token verified is remembered with its `alg` and `kid`
+(`_VERIFIED_HEADERS`), so the broker's header, the same on every token of a key, is decoded once.
+Only a token with a good signature adds one, so only headers the broker signed get in, and the
+refusals do not change: a remembered header is one that passed every header check, and the same
+text always passes them; the key lookup and the algorithm pinning still run on every token.
 """
 
 from __future__ import annotations
@@ -22,7 +28,6 @@ from __future__ import annotations
 import binascii
 import json
 import json.scanner
-import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -38,17 +43,20 @@ from llama_direct.refusals import (
 )
 
 ALGORITHMS = ("EdDSA", "ES256")
-_BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
 _SCAN_JSON: Callable[[str, int], tuple[Any, int]] = json.scanner.make_scanner(
     json.JSONDecoder()  # type: ignore[arg-type]  # typeshed types the argument as the scanner's own class
 )
 """`json.loads`'s own scanner, called directly: the same parser without its Python wrapper (~3 µs)."""
 _TO_STANDARD = bytes.maketrans(b"-_", b"+/")
-_PADDING = ("", "", "==", "=")
+_PADDING = (b"", b"", b"==", b"=")
 _CANONICAL_LAST = (None, None, frozenset("AQgw"), frozenset("AEIMQUYcgkosw048"))
 """By length mod 4, the characters a canonical segment may end with: the unused low bits are zero."""
 _SUPPORTED_CRIT = frozenset({"b64"})
 """What PyJWT understands in `crit`; anything else is refused, as RFC 7515 §4.1.11 requires."""
+_VERIFIED_HEADERS: dict[str, tuple[str, str]] = {}
+"""Header segment -> (alg, kid), for headers of tokens that verified; see the module's docstring."""
+_MAX_VERIFIED_HEADERS = 64
+"""Far above the keys a broker publishes at once (current, staged, retired); past it, nothing is added."""
 
 
 def decode(
@@ -61,11 +69,18 @@ def decode(
 ) -> dict[str, Any]:
     """The verified payload of a compact JWS, or a `TokenRefusal`; the time claims are the caller's."""
     header_segment, _, rest = token.partition(".")
-    header = _json_object(_b64url(header_segment))
-    alg = header.get("alg")
-    if alg not in ALGORITHMS:
-        raise AlgorithmNotAllowed()
-    kid = header.get("kid")
+    known = _VERIFIED_HEADERS.get(header_segment)
+    header: dict[str, Any] | None = None
+    alg: Any
+    kid: Any
+    if known is None:
+        header = _json_object(_b64url(header_segment))
+        alg = header.get("alg")
+        if alg not in ALGORITHMS:
+            raise AlgorithmNotAllowed()
+        kid = header.get("kid")
+    else:
+        alg, kid = known
     entry = keys.checks.get(kid) if isinstance(kid, str) else None
     if entry is None:
         raise UnknownKey()
@@ -75,28 +90,36 @@ def decode(
     payload_segment, dot, signature_segment = rest.partition(".")
     if not dot or "." in signature_segment:
         raise MalformedToken()
-    _check_crit(header)
+    if header is not None:
+        _check_crit(header)
     payload_bytes = _b64url(payload_segment)
     signature = _b64url(signature_segment)
     signing_input = token[: len(header_segment) + 1 + len(payload_segment)].encode("ascii")
     if not signature_ok(signing_input, signature):
         raise BadSignature()
+    if header is not None and len(_VERIFIED_HEADERS) < _MAX_VERIFIED_HEADERS:
+        _VERIFIED_HEADERS[header_segment] = (alg, kid)
     payload = _json_object(payload_bytes)
     _check_registered(payload, audience=audience, issuer=issuer, required=required)
     return payload
 
 
 def _b64url(segment: str) -> bytes:
-    """Canonical unpadded base64url only: its alphabet, no `=`, and zero bits where none are used."""
+    """Canonical unpadded base64url only: its alphabet, no `=`, and zero bits where none are used.
+
+    `strict_mode` refuses every character outside standard base64's alphabet; the three that
+    standard base64 has and base64url has not (`+`, `/`, `=`) are refused before it.
+    """
     size = len(segment) % 4
-    if size == 1 or _BASE64URL.fullmatch(segment) is None:
+    if size == 1 or "+" in segment or "/" in segment or "=" in segment:
         raise MalformedToken()
     last = _CANONICAL_LAST[size]
     if last is not None and segment[-1] not in last:
         raise MalformedToken()
     try:
-        return binascii.a2b_base64((segment + _PADDING[size]).encode("ascii").translate(_TO_STANDARD))
-    except binascii.Error:
+        return binascii.a2b_base64(segment.encode("ascii").translate(_TO_STANDARD) + _PADDING[size],
+                                   strict_mode=True)
+    except ValueError:  # binascii.Error, or UnicodeEncodeError for a character outside ASCII
         raise MalformedToken() from None
 
 

@@ -59,12 +59,13 @@ class Grant:
     """Whether the request may load its model when a router has not loaded it (a load costs the box)."""
 
     def __post_init__(self) -> None:
-        routes_ok = isinstance(self.routes, tuple) and all(
-            isinstance(r, tuple) and len(r) == 2 and isinstance(r[0], str) and isinstance(r[1], str)
-            for r in self.routes
-        )
-        if not routes_ok or not self.routes:
+        # Plain loops, not all(genexpr): a grant is rebuilt on every lane request (issue 18, P5).
+        if not isinstance(self.routes, tuple) or not self.routes:
             raise ValueError("routes must be a non-empty tuple of (method, path) pairs")
+        for route in self.routes:
+            if not (isinstance(route, tuple) and len(route) == 2 and isinstance(route[0], str)
+                    and isinstance(route[1], str)):
+                raise ValueError("routes must be a non-empty tuple of (method, path) pairs")
         if not isinstance(self.model, str) or not self.model:
             raise ValueError("model must be a non-empty string")
         if not _is_int(self.max_tokens) or self.max_tokens < 1:
@@ -98,11 +99,16 @@ class Grant:
         if not isinstance(value, dict) or not _GRANT_REQUIRED <= value.keys() <= _GRANT_FIELDS:
             raise MalformedToken()
         routes = value["routes"]
-        if not isinstance(routes, list) or not all(isinstance(route, list) for route in routes):
+        if not isinstance(routes, list):
             raise MalformedToken()
+        pairs = []
+        for route in routes:
+            if not isinstance(route, list):
+                raise MalformedToken()
+            pairs.append(tuple(route))
         try:
             return cls(
-                routes=tuple(tuple(route) for route in routes),
+                routes=tuple(pairs),
                 model=value["model"],
                 max_tokens=value["max_tokens"],
                 uses=value.get("uses", 1),

@@ -33,6 +33,8 @@ JTI_TABLE_EXPIRE = MAX_TTL_SECONDS + LEEWAY_SECONDS + 5
 _NAME = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 _ADDRESS = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}")
 _PATH = re.compile(r"/[^\s\"'\\]*")
+_UNIX = re.compile(r"unix@/[^\s\"'\\]*")
+"""An upstream may also be a unix socket (`unix@/path`), as `serve` runs llama-server."""
 
 
 @dataclass(frozen=True)
@@ -63,10 +65,12 @@ class HaproxyPlan:
     def check(self) -> None:
         if bool(self.gates) == bool(self.upstreams):
             raise ValueError("give --gate (HAProxy at the edge) or --upstream (HAProxy in the gate's place), not both")
-        for address in (self.bind, *self.gates, *self.upstreams, *([self.app] if self.app else []),
-                        *(p.address for p in self.peers)):
+        for address in (self.bind, *self.gates, *([self.app] if self.app else []), *(p.address for p in self.peers)):
             if not _ADDRESS.fullmatch(address):
                 raise ValueError(f"{address!r} is not HOST:PORT")
+        for address in self.upstreams:
+            if not (_ADDRESS.fullmatch(address) or _UNIX.fullmatch(address)):
+                raise ValueError(f"{address!r} is not HOST:PORT or unix@/path")
         for path in (*self.public_keys, *([self.tls_pem] if self.tls_pem else [])):
             if not _PATH.fullmatch(path):
                 raise ValueError("file paths must be absolute, without spaces or quotes")

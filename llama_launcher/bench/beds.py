@@ -27,6 +27,7 @@ LANES = ("raw", "direct", "baseline", "studio", "relay")
 REAL_ALIAS = "smollm2"
 REAL_SLOTS = 64
 REAL_CTX_PER_SLOT = 256
+SYNTHETIC_ALIAS = "synthetic"
 ROUTER_MODELS = ("alpha", "beta")
 """The router bed's two names for the same SmolLM2 file; `--models-max 1` keeps one loaded."""
 
@@ -112,7 +113,7 @@ def synthetic_bed(work: Path, *, max_tokens: int) -> Bed:
                             work / "synthetic.log", env={KEY_ENV: key})
     try:
         wait_for_socket(socket_path, upstream)
-        return _front("synthetic", socket_path, key, upstream.pid, upstream.stop, work, alias="synthetic",
+        return _front("synthetic", socket_path, key, upstream.pid, upstream.stop, work, alias=SYNTHETIC_ALIAS,
                       max_tokens=max_tokens)
     except BaseException:
         upstream.stop()

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llama_launcher.bench import fleet, machine, models, report, request_cost, scenarios, soak, summary
-from llama_launcher.bench.beds import ROUTER_MODELS, Bed, real_bed, synthetic_bed
+from llama_launcher.bench import fleet, haproxy_anchor, machine, models, report, request_cost, scenarios, soak, summary
+from llama_launcher.bench.beds import ROUTER_MODELS, SYNTHETIC_ALIAS, Bed, real_bed, synthetic_bed
 from llama_launcher.bench.processes import raise_fd_limit, run_loop
 
 
@@ -148,7 +148,16 @@ def run_bench(plan: Plan, out: Path, command: str) -> dict[str, Any]:
             results["gate_cost"]["synthetic"] = await request_cost.gate_cost(
                 bed, scenarios.chat_body(real=False, max_tokens=1), count=plan.cost_requests * 5,
                 rounds=plan.cost_rounds, kept_alive=False)
-            results["first_token"] = await scenarios.first_token(bed, plan.negotiations)
+            anchor = haproxy_anchor.start_anchor(bed.upstream_socket, bed.key, work, model=SYNTHETIC_ALIAS,
+                                                 cap=max_tokens)
+            if anchor is None:
+                _say(haproxy_anchor.NOT_INSTALLED)
+                results["haproxy_anchor"] = {"skipped": haproxy_anchor.NOT_INSTALLED}
+            try:
+                results["first_token"] = await scenarios.first_token(bed, plan.negotiations, anchor=anchor)
+            finally:
+                if anchor is not None:
+                    anchor.stop()
             results["negotiation"] = await scenarios.negotiation_latency(bed, plan.negotiations)
             results["memory"] = await scenarios.held_memory(bed, plan.held_streams, settle=plan.settle / 3, say=_say)
             results["app_load"] = await scenarios.app_load(

@@ -12,7 +12,7 @@ from typing import Any
 
 from llama_launcher.bench import fleet, models
 from llama_launcher.bench.machine import one_line
-from llama_launcher.bench.summary import Verdict, verdicts
+from llama_launcher.bench.summary import Verdict, anchor, verdicts
 
 LABELS = {
     "raw": "(a) raw llama-server",
@@ -20,6 +20,7 @@ LABELS = {
     "baseline": "(c) broker baseline",
     "studio": "(d) Studio-style proxy",
     "relay": "bare relay (floor)",
+    "haproxy": "HAProxy 2.6 in the gate's place (ES256)",
 }
 UPSTREAMS = {"real": "real llama-server (SmolLM2-135M Q4_1)", "synthetic": "synthetic upstream, max rate"}
 FILES = {"json": "bench.json", "markdown": "bench.md", "plot": "bench.png"}
@@ -119,6 +120,7 @@ def render_markdown(results: dict[str, Any]) -> str:
                      f"{memory['rss_held_kib']:,.0f} KiB, {_num(memory['kib_per_stream'], '.1f')} KiB per stream.")
     if notes:
         lines += ["", *notes]
+    lines += anchor_table(results)
     many = results.get("many_models")
     if many:
         lines += ["", "Many models: the lane against raw llama-server, single-model upstream beside a router:", ""]
@@ -133,6 +135,24 @@ def render_markdown(results: dict[str, Any]) -> str:
                       f"{load['broker_cpu_share']:.0%} of a core):", ""]
         lines += load_table(results.get("app_load_summary", {}))
     return "\n".join(lines) + "\n"
+
+
+def anchor_table(results: dict[str, Any]) -> list[str]:
+    """HAProxy beside the Python gate (issue 18's anchor row), or the line saying why it is missing."""
+    skipped = results.get("haproxy_anchor", {}).get("skipped")
+    if skipped:
+        return ["", f"Anchor: {skipped}."]
+    rows = anchor(results)
+    if not rows:
+        return []
+    lines = ["", "Anchor: the same one-token requests, interleaved, in front of the same synthetic upstream "
+                 "(`Connection: close`; CPU of the lane's own process per request, idle background subtracted):", "",
+             "| in front of the upstream | requests | added TTFT p50 | added TTFT p99 | CPU per request |",
+             "|---|---:|---:|---:|---:|"]
+    for row in rows:
+        lines.append(f"| {LABELS.get(row['lane'], row['lane'])} | {row['count']} | {row['added_p50_ms']:+.2f} ms "
+                     f"| {row['added_p99_ms']:+.2f} ms | {row['cpu_ms_per_request']:.3f} ms |")
+    return lines
 
 
 def write_plot(results: dict[str, Any], path: Path) -> None:

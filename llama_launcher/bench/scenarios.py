@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from broker.signing_keys import KeyRing
 from llama_direct.lanes import CHAT_PATH, CHAT_ROUTE
 from llama_direct.tokens import Grant, mint, verify
-from llama_launcher.bench import request_cost
+from llama_launcher.bench import haproxy_anchor, request_cost
 from llama_launcher.bench.beds import LANES, Bed
 from llama_launcher.bench.clients import (
     StreamProtocol,
@@ -33,6 +33,7 @@ from llama_launcher.bench.clients import (
     open_stream,
     stream_once,
 )
+from llama_launcher.bench.haproxy_anchor import Anchor
 from llama_launcher.bench.processes import Child, cpu_seconds, rss_kib
 from llama_launcher.bench.stats import median, percentile
 
@@ -150,7 +151,8 @@ async def throughput(bed: Bed, *, real: bool, levels: Sequence[int], tokens: dic
     return rounds
 
 
-async def first_token(bed: Bed, count: int, lanes: Sequence[str] = ("raw", "relay", "direct")) -> dict[str, Any]:
+async def first_token(bed: Bed, count: int, lanes: Sequence[str] = ("raw", "relay", "direct"),
+                      anchor: Anchor | None = None) -> dict[str, Any]:
     """Added time to first token, alone: one-token streams one after another, lanes interleaved.
 
     Nothing else runs, so this is each lane's own latency (the direct lane's request half:
@@ -159,22 +161,33 @@ async def first_token(bed: Bed, count: int, lanes: Sequence[str] = ("raw", "rela
     negotiation is timed apart (`negotiation_latency`, and `request_cost` for its CPU). CPU is read
     from the per-thread scheduler counters, and each process's idle background, measured in a quiet
     window first, is subtracted over the window's wall time.
+
+    `anchor`: HAProxy in the gate's place (`haproxy_anchor`), measured as one more lane, its token
+    minted before the clock starts as the direct lane's is negotiated before it.
     """
     body = chat_body(real=False, max_tokens=1)
     payload = json.dumps(body).encode()
-    samples: dict[str, list[float]] = {lane: [] for lane in lanes}
     pids = {name: pid for name, pid in bed.pids().items() if name in ("gate", "broker", "relay")}
+    if anchor is not None:
+        lanes = (*lanes, haproxy_anchor.LANE)
+        pids[haproxy_anchor.LANE] = anchor.pid
+    samples: dict[str, list[float]] = {lane: [] for lane in lanes}
     idle = await request_cost.idle_cpu(pids, request_cost.IDLE_WINDOW_S)
     spent = {lane: dict.fromkeys(pids, 0.0) for lane in lanes}
     for rep in range(count):
         for lane in rotated(lanes, rep):
+            sent, authorization = payload, None
             try:
-                target, authorization, _ = await _lane_target(bed, lane, body["max_tokens"])
+                if lane == haproxy_anchor.LANE and anchor is not None:
+                    target, authorization = anchor.target, anchor.authorization()
+                    sent = json.dumps(anchor.body(body)).encode()
+                else:
+                    target, authorization, _ = await _lane_target(bed, lane, body["max_tokens"])
             except (OSError, TimeoutError):
                 continue
             before, started = request_cost.thread_cpu_ns_of(pids), time.perf_counter()
             try:
-                found = await stream_once(target, chat_request(target, payload, authorization), timeout=10)
+                found = await stream_once(target, chat_request(target, sent, authorization), timeout=10)
             except (OSError, TimeoutError):
                 found = _failed()
             after, wall = request_cost.thread_cpu_ns_of(pids), time.perf_counter() - started

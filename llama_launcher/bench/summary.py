@@ -218,3 +218,30 @@ def _request_verdicts(results: dict[str, Any]) -> list[Verdict]:
                          ", ".join(f"{name} {ms:.2f} ms/s" for name, ms in idle.items()) if idle else "not measured",
                          all(ms <= 1.0 for ms in idle.values()) if idle else None))
     return found
+
+
+ANCHOR_LANES = {"relay": "relay", "direct": "gate", "haproxy": "haproxy"}
+"""first_token's lanes in the anchor table, each with the process whose CPU is its own."""
+
+
+def anchor(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The Python gate beside HAProxy in its place and the bare relay, from one `first_token` run.
+
+    Added time to first token over raw (p50, p99) and the CPU per request of the lane's own process
+    (idle background subtracted). Empty when the run measured no HAProxy lane.
+    """
+    first = results.get("first_token", {})
+    raw = first.get("raw", {})
+    if "haproxy" not in first or raw.get("p50_ms") is None:
+        return []
+    rows = []
+    for lane, process in ANCHOR_LANES.items():
+        entry = first.get(lane)
+        if not entry or entry.get("p50_ms") is None:
+            continue
+        rows.append({
+            "lane": lane, "count": entry["count"],
+            "added_p50_ms": entry["p50_ms"] - raw["p50_ms"], "added_p99_ms": entry["p99_ms"] - raw["p99_ms"],
+            "cpu_ms_per_request": entry.get("cpu_ms_per_request_by_process", {}).get(process, 0.0),
+        })
+    return rows

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from llama_launcher.bench.haproxy_anchor import NOT_INSTALLED, haproxy_binary
+
 pytestmark = pytest.mark.real
 
 LANES = {"raw", "direct", "baseline", "studio", "relay"}
@@ -42,3 +44,8 @@ def test_quick_bench_measures_every_lane_and_writes_its_outputs(
     assert "| target | goal | measured | result |" in markdown
     assert markdown in done.stdout
     assert (out / "bench.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    if haproxy_binary() is None:
+        assert results["haproxy_anchor"] == {"skipped": NOT_INSTALLED}
+    else:  # the anchor row: every request through HAProxy in the gate's place answered
+        assert results["first_token"]["haproxy"]["count"] == results["first_token"]["direct"]["count"] > 0
+        assert "| HAProxy 2.6 in the gate's place (ES256) |" in markdown

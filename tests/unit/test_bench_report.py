@@ -5,7 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from llama_launcher.bench.report import lane_table, load_table, render_markdown, target_table, write_outputs
+from llama_launcher.bench.report import (
+    anchor_table,
+    lane_table,
+    load_table,
+    render_markdown,
+    target_table,
+    write_outputs,
+)
 from llama_launcher.bench.summary import Verdict
 
 MACHINE = {"cpu": "Test CPU", "cores": 2, "memory_gib": 8.0, "kernel": "6.1", "python": "3.11.7"}
@@ -73,3 +80,33 @@ def test_first_token_cpu_is_split_by_process_when_recorded() -> None:
     assert _cpu_split({"cpu_ms_per_request": 3.0, "cpu_ms_per_request_by_process": {"gate": 1.25, "broker": 1.75}}) \
         == "1.25 ms gate + 1.75 ms broker CPU per request"
     assert _cpu_split({"cpu_ms_per_request": 0.5}) == "0.50 ms of lane CPU per request"
+
+
+def _first_token() -> dict[str, Any]:
+    def lane(p50: float, p99: float, by_process: dict[str, float]) -> dict[str, Any]:
+        return {"count": 300, "p50_ms": p50, "p99_ms": p99, "cpu_ms_per_request": sum(by_process.values()),
+                "cpu_ms_per_request_by_process": by_process}
+
+    return {"raw": lane(0.5, 1.0, {}), "relay": lane(0.75, 1.5, {"relay": 0.3}),
+            "direct": lane(1.5, 3.0, {"gate": 0.625, "broker": 0.05}),
+            "haproxy": lane(0.875, 2.0, {"haproxy": 0.125, "gate": 0.01})}
+
+
+def test_the_anchor_table_puts_haproxy_beside_the_gate_and_the_floor() -> None:
+    lines = anchor_table({"first_token": _first_token()})
+    assert lines[4:] == [
+        "|---|---:|---:|---:|---:|",
+        "| bare relay (floor) | 300 | +0.25 ms | +0.50 ms | 0.300 ms |",
+        "| (b) direct lane (gate) | 300 | +1.00 ms | +2.00 ms | 0.625 ms |",
+        "| HAProxy 2.6 in the gate's place (ES256) | 300 | +0.38 ms | +1.00 ms | 0.125 ms |",
+    ]
+    assert "| HAProxy 2.6" in render_markdown({**_results(), "first_token": _first_token()})
+
+
+def test_a_run_without_haproxy_says_so_and_one_without_the_lane_shows_nothing() -> None:
+    from llama_launcher.bench.haproxy_anchor import NOT_INSTALLED
+
+    assert anchor_table({"haproxy_anchor": {"skipped": NOT_INSTALLED}}) == ["", f"Anchor: {NOT_INSTALLED}."]
+    first = _first_token()
+    del first["haproxy"]
+    assert anchor_table({"first_token": first}) == []

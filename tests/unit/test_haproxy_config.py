@@ -68,10 +68,23 @@ def test_the_gates_place_checks_the_token_and_never_holds_the_key(tmp_path: Path
     HaproxyPlan(bind="127.0.0.1:1", upstreams=("b:2",), public_keys=("/k.pem",), audience="a b", issuers=("i",)),
     HaproxyPlan(bind="127.0.0.1:1", upstreams=("b:2",), public_keys=("rel.pem",), audience="a", issuers=("i",)),
     HaproxyPlan(bind="127.0.0.1:1 ssl", gates=("a:1",)),
+    HaproxyPlan(bind="127.0.0.1:1", upstreams=("unix@relative.sock",), public_keys=("/k.pem",), audience="a",
+                issuers=("i",)),
+    HaproxyPlan(bind="127.0.0.1:1", upstreams=("unix@/a b.sock",), public_keys=("/k.pem",), audience="a",
+                issuers=("i",)),
+    HaproxyPlan(bind="127.0.0.1:1", gates=("unix@/gate.sock",)),
 ])
 def test_a_plan_that_would_need_escaping_or_misses_a_part_is_refused(plan: HaproxyPlan) -> None:
     with pytest.raises(ValueError):
         render(plan)
+
+
+def test_an_upstream_may_be_a_unix_socket_as_serve_runs_llama_server(tmp_path: Path) -> None:
+    key = _public_key(tmp_path)
+    config = render(HaproxyPlan(bind="127.0.0.1:8443", upstreams=("unix@/run/llama/llama.sock",),
+                                public_keys=(str(key),), audience="fleet", issuers=("broker-a",)))
+    assert "    server llama1 unix@/run/llama/llama.sock check inter 2s fall 2 rise 2" in config
+    _valid(config, tmp_path)
 
 
 def test_the_command_writes_the_file(tmp_path: Path) -> None:

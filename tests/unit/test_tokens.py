@@ -14,7 +14,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from broker.signing_keys import SigningKey
-from llama_direct import refusals
+from llama_direct import jws, refusals
 from llama_direct.keys import PublicKeySet
 from llama_direct.refusals import (
     AlgorithmNotAllowed,
@@ -585,3 +585,33 @@ def test_the_bases_cannot_be_raised_themselves() -> None:
     for base in (Refusal, TokenRefusal, refusals.ServiceRefusal):
         with pytest.raises(TypeError, match="base class"):
             base()
+
+
+# --- the verified-header memo (issue 18, P5) ------------------------------------------------------
+
+
+def test_a_remembered_header_still_meets_the_key_lookup_and_the_pinned_algorithm(key: SigningKey) -> None:
+    token = issue(key).token
+    check(token, keyset(key))
+    assert token.partition(".")[0] in jws._VERIFIED_HEADERS
+    other = _KEYS["EdDSA" if key.algorithm == "ES256" else "ES256"]
+    refused(UnknownKey, token, keyset(other))
+    refused(AlgorithmNotAllowed, token, PublicKeySet({key.kid: (other.algorithm, other.public_key)}))
+    assert check(token, keyset(key)).sub == "alice"
+
+
+def test_a_header_is_remembered_only_once_its_signature_checked_out(key: SigningKey, keys: PublicKeySet) -> None:
+    token = signed(key, issue(key).claims.to_payload(), extra="never-verified")
+    head, _, rest = token.partition(".")
+    forged = head + "." + rest[: rest.index(".")] + "." + b64u(b"\x01" * 64)
+    refused(BadSignature, forged, keys)
+    assert head not in jws._VERIFIED_HEADERS
+
+
+def test_the_memo_is_bounded(key: SigningKey, keys: PublicKeySet, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(jws, "_VERIFIED_HEADERS", {})
+    monkeypatch.setattr(jws, "_MAX_VERIFIED_HEADERS", 3)
+    payload = issue(key).claims.to_payload()
+    for n in range(6):
+        assert check(signed(key, payload, n=n), keys).sub == "alice"
+    assert len(jws._VERIFIED_HEADERS) == 3
