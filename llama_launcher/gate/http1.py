@@ -1,10 +1,11 @@
 """Pure HTTP/1.1 pieces of the gate: the strict framing check, and the heads it writes.
 
-No sockets, no asyncio. h11 parses each request head; `check_raw_head` runs first, on the raw
-bytes, because h11 is lenient where a relay must not be: it unfolds obs-fold lines, accepts a
-duplicated `Content-Length` with the same value (also `5, 5`), and lets `Transfer-Encoding` win
-over `Content-Length`. Each of those is how two parsers come to disagree about where a request
-ends (request smuggling), so the gate refuses them before h11 sees them.
+No sockets, no asyncio. httptools parses each request head (`request_reader`); `check_raw_head`
+runs first, on the raw bytes, because HTTP parsers are lenient where a relay must not be (h11
+unfolded obs-fold lines, accepted a duplicated `Content-Length` with the same value, also `5, 5`,
+and let `Transfer-Encoding` win over `Content-Length`; llhttp's strictness hangs on flags). Each of
+those is how two parsers come to disagree about where a request ends (request smuggling), so the
+gate refuses them itself, before a parser sees them, with a code that names what was wrong.
 
 The heads the gate writes are built from parsed, validated names and values only, so nothing a
 client sends can break a line.
@@ -15,8 +16,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from http import HTTPStatus
-
-import h11
 
 from llama_direct.refusals import (
     AMBIGUOUS_FRAMING,
@@ -158,14 +157,6 @@ def simple_response(
 
 def cors_headers(origin: str) -> list[Header]:
     return [(b"Access-Control-Allow-Origin", origin.encode("latin-1")), (b"Vary", b"Origin")]
-
-
-def content_length(request: h11.Request) -> int | None:
-    """The declared body length (h11 has already refused a malformed or repeated one)."""
-    for name, value in request.headers:
-        if name == b"content-length":
-            return int(value)
-    return None
 
 
 def chunk(data: bytes) -> bytes:
