@@ -1,7 +1,7 @@
 """The request half: one client connection, its requests read and checked one at a time.
 
-The request half runs once per request (`request_reader`: httptools and the gate's own checks; the token, the scope, the
-body's shape, then one use of the token); then a `relay.Relay` carries the answer back.
+The request half runs once per request (`request_reader`'s parse, the token, the scope, the body's
+shape, then one use of the token); then a `relay.Relay` carries the answer back.
 """
 
 from __future__ import annotations

@@ -40,39 +40,51 @@ class Request:
     __slots__ = ("chunked", "expects_continue", "headers", "http_version", "length", "method", "raw_headers",
                  "target")
 
-    def __init__(self, method: bytes, target: bytes, http_version: bytes, raw_headers: list[Header]) -> None:
+    def __init__(self, method: bytes, target: bytes, http_version: bytes, raw_headers: list[Header],
+                 headers: list[Header]) -> None:
         self.method = method
         self.target = target
         self.http_version = http_version
         self.raw_headers = raw_headers
         """The names as the client wrote them: what the broker receives."""
-        self.headers = [(name.lower(), value) for name, value in raw_headers]
-        length = next((value for name, value in self.headers if name == b"content-length"), None)
-        self.length = int(length) if length is not None else None
+        self.headers = headers
+        self.length: int | None = None
         """The declared body length; `check_raw_head` has refused a malformed or repeated one."""
-        self.chunked = self.length is None and any(name == b"transfer-encoding" for name, _ in self.headers)
-        """`check_raw_head` has refused any other coding, and HTTP/1.0 with one."""
-        self.expects_continue = http_version == b"1.1" and any(
-            part.strip().lower() == b"100-continue"
-            for name, value in self.headers if name == b"expect" for part in value.split(b",")
-        )
+        self.chunked = False
+        """`check_raw_head` has refused any other coding, both framings at once, and HTTP/1.0 with one."""
+        self.expects_continue = False
         """RFC 9110 10.1.1: an HTTP/1.0 client's expectation is ignored."""
+        hosts = 0
+        for name, value in headers:
+            if name == b"content-length":
+                self.length = int(value)
+            elif name == b"transfer-encoding":
+                self.chunked = True
+            elif name == b"host":
+                hosts += 1
+            elif name == b"expect" and http_version == b"1.1":
+                self.expects_continue |= any(part.strip().lower() == b"100-continue" for part in value.split(b","))
+        if hosts > 1 or (hosts == 0 and http_version == b"1.1"):
+            raise RequestRefusal(BAD_REQUEST)  # as h11 did (RFC 9112 3.2)
 
 
 class _Head:
     """The httptools protocol for one head: the target and the header lines."""
 
-    __slots__ = ("headers", "target")
+    __slots__ = ("headers", "raw", "target")
 
     def __init__(self) -> None:
         self.target = b""
+        self.raw: list[Header] = []
         self.headers: list[Header] = []
 
     def on_url(self, url: bytes) -> None:
         self.target = url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value.rstrip(b" \t")))  # llhttp keeps trailing blanks; RFC 9112 5 drops them
+        value = value.rstrip(b" \t")  # llhttp keeps trailing blanks; RFC 9112 5.1 drops them, as h11 did
+        self.raw.append((name, value))
+        self.headers.append((name.lower(), value))
 
 
 def read_head(head: bytes) -> Request:
@@ -92,11 +104,7 @@ def read_head(head: bytes) -> Request:
         pass  # CONNECT or Upgrade: the head is whole, and the gate never switches protocols
     except httptools.HttpParserError:
         raise RequestRefusal(BAD_REQUEST) from None
-    request = Request(parser.get_method(), parsed.target, version, parsed.headers)
-    hosts = sum(name == b"host" for name, _ in request.headers)
-    if hosts > 1 or (hosts == 0 and version == b"1.1"):
-        raise RequestRefusal(BAD_REQUEST)
-    return request
+    return Request(parser.get_method(), parsed.target, version, parsed.raw, parsed.headers)
 
 
 class BodyReader:
