@@ -143,7 +143,7 @@ UNSUPPORTED_ENCODING = _reason(415, "unsupported_encoding", "The body must not b
 RATE_LIMITED = _reason(429, "rate_limited", "Too many requests: wait a moment, then try again.")
 HEAD_TOO_LARGE = _reason(431, "head_too_large", "The request head is larger than 16 KB.")
 
-# 400: HTTP framing (the gate's own parser checks, before h11).
+# 400: HTTP framing (the gate's own checks, before httptools parses the head).
 BAD_REQUEST = _reason(400, "bad_request", "The request is not valid HTTP/1.1.")
 BAD_HEADER = _reason(400, "bad_header", "A header line is malformed.", nul="The request head holds a NUL byte.")
 BAD_LINE_ENDING = _reason(400, "bad_line_ending", "Lines of the request head must end with CRLF.")

@@ -1,7 +1,7 @@
 """The request half: one client connection, its requests read and checked one at a time.
 
-The request half runs once per request (h11 plus `http1.check_raw_head`, the token, the scope, the
-body's shape, then one use of the token); then a `relay.Relay` carries the answer back.
+The request half runs once per request (`request_reader`'s parse, the token, the scope, the body's
+shape, then one use of the token); then a `relay.Relay` carries the answer back.
 """
 
 from __future__ import annotations
@@ -13,14 +13,9 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-import h11
-
 from llama_direct.refusals import (
-    BAD_BODY,
-    BAD_REQUEST,
     BAD_TARGET,
     BODY_TOO_LARGE,
-    HEAD_TOO_LARGE,
     METHOD_NOT_ALLOWED,
     NOT_FOUND,
     ORIGIN_REQUIRED,
@@ -32,25 +27,15 @@ from llama_direct.refusals import (
     RequestRefusal,
     UpstreamTimeout,
     UpstreamUnavailable,
-    VersionNotSupported,
 )
 from llama_launcher.gate.admission import forwarded_client
 from llama_launcher.gate.config import Listener
 from llama_launcher.gate.core import Gate
-from llama_launcher.gate.http1 import (
-    MAX_HEAD_BYTES,
-    Header,
-    check_raw_head,
-    chunk,
-    connection_tokens,
-    content_length,
-    cors_headers,
-    find_head_end,
-    simple_response,
-)
+from llama_launcher.gate.http1 import Header, chunk, connection_tokens, cors_headers, find_head_end, simple_response
 from llama_launcher.gate.outgoing import broker_request, lane_request
 from llama_launcher.gate.pool import Attempts, Member
 from llama_launcher.gate.relay import DechunkingRelay, Relay
+from llama_launcher.gate.request_reader import BodyReader, Request, read_head
 from llama_launcher.gate.scope import RequestHead, Route, allowed_preflight, check_request
 from llama_launcher.gate.shaping import shape_chat_body
 from llama_launcher.gate.upstream import Upstream, connect, connect_upstream
@@ -78,7 +63,7 @@ class ClientConnection(asyncio.Protocol):
     """One client connection: reads requests one at a time, and writes what answers them."""
 
     __slots__ = ("body", "body_limit", "body_waiter", "buf", "chunked_sink", "client", "close_after",
-                 "counted", "gate", "h11", "http10", "listener", "origin", "paused", "peer", "received",
+                 "counted", "gate", "http10", "listener", "origin", "paused", "peer", "reader", "received",
                  "relay", "scanned", "sent_head", "sink", "state", "task", "timer", "transport",
                  "write_paused")
 
@@ -90,7 +75,7 @@ class ClientConnection(asyncio.Protocol):
         self.state = _HEAD
         self.buf = bytearray()
         self.scanned = 0
-        self.h11: h11.Connection | None = None
+        self.reader: BodyReader | None = None
         self.body = bytearray()
         self.body_waiter: asyncio.Future[bytes] | None = None
         self.timer: asyncio.TimerHandle | None = None
@@ -146,8 +131,7 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         state = self.state
         if state == _BODY:
-            self.h11.receive_data(data)  # type: ignore[union-attr]  # _BODY is entered only once h11 is set
-            self._drain_body()
+            self._drain_body(data)
             return
         self.buf += data
         if state == _HEAD:
@@ -197,32 +181,18 @@ class ClientConnection(asyncio.Protocol):
             if end < 0:
                 self.scanned = len(buf)
                 return
-            check_raw_head(bytes(buf[:end]))
-            conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
-            conn.receive_data(bytes(buf))
-            event = conn.next_event()
+            request = read_head(bytes(buf[:end]))
         except Refusal as refusal:
             self._refuse(refusal, close=True)
             return
-        except h11.RemoteProtocolError as error:
-            status = error.error_status_hint if 400 <= error.error_status_hint < 500 else 400
-            reason = HEAD_TOO_LARGE if status == HEAD_TOO_LARGE.status else BAD_REQUEST
-            self._refuse(RequestRefusal(reason), close=True)
-            return
+        rest = bytes(buf[end:])
         buf.clear()
         self.scanned = 0
         self._cancel_timer()
-        if not isinstance(event, h11.Request):
-            self._refuse(RequestRefusal(BAD_REQUEST), close=True)
-            return
-        self.h11 = conn
-        self._start(event)
+        self._start(request, rest)
 
-    def _start(self, request: h11.Request) -> None:
-        """Route one parsed request head; refusals that need no token are answered here."""
-        if request.http_version not in (b"1.1", b"1.0"):
-            self._refuse(VersionNotSupported(), close=True)
-            return
+    def _start(self, request: Request, rest: bytes) -> None:
+        """Route one parsed request head (`rest`: what came after it); refusals needing no token are answered here."""
         self.http10 = request.http_version == b"1.0"
         self.close_after = self.http10 or b"close" in connection_tokens(request.headers)
         self.origin = next((v.decode("latin-1") for n, v in request.headers if n == b"origin"), None)
@@ -253,11 +223,11 @@ class ClientConnection(asyncio.Protocol):
             (request.method, target.partition(b"?")[0]) == BASELINE
         )
         self.body_limit = config.max_body_bytes if large else config.max_small_body_bytes
-        length = content_length(request)
-        if length is not None and length > self.body_limit:
+        if request.length is not None and request.length > self.body_limit:
             self._refuse(RequestRefusal(BODY_TOO_LARGE), close=True)
             return
-        self._drain_body()
+        self.reader = BodyReader(request)
+        self._drain_body(rest)
         if self.state == _CLOSED:
             return
         if self.state == _BODY:  # one deadline for the whole body, never re-armed by a read
@@ -279,34 +249,30 @@ class ClientConnection(asyncio.Protocol):
 
     # -- the request body ------------------------------------------------------------------
 
-    def _drain_body(self) -> None:
-        conn = self.h11
-        assert conn is not None
-        limit = self.body_limit
+    def _drain_body(self, data: bytes) -> None:
+        reader = self.reader
+        assert reader is not None
         try:
-            while True:
-                event = conn.next_event()
-                if event is h11.NEED_DATA:
-                    return
-                if type(event) is h11.Data:
-                    self.received += len(event.data)
-                    if self.received > limit:
-                        self._fail(RequestRefusal(BODY_TOO_LARGE))
-                        return
-                    if self.sink is None:
-                        self.body += event.data
-                    else:
-                        self._pour(event.data)
-                elif type(event) is h11.EndOfMessage:
-                    break
-        except h11.RemoteProtocolError:
-            self._fail(RequestRefusal(BAD_BODY))
+            piece = reader.feed(data)
+        except RequestRefusal as refusal:
+            self._fail(refusal)
+            return
+        if piece:
+            self.received += len(piece)
+            if self.received > self.body_limit:
+                self._fail(RequestRefusal(BODY_TOO_LARGE))
+                return
+            if self.sink is None:
+                self.body += piece
+            else:
+                self._pour(piece)
+        if not reader.done:
             return
         if self.sink is not None and self.chunked_sink:
             self.sink.write(b"0\r\n\r\n")
         self.sink = None
-        self.buf = bytearray(conn.trailing_data[0])
-        self.h11 = None
+        self.buf = bytearray(reader.trailing)
+        self.reader = None
         self.state = _BUSY
         self._count(False)
         self._cancel_timer()
@@ -322,9 +288,9 @@ class ClientConnection(asyncio.Protocol):
     async def _read_body(self) -> bytes:
         if self.state != _BODY:
             return self._take_body()
-        conn = self.h11
-        assert conn is not None
-        if conn.they_are_waiting_for_100_continue:
+        reader = self.reader
+        assert reader is not None
+        if reader.expects_continue:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         self.body_waiter = asyncio.get_running_loop().create_future()
         try:
@@ -347,7 +313,7 @@ class ClientConnection(asyncio.Protocol):
             if relay is not None:
                 relay.detach()
 
-    async def _open_lane(self, request: h11.Request) -> Opened:
+    async def _open_lane(self, request: Request) -> Opened:
         """Check the token (a use is spent there, first), the route and the body, then connect to llama-server."""
         gate = self.gate
         head = RequestHead(request.method.decode("ascii"), request.target, list(request.headers))
@@ -403,7 +369,7 @@ class ClientConnection(asyncio.Protocol):
         self._run(self._forward(self._connect_lane(attempts, relay, outgoing, route)))
         return True
 
-    async def _open_broker(self, request: h11.Request) -> Opened:
+    async def _open_broker(self, request: Request) -> Opened:
         """Connect to the broker at once: a body still arriving is relayed as it comes, never held whole.
 
         So the broker sees the head first and refuses an anonymous request before its body arrives,
@@ -424,7 +390,7 @@ class ClientConnection(asyncio.Protocol):
         response = simple_response(200, body, close=self._closing())
         self._answer(response[: len(response) - len(body)] if head_only else response)
 
-    async def _serve_preflight(self, request: h11.Request) -> None:
+    async def _serve_preflight(self, request: Request) -> None:
         headers = {name.decode("ascii"): value.decode("latin-1") for name, value in request.headers}
         origin = headers.get("origin")
         if origin is None:
@@ -443,7 +409,7 @@ class ClientConnection(asyncio.Protocol):
         else:
             self._answer(simple_response(204, b"", answer, close=self._closing()))
 
-    def _broker_outgoing(self, request: h11.Request, transport: asyncio.Transport) -> bytes:
+    def _broker_outgoing(self, request: Request, transport: asyncio.Transport) -> bytes:
         """The head and what body arrived; what is still to come goes to `transport` as it arrives."""
         proto = b"https" if self.listener.tls else b"http"
         if self.peer in self.gate.admission.trusted:
@@ -451,10 +417,10 @@ class ClientConnection(asyncio.Protocol):
         body = self._take_body()
         if self.state != _BODY:
             return broker_request(request, client=self.client, proto=proto, length=len(body)) + body
-        length = content_length(request)
+        length = request.length
         self.sink, self.chunked_sink = transport, length is None
         head = broker_request(request, client=self.client, proto=proto, length=length, chunked=length is None)
-        if self.h11 is not None and self.h11.they_are_waiting_for_100_continue:
+        if self.reader is not None and self.reader.expects_continue:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         return head + (chunk(body) if self.chunked_sink and body else body)
 
@@ -463,7 +429,7 @@ class ClientConnection(asyncio.Protocol):
         assert sink is not None
         sink.write(chunk(data) if self.chunked_sink else data)
 
-    def _relay(self, request: h11.Request, cors: str | None, *, strip_cors: bool) -> Relay:
+    def _relay(self, request: Request, cors: str | None, *, strip_cors: bool) -> Relay:
         factory = DechunkingRelay if self.http10 else Relay
         return factory(self, cors, strip_cors=strip_cors, head_only=request.method == b"HEAD")
 

@@ -1,10 +1,11 @@
 """Pure HTTP/1.1 pieces of the gate: the strict framing check, and the heads it writes.
 
-No sockets, no asyncio. h11 parses each request head; `check_raw_head` runs first, on the raw
-bytes, because h11 is lenient where a relay must not be: it unfolds obs-fold lines, accepts a
-duplicated `Content-Length` with the same value (also `5, 5`), and lets `Transfer-Encoding` win
-over `Content-Length`. Each of those is how two parsers come to disagree about where a request
-ends (request smuggling), so the gate refuses them before h11 sees them.
+No sockets, no asyncio. httptools parses each request head (`request_reader`); `check_raw_head`
+runs first, on the raw bytes, because HTTP parsers are lenient where a relay must not be (h11
+unfolded obs-fold lines, accepted a duplicated `Content-Length` with the same value, also `5, 5`,
+and let `Transfer-Encoding` win over `Content-Length`; llhttp's strictness hangs on flags). Each of
+those is how two parsers come to disagree about where a request ends (request smuggling), so the
+gate refuses them itself, before a parser sees them, with a code that names what was wrong.
 
 The heads the gate writes are built from parsed, validated names and values only, so nothing a
 client sends can break a line.
@@ -15,8 +16,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from http import HTTPStatus
-
-import h11
 
 from llama_direct.refusals import (
     AMBIGUOUS_FRAMING,
@@ -54,9 +53,11 @@ FORWARDING = frozenset({b"forwarded", b"x-forwarded-for", b"x-forwarded-proto", 
 """Headers the broker would trust for the client's address or scheme: only the gate sets them."""
 
 _CONTENT_LENGTH = re.compile(rb"[0-9]{1,18}")
-_HEADER_LINE = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):(.*)")
-"""Greedy: a lazy value group followed by optional blanks backtracks once per byte (11 µs on a token's
-line); the two values read here are stripped of their blanks where they are read."""
+_HEADER_LINES = re.compile(rb".*\r\n(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:.*\r\n)*\r\n")
+"""A request line, then lines of `token:value`: every line of a head checked in one regex call. Run
+once a bare CR or LF is refused, so `.*` ends at its line's CRLF (a `[^\r\n]` class is 4× slower)."""
+_FRAMING = re.compile(rb"\r\n(content-length|transfer-encoding):([^\r\n]*)", re.IGNORECASE)
+"""The framing headers' lines (a line starts only after CRLF: a bare CR or LF was refused before)."""
 
 
 def find_head_end(buffer: bytes | bytearray, start: int = 0) -> int:
@@ -83,17 +84,12 @@ def check_raw_head(head: bytes) -> None:
         raise RequestRefusal(BAD_LINE_ENDING)
     if b"\r\n " in head or b"\r\n\t" in head:
         raise RequestRefusal(OBS_FOLD)
+    if _HEADER_LINES.fullmatch(head) is None:
+        raise RequestRefusal(BAD_HEADER)
     lengths: list[bytes] = []
     encodings: list[bytes] = []
-    for line in head.split(b"\r\n")[1:-2]:
-        match = _HEADER_LINE.fullmatch(line)
-        if match is None:
-            raise RequestRefusal(BAD_HEADER)
-        name = match.group(1).lower()
-        if name == b"content-length":
-            lengths.append(match.group(2).strip(b" \t"))
-        elif name == b"transfer-encoding":
-            encodings.append(match.group(2).strip(b" \t"))
+    for name, value in _FRAMING.findall(head):
+        (lengths if name.lower() == b"content-length" else encodings).append(value.strip(b" \t"))
     if lengths and encodings:
         raise RequestRefusal(AMBIGUOUS_FRAMING)
     if len(lengths) > 1:
@@ -158,14 +154,6 @@ def simple_response(
 
 def cors_headers(origin: str) -> list[Header]:
     return [(b"Access-Control-Allow-Origin", origin.encode("latin-1")), (b"Vary", b"Origin")]
-
-
-def content_length(request: h11.Request) -> int | None:
-    """The declared body length (h11 has already refused a malformed or repeated one)."""
-    for name, value in request.headers:
-        if name == b"content-length":
-            return int(value)
-    return None
 
 
 def chunk(data: bytes) -> bytes:

@@ -6,11 +6,10 @@ client's end-to-end headers, minus any forwarding header the client wrote, plus 
 
 from __future__ import annotations
 
-import h11
-
 from llama_direct.refusals import UpstreamUnavailable
 from llama_launcher.errors import NotListening
 from llama_launcher.gate.http1 import FORWARDING, Header, end_to_end, request_head
+from llama_launcher.gate.request_reader import Request
 from llama_launcher.gate.scope import Route
 from llama_launcher.gate.upstream import Upstream
 
@@ -36,7 +35,7 @@ def lane_request(upstream: Upstream, route: Route, target: str, body: bytes) -> 
 
 
 def broker_request(
-    request: h11.Request, *, client: str | None, proto: bytes, length: int | None, chunked: bool = False
+    request: Request, *, client: str | None, proto: bytes, length: int | None, chunked: bool = False
 ) -> bytes:
     """The client's request as the broker receives it: its own headers, plus forwarding ones.
 
@@ -44,7 +43,7 @@ def broker_request(
     is relayed chunk by chunk as it comes.
     """
     dropped = FORWARDING | {b"content-length", b"expect", b"transfer-encoding"}
-    headers = [(n, v) for n, v in end_to_end(request.headers.raw_items()) if n.lower() not in dropped]
+    headers = [(n, v) for n, v in end_to_end(request.raw_headers) if n.lower() not in dropped]
     if client is not None:
         headers.append((b"X-Forwarded-For", client.encode("ascii")))
     headers.append((b"X-Forwarded-Proto", proto))

@@ -8,7 +8,7 @@ Three listeners share this code (`Listener`):
   CORS headers for the app's origins on its answers;
 - private (`gate.sock`): the lane for the broker's baseline, and `GET /health`.
 
-The request half runs once per request (h11 plus `http1.check_raw_head`, the token, the scope, the
+The request half runs once per request (httptools plus the gate's own checks, the token, the scope, the
 body's shape, then one use of the token). The response half is the hot path: the upstream response
 head is parsed and rewritten (CORS, hop-by-hop), then every body read is written to the client as
 it arrived, framing included, while httptools' C parser is fed the same bytes with no Python
@@ -27,7 +27,7 @@ spoken to in HTTP/1.1, and the answer goes back close-delimited, with the chunke
 
 Held streams are the memory that counts (1,000 of them should cost about twice a bare relay), so a
 stream holds two small `__slots__` protocols, two transports and one parser; the per-request task
-and the h11 connection are gone once the relay starts.
+and the body reader are gone once the relay starts.
 """
 
 from __future__ import annotations

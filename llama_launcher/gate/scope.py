@@ -55,7 +55,7 @@ _SINGLE_HEADERS = (b"origin", b"x-conversation-id", b"content-type", b"content-e
 
 @dataclass(frozen=True)
 class RequestHead:
-    """What the gate knows of a request before its body: h11's method, raw target and headers."""
+    """What the gate knows of a request before its body: the parsed method, raw target and headers."""
 
     method: str
     target: bytes

@@ -283,6 +283,47 @@ def test_chunked_body_is_accepted_and_reframed_with_content_length() -> None:
     run(scenario)
 
 
+def test_a_request_pipelined_after_a_chunked_body_is_read_whole() -> None:
+    """The chunked body's end is found exactly, however the bytes arrive: the next request is intact."""
+
+    async def scenario(h: Harness) -> None:
+        first = (
+            b"POST /direct/v1/chat/completions HTTP/1.1\r\nHost: g\r\nAuthorization: Bearer " + h.token().encode()
+            + b"\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + b"%x\r\n" % len(CHAT) + CHAT + b"\r\n0\r\nX-Trailer: 1\r\n\r\n"
+        )
+        wire = first + chat_request(h.token())
+        cut = len(first) - 2  # the first message's last CRLF CRLF arrives split
+        client = await Client.open(h.port)  # type: ignore[arg-type]
+        try:
+            await client.send(wire[:cut])
+            await asyncio.sleep(0.05)
+            await client.send(wire[cut:])
+            assert (await client.response()).status == 200
+            assert (await client.response()).status == 200
+        finally:
+            client.close()
+        assert len(h.upstream_requests) == 2
+
+    run(scenario)
+
+
+def test_an_upgrade_header_never_turns_a_body_into_a_request() -> None:
+    """llhttp reads no body after `Upgrade`; the gate frames it by `Content-Length`, so it stays a body."""
+
+    async def scenario(h: Harness) -> None:
+        smuggled = chat_request(h.token())
+        raw = (b"POST /tools/echo HTTP/1.1\r\nHost: g\r\nConnection: upgrade\r\nUpgrade: h2c\r\n"
+               b"Content-Length: %d\r\n\r\n" % len(smuggled) + smuggled)
+        await ask(h, raw)
+        assert h.upstream_requests == []
+        (relayed,) = h.broker.requests
+        assert relayed.body == smuggled
+        assert b"upgrade" not in {name.lower() for name, _ in relayed.headers}
+
+    run(scenario)
+
+
 def test_head_over_16kb_gets_431() -> None:
     async def scenario(h: Harness) -> None:
         raw = b"GET /direct/v1/stream HTTP/1.1\r\nHost: g\r\nX-Big: " + b"a" * 17000 + b"\r\n\r\n"
