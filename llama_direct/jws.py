@@ -56,7 +56,7 @@ _SUPPORTED_CRIT = frozenset({"b64"})
 _VERIFIED_HEADERS: dict[str, tuple[str, str]] = {}
 """Header segment -> (alg, kid), for headers of tokens that verified; see the module's docstring."""
 _MAX_VERIFIED_HEADERS = 64
-"""Far above the keys a broker publishes at once (current, staged, retired); past it, nothing is added."""
+"""Far above the keys a broker publishes at once (current, staged, retired); past it, the oldest goes."""
 
 
 def decode(
@@ -97,7 +97,9 @@ def decode(
     signing_input = token[: len(header_segment) + 1 + len(payload_segment)].encode("ascii")
     if not signature_ok(signing_input, signature):
         raise BadSignature()
-    if header is not None and len(_VERIFIED_HEADERS) < _MAX_VERIFIED_HEADERS:
+    if header is not None:
+        if len(_VERIFIED_HEADERS) >= _MAX_VERIFIED_HEADERS:  # the oldest goes: keys rotate for months
+            del _VERIFIED_HEADERS[next(iter(_VERIFIED_HEADERS))]
         _VERIFIED_HEADERS[header_segment] = (alg, kid)
     payload = _json_object(payload_bytes)
     _check_registered(payload, audience=audience, issuer=issuer, required=required)

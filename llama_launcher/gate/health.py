@@ -73,8 +73,8 @@ class Health:
         self.ready = False
         self._snapshot_at = -math.inf
 
-    def is_fresh(self) -> bool:
-        return time.monotonic() - self._snapshot_at < HEALTH_INTERVAL
+    def is_fresh(self, max_age: float = HEALTH_INTERVAL) -> bool:
+        return time.monotonic() - self._snapshot_at < max_age
 
     def serves(self, model: str) -> bool:
         """Whether this upstream's last answers list `model` (a router's list, or a single server's name)."""

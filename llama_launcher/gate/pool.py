@@ -13,8 +13,9 @@ each upstream has its own `Health`, and a request goes to one that serves the gr
 - **resume and cancel go to the holder**: the upstream the conversation's chat went to (`holders`),
   and nowhere else, since no other upstream has the stream. A holder that is gone is `StreamLost`.
 
-Health snapshots are read as cached: a stale one is refreshed in the background, and only an upstream
-never asked yet is waited for, so routing costs no round trip on the hot path.
+Health snapshots are read as cached: one older than `ROUTE_REFRESH_SECONDS` is refreshed in the
+background, and only an upstream never asked yet is waited for, so routing costs no round trip on
+the hot path.
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ from llama_launcher.gate.upstream import Upstream
 
 DOWN_SECONDS = 2.0
 """How long an upstream whose connection failed goes to the back of the line (then its health decides)."""
+ROUTE_REFRESH_SECONDS = 5.0
+"""How old a health snapshot routing still reads without asking again: a dead upstream is found by
+its failed connection at once, so this only paces how soon a revived one or a new model is seen; each
+refresh costs a `/health` and a `/v1/models` round trip (about 1.5 ms of gate CPU)."""
 
 STATE_RANK = {"unloaded": 0, "loading": 1, "loaded": 2}
 
@@ -161,7 +166,7 @@ class Pool:
         if unknown:
             await asyncio.gather(*unknown, return_exceptions=True)
         for member in self.members:
-            if not member.health.is_fresh():
+            if not member.health.is_fresh(ROUTE_REFRESH_SECONDS):
                 task = asyncio.ensure_future(member.health.snapshot())
                 self._refreshing.add(task)
                 task.add_done_callback(self._refreshing.discard)
