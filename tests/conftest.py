@@ -40,3 +40,21 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _forget_test_secrets() -> Iterator[None]:
+    """Each test's keys are registered for redaction for the rest of the process; without this the
+    list grows over the run and scrubbing each log record costs more and more (whole tests slowed
+    from 0.2 s to 5 s)."""
+    from llama_direct import redaction
+
+    with redaction._lock:
+        lasting, ephemeral = set(redaction._lasting), dict(redaction._ephemeral)
+    yield
+    with redaction._lock:
+        redaction._lasting.clear()
+        redaction._lasting.update(lasting)
+        redaction._ephemeral.clear()
+        redaction._ephemeral.update(ephemeral)
+        redaction._rebuild()
