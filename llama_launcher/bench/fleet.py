@@ -5,9 +5,10 @@ In one run, interleaved by repetition:
 - **routing**: one gate in front of 1, 2 and 4 synthetic upstreams, tokens negotiated beforehand,
   each figure the median of per-repetition ratios against one upstream. Two measures: 64 streams at
   once (tokens/s and gate CPU per request: on 2 cores these follow how much upstream capacity there
-  is, since every upstream shares the cores), and one-token requests one after another, where the
-  upstream is never the bottleneck and gate CPU per request is the request half plus routing: there
-  routing must cost under 2%.
+  is, since every upstream shares the cores), and one-token requests one after another through a
+  gate given N entries that are all the same synthetic server, so that only routing differs (N
+  distinct processes would also change the kernel's and the caches' work): there routing must cost
+  under 2%.
 - **Redis**: two gates (two `serve` stacks: one audience, one signing key file, one Redis) against
   a gate alone, one-token requests with tokens negotiated beforehand, interleaved; time to first
   token p50/p99 of each, and the difference: the Redis round trip a request pays (its `spend`).
@@ -101,15 +102,19 @@ async def routing_cost(work: Path, *, streams: int, tokens: int, reps: int, max_
     with _synthetic_upstreams(work, max(UPSTREAM_COUNTS), key) as sockets:
         starts = {n: (lambda n=n: start_stack(f"fleet-{n}", sockets[:n], key, work, alias="synthetic",
                                               max_tokens=max_tokens)) for n in UPSTREAM_COUNTS}
-        with _stacks(starts) as stacks:
+        # Routing alone: N entries that are all the same upstream, so only the gate's choice differs.
+        alike = {n: (lambda n=n: start_stack(f"fleet-alike-{n}", sockets[:1] * n, key, work, alias="synthetic",
+                                             max_tokens=max_tokens)) for n in UPSTREAM_COUNTS if n > 1}
+        with _stacks(starts) as stacks, _stacks(alike) as same:
             for n in UPSTREAM_COUNTS:  # warm-up: first connections, imports, every upstream's health
                 await _round(stacks[n], streams, body)
+                await _one_token_round(same.get(n, stacks[1]), 20)
             rounds: list[dict[int, dict[str, float]]] = []
             for rep in range(reps):
                 found = {}
                 for n in rotated(UPSTREAM_COUNTS, rep):
                     found[n] = await _round(stacks[n], streams, body)
-                    found[n]["one_token_gate_ms"] = await _one_token_round(stacks[n], requests)
+                    found[n]["one_token_gate_ms"] = await _one_token_round(same.get(n, stacks[1]), requests)
                 rounds.append(found)
                 say(f"fleet routing: repetition {rep + 1}/{reps} done")
     summary: dict[int, dict[str, float]] = {}
@@ -224,7 +229,8 @@ def render(found: dict[str, Any]) -> list[str]:
     if routing:
         lines += [f"One gate in front of N synthetic upstreams, {routing['reps']} interleaved repetitions "
                   "(× 1 upstream: the median of per-repetition ratios). Routing's own cost is the one-token "
-                  f"column ({routing['requests']} requests one after another; goal ≤ 1.02×); at "
+                  f"column ({routing['requests']} requests one after another, the N entries all one synthetic "
+                  "server, so that only routing differs; goal ≤ 1.02×); at "
                   f"{routing['streams']} streams × {routing['tokens']} tokens the figures follow the upstreams' "
                   "capacity, which more upstreams add even on shared cores:", "",
                   f"| upstreams | gate CPU per one-token request | × 1 upstream | {routing['streams']} streams: "
