@@ -56,6 +56,7 @@ def main() -> None:
             "after (jws core)": lambda t=token, k=keys, n=now: verify(t, keys=k, audience="aud", issuer="iss", now=n),
             "before (PyJWT)": lambda t=token, k=keys, n=now: verify_before(t, k, n),
             "primitive": signature_check_alone(token, key.public_key),
+            "primitive (OpenSSL)": signature_check_alone(token, key.public_key, openssl=True),
         }
     samples: dict[tuple[str, str], list[float]] = {}
     for _ in range(args.rounds):

@@ -101,6 +101,9 @@ def render_markdown(results: dict[str, Any]) -> str:
     for algorithm, entry in results.get("verification", {}).items():
         primitive = (f" ({entry['us_primitive']:.0f} µs the signature check alone, "
                      f"{entry['us_overhead']:.0f} µs the rest)" if "us_primitive" in entry else "")
+        if algorithm == "EdDSA" and "us_primitive_openssl" in entry:
+            primitive += (f"; the Ed25519 check is libsodium's, {entry['us_primitive_openssl']:.0f} µs "
+                          "through OpenSSL in the same run")
         notes.append(f"- Verification (`llama_direct.tokens.verify`, {algorithm}): "
                      f"{entry['us_per_verify']:.0f} µs per token{primitive}.")
     for upstream, entry in results.get("gate_cost", {}).items():

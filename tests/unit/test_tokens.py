@@ -616,3 +616,33 @@ def test_the_memo_is_bounded(key: SigningKey, keys: PublicKeySet, monkeypatch: p
     for token in tokens:
         assert check(token, keys).sub == "alice"
     assert list(jws._VERIFIED_HEADERS) == [t.partition(".")[0] for t in tokens[3:]]  # the newest stay
+
+
+def test_the_ed25519_check_is_libsodiums_and_agrees_with_openssl(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gate checks Ed25519 with libsodium; it must accept exactly what OpenSSL accepts for our keys."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    import llama_direct.keys
+    from llama_direct.keys import signature_check
+
+    calls: list[int] = []
+    sodium_open = llama_direct.keys.crypto_sign_open
+    monkeypatch.setattr(llama_direct.keys, "crypto_sign_open",
+                        lambda signed, key: calls.append(len(signed)) or sodium_open(signed, key))
+    private = Ed25519PrivateKey.generate()
+    check = signature_check("EdDSA", private.public_key())
+    for size in (0, 1, 100, 700):
+        message = bytes(range(256)) * 3
+        message = message[:size]
+        signature = private.sign(message)
+        assert check(message, signature)
+        flipped = bytes([signature[0] ^ 1]) + signature[1:]
+        for bad_message, bad_signature in ((message + b"x", signature), (message, flipped),
+                                           (message, signature[:63]), (message, signature + b"\0"), (message, b"")):
+            with pytest.raises((InvalidSignature, ValueError)):
+                private.public_key().verify(bad_signature, bad_message)
+            assert not check(bad_message, bad_signature)
+    other = Ed25519PrivateKey.generate()
+    assert not check(b"m", other.sign(b"m"))
+    assert len(calls) == 4 * 3 + 1  # every well-sized signature went to libsodium; wrong sizes never did
