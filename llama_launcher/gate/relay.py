@@ -201,12 +201,29 @@ class Relay(asyncio.Protocol):
             self._end()
             self.transport.abort()
             return
-        client.relay_head(self._client_head(client, status, headers))
+        client_head = self._client_head(client, status, headers)
         if self.head_only or status in (204, 304):
+            client.relay_head(client_head)
             self._done(client)
-        elif end < len(raw):
-            self.data_received(raw[end:])
-        elif self.complete:
+        elif end < len(raw) and self.PASS_THROUGH:
+            self._head_with_body(client, client_head, raw[end:])
+        else:
+            client.relay_head(client_head)
+            if end < len(raw):
+                self.data_received(raw[end:])
+            elif self.complete:
+                self._done(client)
+
+    def _head_with_body(self, client: RelayClient, client_head: bytes, body: bytes) -> None:
+        """Body bytes that came in the head's read go out in the head's write: one send, not two."""
+        try:
+            self.parser.feed_data(body)
+        except httptools.HttpParserError:
+            client.relay_head(client_head)
+            self._fail(UpstreamUnavailable())
+            return
+        client.relay_head(client_head + body)
+        if self.complete:
             self._done(client)
 
     def _client_head(self, client: RelayClient, status: int, headers: list[Header]) -> bytes:

@@ -26,6 +26,8 @@ def test_fleet_rows_measure_routing_and_the_redis_round_trip(tmp_path: Path) -> 
     assert set(routing["by_upstreams"]) == {1, 2, 4}
     assert all(entry["failed"] == 0 for entry in routing["by_upstreams"].values()), routing
     assert all(entry["tokens_per_s"] > 0 for entry in routing["by_upstreams"].values())
+    assert all(entry["alike_failed"] == 0 and entry["alike_gate_ms_per_request"] > 0
+               for entry in routing["by_upstreams"].values()), routing
     redis = run_loop(fleet.redis_round_trip(tmp_path, count=5, reps=1, max_tokens=1000, say=said.append))
     if shutil.which("redis-server") is None:
         assert "skipped" in redis
