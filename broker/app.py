@@ -128,7 +128,11 @@ def create_app(
             issuer=core.issuer(),
             now=core.mint_time(caller.user, now),
         )
-        return json_response(answer, headers=NO_STORE)
+        # The conversation's id in a header too: an HAProxy at the edge pins it to this machine from
+        # there (a stick table stores a header reliably; a body may arrive after the rules ran).
+        conversation = answer.get("conversation_id")
+        headers = {**NO_STORE, "X-Conversation-Id": conversation} if isinstance(conversation, str) else NO_STORE
+        return json_response(answer, headers=headers)
 
     @app.post("/direct-stream/revoke")
     async def revoke(request: Request) -> Response:
