@@ -38,7 +38,7 @@ from broker.access import (
 )
 from broker.baseline import autoload_option, baseline, baseline_model
 from broker.core import BrokerCore
-from broker.models import allowed_models, listing
+from broker.models import allowed_models, fleet_listing, listing
 from broker.negotiation import (
     Options,
     negotiate,
@@ -128,7 +128,11 @@ def create_app(
             issuer=core.issuer(),
             now=core.mint_time(caller.user, now),
         )
-        return json_response(answer, headers=NO_STORE)
+        # The conversation's id in a header too: an HAProxy at the edge pins it to this machine from
+        # there (a stick table stores a header reliably; a body may arrive after the rules ran).
+        conversation = answer.get("conversation_id")
+        headers = {**NO_STORE, "X-Conversation-Id": conversation} if isinstance(conversation, str) else NO_STORE
+        return json_response(answer, headers=headers)
 
     @app.post("/direct-stream/revoke")
     async def revoke(request: Request) -> Response:
@@ -155,6 +159,9 @@ def create_app(
     async def models(request: Request) -> Response:
         require_caller(core, request)
         health = await core.gate.fresh()
+        if core.fleet_models is not None:
+            answer = fleet_listing(core.own_models(health), core.fleet_models.others(core.clock()))
+            return json_response(answer, headers=NO_STORE)
         allowed = allowed_models(core.policy.models, core.policy.model, health.models)
         return json_response(listing(allowed, health.models, health.model_ready), headers=NO_STORE)
 

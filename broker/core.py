@@ -16,10 +16,12 @@ from collections.abc import Callable
 
 import httpx
 
+from broker.fleet_models import FleetModels
 from broker.gate_link import IDLE_INTERVAL_SECONDS, GateLink
-from broker.models import LoadCharges, ModelInfo
+from broker.models import LoadCharges, ModelInfo, allowed_models, own_models, published
 from broker.negotiation import (
     Conversations,
+    GateHealth,
     Issuer,
     Policy,
 )
@@ -87,6 +89,8 @@ class BrokerCore:
         self.revocations: Revocations | RedisRevocations
         self.shared_state = bool(redis_url)
         """Revocations may change at another broker: `/state` polls re-read them (SHARED_RECHECK_SECONDS)."""
+        self.fleet_models: FleetModels | None = None
+        """The other brokers' models, for `GET /v1/models` behind an edge that routes by model."""
         if redis_url:
             client = sync_client(redis_url)
             self.sessions = RedisSessionStore(client)
@@ -108,7 +112,9 @@ class BrokerCore:
             keyring = _keyring(settings, clock())
         self.keyring = keyring
         self.gate = GateLink(settings, gate_transport)
-        self.gate.on_health = lambda health: self.settle_loads(health.models, self.clock())
+        self.gate.on_health = self._on_health
+        if redis_url:
+            self.fleet_models = FleetModels(client, self.aud, self.iss)
         self.allowed_origins = frozenset(
             origin for origin in (normalise_origin(o) for o in settings.allowed_origins) if origin
         )
@@ -118,6 +124,18 @@ class BrokerCore:
             "event=broker_configured algorithm=%s direct_stream=%s model=%s",
             keyring.current.algorithm, direct_stream_enabled(), settings.model,
         )
+
+    def _on_health(self, health: GateHealth) -> None:
+        """Each answer polled from the gate: settle the load charges, and publish this broker's models."""
+        now = self.clock()
+        self.settle_loads(health.models, now)
+        if self.fleet_models is not None:  # a gate that is down serves nothing: the others stop listing it
+            self.fleet_models.publish(published(self.own_models(health)) if health.up else [], now)
+
+    def own_models(self, health: GateHealth) -> list[ModelInfo]:
+        """The models this broker grants, with their states at its gate (as its own listing says)."""
+        allowed = allowed_models(self.policy.models, self.policy.model, health.models)
+        return own_models(allowed, health.models, health.model_ready)
 
     def issuer(self) -> Issuer:
         """Minting is what moves the rotation schedule on: a successor is staged, then signs once published."""

@@ -8,13 +8,12 @@ llama-server's is its one model.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from llama_direct.model_states import MODEL_STATES, merge_models
 from llama_direct.refusals import UnknownModel
-
-MODEL_STATES = ("unloaded", "loading", "loaded")
 
 
 @dataclass(frozen=True)
@@ -73,14 +72,39 @@ def model_status(name: str, listed: Sequence[ModelInfo], model_ready: bool) -> M
 def listing(allowed: Sequence[str], listed: Sequence[ModelInfo], model_ready: bool) -> dict[str, Any]:
     """`GET /v1/models`: OpenAI's list shape, plus each model's state (and a loading one's `progress`,
     0..1, where the router reports it); only names, never a path."""
-    data: list[Mapping[str, Any]] = []
-    for name in allowed:
-        info = model_status(name, listed, model_ready)
-        entry: dict[str, Any] = {"id": name, "object": "model", "created": 0, "owned_by": "llama-direct",
-                                 "status": info.status, "vision": info.vision}
-        if info.progress is not None:
-            entry["progress"] = info.progress
-        data.append(entry)
+    return _list(own_models(allowed, listed, model_ready))
+
+
+def own_models(allowed: Sequence[str], listed: Sequence[ModelInfo], model_ready: bool) -> list[ModelInfo]:
+    """The models this broker grants, each with its state at its own gate."""
+    return [model_status(name, listed, model_ready) for name in allowed]
+
+
+def fleet_listing(own: Sequence[ModelInfo], published: Sequence[object]) -> dict[str, Any]:
+    """`GET /v1/models` behind an edge that routes by model: this broker's models first, then the
+    ones the fleet's other brokers published (`broker.fleet_models`), each once at its best state
+    (merged as the gate merges its upstreams). What Redis held is parsed like a health answer."""
+    listings = [own, *(ModelInfo.parse_all(entries) for entries in published)]
+    merged = merge_models([_published(model) for model in models] for models in listings)
+    return _list(ModelInfo.parse_all(merged))
+
+
+def published(listed: Sequence[ModelInfo]) -> list[dict[str, Any]]:
+    """What a broker publishes of its models for the others: names and states, never a path."""
+    return [_published(model) for model in listed]
+
+
+def _published(model: ModelInfo) -> dict[str, Any]:
+    entry: dict[str, Any] = {"id": model.id, "status": model.status, "vision": model.vision}
+    if model.progress is not None:
+        entry["progress"] = model.progress
+    return entry
+
+
+def _list(models: Iterable[ModelInfo]) -> dict[str, Any]:
+    data: list[Mapping[str, Any]] = [
+        {"object": "model", "created": 0, "owned_by": "llama-direct", **_published(model)} for model in models
+    ]
     return {"object": "list", "data": data}
 
 

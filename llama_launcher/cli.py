@@ -141,9 +141,11 @@ def _parser() -> argparse.ArgumentParser:
                                   "gates (--gate), or in the gate's place (--upstream, ES256 only)")
     haproxy.add_argument("--bind", default="127.0.0.1:8443", help="HOST:PORT HAProxy listens on")
     haproxy.add_argument("--tls-pem", type=Path, help="certificate and key in one PEM file: TLS on --bind")
-    haproxy.add_argument("--gate", action="append", default=[], metavar="HOST:PORT", help="a serve stack, repeatable")
-    haproxy.add_argument("--upstream", action="append", default=[], metavar="HOST:PORT",
-                         help="a llama-server, repeatable (its key is ${LLAMA_API_KEY} in HAProxy's environment)")
+    haproxy.add_argument("--gate", action="append", default=[], metavar="HOST:PORT[=MODEL,...]",
+                         help="a serve stack, repeatable; with =MODEL,... it gets only those models' requests")
+    haproxy.add_argument("--upstream", action="append", default=[], metavar="HOST:PORT[=MODEL,...]",
+                         help="a llama-server, repeatable (its key is ${LLAMA_API_KEY} in HAProxy's environment); "
+                         "with =MODEL,... it gets only grants for those models")
     haproxy.add_argument("--app", metavar="HOST:PORT",
                          help="where everything off the lane goes: a serve stack (page, login, negotiation, fallback)")
     haproxy.add_argument("--public-key-file", type=Path, action="append", default=[],

@@ -5,14 +5,17 @@ Pure: `render(plan)` returns the text; the CLI writes it. Two shapes:
 - **edge** (`--gate`): HAProxy in front of several `serve` stacks. TLS optional, `balance leastconn`,
   responses never buffered (SSE goes out as llama-server writes it), a health check per gate, and
   `X-Forwarded-For` / `X-Forwarded-Proto` set by HAProxy after deleting any the client sent. The gates
-  trust those headers only from HAProxy's address (`--trusted-proxy` on `serve`).
+  trust those headers only from HAProxy's address (`--trusted-proxy` on `serve`). A gate given as
+  `HOST:PORT=MODEL[,MODEL...]` serves only those models, and requests are routed by model
+  (`llama_launcher.haproxy_edge`), so that each machine keeps its llama-server's key to itself.
 - **gate** (`--upstream`): HAProxy stands in the Python gate's place in front of llama-servers. ES256
   only (HAProxy 2.6 cannot verify EdDSA or pull a JWKS): `jwt_verify` with the broker's public key
   files, `aud`, `iss`, `exp`, `nbf`, `scope`, method and path, the grant's route, `model` and every
   length field read from the body against `grant.max_tokens`, Origin and `X-Conversation-Id` against
   the grant, single use through a `jti` stick table (shared by `peers` when given). llama-server's key is
   `${LLAMA_API_KEY}` from HAProxy's own environment, never written here. Everything off the lane goes to
-  `--app` (a `serve` stack's public port: page, login, negotiation, the fallback path, health).
+  `--app` (a `serve` stack's public port: page, login, negotiation, the fallback path, health). An
+  upstream given as `HOST:PORT=MODEL[,MODEL...]` gets only the grants for those models.
 
 What this cannot do that the Python gate does is in the README ("What HAProxy cannot do").
 """
@@ -24,6 +27,7 @@ from dataclasses import dataclass
 
 from llama_direct.lanes import LANE_PREFIX
 from llama_direct.tokens import LEEWAY_SECONDS, MAX_TTL_SECONDS
+from llama_launcher.haproxy_routing import Target, edge_backends, edge_frontend, model_acl, model_routes
 
 LENGTH_FIELDS = ("max_tokens", "max_completion_tokens", "n_predict")
 """The body fields llama-server reads as a generation length; each is checked against the cap."""
@@ -49,7 +53,9 @@ class HaproxyPlan:
 
     bind: str
     gates: tuple[str, ...] = ()
+    """`HOST:PORT`, or `HOST:PORT=MODEL[,MODEL...]` for a gate that serves only those."""
     upstreams: tuple[str, ...] = ()
+    """`HOST:PORT` or `unix@/path`, each optionally `=MODEL[,MODEL...]`."""
     app: str | None = None
     tls_pem: str | None = None
     public_keys: tuple[str, ...] = ()
@@ -62,13 +68,19 @@ class HaproxyPlan:
     def gate_mode(self) -> bool:
         return bool(self.upstreams)
 
+    @property
+    def targets(self) -> tuple[Target, ...]:
+        """The gates (at the edge) or the upstreams (in the gate's place), with their models."""
+        return tuple(Target.parse(entry) for entry in (self.upstreams or self.gates))
+
     def check(self) -> None:
         if bool(self.gates) == bool(self.upstreams):
             raise ValueError("give --gate (HAProxy at the edge) or --upstream (HAProxy in the gate's place), not both")
-        for address in (self.bind, *self.gates, *([self.app] if self.app else []), *(p.address for p in self.peers)):
+        gates = [Target.parse(entry).address for entry in self.gates]
+        for address in (self.bind, *gates, *([self.app] if self.app else []), *(p.address for p in self.peers)):
             if not _ADDRESS.fullmatch(address):
                 raise ValueError(f"{address!r} is not HOST:PORT")
-        for address in self.upstreams:
+        for address in (Target.parse(entry).address for entry in self.upstreams):
             if not (_ADDRESS.fullmatch(address) or _UNIX.fullmatch(address)):
                 raise ValueError(f"{address!r} is not HOST:PORT or unix@/path")
         for path in (*self.public_keys, *([self.tls_pem] if self.tls_pem else [])):
@@ -91,11 +103,11 @@ def render(plan: HaproxyPlan) -> str:
     if plan.gate_mode:
         if plan.peers:
             parts.append(_peers(plan))
-        parts += [_gate_frontend(plan), _jti_table(plan)]
+        parts += [*_gate_sections(plan), _jti_table(plan)]
         if plan.app:
-            parts.append(_servers("app", (plan.app,)))
+            parts.append(_app(plan.app))
     else:
-        parts += [_edge_frontend(plan), _servers("gates", plan.gates)]
+        parts += [edge_frontend([_bind(plan), *_forwarded(plan)], plan.targets), *edge_backends(plan.targets)]
     return "\n".join(parts)
 
 
@@ -140,15 +152,10 @@ def _forwarded(plan: HaproxyPlan) -> list[str]:
             f"    http-request set-header X-Forwarded-Proto {proto}"]
 
 
-def _edge_frontend(plan: HaproxyPlan) -> str:
-    return "\n".join(["frontend public", _bind(plan), *_forwarded(plan), "    default_backend gates"]) + "\n"
-
-
-def _servers(name: str, addresses: tuple[str, ...]) -> str:
-    # A gate relays this to its broker: 200 means the gate and the broker both answer.
-    lines = [f"backend {name}", "    balance leastconn", "    option httpchk GET /.well-known/jwks.json"]
-    lines += [f"    server {name}{i} {address} check inter 2s fall 2 rise 2" for i, address in enumerate(addresses, 1)]
-    return "\n".join(lines) + "\n"
+def _app(address: str) -> str:
+    # A serve stack's gate relays this to its broker: 200 means the gate and the broker both answer.
+    return ("backend app\n    balance leastconn\n    option httpchk GET /.well-known/jwks.json\n"
+            f"    server app1 {address} check inter 2s fall 2 rise 2\n")
 
 
 def _peers(plan: HaproxyPlan) -> str:
@@ -167,30 +174,59 @@ def _claim(var: str, path: str, kind: str = "") -> str:
     return f"    http-request set-var(txn.{var}) var(txn.bearer),jwt_payload_query('{path}'{output})"
 
 
-def _gate_frontend(plan: HaproxyPlan) -> str:
+def _gate_sections(plan: HaproxyPlan) -> list[str]:
+    """The frontend, and the lane backend; with model lists, a lane backend per model (the grant's
+    `model`, read in the frontend and verified in the backend, picks it) whose servers track the
+    health checks of `llama_servers`, and `lane` for the models no upstream lists."""
+    targets = plan.targets
+    routes = model_routes(targets)
+    frontend = ["frontend public", _bind(plan), *_forwarded(plan), f"    acl on_lane path_beg {LANE_PREFIX}/"]
+    if routes:
+        # Only chooses the backend; the backend verifies the token before anything reaches llama-server.
+        frontend.append("    http-request set-var(txn.lane_model) "
+                        "http_auth_bearer,jwt_payload_query('$.grant.model') if on_lane")
+        frontend += [f"    use_backend lane{k} if on_lane {model_acl('txn.lane_model', name)}"
+                     for k, (name, _) in enumerate(routes, 1)]
+    frontend += ["    use_backend lane if on_lane",
+                 "    default_backend app" if plan.app else "    http-request deny deny_status 404 unless on_lane"]
+    sections = ["\n".join(frontend) + "\n"]
+    checked = " check inter 2s fall 2 rise 2"
+    if not routes:
+        servers = [f"    server llama{i} {t.address}{checked}" for i, t in enumerate(targets, 1)]
+        return [*sections, _lane_backend("lane", plan, servers, health_check=True)]
+    for k, (name, numbers) in enumerate(routes, 1):
+        sections.append(_lane_backend(f"lane{k}", plan, _tracked(targets, numbers), name))
+    anyone = [i for i, t in enumerate(targets, 1) if not t.models]
+    sections.append(_lane_backend("lane", plan, _tracked(targets, anyone), "models no upstream lists"))
+    health = ["backend llama_servers", "    option httpchk GET /health"]
+    health += [f"    server llama{i} {t.address}{checked}" for i, t in enumerate(targets, 1)]
+    return [*sections, "\n".join(health) + "\n"]
+
+
+def _tracked(targets: tuple[Target, ...], numbers: list[int]) -> list[str]:
+    return [f"    server llama{i} {targets[i - 1].address} track llama_servers/llama{i}" for i in numbers]
+
+
+def _lane_backend(name: str, plan: HaproxyPlan, servers: list[str], comment: str = "", *,
+                  health_check: bool = False) -> str:
+    """Every check of the lane, then the servers; with none, a grant that passed every check is
+    refused (404) before its single use is spent."""
     lane = LANE_PREFIX
     keys = [f'    http-request set-var(txn.signed) int(1) if {{ var(txn.bearer),jwt_verify(txn.alg,"{path}") 1 }}'
             for path in plan.public_keys]
     issuers = " ".join(plan.issuers)
     lengths = []
-    for name in LENGTH_FIELDS:
+    for field in LENGTH_FIELDS:
         lengths += [
-            f"    http-request set-var(txn.len_{name}) req.body,json_query('$.{name}','int')",
-            f"    http-request deny deny_status 400 if {{ var(txn.len_{name}),sub(txn.cap) -m int gt 0 }}",
-            f"    http-request deny deny_status 400 if {{ var(txn.len_{name}) -m int lt 1 }}",
+            f"    http-request set-var(txn.len_{field}) req.body,json_query('$.{field}','int')",
+            f"    http-request deny deny_status 400 if {{ var(txn.len_{field}),sub(txn.cap) -m int gt 0 }}",
+            f"    http-request deny deny_status 400 if {{ var(txn.len_{field}) -m int lt 1 }}",
         ]
-    frontend = [
-        "frontend public",
-        _bind(plan),
-        *_forwarded(plan),
-        f"    acl on_lane path_beg {lane}/",
-        "    use_backend lane if on_lane",
-        "    default_backend app" if plan.app else "    http-request deny deny_status 404 unless on_lane",
-    ]
     checks = [
-        "backend lane",
+        f"backend {name}",
+        *([f"    # {comment}"] if comment else []),
         "    balance leastconn",
-        "    option httpchk GET /health",
+        *(["    option httpchk GET /health"] if health_check else []),
         # Method and path: the chat route only, spelt exactly, with no query.
         f"    http-request deny deny_status 404 unless {{ path {lane}/v1/chat/completions }}",
         "    http-request deny deny_status 400 if { url -m sub ? }",
@@ -241,8 +277,8 @@ def _gate_frontend(plan: HaproxyPlan) -> str:
         # An escaped printable ASCII character is how a second key can hide from json_query, and no
         # client needs one; a length field or model named twice is refused for the same reason.
         r"    http-request deny deny_status 400 if { req.body -m reg '\\u00[2-7][0-9A-Fa-f]' }",
-        *[rf"""    http-request deny deny_status 400 if {{ req.body -m reg '"{name}"[\s\S]*"{name}"' }}"""
-          for name in (*LENGTH_FIELDS, "model")],
+        *[rf"""    http-request deny deny_status 400 if {{ req.body -m reg '"{field}"[\s\S]*"{field}"' }}"""
+          for field in (*LENGTH_FIELDS, "model")],
         # model and max_tokens are required: HAProxy cannot add them.
         _claim("grant_model", "$.grant.model"),
         _claim("cap", "$.grant.max_tokens", "int"),
@@ -251,6 +287,7 @@ def _gate_frontend(plan: HaproxyPlan) -> str:
         "    http-request deny deny_status 403 unless { var(txn.body_model),strcmp(txn.grant_model) -m int eq 0 }",
         "    http-request deny deny_status 400 unless { req.body,json_query('$.max_tokens','int') -m found }",
         *lengths,
+        *([] if servers else ["    http-request deny deny_status 404"]),
         # Single use: the last check, so a refused request spends nothing.
         _claim("jti", "$.jti"),
         "    http-request deny deny_status 401 unless { var(txn.jti) -m found }",
@@ -260,6 +297,6 @@ def _gate_frontend(plan: HaproxyPlan) -> str:
         "    http-request del-header Cookie",
         '    http-request set-header Authorization "Bearer ${LLAMA_API_KEY}"',
         f"    http-request replace-path ^{lane}(/.*) \\1",
-        *[f"    server llama{i} {address} check inter 2s fall 2 rise 2" for i, address in enumerate(plan.upstreams, 1)],
+        *servers,
     ]
-    return "\n".join(frontend) + "\n\n" + "\n".join(checks) + "\n"
+    return "\n".join(checks) + "\n"

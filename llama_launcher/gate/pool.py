@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from llama_direct.model_states import merge_models
 from llama_direct.refusals import Refusal, StreamLost, UpstreamUnavailable
 from llama_launcher.gate.health import Health
 from llama_launcher.gate.holders import Holders, MemoryHolders
@@ -41,7 +42,6 @@ ROUTE_REFRESH_SECONDS = 5.0
 its failed connection at once, so this only paces how soon a revived one or a new model is seen; each
 refresh costs a `/health` and a `/v1/models` round trip (about 1.5 ms of gate CPU)."""
 
-STATE_RANK = {"unloaded": 0, "loading": 1, "loaded": 2}
 
 
 def member_key(address: str) -> str:
@@ -190,16 +190,7 @@ def merge_snapshots(model: str, snapshots: Sequence[dict[str, Any]], in_flight: 
     """Several upstreams' health as one (pure): ready if any is, each model at its best state among
     the ready ones, slots summed, and a per-upstream list without addresses."""
     ready = [s for s in snapshots if s.get("model_ready")]
-    models: dict[str, dict[str, Any]] = {}
-    for snapshot in ready:
-        for entry in snapshot.get("models", []):
-            known = models.get(entry["id"])
-            if known is None:
-                models[entry["id"]] = dict(entry)
-                continue
-            if STATE_RANK.get(entry["status"], 0) > STATE_RANK.get(known["status"], 0):
-                known["status"] = entry["status"]
-            known["vision"] = known.get("vision") or entry.get("vision")
+    models = merge_models(s.get("models", []) for s in ready)
     totals = [s["slots"].get("total") for s in ready if isinstance(s.get("slots"), dict)]
     busies = [s["slots"].get("busy") for s in ready if isinstance(s.get("slots"), dict)]
     slots = {"total": sum(t for t in totals if isinstance(t, int)) if any(isinstance(t, int) for t in totals) else None,
@@ -211,7 +202,7 @@ def merge_snapshots(model: str, snapshots: Sequence[dict[str, Any]], in_flight: 
         "vision": any(s.get("vision") for s in ready),
         "slots": slots,
         "router": any(s.get("router") for s in snapshots),
-        "models": list(models.values()),
+        "models": models,
         "upstreams": [
             {"ready": bool(s.get("model_ready")), "models": [e["id"] for e in s.get("models", [])], "in_flight": n}
             for s, n in zip(snapshots, in_flight, strict=True)

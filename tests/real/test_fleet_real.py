@@ -7,13 +7,9 @@ with one `--signing-key-file`. Their state meets in a private redis-server witho
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
@@ -21,6 +17,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from forwarder import Forwarder
+from haproxy_edge import haproxy_edge
 from redis_server import RedisServer
 from stack import Stack, run_stack
 
@@ -76,40 +73,10 @@ def fleet(llama_server_binary: Path, model_path: Path,
                   "--signing-key-file", str(signing_key), "--token-ttl", "60", "--trusted-proxy", "127.0.0.1")
         a = exits.enter_context(run_stack(*common, "--issuer", "broker-a", "--issuer", "broker-b", env=env))
         b = exits.enter_context(run_stack(*common, "--issuer", "broker-b", "--issuer", "broker-a", env=env))
-        edge = exits.enter_context(_haproxy_edge(tmp_path, a, b))
+        edge = exits.enter_context(haproxy_edge(tmp_path, [f"127.0.0.1:{stack.port}" for stack in (a, b)]))
         # Tokens minted in the first seconds of Redis's run are refused (it might have lost a spent one).
         time.sleep(max(0.0, LEEWAY_SECONDS + 2 - (time.monotonic() - redis.started)))
         yield a, b, upstream, redis, edge
-
-
-@contextmanager
-def _haproxy_edge(workdir: Path, *stacks: Stack) -> Iterator[str]:
-    """HAProxy in front of both stacks, as `llama-direct haproxy-config` writes it; yields its base URL."""
-    haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
-    if not Path(haproxy).exists():
-        pytest.skip("haproxy is not installed (apt-get install haproxy)")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    config = workdir / "edge.cfg"
-    subprocess.run([sys.executable, "-m", "llama_launcher.cli", "haproxy-config", "--bind", f"127.0.0.1:{port}",
-                    *[arg for stack in stacks for arg in ("--gate", f"127.0.0.1:{stack.port}")],
-                    "--output", str(config)], check=True)
-    process = subprocess.Popen([haproxy, "-db", "-f", str(config)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                assert process.poll() is None and time.monotonic() < deadline, "haproxy did not start"
-                time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(10)
 
 
 def _chats(upstream: Forwarder) -> int:

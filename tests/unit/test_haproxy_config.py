@@ -110,3 +110,105 @@ def test_forwarding_headers_are_believed_only_from_a_trusted_proxy(trusted: tupl
             assert headers["X-Forwarded-Proto"] == ("https" if trusted else "http")
 
     asyncio.run(asyncio.wait_for(main(), 20))
+
+
+def _section(config: str, name: str) -> list[str]:
+    """The lines of one section (`frontend public`, `backend model1`), stripped."""
+    lines = config.splitlines()
+    start = lines.index(name)
+    body = []
+    for line in lines[start + 1:]:
+        if line and not line.startswith(" "):
+            break
+        body.append(line.strip())
+    return [line for line in body if line]
+
+
+def _servers(lines: list[str]) -> list[str]:
+    return [line.split()[1] for line in lines if line.startswith("server ")]
+
+
+def test_the_edge_routes_each_model_to_the_gates_that_serve_it(tmp_path: Path) -> None:
+    config = render(HaproxyPlan(bind="127.0.0.1:8443", gates=("10.0.0.1:8000=alpha", "10.0.0.2:8000=beta,org/gamma",
+                                                              "10.0.0.3:8000")))
+    front = _section(config, "frontend public")
+    assert "use_backend model1 if { var(txn.model) -m str alpha }" in front
+    assert "use_backend model2 if { var(txn.model) -m str beta }" in front
+    assert "use_backend model3 if { var(txn.model) -m str org/gamma }" in front
+    assert front[-1] == "default_backend gates"
+    # The lane's model is the token's claim; the negotiation's and the baseline's, the body's.
+    assert any("http_auth_bearer,jwt_payload_query('$.grant.model') if on_lane" in line for line in front)
+    assert any("req.body,json_query('$.model') if METH_POST negotiation || METH_POST baseline" in line
+               for line in front)
+    assert any(line.startswith("http-request wait-for-body") for line in front)
+    assert "option http-buffer-request" not in config  # a lane body streams through
+    # A gate without a list serves any model; every gate keeps one id in every backend.
+    assert _servers(_section(config, "backend model1")) == ["gate1", "gate3"]
+    assert _servers(_section(config, "backend model2")) == ["gate2", "gate3"]
+    assert _servers(_section(config, "backend gates")) == ["gate1", "gate2", "gate3"]
+    assert "server gate3 10.0.0.3:8000 id 3 track gates/gate3" in _section(config, "backend model3")
+    # Resume and cancel go where the conversation was negotiated, in every backend.
+    for backend in ("backend gates", "backend model1", "backend model2", "backend model3"):
+        lines = _section(config, backend)
+        assert "stick match var(txn.conversation) table conversations" in lines
+        assert any(line.startswith("stick store-response res.hdr(x-conversation-id)") for line in lines)
+    assert any("jwt_payload_query('$.grant.conversation_id')" in line for line in front)
+    assert any("json_query('$.resume')" in line for line in front)
+    assert any("url_param(cancel)" in line for line in front)
+    _valid(config, tmp_path)
+
+
+def test_an_edge_without_model_lists_stays_as_it_was(tmp_path: Path) -> None:
+    config = render(HaproxyPlan(bind="127.0.0.1:8443", gates=("10.0.0.1:8000", "10.0.0.2:8000")))
+    assert "use_backend" not in config and "stick" not in config and "wait-for-body" not in config
+
+
+def test_in_the_gates_place_the_grants_model_picks_the_upstreams(tmp_path: Path) -> None:
+    key = _public_key(tmp_path)
+    config = render(HaproxyPlan(bind="127.0.0.1:8443", upstreams=("127.0.0.1:9001=alpha", "unix@/run/b.sock=beta",
+                                                                  "127.0.0.1:9003"),
+                                app="127.0.0.1:8000", public_keys=(str(key),), audience="fleet", issuers=("a",)))
+    front = _section(config, "frontend public")
+    assert "use_backend lane1 if on_lane { var(txn.lane_model) -m str alpha }" in front
+    assert "use_backend lane2 if on_lane { var(txn.lane_model) -m str beta }" in front
+    assert _servers(_section(config, "backend lane1")) == ["llama1", "llama3"]
+    assert _servers(_section(config, "backend lane2")) == ["llama2", "llama3"]
+    assert _servers(_section(config, "backend lane")) == ["llama3"]
+    assert _servers(_section(config, "backend llama_servers")) == ["llama1", "llama2", "llama3"]
+    for backend in ("backend lane1", "backend lane2", "backend lane"):
+        lines = _section(config, backend)  # every lane backend verifies the token and spends it once
+        assert any("jwt_verify(txn.alg" in line for line in lines)
+        assert "http-request track-sc0 var(txn.jti) table jti_uses" in lines
+        assert "http-request deny deny_status 404" not in lines
+    _valid(config, tmp_path)
+
+
+def test_in_the_gates_place_a_model_no_upstream_lists_is_refused_before_its_use_is_spent(tmp_path: Path) -> None:
+    key = _public_key(tmp_path)
+    config = render(HaproxyPlan(bind="127.0.0.1:8443", upstreams=("127.0.0.1:9001=alpha", "127.0.0.1:9002=beta"),
+                                public_keys=(str(key),), audience="fleet", issuers=("a",)))
+    lines = _section(config, "backend lane")
+    assert _servers(lines) == []
+    assert lines.index("http-request deny deny_status 404") < lines.index(
+        "http-request track-sc0 var(txn.jti) table jti_uses")
+    _valid(config, tmp_path)
+
+
+@pytest.mark.parametrize("gate", ["10.0.0.1:8000=", "10.0.0.1:8000=a b", "10.0.0.1:8000=a,,b", "10.0.0.1:8000=a'",
+                                  "10.0.0.1:8000=a#b", "10.0.0.1:8000=a,a", "10.0.0.1:8000=" + "m" * 129,
+                                  "10.0.0.1:8000=a}", "bad=alpha"])
+def test_a_model_list_that_would_need_escaping_is_refused(gate: str) -> None:
+    with pytest.raises(ValueError):
+        render(HaproxyPlan(bind="127.0.0.1:1", gates=(gate,)))
+
+
+def test_the_command_takes_model_lists(tmp_path: Path) -> None:
+    out = tmp_path / "edge.cfg"
+    done = subprocess.run([sys.executable, "-m", "llama_launcher.cli", "haproxy-config",
+                           "--gate", "127.0.0.1:8001=alpha", "--gate", "127.0.0.1:8002=beta", "--output", str(out)],
+                          capture_output=True, text=True, env={**os.environ})
+    assert done.returncode == 0, done.stderr
+    assert "use_backend model2 if { var(txn.model) -m str beta }" in out.read_text()
+    refused = subprocess.run([sys.executable, "-m", "llama_launcher.cli", "haproxy-config",
+                              "--gate", "127.0.0.1:8001=al pha"], capture_output=True, text=True, env={**os.environ})
+    assert refused.returncode != 0 and "model" in refused.stderr

@@ -1,0 +1,99 @@
+"""HAProxy in the gate's place routes by the grant's model: `--upstream A=smollm2 --upstream B=other`.
+
+One real llama-server behind two counting forwarders (a single-model llama-server answers whatever
+`model` it is sent, so the forwarders show which upstream HAProxy chose). Every model backend runs
+every check before anything reaches a server.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from forwarder import Forwarder
+from hostile_support import signed, swap_payload
+from test_haproxy_real import CHAT, KEY, MODEL, Edge, _free_port, payload, request, token
+
+from llama_launcher.paths import make_runtime_dir
+from llama_launcher.server_args import ServerOptions
+from llama_launcher.server_process import LlamaServer
+
+pytestmark = [pytest.mark.real, pytest.mark.timeout(300)]
+
+OTHER = "other"
+
+
+@pytest.fixture(scope="module")
+def routed(llama_server_binary: Path, model_path: Path,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Edge, Forwarder, Forwarder]]:
+    haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    if not Path(haproxy).exists():
+        pytest.skip("haproxy is not installed (apt-get install haproxy)")
+    workdir = tmp_path_factory.mktemp("haproxy-models")
+    public_key = workdir / "broker-public.pem"
+    public_key.write_bytes(KEY.public_key.public_bytes(serialization.Encoding.PEM,
+                                                       serialization.PublicFormat.SubjectPublicKeyInfo))
+    server = LlamaServer(ServerOptions(binary=llama_server_binary, model=model_path, alias=MODEL, parallel=1),
+                         make_runtime_dir())
+    server.start()
+    process = None
+    try:
+        server.wait_ready(timeout=120, show_progress=False)
+        key = server.authorization().decode().removeprefix("Bearer ")
+        with Forwarder(str(server.address)) as first, Forwarder(str(server.address)) as second:
+            port = _free_port()
+            config = workdir / "haproxy.cfg"
+            subprocess.run(
+                [sys.executable, "-m", "llama_launcher.cli", "haproxy-config", "--bind", f"127.0.0.1:{port}",
+                 "--upstream", f"127.0.0.1:{first.port}={MODEL}", "--upstream", f"127.0.0.1:{second.port}={OTHER}",
+                 "--public-key-file", str(public_key), "--audience", "fleet", "--issuer", "broker-a",
+                 "--output", str(config)],
+                check=True,
+            )
+            process = subprocess.Popen([haproxy, "-db", "-f", str(config)], env={"LLAMA_API_KEY": key},
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                    break
+                except OSError:
+                    assert process.poll() is None and time.monotonic() < deadline, "haproxy did not listen"
+                    time.sleep(0.05)
+            time.sleep(2.5)  # the first health checks mark both upstreams up
+            yield Edge(port, first), first, second
+    finally:
+        if process is not None:
+            process.terminate()
+            process.wait(10)
+        server.stop()
+
+
+def _chats(forwarder: Forwarder) -> int:
+    return len(forwarder.requests(lambda line: line.startswith(b"POST")))
+
+
+def test_each_grant_reaches_only_an_upstream_that_serves_its_model(
+        routed: tuple[Edge, Forwarder, Forwarder]) -> None:
+    edge, first, second = routed
+    for model, mine, other in ((MODEL, first, second), (OTHER, second, first)):
+        before = (_chats(mine), _chats(other))
+        for _ in range(2):
+            tok = token(grant={"model": model})
+            assert edge.exchange(request(tok, body={**CHAT, "model": model})) == 200
+        assert (_chats(mine), _chats(other)) == (before[0] + 2, before[1])
+    before = (_chats(first), _chats(second))
+    # A model no upstream lists: refused after the checks, nothing reached.
+    assert edge.exchange(request(token(grant={"model": "gamma"}), body={**CHAT, "model": "gamma"})) == 404
+    # The claim that picked the backend is still verified there: a forged model is refused.
+    forged = swap_payload(token(), payload(grant={"model": OTHER}))
+    assert edge.exchange(request(forged, body={**CHAT, "model": OTHER})) == 401
+    assert edge.exchange(request(signed(KEY, payload(grant={"model": OTHER})), body=CHAT)) == 403
+    assert (_chats(first), _chats(second)) == before
