@@ -324,8 +324,7 @@ class ClientConnection(asyncio.Protocol):
         model = claims.grant.model
         attempts = await gate.pool.route(model, route.kind, route.conversation_id)
         if route.kind == "chat":
-            await attempts.first.health.ensure_props()
-            policy = gate.policy_for(attempts.first, model)
+            policy = await gate.policy_for(attempts.members, model)
             if policy.vision or len(body) > SHAPE_IN_THREAD_BYTES:
                 body = await asyncio.to_thread(shape_chat_body, body, claims.grant, policy)
             else:

@@ -12,9 +12,11 @@ audience; then a gate restart no longer refuses older tokens, Redis's own restar
 
 from __future__ import annotations
 
+import asyncio
 import math
 import resource
 import time
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from llama_direct.refusals import (
@@ -73,13 +75,21 @@ class Gate:
             answer = {**answer, "not_issued_before": self.not_issued_before}
         return answer
 
-    def policy_for(self, member: Member, model: str) -> ShapingPolicy:
-        """The limits for the grant's model on the upstream tried first: whether it reads images is
-        known per model, and one slot's context from `/props` (a router reports none of its own: the
-        fallback bound applies). Upstreams serving one model alike, a retry elsewhere keeps them."""
-        health = member.health
-        return ShapingPolicy(max_body_bytes=self.config.max_body_bytes, vision=health.vision_of(model),
-                             context=health.context)
+    async def policy_for(self, members: Sequence[Member], model: str) -> ShapingPolicy:
+        """The limits for the grant's model on every upstream the request may go to: images only if
+        each of them reads images, and the smallest slot context (`/props`; a router reports none of
+        its own, so the fallback bound applies). A request handed on to the next upstream after a
+        failure was shaped for that one too. Upstreams whose `/props` could not be read (down) do not
+        narrow the limits; with none read, the first one's defaults apply."""
+        if len(members) == 1:
+            await members[0].health.ensure_props()
+            known = [members[0].health]
+        else:
+            await asyncio.gather(*(m.health.ensure_props() for m in members))
+            known = [m.health for m in members if m.health.props_known] or [members[0].health]
+        return ShapingPolicy(max_body_bytes=self.config.max_body_bytes,
+                             vision=all(h.vision_of(model) for h in known),
+                             context=min(h.context for h in known))
 
     async def no_load_target(self, attempts: Attempts, model: str, target: str) -> str:
         """A grant that may not load: 409 unless its model is loaded now, and the router told not to load.

@@ -76,6 +76,11 @@ class Health:
     def is_fresh(self, max_age: float = HEALTH_INTERVAL) -> bool:
         return time.monotonic() - self._snapshot_at < max_age
 
+    @property
+    def props_known(self) -> bool:
+        """Whether `vision`, `context` and `router` come from the llama-server running now's `/props`."""
+        return self._props_for is not None and self._props_for == self._key_digest()
+
     def serves(self, model: str) -> bool:
         """Whether this upstream's last answers list `model` (a router's list, or a single server's name)."""
         if self.router:

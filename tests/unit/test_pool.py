@@ -248,3 +248,32 @@ def test_health_merges_every_upstream_and_names_no_address() -> None:
         assert time.monotonic() - started < 2
 
     run(scenario)
+
+
+def test_shaping_takes_the_strictest_limits_of_the_upstreams_a_request_may_reach() -> None:
+    """A request handed on after a failure must fit the next upstream too: images only if every one
+    reads them, the smallest slot context; an upstream whose /props cannot be read does not narrow them."""
+    async def scenario(h: Harness) -> None:
+        from gate_fakes import MODEL
+        for (_, behaviour), vision, n_ctx in zip(h.fleet, (True, False, True), (4096, 1024, 2048), strict=True):
+            behaviour.vision, behaviour.n_ctx = vision, n_ctx
+        members = h.server.pool.members
+        policy = await h.server.gate.policy_for(members, MODEL)
+        assert (policy.vision, policy.context) == (False, 1024)
+        assert (await h.server.gate.policy_for([members[0], members[2]], MODEL)).vision is True
+        assert (await h.server.gate.policy_for([members[0], members[2]], MODEL)).context == 2048
+
+    run(scenario)
+
+
+def test_an_upstream_whose_props_cannot_be_read_does_not_narrow_the_limits() -> None:
+    async def scenario(h: Harness) -> None:
+        from gate_fakes import MODEL
+        for (_, behaviour), n_ctx in zip(h.fleet, (4096, 1024, 2048), strict=True):
+            behaviour.vision, behaviour.n_ctx = True, n_ctx
+        dead, _ = h.fleet[1]
+        await dead.stop()
+        policy = await h.server.gate.policy_for(h.server.pool.members, MODEL)
+        assert (policy.vision, policy.context) == (True, 2048)
+
+    run(scenario)

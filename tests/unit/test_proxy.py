@@ -784,7 +784,7 @@ def test_health_reports_vision_from_props() -> None:
         h.behaviour.vision = True
         health = await ask(h, b"GET /health HTTP/1.1\r\nHost: gate\r\n\r\n", where=h.config.private_socket)
         assert health.json()["vision"] is True
-        assert h.server.gate.policy_for(h.server.pool.first, "any").vision is True
+        assert (await h.server.gate.policy_for([h.server.pool.first], "any")).vision is True
 
     run(scenario)
 
