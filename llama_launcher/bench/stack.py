@@ -92,7 +92,7 @@ def start_stack(name: str, upstream_socket: Path | Sequence[Path], upstream_key:
             parts = urllib.parse.urlsplit(ready)
             assert parts.hostname is not None and parts.port is not None
             time.sleep(KEY_PULL_WAIT)
-            return ServeStack(
+            stack = ServeStack(
                 child=child,
                 public=(parts.hostname, parts.port),
                 access_token=access,
@@ -100,6 +100,19 @@ def start_stack(name: str, upstream_socket: Path | Sequence[Path], upstream_key:
                 gate_pid=child_running(child.pid, "llama_launcher.gate"),
                 broker_pid=child_running(child.pid, "broker"),
             )
+            if source is not None and not _runs_in(source, stack):
+                stack.stop()
+                raise RuntimeError(f"the {name} stack's broker and gate did not run from {source.name}")
+            return stack
         time.sleep(0.05)
     child.stop()
     raise RuntimeError("serve was not ready in time")
+
+
+def _runs_in(source: Path, stack: ServeStack) -> bool:
+    """Whether the stack's gate and broker run in `source` (their cwd, first on their `sys.path`)."""
+    try:
+        return all(Path(f"/proc/{pid}/cwd").resolve() == source.resolve()
+                   for pid in (stack.gate_pid, stack.broker_pid))
+    except OSError:
+        return False
