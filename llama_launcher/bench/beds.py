@@ -6,7 +6,9 @@ The lanes, all measured against the same upstream in the same run:
 - `direct`: the gate's public port, after `POST /direct-stream` for each request;
 - `baseline`: the broker's `/v1/chat/completions` on the same port (broker, then gate);
 - `studio`: the Studio-style FastAPI + httpx proxy;
-- `relay`: a bare asyncio relay, the floor that any extra hop pays.
+- `relay`: a bare asyncio relay, the floor that any extra hop pays;
+- `before` (with `bench --before REV`): the lane through the code as it was at REV, its own serve
+  stack (broker and gate) in front of the same upstream, negotiated as `direct` is.
 """
 
 from __future__ import annotations
@@ -44,15 +46,28 @@ class Bed:
     relay: Child
     relay_port: int
     stop_upstream: object
+    before: ServeStack | None = None
+    """The stack of the code at `bench --before REV`, when asked for."""
 
     def pids(self) -> dict[str, int]:
-        return {
+        found = {
             "upstream": self.upstream_pid,
             "gate": self.stack.gate_pid,
             "broker": self.stack.broker_pid,
             "studio": self.studio.pid,
             "relay": self.relay.pid,
         }
+        if self.before is not None:
+            found.update(before_gate=self.before.gate_pid, before_broker=self.before.broker_pid)
+        return found
+
+    def stack_for(self, lane: str) -> ServeStack:
+        """The serve stack a negotiated lane goes through: this code's (`direct`) or REV's (`before`)."""
+        if lane == "before":
+            if self.before is None:
+                raise ValueError("no before stack in this run (bench --before REV)")
+            return self.before
+        return self.stack
 
     def target(self, lane: str) -> Target:
         chat = "/v1/chat/completions"
@@ -74,12 +89,14 @@ class Bed:
         return None
 
     def stop(self) -> None:
-        for step in (self.stack.stop, self.studio.stop, self.relay.stop, self.stop_upstream):
+        steps = (self.stack.stop, *([self.before.stop] if self.before else []), self.studio.stop, self.relay.stop,
+                 self.stop_upstream)
+        for step in steps:
             step()  # type: ignore[operator]  # stop_upstream is set once the bed is built
 
 
 def _front(name: str, socket_path: Path, key: str, upstream_pid: int, stop_upstream: object, work: Path,
-           *, alias: str, max_tokens: int) -> Bed:
+           *, alias: str, max_tokens: int, before: Path | None = None) -> Bed:
     started: list[object] = []
     try:
         studio_sock, studio_port = listening_socket()
@@ -96,16 +113,21 @@ def _front(name: str, socket_path: Path, key: str, upstream_pid: int, stop_upstr
         started.append(relay.stop)
         stack = start_stack(name, socket_path, key, work, alias=alias, max_tokens=max_tokens)
         started.append(stack.stop)
+        old = None
+        if before is not None:
+            old = start_stack(f"{name}-before", socket_path, key, work, alias=alias, max_tokens=max_tokens,
+                              source=before)
+            started.append(old.stop)
         wait_for_port(studio_port, studio)
         wait_for_port(relay_port, relay)
     except BaseException:
         for stop in reversed(started):
             stop()  # type: ignore[operator]  # only what was started is in `started`
         raise
-    return Bed(name, socket_path, key, upstream_pid, stack, studio, studio_port, relay, relay_port, stop_upstream)
+    return Bed(name, socket_path, key, upstream_pid, stack, studio, studio_port, relay, relay_port, stop_upstream, old)
 
 
-def synthetic_bed(work: Path, *, max_tokens: int) -> Bed:
+def synthetic_bed(work: Path, *, max_tokens: int, before: Path | None = None) -> Bed:
     """The synthetic upstream at full speed, and the lanes in front of it."""
     key = secrets.token_urlsafe(32)
     socket_path = work / "synthetic.sock"
@@ -114,13 +136,13 @@ def synthetic_bed(work: Path, *, max_tokens: int) -> Bed:
     try:
         wait_for_socket(socket_path, upstream)
         return _front("synthetic", socket_path, key, upstream.pid, upstream.stop, work, alias=SYNTHETIC_ALIAS,
-                      max_tokens=max_tokens)
+                      max_tokens=max_tokens, before=before)
     except BaseException:
         upstream.stop()
         raise
 
 
-def real_bed(work: Path, *, max_tokens: int, router: bool = False) -> Bed:
+def real_bed(work: Path, *, max_tokens: int, router: bool = False, before: Path | None = None) -> Bed:
     """A real llama-server with SmolLM2, started here so that the benchmark holds its key.
 
     `router`: llama-server's router over two presets of the same file (`ROUTER_MODELS`), one loaded
@@ -153,7 +175,7 @@ def real_bed(work: Path, *, max_tokens: int, router: bool = False) -> Bed:
         key = server.authorization().decode().removeprefix("Bearer ")
         assert server.pid is not None
         return _front(name, server.socket_path, key, server.pid, server.stop, work,
-                      alias=ROUTER_MODELS[0] if router else REAL_ALIAS, max_tokens=max_tokens)
+                      alias=ROUTER_MODELS[0] if router else REAL_ALIAS, max_tokens=max_tokens, before=before)
     except BaseException:
         server.stop()
         raise

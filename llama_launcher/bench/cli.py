@@ -18,7 +18,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llama_launcher.bench import fleet, haproxy_anchor, machine, models, report, request_cost, scenarios, soak, summary
+from llama_launcher.bench import (
+    before,
+    fleet,
+    haproxy_anchor,
+    machine,
+    models,
+    report,
+    request_cost,
+    scenarios,
+    soak,
+    summary,
+)
 from llama_launcher.bench.beds import ROUTER_MODELS, SYNTHETIC_ALIAS, Bed, real_bed, synthetic_bed
 from llama_launcher.bench.processes import raise_fd_limit, run_loop
 
@@ -43,7 +54,10 @@ class Plan:
     settle: float
     cost_requests: int = 20
     cost_rounds: int = 3
-    idle_seconds: float = 3.0
+    idle_seconds: float = 15.0
+    """One idle window; the windows start after `idle_settle` seconds of quiet (`request_cost.idle_windows`)."""
+    idle_settle: float = 10.0
+    idle_windows: int = 2
     real: bool = True
     model_ttfts: int = 50
     """One-token streams per lane for P3 on each real upstream, single-model and router."""
@@ -57,6 +71,8 @@ class Plan:
     fleet_streams: int = 64
     fleet_tokens: int = 2_000
     fleet_requests: int = 100
+    before: str | None = None
+    """`--before REV`: the code at REV measured beside this code (P3 synthetic and real, P5, P7, idle)."""
 
 
 FULL = Plan(
@@ -68,7 +84,8 @@ FULL = Plan(
 QUICK = Plan(
     reps=1, levels=(1, 4), real_tokens={1: 8, 4: 4}, synthetic_tokens={1: 500, 4: 100}, negotiations=10,
     verifications=50, held_streams=20, load_reps=1, load_tokens=50, load_pace=500.0, load_concurrency=2,
-    load_slow=4, load_hammers=2, settle=0.5, cost_requests=10, cost_rounds=2, idle_seconds=1.0,
+    load_slow=4, load_hammers=2, settle=0.5, cost_requests=10, cost_rounds=2, idle_seconds=1.0, idle_settle=0.5,
+    idle_windows=1,
     model_ttfts=5, model_loads=1, router=False, fleet_reps=0,
 )
 
@@ -80,6 +97,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-real", action="store_true", help="skip the real llama-server upstream")
     parser.add_argument("--reps", type=int, help="repetitions per lane and concurrency")
     parser.add_argument("--held", type=int, help="streams held open for the memory measurement")
+    parser.add_argument("--before", metavar="REV", help="also measure the code at git revision REV, in the same "
+                        "run: its own serve stack beside this one (P3, P5, P7, idle); needs this git checkout")
     return parser
 
 
@@ -115,6 +134,11 @@ def run_bench(plan: Plan, out: Path, command: str) -> dict[str, Any]:
     results: dict[str, Any] = {"machine": machine.describe(), "command": command, "rounds": [], "gate_cost": {}}
     max_tokens = max(max(plan.synthetic_tokens.values()), plan.load_tokens, 10_000)
     try:
+        tree = before.materialise(plan.before, work) if plan.before else None
+        old = tree.path if tree else None
+        if tree is not None:
+            results["before"] = {"rev": tree.rev, "commit": tree.commit}
+            _say(f"the code at {tree.rev} ({tree.commit[:12]}) runs beside this code's")
         if plan.real:
             _say("starting a real llama-server and the lanes in front of it")
 
@@ -125,6 +149,8 @@ def run_bench(plan: Plan, out: Path, command: str) -> dict[str, Any]:
                     bed, scenarios.chat_body(real=True, max_tokens=1), count=plan.cost_requests,
                     rounds=plan.cost_rounds, kept_alive=True)
                 results["many_models"]["single"] = await models.lane_vs_raw(bed, plan.model_ttfts)
+                if bed.before is not None:
+                    results["first_token_real"] = await scenarios.first_token(bed, plan.model_ttfts, real=True)
 
             async def on_router(bed: Bed) -> None:
                 results["many_models"]["router"] = await models.lane_vs_raw(
@@ -132,7 +158,7 @@ def run_bench(plan: Plan, out: Path, command: str) -> dict[str, Any]:
                 results["many_models"]["loads"] = await models.cold_and_warm(bed, plan.model_loads)
 
             results["many_models"] = {}
-            _with_bed(lambda: real_bed(work, max_tokens=max(plan.real_tokens.values()) * 4), on_real)
+            _with_bed(lambda: real_bed(work, max_tokens=max(plan.real_tokens.values()) * 4, before=old), on_real)
             if plan.router:
                 _say("starting a real llama-server router (two models, one loaded at a time) and the lanes")
                 _with_bed(lambda: real_bed(work, max_tokens=max(plan.real_tokens.values()) * 4, router=True),
@@ -141,8 +167,13 @@ def run_bench(plan: Plan, out: Path, command: str) -> dict[str, Any]:
         _say("starting the synthetic upstream and the lanes in front of it")
 
         async def on_synthetic(bed: Bed) -> None:
-            results["idle_cpu"] = await request_cost.idle_cpu(
-                {"gate": bed.stack.gate_pid, "broker": bed.stack.broker_pid}, plan.idle_seconds)
+            idle = {name: pid for name, pid in bed.pids().items() if name.endswith(("gate", "broker"))}
+            results["idle"] = await request_cost.idle_windows(idle, settle=plan.idle_settle,
+                                                              seconds=plan.idle_seconds, windows=plan.idle_windows)
+            results["idle_cpu"] = {name: results["idle"]["ms_per_s"][name] for name in ("gate", "broker")}
+            if "before" in results:
+                results["before"]["idle_cpu"] = {name: results["idle"]["ms_per_s"][f"before_{name}"]
+                                                 for name in ("gate", "broker")}
             results["rounds"] += await scenarios.throughput(
                 bed, real=False, levels=plan.levels, tokens=plan.synthetic_tokens, reps=plan.reps, say=_say)
             results["gate_cost"]["synthetic"] = await request_cost.gate_cost(
@@ -164,8 +195,10 @@ def run_bench(plan: Plan, out: Path, command: str) -> dict[str, Any]:
                 bed, work, reps=plan.load_reps, concurrency=plan.load_concurrency, max_tokens=plan.load_tokens,
                 pace=plan.load_pace, slow=plan.load_slow, hammers=plan.load_hammers, settle=plan.settle, say=_say)
 
-        _with_bed(lambda: synthetic_bed(work, max_tokens=max_tokens), on_synthetic)
+        _with_bed(lambda: synthetic_bed(work, max_tokens=max_tokens, before=old), on_synthetic)
         results["verification"] = scenarios.verification_cost(plan.verifications)
+        if old is not None:
+            results["before"]["verification"] = before.verification_cost(old, plan.verifications)
         if plan.fleet_reps:
             _say("the fleet: one gate in front of 1, 2 and 4 synthetic upstreams; two gates on one Redis")
             results["fleet"] = {
@@ -187,7 +220,7 @@ def run_bench(plan: Plan, out: Path, command: str) -> dict[str, Any]:
 def bench(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     plan = QUICK if args.quick else FULL
-    overrides: dict[str, Any] = {"real": not args.no_real}
+    overrides: dict[str, Any] = {"real": not args.no_real, "before": args.before}
     if args.reps:
         overrides["reps"] = args.reps
     if args.held:

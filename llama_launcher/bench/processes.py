@@ -77,6 +77,7 @@ class Child:
         *,
         env: dict[str, str] | None = None,
         pass_fds: Sequence[int] = (),
+        cwd: Path | None = None,
     ) -> None:
         self.name = name
         self.log_path = log_path
@@ -89,6 +90,7 @@ class Child:
                 stderr=subprocess.STDOUT,
                 env={**os.environ, **(env or {})},
                 pass_fds=tuple(pass_fds),
+                cwd=cwd,
                 start_new_session=True,
                 preexec_fn=lambda: _die_with_parent(parent),
             )

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from llama_launcher.bench import fleet, models
+from llama_launcher.bench import before, fleet, models
 from llama_launcher.bench.machine import one_line
 from llama_launcher.bench.summary import Verdict, anchor, verdicts
 
@@ -20,6 +20,7 @@ LABELS = {
     "baseline": "(c) broker baseline",
     "studio": "(d) Studio-style proxy",
     "relay": "bare relay (floor)",
+    "before": "(b) direct lane, the code before (`--before`)",
     "haproxy": "HAProxy 2.6 in the gate's place (ES256)",
 }
 UPSTREAMS = {"real": "real llama-server (SmolLM2-135M Q4_1)", "synthetic": "synthetic upstream, max rate"}
@@ -94,6 +95,11 @@ def render_markdown(results: dict[str, Any]) -> str:
                  for lane, entry in first.items()]
         notes.append("- Time to first token alone (one-token streams one after another, synthetic upstream): "
                      + "; ".join(parts) + ".")
+    real = results.get("first_token_real", {})
+    if real:
+        notes.append("- Time to first token alone, real model: " + "; ".join(
+            f"{LABELS.get(lane, lane)} {_num(entry['p50_ms'], '.2f')} ms p50, {_num(entry['p99_ms'], '.2f')} ms p99"
+            for lane, entry in real.items()) + ".")
     negotiation = results.get("negotiation")
     if negotiation:
         notes.append(f"- Negotiation (`POST /direct-stream` through the public port, {negotiation['count']} in a row): "
@@ -111,7 +117,10 @@ def render_markdown(results: dict[str, Any]) -> str:
         notes.append(f"- Gate CPU per lane request (P7, {upstream} upstream, {how}, {entry['count']} requests × "
                      f"{len(entry['rounds'])} rounds, tokens negotiated first, idle background subtracted): "
                      f"{entry['gate_ms_per_request']:.3f} ms "
-                     f"(the broker meanwhile: {entry['broker_ms_per_request']:.3f} ms).")
+                     f"(the broker meanwhile: {entry['broker_ms_per_request']:.3f} ms)"
+                     + (f"; the code before: {entry['before']['gate_ms_per_request']:.3f} ms "
+                        f"(its broker: {entry['before']['broker_ms_per_request']:.3f} ms)" if "before" in entry else "")
+                     + ".")
     idle = results.get("idle_cpu")
     if idle:
         notes.append("- Idle (nothing asked): " + ", ".join(f"{name} {ms:.2f} ms of CPU per second"
@@ -124,6 +133,7 @@ def render_markdown(results: dict[str, Any]) -> str:
     if notes:
         lines += ["", *notes]
     lines += anchor_table(results)
+    lines += before.render(results)
     many = results.get("many_models")
     if many:
         lines += ["", "Many models: the lane against raw llama-server, single-model upstream beside a router:", ""]

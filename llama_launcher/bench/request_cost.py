@@ -75,25 +75,55 @@ async def gate_cost(bed: Bed, body: dict[str, Any], *, count: int, rounds: int, 
     """Gate CPU per lane request (P7): `rounds` rounds of `count` requests, tokens negotiated first.
 
     `kept_alive`: one client connection for the whole round (as a browser or SDK reuses one);
-    otherwise each request asks for `Connection: close`.
+    otherwise each request asks for `Connection: close`. A bed with a `before` stack (`bench
+    --before REV`) measures REV's gate in rounds alternating with this code's (each goes first in
+    turn), and its figures come under `before`.
     """
-    pids = {"gate": bed.stack.gate_pid, "broker": bed.stack.broker_pid}
+    stacks = {"after": bed.stack, **({"before": bed.before} if bed.before is not None else {})}
+    names = list(stacks)
+    per_round: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for index in range(rounds):
+        shift = index % len(names)
+        for name in [*names[shift:], *names[:shift]]:
+            per_round[name].append(await _round(stacks[name], body, count, kept_alive, idle_s))
+    found = _reduce(per_round["after"], count, kept_alive)
+    if "before" in per_round:
+        found["before"] = _reduce(per_round["before"], count, kept_alive)
+    return found
+
+
+async def _round(stack: ServeStack, body: dict[str, Any], count: int, kept_alive: bool,
+                 idle_s: float) -> dict[str, Any]:
+    pids = {"gate": stack.gate_pid, "broker": stack.broker_pid}
     payload = json.dumps(body).encode()
-    per_round: list[dict[str, Any]] = []
-    for _ in range(rounds):
-        target, tokens = await tokens_for(bed.stack, count, body["max_tokens"])
-        idle = await idle_cpu(pids, idle_s)
-        before, started = thread_cpu_ns_of(pids), time.perf_counter()
-        statuses = await (_kept(target, tokens, payload) if kept_alive else _closed(target, tokens, payload))
-        after, wall = thread_cpu_ns_of(pids), time.perf_counter() - started
-        per_round.append({
-            "ok": sum(1 for s in statuses if s == 200), "count": count, "wall_s": wall, "idle_ms_per_s": idle,
+    target, tokens = await tokens_for(stack, count, body["max_tokens"])
+    idle = await idle_cpu(pids, idle_s)
+    before, started = thread_cpu_ns_of(pids), time.perf_counter()
+    statuses = await (_kept(target, tokens, payload) if kept_alive else _closed(target, tokens, payload))
+    after, wall = thread_cpu_ns_of(pids), time.perf_counter() - started
+    return {"ok": sum(1 for s in statuses if s == 200), "count": count, "wall_s": wall, "idle_ms_per_s": idle,
             "ms_per_request": {name: net_ms_per_request(after[name] - before[name], wall, idle[name], count)
-                               for name in pids},
-        })
+                               for name in pids}}
+
+
+def _reduce(per_round: list[dict[str, Any]], count: int, kept_alive: bool) -> dict[str, Any]:
     return {"count": count, "rounds": per_round, "kept_alive": kept_alive,
             "gate_ms_per_request": median([r["ms_per_request"]["gate"] for r in per_round]),
             "broker_ms_per_request": median([r["ms_per_request"]["broker"] for r in per_round])}
+
+
+async def idle_windows(pids: dict[str, int], *, settle: float, seconds: float, windows: int) -> dict[str, Any]:
+    """The idle floor, measured properly: after `settle` seconds of quiet (a broker polls its gate at
+    the fast rate for a while after a negotiation or a start), `windows` windows of `seconds` each,
+    every process read in the same windows; the median window per process, in ms of CPU per second.
+
+    Every stack of the bed sits idle in the same windows, so this code's and REV's (`--before`)
+    floors are measured side by side, under the same background.
+    """
+    await asyncio.sleep(settle)
+    found = [await idle_cpu(pids, seconds) for _ in range(windows)]
+    return {"settle_s": settle, "window_s": seconds, "windows": found,
+            "ms_per_s": {name: median([w[name] for w in found]) for name in pids}}
 
 
 async def _kept(target: Target, tokens: Sequence[str], payload: bytes) -> list[int]:

@@ -40,6 +40,9 @@ from llama_launcher.bench.stats import median, percentile
 REAL_PROMPT = "Write a long story about a robot who learns to paint. Describe every color it mixes."
 Say = Callable[[str], None]
 T = TypeVar("T")
+NEGOTIATED = ("direct", "before")
+"""The lanes whose request needs a token from a broker first: this code's, and REV's (`--before`)."""
+FIRST_TOKEN_PROCESSES = ("gate", "broker", "relay", "before_gate", "before_broker")
 
 
 def chat_body(*, real: bool, max_tokens: int, pace: float = 0.0) -> dict[str, Any]:
@@ -64,10 +67,10 @@ def _failed(negotiation: float | None = None) -> StreamResult:
 
 
 async def _lane_target(bed: Bed, lane: str, max_tokens: int) -> tuple[Target, str | None, float | None]:
-    if lane != "direct":
+    if lane not in NEGOTIATED:
         return bed.target(lane), bed.authorization(lane), None
-    seconds, answer = await negotiate(Target(bed.stack.public, "/"), bed.stack.access_token,
-                                      {"max_tokens": max_tokens})
+    stack = bed.stack_for(lane)
+    seconds, answer = await negotiate(Target(stack.public, "/"), stack.access_token, {"max_tokens": max_tokens})
     url = urllib.parse.urlsplit(answer["url"])
     assert url.hostname is not None and url.port is not None
     return Target((url.hostname, url.port), url.path + CHAT_PATH), f"Bearer {answer['token']}", seconds
@@ -152,7 +155,7 @@ async def throughput(bed: Bed, *, real: bool, levels: Sequence[int], tokens: dic
 
 
 async def first_token(bed: Bed, count: int, lanes: Sequence[str] = ("raw", "relay", "direct"),
-                      anchor: Anchor | None = None) -> dict[str, Any]:
+                      anchor: Anchor | None = None, *, real: bool = False) -> dict[str, Any]:
     """Added time to first token, alone: one-token streams one after another, lanes interleaved.
 
     Nothing else runs, so this is each lane's own latency (the direct lane's request half:
@@ -163,11 +166,15 @@ async def first_token(bed: Bed, count: int, lanes: Sequence[str] = ("raw", "rela
     window first, is subtracted over the window's wall time.
 
     `anchor`: HAProxy in the gate's place (`haproxy_anchor`), measured as one more lane, its token
-    minted before the clock starts as the direct lane's is negotiated before it.
+    minted before the clock starts as the direct lane's is negotiated before it. A bed with a
+    `before` stack measures it as one more lane, `before`, negotiated as `direct` is. `real`: the
+    real model's prompt (the bed's upstream is llama-server).
     """
-    body = chat_body(real=False, max_tokens=1)
+    body = chat_body(real=real, max_tokens=1)
     payload = json.dumps(body).encode()
-    pids = {name: pid for name, pid in bed.pids().items() if name in ("gate", "broker", "relay")}
+    pids = {name: pid for name, pid in bed.pids().items() if name in FIRST_TOKEN_PROCESSES}
+    if bed.before is not None and "before" not in lanes:
+        lanes = (*lanes, "before")
     if anchor is not None:
         lanes = (*lanes, haproxy_anchor.LANE)
         pids[haproxy_anchor.LANE] = anchor.pid

@@ -58,10 +58,12 @@ class ServeStack:
 
 def start_stack(name: str, upstream_socket: Path | Sequence[Path], upstream_key: str, work: Path, *, alias: str,
                 max_tokens: int, timeout: float = 120.0, extra: Sequence[str] = (),
-                env: dict[str, str] | None = None) -> ServeStack:
+                env: dict[str, str] | None = None, source: Path | None = None) -> ServeStack:
     """Start serve attached to `upstream_socket` (several: one gate routing among them, all with one
     key); returns once it is ready and its gate holds the keys. `extra`: more serve flags, `env` more
-    environment (a Redis URL).
+    environment (a Redis URL). `source`: another tree of the code (`before.materialise`), whose own
+    serve, broker and gate run instead of this one's: it comes first on their `PYTHONPATH` and is
+    their working directory, and its children inherit both.
 
     The ready line can come a moment before the gate has pulled the broker's public keys, so a
     token minted at once may meet an unknown key; waiting two pull intervals rules that out.
@@ -76,7 +78,9 @@ def start_stack(name: str, upstream_socket: Path | Sequence[Path], upstream_key:
          "--port", "0", "--data-dir", str(data_dir), *[a for s in sockets for a in ("--upstream", f"unix:{s}")],
          "--max-tokens", str(max_tokens), "--model-alias", alias, *extra],
         work / f"{name}-serve.log",
-        env={UPSTREAM_KEY_ENV: upstream_key, ACCESS_TOKEN_ENV: access, **(env or {})},
+        env={UPSTREAM_KEY_ENV: upstream_key, ACCESS_TOKEN_ENV: access, **(env or {}),
+             **({"PYTHONPATH": str(source)} if source is not None else {})},
+        cwd=source,
     )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -88,7 +92,7 @@ def start_stack(name: str, upstream_socket: Path | Sequence[Path], upstream_key:
             parts = urllib.parse.urlsplit(ready)
             assert parts.hostname is not None and parts.port is not None
             time.sleep(KEY_PULL_WAIT)
-            return ServeStack(
+            stack = ServeStack(
                 child=child,
                 public=(parts.hostname, parts.port),
                 access_token=access,
@@ -96,6 +100,19 @@ def start_stack(name: str, upstream_socket: Path | Sequence[Path], upstream_key:
                 gate_pid=child_running(child.pid, "llama_launcher.gate"),
                 broker_pid=child_running(child.pid, "broker"),
             )
+            if source is not None and not _runs_in(source, stack):
+                stack.stop()
+                raise RuntimeError(f"the {name} stack's broker and gate did not run from {source.name}")
+            return stack
         time.sleep(0.05)
     child.stop()
     raise RuntimeError("serve was not ready in time")
+
+
+def _runs_in(source: Path, stack: ServeStack) -> bool:
+    """Whether the stack's gate and broker run in `source` (their cwd, first on their `sys.path`)."""
+    try:
+        return all(Path(f"/proc/{pid}/cwd").resolve() == source.resolve()
+                   for pid in (stack.gate_pid, stack.broker_pid))
+    except OSError:
+        return False

@@ -223,7 +223,7 @@ def _request_verdicts(results: dict[str, Any]) -> list[Verdict]:
     return found
 
 
-ANCHOR_LANES = {"relay": "relay", "direct": "gate", "haproxy": "haproxy"}
+ANCHOR_LANES = {"relay": "relay", "direct": "gate", "before": "before_gate", "haproxy": "haproxy"}
 """first_token's lanes in the anchor table, each with the process whose CPU is its own."""
 
 
