@@ -115,7 +115,7 @@ class Gate:
     def _verify(self, token: str) -> Claims:
         return verify(
             token,
-            keys=self.keyset.keys,
+            keys=self.keyset.trusted,
             audience=self.config.audience,
             issuer=self.config.issuer,
             now=time.time(),
