@@ -71,6 +71,8 @@ class Gate:
         answer = await self.pool.snapshot()
         if self.not_issued_before is not None:
             answer = {**answer, "not_issued_before": self.not_issued_before}
+        if self.keyset.sources:  # other brokers' JWKS: host, key count and age, never the URL's path
+            answer = {**answer, "jwks": self.keyset.freshness()}
         return answer
 
     def policy_for(self, member: Member, model: str) -> ShapingPolicy:
