@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import pytest
+from tls_jwks import make_pki
 
 from broker.signing_keys import SigningKey
+from llama_launcher import cli
 from llama_launcher.gate.config import GateConfig
 from llama_launcher.gate.jwks_document import (
     MAX_JWKS_BYTES,
@@ -26,6 +30,8 @@ from llama_launcher.gate.jwks_document import (
 ED = SigningKey.generate("EdDSA")
 EC = SigningKey.generate("ES256")
 JSON = {"content-type": "application/json"}
+with tempfile.TemporaryDirectory() as _base:
+    CA_PEM = make_pki(Path(_base)).ca_file.read_text()
 
 
 def _body(*keys: Any) -> bytes:
@@ -173,3 +179,37 @@ def test_the_caps_on_size_and_key_count() -> None:
 def test_only_a_sane_validator_is_kept(etag: str, kept: bool) -> None:
     fresh = read_answer(_body(dict(ED.public_jwk)), {**JSON, "etag": etag}, "broker-b")
     assert fresh.etag == (etag if kept else None)
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["--issuer", "a", "--issuer", "b", "--issuer-jwks", "b=http://b.example/jwks"],
+     "--issuer-jwks b: only https:// URLs (keys must not travel in clear text)"),
+    (["--issuer-jwks", "b=https://b.example/jwks"], "--issuer-jwks needs --issuer"),
+    (["--issuer", "a", "--issuer-jwks", "b=https://b.example/jwks"], "not one of the accepted --issuer names"),
+    (["--issuer", "a", "--issuer", "b", "--issuer-jwks", "a=https://a.example/jwks"], "this broker's own issuer"),
+    (["--issuer", "a", "--jwks-ca-file", "/nonexistent.pem"], "--jwks-ca-file needs --issuer-jwks"),
+    (["--issuer", "a", "--issuer", "b", "--issuer-jwks", "b=https://b.example/jwks", "--jwks-ca-file", "/dev/null"],
+     "--jwks-ca-file: not a readable PEM file of CA certificates"),
+])
+def test_serve_refuses_a_bad_source_in_one_line_before_anything_starts(
+    argv: list[str], expected: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    launched: list[object] = []
+    monkeypatch.setattr(cli, "_launch_spec", lambda *a: launched.append(a))
+    code = cli.main(["serve", "--data-dir", str(tmp_path / "d"), "--upstream", "http://127.0.0.1:9", *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and launched == []
+    assert err.startswith("llama-direct: error: ") and expected in err and err.count("\n") == 1
+
+
+def test_serve_hands_the_sources_to_the_gate(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text(CA_PEM)
+    args = cli._parser().parse_args(["serve", "--issuer", "a", "--issuer", "b", "--issuer-jwks",
+                                     "b=https://b.example/.well-known/jwks.json", "--jwks-ca-file", str(ca),
+                                     "--jwks-interval", "45"])
+    assert cli._jwks_settings(args) == {"issuer_jwks": [["b", "https://b.example/.well-known/jwks.json"]],
+                                        "jwks_ca_file": str(ca.resolve()), "jwks_interval": 45.0}
+    assert cli._jwks_settings(cli._parser().parse_args(["serve"])) == {}
