@@ -92,6 +92,8 @@ class RemoteJwks:
     async def aclose(self) -> None:
         if self._pulling is not None and not self._pulling.done():
             self._pulling.cancel()
+            with contextlib.suppress(asyncio.CancelledError):  # its connection closed before the client
+                await self._pulling
         await self._client.aclose()
 
     async def _pull(self) -> bool:

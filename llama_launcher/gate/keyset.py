@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 UNKNOWN_KID_MIN_INTERVAL = 1.0
 PULL_TIMEOUT = 2.0
+SOURCE_WAIT = 2.0
 
 
 class KeySet:
@@ -77,12 +78,22 @@ class KeySet:
 
     async def refresh(self) -> bool:
         """Pull the broker's state and every source now (joining pulls under way); True when the
-        broker's state was read."""
+        broker's state was read.
+
+        A source is waited for `SOURCE_WAIT` seconds at most, so that a slow or unreachable server
+        holds neither the gate's start nor a token with an unknown kid for its whole deadline; its
+        pull goes on, and its keys join `trusted` when it ends.
+        """
         if self._pulling is None or self._pulling.done():
             self._pulling = asyncio.ensure_future(self._pull(known=""))
-        read, *_ = await asyncio.gather(asyncio.shield(self._pulling), *(s.pull() for s in self.sources))
+        pulls = [asyncio.ensure_future(source.pull()) for source in self.sources]
+        for pull in pulls:
+            pull.add_done_callback(lambda _: self._join())
+        read = await asyncio.shield(self._pulling)
+        if pulls:
+            await asyncio.wait(pulls, timeout=SOURCE_WAIT)
         self._join()
-        return bool(read)
+        return read
 
     async def refresh_for_unknown_kid(self) -> bool:
         """One extra pull for a token whose kid is unknown; False when rate-limited or failed."""
@@ -121,6 +132,8 @@ class KeySet:
     async def aclose(self) -> None:
         if self._pulling is not None and not self._pulling.done():
             self._pulling.cancel()
+            with contextlib.suppress(asyncio.CancelledError):  # its connection closed before the client
+                await self._pulling
         await self._client.aclose()
         for source in self.sources:
             await source.aclose()

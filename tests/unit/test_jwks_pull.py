@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import tempfile
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,9 @@ from test_proxy import ask
 from tls_jwks import JwksServer, Pki, make_pki
 
 from broker.signing_keys import SigningKey
-from llama_launcher.gate.jwks_document import MAX_JWKS_BYTES
+from llama_launcher.gate.jwks_document import MAX_JWKS_BYTES, JwksSource
+from llama_launcher.gate.jwks_pull import RemoteJwks, tls_context
+from llama_launcher.gate.keyset import SOURCE_WAIT, KeySet
 
 B = "broker-b"
 Scenario = Callable[[Harness, JwksServer, SigningKey], Awaitable[None]]
@@ -181,3 +184,28 @@ def test_a_plain_http_source_is_refused_before_the_gate_starts() -> None:
 
     with pytest.raises(ValueError, match="only https://"):
         asyncio.run(main())
+
+
+def test_a_source_that_never_answers_holds_a_refresh_two_seconds_at_most() -> None:
+    async def main() -> None:
+        release = asyncio.Event()
+
+        async def hold(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await release.wait()  # accepts, never speaks TLS
+            writer.close()
+            await writer.wait_closed()
+
+        server = await asyncio.start_server(hold, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        keyset = KeySet("/nonexistent/control.sock", sources=[
+            RemoteJwks(JwksSource(B, f"https://127.0.0.1:{port}/jwks"), tls_context(None))], own=frozenset())
+        started = time.monotonic()
+        assert not await keyset.refresh()
+        assert time.monotonic() - started < SOURCE_WAIT + 1.0
+        release.set()  # the server hangs up: the pull still under way fails and closes its socket
+        assert not await keyset.sources[0].pull()
+        await keyset.aclose()
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(asyncio.wait_for(main(), 20))
