@@ -7,7 +7,8 @@ itself and for no other broker, whatever kids it chooses. ISSUER must be an acce
 not the gate's own broker (whose keys come over the control socket).
 
 The answer is bounded before it is read (`MAX_JWKS_BYTES`, `MAX_JWKS_KEYS`) and read strictly: a
-document that is not a JWKS is a failed pull (the gate keeps what it had); inside a good one, a key
+document that is not a JWKS, or holds no usable key, is a failed pull (the gate keeps what it had,
+and never empties the set); inside a good one, a key
 that is not for signatures, not Ed25519/EdDSA or P-256/ES256 with its `alg` stated, broken, a
 second use of a kid, or one that carries private members, is skipped with a reason, and the rest
 are kept. Reasons name the entry's position, never its text, which the remote chose.
@@ -177,6 +178,8 @@ def read_jwks(body: bytes, issuer: str) -> tuple[PublicKeySet, tuple[str, ...]]:
             keys[entry["kid"]] = (entry["alg"], public_key_from_jwk(entry))
         except ValueError:
             skipped.append(f"key {n}: not a valid public key")
+    if not keys:  # a broker always publishes the key it signs with: empty is broken, not a rotation
+        raise JwksError(f"the JWKS holds no usable key ({len(skipped)} skipped)")
     return PublicKeySet(MappingProxyType(keys), frozenset({issuer})), tuple(skipped)
 
 

@@ -159,7 +159,7 @@ def test_keys_that_cannot_verify_are_skipped_with_a_reason_that_quotes_nothing_r
 
 
 @pytest.mark.parametrize("body", [b"", b"{", b"[]", b'{"keys": {}}', b'{"keys": null}', b"[" * 100_000,
-                                  b"\xff\xfe"])
+                                  b"\xff\xfe", b'{"keys": []}', b'{"keys": [{"kty": "RSA"}]}'])
 def test_a_document_that_is_not_a_jwks_is_a_failed_pull(body: bytes) -> None:
     with pytest.raises(JwksError):
         read_answer(body, JSON, "broker-b")

@@ -145,6 +145,7 @@ def _redirect(server: JwksServer, location: bytes) -> None:
     (lambda s: setattr(s, "body", b"<html>"), "not JSON"),
     (lambda s: _redirect(s, b"http://127.0.0.1:1/jwks"), "answered 302"),
     (lambda s: setattr(s, "jwks", {"nope": 1}), "not a JWKS"),
+    (lambda s: setattr(s, "jwks", {"keys": []}), "the JWKS holds no usable key (0 skipped)"),
 ])
 def test_a_bad_answer_keeps_the_keys(change: Callable[[JwksServer], Any], words: str,
                                      caplog: pytest.LogCaptureFixture) -> None:
