@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gate_fakes import ISSUER, Harness, chat_request, running_gate
-from test_proxy import ask
+from gate_fakes import ISSUER, Client, Harness, chat_request, running_gate
 from tls_jwks import JwksServer, Pki, make_pki
 
 from broker.signing_keys import SigningKey
@@ -50,7 +49,14 @@ def run(scenario: Scenario, *, other_ca: bool = False, **settings: Any) -> None:
 
 
 async def status_of(h: Harness, token: str) -> tuple[int, str | None]:
-    response = await ask(h, chat_request(token))
+    """One lane request with `token`: its status, and the refusal's reason when it was refused."""
+    assert h.port is not None
+    client = await Client.open(h.port)
+    try:
+        await client.send(chat_request(token))
+        response = await client.response()
+    finally:
+        client.close()
     reason = response.json()["error"]["reason"] if response.status != 200 else None
     return response.status, reason
 
