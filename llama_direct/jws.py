@@ -9,6 +9,7 @@ this core for verification only; minting stays on PyJWT (`tokens.mint`).
 What it keeps of PyJWT, check by check and in PyJWT's order, so the refusals stay the same:
 the header picks the key by `kid` and the key's own algorithm must equal the header's `alg` (a
 token cannot choose its algorithm: `none`, HS256 or a mismatch is refused before any crypto);
+a key pulled from another broker's JWKS signs only for that broker's `iss` (`keys.TrustedKeys`);
 exactly three segments, each canonical unpadded base64url (stricter than PyJWT, which accepts
 `=` padding); header and payload JSON objects (read by `json`'s own scanner; whitespace
 around the object is refused, which PyJWT allows); `crit` only as PyJWT allows it, and `b64: false`
@@ -31,7 +32,7 @@ import json.scanner
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from llama_direct.keys import PublicKeySet
+from llama_direct.keys import KeyChecks, SignatureCheck
 from llama_direct.refusals import (
     AlgorithmNotAllowed,
     BadSignature,
@@ -61,7 +62,7 @@ _MAX_VERIFIED_HEADERS = 64
 
 def decode(
     token: str,
-    keys: PublicKeySet,
+    keys: KeyChecks,
     *,
     audience: str,
     issuer: str | Sequence[str],
@@ -81,11 +82,11 @@ def decode(
         kid = header.get("kid")
     else:
         alg, kid = known
-    entry = keys.checks.get(kid) if isinstance(kid, str) else None
-    if entry is None:
+    candidates = keys.checks.get(kid) if isinstance(kid, str) else None
+    if candidates is None:
         raise UnknownKey()
-    key_alg, signature_ok = entry
-    if key_alg != alg:
+    fitting = [(check, bound) for key_alg, check, bound in candidates if key_alg == alg]
+    if not fitting:
         raise AlgorithmNotAllowed()
     payload_segment, dot, signature_segment = rest.partition(".")
     if not dot or "." in signature_segment:
@@ -95,15 +96,26 @@ def decode(
     payload_bytes = _b64url(payload_segment)
     signature = _b64url(signature_segment)
     signing_input = token[: len(header_segment) + 1 + len(payload_segment)].encode("ascii")
-    if not signature_ok(signing_input, signature):
-        raise BadSignature()
+    bound = _signer(fitting, signing_input, signature)
     if header is not None:
         if len(_VERIFIED_HEADERS) >= _MAX_VERIFIED_HEADERS:  # the oldest goes: keys rotate for months
             del _VERIFIED_HEADERS[next(iter(_VERIFIED_HEADERS))]
         _VERIFIED_HEADERS[header_segment] = (alg, kid)
     payload = _json_object(payload_bytes)
     _check_registered(payload, audience=audience, issuer=issuer, required=required)
+    if bound is not None and payload["iss"] not in bound:  # a key pulled for one broker, naming another
+        raise WrongIssuer()
     return payload
+
+
+def _signer(
+    fitting: list[tuple[SignatureCheck, frozenset[str] | None]], signing_input: bytes, signature: bytes
+) -> frozenset[str] | None:
+    """The binding of the key that made the signature; one key unless two issuers publish one kid."""
+    for signature_ok, bound in fitting:
+        if signature_ok(signing_input, signature):
+            return bound
+    raise BadSignature()
 
 
 def _b64url(segment: str) -> bytes:

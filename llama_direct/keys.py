@@ -9,10 +9,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
@@ -25,23 +25,42 @@ from nacl.exceptions import BadSignatureError
 PublicKey = Ed25519PublicKey | ec.EllipticCurvePublicKey
 SignatureCheck = Callable[[bytes, bytes], bool]
 """(signing input, signature) -> whether the signature is the key's, with the key's own algorithm."""
+Candidate = tuple[str, SignatureCheck, frozenset[str] | None]
+"""One key a kid may name: (its algorithm, its signature check, the `iss` it may sign for, None: any
+that the verifier accepts)."""
 
 _P256_BYTES = 32
 _ED25519_SIGNATURE_BYTES = 64
 _JWK_KINDS = {("OKP", "Ed25519", "EdDSA"), ("EC", "P-256", "ES256")}
 
 
+class KeyChecks(Protocol):
+    """What a verifier reads: kid -> the keys it may name (one, unless two issuers chose one kid)."""
+
+    @property
+    def checks(self) -> Mapping[str, tuple[Candidate, ...]]: ...
+
+
 @dataclass(frozen=True)
 class PublicKeySet:
-    """What the gate holds: kid -> (algorithm, public key)."""
+    """One broker's keys as the gate holds them: kid -> (algorithm, public key).
+
+    `issuers` binds them: a token they verify must name one of these `iss` (None: any accepted one),
+    so a broker whose keys the gate pulled from its own URL cannot sign for another broker.
+    """
 
     keys: Mapping[str, tuple[str, PublicKey]]
-    checks: Mapping[str, tuple[str, SignatureCheck]] = field(init=False, repr=False, compare=False)
-    """kid -> (algorithm, its signature check), built once per key set rather than per token."""
+    issuers: frozenset[str] | None = None
+    checks: Mapping[str, tuple[Candidate, ...]] = field(init=False, repr=False, compare=False)
+    """kid -> its one candidate, the signature check built once per key set rather than per token."""
 
     def __post_init__(self) -> None:
-        checks = {kid: (alg, signature_check(alg, key)) for kid, (alg, key) in self.keys.items()}
+        checks = {kid: ((alg, signature_check(alg, key), self.issuers),) for kid, (alg, key) in self.keys.items()}
         object.__setattr__(self, "checks", MappingProxyType(checks))
+
+    def bound_to(self, issuers: Iterable[str] | None) -> PublicKeySet:
+        """The same keys, allowed to sign for these `iss` only (None: any accepted one)."""
+        return PublicKeySet(self.keys, None if issuers is None else frozenset(issuers))
 
     @classmethod
     def from_jwks(cls, jwks: dict[str, Any]) -> PublicKeySet:
@@ -61,6 +80,42 @@ class PublicKeySet:
                 raise ValueError("each key needs a kid of its own")
             keys[kid] = (kind[2], public_key_from_jwk(jwk))
         return cls(MappingProxyType(keys))
+
+
+@dataclass(frozen=True)
+class TrustedKeys:
+    """Several brokers' key sets as one, each key still bound to its set's issuers.
+
+    A kid two sets share is one candidate when it is the same key with the same algorithm (a shared
+    signing key: its issuers are joined), else both stay, each bound to its own issuers: the verifier
+    tries each and then holds the token's `iss` to the issuers of the key that verified it.
+    """
+
+    sets: tuple[PublicKeySet, ...]
+    checks: Mapping[str, tuple[Candidate, ...]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        merged: dict[str, list[tuple[str, PublicKey, frozenset[str] | None]]] = {}
+        for keyset in self.sets:
+            for kid, (alg, key) in keyset.keys.items():
+                entries = merged.setdefault(kid, [])
+                for n, (other_alg, other_key, other_issuers) in enumerate(entries):
+                    if other_alg == alg and jwk_members(other_key) == jwk_members(key):
+                        entries[n] = (alg, key, _joined(other_issuers, keyset.issuers))
+                        break
+                else:
+                    entries.append((alg, key, keyset.issuers))
+        checks = {kid: tuple((alg, signature_check(alg, key), bound) for alg, key, bound in entries)
+                  for kid, entries in merged.items()}
+        object.__setattr__(self, "checks", MappingProxyType(checks))
+
+    @classmethod
+    def of(cls, sets: Iterable[PublicKeySet]) -> TrustedKeys:
+        return cls(tuple(sets))
+
+
+def _joined(one: frozenset[str] | None, other: frozenset[str] | None) -> frozenset[str] | None:
+    return None if one is None or other is None else one | other
 
 
 def signature_check(algorithm: str, public_key: PublicKey) -> SignatureCheck:

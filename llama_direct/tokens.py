@@ -31,7 +31,7 @@ from llama_direct.refusals import (
 )
 
 if TYPE_CHECKING:
-    from llama_direct.keys import PublicKeySet
+    from llama_direct.keys import KeyChecks
 
 LEEWAY_SECONDS = 5
 DEFAULT_TTL_SECONDS = 30
@@ -204,7 +204,7 @@ def mint(
 def verify(
     token: str,
     *,
-    keys: PublicKeySet,
+    keys: KeyChecks,
     audience: str,
     issuer: str | Sequence[str],
     now: float,

@@ -6,6 +6,7 @@ import argparse
 import ipaddress
 import os
 import secrets
+import ssl
 import sys
 from collections.abc import Callable
 from importlib import resources
@@ -19,6 +20,8 @@ from llama_launcher import model, provision, secret_inputs
 from llama_launcher.attached import AttachedServer
 from llama_launcher.errors import LauncherError
 from llama_launcher.gate.config import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PENDING
+from llama_launcher.gate.jwks_document import JwksSource, check_sources
+from llama_launcher.gate.jwks_pull import tls_context
 from llama_launcher.launch_spec import LaunchSpec
 from llama_launcher.paths import cache_dir, default_data_dir
 from llama_launcher.router_launch import is_router, router_spec
@@ -96,6 +99,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--issuer", type=_name, action="append", default=[], metavar="NAME",
                        help="a broker whose tokens the gate accepts, repeatable; the first is this broker's own "
                        "iss (default: this data dir's broker id)")
+    serve.add_argument("--issuer-jwks", action="append", default=[], metavar="ISSUER=URL",
+                       help="pull that --issuer's public keys from its https:// JWKS URL (repeatable); they verify "
+                       "its tokens only")
+    serve.add_argument("--jwks-ca-file", type=Path, metavar="PEM",
+                       help="trust only these CAs for the --issuer-jwks servers (default: the system's store)")
+    serve.add_argument("--jwks-interval", type=_int_in(5, 3600), default=30, metavar="SECONDS",
+                       help="pull each --issuer-jwks this often (default 30), and at once on an unknown kid")
     serve.add_argument("--redis-url-file", type=Path,
                        help=f"share replay cache, revocations, rate counters and sessions in Redis: its URL, "
                        f"read from this file (or {REDIS_URL_ENV}; never on the command line)")
@@ -273,6 +283,7 @@ def serve(args: argparse.Namespace) -> int:
               flush=True)
     if args.allow_origin and args.gate_port is None:
         raise LauncherError("--allow-origin needs --gate-port: in one-port mode the lane is same-origin")
+    jwks_settings = _jwks_settings(args)
     launch = _launch_spec(args, cache, upstream_keys[0] if upstream_keys else None)
     cert_pair = tls.resolve_tls(args.tls_cert, args.tls_key, args.tls_self_signed, data_dir, args.host)
     if cert_pair is None and not _is_loopback(args.host):
@@ -293,7 +304,7 @@ def serve(args: argparse.Namespace) -> int:
         "model": launch.alias, "max_tokens": args.max_tokens,
         "tls_cert": str(cert_pair[0]) if cert_pair else None, "tls_key": str(cert_pair[1]) if cert_pair else None,
         "max_connections": args.max_connections, "max_pending_per_address": args.max_pending_per_address,
-        "trusted_proxies": list(args.trusted_proxy),
+        "trusted_proxies": list(args.trusted_proxy), **jwks_settings,
     }
     plan = supervisor.StackPlan(
         host=args.host, port=args.port, data_dir=data_dir, launch=launch, access_token=access_token,
@@ -303,6 +314,31 @@ def serve(args: argparse.Namespace) -> int:
         redis_url=secret_inputs.redis_url(args.redis_url_file),
     )
     return supervisor.run(plan)
+
+
+def _jwks_settings(args: argparse.Namespace) -> dict[str, object]:
+    """`--issuer-jwks` checked before anything starts: each an https URL for an accepted issuer other
+    than this broker's own, and a CA file that loads."""
+    if not args.issuer_jwks:
+        if args.jwks_ca_file is not None:
+            raise LauncherError("--jwks-ca-file needs --issuer-jwks")
+        return {}
+    if not args.issuer:
+        raise LauncherError("--issuer-jwks needs --issuer: this broker's own first, then the brokers it trusts")
+    try:
+        sources = [JwksSource.parse(text) for text in args.issuer_jwks]
+        check_sources(sources, args.issuer)
+    except ValueError as error:
+        raise LauncherError(str(error)) from None
+    ca_file = None
+    if args.jwks_ca_file is not None:
+        ca_file = str(args.jwks_ca_file.resolve())
+        try:
+            tls_context(ca_file)
+        except (OSError, ssl.SSLError):
+            raise LauncherError("--jwks-ca-file: not a readable PEM file of CA certificates") from None
+    return {"issuer_jwks": [[source.issuer, source.url] for source in sources], "jwks_ca_file": ca_file,
+            "jwks_interval": float(args.jwks_interval)}
 
 
 def doctor(args: argparse.Namespace) -> int:

@@ -33,6 +33,11 @@ Fields (JSON name = attribute name):
 - `model`: llama-server's `--alias`, reported by `/health`.
 - `max_tokens`: the hard cap on generation length (llama-server's `-n` backstop).
 - `keyset_interval`: seconds before a failed long poll of the JWKS and the revocations is retried.
+- `issuer_jwks`: `[[issuer, url], ...]` (`--issuer-jwks`): other brokers' JWKS, pulled over https; each
+  key pulled signs for its issuer only (`gate/jwks_document.py`). The issuer is an accepted one and
+  not the first (this broker's own).
+- `jwks_ca_file`: a PEM of the CAs that sign those servers' certificates; None: the system's store.
+- `jwks_interval`: seconds between two pulls of each source (and at once on an unknown kid).
 - `connect_timeout`: seconds to open a connection to llama-server or the broker (504 after).
 - `upstream_head_timeout`: seconds llama-server may take to send a response head (504 after).
   Long, because a non-streaming chat answers only once the whole generation is done.
@@ -46,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from llama_direct.lanes import LANE_PREFIX
+from llama_launcher.gate.jwks_document import JwksSource, check_sources
 
 DEFAULT_MAX_BODY_BYTES = 20 * 1024 * 1024
 DEFAULT_MAX_SMALL_BODY_BYTES = 64 * 1024
@@ -78,6 +84,9 @@ class GateConfig:
     max_pending_per_address: int = DEFAULT_MAX_PENDING
     trusted_proxies: tuple[str, ...] = ()
     keyset_interval: float = 0.5
+    issuer_jwks: tuple[tuple[str, str], ...] = ()
+    jwks_ca_file: str | None = None
+    jwks_interval: float = 30.0
     connect_timeout: float = 5.0
     upstream_head_timeout: float = 600.0
 
@@ -94,8 +103,12 @@ class GateConfig:
             raise ValueError("max_body_bytes, max_small_body_bytes and max_tokens must be positive")
         if self.max_connections < 1 or self.max_pending_per_address < 1:
             raise ValueError("max_connections and max_pending_per_address must be positive")
-        if min(self.head_timeout, self.body_timeout, self.keyset_interval, self.connect_timeout) <= 0:
+        if min(self.head_timeout, self.body_timeout, self.keyset_interval, self.connect_timeout,
+               self.jwks_interval) <= 0:
             raise ValueError("timeouts and intervals must be positive")
+        pairs = tuple((str(issuer), str(url)) for issuer, url in self.issuer_jwks)
+        object.__setattr__(self, "issuer_jwks", pairs)
+        check_sources([JwksSource(issuer, url) for issuer, url in pairs], issuers)
 
     @property
     def tls(self) -> bool:
@@ -109,7 +122,7 @@ class GateConfig:
         if unknown:
             raise ValueError(f"unknown gate settings: {', '.join(unknown)}")
         values = dict(data)
-        for name in ("allowed_origins", "trusted_proxies"):
+        for name in ("allowed_origins", "trusted_proxies", "issuer_jwks"):
             if name in values:
                 values[name] = tuple(values[name])
         return cls(**values)
@@ -123,6 +136,7 @@ class GateConfig:
         data["allowed_origins"] = list(self.allowed_origins)
         data["trusted_proxies"] = list(self.trusted_proxies)
         data["issuer"] = list(self.issuer)
+        data["issuer_jwks"] = [list(pair) for pair in self.issuer_jwks]
         return data
 
 

@@ -73,6 +73,8 @@ class Gate:
         answer = await self.pool.snapshot()
         if self.not_issued_before is not None:
             answer = {**answer, "not_issued_before": self.not_issued_before}
+        if self.keyset.sources:  # other brokers' JWKS: host, key count and age, never the URL's path
+            answer = {**answer, "jwks": self.keyset.freshness()}
         return answer
 
     async def policy_for(self, members: Sequence[Member], model: str) -> ShapingPolicy:
@@ -125,7 +127,7 @@ class Gate:
     def _verify(self, token: str) -> Claims:
         return verify(
             token,
-            keys=self.keyset.keys,
+            keys=self.keyset.trusted,
             audience=self.config.audience,
             issuer=self.config.issuer,
             now=time.time(),

@@ -11,6 +11,11 @@ generator against the broker.
 A failed pull keeps what the gate had: an unreachable broker must not empty the key set (which
 would refuse every stream) nor clear the revocations (which would revive revoked tokens); the
 long poll is retried every `interval`.
+
+Other brokers' keys (`--issuer-jwks`, `jwks_pull.RemoteJwks`) are pulled beside, each source every
+`jwks_interval` seconds and with the broker on an unknown kid. `trusted` joins them all for the
+token check, each key bound to the issuers it may sign for (`keys.TrustedKeys`): a pulled key to its
+source's issuer, the broker's own keys to every accepted issuer that has no source of its own.
 """
 
 from __future__ import annotations
@@ -19,22 +24,35 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
 
 import httpx
 
 from llama_direct.control import HOLD_SECONDS, KNOWN_PARAMETER, STATE_PATH
-from llama_direct.keys import PublicKeySet
+from llama_direct.keys import PublicKeySet, TrustedKeys
 from llama_direct.replay import Revocations
+from llama_launcher.gate.config import GateConfig
+from llama_launcher.gate.jwks_document import JwksSource, own_issuers
+from llama_launcher.gate.jwks_pull import RemoteJwks, tls_context
 
 log = logging.getLogger(__name__)
 
 UNKNOWN_KID_MIN_INTERVAL = 1.0
 PULL_TIMEOUT = 2.0
+SOURCE_WAIT = 2.0
 
 
 class KeySet:
-    def __init__(self, control_socket: str, *, interval: float = 0.5) -> None:
+    def __init__(
+        self, control_socket: str, *, interval: float = 0.5, sources: Sequence[RemoteJwks] = (),
+        own: frozenset[str] | None = None,
+    ) -> None:
+        """`sources`: other brokers' JWKS; `own`: the issuers the broker's keys may sign for (None: any)."""
         self.keys = PublicKeySet({})
+        self.sources = tuple(sources)
+        self._own = own
+        self._joined: tuple[PublicKeySet, ...] = ()
+        self.trusted = TrustedKeys(())
         self.revocations = Revocations()
         self.version = ""
         self.interval = interval
@@ -47,11 +65,35 @@ class KeySet:
         self._last_forced = -UNKNOWN_KID_MIN_INTERVAL
         self._failing = False
 
+    @classmethod
+    def for_config(cls, config: GateConfig) -> KeySet:
+        """The broker's control socket, and a puller per `--issuer-jwks` sharing one TLS context."""
+        sources = [JwksSource(issuer, url) for issuer, url in config.issuer_jwks]
+        remote: list[RemoteJwks] = []
+        if sources:
+            context = tls_context(config.jwks_ca_file)
+            remote = [RemoteJwks(source, context, interval=config.jwks_interval) for source in sources]
+        return cls(config.control_socket, interval=config.keyset_interval, sources=remote,
+                   own=own_issuers(config.issuer, sources))
+
     async def refresh(self) -> bool:
-        """Pull the state now (joining an immediate pull already under way); True when it was read."""
+        """Pull the broker's state and every source now (joining pulls under way); True when the
+        broker's state was read.
+
+        A source is waited for `SOURCE_WAIT` seconds at most, so that a slow or unreachable server
+        holds neither the gate's start nor a token with an unknown kid for its whole deadline; its
+        pull goes on, and its keys join `trusted` when it ends.
+        """
         if self._pulling is None or self._pulling.done():
             self._pulling = asyncio.ensure_future(self._pull(known=""))
-        return await asyncio.shield(self._pulling)
+        pulls = [asyncio.ensure_future(source.pull()) for source in self.sources]
+        for pull in pulls:
+            pull.add_done_callback(lambda _: self._join())
+        read = await asyncio.shield(self._pulling)
+        if pulls:
+            await asyncio.wait(pulls, timeout=SOURCE_WAIT)
+        self._join()
+        return read
 
     async def refresh_for_unknown_kid(self) -> bool:
         """One extra pull for a token whose kid is unknown; False when rate-limited or failed."""
@@ -62,7 +104,17 @@ class KeySet:
         return await self.refresh()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Long-poll until `stop` is set; after a failure, wait `interval` before the next try."""
+        """Long-poll the broker and follow each source until `stop` is set."""
+        followers = [asyncio.ensure_future(source.run(stop, self._join)) for source in self.sources]
+        try:
+            await self._long_poll(stop)
+        finally:
+            for follower in followers:
+                follower.cancel()
+            await asyncio.gather(*followers, return_exceptions=True)
+
+    async def _long_poll(self, stop: asyncio.Event) -> None:
+        """After a failure, wait `interval` before the next try."""
         while not stop.is_set():
             poll = asyncio.ensure_future(self._pull(known=self.version))
             stopped = asyncio.ensure_future(stop.wait())
@@ -80,7 +132,25 @@ class KeySet:
     async def aclose(self) -> None:
         if self._pulling is not None and not self._pulling.done():
             self._pulling.cancel()
+            with contextlib.suppress(asyncio.CancelledError):  # its connection closed before the client
+                await self._pulling
         await self._client.aclose()
+        for source in self.sources:
+            await source.aclose()
+
+    def freshness(self) -> list[dict[str, object]]:
+        """Each source's host, key count and age, for the gate's private `/health`."""
+        now = time.monotonic()
+        return [source.freshness(now) for source in self.sources]
+
+    def _join(self) -> None:
+        """Rebuild `trusted` when a pull changed any of the sets it joins."""
+        sets = (self.keys.bound_to(self._own), *(source.keys for source in self.sources))
+        if len(sets) != len(self._joined) or any(
+            new.keys is not old.keys for new, old in zip(sets, self._joined, strict=True)
+        ):
+            self.trusted = TrustedKeys(sets)
+        self._joined = sets
 
     async def _pull(self, *, known: str) -> bool:
         """One `GET /state`: held by the broker while `known` is current; True when the state is current."""
@@ -102,6 +172,7 @@ class KeySet:
             self._failing = True
             return False
         self.keys, self.revocations, self.version = keys, revocations, version
+        self._join()
         return self._ok()
 
     def _ok(self) -> bool:

@@ -68,7 +68,7 @@ class GateServer:
     ) -> None:
         """`upstream`: the one llama-server, or several as (address, door) pairs (a fleet)."""
         self.config = config
-        self.keyset = keyset or KeySet(config.control_socket, interval=config.keyset_interval)
+        self.keyset = keyset or KeySet.for_config(config)
         client = async_client(redis_url) if redis_url else None
         self.shared = RedisReplayStore(client) if client is not None else None
         holders = RedisHolders(client, config.audience) if client is not None else None

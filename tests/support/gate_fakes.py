@@ -295,13 +295,14 @@ class Harness:
         ttl: int = 30,
         key: SigningKey | None = None,
         audience: str = AUDIENCE,
+        issuer: str = ISSUER,
     ) -> str:
         grant = Grant(
             routes=routes, model=MODEL, max_tokens=64, uses=uses, origin=origin, conversation_id=conversation_id
         )
         return mint(
             key or self.key,
-            issuer=ISSUER,
+            issuer=issuer,
             audience=audience,
             subject="alice",
             scope=scope,
@@ -374,7 +375,7 @@ async def running_gate(*, public: bool = True, upstreams: int = 1, **settings: A
     doors = [(fake.path, StaticUpstream(fake.path, key=MASTER_KEY)) for fake, _ in fleet]
     # Started a second ago: the cut-off rounds up to the next whole second, and tests mint at once.
     server = GateServer(config, doors if upstreams > 1 else doors[0][1],
-                        keyset=KeySet(control.path, interval=config.keyset_interval), started_at=time.time() - 1)
+                        keyset=KeySet.for_config(config), started_at=time.time() - 1)
     harness = Harness(
         base, key, config, server, llama, broker, control, behaviour, port, {"keys": [dict(key.public_jwk)]},
         fleet=fleet,

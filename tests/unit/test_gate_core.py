@@ -27,10 +27,11 @@ CONFIG = GateConfig(
 
 @dataclass
 class FixedKeys:
-    """What `Gate` needs of a `KeySet`: the keys and the revocations, no pulls."""
+    """What `Gate` needs of a `KeySet`: the keys it trusts and the revocations, no pulls."""
 
-    keys: PublicKeySet = field(default_factory=lambda: PublicKeySet.from_jwks({"keys": [dict(KEY.public_jwk)]}))
+    trusted: PublicKeySet = field(default_factory=lambda: PublicKeySet.from_jwks({"keys": [dict(KEY.public_jwk)]}))
     revocations: Revocations = field(default_factory=Revocations)
+    sources: tuple[()] = ()
 
     async def refresh_for_unknown_kid(self) -> bool:
         return False
