@@ -56,8 +56,8 @@ class Plan:
     cost_rounds: int = 3
     idle_seconds: float = 15.0
     """One idle window; the windows start after `idle_settle` seconds of quiet (`request_cost.idle_windows`)."""
-    idle_settle: float = 10.0
-    idle_windows: int = 2
+    idle_settle: float = 30.0
+    idle_windows: int = 3
     real: bool = True
     model_ttfts: int = 50
     """One-token streams per lane for P3 on each real upstream, single-model and router."""

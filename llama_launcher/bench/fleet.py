@@ -33,12 +33,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from llama_direct.runtime import REDIS_URL_ENV
+from llama_launcher.attached import AttachedServer
 from llama_launcher.bench.clients import chat_request, stream_once
 from llama_launcher.bench.processes import KEY_ENV, Child, thread_cpu_ns, wait_for_socket
 from llama_launcher.bench.request_cost import tokens_for
 from llama_launcher.bench.scenarios import Say, chat_body, rotated
 from llama_launcher.bench.stack import ServeStack, start_stack
 from llama_launcher.bench.stats import median, percentile
+from llama_launcher.gate.pool import Pool, shaping_limits
 
 UPSTREAM_COUNTS = (1, 2, 4)
 
@@ -94,6 +96,42 @@ async def _one_token_round(stack: ServeStack, count: int) -> float:
     return (thread_cpu_ns(stack.gate_pid) - before) / 1e6 / count
 
 
+async def _route_once(pool: Pool, model: str, conversation: str) -> None:
+    """What the gate does per chat request to choose its upstream, and nothing else: order the
+    upstreams, take the first, count it and record the conversation's holder, read the shaping
+    limits of every upstream the request may be handed to, and release it when the stream ends."""
+    attempts = await pool.route(model, "chat", conversation)
+    member = attempts.next()
+    await pool.chosen(member, "chat", conversation)
+    await shaping_limits(attempts.members, model)
+    member.release()
+
+
+async def routing_alone(sockets: list[Path], key: str, *, requests: int, reps: int) -> dict[int, float]:
+    """The routing code's own CPU per request (µs) with 1, 2 and 4 upstreams, timed in this process
+    on the gate's own `Pool` in front of live synthetic upstreams (their health and `/props` read as
+    the gate reads them, the background refreshes included), interleaved by repetition; the median.
+
+    Whole requests on 2 shared cores vary by ±5% from one round to the next, so a 2% goal cannot be
+    read from them; this isolates the part that differs with the number of upstreams."""
+    pools = {n: Pool([(f"unix:{path}", AttachedServer(f"unix:{path}", key)) for path in sockets[:n]], "synthetic")
+             for n in UPSTREAM_COUNTS}
+    try:
+        for pool in pools.values():  # the first request waits for every upstream's health and props
+            await _route_once(pool, "synthetic", "warm-up")
+        samples: dict[int, list[float]] = {n: [] for n in UPSTREAM_COUNTS}
+        for rep in range(reps):
+            for n in rotated(UPSTREAM_COUNTS, rep):
+                started = time.thread_time()
+                for i in range(requests):
+                    await _route_once(pools[n], "synthetic", f"c{rep}-{i}")
+                samples[n].append((time.thread_time() - started) / requests * 1e6)
+        return {n: median(values) for n, values in samples.items()}
+    finally:
+        for pool in pools.values():
+            await pool.close()
+
+
 async def routing_cost(work: Path, *, streams: int, tokens: int, reps: int, max_tokens: int,
                        say: Say, requests: int = 200) -> dict[str, Any]:
     """One gate in front of 1, 2 and 4 upstreams: gate CPU per request and tokens/s against one upstream."""
@@ -103,22 +141,26 @@ async def routing_cost(work: Path, *, streams: int, tokens: int, reps: int, max_
         starts = {n: (lambda n=n: start_stack(f"fleet-{n}", sockets[:n], key, work, alias="synthetic",
                                               max_tokens=max_tokens)) for n in UPSTREAM_COUNTS}
         # Routing alone: N entries that are all the same upstream, so only the gate's choice differs.
+        # One entry gets a stack of its own too, so that every stack compared here is measured in the
+        # same state (a stack measured right after it ran the distinct-servers round is warmer than
+        # one that sat idle meanwhile: in one run that alone made 2 and 4 entries look 1.24x dearer).
         alike = {n: (lambda n=n: start_stack(f"fleet-alike-{n}", sockets[:1] * n, key, work, alias="synthetic",
-                                             max_tokens=max_tokens)) for n in UPSTREAM_COUNTS if n > 1}
+                                             max_tokens=max_tokens)) for n in UPSTREAM_COUNTS}
         with _stacks(starts) as stacks, _stacks(alike) as same:
             for n in UPSTREAM_COUNTS:  # warm-up: first connections, imports, every upstream's health
                 await _round(stacks[n], streams, body)
-                await _one_token_round(same.get(n, stacks[1]), 20)
+                await _round(same[n], streams, body)
+                await _one_token_round(same[n], 20)
             rounds: list[dict[int, dict[str, float]]] = []
             for rep in range(reps):
-                found = {}
+                found = {n: await _round(stacks[n], streams, body) for n in rotated(UPSTREAM_COUNTS, rep)}
                 for n in rotated(UPSTREAM_COUNTS, rep):
-                    found[n] = await _round(stacks[n], streams, body)
-                    found[n]["one_token_gate_ms"] = await _one_token_round(same.get(n, stacks[1]), requests)
-                    alike_round = await _round(same.get(n, stacks[1]), streams, body)
+                    found[n]["one_token_gate_ms"] = await _one_token_round(same[n], requests)
+                    alike_round = await _round(same[n], streams, body)
                     found[n].update({f"alike_{name}": value for name, value in alike_round.items()})
                 rounds.append(found)
                 say(f"fleet routing: repetition {rep + 1}/{reps} done")
+        alone = await routing_alone(sockets, key, requests=requests * 10, reps=max(reps, 5))
     summary: dict[int, dict[str, float]] = {}
     for n in UPSTREAM_COUNTS:
         summary[n] = {
@@ -134,7 +176,11 @@ async def routing_cost(work: Path, *, streams: int, tokens: int, reps: int, max_
                                        for r in rounds]),
             "alike_tokens_ratio": median([r[n]["alike_tokens_per_s"] / r[1]["alike_tokens_per_s"] for r in rounds]),
             "alike_failed": sum(streams - r[n]["alike_ok"] for r in rounds),
+            "routing_us": alone[n],
+            "routing_added_us": alone[n] - alone[1],
         }
+    for entry in summary.values():  # what routing adds, as a share of the gate's whole one-token request
+        entry["routing_share"] = entry["routing_added_us"] / (summary[1]["one_token_gate_ms"] * 1000)
     return {"streams": streams, "tokens": tokens, "reps": reps, "requests": requests, "by_upstreams": summary,
             "rounds": rounds}
 
@@ -250,6 +296,13 @@ def render(found: dict[str, Any]) -> list[str]:
                          f"{entry['one_token_gate_ms']:.3f} ms | {entry['one_token_ratio']:.3f}× | "
                          f"{entry['tokens_per_s']:,.0f} | {entry['tokens_ratio']:.3f}× | "
                          f"{entry['gate_ms_per_request']:.2f} ms | {entry['failed'] + entry['alike_failed']} |")
+        lines += ["", "The routing code alone (the gate's own `Pool` in this process, in front of the live synthetic "
+                  "upstreams, timed by thread CPU, interleaved; what a request costs to choose its upstream, count "
+                  "it, record its holder and read the shaping limits of every candidate): "
+                  + "; ".join(f"{n} upstream{'s' if n > 1 else ''} {entry['routing_us']:.1f} µs"
+                              + (f" (+{entry['routing_added_us']:.1f} µs, {entry['routing_share']:.2%} of a "
+                                 "one-token request's gate CPU)" if n > 1 else "")
+                              for n, entry in routing["by_upstreams"].items()) + "."]
     redis = found.get("redis")
     if redis and "added_ms" in redis:
         lines += ["", f"Two gates on one Redis against a gate alone ({redis['count']} one-token requests through "

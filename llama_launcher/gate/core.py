@@ -12,7 +12,6 @@ audience; then a gate restart no longer refuses older tokens, Redis's own restar
 
 from __future__ import annotations
 
-import asyncio
 import math
 import resource
 import time
@@ -36,7 +35,7 @@ from llama_launcher.gate.http1 import (
     Header,
 )
 from llama_launcher.gate.keyset import KeySet
-from llama_launcher.gate.pool import Attempts, Member, Pool
+from llama_launcher.gate.pool import Attempts, Member, Pool, shaping_limits
 from llama_launcher.gate.scope import RequestHead
 from llama_launcher.gate.shaping import ShapingPolicy
 
@@ -78,20 +77,9 @@ class Gate:
         return answer
 
     async def policy_for(self, members: Sequence[Member], model: str) -> ShapingPolicy:
-        """The limits for the grant's model on every upstream the request may go to: images only if
-        each of them reads images, and the smallest slot context (`/props`; a router reports none of
-        its own, so the fallback bound applies). A request handed on to the next upstream after a
-        failure was shaped for that one too. Upstreams whose `/props` could not be read (down) do not
-        narrow the limits; with none read, the first one's defaults apply."""
-        if len(members) == 1:
-            await members[0].health.ensure_props()
-            known = [members[0].health]
-        else:
-            await asyncio.gather(*(m.health.ensure_props() for m in members))
-            known = [m.health for m in members if m.health.props_known] or [members[0].health]
-        return ShapingPolicy(max_body_bytes=self.config.max_body_bytes,
-                             vision=all(h.vision_of(model) for h in known),
-                             context=min(h.context for h in known))
+        """The limits for the grant's model on every upstream the request may go to (`shaping_limits`)."""
+        vision, context = await shaping_limits(members, model)
+        return ShapingPolicy(max_body_bytes=self.config.max_body_bytes, vision=vision, context=context)
 
     async def no_load_target(self, attempts: Attempts, model: str, target: str) -> str:
         """A grant that may not load: 409 unless its model is loaded now, and the router told not to load.

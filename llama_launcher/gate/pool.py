@@ -186,6 +186,21 @@ class Pool:
                 await task
 
 
+async def shaping_limits(members: Sequence[Member], model: str) -> tuple[bool, int]:
+    """(reads images, slot context) for `model` on every upstream in `members`: images only if each
+    reads them, the smallest context, so a request handed on after a failure fits the next one too.
+    `/props` is read where it is not known for the llama-server running now (once per start); one
+    that cannot be read (down) does not narrow the limits; with none read, the first one's defaults."""
+    healths = [m.health for m in members]
+    stale = [h for h in healths if not h.props_known]
+    if len(stale) == 1:
+        await stale[0].ensure_props()
+    elif stale:
+        await asyncio.gather(*(h.ensure_props() for h in stale))
+    known = [h for h in healths if h not in stale or h.props_known] or healths[:1]
+    return all(h.vision_of(model) for h in known), min(h.context for h in known)
+
+
 def merge_snapshots(model: str, snapshots: Sequence[dict[str, Any]], in_flight: Sequence[int]) -> dict[str, Any]:
     """Several upstreams' health as one (pure): ready if any is, each model at its best state among
     the ready ones, slots summed, and a per-upstream list without addresses."""

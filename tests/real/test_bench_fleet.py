@@ -28,10 +28,11 @@ def test_fleet_rows_measure_routing_and_the_redis_round_trip(tmp_path: Path) -> 
     assert all(entry["tokens_per_s"] > 0 for entry in routing["by_upstreams"].values())
     assert all(entry["alike_failed"] == 0 and entry["alike_gate_ms_per_request"] > 0
                for entry in routing["by_upstreams"].values()), routing
+    assert all(entry["routing_us"] > 0 for entry in routing["by_upstreams"].values()), routing
     redis = run_loop(fleet.redis_round_trip(tmp_path, count=5, reps=1, max_tokens=1000, say=said.append))
     if shutil.which("redis-server") is None:
         assert "skipped" in redis
     else:
         assert redis["count"] == 10, redis  # every request through both gates on Redis answered
     text = "\n".join(fleet.render({"routing": routing, "redis": redis}))
-    assert "| 4 |" in text and "Redis" in text
+    assert "| 4 |" in text and "Redis" in text and "The routing code alone" in text
