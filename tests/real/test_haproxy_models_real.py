@@ -8,7 +8,6 @@ every check before anything reaches a server.
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 from forwarder import Forwarder
+from haproxy_edge import wait_listening
 from hostile_support import signed, swap_payload
 from test_haproxy_real import CHAT, KEY, MODEL, Edge, _free_port, payload, request, token
 
@@ -59,14 +59,7 @@ def routed(llama_server_binary: Path, model_path: Path,
             )
             process = subprocess.Popen([haproxy, "-db", "-f", str(config)], env={"LLAMA_API_KEY": key},
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                    break
-                except OSError:
-                    assert process.poll() is None and time.monotonic() < deadline, "haproxy did not listen"
-                    time.sleep(0.05)
+            wait_listening(process, port)
             time.sleep(2.5)  # the first health checks mark both upstreams up
             yield Edge(port, first), first, second
     finally:

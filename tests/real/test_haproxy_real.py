@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 from forwarder import Forwarder
+from haproxy_edge import wait_listening
 from hostile_support import claims, hs256_with_public_key, signed, swap_payload, unsigned
 
 from broker.signing_keys import SigningKey
@@ -123,15 +124,7 @@ def edge(llama_server_binary: Path, model_path: Path, tmp_path_factory: pytest.T
             assert key not in config.read_text()
             process = subprocess.Popen([haproxy, "-db", "-f", str(config)], env={"LLAMA_API_KEY": key},
                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                    break
-                except OSError:
-                    assert process.poll() is None, process.stderr.read() if process.stderr else ""
-                    assert time.monotonic() < deadline, "haproxy did not listen"
-                    time.sleep(0.05)
+            wait_listening(process, port)
             yield Edge(port, forwarder)
     finally:
         if process is not None:

@@ -29,15 +29,23 @@ def haproxy_edge(workdir: Path, gates: list[str]) -> Iterator[str]:
     process = subprocess.Popen([haproxy, "-db", "-f", str(config)], stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                assert process.poll() is None and time.monotonic() < deadline, "haproxy did not start"
-                time.sleep(0.05)
+        wait_listening(process, port)
         yield f"http://127.0.0.1:{port}"
     finally:
         process.terminate()
         process.wait(10)
+
+
+def wait_listening(process: subprocess.Popen[bytes], port: int, timeout: float = 10.0) -> None:
+    """Until HAProxy accepts on `port`; fails with its stderr (when piped) if it exits or never listens."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            if process.poll() is not None:
+                raise AssertionError("haproxy exited: " + (process.stderr.read().decode(errors="replace")
+                                                           if process.stderr else "")) from None
+            assert time.monotonic() < deadline, "haproxy did not listen"
+            time.sleep(0.05)
