@@ -163,7 +163,8 @@ def _parser() -> argparse.ArgumentParser:
     haproxy.add_argument("--audience", type=_name, help="the tokens' aud")
     haproxy.add_argument("--issuer", type=_name, action="append", default=[], help="an accepted iss, repeatable")
     haproxy.add_argument("--peer", action="append", default=[], metavar="NAME=HOST:PORT",
-                         help="an HAProxy sharing the jti table, this one included, repeatable")
+                         help="an HAProxy sharing the jti table (in the gate's place) or the conversation "
+                              "table (at the edge), this one included, repeatable")
     haproxy.add_argument("--local-peer", type=_name, help="which --peer this HAProxy is")
     haproxy.add_argument("--output", "-o", type=Path, help="write here (default: stdout)")
     return parser

@@ -27,7 +27,14 @@ from dataclasses import dataclass
 
 from llama_direct.lanes import LANE_PREFIX
 from llama_direct.tokens import LEEWAY_SECONDS, MAX_TTL_SECONDS
-from llama_launcher.haproxy_routing import Target, edge_backends, edge_frontend, model_acl, model_routes
+from llama_launcher.haproxy_routing import (
+    PEERS_SECTION,
+    Target,
+    edge_backends,
+    edge_frontend,
+    model_acl,
+    model_routes,
+)
 
 LENGTH_FIELDS = ("max_tokens", "max_completion_tokens", "n_predict")
 """The body fields llama-server reads as a generation length; each is checked against the cap."""
@@ -90,11 +97,13 @@ class HaproxyPlan:
                      *([self.local_peer] if self.local_peer else [])):
             if not _NAME.fullmatch(name):
                 raise ValueError(f"{name!r} must be 1 to 128 letters, digits or _.:-")
-        if self.gate_mode:
-            if not (self.public_keys and self.audience and self.issuers):
-                raise ValueError("in the gate's place HAProxy needs --public-key-file, --audience and --issuer")
-            if self.peers and self.local_peer not in {p.name for p in self.peers}:
-                raise ValueError("--local-peer must name one of the --peer entries")
+        if self.gate_mode and not (self.public_keys and self.audience and self.issuers):
+            raise ValueError("in the gate's place HAProxy needs --public-key-file, --audience and --issuer")
+        if self.peers and self.local_peer not in {p.name for p in self.peers}:
+            raise ValueError("--local-peer must name one of the --peer entries")
+        if self.peers and not self.gate_mode and not any(t.models for t in self.targets):
+            raise ValueError("--peer at the edge shares the conversation table, which only routing by "
+                             "model (--gate HOST:PORT=MODEL,...) has")
 
 
 def render(plan: HaproxyPlan) -> str:
@@ -107,7 +116,10 @@ def render(plan: HaproxyPlan) -> str:
         if plan.app:
             parts.append(_app(plan.app))
     else:
-        parts += [edge_frontend([_bind(plan), *_forwarded(plan)], plan.targets), *edge_backends(plan.targets)]
+        if plan.peers:
+            parts.append(_peers(plan))
+        parts += [edge_frontend([_bind(plan), *_forwarded(plan)], plan.targets),
+                  *edge_backends(plan.targets, peers=bool(plan.peers))]
     return "\n".join(parts)
 
 
@@ -116,7 +128,7 @@ def _global(plan: HaproxyPlan) -> str:
              "    log stderr format short local0 notice",
              "    tune.bufsize 65536",
              "    ssl-default-bind-options ssl-min-ver TLSv1.2"]
-    if plan.gate_mode and plan.local_peer:
+    if plan.local_peer:
         lines.append(f"    localpeer {plan.local_peer}")
     return "\n".join(lines) + "\n"
 
@@ -159,12 +171,13 @@ def _app(address: str) -> str:
 
 
 def _peers(plan: HaproxyPlan) -> str:
-    lines = ["peers lane_peers"] + [f"    peer {p.name} {p.address}" for p in plan.peers]
+    """In the gate's place the `jti` table, at the edge the conversation table, shared by these peers."""
+    lines = [f"peers {PEERS_SECTION}"] + [f"    peer {p.name} {p.address}" for p in plan.peers]
     return "\n".join(lines) + "\n"
 
 
 def _jti_table(plan: HaproxyPlan) -> str:
-    peers = " peers lane_peers" if plan.peers else ""
+    peers = f" peers {PEERS_SECTION}" if plan.peers else ""
     return (f"backend jti_uses\n    stick-table type string len 64 size 1m expire {JTI_TABLE_EXPIRE}s"
             f"{peers} store gpc0\n")
 

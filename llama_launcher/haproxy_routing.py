@@ -38,6 +38,8 @@ MODEL_NAME = re.compile(r"[A-Za-z0-9_.:/@+-]{1,128}")
 CONVERSATION_TABLE_EXPIRE = 3600
 """As long as a broker remembers a conversation (`CONVERSATION_TTL_SECONDS`)."""
 BODY_WAIT = "10s"
+PEERS_SECTION = "lane_peers"
+"""The `peers` section that shares a stick table between HAProxies (`--peer`)."""
 
 
 @dataclass(frozen=True)
@@ -107,9 +109,10 @@ def edge_frontend(head: Sequence[str], targets: Sequence[Target]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def edge_backends(targets: Sequence[Target]) -> list[str]:
+def edge_backends(targets: Sequence[Target], *, peers: bool = False) -> list[str]:
     """`gates` (every gate, health-checked) and, with model lists, a backend per model whose servers
-    track the checks in `gates`, plus the shared conversation table."""
+    track the checks in `gates`, plus the shared conversation table (shared with the other HAProxies
+    too when `peers`: their `peers` section replicates it, asynchronously)."""
     routes = model_routes(targets)
     sticky = _conversation_rules() if routes else []
     gates = ["backend gates", "    balance leastconn",
@@ -123,8 +126,9 @@ def edge_backends(targets: Sequence[Target]) -> list[str]:
         lines += [f"    server gate{i} {targets[i - 1].address} id {i} track gates/gate{i}" for i in numbers]
         sections.append("\n".join(lines) + "\n")
     if routes:
+        shared = f" peers {PEERS_SECTION}" if peers else ""
         sections.append(f"backend conversations\n    stick-table type string len 64 size 100k "
-                        f"expire {CONVERSATION_TABLE_EXPIRE}s\n")
+                        f"expire {CONVERSATION_TABLE_EXPIRE}s{shared}\n")
     return sections
 
 

@@ -158,6 +158,23 @@ def test_the_edge_routes_each_model_to_the_gates_that_serve_it(tmp_path: Path) -
     _valid(config, tmp_path)
 
 
+def test_two_edges_share_the_conversation_table_through_peers(tmp_path: Path) -> None:
+    """With two HAProxies at the edge, a resume that reaches the other one still finds its gate."""
+    plan = HaproxyPlan(bind="127.0.0.1:8443", gates=("10.0.0.1:8000=alpha", "10.0.0.2:8000=beta"),
+                       peers=(Peer("hap1", "127.0.0.1:10000"), Peer("hap2", "10.0.0.6:10000")), local_peer="hap1")
+    config = render(plan)
+    assert _section(config, "peers lane_peers") == ["peer hap1 127.0.0.1:10000", "peer hap2 10.0.0.6:10000"]
+    assert "localpeer hap1" in _section(config, "global")
+    assert _section(config, "backend conversations")[0].endswith("expire 3600s peers lane_peers")
+    _valid(config, tmp_path)
+    alone = render(HaproxyPlan(bind="127.0.0.1:8443", gates=("10.0.0.1:8000=alpha", "10.0.0.2:8000=beta")))
+    assert "peers" not in alone and "localpeer" not in alone
+    with pytest.raises(ValueError, match="routing by model"):  # nothing to share without model lists
+        render(HaproxyPlan(bind="127.0.0.1:8443", gates=("10.0.0.1:8000",), peers=plan.peers, local_peer="hap1"))
+    with pytest.raises(ValueError, match="--local-peer"):
+        render(HaproxyPlan(bind="127.0.0.1:8443", gates=plan.gates, peers=plan.peers, local_peer="hap9"))
+
+
 def test_an_edge_without_model_lists_stays_as_it_was(tmp_path: Path) -> None:
     config = render(HaproxyPlan(bind="127.0.0.1:8443", gates=("10.0.0.1:8000", "10.0.0.2:8000")))
     assert "use_backend" not in config and "stick" not in config and "wait-for-body" not in config
