@@ -110,6 +110,15 @@ def test_the_edge_sends_each_model_to_its_own_machine(
         assert _chats(upstreams[name]) == before[name] + 3
         assert _chats(upstreams[other]) == before[other]
 
+    # The negotiation's GET form names its model in the query; its lane request lands there too.
+    before = {n: _chats(upstreams[n]) for n in MODELS}
+    grant = httpx.get(f"{edge}/direct-stream", params={"model": "beta"}, headers=session, timeout=10)
+    assert grant.status_code == 200, grant.text
+    lane = httpx.post(f"{grant.json()['url']}/v1/chat/completions", json=CHAT, timeout=60,
+                      headers={"Authorization": f"Bearer {grant.json()['token']}"})
+    assert lane.status_code == 200, lane.text
+    assert (_chats(upstreams["beta"]), _chats(upstreams["alpha"])) == (before["beta"] + 1, before["alpha"])
+
     # The baseline names its model in the body too.
     before = {n: _chats(upstreams[n]) for n in MODELS}
     baseline = httpx.post(f"{edge}/v1/chat/completions", json={**CHAT, "model": "beta"}, headers=LOGIN, timeout=60)
@@ -124,6 +133,11 @@ def test_the_edge_sends_each_model_to_its_own_machine(
         assert opened.headers["x-conversation-id"] == conversation
         for option in ("resume", "resume", "cancel"):
             again = httpx.post(f"{edge}/direct-stream", json={option: conversation}, headers=LOGIN, timeout=10)
+            assert again.status_code == 200, again.text
+        reopened = httpx.post(f"{edge}/direct-stream", json={"model": name, "resumable": True}, headers=LOGIN,
+                              timeout=10).json()["conversation_id"]
+        for _ in range(4):  # the GET form's `resume` query reaches the same broker (no other knows it)
+            again = httpx.get(f"{edge}/direct-stream", params={"resume": reopened}, headers=LOGIN, timeout=10)
             assert again.status_code == 200, again.text
 
     # A model no machine serves: every gate's broker refuses it as usual.
