@@ -1,11 +1,12 @@
-"""HAProxy 2.6 in the gate's place, in front of the real llama-server: the hostile probes against it.
+"""HAProxy 2.6 in the gate's place, in front of two real llama-servers: the hostile probes against it.
 
 `llama-direct haproxy-config --upstream` writes the config; Debian's haproxy runs it with
-llama-server's key in its environment only. A counting forwarder stands between HAProxy and
-llama-server, so each probe shows whether the upstream was reached. The token and route probes are
-those of `tests/hostile` (the Python gate's status beside each, in `GATE`), sent with `model` and
-`max_tokens` as this mode requires, plus the probes that only this mode needs. Each one is refused
-without reaching llama-server, or is in `KNOWN_LIMITS`, which the README lists.
+llama-server's key in its environment only (both llama-servers share it). A counting forwarder
+stands between HAProxy and each llama-server, so each probe shows whether an upstream was reached.
+The token and route probes are those of `tests/hostile` (the Python gate's status beside each, in
+`GATE`), sent with `model` and `max_tokens` as this mode requires, plus the probes that only this
+mode needs. Each one is refused without reaching either llama-server, or is in `KNOWN_LIMITS`, which
+the README lists.
 """
 
 from __future__ import annotations
@@ -77,12 +78,14 @@ def request(tok: str | None, *, method: bytes = b"POST", target: bytes = b"/dire
 
 
 class Edge:
-    def __init__(self, port: int, forwarder: Forwarder) -> None:
+    def __init__(self, port: int, *forwarders: Forwarder) -> None:
         self.port = port
-        self.forwarder = forwarder
+        self.forwarders = forwarders
 
     def forwarded(self) -> list[bytes]:
-        return self.forwarder.requests(lambda line: not line.startswith(GATE_OWN))
+        """What reached any llama-server behind HAProxy (its own health checks left out)."""
+        return [line for forwarder in self.forwarders
+                for line in forwarder.requests(lambda line: not line.startswith(GATE_OWN))]
 
     def exchange(self, raw: bytes) -> int:
         with socket.create_connection(("127.0.0.1", self.port), timeout=60) as sock:
@@ -107,16 +110,24 @@ def edge(llama_server_binary: Path, model_path: Path, tmp_path_factory: pytest.T
     server = LlamaServer(ServerOptions(binary=llama_server_binary, model=model_path, alias=MODEL, max_tokens=2048,
                                        parallel=1), make_runtime_dir())
     server.start()
-    process = None
+    process = second = None
     try:
         server.wait_ready(timeout=120, show_progress=False)
         key = server.authorization().decode().removeprefix("Bearer ")
-        with Forwarder(str(server.address)) as forwarder:
+        # A second llama-server with the same key (HAProxy sends one `${LLAMA_API_KEY}` to all), as an
+        # operator would start it: the key in its environment only.
+        second_port = _free_port()
+        second = subprocess.Popen([str(llama_server_binary), "-m", str(model_path), "--alias", MODEL, "-np", "1",
+                                   "--host", "127.0.0.1", "--port", str(second_port)],
+                                  env={"LLAMA_API_KEY": key}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait_healthy(second, second_port)
+        with Forwarder(str(server.address)) as forwarder, Forwarder(("127.0.0.1", second_port)) as other:
             port, peer_port = _free_port(), _free_port()
             config = workdir / "haproxy.cfg"
             subprocess.run(
                 [sys.executable, "-m", "llama_launcher.cli", "haproxy-config", "--bind", f"127.0.0.1:{port}",
-                 "--upstream", f"127.0.0.1:{forwarder.port}", "--public-key-file", str(public_key),
+                 "--upstream", f"127.0.0.1:{forwarder.port}", "--upstream", f"127.0.0.1:{other.port}",
+                 "--public-key-file", str(public_key),
                  "--audience", AUDIENCE, "--issuer", ISSUER, "--issuer", "broker-b",
                  "--peer", f"hap1=127.0.0.1:{peer_port}", "--local-peer", "hap1", "--output", str(config)],
                 check=True,
@@ -125,14 +136,33 @@ def edge(llama_server_binary: Path, model_path: Path, tmp_path_factory: pytest.T
             process = subprocess.Popen([haproxy, "-db", "-f", str(config)], env={"LLAMA_API_KEY": key},
                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             wait_listening(process, port)
-            yield Edge(port, forwarder)
+            time.sleep(2.5)  # the first health checks mark both llama-servers up
+            yield Edge(port, forwarder, other)
     finally:
         if process is not None:
             process.terminate()
             process.wait(10)
             if process.stderr is not None:
                 process.stderr.close()
+        if second is not None:
+            second.terminate()
+            second.wait(30)
         server.stop()
+
+
+def _wait_healthy(process: subprocess.Popen[bytes], port: int) -> None:
+    deadline = time.monotonic() + 120
+    while True:
+        assert process.poll() is None, "the second llama-server exited"
+        assert time.monotonic() < deadline, "the second llama-server was not ready"
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                sock.sendall(b"GET /health HTTP/1.1\r\nHost: l\r\nConnection: close\r\n\r\n")
+                if sock.recv(64).startswith(b"HTTP/1.1 200"):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
 
 
 # name -> (build, the Python gate's status where tests/hostile has the probe, HAProxy's status)
@@ -198,12 +228,17 @@ def test_each_probe_is_refused_before_llama_server(edge: Edge) -> None:
 
 
 def test_a_good_request_streams_once_and_its_token_never_again(edge: Edge) -> None:
-    good = token()
-    before = len(edge.forwarded())
-    assert edge.exchange(request(good)) == 200
-    assert edge.forwarded()[before:] == [b"POST /v1/chat/completions HTTP/1.1"]
-    assert edge.exchange(request(good)) == 401
-    assert len(edge.forwarded()) == before + 1
+    chat = b"POST /v1/chat/completions HTTP/1.1"
+    before = [len(f.requests(lambda line: line == chat)) for f in edge.forwarders]
+    for _ in range(4):
+        good = token()
+        chats = edge.forwarded().count(chat)
+        assert edge.exchange(request(good)) == 200
+        assert edge.forwarded().count(chat) == chats + 1
+        assert edge.exchange(request(good)) == 401
+        assert edge.forwarded().count(chat) == chats + 1
+    # HAProxy balances over both llama-servers: each one answered some of them.
+    assert all(len(f.requests(lambda line: line == chat)) > n for f, n in zip(edge.forwarders, before, strict=True))
 
 
 def test_the_known_limits_still_reach_llama_server(edge: Edge) -> None:
