@@ -7,7 +7,6 @@ images, and `model_ready` means the router itself answers. The snapshot never ho
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import math
@@ -22,6 +21,7 @@ from llama_direct.refusals import (
 from llama_launcher.errors import NotListening
 from llama_launcher.gate.bounds import FALLBACK_CONTEXT
 from llama_launcher.gate.load_progress import LoadProgress
+from llama_launcher.gate.single_flight import SingleFlight
 from llama_launcher.gate.upstream import (
     Upstream,
     get_json,
@@ -56,17 +56,15 @@ class Health:
         self.load_progress = LoadProgress(upstream)
         self._props_for: bytes | None = None
         self._props_failed_at = -math.inf
-        self._props_task: asyncio.Task[None] | None = None
+        self._props_read: SingleFlight[None] = SingleFlight()
         self._snapshot: dict[str, Any] | None = None
         self._snapshot_at = -math.inf
-        self._snapshot_task: asyncio.Task[dict[str, Any]] | None = None
+        self._asking: SingleFlight[dict[str, Any]] = SingleFlight()
 
     async def snapshot(self) -> dict[str, Any]:
         if time.monotonic() - self._snapshot_at < HEALTH_INTERVAL and self._snapshot is not None:
             return self._snapshot
-        if self._snapshot_task is None or self._snapshot_task.done():
-            self._snapshot_task = asyncio.ensure_future(self._query())
-        return await asyncio.shield(self._snapshot_task)
+        return await self._asking.join(self._query)
 
     def invalidate(self) -> None:
         """A connection to this upstream just failed: the next snapshot asks it afresh."""
@@ -94,9 +92,7 @@ class Health:
             return
         if time.monotonic() - self._props_failed_at < PROPS_RETRY:
             return
-        if self._props_task is None or self._props_task.done():
-            self._props_task = asyncio.ensure_future(self._read_props(digest))
-        await asyncio.shield(self._props_task)
+        await self._props_read.join(lambda: self._read_props(digest))
 
     def _key_digest(self) -> bytes | None:
         try:

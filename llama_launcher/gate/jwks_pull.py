@@ -35,6 +35,7 @@ from llama_launcher.gate.jwks_document import (
     conditional_headers,
     read_answer,
 )
+from llama_launcher.gate.single_flight import SingleFlight
 
 log = logging.getLogger(__name__)
 
@@ -64,15 +65,13 @@ class RemoteJwks:
             verify=context, timeout=PULL_TIMEOUT, follow_redirects=False, trust_env=False,
             limits=httpx.Limits(max_connections=1, keepalive_expiry=interval + PULL_TIMEOUT),
         )
-        self._pulling: asyncio.Task[bool] | None = None
+        self._pulling: SingleFlight[bool] = SingleFlight()
         self._failure: str | None = None
         self._skipped: tuple[str, ...] = ()
 
     async def pull(self) -> bool:
         """Pull now (joining a pull already under way); True when the keys are current."""
-        if self._pulling is None or self._pulling.done():
-            self._pulling = asyncio.ensure_future(self._pull())
-        return await asyncio.shield(self._pulling)
+        return await self._pulling.join(self._pull)
 
     async def run(self, stop: asyncio.Event, pulled: Callable[[], None]) -> None:
         """Every `interval` until `stop`; `pulled` is called after each good pull."""
@@ -90,10 +89,7 @@ class RemoteJwks:
                 "age_s": age, "ok": self._failure is None and self.checked_at is not None}
 
     async def aclose(self) -> None:
-        if self._pulling is not None and not self._pulling.done():
-            self._pulling.cancel()
-            with contextlib.suppress(asyncio.CancelledError):  # its connection closed before the client
-                await self._pulling
+        await self._pulling.cancel()  # its connection closed before the client
         await self._client.aclose()
 
     async def _pull(self) -> bool:

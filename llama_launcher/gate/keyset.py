@@ -34,6 +34,7 @@ from llama_direct.replay import Revocations
 from llama_launcher.gate.config import GateConfig
 from llama_launcher.gate.jwks_document import JwksSource, own_issuers
 from llama_launcher.gate.jwks_pull import RemoteJwks, tls_context
+from llama_launcher.gate.single_flight import SingleFlight
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ class KeySet:
             base_url="http://broker",
             timeout=PULL_TIMEOUT,
         )
-        self._pulling: asyncio.Task[bool] | None = None
+        self._pulling: SingleFlight[bool] = SingleFlight()
         self._last_forced = -UNKNOWN_KID_MIN_INTERVAL
         self._failing = False
 
@@ -84,12 +85,10 @@ class KeySet:
         holds neither the gate's start nor a token with an unknown kid for its whole deadline; its
         pull goes on, and its keys join `trusted` when it ends.
         """
-        if self._pulling is None or self._pulling.done():
-            self._pulling = asyncio.ensure_future(self._pull(known=""))
         pulls = [asyncio.ensure_future(source.pull()) for source in self.sources]
         for pull in pulls:
             pull.add_done_callback(lambda _: self._join())
-        read = await asyncio.shield(self._pulling)
+        read = await self._pulling.join(lambda: self._pull(known=""))
         if pulls:
             await asyncio.wait(pulls, timeout=SOURCE_WAIT)
         self._join()
@@ -130,10 +129,7 @@ class KeySet:
                     await asyncio.wait_for(stop.wait(), self.interval)
 
     async def aclose(self) -> None:
-        if self._pulling is not None and not self._pulling.done():
-            self._pulling.cancel()
-            with contextlib.suppress(asyncio.CancelledError):  # its connection closed before the client
-                await self._pulling
+        await self._pulling.cancel()  # its connection closed before the client
         await self._client.aclose()
         for source in self.sources:
             await source.aclose()
