@@ -120,6 +120,8 @@ def render_markdown(results: dict[str, Any]) -> str:
                      f"(the broker meanwhile: {entry['broker_ms_per_request']:.3f} ms)"
                      + (f"; the code before: {entry['before']['gate_ms_per_request']:.3f} ms "
                         f"(its broker: {entry['before']['broker_ms_per_request']:.3f} ms)" if "before" in entry else "")
+                     + (f"; the bare relay on the same requests (`Connection: close`), in rounds between: "
+                        f"{entry['relay']['ms_per_request']:.3f} ms" if "relay" in entry else "")
                      + ".")
     idle = results.get("idle_cpu")
     if idle:

@@ -77,29 +77,43 @@ async def gate_cost(bed: Bed, body: dict[str, Any], *, count: int, rounds: int, 
     `kept_alive`: one client connection for the whole round (as a browser or SDK reuses one);
     otherwise each request asks for `Connection: close`. A bed with a `before` stack (`bench
     --before REV`) measures REV's gate in rounds alternating with this code's (each goes first in
-    turn), and its figures come under `before`.
+    turn), and its figures come under `before`. The bare relay, the floor of any pass-through
+    process, answers the same requests in rounds of its own, interleaved too, under `relay`; always
+    with `Connection: close`, since it keeps one upstream connection per client connection and
+    llama-server ends a kept-alive connection after a streamed answer (the gate opens one per request).
     """
     stacks = {"after": bed.stack, **({"before": bed.before} if bed.before is not None else {})}
-    names = list(stacks)
+    names = [*stacks, "relay"]
     per_round: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    payload = json.dumps(body).encode()
     for index in range(rounds):
         shift = index % len(names)
         for name in [*names[shift:], *names[:shift]]:
-            per_round[name].append(await _round(stacks[name], body, count, kept_alive, idle_s))
+            if name == "relay":
+                found_round = await _measure({"relay": bed.relay.pid}, bed.target("relay"), [bed.key] * count,
+                                             payload, False, idle_s)
+            else:
+                stack = stacks[name]
+                target, tokens = await tokens_for(stack, count, body["max_tokens"])
+                found_round = await _measure({"gate": stack.gate_pid, "broker": stack.broker_pid}, target,
+                                             tokens, payload, kept_alive, idle_s)
+            per_round[name].append(found_round)
     found = _reduce(per_round["after"], count, kept_alive)
     if "before" in per_round:
         found["before"] = _reduce(per_round["before"], count, kept_alive)
+    found["relay"] = {"rounds": per_round["relay"],
+                      "ms_per_request": median([r["ms_per_request"]["relay"] for r in per_round["relay"]])}
     return found
 
 
-async def _round(stack: ServeStack, body: dict[str, Any], count: int, kept_alive: bool,
-                 idle_s: float) -> dict[str, Any]:
-    pids = {"gate": stack.gate_pid, "broker": stack.broker_pid}
-    payload = json.dumps(body).encode()
-    target, tokens = await tokens_for(stack, count, body["max_tokens"])
+async def _measure(pids: dict[str, int], target: Target, credentials: Sequence[str], payload: bytes,
+                   kept_alive: bool, idle_s: float) -> dict[str, Any]:
+    """One round: each process's CPU per request over `len(credentials)` requests, idle background out."""
+    count = len(credentials)
     idle = await idle_cpu(pids, idle_s)
     before, started = thread_cpu_ns_of(pids), time.perf_counter()
-    statuses = await (_kept(target, tokens, payload) if kept_alive else _closed(target, tokens, payload))
+    send = _kept if kept_alive else _closed
+    statuses = await send(target, credentials, payload)
     after, wall = thread_cpu_ns_of(pids), time.perf_counter() - started
     return {"ok": sum(1 for s in statuses if s == 200), "count": count, "wall_s": wall, "idle_ms_per_s": idle,
             "ms_per_request": {name: net_ms_per_request(after[name] - before[name], wall, idle[name], count)
@@ -126,17 +140,18 @@ async def idle_windows(pids: dict[str, int], *, settle: float, seconds: float, w
             "ms_per_s": {name: median([w[name] for w in found]) for name in pids}}
 
 
-async def _kept(target: Target, tokens: Sequence[str], payload: bytes) -> list[int]:
+async def _kept(target: Target, credentials: Sequence[str], payload: bytes) -> list[int]:
     client = await keep_alive(target)
     try:
-        return [await client.send(kept_alive_request(target, payload, f"Bearer {token}")) for token in tokens]
+        return [await client.send(kept_alive_request(target, payload, f"Bearer {credential}"))
+                for credential in credentials]
     finally:
         client.close()
 
 
-async def _closed(target: Target, tokens: Sequence[str], payload: bytes) -> list[int]:
+async def _closed(target: Target, credentials: Sequence[str], payload: bytes) -> list[int]:
     found = []
-    for token in tokens:
-        result = await stream_once(target, chat_request(target, payload, f"Bearer {token}"), timeout=30)
+    for credential in credentials:
+        result = await stream_once(target, chat_request(target, payload, f"Bearer {credential}"), timeout=30)
         found.append(result.status if result.ok else 0)
     return found

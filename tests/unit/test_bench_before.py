@@ -29,7 +29,8 @@ def _results() -> dict[str, Any]:
                         "haproxy": _lane(0.75, 1.5, haproxy=0.2)},
         "first_token_real": {"raw": _lane(15.0, 20.0), "relay": _lane(15.5, 21.0), "direct": _lane(16.0, 22.0),
                              "before": _lane(17.0, 25.0)},
-        "gate_cost": {"real": {"gate_ms_per_request": 0.45, "before": {"gate_ms_per_request": 1.2}},
+        "gate_cost": {"real": {"gate_ms_per_request": 0.45, "before": {"gate_ms_per_request": 1.2},
+                               "relay": {"ms_per_request": 0.3}},
                       "synthetic": {"gate_ms_per_request": 0.5}},
         "idle_cpu": {"gate": 0.25, "broker": 0.5},
         "idle": {"settle_s": 10.0, "window_s": 15.0, "windows": [{}, {}]},
@@ -47,7 +48,8 @@ def test_the_table_lines_up_before_after_haproxy_and_the_relay() -> None:
     assert rows["P3 added TTFT p50 / p99, real model (one-token streams)"].endswith(
         "| +2.00 / +5.00 ms | +1.00 / +2.00 ms | – | +0.50 / +1.00 ms |")
     assert rows["P5 ES256 verification per token"].endswith("| ≤ 100 µs | 210 µs | 95 µs | – | – |")
-    assert rows["P7 gate CPU per lane request, real model, kept-alive"].endswith("| 1.200 ms | 0.450 ms | – | – |")
+    assert rows["P7 gate CPU per lane request, real model, kept-alive"].endswith(
+        "| 1.200 ms | 0.450 ms | – | 0.300 ms |")
     assert rows["P7 gate CPU per lane request, synthetic, `Connection: close`"].endswith(
         "| – | 0.500 ms | – | – |")  # a figure the run lacks is a dash, never a zero
     assert rows["CPU of the lane's own process per one-token request (the P3 synthetic run)"].endswith(

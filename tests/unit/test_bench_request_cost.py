@@ -47,9 +47,11 @@ def test_the_idle_background_is_subtracted_over_the_window() -> None:
 def test_the_report_says_how_p7_was_measured() -> None:
     results = {"machine": {}, "command": "bench", "duration_s": 1.0, "rows": [],
                "gate_cost": {"real": {"kept_alive": True, "count": 20, "rounds": [{}, {}, {}],
-                                      "gate_ms_per_request": 0.4321, "broker_ms_per_request": 0.001}},
+                                      "gate_ms_per_request": 0.4321, "broker_ms_per_request": 0.001,
+                                      "relay": {"ms_per_request": 0.25}}},
                "idle_cpu": {"gate": 0.5, "broker": 0.25}}
     text = render_markdown(results)
     assert ("- Gate CPU per lane request (P7, real upstream, one kept-alive connection, 20 requests × 3 rounds, "
-            "tokens negotiated first, idle background subtracted): 0.432 ms (the broker meanwhile: 0.001 ms).") in text
+            "tokens negotiated first, idle background subtracted): 0.432 ms (the broker meanwhile: 0.001 ms); "
+            "the bare relay on the same requests (`Connection: close`), in rounds between: 0.250 ms.") in text
     assert "- Idle (nothing asked): gate 0.50 ms of CPU per second, broker 0.25 ms of CPU per second." in text
