@@ -18,19 +18,21 @@ KEY_BYTES = 32  # 256 bits
 class MasterKey:
     """One generated key. ``repr`` and ``str`` never show it."""
 
-    __slots__ = ("_value",)
+    __slots__ = ("_header", "_value")
 
     def __init__(self, value: str) -> None:
         register_secret(value)
         self._value = value
+        self._header = b"Bearer " + value.encode("ascii")
 
     @classmethod
     def generate(cls) -> MasterKey:
         return cls(secrets.token_urlsafe(KEY_BYTES))
 
     def authorization(self) -> bytes:
-        """The header value the gate sets on each upstream request."""
-        return b"Bearer " + self._value.encode("ascii")
+        """The header value the gate sets on each upstream request: one object for the key's life, so
+        the gate tells a new key (a respawned llama-server) from the same one by identity."""
+        return self._header
 
     def child_environment(self, inherited: dict[str, str]) -> dict[str, str]:
         """llama-server's environment: the key set, and nothing inherited that could override it."""

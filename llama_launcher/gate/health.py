@@ -55,6 +55,8 @@ class Health:
         self.models: dict[str, ModelState] = {}
         self.load_progress = LoadProgress(upstream)
         self._props_for: bytes | None = None
+        self._digested: tuple[bytes, bytes] | None = None
+        """(the authorization value, its digest): asked on every chat, hashed once per key."""
         self._props_failed_at = -math.inf
         self._props_read: SingleFlight[None] = SingleFlight()
         self._snapshot: dict[str, Any] | None = None
@@ -96,9 +98,13 @@ class Health:
 
     def _key_digest(self) -> bytes | None:
         try:
-            return hashlib.sha256(self.upstream.authorization()).digest()
+            authorization = self.upstream.authorization()
         except NotListening:
             return None
+        digested = self._digested
+        if digested is None or digested[0] is not authorization:  # the launcher's key: one object per key
+            digested = self._digested = (authorization, hashlib.sha256(authorization).digest())
+        return digested[1]
 
     async def _read_props(self, digest: bytes) -> None:
         try:

@@ -88,7 +88,7 @@ class Attempts:
         self.members = list(members)
         self.held = held
         self._next = 0
-        self._last: Refusal = UpstreamUnavailable()
+        self._last: Refusal | None = None
 
     @property
     def first(self) -> Member:
@@ -99,7 +99,7 @@ class Attempts:
 
     def next(self) -> Member:
         if not self.left():
-            raise StreamLost() if self.held else self._last
+            raise StreamLost() if self.held else (self._last or UpstreamUnavailable())
         member = self.members[self._next]
         self._next += 1
         return member

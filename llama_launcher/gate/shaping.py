@@ -207,7 +207,7 @@ def shape_chat_body(body: bytes, grant: Grant, policy: ShapingPolicy) -> bytes:
     messages = _shape_messages(shaped.get("messages"), request.get("image_base64"), policy)
     shaped["messages"] = messages
     try:
-        return json.dumps(shaped, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+        return _ENCODER.encode(shaped).encode("utf-8")
     except UnicodeEncodeError:
         raise RequestRefusal(INVALID_JSON, "unicode_escape") from None
 
@@ -216,19 +216,16 @@ def _decode(body: bytes, policy: ShapingPolicy) -> dict[str, Any]:
     if len(body) > policy.max_body_bytes:
         raise RequestRefusal(BODY_TOO_LARGE, "over", limit=policy.max_body_bytes)
     try:
-        value = json.loads(
-            body.decode("utf-8"),
-            object_pairs_hook=_unique_keys,
-            parse_constant=_refuse_constant,
-            parse_float=_finite_float,
-        )
+        value = _DECODER.decode(body.decode("utf-8"))
     except RecursionError:
         raise _too_deep(policy) from None
     except (UnicodeDecodeError, ValueError):
         raise RequestRefusal(INVALID_JSON) from None
     if not isinstance(value, dict):
         raise RequestRefusal(NOT_AN_OBJECT)
-    if _depth(value) > policy.max_json_depth:
+    # Each level of nesting opens with a `{` or `[`, so a body with no more of them than the limit
+    # (in strings too) cannot be too deep: the walk is skipped for every ordinary chat.
+    if body.count(b"{") + body.count(b"[") > policy.max_json_depth and _depth(value) > policy.max_json_depth:
         raise _too_deep(policy)
     return value
 
@@ -254,6 +251,11 @@ def _finite_float(text: str) -> float:
     if not math.isfinite(value):
         raise ValueError("a number too large for a float")
     return value
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_constant=_refuse_constant, parse_float=_finite_float)
+"""Built once: `json.loads` with hooks builds a decoder per call, on every lane request."""
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
 def _depth(value: object) -> int:

@@ -707,3 +707,10 @@ def test_a_response_format_that_is_not_an_object_is_refused():
 def test_reasoning_effort_of_another_type_is_refused_not_a_crash(value):
     assert out_of_bounds({"reasoning_effort": value})["param"] == "reasoning_effort"
     assert out_of_bounds({"chat_template_kwargs": {"reasoning_effort": value}})["param"] == "reasoning_effort"
+
+
+def test_brackets_in_strings_do_not_make_a_shallow_body_deep():
+    """The walk is skipped only while the brackets cannot reach the limit; past it, it runs and decides."""
+    body = json.dumps({"messages": [{"role": "user", "content": "[{" * 200}]}).encode()
+    assert body.count(b"[") + body.count(b"{") > 64
+    assert json.loads(shape_bytes(body))["messages"][0]["content"] == "[{" * 200
