@@ -52,15 +52,16 @@ class Plan:
     load_slow: int
     load_hammers: int
     settle: float
-    cost_requests: int = 20
-    cost_rounds: int = 3
+    cost_requests: int = 40
+    cost_rounds: int = 5
     idle_seconds: float = 15.0
     """One idle window; the windows start after `idle_settle` seconds of quiet (`request_cost.idle_windows`)."""
     idle_settle: float = 30.0
     idle_windows: int = 3
     real: bool = True
-    model_ttfts: int = 50
-    """One-token streams per lane for P3 on each real upstream, single-model and router."""
+    model_ttfts: int = 200
+    """One-token streams per lane for P3 on each real upstream, single-model and router: a real first
+    token varies by milliseconds, so 50 left the median's own error near a millisecond."""
     model_loads: int = 3
     """Switches to each of the router's two models (each a load, then a warm request)."""
     router: bool = True
