@@ -224,7 +224,7 @@ def create_control_app(core: BrokerCore) -> FastAPI:
             left = deadline - time.monotonic()
             if document["version"] != known:
                 return json_response(document, headers=NO_STORE)
-            if left <= 0:
+            if left <= 0 or core.stopping:
                 return Response(status_code=304, headers=NO_STORE)
             await core.wait_for_change(min(left, SHARED_RECHECK_SECONDS) if core.shared_state else left)
 

@@ -120,6 +120,8 @@ class BrokerCore:
         )
         self.conversations = Conversations()
         self._changed = asyncio.Event()
+        self.stopping = False
+        """Set when the broker stops: a long poll answers at once rather than wait out its hold."""
         logger.info(
             "event=broker_configured algorithm=%s direct_stream=%s model=%s",
             keyring.current.algorithm, direct_stream_enabled(), settings.model,
@@ -198,6 +200,12 @@ class BrokerCore:
         """Wake every long poll of the gate's (`GET /state`): what it holds may be stale now."""
         self._changed.set()
         self._changed = asyncio.Event()
+
+    def stop_waiting(self) -> None:
+        """The broker is stopping: every held long poll answers now, so a graceful stop ends within its
+        time, and no poll is cancelled mid-wait (uvicorn would log that as an application error)."""
+        self.stopping = True
+        self.published_changed()
 
     async def wait_for_change(self, timeout: float) -> None:
         """Until `published_changed` or `timeout` seconds; a waiter rechecks the version either way."""

@@ -141,6 +141,7 @@ async def serve(settings: BrokerSettings, access_token: str) -> None:
     ]
 
     def stop_all() -> None:
+        core.stop_waiting()
         for server, _ in servers:
             server.stop()
 

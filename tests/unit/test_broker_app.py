@@ -11,6 +11,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ import broker.static as broker_static
 from broker.app import create_app, create_control_app
 from broker.core import BrokerCore
 from broker.negotiation import GateHealth
+from broker.server import GRACEFUL_SHUTDOWN_SECONDS
 from broker.sessions import COOKIE_NAME
 from broker.settings import (
     ACCESS_TOKEN_ENV,
@@ -40,6 +42,7 @@ from broker.settings import (
 )
 from broker.signing_keys import KeyRing
 from broker.static import static_file
+from llama_direct.control import STATE_PATH
 from llama_direct.ids import load_or_create_ids
 from llama_direct.refusals import CONVERSATION_NOT_OWNED, UNKNOWN_OPTION
 from llama_direct.replay import Revocations
@@ -881,10 +884,22 @@ def test_the_server_runs_both_apps_on_private_sockets_and_stops_cleanly(tmp_path
             answer = public.post("/direct-stream", headers={**BEARER, "Host": HOST}).json()
             assert (answer["supported"], answer["reason"]) == (False, "gate_down")
             assert control.get("/jwks").json()["keys"][0]["alg"] == "EdDSA"
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=15)
+            held: list[int] = []
+            version = control.get(STATE_PATH).json()["version"]
+            poll = threading.Thread(target=lambda: held.append(
+                control.get(STATE_PATH, params={"known": version}, timeout=30).status_code))
+            poll.start()  # the gate's long poll, held for 10 s unless something changes
+            time.sleep(0.5)
+            stopping = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            _, stderr = process.communicate(timeout=15)
+            stopped_in = time.monotonic() - stopping
+            poll.join(5)
         assert process.returncode == 0
         log = stderr.decode()
+        # the held poll answered at once: the stop ends in time, with no request cancelled and logged
+        assert held == [304] and stopped_in < GRACEFUL_SHUTDOWN_SECONDS
+        assert "Traceback" not in log and "Exception in ASGI application" not in log
         assert "event=request method=GET path=/ status=303" in log
         assert ACCESS_TOKEN not in log
         assert not (runtime / "broker.sock").exists()
