@@ -342,7 +342,9 @@ class Stack:
 
     def shutdown(self) -> None:
         self.stopping.set()
-        for name, child, grace in (("broker", self.broker, 10.0), ("gate", self.gate, 15.0)):
+        # The gate first: it stops taking requests, and its key long poll ends with it, so the broker
+        # stopping after it finds no poll held and the gate no broker gone from under it.
+        for name, child, grace in (("gate", self.gate, 15.0), ("broker", self.broker, 10.0)):
             if child is None or child.poll() is not None:
                 continue
             child.send_signal(signal.SIGTERM)

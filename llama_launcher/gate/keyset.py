@@ -164,7 +164,10 @@ class KeySet:
                 raise ValueError("the version must be a string")
         except (httpx.HTTPError, ValueError, TypeError, KeyError):
             if not self._failing:
-                log.warning("cannot pull keys or revocations from the broker; keeping the last ones")
+                if self.version:
+                    log.warning("cannot pull keys or revocations from the broker; keeping the last ones")
+                else:  # no keys yet: the broker is starting beside the gate, as at every start
+                    log.info("the broker's keys are not there yet; asking again")
             self._failing = True
             return False
         self.keys, self.revocations, self.version = keys, revocations, version

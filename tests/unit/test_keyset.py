@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import tempfile
@@ -168,6 +169,28 @@ def test_a_failed_long_poll_is_retried_after_the_interval() -> None:
         stop.set()
         await asyncio.wait_for(task, 1.0)
         await control.server.stop()
+        await keyset.aclose()
+
+    run(scenario)
+
+
+def test_a_broker_not_up_yet_is_no_warning_and_one_gone_later_is(caplog: Any) -> None:
+    """At every start the gate asks before the broker listens: that is said at INFO; losing the broker
+    after keys were pulled is a WARNING, once."""
+    async def scenario(path: str) -> None:
+        keyset = KeySet(path)
+        with caplog.at_level(logging.INFO, logger="llama_launcher.gate.keyset"):
+            assert not await keyset.refresh()
+            assert [r.levelno for r in caplog.records] == [logging.INFO]
+            control = Control(path)
+            await control.server.start()
+            assert await keyset.refresh()
+            await control.server.stop()
+            caplog.clear()
+            assert not await keyset.refresh()
+            assert not await keyset.refresh()
+            assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+                (logging.WARNING, "cannot pull keys or revocations from the broker; keeping the last ones")]
         await keyset.aclose()
 
     run(scenario)
