@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 UNKNOWN_KID_MIN_INTERVAL = 1.0
 PULL_TIMEOUT = 2.0
 SOURCE_WAIT = 2.0
+STARTING_GRACE = 15.0
+"""Seconds a gate that has never had keys waits quietly for its broker (starting beside it) before it warns."""
 
 
 class KeySet:
@@ -65,6 +67,8 @@ class KeySet:
         self._pulling: SingleFlight[bool] = SingleFlight()
         self._last_forced = -UNKNOWN_KID_MIN_INTERVAL
         self._failing = False
+        self._waiting_since: float | None = None
+        """When a gate without keys first failed to pull them; None once it has warned or has keys."""
 
     @classmethod
     def for_config(cls, config: GateConfig) -> KeySet:
@@ -163,16 +167,26 @@ class KeySet:
             if not isinstance(version, str):
                 raise ValueError("the version must be a string")
         except (httpx.HTTPError, ValueError, TypeError, KeyError):
-            if not self._failing:
-                if self.version:
-                    log.warning("cannot pull keys or revocations from the broker; keeping the last ones")
-                else:  # no keys yet: the broker is starting beside the gate, as at every start
-                    log.info("the broker's keys are not there yet; asking again")
-            self._failing = True
+            self._failed()
             return False
         self.keys, self.revocations, self.version = keys, revocations, version
         self._join()
         return self._ok()
+
+    def _failed(self) -> None:
+        """Warn once per outage; a gate that never had keys first waits `STARTING_GRACE` quietly, since
+        at every start it asks before the broker beside it listens."""
+        now = time.monotonic()
+        if self.version:
+            if not self._failing:
+                log.warning("cannot pull keys or revocations from the broker; keeping the last ones")
+        elif self._waiting_since is None and not self._failing:
+            self._waiting_since = now
+            log.info("the broker's keys are not there yet; asking again")
+        elif self._waiting_since is not None and now - self._waiting_since >= STARTING_GRACE:
+            self._waiting_since = None
+            log.warning("cannot pull keys from the broker: none yet after %.0f s", STARTING_GRACE)
+        self._failing = True
 
     def _ok(self) -> bool:
         if self._failing:

@@ -16,6 +16,7 @@ from gate_fakes import FakeServer, Received, _json_response
 from broker.signing_keys import SigningKey
 from llama_direct.control import STATE_PATH, state_document
 from llama_direct.replay import Revocations
+from llama_launcher.gate import keyset as keyset_module
 from llama_launcher.gate.keyset import KeySet
 
 
@@ -191,6 +192,22 @@ def test_a_broker_not_up_yet_is_no_warning_and_one_gone_later_is(caplog: Any) ->
             assert not await keyset.refresh()
             assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
                 (logging.WARNING, "cannot pull keys or revocations from the broker; keeping the last ones")]
+        await keyset.aclose()
+
+    run(scenario)
+
+
+def test_a_broker_that_never_comes_is_warned_of_once_after_the_grace(monkeypatch: Any, caplog: Any) -> None:
+    monkeypatch.setattr(keyset_module, "STARTING_GRACE", 0.0)
+
+    async def scenario(path: str) -> None:
+        keyset = KeySet(path)
+        with caplog.at_level(logging.INFO, logger="llama_launcher.gate.keyset"):
+            for _ in range(3):
+                assert not await keyset.refresh()
+        assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+            (logging.INFO, "the broker's keys are not there yet; asking again"),
+            (logging.WARNING, "cannot pull keys from the broker: none yet after 0 s")]
         await keyset.aclose()
 
     run(scenario)
