@@ -223,11 +223,20 @@ def _decode(body: bytes, policy: ShapingPolicy) -> dict[str, Any]:
         raise RequestRefusal(INVALID_JSON) from None
     if not isinstance(value, dict):
         raise RequestRefusal(NOT_AN_OBJECT)
-    # Each level of nesting opens with a `{` or `[`, so a body with no more of them than the limit
-    # (in strings too) cannot be too deep: the walk is skipped for every ordinary chat.
-    if body.count(b"{") + body.count(b"[") > policy.max_json_depth and _depth(value) > policy.max_json_depth:
+    if _may_be_too_deep(body, policy.max_json_depth) and _depth(value) > policy.max_json_depth:
         raise _too_deep(policy)
     return value
+
+
+BRACKET_COUNT_BYTES = 64 * 1024
+"""Up to this size counting the body's brackets costs less than walking its nodes; past it (an image
+inline: 20 ms to count 20 MB, 60 µs to walk), the walk is cheaper."""
+
+
+def _may_be_too_deep(body: bytes, limit: int) -> bool:
+    """Each level of nesting opens with a `{` or `[`, so a small body with no more of them than the
+    limit (in strings too) cannot be too deep: the walk is skipped for every ordinary chat."""
+    return len(body) > BRACKET_COUNT_BYTES or body.count(b"{") + body.count(b"[") > limit
 
 
 def _too_deep(policy: ShapingPolicy) -> RequestRefusal:
