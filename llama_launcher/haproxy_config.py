@@ -17,7 +17,8 @@ Pure: `render(plan)` returns the text; the CLI writes it. Two shapes:
   `--app` (a `serve` stack's public port: page, login, negotiation, the fallback path, health). An
   upstream given as `HOST:PORT=MODEL[,MODEL...]` gets only the grants for those models.
 
-What this cannot do that the Python gate does is in the README ("What HAProxy cannot do").
+What this cannot do that the Python gate does is in docs/fleet.md ("What HAProxy cannot do that the
+Python gate does").
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ class Tree:
 
 
 def repository() -> Path:
-    """The checkout this code runs from (the benchmark runs in a clone, as CI's and the README's do)."""
+    """The checkout this code runs from (the benchmark runs in a clone, as CI's and docs/performance.md's do)."""
     return Path(llama_launcher.__file__).resolve().parent.parent
 
 

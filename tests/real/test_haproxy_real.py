@@ -6,7 +6,7 @@ stands between HAProxy and each llama-server, so each probe shows whether an ups
 The token and route probes are those of `tests/hostile` (the Python gate's status beside each, in
 `GATE`), sent with `model` and `max_tokens` as this mode requires, plus the probes that only this
 mode needs. Each one is refused without reaching either llama-server, or is in `KNOWN_LIMITS`, which
-the README lists.
+docs/fleet.md lists ("What HAProxy cannot do that the Python gate does").
 """
 
 from __future__ import annotations
@@ -242,7 +242,7 @@ def test_a_good_request_streams_once_and_its_token_never_again(edge: Edge) -> No
 
 
 def test_the_known_limits_still_reach_llama_server(edge: Edge) -> None:
-    """The README lists these; if HAProxy starts refusing one, this fails and the README must change."""
+    """docs/fleet.md lists these; if HAProxy starts refusing one, this fails and docs/fleet.md must change."""
     for name, (build, _gate_status) in KNOWN_LIMITS.items():
         before = len(edge.forwarded())
         edge.exchange(build())
