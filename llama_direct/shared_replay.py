@@ -41,8 +41,8 @@ return 0
 def async_client(url: str, timeout: float = DEFAULT_TIMEOUT) -> redis.asyncio.Redis:
     """A client for `redis://` or `rediss://` (TLS), failing fast: no retry hides a dead Redis."""
     import redis.asyncio
+    from redis.asyncio.retry import Retry  # the asyncio client's own: redis 8 warns at the synchronous one
     from redis.backoff import NoBackoff
-    from redis.retry import Retry
 
     return redis.asyncio.Redis.from_url(
         url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0),

@@ -12,7 +12,6 @@ import json
 import re
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -389,8 +388,6 @@ def test_random_bytes_get_a_4xx_or_a_close_and_never_reach_llama_server(gate: Ha
 def test_the_gate_still_serves_after_the_fuzzing(gate: Harness) -> None:
     """Runs after the fuzz tests in file order: no input above broke the gate for the next client."""
     since = len(gate.upstream_requests)
-    started = time.monotonic()
     answer = blocking_exchange(gate.port, chat_request(gate.token()))  # type: ignore[arg-type]
     assert statuses(answer) == [200]
-    assert time.monotonic() - started < 3
     assert len(gate.upstream_requests) == since + 1

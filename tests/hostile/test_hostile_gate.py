@@ -195,7 +195,11 @@ async def _pipelined(h: Harness) -> Response:
 
 
 async def _trickle(h: Harness, start: bytes, drip: bytes) -> Response:
-    """Send `start`, then one byte of `drip` every 50 ms: the timeout must fire all the same."""
+    """Send `start`, then one byte of `drip` every 50 ms: the timeout must fire all the same.
+
+    No wall-clock bound: the client waits 5 s, many times the 0.3 s timeout under test, and a drip
+    that is not empty lasts at least 10 s, so an answer at all proves the timeout fired mid-drip.
+    """
     client = await Client.open(h.port)  # type: ignore[arg-type]
 
     async def drip_feed() -> None:
@@ -207,10 +211,7 @@ async def _trickle(h: Harness, start: bytes, drip: bytes) -> Response:
 
     feeder = asyncio.ensure_future(drip_feed())
     try:
-        started = time.monotonic()
-        response = await client.response(timeout=5)
-        assert time.monotonic() - started < 2.0
-        return response
+        return await client.response(timeout=5)
     finally:
         feeder.cancel()
         client.close()
@@ -229,18 +230,19 @@ async def _stalled_body(h: Harness) -> Response:
 async def _dripped_body(h: Harness) -> Response:
     """A body sent a byte every 50 ms: each read used to re-arm the timeout, so it never ended."""
     head = request(h.token(), body=b"").replace(b"Content-Length: 0", b"Content-Length: 400")
-    return await _trickle(h, head + b'{"messages":', b" " * 100)
+    return await _trickle(h, head + b'{"messages":', b" " * 300)
 
 
 def _small_route(method: bytes, target: bytes) -> Any:
-    """A broker route with a small body, declared 100 KB: 413 at once, with not one body byte sent."""
+    """A broker route with a small body, declared 100 KB: 413 at once, with not one body byte sent.
+
+    A gate that waited for the body would answer nothing before its 60 s body timeout (and then 408),
+    so a 413 within the client's 30 s proves the refusal came from the head alone: no clock needed.
+    """
 
     async def act(h: Harness) -> Response:
         raw = method + b" " + target + b" HTTP/1.1\r\nHost: gate\r\nContent-Length: 100000\r\n\r\n"
-        started = time.monotonic()
-        response = await exchange(h, raw, timeout=2)
-        assert time.monotonic() - started < 1.0
-        return response
+        return await exchange(h, raw, timeout=30)
 
     return act
 
