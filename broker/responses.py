@@ -79,7 +79,9 @@ class Envelope:
                 await send({"type": "http.response.body", "body": body})
         finally:
             if self.access_log:
-                logger.info(
+                # A success is DEBUG: the page polls, and an INFO line each time drowned the log.
+                logger.log(
+                    logging.INFO if status >= 400 else logging.DEBUG,
                     "event=request method=%s path=%s status=%d ms=%.2f",
                     scope["method"], scope["path"], status, (time.perf_counter() - started) * 1000,
                 )

@@ -28,7 +28,7 @@ from fastapi import FastAPI
 from broker.app import create_app, create_control_app
 from broker.core import BrokerCore
 from broker.settings import BrokerSettings, SettingsError, access_token_from_env
-from llama_direct.redaction import configure_logging
+from llama_direct.logs import configure_logging
 from llama_direct.runtime import REDIS_URL_ENV
 from llama_direct.shared_replay import register_url
 
@@ -196,8 +196,8 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 
 def main() -> None:
     configure_logging(process="broker")
-    # httpx would log each health poll, twice a second; the broker logs what matters itself.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    # Two servers, each saying it started and stopped: the broker says both once, itself.
+    logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
     try:
         settings = BrokerSettings.from_env()
         access_token = access_token_from_env()

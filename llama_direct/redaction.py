@@ -8,10 +8,7 @@ A secret is registered the moment it is created, so there is no window in which 
 from __future__ import annotations
 
 import logging
-import os
 import threading
-
-from llama_direct.runtime import LOG_LEVEL_ENV
 
 REDACTED = "[redacted]"
 _MIN_SECRET_LENGTH = 8
@@ -115,26 +112,3 @@ def install() -> None:
         original_add_handler(handler)
 
     root.addHandler = add_handler  # type: ignore[method-assign, assignment]  # wraps the bound method on purpose
-
-
-def configure_logging(level: int | None = None, *, process: str) -> None:
-    """Structured key=value lines on stderr, scrubbed, for one of the project's processes.
-
-    Without an explicit level, ``LLAMA_DIRECT_LOG_LEVEL`` (set by ``serve --verbose``) decides, so
-    the children follow the parent's choice.
-    """
-    if level is None:
-        level = logging.getLevelName(os.environ.get(LOG_LEVEL_ENV, "INFO").upper())
-        if not isinstance(level, int):
-            level = logging.INFO
-    handler = logging.StreamHandler()
-    handler.setFormatter(
-        logging.Formatter(f"%(asctime)s level=%(levelname)s process={process} logger=%(name)s %(message)s")
-    )
-    handler.addFilter(RedactingFilter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    logging.getLogger("httpcore").setLevel(logging.WARNING)
-    install()

@@ -23,6 +23,11 @@ UPSTREAM_KEYS_ENV = "LLAMA_DIRECT_UPSTREAM_KEYS"
 PUBLIC_FD_ENV = "LLAMA_DIRECT_PUBLIC_FD"
 APP_FD_ENV = "LLAMA_DIRECT_APP_FD"
 LOG_LEVEL_ENV = "LLAMA_DIRECT_LOG_LEVEL"
+"""DEBUG with `serve --verbose`: everything, to the terminal as well as to the log files."""
+LOG_DIR_ENV = "LLAMA_DIRECT_LOG_DIR"
+"""Where each process writes its own log file (serve sets it to the data dir's `LOGS_DIR`)."""
+LOG_FORMAT_ENV = "LLAMA_DIRECT_LOG_FORMAT"
+"""`text` or `json` (`serve --log-format`): how the log files are written."""
 CACHE_ENV = "LLAMA_DIRECT_CACHE"
 REDIS_URL_ENV = "LLAMA_DIRECT_REDIS_URL"
 """Where the state several gates and brokers share lives (`redis://` or `rediss://`); may hold a password."""
@@ -40,6 +45,10 @@ LAUNCH_FILE = "launch.json"
 GATE_FAILURE_FILE = "gate-failure.json"
 """The gate's last word to the parent: why it stopped for good (llama-server cannot start)."""
 GATE_EXIT_GAVE_UP = 3
+PROCESSES = ("serve", "gate", "broker")
+"""serve's processes, each with a log file of its own."""
+LOGS_DIR = "logs"
+"""In the data dir (the runtime dir is gone after a stop): one file per process, `<process>.log`."""
 """The gate's exit code that tells the parent not to restart it for the same cause."""
 
 _READY = re.compile(r"llama-direct ready: (?P<url>https?://\S+)")
@@ -64,6 +73,25 @@ class RuntimeLine:
     path: Path
     host: str
     port: int
+
+
+def log_file_path(log_dir: Path, process: str) -> Path:
+    """One process's log file (`serve`, `gate`, `broker`): each process its own, so rotations never race."""
+    return log_dir / f"{process}.log"
+
+
+def serve_log_path(data_dir: Path) -> Path:
+    """serve's own log file, which holds its runtime line: where readers look for it now that the
+    terminal is quiet."""
+    return log_file_path(data_dir / LOGS_DIR, "serve")
+
+
+def read_serve_log(data_dir: Path) -> str:
+    """serve's log file so far ("" before it exists): the runtime line is there, not on the terminal."""
+    try:
+        return serve_log_path(data_dir).read_text(errors="replace")
+    except OSError:
+        return ""
 
 
 def format_runtime_line(path: Path, host: str, port: int) -> str:

@@ -1,4 +1,4 @@
-"""``llama-direct``: serve (the parent process), setup (the cached installs), doctor (what was found)."""
+"""llama-direct: serve (the parent process), setup (the cached installs), doctor (what was found)."""
 
 from __future__ import annotations
 
@@ -8,18 +8,16 @@ import os
 import secrets
 import ssl
 import sys
-from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from llama_direct.ids import ID_PATTERN
-from llama_direct.redaction import configure_logging, register_secret
-from llama_direct.runtime import ACCESS_TOKEN_ENV, LOG_LEVEL_ENV, REDIS_URL_ENV, UPSTREAM_KEY_ENV
-from llama_launcher import model, provision, secret_inputs
+from llama_direct.logs import configure_logging
+from llama_direct.redaction import register_secret
+from llama_direct.runtime import ACCESS_TOKEN_ENV, LOG_FORMAT_ENV, LOG_LEVEL_ENV
+from llama_launcher import model, provision, secret_inputs, serve_flags
 from llama_launcher.attached import AttachedServer
 from llama_launcher.errors import LauncherError
-from llama_launcher.gate.config import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PENDING
 from llama_launcher.gate.jwks_document import JwksSource, check_sources
 from llama_launcher.gate.jwks_pull import tls_context
 from llama_launcher.launch_spec import LaunchSpec
@@ -28,108 +26,17 @@ from llama_launcher.router_launch import is_router, router_spec
 from llama_launcher.secret_inputs import read_secret_file
 from llama_launcher.server_args import validate_extra_args
 
-UNLIMITED_RATE = 10**9
-"""The highest rate limit serve takes: the bench sets it to measure the lane, not the limiter."""
+UNLIMITED_RATE = serve_flags.UNLIMITED_RATE
+"""The highest rate limit serve takes (its flags live in `serve_flags`); kept here for the bench's callers."""
 
 TEMPLATES = {"think": "smollm2-think.jinja", "tools": "chatml-tools.jinja"}
-
-
-def _ip_address(value: str) -> str:
-    """An IP address as the socket reports it (no host names: a proxy is trusted by its address)."""
-    try:
-        return str(ipaddress.ip_address(value))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an IP address: {value!r}") from None
-
-
-def _name(text: str) -> str:
-    """An audience or issuer name: what the ids file allows, so it needs no escaping anywhere."""
-    if not ID_PATTERN.fullmatch(text):
-        raise argparse.ArgumentTypeError(f"{text!r} must be 1 to 128 letters, digits or _.:-")
-    return text
-
-
-def _int_in(low: int, high: int) -> Callable[[str], int]:
-    """An argparse type that names the allowed range, so a bad value is a one-line usage error."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{value} is outside {low}..{high}")
-        return value
-
-    parse.__name__ = "number"
-    return parse
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llama-direct", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="start llama-server, the gate and the broker on one port")
-    serve.add_argument("--host", default="127.0.0.1", help="public address (default 127.0.0.1)")
-    serve.add_argument("--port", type=_int_in(0, 65535), default=8000,
-                       help="public port (default 8000; 0 picks a free one)")
-    serve.add_argument("--public-url", help="the base URL browsers use, behind a reverse proxy")
-    serve.add_argument("--gate-port", type=_int_in(0, 65535),
-                       help="two-port mode: the direct lane on a port of its own")
-    serve.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
-                       help="two-port mode: another app origin that may call the lane (repeatable)")
-    serve.add_argument("--data-dir", type=Path, help="keys and ids (default ~/.local/share/llama-direct)")
-    serve.add_argument("--access-token-file", type=Path, help="a fixed login token, read from this file")
-    serve.add_argument("--algorithm", choices=("EdDSA", "ES256"), default="EdDSA", help="token signature")
-    serve.add_argument("--signing-key-file", type=Path,
-                       help="sign with this Ed25519 or P-256 PEM key (mode 0600) instead of the data dir's")
-    serve.add_argument("--key-rotation-hours", type=_int_in(0, 8760), default=24,
-                       help="replace the broker's signing key this often (default 24; 0: never)")
-    serve.add_argument("--token-ttl", type=_int_in(1, 300), default=30, help="credential lifetime in seconds (max 300)")
-    serve.add_argument("--max-tokens", type=_int_in(1, 1 << 20), default=2048,
-                       help="hard cap on generated tokens per request")
-    serve.add_argument("--rate-per-minute", type=_int_in(1, UNLIMITED_RATE), default=120,
-                       help="token negotiations per minute per session (default 120)")
-    serve.add_argument("--burst", type=_int_in(1, UNLIMITED_RATE), default=20,
-                       help="negotiations a session may make at once before the rate applies (default 20)")
-    serve.add_argument("--loads-per-minute", type=_int_in(1, UNLIMITED_RATE), default=6,
-                       help="many models: loads a session may cause per minute (default 6; a load stalls the box)")
-    serve.add_argument("--audience", type=_name, metavar="NAME",
-                       help="the tokens' aud, shared by several gates (default: this data dir's gate id)")
-    serve.add_argument("--issuer", type=_name, action="append", default=[], metavar="NAME",
-                       help="a broker whose tokens the gate accepts, repeatable; the first is this broker's own "
-                       "iss (default: this data dir's broker id)")
-    serve.add_argument("--issuer-jwks", action="append", default=[], metavar="ISSUER=URL",
-                       help="pull that --issuer's public keys from its https:// JWKS URL (repeatable); they verify "
-                       "its tokens only")
-    serve.add_argument("--jwks-ca-file", type=Path, metavar="PEM",
-                       help="trust only these CAs for the --issuer-jwks servers (default: the system's store)")
-    serve.add_argument("--jwks-interval", type=_int_in(5, 3600), default=30, metavar="SECONDS",
-                       help="pull each --issuer-jwks this often (default 30), and at once on an unknown kid")
-    serve.add_argument("--redis-url-file", type=Path,
-                       help=f"share replay cache, revocations, rate counters and sessions in Redis: its URL, "
-                       f"read from this file (or {REDIS_URL_ENV}; never on the command line)")
-    serve.add_argument("--tls-cert", type=Path, help="TLS certificate (PEM) for the public port")
-    serve.add_argument("--tls-key", type=Path, help="TLS private key (PEM) for the public port")
-    serve.add_argument("--tls-self-signed", action="store_true", help="make (once) and use a self-signed pair")
-    serve.add_argument("--upstream", action="append", default=[],
-                       help="attach to a running llama-server: http(s)://host:port or unix:/path; repeatable "
-                       "(the gate routes each request to the least busy one serving its model); "
-                       "not mixed with a launched llama-server")
-    serve.add_argument("--upstream-key-file", type=Path, action="append", default=[],
-                       help=f"an attached server's API key, read from a file: once for every upstream, or once "
-                       f"per --upstream, by position (or {UPSTREAM_KEY_ENV} for all)")
-    serve.add_argument("--max-connections", type=_int_in(16, 1 << 20), default=DEFAULT_MAX_CONNECTIONS,
-                       help=f"client connections held at once, in all (default {DEFAULT_MAX_CONNECTIONS}; "
-                       "lowered to what the descriptor limit allows)")
-    serve.add_argument("--max-pending-per-address", type=_int_in(1, 1 << 20), default=DEFAULT_MAX_PENDING,
-                       help="connections one client address may have still sending a request head or body "
-                       f"(default {DEFAULT_MAX_PENDING}; streams being answered do not count)")
-    serve.add_argument("--trusted-proxy", action="append", default=[], metavar="ADDR", type=_ip_address,
-                       help="a reverse proxy's address whose X-Forwarded-For/-Proto are believed (repeatable)")
-    serve.add_argument("--verbose", action="store_true", help="log llama-server's own output too")
-    _add_server_options(serve)
-    serve.add_argument("server_args", nargs=argparse.REMAINDER, help="-- then extra llama-server arguments")
+    serve_flags.add_serve(commands)
 
     setup = commands.add_parser("setup", help="find or build llama-server, fetch the default model, and prove "
                                 "that they run (one token)")
@@ -141,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
                         "(llama-direct bench --help)")
 
     doctor = commands.add_parser("doctor", help="say what was found, where, and which version")
-    _add_server_options(doctor)
+    serve_flags.add_server_options(doctor)
     doctor.add_argument("--upstream", help="check an attached llama-server instead")
     doctor.add_argument("--upstream-key-file", type=Path)
     doctor.add_argument("server_args", nargs=argparse.REMAINDER,
@@ -160,30 +67,15 @@ def _parser() -> argparse.ArgumentParser:
                          help="where everything off the lane goes: a serve stack (page, login, negotiation, fallback)")
     haproxy.add_argument("--public-key-file", type=Path, action="append", default=[],
                          help="a broker's ES256 public key (PEM), repeatable during a rotation")
-    haproxy.add_argument("--audience", type=_name, help="the tokens' aud")
-    haproxy.add_argument("--issuer", type=_name, action="append", default=[], help="an accepted iss, repeatable")
+    haproxy.add_argument("--audience", type=serve_flags.name, help="the tokens' aud")
+    haproxy.add_argument("--issuer", type=serve_flags.name, action="append", default=[],
+                         help="an accepted iss, repeatable")
     haproxy.add_argument("--peer", action="append", default=[], metavar="NAME=HOST:PORT",
                          help="an HAProxy sharing the jti table (in the gate's place) or the conversation "
                               "table (at the edge), this one included, repeatable")
-    haproxy.add_argument("--local-peer", type=_name, help="which --peer this HAProxy is")
+    haproxy.add_argument("--local-peer", type=serve_flags.name, help="which --peer this HAProxy is")
     haproxy.add_argument("--output", "-o", type=Path, help="write here (default: stdout)")
     return parser
-
-
-def _add_server_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", action="append", default=[], metavar="[NAME=]PATH",
-                        help="a GGUF file (default: SmolLM2-135M-Instruct, fetched once); repeat it, "
-                        "optionally as NAME=PATH, to serve several models through llama-server's router")
-    parser.add_argument("--model-alias", help="the model's public name (default: from the file name)")
-    parser.add_argument("--models-dir", type=Path, help="serve every GGUF model in this folder (router mode)")
-    parser.add_argument("--models-preset", type=Path,
-                        help="serve the models of this llama-server preset INI file (router mode)")
-    parser.add_argument("--models-max", type=int, help="router mode: how many models stay loaded at once")
-    parser.add_argument("--llama-server", help="the llama-server binary to run")
-    parser.add_argument("--chat-template", help="'think', 'tools', or a Jinja template file")
-    parser.add_argument("--ctx", type=int, help="llama-server context size")
-    parser.add_argument("--parallel", type=int, help="llama-server parallel slots")
-    parser.add_argument("--mmproj", type=Path, help="multimodal projector for a vision model")
 
 
 def _template_path(choice: str | None) -> Path | None:
@@ -273,7 +165,8 @@ def serve(args: argparse.Namespace) -> int:
 
     if args.verbose:
         os.environ[LOG_LEVEL_ENV] = "DEBUG"
-    configure_logging(process="serve")
+    os.environ[LOG_FORMAT_ENV] = args.log_format  # the children follow the parent's choices
+    configure_logging(process="serve", file_pending=True)
     cache = cache_dir()
     data_dir = (args.data_dir or default_data_dir()).resolve()
     access_token = _access_token(args)

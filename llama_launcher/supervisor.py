@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from llama_direct.ids import load_or_create_ids
+from llama_direct.logs import open_log_file
 from llama_direct.runtime import (
     ACCESS_TOKEN_ENV,
     APP_FD_ENV,
@@ -44,6 +45,9 @@ from llama_direct.runtime import (
     GATE_SOCKET,
     LAUNCH_FILE,
     LLAMA_API_KEY_ENV,
+    LOG_DIR_ENV,
+    LOGS_DIR,
+    PROCESSES,
     PUBLIC_FD_ENV,
     REDIS_URL_ENV,
     RUNTIME_ENV,
@@ -51,6 +55,7 @@ from llama_direct.runtime import (
     UPSTREAM_KEYS_ENV,
     format_ready_line,
     format_runtime_line,
+    log_file_path,
 )
 from llama_launcher.errors import LauncherError
 from llama_launcher.launch_spec import LaunchSpec
@@ -60,6 +65,9 @@ from llama_launcher.progress import Progress
 log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
+STARTING_QUIET_SECONDS = 5.0
+"""A start this quick needs no progress line: a cached model loads well within it."""
+STOP_HINT = "llama-direct: Ctrl-C stops"
 # A child that dies this many times in a row, each within QUICK_EXIT_SECONDS of its start, has a cause
 # that a restart will not fix: stop and say so rather than restart it forever.
 MAX_QUICK_RESTARTS = 5
@@ -182,6 +190,9 @@ class Stack:
                 if sock is not None:
                     sock.close()
             raise
+        # Only now, holding the data dir, may this process write its log file there.
+        self.log_dir = plan.data_dir / LOGS_DIR
+        self.log_file = open_log_file(self.log_dir, "serve")
         self.runtime = make_runtime_dir()
         self.port = self.public.getsockname()[1]
         self.lane_port = self.lane.getsockname()[1] if self.lane else None
@@ -244,6 +255,7 @@ class Stack:
         if self.plan.redis_url:
             env[REDIS_URL_ENV] = self.plan.redis_url
         env[RUNTIME_ENV] = str(self.runtime)
+        env[LOG_DIR_ENV] = str(self.log_dir)
         env[BROKER_CONFIG_ENV] = str(self.runtime / BROKER_CONFIG_FILE)
         env.update(extra)
         return env
@@ -281,7 +293,7 @@ class Stack:
         log.info("gate started pid=%d", self.gate.pid)
 
     def wait_ready(self, timeout: float = 900.0) -> None:
-        progress = Progress("starting")
+        progress = Progress("starting", delay=STARTING_QUIET_SECONDS)
         deadline = time.monotonic() + timeout
         gate = httpx.Client(transport=httpx.HTTPTransport(uds=str(self.gate_socket)), timeout=2.0)
         broker = httpx.Client(transport=httpx.HTTPTransport(uds=str(self.runtime / CONTROL_SOCKET)), timeout=2.0)
@@ -299,17 +311,26 @@ class Stack:
                 progress.say("loading the model" if state else "waiting for the gate and the broker")
                 time.sleep(0.1)
 
-    def ready_url(self) -> str:
+    def base_url(self) -> str:
         if self.plan.public_url:
-            base = self.plan.public_url.rstrip("/")
-        else:
-            host = self.plan.host
-            if host in ("0.0.0.0", "::", ""):
-                host = "127.0.0.1"
-            if ":" in host:
-                host = f"[{host}]"
-            base = f"{'https' if self.plan.tls else 'http'}://{host}:{self.port}"
-        return f"{base}/?token={self.plan.access_token}"
+            return self.plan.public_url.rstrip("/")
+        host = self.plan.host
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{'https' if self.plan.tls else 'http'}://{host}:{self.port}"
+
+    def ready_url(self) -> str:
+        return f"{self.base_url()}/?token={self.plan.access_token}"
+
+    def start_lines(self) -> list[str]:
+        """What the terminal says before the ready line: what is served, where, and where the logs go."""
+        launch = self.plan.launch
+        what = f"{len(launch.models)} models" if len(launch.models) > 1 else launch.alias
+        files = ", ".join(log_file_path(self.log_dir, process).name for process in PROCESSES)
+        return [f"llama-direct: serving {what} on {self.base_url()}",
+                f"llama-direct: logs in {self.log_dir} ({files})"]
 
     def supervise(self) -> None:
         """Restart a child that dies on its own; return once a stop was asked for.
@@ -400,12 +421,15 @@ def run(plan: StackPlan) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    for line in stack.start_lines():
+        print(line, file=sys.stderr, flush=True)
     try:
         stack.start_broker()
         stack.start_gate()
         stack.wait_ready()
         if not stack.stopping.is_set():
             print(format_ready_line(stack.ready_url()), flush=True)
+            print(STOP_HINT, file=sys.stderr, flush=True)
             stack.supervise()
     except LauncherError as error:
         print(f"llama-direct: error: {error}", file=sys.stderr, flush=True)

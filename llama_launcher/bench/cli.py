@@ -91,8 +91,13 @@ QUICK = Plan(
 )
 
 
+def _plain(doc: str | None) -> str | None:
+    """A docstring as `--help` prints it: without the backticks that mark code in the source."""
+    return doc.replace("`", "") if doc else doc
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="llama-direct bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="llama-direct bench", description=_plain(__doc__))
     parser.add_argument("--quick", action="store_true", help="a short run that proves the benchmark works")
     parser.add_argument("--out", type=Path, default=Path("bench-results"), help="where the outputs go")
     parser.add_argument("--no-real", action="store_true", help="skip the real llama-server upstream")
@@ -104,7 +109,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _soak_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="llama-direct bench soak", description=soak.__doc__)
+    parser = argparse.ArgumentParser(prog="llama-direct bench soak", description=_plain(soak.__doc__))
     parser.add_argument("--streams", type=int, default=32, help="concurrent streams (default 32)")
     parser.add_argument("--seconds", type=float, default=600.0, help="how long to hold them (default 600)")
     parser.add_argument("--pace", type=float, default=200.0, help="tokens per second per stream (default 200)")

@@ -26,6 +26,7 @@ from llama_direct.runtime import (
     UPSTREAM_KEY_ENV,
     parse_ready_line,
     parse_runtime_line,
+    read_serve_log,
 )
 from llama_launcher.bench.clients import Target
 from llama_launcher.bench.processes import Child, child_running
@@ -87,7 +88,7 @@ def start_stack(name: str, upstream_socket: Path | Sequence[Path], upstream_key:
         if not child.alive():
             raise RuntimeError(f"serve exited early:\n{child.log_tail()}")
         text = child.log_path.read_text(errors="replace")
-        ready, runtime = parse_ready_line(text), parse_runtime_line(text)
+        ready, runtime = parse_ready_line(text), parse_runtime_line(text + read_serve_log(data_dir))
         if ready and runtime:
             parts = urllib.parse.urlsplit(ready)
             assert parts.hostname is not None and parts.port is not None

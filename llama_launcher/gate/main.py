@@ -19,7 +19,8 @@ import sys
 import threading
 from pathlib import Path
 
-from llama_direct.redaction import configure_logging, register_secret
+from llama_direct.logs import configure_logging
+from llama_direct.redaction import register_secret
 from llama_direct.runtime import (
     APP_FD_ENV,
     GATE_CONFIG_FILE,
@@ -131,13 +132,16 @@ def attached_upstreams(urls: list[str], keys_json: str | None) -> list[tuple[str
     return [(url, AttachedServer(url, key)) for url, key in zip(urls, keys, strict=True)]
 
 
-def report_failure(runtime: Path, error: StartError, spec: LaunchSpec) -> None:
+def report_failure(runtime: Path, error: StartError, spec: LaunchSpec) -> bool:
     """Tell the parent why, so its last line names the cause and a remedy rather than this process's
-    exit code. The lines were redacted as they were read from llama-server."""
+    exit code; False if the report could not be written. The lines were redacted as they were read."""
     record = {"message": str(error), "last_lines": error.last_lines[-10:],
               "remedy": remedy(error.exit_code, spec.extra_args, "serve")}
-    with contextlib.suppress(OSError):
+    try:
         (runtime / GATE_FAILURE_FILE).write_text(json.dumps(record))
+    except OSError:
+        return False
+    return True
 
 
 def main() -> int:
@@ -188,10 +192,11 @@ def main() -> int:
         else:
             stop.wait()
     except StartError as error:
-        log.error("llama-server did not start: %s", error)
+        # The parent shows a report on the terminal, once; the log file keeps it either way.
+        level = logging.INFO if report_failure(runtime, error, spec) else logging.ERROR
+        log.log(level, "llama-server did not start: %s", error)
         for line in error.last_lines[-10:]:
-            log.error("llama-server said: %s", line)
-        report_failure(runtime, error, spec)
+            log.log(level, "llama-server said: %s", line)
         code = GATE_EXIT_GAVE_UP
     finally:
         loop.stop()

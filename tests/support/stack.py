@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 
-from llama_direct.runtime import parse_ready_line, parse_runtime_line
+from llama_direct.runtime import LOGS_DIR, parse_ready_line, parse_runtime_line, read_serve_log
 from llama_launcher.bench.processes import descendants, kill_all, stop_process
 
 
@@ -39,7 +39,10 @@ class Stack:
         return urllib.parse.parse_qs(urllib.parse.urlsplit(self.login_url).query)["token"][0]
 
     def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        """What serve wrote on the terminal, then every process's log file (serve, gate, broker)."""
+        texts = [self.log_path.read_text(errors="replace")]
+        texts += [path.read_text(errors="replace") for path in sorted((self.data_dir / LOGS_DIR).glob("*.log"))]
+        return "\n".join(texts)
 
     def negotiate(self, origin: str | None = None, **body: object) -> dict:
         headers = {"Authorization": f"Bearer {self.access_token}"}
@@ -74,7 +77,7 @@ def run_stack(*args: str, env: dict[str, str] | None = None, timeout: float = 30
     port = 0
     while time.monotonic() < deadline and process.poll() is None:
         text = log_path.read_text(errors="replace")
-        ready, where = parse_ready_line(text), parse_runtime_line(text)
+        ready, where = parse_ready_line(text), parse_runtime_line(text + read_serve_log(data_dir))
         if ready and where:
             login, runtime, port = ready, where.path, where.port
             break

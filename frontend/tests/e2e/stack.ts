@@ -137,6 +137,9 @@ export async function startStack(args: string[] = [], env: Record<string, string
   const loginUrl = READY.exec(stdout)?.[1] ?? "";
   const base = new URL(loginUrl);
   base.search = "";
+  // The terminal is quiet (issue 24): the runtime dir is named in serve's log file in the data dir.
+  const serveLog = join(dataDir, "logs", "serve.log");
+  if (runtimeDir === "" && existsSync(serveLog)) runtimeDir = RUNTIME.exec(readFileSync(serveLog, "utf8"))?.[1] ?? "";
   if (runtimeDir === "") {
     await stop();
     throw new Error("llama-direct serve did not log its runtime dir");
