@@ -3,6 +3,7 @@
  */
 import { type ChatMessage, streamChat } from "../client.ts";
 import { ModelPicker } from "./models.ts";
+import { tokensFlow } from "./poll.ts";
 import { ReplyView } from "./reply.ts";
 import { EXECUTORS, TOOL_SPECS } from "./tools.ts";
 
@@ -133,9 +134,13 @@ function start(): void {
     const useTools = toolsToggle.checked;
     const model = picker.value;
     if (model !== undefined) reply.showModel(model);
-    const unwatch = picker.watch((entry) => {
+    let unwatch: (() => void) | null = picker.watch((entry) => {
       if (model !== undefined) reply.showModelLoading(model, entry?.status === "loading", entry?.progress);
     });
+    const stopWatching = (): void => {
+      unwatch?.();
+      unwatch = null;
+    };
     try {
       const events = streamChat(
         { messages: [...history], ...(useTools ? { tools: TOOL_SPECS } : {}) },
@@ -147,6 +152,8 @@ function start(): void {
         },
       );
       for await (const event of events) {
+        // Tokens flow: the model is loaded, and the picker's poll has nothing left to show.
+        if (tokensFlow(event)) stopWatching();
         if (event.type === "notice") showNotice(event.message);
         else if (event.type === "text_delta" || event.type === "reasoning_start") showNotice("");
         reply.apply(event);
@@ -160,7 +167,7 @@ function start(): void {
         reply.root.scrollIntoView({ block: "end" });
       }
     } finally {
-      unwatch();
+      stopWatching();
       controller = null;
       setBusy(false);
       if (reply.content !== "") history.push({ role: "assistant", content: reply.content });

@@ -3,6 +3,7 @@
  * the choice kept in localStorage across reloads, and the state of the chosen model while it loads.
  * Names only: the broker never sends a file path.
  */
+import { pollEvery } from "./poll.ts";
 
 export type ModelStatus = "unloaded" | "loading" | "loaded";
 
@@ -14,7 +15,6 @@ export interface ModelEntry {
 }
 
 export const STORAGE_KEY = "llama-direct.model";
-const POLL_MS = 400;
 
 const STATUS_WORDS: Record<ModelStatus, string> = {
   unloaded: "not loaded",
@@ -60,8 +60,8 @@ function storedChoice(): string | null {
 
 export class ModelPicker {
   private models: ModelEntry[] = [];
-  private timer: number | null = null;
-  private watchers = 0;
+  private stopPolling: (() => void) | null = null;
+  private readonly watchers = new Set<(model: ModelEntry | undefined) => void>();
 
   constructor(private readonly select: HTMLSelectElement, private readonly url = "v1/models") {
     select.addEventListener("change", () => {
@@ -109,20 +109,23 @@ export class ModelPicker {
     this.select.hidden = this.models.length === 0;
   }
 
-  /** Poll the states while a reply runs, so a load shows as it happens; `stop` ends it. */
+  /**
+   * Poll the states while a reply waits (every 2 s, one poll for all watchers), so a load shows as
+   * it happens; the returned function ends this watch, and the poll with the last one.
+   */
   watch(onChange: (model: ModelEntry | undefined) => void): () => void {
-    this.watchers += 1;
-    const tick = async (): Promise<void> => {
+    const watcher = (model: ModelEntry | undefined): void => onChange(model);
+    this.watchers.add(watcher);
+    this.stopPolling ??= pollEvery(async () => {
       await this.refresh();
-      onChange(this.entry(this.value));
-    };
-    if (this.timer === null) this.timer = window.setInterval(() => void tick(), POLL_MS);
-    void tick();
+      const model = this.entry(this.value);
+      for (const each of this.watchers) each(model);
+    });
     return () => {
-      this.watchers -= 1;
-      if (this.watchers === 0 && this.timer !== null) {
-        window.clearInterval(this.timer);
-        this.timer = null;
+      this.watchers.delete(watcher);
+      if (this.watchers.size === 0 && this.stopPolling !== null) {
+        this.stopPolling();
+        this.stopPolling = null;
       }
     };
   }
