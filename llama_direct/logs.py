@@ -113,12 +113,26 @@ def file_handler(path: Path, process: str, json_lines: bool, level: int = loggin
     return _with_filter(handler, level)
 
 
-def configure_logging(process: str, *, file_pending: bool = False) -> None:
+class _AtOrFrom(logging.Filter):
+    """Records at `level` and up, and every record of the `whole` loggers (a child's own output)."""
+
+    def __init__(self, level: int, whole: tuple[str, ...]) -> None:
+        super().__init__()
+        self.level = level
+        self.whole = whole
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= self.level or record.name in self.whole
+
+
+def configure_logging(process: str, *, file_pending: bool = False, whole: tuple[str, ...] = ()) -> None:
     """Set up one of the project's processes: the terminal, and its log file where serve named a dir.
 
     Children learn the dir, the format and the level from serve's environment. The parent passes
     `file_pending`: its own file opens later (`open_log_file`), and what it logs until then is held.
     A process started on its own, with no dir, logs INFO to the terminal, as there is nowhere else.
+    `whole`: loggers whose every line the file keeps, DEBUG included: llama-server's own output,
+    which the gate logs line by line and the terminal shows only with ``--verbose``.
     """
     chosen = _env_level()
     log_dir = os.environ.get(LOG_DIR_ENV)
@@ -132,7 +146,11 @@ def configure_logging(process: str, *, file_pending: bool = False) -> None:
     handlers = [_with_filter(terminal, terminal_level)]
     if log_dir:
         json_lines = os.environ.get(LOG_FORMAT_ENV) == "json"
-        handlers.append(file_handler(log_file_path(Path(log_dir), process), process, json_lines, file_level))
+        to_file = file_handler(log_file_path(Path(log_dir), process), process, json_lines, logging.DEBUG)
+        to_file.addFilter(_AtOrFrom(file_level, whole))
+        handlers.append(to_file)
+        for name in whole:
+            logging.getLogger(name).setLevel(logging.DEBUG)
     elif file_pending:
         handlers.append(_with_filter(_Held(), file_level))
     root = logging.getLogger()

@@ -38,7 +38,7 @@ from llama_launcher.errors import LauncherError, StartError
 from llama_launcher.gate.config import GateConfig
 from llama_launcher.gate.proxy import serve_gate
 from llama_launcher.launch_spec import LaunchSpec
-from llama_launcher.server_process import LlamaServer
+from llama_launcher.server_process import LlamaServer, server_log
 from llama_launcher.smoke import remedy
 
 log = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ def report_failure(runtime: Path, error: StartError, spec: LaunchSpec) -> bool:
 
 
 def main() -> int:
-    configure_logging(process="gate")
+    configure_logging(process="gate", whole=(server_log.name,))
     runtime = Path(os.environ[RUNTIME_ENV])
     config = GateConfig.from_file(runtime / GATE_CONFIG_FILE)
     spec = LaunchSpec.read(runtime / LAUNCH_FILE).materialise(runtime)

@@ -161,3 +161,20 @@ def test_a_process_on_its_own_logs_info_to_the_terminal(capsys: pytest.CaptureFi
     logging.getLogger("broker.test").info("event=broker_listening sockets=2")
     assert "level=INFO process=broker logger=broker.test event=broker_listening" in capsys.readouterr().err
     assert not [h for h in logging.getLogger().handlers if isinstance(h, RotatingFileHandler)]
+
+
+def test_llama_servers_own_lines_go_to_the_file_whole_and_not_to_the_terminal(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = logging.getLogger("test.child_output")
+    monkeypatch.setattr(output, "level", logging.NOTSET)
+    monkeypatch.setenv(LOG_DIR_ENV, str(tmp_path / "logs"))
+    logs.configure_logging("gate", whole=(output.name,))
+    output.debug("srv  params_from_: Chat format: Content-only")
+    output.info("main: model loaded")
+    logging.getLogger("llama_launcher.gate.test").debug("a gate detail")
+    _file_handler().flush()
+    text = log_file_path(tmp_path / "logs", "gate").read_text()
+    assert "Chat format: Content-only" in text and "model loaded" in text
+    assert "a gate detail" not in text
+    assert capsys.readouterr().err == ""
