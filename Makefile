@@ -6,12 +6,16 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# Every Python package, the test, bench and fleet extras included, pinned with its hashes: a fresh
+# machine installs what CI ran, not whatever was released this morning. `make lock` moves it on purpose.
+LOCK := requirements.lock
+PIP := $(BIN)/python -m pip --disable-pip-version-check
 STAMP := $(VENV)/.installed
 FRONT_STAMP := frontend/node_modules/.installed
 STATIC := broker/static/index.html
 ARGS ?=
 
-.PHONY: serve check check-python check-frontend test install frontend browser fleet-tools tools
+.PHONY: serve check check-python check-frontend test install lock frontend browser fleet-tools tools
 
 serve: install frontend
 	$(BIN)/llama-direct serve $(ARGS)
@@ -39,12 +43,26 @@ test: install frontend browser fleet-tools
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
-	@test -x $(BIN)/python || { echo "llama-direct: creating $(VENV)"; $(PYTHON) -m venv $(VENV); }
-	@echo "llama-direct: installing the Python package, its test tools and the bench's extra into $(VENV)"
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,bench,fleet]'
+$(BIN)/python:
+	@echo "llama-direct: creating $(VENV)"
+	@$(PYTHON) -m venv $(VENV)
+
+# The lock first, hashes checked (pip refuses a lock that misses a dependency), then the project itself
+# with no dependencies of its own and the locked build backend, so nothing unpinned enters the venv.
+$(STAMP): pyproject.toml $(LOCK) | $(BIN)/python
+	@echo "llama-direct: installing the locked Python packages into $(VENV)"
+	@$(PIP) install --quiet --require-hashes -r $(LOCK)
+	@$(PIP) install --quiet --no-deps --no-build-isolation -e .
 	@touch $@
+
+# Today's releases of everything, within pyproject.toml's ranges; then `make check` (or `make test`)
+# installs from the new lock and tries it. uv resolves for every platform and Python 3.11+ at once.
+lock: | $(BIN)/python
+	@test -x $(BIN)/uv || { echo "llama-direct: installing uv, which resolves the lock"; $(PIP) install --quiet uv; }
+	@echo "llama-direct: resolving the newest releases into $(LOCK)"
+	@printf 'hatchling>=1.27\n' | $(BIN)/uv pip compile pyproject.toml - --extra test --extra bench --extra fleet \
+		--universal --python-version 3.11 --generate-hashes --upgrade --quiet \
+		--custom-compile-command 'make lock' -o $(LOCK)
 
 frontend: $(STATIC)
 
