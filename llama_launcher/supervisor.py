@@ -65,8 +65,9 @@ from llama_launcher.progress import Progress
 log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
-STARTING_QUIET_SECONDS = 5.0
-"""A start this quick needs no progress line: a cached model loads well within it."""
+STARTING_QUIET_SECONDS = 15.0
+"""A start this quick needs no progress line: the default model loads in 2-6 s on a busy 2-core box; a big one
+that takes minutes still shows it is loading."""
 STOP_HINT = "llama-direct: Ctrl-C stops"
 # A child that dies this many times in a row, each within QUICK_EXIT_SECONDS of its start, has a cause
 # that a restart will not fix: stop and say so rather than restart it forever.
