@@ -141,6 +141,9 @@ IMAGE_TOO_LARGE = _reason(413, "image_too_large", "{part}: the image is larger t
 UNSUPPORTED_MEDIA_TYPE = _reason(415, "unsupported_media_type", "The body must be application/json.")
 UNSUPPORTED_ENCODING = _reason(415, "unsupported_encoding", "The body must not be content-encoded.")
 RATE_LIMITED = _reason(429, "rate_limited", "Too many requests: wait a moment, then try again.")
+TOO_MANY_STREAMS = _reason(
+    429, "too_many_streams", "Too many streams at once for this user: wait for one to end, then try again."
+)
 HEAD_TOO_LARGE = _reason(431, "head_too_large", "The request head is larger than 16 KB.")
 
 # 400: HTTP framing (the gate's own checks, before httptools parses the head).
@@ -223,6 +226,11 @@ BAD_IMAGE = _reason(
     not_a_base64_string="{part}: the image must be a base64 string.",
     not_a_data_url="{part}: the image must be a base64 data: URL.",
     base64="{part}: the image is not valid base64.",
+)
+PROMPT_TOO_LARGE = _reason(
+    400, "prompt_too_large", "The prompt cannot fit this model's context of {limit} tokens: it holds too much text.",
+    messages="The prompt cannot fit this model's context of {limit} tokens: it holds too many messages.",
+    special="The prompt cannot fit this model's context of {limit} tokens: it holds too many special-token strings.",
 )
 FIELD_OUT_OF_BOUNDS = _reason(
     400, "field_out_of_bounds", "A field is over the bound the direct lane allows for it: see error.param."

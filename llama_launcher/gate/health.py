@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import math
 import time
 from dataclasses import dataclass
@@ -139,6 +140,16 @@ class Health:
             return state is not None and state.vision
         return self.vision
 
+    def context_of(self, model: str) -> int:
+        """One slot's context for `model`. Behind a router, the preset's `--ctx-size` (the router's own
+        `/props` says 0, and asking for a model's `/props` loads it), else `FALLBACK_CONTEXT`,
+        llama-server's usual default: a prompt let through that the child cannot hold is still refused
+        by llama-server, after tokenizing no more than that context's bounds allow."""
+        if self.router:
+            state = self.models.get(model)
+            return state.context if state is not None and state.context is not None else FALLBACK_CONTEXT
+        return self.context
+
     async def model_status(self, model: str) -> str | None:
         """`model`'s state asked of the router now (a grant that may not load must not trust a poll)."""
         await self.ensure_props()
@@ -191,6 +202,8 @@ class ModelState:
 
     status: str
     vision: bool
+    context: int | None = None
+    """One slot's context from the preset's `--ctx-size`; None where the model's own default applies."""
 
 
 MODEL_STATES = frozenset({"unloaded", "loading", "loaded"})
@@ -218,5 +231,16 @@ def parse_models(listing: object) -> dict[str, ModelState]:
         models[item["id"]] = ModelState(
             status=value if value in MODEL_STATES else "unloaded",
             vision=isinstance(inputs, list) and "image" in inputs,
+            context=_ctx_size(status.get("args") if isinstance(status, dict) else None),
         )
     return models
+
+
+def _ctx_size(args: object) -> int | None:
+    """`--ctx-size N` (or `-c N`) in a router child's argv; None where absent or 0 (the model's own)."""
+    if not isinstance(args, list):
+        return None
+    for flag, value in itertools.pairwise(args):
+        if flag in ("--ctx-size", "-c") and isinstance(value, str) and value.isdigit() and int(value) > 0:
+            return int(value)
+    return None

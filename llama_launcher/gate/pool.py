@@ -198,7 +198,7 @@ async def shaping_limits(members: Sequence[Member], model: str) -> tuple[bool, i
     elif stale:
         await asyncio.gather(*(h.ensure_props() for h in stale))
     known = [h for h in healths if h not in stale or h.props_known] or healths[:1]
-    return all(h.vision_of(model) for h in known), min(h.context for h in known)
+    return all(h.vision_of(model) for h in known), min(h.context_of(model) for h in known)
 
 
 def merge_snapshots(model: str, snapshots: Sequence[dict[str, Any]], in_flight: Sequence[int]) -> dict[str, Any]:

@@ -22,6 +22,9 @@ takes the first present in that order, so each one present must be within the gr
 body with none gets `max_tokens` set to the cap. `null`, and `n_predict: -1` (unlimited), count
 as absent: llama-server reads `null` as "use the default", which is unbounded.
 
+The prompt must be able to fit one slot's context (`prompt_size.py`): too many messages,
+special-token strings or characters of text are refused before llama-server tokenizes them.
+
 Shaping its own output again yields the same bytes: the rules are a fixed point, so a client that
 sends an already-shaped body (or a proxy that shapes first) gets exactly that body forwarded.
 """
@@ -56,6 +59,7 @@ from llama_direct.refusals import (
 from llama_direct.tokens import Grant
 from llama_launcher.gate.bounds import FALLBACK_CONTEXT, check_bounds
 from llama_launcher.gate.images import PixelBudget, shape_image_url
+from llama_launcher.gate.prompt_size import check_fits, measure
 
 SAMPLER_FIELDS = frozenset(
     {
@@ -205,6 +209,7 @@ def shape_chat_body(body: bytes, grant: Grant, policy: ShapingPolicy) -> bytes:
     check_bounds(shaped, context=policy.context)
     _cap_length(shaped, grant.max_tokens)
     messages = _shape_messages(shaped.get("messages"), request.get("image_base64"), policy)
+    check_fits(measure(messages, shaped.get("tools")), policy.context)
     shaped["messages"] = messages
     try:
         return _ENCODER.encode(shaped).encode("utf-8")
