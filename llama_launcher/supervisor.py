@@ -21,7 +21,6 @@ import socket
 import stat
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +56,7 @@ from llama_direct.runtime import (
     format_runtime_line,
     log_file_path,
 )
+from llama_launcher.child_wait import StopEvent, wait_for_exit
 from llama_launcher.errors import LauncherError
 from llama_launcher.launch_spec import LaunchSpec
 from llama_launcher.paths import make_runtime_dir
@@ -199,7 +199,7 @@ class Stack:
         self.lane_port = self.lane.getsockname()[1] if self.lane else None
         self.gate: subprocess.Popen[bytes] | None = None
         self.broker: subprocess.Popen[bytes] | None = None
-        self.stopping = threading.Event()
+        self.stopping = StopEvent()
         self._write_configs()
 
     @property
@@ -342,10 +342,12 @@ class Stack:
         backoff = {"gate": 0.5, "broker": 0.5}
         started = {"gate": time.monotonic(), "broker": time.monotonic()}
         quick_exits = {"gate": 0, "broker": 0}
-        while not self.stopping.wait(0.2):
+        while not self.stopping.is_set():
+            # One `select` on both children's pidfds and the stop's pipe: an idle parent never wakes.
+            wait_for_exit([c for c in (self.broker, self.gate) if c is not None], self.stopping)
             for name in ("broker", "gate"):
                 child = self.broker if name == "broker" else self.gate
-                if child is None or child.poll() is None:
+                if child is None or child.poll() is None or self.stopping.is_set():
                     continue
                 code = child.returncode
                 if name == "gate" and code == GATE_EXIT_GAVE_UP:

@@ -34,6 +34,7 @@ from llama_direct.runtime import (
 )
 from llama_direct.shared_replay import register_url
 from llama_launcher.attached import AttachedServer
+from llama_launcher.child_wait import StopEvent
 from llama_launcher.errors import LauncherError, StartError
 from llama_launcher.gate.config import GateConfig
 from llama_launcher.gate.proxy import serve_gate
@@ -155,7 +156,7 @@ def main() -> int:
     app_fd = os.environ.get(APP_FD_ENV)
     app_sock = socket.socket(fileno=int(app_fd)) if app_fd else None
 
-    stop = threading.Event()
+    stop = StopEvent()  # a select can wait on it: the supervisor's wait never polls
 
     def on_signal(signum: int, _frame: object) -> None:
         log.info("signal=%s stopping", signal.Signals(signum).name)
