@@ -11,8 +11,10 @@ import math
 import secrets
 from dataclasses import dataclass
 
+from llama_direct.tokens import OWNER
+
 COOKIE_NAME = "llama_direct_session"
-DEFAULT_USER = "local"
+DEFAULT_USER = OWNER
 """The embedded deployment has one user: whoever holds the access token."""
 MAX_SESSIONS = 1024
 """Each login adds a session; the oldest go first, so repeated logins cannot grow memory forever."""

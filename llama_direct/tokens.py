@@ -33,6 +33,9 @@ from llama_direct.refusals import (
 if TYPE_CHECKING:
     from llama_direct.keys import KeyChecks
 
+OWNER = "local"
+"""The `sub` of the one who holds the access token (the box's owner, who runs the bench): the broker
+names that user so, and the gate leaves it uncapped where other users' streams are capped."""
 LEEWAY_SECONDS = 5
 DEFAULT_TTL_SECONDS = 30
 MAX_TTL_SECONDS = 300

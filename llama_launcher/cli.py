@@ -198,6 +198,8 @@ def serve(args: argparse.Namespace) -> int:
         "model": launch.alias, "max_tokens": args.max_tokens,
         "tls_cert": str(cert_pair[0]) if cert_pair else None, "tls_key": str(cert_pair[1]) if cert_pair else None,
         "max_connections": args.max_connections, "max_pending_per_address": args.max_pending_per_address,
+        "streams_per_user": args.streams_per_user, "resume_window": args.resume_window,
+        "send_timeout": args.send_timeout,
         "trusted_proxies": list(args.trusted_proxy), **jwks_settings,
     }
     plan = supervisor.StackPlan(

@@ -14,7 +14,13 @@ from pathlib import Path
 from llama_direct.ids import ID_PATTERN
 from llama_direct.logs import LOG_FORMATS
 from llama_direct.runtime import REDIS_URL_ENV, UPSTREAM_KEY_ENV
-from llama_launcher.gate.config import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PENDING
+from llama_launcher.gate.config import (
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_PENDING,
+    DEFAULT_RESUME_WINDOW,
+    DEFAULT_SEND_TIMEOUT,
+    DEFAULT_STREAMS_PER_USER,
+)
 
 UNLIMITED_RATE = 10**9
 """The highest rate limit serve takes: the bench sets it to measure the lane, not the limiter."""
@@ -164,6 +170,15 @@ def _limits(flags: Flags) -> None:
     flags.add_argument("--max-pending-per-address", metavar="N", type=int_in(1, 1 << 20), default=DEFAULT_MAX_PENDING,
                        help="connections one client address may have still sending a request head or body "
                        f"(default {DEFAULT_MAX_PENDING}; streams being answered do not count)")
+    flags.add_argument("--streams-per-user", metavar="N", type=int_in(1, 1 << 20), default=DEFAULT_STREAMS_PER_USER,
+                       help=f"streams one user may have at once, per gate (default {DEFAULT_STREAMS_PER_USER}; "
+                       "the owner, who holds the access token, is not capped)")
+    flags.add_argument("--resume-window", metavar="SECONDS", type=int_in(1, 3600), default=int(DEFAULT_RESUME_WINDOW),
+                       help="a resumable stream whose client left is cancelled after this long without a resume "
+                       f"(default {DEFAULT_RESUME_WINDOW:.0f})")
+    flags.add_argument("--send-timeout", metavar="SECONDS", type=int_in(1, 3600), default=int(DEFAULT_SEND_TIMEOUT),
+                       help="a client that reads nothing for this long is cut, and its stream with it "
+                       f"(default {DEFAULT_SEND_TIMEOUT:.0f})")
 
 
 def _logging(flags: Flags) -> None:

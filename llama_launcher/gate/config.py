@@ -41,6 +41,12 @@ Fields (JSON name = attribute name):
 - `connect_timeout`: seconds to open a connection to llama-server or the broker (504 after).
 - `upstream_head_timeout`: seconds llama-server may take to send a response head (504 after).
   Long, because a non-streaming chat answers only once the whole generation is done.
+- `resume_window`: seconds a resumable stream whose client left may wait for a resume; then the
+  gate cancels it on the upstream that holds it (`gate/stream_watch.py`), so nobody's stream runs on.
+- `send_timeout`: seconds the client's write buffer may stay full (it reads nothing); then the
+  client connection is cut, and the upstream one with it.
+- `streams_per_user`: streams one `sub` may have at once on this gate (429 `too_many_streams`
+  beyond), except `uncapped_users` (the owner, `llama_direct.tokens.OWNER`, by default).
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from llama_direct.lanes import LANE_PREFIX
+from llama_direct.tokens import OWNER
 from llama_launcher.gate.jwks_document import JwksSource, check_sources
 
 DEFAULT_MAX_BODY_BYTES = 20 * 1024 * 1024
@@ -60,6 +67,13 @@ DEFAULT_MAX_CONNECTIONS = 4096
 """Four times the 1,000 streams the benchmark holds; 8,192 descriptors plus a margin at two per stream."""
 DEFAULT_MAX_PENDING = 256
 """A browser has six or so requests arriving at once; a burst of connects from one load tester fits."""
+DEFAULT_RESUME_WINDOW = 30.0
+"""Long enough for a page reload or a network switch to resume; short enough that a closed tab's
+stream stops within half a minute."""
+DEFAULT_SEND_TIMEOUT = 60.0
+"""A client that reads nothing for a minute has gone; llama-server's own write timeout is an hour."""
+DEFAULT_STREAMS_PER_USER = 4
+"""A page runs one stream at a time (two for a moment while a tool round hands over); four leaves room."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +103,10 @@ class GateConfig:
     jwks_interval: float = 30.0
     connect_timeout: float = 5.0
     upstream_head_timeout: float = 600.0
+    resume_window: float = DEFAULT_RESUME_WINDOW
+    send_timeout: float = DEFAULT_SEND_TIMEOUT
+    streams_per_user: int = DEFAULT_STREAMS_PER_USER
+    uncapped_users: tuple[str, ...] = (OWNER,)
 
     def __post_init__(self) -> None:
         issuers = (self.issuer,) if isinstance(self.issuer, str) else tuple(self.issuer)
@@ -101,10 +119,10 @@ class GateConfig:
             raise ValueError("tls_cert and tls_key go together")
         if min(self.max_body_bytes, self.max_small_body_bytes, self.max_tokens) < 1:
             raise ValueError("max_body_bytes, max_small_body_bytes and max_tokens must be positive")
-        if self.max_connections < 1 or self.max_pending_per_address < 1:
-            raise ValueError("max_connections and max_pending_per_address must be positive")
+        if min(self.max_connections, self.max_pending_per_address, self.streams_per_user) < 1:
+            raise ValueError("max_connections, max_pending_per_address and streams_per_user must be positive")
         if min(self.head_timeout, self.body_timeout, self.keyset_interval, self.connect_timeout,
-               self.jwks_interval) <= 0:
+               self.jwks_interval, self.resume_window, self.send_timeout) <= 0:
             raise ValueError("timeouts and intervals must be positive")
         pairs = tuple((str(issuer), str(url)) for issuer, url in self.issuer_jwks)
         object.__setattr__(self, "issuer_jwks", pairs)
@@ -122,7 +140,7 @@ class GateConfig:
         if unknown:
             raise ValueError(f"unknown gate settings: {', '.join(unknown)}")
         values = dict(data)
-        for name in ("allowed_origins", "trusted_proxies", "issuer_jwks"):
+        for name in ("allowed_origins", "trusted_proxies", "issuer_jwks", "uncapped_users"):
             if name in values:
                 values[name] = tuple(values[name])
         return cls(**values)
@@ -135,6 +153,7 @@ class GateConfig:
         data = {field.name: getattr(self, field.name) for field in fields(self)}
         data["allowed_origins"] = list(self.allowed_origins)
         data["trusted_proxies"] = list(self.trusted_proxies)
+        data["uncapped_users"] = list(self.uncapped_users)
         data["issuer"] = list(self.issuer)
         data["issuer_jwks"] = [list(pair) for pair in self.issuer_jwks]
         return data
