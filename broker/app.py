@@ -53,8 +53,16 @@ from broker.sessions import COOKIE_NAME
 from broker.settings import BrokerSettings, direct_stream_enabled
 from broker.signing_keys import KeyRing
 from broker.static import UNBUILT_PAGE, static_file
-from llama_direct.control import HOLD_SECONDS, SHARED_RECHECK_SECONDS, STATE_PATH, state_document
+from llama_direct.control import (
+    HOLD_SECONDS,
+    LOADS_PATH,
+    SHARED_RECHECK_SECONDS,
+    STATE_PATH,
+    parse_load_charge,
+    state_document,
+)
 from llama_direct.refusals import (
+    BAD_LOAD_CHARGE,
     BAD_TOOL_INPUT,
     BODY_TOO_LARGE,
     LOGIN_REQUIRED,
@@ -113,8 +121,6 @@ def create_app(
         now = core.clock()
         rate_limit(core, caller.user, now)
         health = await core.gate.fresh()
-        if options.autoload and options.resume is None and options.cancel is None:
-            core.charge_load(caller.user, options.model or core.policy.model, now)
         scheme = request_scheme(request)
         answer = negotiate(
             options,
@@ -175,8 +181,6 @@ def create_app(
         body = await read_body(request, MAX_CHAT_BODY_BYTES)
         health = await core.gate.fresh()
         model = baseline_model(core, body, health)
-        if autoload:
-            core.charge_load(caller.user, model, now)
         return await baseline(core, caller.user, body, request.headers.get("content-type"), model=model,
                               autoload=autoload)
 
@@ -227,6 +231,18 @@ def create_control_app(core: BrokerCore) -> FastAPI:
             if left <= 0 or core.stopping:
                 return Response(status_code=304, headers=NO_STORE)
             await core.wait_for_change(min(left, SHARED_RECHECK_SECONDS) if core.shared_state else left)
+
+    @app.post(LOADS_PATH)
+    async def loads(request: Request) -> Response:
+        """The gate charges a load to the user whose request causes it (llama_direct.control)."""
+        try:
+            charge = parse_load_charge(json.loads(await read_body(request, MAX_SMALL_BODY_BYTES)))
+        except (ValueError, RecursionError):
+            charge = None
+        if charge is None:
+            raise RequestRefusal(BAD_LOAD_CHARGE)
+        core.charge_load(*charge, core.clock())
+        return Response(status_code=204, headers=NO_STORE)
 
     @app.get("/revocations")
     async def revocations() -> Response:

@@ -17,8 +17,8 @@ from collections.abc import Callable
 import httpx
 
 from broker.fleet_models import FleetModels
-from broker.gate_link import IDLE_INTERVAL_SECONDS, GateLink
-from broker.models import LoadCharges, ModelInfo, allowed_models, own_models, published
+from broker.gate_link import GateLink
+from broker.models import ModelInfo, allowed_models, own_models, published
 from broker.negotiation import (
     Conversations,
     GateHealth,
@@ -34,13 +34,18 @@ from broker.sessions import (
     SessionStore,
 )
 from broker.settings import BrokerSettings, SettingsError, direct_stream_enabled, normalise_origin
-from broker.shared_state import RedisRateLimiter, RedisRevocations, RedisSessionStore, sync_client
+from broker.shared_state import (
+    LOAD_RATE_PREFIX,
+    RedisRateLimiter,
+    RedisRevocations,
+    RedisSessionStore,
+    sync_client,
+)
 from broker.signing_keys import KeyFileError, KeyRing
 from llama_direct.ids import Ids, load_or_create_ids
 from llama_direct.redaction import register_secret
 from llama_direct.refusals import RateLimited
 from llama_direct.replay import Revocations
-from llama_direct.tokens import LEEWAY_SECONDS
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +91,7 @@ class BrokerCore:
         self.access = AccessTokens.single(access_token)
         self.sessions: SessionStore | RedisSessionStore
         self.limiter: RateLimiter | RedisRateLimiter
+        self.load_limiter: RateLimiter | RedisRateLimiter
         self.revocations: Revocations | RedisRevocations
         self.shared_state = bool(redis_url)
         """Revocations may change at another broker: `/state` polls re-read them (SHARED_RECHECK_SECONDS)."""
@@ -96,16 +102,17 @@ class BrokerCore:
             self.sessions = RedisSessionStore(client)
             self.limiter = RedisRateLimiter(client, settings.rate_per_minute, settings.burst)
             self.revocations = RedisRevocations(client)
+            self.load_limiter = RedisRateLimiter(
+                client, settings.load_rate_per_minute, settings.load_rate_per_minute, prefix=LOAD_RATE_PREFIX)
         else:
             self.sessions = SessionStore()
             self.limiter = RateLimiter(settings.rate_per_minute, settings.burst)
             self.revocations = load_revocations(settings.data_dir, clock())
+            self.load_limiter = RateLimiter(settings.load_rate_per_minute, settings.load_rate_per_minute)
+        """Model loads per user: a load stalls every user of the box for its duration. The gate charges
+        each load here as it forwards the request that causes it (`POST /loads`, `charge_load`)."""
         self.login_failures = RateLimiter(LOGIN_FAILURES_PER_MINUTE, LOGIN_FAILURE_BURST)
         """Wrong access tokens per client address, this broker's own count even with Redis."""
-        self.load_limiter = RateLimiter(settings.load_rate_per_minute, settings.load_rate_per_minute)
-        """Model loads per user: a load stalls every user of the box for its duration."""
-        self.loads = LoadCharges(window=settings.token_ttl + LEEWAY_SECONDS + IDLE_INTERVAL_SECONDS)
-        """Which load each user was charged for: settled or refunded from the gate's health polls."""
         self.policy = Policy.from_settings(settings)
         self.ids = ids or load_or_create_ids(settings.data_dir)
         if keyring is None:
@@ -128,9 +135,8 @@ class BrokerCore:
         )
 
     def _on_health(self, health: GateHealth) -> None:
-        """Each answer polled from the gate: settle the load charges, and publish this broker's models."""
+        """Each answer polled from the gate: publish this broker's models."""
         now = self.clock()
-        self.settle_loads(health.models, now)
         if self.fleet_models is not None:  # a gate that is down serves nothing: the others stop listing it
             self.fleet_models.publish(published(self.own_models(health)) if health.up else [], now)
 
@@ -168,22 +174,13 @@ class BrokerCore:
         return max([now, *(floor for floor in floors if floor is not None)])
 
     def charge_load(self, user: str, model: str, now: float) -> None:
-        """A request that starts a model's load counts against the user's loads (429 past them).
-
-        Charged once per load, not per request (`broker.models.LoadCharges`).
-        """
-        listed = self.gate.health.models
-        self.settle_loads(listed, now)
-        if self.loads.should_charge(model, listed):
-            retry_after = self.load_limiter.acquire(user, now)
-            if retry_after:
-                raise RateLimited(retry_after)
-            self.loads.record(user, model, now)
-
-    def settle_loads(self, listed: tuple[ModelInfo, ...], now: float) -> None:
-        """Refund the load charges whose load never happened."""
-        for user in self.loads.observe(listed, now):
-            self.load_limiter.refund(user)
+        """The gate is about to forward `user`'s request that makes the router load `model`: one of
+        the user's loads, or 429 past them, before the load starts. The gate charges each load once,
+        whichever grant the request came with (`llama_launcher.gate.load_charges`)."""
+        retry_after = self.load_limiter.acquire(user, now)
+        if retry_after:
+            logger.info("event=load_refused user=%s model=%s retry_after=%d", user, model, retry_after)
+            raise RateLimited(retry_after)
 
     def revoke(self, user: str) -> int:
         now = self.clock()

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 SESSION_PREFIX = "ld:session:"
 RATE_PREFIX = "ld:rate:"
+LOAD_RATE_PREFIX = "ld:loads:"
 REVOCATIONS_KEY = "ld:revocations"
 SESSION_TTL_SECONDS = 7 * 24 * 3600
 """A session is forgotten a week after it was made (memory sessions last until a restart)."""
@@ -104,16 +105,18 @@ class RedisSessionStore:
 class RedisRateLimiter:
     """A token bucket per user, shared: `burst` at once, refilled at `per_minute` a minute."""
 
-    def __init__(self, client: redis.Redis, per_minute: int, burst: int) -> None:
+    def __init__(self, client: redis.Redis, per_minute: int, burst: int, prefix: str = RATE_PREFIX) -> None:
+        """`prefix`: whose bucket this is (requests, or model loads), so two limits never share one."""
         if per_minute < 1 or burst < 1:
             raise ValueError("per_minute and burst must be positive")
         self._redis = client
         self._rate = per_minute / 60.0
         self._burst = burst
+        self._prefix = prefix
 
     def acquire(self, user: str, now: float) -> int:
         """0 when allowed, else the whole seconds to wait (≥ 1)."""
-        wait = _guarded(lambda: self._redis.eval(_BUCKET_SCRIPT, 1, RATE_PREFIX + user, self._rate, self._burst, now))
+        wait = _guarded(lambda: self._redis.eval(_BUCKET_SCRIPT, 1, self._prefix + user, self._rate, self._burst, now))
         return int(wait)
 
 

@@ -30,3 +30,24 @@ def state_document(jwks: dict[str, Any], revocations: dict[str, Any]) -> dict[st
     canonical = json.dumps({"jwks": jwks, "revocations": revocations}, sort_keys=True, separators=(",", ":"))
     version = hashlib.sha256(canonical.encode()).hexdigest()[:32]
     return {"version": version, "jwks": jwks, "revocations": revocations}
+
+
+LOADS_PATH = "/loads"
+"""`POST` by the gate, before it forwards a request that makes a router load its model: the body is
+`load_charge(user, model)`. The broker answers 204 (charged to `user`'s loads) or 429 with
+`Retry-After` (over `--loads-per-minute`: the gate refuses the request with it, and nothing loads)."""
+
+
+def load_charge(user: str, model: str) -> dict[str, str]:
+    """The one document of `POST /loads`: whose request causes the load, and of which model."""
+    return {"user": user, "model": model}
+
+
+def parse_load_charge(document: object) -> tuple[str, str] | None:
+    """(user, model) from a `POST /loads` body, or None when it is not `load_charge`'s shape."""
+    if not isinstance(document, dict) or document.keys() != {"user", "model"}:
+        return None
+    user, model = document["user"], document["model"]
+    if not isinstance(user, str) or not isinstance(model, str) or not user or not model:
+        return None
+    return user, model

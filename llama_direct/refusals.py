@@ -262,6 +262,7 @@ INVALID_OPTION = _reason(
 UNKNOWN_MODEL = _reason(400, "unknown_model", "That model is unknown or not offered to you.")
 CONFLICTING_OPTIONS = _reason(400, "conflicting_options", "Ask for resume or cancel, not both.")
 BAD_HOST = _reason(400, "bad_host", "The request's Host header is not a valid host.")
+BAD_LOAD_CHARGE = _reason(400, "bad_load_charge", 'A load charge is {{"user": "...", "model": "..."}}.')
 BAD_TOOL_INPUT = _reason(400, "bad_tool_input", 'The echo tool takes {{"text": "..."}}.')
 REFUSED = _reason(400, "refused", "The request was refused.")
 """What the broker's framework refuses for a reason no entry here names (its own status is kept)."""

@@ -10,6 +10,7 @@ import asyncio
 import functools
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -23,6 +24,7 @@ from llama_direct.refusals import (
     UNEXPECTED_BODY,
     BrokerUnavailable,
     Overloaded,
+    RateLimited,
     Refusal,
     RequestRefusal,
     UpstreamTimeout,
@@ -331,6 +333,8 @@ class ClientConnection(asyncio.Protocol):
                 body = shape_chat_body(body, claims.grant, policy)
             if not claims.grant.autoload:
                 target = await gate.no_load_target(attempts, model, target)
+            else:
+                await gate.loads.charge(attempts.members, model, claims.sub, time.monotonic())
         elif body:
             raise RequestRefusal(UNEXPECTED_BODY)
         cors = claims.grant.origin if self.listener.cors else None
@@ -457,7 +461,7 @@ class ClientConnection(asyncio.Protocol):
         headers: list[Header] = [(name.encode(), value.encode()) for name, value in refusal.headers]
         if self.listener.cors and self.origin in self.gate.allowed_origins:
             headers += cors_headers(self.origin)
-        if isinstance(refusal, Overloaded):
+        if isinstance(refusal, (Overloaded, RateLimited)):
             headers.append((b"Retry-After", str(refusal.retry_after).encode()))
         close = close or self._closing()
         self.transport.write(simple_response(refusal.status, refusal.to_body(), headers, close=close))

@@ -35,6 +35,7 @@ from llama_launcher.gate.http1 import (
     Header,
 )
 from llama_launcher.gate.keyset import KeySet
+from llama_launcher.gate.load_charges import LoadCharger
 from llama_launcher.gate.pool import Attempts, Member, Pool, shaping_limits
 from llama_launcher.gate.scope import RequestHead
 from llama_launcher.gate.shaping import ShapingPolicy
@@ -62,6 +63,7 @@ class Gate:
             None if shared is not None else start_cut_off(time.time() if started_at is None else started_at)
         )
         self.connections: set[Connection] = set()
+        self.loads = LoadCharger(config.control_socket)
         self.admission = Admission(config, descriptors=resource.getrlimit(resource.RLIMIT_NOFILE)[0])
         self.allowed_origins = frozenset(config.allowed_origins)
         self.lane_prefix = (config.lane_prefix + "/").encode()

@@ -124,6 +124,7 @@ class GateServer:
         if self._puller is not None:
             await self._puller
         await self.keyset.aclose()
+        await self.gate.loads.aclose()
         await self.pool.close()
         if self.shared is not None:
             await self.shared.close()

@@ -42,7 +42,7 @@ from broker.settings import (
 )
 from broker.signing_keys import KeyRing
 from broker.static import static_file
-from llama_direct.control import STATE_PATH
+from llama_direct.control import LOADS_PATH, STATE_PATH
 from llama_direct.ids import load_or_create_ids
 from llama_direct.refusals import CONVERSATION_NOT_OWNED, UNKNOWN_OPTION
 from llama_direct.replay import Revocations
@@ -608,30 +608,29 @@ class TestBaselineModels:
             answer = h.client.post("/v1/chat/completions?" + query, headers=BEARER, json={"messages": []})
             assert (answer.status_code, answer.json()["error"]["reason"]) == (400, "invalid_option")
 
-    def test_loads_are_charged_like_negotiation(self, make: HarnessFactory) -> None:
+    def test_negotiation_and_the_fallback_no_longer_charge_loads(self, make: HarnessFactory) -> None:
+        """The gate charges a load as it forwards the request that causes it (issue 25): a grant minted
+        while the model was loaded, used after an eviction, loaded it for free."""
         h = self._router(make, load_rate_per_minute=1)
         beta = {"model": "beta", "messages": []}
-        assert h.client.post("/v1/chat/completions", headers=BEARER, json={"messages": []}).status_code == 200
-        assert h.client.post("/v1/chat/completions", headers=BEARER, json=beta).status_code == 200
-        assert h.client.post("/v1/chat/completions", headers=BEARER, json=beta).status_code == 200, \
-            "the same load is charged once"
-        self._poll(h, {"smol": "unloaded", "beta": "loaded"})
-        self._poll(h, {"smol": "loaded", "beta": "unloaded"})
-        assert h.client.post("/v1/chat/completions?autoload=false", headers=BEARER, json=beta).status_code == 200
-        assert _negotiated(h, model="beta", autoload=False).status_code == 200
-        limited = h.client.post("/v1/chat/completions", headers=BEARER, json=beta)
-        assert limited.status_code == 429 and "retry-after" in limited.headers, "evicted, so a second load"
-        assert _negotiated(h, model="beta").status_code == 429, "the lane and the fallback share the count"
+        for _ in range(3):
+            assert _negotiated(h, model="beta").status_code == 200
+            assert h.client.post("/v1/chat/completions", headers=BEARER, json=beta).status_code == 200
 
-    def test_a_load_that_never_happened_is_given_back(self, make: HarnessFactory) -> None:
-        h = self._router(make, load_rate_per_minute=1)
-        assert _negotiated(h, model="beta").status_code == 200
-        h.clock.now += h.core.loads.window + 1
-        self._poll(h, {"smol": "loaded", "beta": "unloaded"})
-        assert _negotiated(h, model="beta").status_code == 200, "the unused token's charge was refunded"
-        h.clock.now += 1
-        self._poll(h, {"smol": "loaded", "beta": "unloaded"})
-        assert _negotiated(h, model="beta").status_code == 200, "still the same open charge"
+    def test_the_gate_charges_each_load_to_its_user_at_the_control_app(self, make: HarnessFactory) -> None:
+        h = self._router(make, load_rate_per_minute=2)
+        control = TestClient(create_control_app(h.core))
+        charge = {"user": "ann", "model": "beta"}
+        assert [control.post(LOADS_PATH, json=charge).status_code for _ in range(2)] == [204, 204]
+        limited = control.post(LOADS_PATH, json=charge)
+        assert (limited.status_code, limited.json()["error"]["reason"]) == (429, "rate_limited")
+        assert int(limited.headers["retry-after"]) >= 1
+        assert control.post(LOADS_PATH, json={"user": "bob", "model": "beta"}).status_code == 204, "per user"
+        h.clock.now += 30
+        assert control.post(LOADS_PATH, json=charge).status_code == 204, "one load back every 30 s"
+        for bad in ({"user": "ann"}, {"user": "", "model": "beta"}, {"user": "ann", "model": 1, "x": 2}, []):
+            answer = control.post(LOADS_PATH, json=bad)
+            assert (answer.status_code, answer.json()["error"]["reason"]) == (400, "bad_load_charge")
 
     @staticmethod
     def _poll(h: Harness, states: dict[str, str]) -> None:
