@@ -22,6 +22,7 @@ from llama_launcher.bench import (
     before,
     fleet,
     haproxy_anchor,
+    idle,
     machine,
     models,
     report,
@@ -58,6 +59,9 @@ class Plan:
     """One idle window; the windows start after `idle_settle` seconds of quiet (`request_cost.idle_windows`)."""
     idle_settle: float = 30.0
     idle_windows: int = 3
+    idle_modes: tuple[str, ...] = idle.MODES
+    """The modes whose stacks are measured idle, every process of each (`idle.run_modes`); needs a
+    real llama-server, so --no-real skips them."""
     real: bool = True
     model_ttfts: int = 200
     """One-token streams per lane for P3 on each real upstream, single-model and router: a real first
@@ -87,7 +91,7 @@ QUICK = Plan(
     verifications=50, held_streams=20, load_reps=1, load_tokens=50, load_pace=500.0, load_concurrency=2,
     load_slow=4, load_hammers=2, settle=0.5, cost_requests=10, cost_rounds=2, idle_seconds=1.0, idle_settle=0.5,
     idle_windows=1,
-    model_ttfts=5, model_loads=1, router=False, fleet_reps=0,
+    model_ttfts=5, model_loads=1, router=False, fleet_reps=0, idle_modes=("launched",),
 )
 
 
@@ -170,6 +174,10 @@ def run_bench(plan: Plan, out: Path, command: str) -> dict[str, Any]:
                 _with_bed(lambda: real_bed(work, max_tokens=max(plan.real_tokens.values()) * 4, router=True),
                           on_router)
 
+        if plan.real and plan.idle_modes:
+            results["idle_modes"] = idle.run_modes(work, settle=plan.idle_settle, seconds=plan.idle_seconds,
+                                                   windows=plan.idle_windows, modes=plan.idle_modes, before=old,
+                                                   say=_say)
         _say("starting the synthetic upstream and the lanes in front of it")
 
         async def on_synthetic(bed: Bed) -> None:

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from llama_launcher.bench import before, fleet, models
+from llama_launcher.bench import before, fleet, idle, models
 from llama_launcher.bench.machine import one_line
 from llama_launcher.bench.summary import Verdict, anchor, verdicts
 
@@ -123,10 +123,10 @@ def render_markdown(results: dict[str, Any]) -> str:
                      + (f"; the bare relay on the same requests (`Connection: close`), in rounds between: "
                         f"{entry['relay']['ms_per_request']:.3f} ms" if "relay" in entry else "")
                      + ".")
-    idle = results.get("idle_cpu")
-    if idle:
+    floor = results.get("idle_cpu")
+    if floor:
         notes.append("- Idle (nothing asked): " + ", ".join(f"{name} {ms:.2f} ms of CPU per second"
-                                                           for name, ms in idle.items()) + ".")
+                                                           for name, ms in floor.items()) + ".")
     memory = results.get("memory")
     if memory:
         notes.append(f"- Gate memory: {memory['held']} slow streams held through the lane "
@@ -134,6 +134,8 @@ def render_markdown(results: dict[str, Any]) -> str:
                      f"{memory['rss_held_kib']:,.0f} KiB, {_num(memory['kib_per_stream'], '.1f')} KiB per stream.")
     if notes:
         lines += ["", *notes]
+    if results.get("idle_modes"):
+        lines += ["", *idle.render(results["idle_modes"])]
     lines += anchor_table(results)
     lines += before.render(results)
     many = results.get("many_models")
