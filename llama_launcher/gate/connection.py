@@ -40,6 +40,8 @@ from llama_launcher.gate.relay import DechunkingRelay, Relay
 from llama_launcher.gate.request_reader import BodyReader, Request, read_head
 from llama_launcher.gate.scope import RequestHead, Route, allowed_preflight, check_request
 from llama_launcher.gate.shaping import shape_chat_body
+from llama_launcher.gate.stream_ledger import Stream
+from llama_launcher.gate.stream_watch import reset_on_close
 from llama_launcher.gate.upstream import Upstream, connect, connect_upstream
 
 log = logging.getLogger(__name__)
@@ -66,8 +68,8 @@ class ClientConnection(asyncio.Protocol):
 
     __slots__ = ("body", "body_limit", "body_waiter", "buf", "chunked_sink", "client", "close_after",
                  "counted", "gate", "http10", "listener", "origin", "paused", "peer", "reader", "received",
-                 "relay", "scanned", "sent_head", "sink", "state", "task", "timer", "transport",
-                 "write_paused")
+                 "relay", "scanned", "sent_head", "sink", "stalled", "state", "stream", "task", "timer",
+                 "transport", "write_paused")
 
     def __init__(self, gate: Gate, listener: Listener) -> None:
         self.gate = gate
@@ -95,6 +97,8 @@ class ClientConnection(asyncio.Protocol):
         self.received = 0
         self.sink: asyncio.Transport | None = None
         self.chunked_sink = False
+        self.stream: Stream[Member] | None = None
+        self.stalled: asyncio.TimerHandle | None = None
 
     # -- asyncio callbacks -----------------------------------------------------------------
 
@@ -151,6 +155,9 @@ class ClientConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.state = _CLOSED
         self._count(False)
+        self._end_stream(finished=self.relay is None)
+        if self.stalled is not None:
+            self.stalled.cancel()
         self.sink = None
         self.gate.connections.discard(self)
         self._cancel_timer()
@@ -164,13 +171,29 @@ class ClientConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        self.stalled = asyncio.get_running_loop().call_later(self.gate.config.send_timeout, self._on_stalled)
         if self.relay is not None:
             self.relay.pause()
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        if self.stalled is not None:
+            self.stalled.cancel()
+            self.stalled = None
         if self.relay is not None:
             self.relay.resume()
+
+    def _on_stalled(self) -> None:
+        """Read nothing for `send_timeout` s: cut it and its upstream (llama-server would wait an hour)."""
+        self.stalled = None
+        log.info("client read nothing for %.0f s: cut", self.gate.config.send_timeout)
+        self._end_stream(finished=False)
+        reset_on_close(self.transport)
+        self.shutdown()
+
+    def _end_stream(self, *, finished: bool) -> None:
+        stream, self.stream = self.stream, None
+        self.gate.streams.close(stream, finished=finished)
 
     # -- the request head ------------------------------------------------------------------
 
@@ -324,6 +347,7 @@ class ClientConnection(asyncio.Protocol):
         body = await self._read_body()
         target = route.upstream_target
         model = claims.grant.model
+        self.stream = gate.streams.open(claims.sub, route)
         attempts = await gate.pool.route(model, route.kind, route.conversation_id)
         if route.kind == "chat":
             policy = await gate.policy_for(attempts.members, model)
@@ -337,6 +361,8 @@ class ClientConnection(asyncio.Protocol):
                 await gate.loads.charge(attempts.members, model, claims.sub, time.monotonic())
         elif body:
             raise RequestRefusal(UNEXPECTED_BODY)
+        elif route.kind == "cancel":
+            gate.streams.cancelled(route, attempts.members)
         cors = claims.grant.origin if self.listener.cors else None
         return await self._connect_lane(attempts, lambda: self._relay(request, cors, strip_cors=True),
                                         lambda upstream: lane_request(upstream, route, target, body) + body, route)
@@ -355,6 +381,7 @@ class ClientConnection(asyncio.Protocol):
                 if not pool.single:
                     member.failed()
                 continue
+            self.gate.streams.held_by(self.stream, member)
             if not pool.single:
                 await pool.chosen(member, route.kind, route.conversation_id)
                 opened.on_end = member.release
@@ -510,6 +537,7 @@ class ClientConnection(asyncio.Protocol):
     def _next_request(self) -> None:
         self.state = _HEAD
         self._count(False)
+        self._end_stream(finished=True)
         if self.peer in self.gate.admission.trusted:
             self.client = None  # a proxy's next request may be another client's
         self.sent_head = False

@@ -39,6 +39,7 @@ from llama_launcher.gate.load_charges import LoadCharger
 from llama_launcher.gate.pool import Attempts, Member, Pool, shaping_limits
 from llama_launcher.gate.scope import RequestHead
 from llama_launcher.gate.shaping import ShapingPolicy
+from llama_launcher.gate.stream_watch import StreamWatch
 
 
 class Connection(Protocol):
@@ -63,6 +64,7 @@ class Gate:
             None if shared is not None else start_cut_off(time.time() if started_at is None else started_at)
         )
         self.connections: set[Connection] = set()
+        self.streams = StreamWatch(config)
         self.loads = LoadCharger(config.control_socket)
         self.admission = Admission(config, descriptors=resource.getrlimit(resource.RLIMIT_NOFILE)[0])
         self.allowed_origins = frozenset(config.allowed_origins)

@@ -120,6 +120,7 @@ class GateServer:
             server.close()
         for connection in list(self.gate.connections):
             connection.shutdown()
+        await self.gate.streams.close_all()
         self._stop_pulling.set()
         if self._puller is not None:
             await self._puller

@@ -126,11 +126,24 @@ class _Collector(asyncio.Protocol):
 
 async def get_json(upstream: Upstream, path: str, *, timeout: float) -> tuple[int, Any]:
     """GET a small JSON document from llama-server with the master key: (status, parsed body)."""
+    collector = await _exchange(upstream, "GET", path, timeout=timeout)
+    try:
+        return collector.status, json.loads(collector.body)
+    except ValueError:
+        raise UpstreamUnavailable() from None
+
+
+async def send_request(upstream: Upstream, method: str, path: str, *, timeout: float) -> int:
+    """One bodiless request to llama-server with the master key (a `DELETE`): its status."""
+    return (await _exchange(upstream, method, path, timeout=timeout)).status
+
+
+async def _exchange(upstream: Upstream, method: str, path: str, *, timeout: float) -> _Collector:
     try:
         authorization = upstream.authorization()
     except NotListening:
         raise UpstreamUnavailable() from None
-    head = b"GET " + path.encode("ascii") + b" HTTP/1.1\r\nHost: " + upstream.host_header + b"\r\n"
+    head = b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method.encode("ascii"), path.encode("ascii"), upstream.host_header)
     if authorization:
         head += b"Authorization: " + authorization + b"\r\n"
     transport, collector = await connect_upstream(upstream, _Collector, timeout=timeout)
@@ -143,7 +156,4 @@ async def get_json(upstream: Upstream, path: str, *, timeout: float) -> tuple[in
             raise UpstreamTimeout() from None
     finally:
         transport.abort()
-    try:
-        return collector.status, json.loads(collector.body)
-    except ValueError:
-        raise UpstreamUnavailable() from None
+    return collector
