@@ -199,7 +199,7 @@ def render(found: dict[str, Any]) -> list[str]:
     roles = ["serve", "broker", "gate", "llama-server"]
     roles += sorted({name for names in per_mode.values() for name in names} - set(roles))
     lines = [f"Idle CPU per process (ms of CPU per second; median of {found['windows']} window(s) of "
-             f"{found['window_s']:.0f} s after {found['settle_s']:.0f} s of quiet; target ≤ "
+             f"{found['window_s']:g} s after {found['settle_s']:g} s of quiet; target ≤ "
              f"{found['limit_ms_per_s']:g} ms/s each):", "",
              "| mode | " + " | ".join(roles) + " |", "|---|" + "---:|" * len(roles)]
     for mode, names in per_mode.items():
