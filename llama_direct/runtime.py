@@ -43,6 +43,9 @@ BROKER_CONFIG_FILE = "broker.json"
 GATE_CONFIG_FILE = "gate.json"
 LAUNCH_FILE = "launch.json"
 GATE_FAILURE_FILE = "gate-failure.json"
+LLAMA_GROUP_FILE = "llama-server-group.json"
+"""llama-server's process group and binary, written by the gate, read by the supervisor if the gate
+dies: the children a router started must not outlive it (`llama_launcher.process_group`)."""
 """The gate's last word to the parent: why it stopped for good (llama-server cannot start)."""
 GATE_EXIT_GAVE_UP = 3
 PROCESSES = ("serve", "gate", "broker")

@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 
 from llama_direct.redaction import redact
+from llama_launcher import process_group
 from llama_launcher.child_wait import wait_for_exit
 from llama_launcher.errors import NotListening, StartError
 from llama_launcher.master_key import MasterKey
@@ -41,7 +42,9 @@ _NOTABLE = ("error", "failed", "warn", "listening on", "model loaded")
 
 
 def _die_with_parent(parent_pid: int) -> None:
-    """Runs in the child between fork and exec: follow the spawning thread into death."""
+    """Runs in the child between fork and exec: lead a process group of its own (a router's children
+    join it, and are stopped with it), and follow the spawning thread into death."""
+    process_group.lead_new_group()
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
@@ -139,6 +142,7 @@ class LlamaServer:
             preexec_fn=lambda: _die_with_parent(parent),
             close_fds=True,
         )
+        process_group.record(self.runtime_dir, self._proc.pid, str(self.options.binary))
         log.info("llama-server started pid=%d listen=%s", self._proc.pid, "unix" if unix else "tcp")
         self._pump = threading.Thread(target=self._pump_output, args=(self._proc,), daemon=True)
         self._pump.start()
@@ -214,20 +218,22 @@ class LlamaServer:
             return None
 
     def stop(self, grace: float = 5.0) -> None:
-        """SIGTERM, then SIGKILL after ``grace`` seconds; leaves no process behind."""
+        """SIGTERM to llama-server's process group, then SIGKILL to whatever of it is left after
+        ``grace`` seconds: no process behind, a router's children included (`process_group`)."""
         self._stopping = True
         self._ready = False
         proc = self._proc
         if proc is None:
             return
         if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+            process_group.signal_group(proc.pid, signal.SIGTERM)
             try:
                 proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                log.warning("llama-server ignored SIGTERM for %.0f s; killing it", grace)
-                proc.kill()
-                proc.wait()
+            except subprocess.TimeoutExpired:  # a router mid-reply waits on its child: normal at Ctrl-C
+                log.info("llama-server did not stop within %.0f s of SIGTERM; killing its group", grace)
+        process_group.signal_group(proc.pid, signal.SIGKILL)  # and any child that outlived its router
+        proc.wait()
+        process_group.forget(self.runtime_dir)
         self._reap(proc)
         self.socket_path.unlink(missing_ok=True)
         log.info("llama-server stopped pid=%d code=%s", proc.pid, proc.returncode)
@@ -265,6 +271,7 @@ class LlamaServer:
             code = proc.returncode
             if stop.is_set() or self._stopping:
                 return
+            process_group.signal_group(proc.pid, signal.SIGKILL)  # a crashed router's children go with it
             self._ready = False
             if time.monotonic() - started_at > 60:
                 backoff = 0.5

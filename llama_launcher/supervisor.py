@@ -56,6 +56,7 @@ from llama_direct.runtime import (
     format_runtime_line,
     log_file_path,
 )
+from llama_launcher import process_group
 from llama_launcher.child_wait import StopEvent, wait_for_exit
 from llama_launcher.errors import LauncherError
 from llama_launcher.launch_spec import LaunchSpec
@@ -350,6 +351,8 @@ class Stack:
                 if child is None or child.poll() is None or self.stopping.is_set():
                     continue
                 code = child.returncode
+                if name == "gate":  # a gate that died could not stop llama-server: its group goes now
+                    process_group.kill_recorded(self.runtime)
                 if name == "gate" and code == GATE_EXIT_GAVE_UP:
                     raise LauncherError(exit_cause(self.runtime, name, code, "while serving"))
                 quick = time.monotonic() - started[name] < QUICK_EXIT_SECONDS
@@ -378,6 +381,7 @@ class Stack:
                 log.warning("%s did not stop within %.0f s; killing it", name, grace)
                 os.killpg(child.pid, signal.SIGKILL)
                 child.wait()
+        process_group.kill_recorded(self.runtime)  # a gate killed above could not stop llama-server
         self.public.close()
         if self.lane is not None:
             self.lane.close()
@@ -424,6 +428,7 @@ def run(plan: StackPlan) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)  # a closed terminal or SSH session stops everything too
     for line in stack.start_lines():
         print(line, file=sys.stderr, flush=True)
     try:

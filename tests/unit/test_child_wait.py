@@ -223,11 +223,12 @@ def test_the_gates_llama_server_supervisor_sleeps_until_llama_server_exits(
 
 
 def test_serves_supervisor_sleeps_until_a_child_exits_then_restarts_it(
-    children: list, monkeypatch: pytest.MonkeyPatch
+    children: list, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """`Stack.supervise`, serve's main loop over its broker and gate, with sleepers for both."""
     stack = supervisor.Stack.__new__(supervisor.Stack)
     stack.stopping = StopEvent()
+    stack.runtime = tmp_path
     stack.broker, stack.gate = _sleeper(), _sleeper()
     children.extend([stack.broker, stack.gate])
     restarted = threading.Event()
