@@ -15,6 +15,7 @@ export type ErrorCode =
   | "truncated"
   | "session_expired"
   | "rate_limited"
+  | "too_many_streams"
   | "vision_unsupported"
   | "image_rejected"
   | "model_loading"
@@ -33,6 +34,7 @@ const MESSAGES: Record<ErrorCode, string> = {
   truncated: "The connection was lost before the reply finished. The partial reply is kept above.",
   session_expired: "Your session has expired. Open the sign-in link again to continue.",
   rate_limited: "Too many requests right now. Wait a moment and try again.",
+  too_many_streams: "Too many replies are running for you at once. Wait for one to finish, then try again.",
   vision_unsupported: "This model cannot read images. Remove the image and send again.",
   image_rejected: "The image could not be sent: use a PNG, JPEG, WebP, GIF, BMP or TIFF within the size limit.",
   model_loading: "The model is still loading. Try again in a moment.",
@@ -92,6 +94,8 @@ export const REASONS: ReadonlyMap<string, ErrorCode> = new Map<string, ErrorCode
   ["unknown_model", "unknown_model"],
   ["stream_lost", "stream_lost"],
   ["rate_limited", "rate_limited"],
+  ["too_many_streams", "too_many_streams"],
+  ["prompt_too_large", "context_overflow"],
   ["gate_unavailable", "model_loading"],
   ["http_version_not_supported", "server_error"],
 ]);
