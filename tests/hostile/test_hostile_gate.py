@@ -716,7 +716,8 @@ def test_held_streams_do_not_count_against_the_per_address_cap() -> None:
     async def main() -> None:
         from gate_fakes import running_gate
 
-        async with running_gate(max_pending_per_address=2) as h:
+        # The per-user stream cap (4 for a user other than the owner) is another bound: lifted here.
+        async with running_gate(max_pending_per_address=2, streams_per_user=10) as h:
             h.behaviour.forever, h.behaviour.delay = True, 0.05
             streams: list[Client] = []
             try:
