@@ -134,7 +134,7 @@ def _too_many_pixels(part: str, max_pixels: int) -> RequestRefusal:
 
 
 def _encode_jpeg(image: Image.Image) -> bytes:
-    frame = ImageOps.exif_transpose(image)
+    frame = _pixels_only(ImageOps.exif_transpose(image))
     if frame.mode not in ("L", "RGB"):
         frame = frame.convert("RGB")
     out = io.BytesIO()
@@ -143,10 +143,21 @@ def _encode_jpeg(image: Image.Image) -> bytes:
 
 
 def _encode_png(image: Image.Image) -> bytes:
-    frame = ImageOps.exif_transpose(image)
+    frame = _pixels_only(ImageOps.exif_transpose(image))
     if frame.mode not in _PNG_MODES:
         has_alpha = "A" in frame.getbands() or "transparency" in frame.info
         frame = frame.convert("RGBA" if has_alpha else "RGB")
     out = io.BytesIO()
     frame.save(out, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     return out.getvalue()
+
+
+_KEPT_INFO = frozenset({"transparency"})
+"""What of the decoder's `info` describes the pixels themselves, so the new encoding keeps it."""
+
+
+def _pixels_only(frame: Image.Image) -> Image.Image:
+    """`frame` without the source's metadata: Pillow's encoders fall back on `info` for some of it
+    (a JPEG's comment, a PNG's ICC profile), which would carry the client's bytes through."""
+    frame.info = {key: value for key, value in frame.info.items() if key in _KEPT_INFO}
+    return frame

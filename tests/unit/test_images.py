@@ -92,6 +92,39 @@ def test_jpeg_is_re_encoded_as_jpeg():
     assert JPEG_QUALITY > 50
 
 
+def test_a_jpeg_comment_is_dropped():
+    """Pillow's JPEG encoder writes `info["comment"]` back unless told otherwise (found on the real
+    vision path, issue 25): the client's comment bytes must not reach llama-server."""
+    jpeg = encode("JPEG", comment=b"attacker-chosen comment")
+    for orientation in (None, 6):
+        source = jpeg
+        if orientation:
+            exif = Image.Exif()
+            exif[0x0112] = orientation
+            source = encode("JPEG", exif=exif.tobytes(), comment=b"attacker-chosen comment")
+        forwarded = payload(shape(data_url(source, "image/jpeg")))
+        assert b"attacker" not in forwarded
+        assert "comment" not in Image.open(io.BytesIO(forwarded)).info
+
+
+@pytest.mark.parametrize(("fmt", "mime"), [("PNG", "image/png"), ("WEBP", "image/webp"), ("TIFF", "image/tiff")])
+def test_an_icc_profile_is_dropped(fmt, mime):
+    """The PNG encoder writes `info["icc_profile"]` back unless told otherwise: an ICC profile is the
+    client's bytes (stb_image ignores it anyway), so none is carried over."""
+    source = encode(fmt, icc_profile=b"attacker-chosen profile " * 8)
+    assert Image.open(io.BytesIO(source)).info.get("icc_profile")
+    forwarded = payload(shape(data_url(source, mime)))
+    assert b"attacker" not in forwarded
+    assert Image.open(io.BytesIO(forwarded)).info.get("icc_profile") is None
+
+
+def test_palette_transparency_survives_the_metadata_drop():
+    source = Image.new("P", (4, 4), 1)
+    source.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    image = decoded(shape(data_url(encode("PNG", source, transparency=1))))
+    assert image.convert("RGBA").getpixel((0, 0))[3] == 0
+
+
 def test_jpeg_exif_orientation_is_applied_to_the_pixels():
     source = Image.new("RGB", (8, 4), (0, 0, 0))
     exif = Image.Exif()
