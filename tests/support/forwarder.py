@@ -2,7 +2,8 @@
 
 It runs its own event loop in a thread, forwards each accepted connection to a TCP or unix
 target, and records the request line of every connection so a test can assert that a refused
-request never reached llama-server.
+request never reached llama-server. With `record=True` it also keeps every byte each connection
+sent on (`sent`), so a test can read what the far side was really given.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from collections.abc import Callable
 
 
 class Forwarder:
-    def __init__(self, target: tuple[str, int] | str) -> None:
+    def __init__(self, target: tuple[str, int] | str, *, record: bool = False) -> None:
         self.target = target
         self.request_lines: list[bytes] = []
+        self.record = record
+        self.sent: list[bytearray] = []
         self.port = 0
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -65,14 +68,21 @@ class Forwarder:
             self._writers.discard(writer)
             return
         self._writers.add(up_writer)
+        sent = bytearray()
+        if self.record:
+            self.sent.append(sent)
         first = await reader.read(65536)
         if first:
             self.request_lines.append(first.split(b"\r\n", 1)[0])
             up_writer.write(first)
+            if self.record:
+                sent += first
 
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, keep: bytearray | None = None) -> None:
             try:
                 while data := await src.read(65536):
+                    if keep is not None:
+                        keep += data
                     dst.write(data)
                     await dst.drain()
             except (ConnectionError, OSError):
@@ -81,5 +91,5 @@ class Forwarder:
                 with contextlib.suppress(Exception):
                     dst.close()
 
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        await asyncio.gather(pipe(reader, up_writer, sent if self.record else None), pipe(up_reader, writer))
         self._writers.difference_update((writer, up_writer))
