@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from fuzz_strength import examples
 from gate_fakes import MASTER_KEY, MODEL, Harness, chat_request, running_gate
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -27,10 +28,12 @@ from llama_launcher.gate.scope import RequestHead, check_request
 from llama_launcher.gate.shaping import ALLOWED_FIELDS, DENIED_FIELDS, LENGTH_FIELDS, ShapingPolicy, shape_chat_body
 
 PURE = settings(
-    max_examples=500, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow], database=None
+    max_examples=examples(500), deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow],
+    database=None,
 )
 NETWORK = settings(
-    max_examples=100, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow], database=None
+    max_examples=examples(100), deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow],
+    database=None,
 )
 APP = "http://app.test"
 

@@ -25,6 +25,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fuzz_strength import examples
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -50,7 +51,7 @@ _KEYS = {alg: SigningKey.generate(alg) for alg in ("EdDSA", "ES256")}
 _STRANGER = SigningKey.generate("EdDSA")
 KEYSET = PublicKeySet({k.kid: (k.algorithm, k.public_key) for k in _KEYS.values()})
 _GRANT = Grant(routes=(("POST", "/v1/chat/completions"),), model="m", max_tokens=8)
-_SETTINGS = settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+_SETTINGS = settings(max_examples=examples(1000), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 _DECODER = jwt.PyJWT({"verify_exp": False, "verify_nbf": False, "verify_iat": False,
                       "require": list(REQUIRED_CLAIMS), "strict_aud": True})

@@ -11,6 +11,7 @@ import re
 
 import h11
 import pytest
+from fuzz_strength import examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -212,7 +213,7 @@ _PIECES = [b"\r\n", b"\r", b"\n", b"\x00", b" ", b"\t", b":", b"0", b"-1", b"\x0
            b"Upgrade: h2c\r\nConnection: upgrade\r\n", b"  folded", b"GET", b"get", b"FOO", b"*", b"http://a"]
 
 
-@settings(max_examples=1500, deadline=None, derandomize=True, database=None,
+@settings(max_examples=examples(1500), deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from([_BASE, _BASE.replace(b"Content-Length: 4", b"Transfer-Encoding: Chunked")]),
        st.lists(st.tuples(st.floats(0, 1), st.integers(0, 3),
