@@ -7,8 +7,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from llama_direct.llama_server import public_name
 from llama_launcher.errors import LauncherError
-from llama_launcher.gate.health import public_name
 from llama_launcher.master_key import MasterKey
 
 

@@ -32,13 +32,6 @@ class StartError(LauncherError):
         self.last_lines = last_lines
 
 
-class NotListening(Exception):
-    """llama-server has no address or key right now (not started yet, or between two runs).
-
-    Not a `LauncherError`: the gate meets it on the request path and answers 502, nobody prints it.
-    """
-
-
 class SmokeFailed(LauncherError):
     """A llama-server binary could not load the default model and generate one token. The message
     names the cause (the signal or exit code), llama-server's last lines and a remedy."""

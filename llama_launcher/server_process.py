@@ -19,10 +19,11 @@ from pathlib import Path
 
 import httpx
 
+from llama_direct.llama_server import NotListening
 from llama_direct.redaction import redact
 from llama_launcher import process_group
 from llama_launcher.child_wait import wait_for_exit
-from llama_launcher.errors import NotListening, StartError
+from llama_launcher.errors import StartError
 from llama_launcher.master_key import MasterKey
 from llama_launcher.progress import Progress
 from llama_launcher.server_args import ListenAddress, ServerOptions, build_argv, parse_listening_line

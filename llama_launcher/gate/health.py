@@ -13,13 +13,12 @@ import itertools
 import math
 import time
 from dataclasses import dataclass
-from pathlib import PurePath
 from typing import Any
 
+from llama_direct.llama_server import NotListening, public_name
 from llama_direct.refusals import (
     Refusal,
 )
-from llama_launcher.errors import NotListening
 from llama_launcher.gate.bounds import FALLBACK_CONTEXT
 from llama_launcher.gate.load_progress import LoadProgress
 from llama_launcher.gate.single_flight import SingleFlight
@@ -207,14 +206,6 @@ class ModelState:
 
 
 MODEL_STATES = frozenset({"unloaded", "loading", "loaded"})
-
-
-def public_name(name: str) -> str:
-    """A single llama-server's model name as clients may see it: an `--alias` as it is, a file path
-    (a server started without `--alias`) reduced to its stem, since a path must never reach a browser."""
-    if "/" in name or name.endswith(".gguf"):
-        return PurePath(name).stem.lower()
-    return name
 
 
 def parse_models(listing: object) -> dict[str, ModelState]:

@@ -35,7 +35,7 @@ from typing import Any
 import httpx
 from httpx_sse import SSEError, aconnect_sse
 
-from llama_launcher.errors import NotListening
+from llama_direct.llama_server import NotListening
 from llama_launcher.gate.upstream import Upstream
 
 logger = logging.getLogger(__name__)

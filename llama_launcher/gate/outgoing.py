@@ -6,8 +6,8 @@ client's end-to-end headers, minus any forwarding header the client wrote, plus 
 
 from __future__ import annotations
 
+from llama_direct.llama_server import NotListening
 from llama_direct.refusals import UpstreamUnavailable
-from llama_launcher.errors import NotListening
 from llama_launcher.gate.http1 import FORWARDING, Header, end_to_end, request_head
 from llama_launcher.gate.request_reader import Request
 from llama_launcher.gate.scope import Route

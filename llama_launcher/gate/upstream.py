@@ -19,8 +19,8 @@ from typing import Any, Protocol, TypeVar
 
 import httptools
 
+from llama_direct.llama_server import NotListening
 from llama_direct.refusals import Refusal, UpstreamTimeout, UpstreamUnavailable
-from llama_launcher.errors import NotListening
 
 P = TypeVar("P", bound=asyncio.BaseProtocol)
 

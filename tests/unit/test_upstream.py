@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from gate_fakes import FakeServer, Received, StaticUpstream, _json_response
 
-from llama_launcher.errors import NotListening
+from llama_direct.llama_server import NotListening
 from llama_launcher.gate.upstream import (
     UpstreamTimeout,
     UpstreamUnavailable,
