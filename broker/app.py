@@ -56,7 +56,6 @@ from broker.static import UNBUILT_PAGE, static_file
 from llama_direct.control import (
     HOLD_SECONDS,
     LOADS_PATH,
-    SHARED_RECHECK_SECONDS,
     STATE_PATH,
     parse_load_charge,
     state_document,
@@ -230,7 +229,7 @@ def create_control_app(core: BrokerCore) -> FastAPI:
                 return json_response(document, headers=NO_STORE)
             if left <= 0 or core.stopping:
                 return Response(status_code=304, headers=NO_STORE)
-            await core.wait_for_change(min(left, SHARED_RECHECK_SECONDS) if core.shared_state else left)
+            await core.wait_for_change(left)
 
     @app.post(LOADS_PATH)
     async def loads(request: Request) -> Response:

@@ -26,6 +26,7 @@ from broker.negotiation import (
     Policy,
 )
 from broker.revocation_file import load_revocations, save_revocations
+from broker.revocation_watch import UNWATCHED_RECHECK_SECONDS, RevocationWatch
 from broker.sessions import (
     LOGIN_FAILURE_BURST,
     LOGIN_FAILURES_PER_MINUTE,
@@ -93,8 +94,8 @@ class BrokerCore:
         self.limiter: RateLimiter | RedisRateLimiter
         self.load_limiter: RateLimiter | RedisRateLimiter
         self.revocations: Revocations | RedisRevocations
-        self.shared_state = bool(redis_url)
-        """Revocations may change at another broker: `/state` polls re-read them (SHARED_RECHECK_SECONDS)."""
+        self.watch = RevocationWatch(redis_url, self.published_changed) if redis_url else None
+        """Revocations may change at another broker: its announcement wakes the `/state` polls held here."""
         self.fleet_models: FleetModels | None = None
         """The other brokers' models, for `GET /v1/models` behind an edge that routes by model."""
         if redis_url:
@@ -202,9 +203,20 @@ class BrokerCore:
         """The broker is stopping: every held long poll answers now, so a graceful stop ends within its
         time, and no poll is cancelled mid-wait (uvicorn would log that as an application error)."""
         self.stopping = True
+        if self.watch is not None:
+            self.watch.stop()
         self.published_changed()
 
     async def wait_for_change(self, timeout: float) -> None:
-        """Until `published_changed` or `timeout` seconds; a waiter rechecks the version either way."""
+        """Until `published_changed` or `timeout` seconds; a waiter rechecks the version either way.
+
+        With Redis, another broker's revocation arrives through the watch, which the first poll
+        starts (it serves only polls, on their loop). While the watch is not subscribed, nothing
+        would say that Redis changed, so the wait is cut to `UNWATCHED_RECHECK_SECONDS`.
+        """
+        if self.watch is not None:
+            self.watch.start()
+            if not self.watch.live:
+                timeout = min(timeout, UNWATCHED_RECHECK_SECONDS)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._changed.wait(), timeout)

@@ -4,10 +4,11 @@ The same interface as the in-memory `SessionStore`, `RateLimiter` and `Revocatio
 picks these when a Redis URL is configured. Every Redis error becomes `SharedStateUnavailable` (503):
 a login, a negotiation or a logout is refused, never served from stale or missing state.
 
-The calls are synchronous: they are few (a login, a negotiation, a logout, the gates' pull of the
-revocations every 0.5 s), Redis answers on the local network in well under a millisecond, and the
-client gives up after `timeout` seconds with no retry, so a dead Redis stalls this broker at most
-that long per call.
+The calls are synchronous: they are few (a login, a negotiation, a logout, a read of the revocations
+when a gate's long poll starts or is woken), Redis answers on the local network in well under a
+millisecond, and the client gives up after `timeout` seconds with no retry, so a dead Redis stalls
+this broker at most that long per call. Only the wake-up of held polls is asynchronous: one
+subscription per broker that blocks until a revocation is announced (`broker.revocation_watch`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ SESSION_PREFIX = "ld:session:"
 RATE_PREFIX = "ld:rate:"
 LOAD_RATE_PREFIX = "ld:loads:"
 REVOCATIONS_KEY = "ld:revocations"
+REVOCATIONS_CHANNEL = "ld:revocations:changed"
+"""Pub/sub: a revocation that changed `REVOCATIONS_KEY` is announced here, and every broker's
+`RevocationWatch` wakes its gate's held poll. A Redis ACL user needs the channel (`&ld:revocations:changed`)."""
 SESSION_TTL_SECONDS = 7 * 24 * 3600
 """A session is forgotten a week after it was made (memory sessions last until a restart)."""
 REVOCATION_HORIZON = MAX_TTL_SECONDS + LEEWAY_SECONDS
@@ -51,10 +55,14 @@ return wait
 
 _REVOKE_SCRIPT = """
 local current = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '-1')
-if tonumber(ARGV[2]) > current then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+if tonumber(ARGV[2]) > current then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('PUBLISH', ARGV[3], '1')
+end
 return 1
 """
-"""A later revocation never loosens an earlier one, whichever broker wrote first."""
+"""A later revocation never loosens an earlier one, whichever broker wrote first; one that changed
+something is announced in the same step, so no broker can miss it while its subscription is up."""
 
 
 def sync_client(url: str, timeout: float = DEFAULT_TIMEOUT) -> redis.Redis:
@@ -121,14 +129,15 @@ class RedisRateLimiter:
 
 
 class RedisRevocations:
-    """sub -> not-before, shared: a logout at any broker reaches every gate at its next pull."""
+    """sub -> not-before, shared: a logout at any broker is announced on `REVOCATIONS_CHANNEL`, and
+    every broker's watch wakes its gate's held poll (`broker.revocation_watch`)."""
 
     def __init__(self, client: redis.Redis) -> None:
         self._redis = client
 
     def revoke(self, sub: str, not_before: float) -> None:
         second = math.ceil(not_before)
-        _guarded(lambda: self._redis.eval(_REVOKE_SCRIPT, 1, REVOCATIONS_KEY, sub, second))
+        _guarded(lambda: self._redis.eval(_REVOKE_SCRIPT, 1, REVOCATIONS_KEY, sub, second, REVOCATIONS_CHANNEL))
 
     def prune(self, now: float) -> None:
         horizon = now - REVOCATION_HORIZON

@@ -20,9 +20,6 @@ STATE_PATH = "/state"
 KNOWN_PARAMETER = "known"
 HOLD_SECONDS = 10.0
 """The longest the broker holds a long poll; the gate's read timeout is this plus a margin."""
-SHARED_RECHECK_SECONDS = 0.25
-"""With state shared in Redis another broker may revoke: a held poll re-reads it this often, so a
-logout at any broker still reaches every gate within a second."""
 
 
 def state_document(jwks: dict[str, Any], revocations: dict[str, Any]) -> dict[str, Any]:

@@ -8,7 +8,9 @@ gets its own stack here, started the way a user starts it:
 - `launched`: `serve --model FILE`: the gate launches llama-server;
 - `router`: `serve --models-preset FILE` with two models, one loaded at a time: the gate launches
   a llama-server router, which starts a child per loaded model;
-- `attached`: `serve --upstream unix:SOCKET` to a llama-server started here.
+- `attached`: `serve --upstream unix:SOCKET` to a llama-server started here;
+- `fleet`: `launched` with its state in a private redis-server (`LLAMA_DIRECT_REDIS_URL`), as each
+  machine of a fleet runs it; redis-server is measured too (its share comes from this broker alone).
 
 Each stack answers one chat first (so a router has a model loaded, and each process has done its
 first work), then all of them sit idle together: after `settle` seconds of quiet (a broker polls
@@ -20,6 +22,7 @@ window per process, in ms of CPU per second of wall time.
 from __future__ import annotations
 
 import secrets
+import shutil
 import tempfile
 import time
 import urllib.parse
@@ -30,16 +33,17 @@ from typing import Any, TypeVar
 
 import httpx
 
-from llama_direct.runtime import ACCESS_TOKEN_ENV, UPSTREAM_KEY_ENV, parse_ready_line
+from llama_direct.runtime import ACCESS_TOKEN_ENV, REDIS_URL_ENV, UPSTREAM_KEY_ENV, parse_ready_line
+from llama_direct.tokens import LEEWAY_SECONDS
 from llama_launcher import model as gguf
 from llama_launcher import provision
-from llama_launcher.bench.processes import Child, child_running, children, thread_cpu_ns
+from llama_launcher.bench.processes import Child, child_running, children, thread_cpu_ns, wait_for_socket
 from llama_launcher.bench.stats import median
 from llama_launcher.paths import cache_dir
 from llama_launcher.server_args import ServerOptions
 from llama_launcher.server_process import LlamaServer
 
-MODES = ("launched", "router", "attached")
+MODES = ("launched", "router", "attached", "fleet")
 ROUTER_MODELS = ("alpha", "beta")
 LIMIT_MS_PER_S = 1.0
 """Issue 24: no process of an idle stack spends more than this."""
@@ -59,16 +63,20 @@ class IdleStack:
     pids: dict[str, int] = field(default_factory=dict)
     upstream: LlamaServer | None = None
     """`attached`: the llama-server started here, stopped after the stack."""
+    redis: Child | None = None
+    """`fleet`: the redis-server started here, stopped after the stack."""
 
     def stop(self) -> None:
         self.serve.stop(grace=30.0)
         if self.upstream is not None:
             self.upstream.stop()
+        if self.redis is not None:
+            self.redis.stop()
 
 
 def family(serve_pid: int) -> dict[str, int]:
     """serve's processes by role; a router's children (one per loaded model) as `model-1`, ...."""
-    gate = child_running(serve_pid, "llama_launcher.gate_process")
+    gate = child_running(serve_pid, "llama_launcher.gate")
     found = {"serve": serve_pid, "broker": child_running(serve_pid, "broker"), "gate": gate}
     for pid in children(gate):
         found["llama-server"] = pid
@@ -81,9 +89,14 @@ def start(mode: str, work: Path, *, binary: Path, model: Path, source: Path | No
     """The stack for `mode`, ready and answered once (`source`: another tree of the code, as `--before`)."""
     runtime = Path(tempfile.mkdtemp(prefix=f"idle-{mode}-", dir=work))
     env: dict[str, str] = {}
-    upstream = None
+    upstream = redis = None
     name: str | None
-    if mode == "launched":
+    chat_after = 0.0
+    if mode == "fleet":
+        redis, env[REDIS_URL_ENV] = start_redis(runtime)
+        # A gate refuses tokens issued in the leeway after Redis's start (docs/fleet.md): chat after it.
+        chat_after = time.monotonic() + LEEWAY_SECONDS + 1
+    if mode in ("launched", "fleet"):
         args, name = ["--llama-server", str(binary), "--model", str(model)], None
     elif mode == "router":
         preset = runtime / "models.ini"
@@ -107,15 +120,35 @@ def start(mode: str, work: Path, *, binary: Path, model: Path, source: Path | No
         f"serve-{mode}", "llama_launcher.cli",
         ["serve", "--port", "0", "--data-dir", str(runtime / "data"), *args], runtime / "serve.log",
         env={**env, **({"PYTHONPATH": str(source)} if source is not None else {})}, cwd=source)
-    stack = IdleStack(mode, serve, access, "", name, upstream=upstream)
+    stack = IdleStack(mode, serve, access, "", name, upstream=upstream, redis=redis)
     try:
         stack.base = _wait_ready(serve)
+        time.sleep(max(0.0, chat_after - time.monotonic()))
         chat_once(stack)
-        stack.pids = family(serve.pid)
+        stack.pids = family(serve.pid) | ({"redis-server": redis.pid} if redis is not None else {})
     except BaseException:
         stack.stop()
         raise
     return stack
+
+
+def start_redis(runtime: Path) -> tuple[Child, str]:
+    """A private redis-server on a unix socket in `runtime`, without persistence, and its URL."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("the fleet mode needs redis-server (apt-get install redis-server)")
+    path = runtime / "redis.sock"
+    # `--hz 1`: at its default 10 Hz timer an idle redis-server with no client at all spends about
+    # 1.9 ms of CPU a second on this box (0.2 to 0.4 at 1 Hz), which would hide what the stack adds.
+    redis = Child("redis-server", [binary, "--port", "0", "--unixsocket", str(path), "--unixsocketperm", "700",
+                                   "--save", "", "--appendonly", "no", "--hz", "1", "--dir", str(runtime)],
+                  runtime / "redis.log")
+    try:
+        wait_for_socket(path, redis)
+    except BaseException:
+        redis.stop()
+        raise
+    return redis, f"unix://{path}"
 
 
 def _wait_ready(serve: Child) -> str:
