@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from broker.models import ModelInfo, allowed_models, choose_model
-from llama_direct.lanes import CANCEL_ROUTE, CHAT_PATH, CHAT_ROUTE, LANE_PREFIX, RESUME_ROUTE
+from llama_direct.lanes import CANCEL, CHAT, CHAT_PATH, LANE_PREFIX, RESUME
 from llama_direct.refusals import (
     BAD_HOST,
     CONFLICTING_OPTIONS,
@@ -301,19 +301,17 @@ def negotiate(
     reason = unsupported_reason(enabled, health)
     if reason is not None:
         return unsupported(reason, policy)
-    conversation_id: str | None
-    if options.resume is not None:
-        scope, route = "resume", RESUME_ROUTE
-        conversation_id = _owned(options.resume, user, conversations, now)
-    elif options.cancel is not None:
-        scope, route = "cancel", CANCEL_ROUTE
-        conversation_id = _owned(options.cancel, user, conversations, now)
-    else:
-        scope, route = "chat", CHAT_ROUTE
-        conversation_id = conversations.open(user, now) if options.resumable else None
+    named = options.resume if options.resume is not None else options.cancel
+    lane = RESUME if options.resume is not None else CANCEL if options.cancel is not None else CHAT
+    conversation_id: str | None = None
+    if named is not None:  # a route that continues a conversation: only its owner's
+        conversation_id = _owned(named, user, conversations, now)
+    elif lane.opens_conversation and options.resumable:
+        conversation_id = conversations.open(user, now)
+    scope = lane.scope
     cap = policy.max_tokens_cap
     grant = Grant(
-        routes=(route,),
+        routes=(lane.key,),
         model=model,
         autoload=options.autoload,
         max_tokens=min(options.max_tokens, cap) if options.max_tokens is not None else cap,

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import ssl
 from urllib.parse import urlsplit
 
 import httpx
 
 from llama_direct.llama_server import public_name
+from llama_direct.redaction import register_secret
 from llama_launcher.errors import LauncherError
 from llama_launcher.master_key import MasterKey
 
@@ -66,3 +68,15 @@ class AttachedServer:
         if len(names) != 1 or not names[0]:
             return None
         return public_name(names[0])
+
+
+def attached_upstreams(urls: list[str], keys_json: str | None) -> list[tuple[str, AttachedServer]]:
+    """Each `--upstream` with its key, paired by position as the parent handed them over (a JSON list
+    in the gate's environment); each key is registered for redaction before any log line can hold it."""
+    keys = json.loads(keys_json) if keys_json else [None] * len(urls)
+    if not urls or len(keys) != len(urls):
+        raise LauncherError("attach mode needs one key entry per upstream")
+    for key in keys:
+        if key:
+            register_secret(key)
+    return [(url, AttachedServer(url, key)) for url, key in zip(urls, keys, strict=True)]

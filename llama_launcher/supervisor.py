@@ -40,7 +40,6 @@ from llama_direct.runtime import (
     CONTROL_SOCKET,
     GATE_CONFIG_FILE,
     GATE_EXIT_GAVE_UP,
-    GATE_FAILURE_FILE,
     GATE_SOCKET,
     LAUNCH_FILE,
     LLAMA_API_KEY_ENV,
@@ -59,6 +58,7 @@ from llama_direct.runtime import (
 from llama_launcher import process_group
 from llama_launcher.child_wait import StopEvent, wait_for_exit
 from llama_launcher.errors import LauncherError
+from llama_launcher.gate_failure import read_report
 from llama_launcher.launch_spec import LaunchSpec
 from llama_launcher.paths import make_runtime_dir
 from llama_launcher.progress import Progress
@@ -291,7 +291,7 @@ class Stack:
             fds = (self.public.fileno(),)
         if self.plan.upstream_keys:
             extra[UPSTREAM_KEYS_ENV] = json.dumps(list(self.plan.upstream_keys))
-        self.gate = self._spawn("llama_launcher.gate", self._env(**extra), pass_fds=fds)
+        self.gate = self._spawn("llama_launcher.gate_process", self._env(**extra), pass_fds=fds)
         log.info("gate started pid=%d", self.gate.pid)
 
     def wait_ready(self, timeout: float = 900.0) -> None:
@@ -391,16 +391,8 @@ class Stack:
 def exit_cause(runtime: Path, name: str, code: int | None, when: str) -> str:
     """Why a child stopped, in words: the gate's own report when it left one (llama-server crashed
     with SIGSEGV while loading the model, and its last lines), else the exit code."""
-    if name == "gate":
-        try:
-            record = json.loads((runtime / GATE_FAILURE_FILE).read_text())
-        except (OSError, ValueError):
-            record = None
-        if isinstance(record, dict) and isinstance(record.get("message"), str):
-            lines = [str(line) for line in record.get("last_lines", [])][-5:]
-            said = "".join(f"\n  llama-server said: {line}" for line in lines)
-            remedy = f"\n  {record['remedy']}" if isinstance(record.get("remedy"), str) else ""
-            return f"{record['message']}{said}{remedy}"
+    if name == "gate" and (report := read_report(runtime)) is not None:
+        return report
     return f"the {name} process exited with code {code} {when}"
 
 

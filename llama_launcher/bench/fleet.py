@@ -32,6 +32,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from llama_direct.lanes import CHAT
 from llama_direct.runtime import REDIS_URL_ENV
 from llama_launcher.attached import AttachedServer
 from llama_launcher.bench.clients import chat_request, stream_once
@@ -100,9 +101,9 @@ async def _route_once(pool: Pool, model: str, conversation: str) -> None:
     """What the gate does per chat request to choose its upstream, and nothing else: order the
     upstreams, take the first, count it and record the conversation's holder, read the shaping
     limits of every upstream the request may be handed to, and release it when the stream ends."""
-    attempts = await pool.route(model, "chat", conversation)
+    attempts = await pool.route(model, CHAT, conversation)
     member = attempts.next()
-    await pool.chosen(member, "chat", conversation)
+    await pool.chosen(member, CHAT, conversation)
     await shaping_limits(attempts.members, model)
     member.release()
 

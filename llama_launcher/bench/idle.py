@@ -76,7 +76,7 @@ class IdleStack:
 
 def family(serve_pid: int) -> dict[str, int]:
     """serve's processes by role; a router's children (one per loaded model) as `model-1`, ...."""
-    gate = child_running(serve_pid, "llama_launcher.gate")
+    gate = child_running(serve_pid, "llama_launcher.gate_process")
     found = {"serve": serve_pid, "broker": child_running(serve_pid, "broker"), "gate": gate}
     for pid in children(gate):
         found["llama-server"] = pid

@@ -98,7 +98,7 @@ def start_stack(name: str, upstream_socket: Path | Sequence[Path], upstream_key:
                 public=(parts.hostname, parts.port),
                 access_token=access,
                 runtime=runtime.path,
-                gate_pid=child_running(child.pid, "llama_launcher.gate"),
+                gate_pid=child_running(child.pid, "llama_launcher.gate_process"),
                 broker_pid=child_running(child.pid, "broker"),
             )
             if source is not None and not _runs_in(source, stack):

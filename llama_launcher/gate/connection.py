@@ -10,10 +10,10 @@ import asyncio
 import functools
 import json
 import logging
-import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
+from llama_direct.lanes import LANE_ROUTES
 from llama_direct.refusals import (
     BAD_TARGET,
     BODY_TOO_LARGE,
@@ -21,7 +21,6 @@ from llama_direct.refusals import (
     NOT_FOUND,
     ORIGIN_REQUIRED,
     REQUEST_TIMEOUT,
-    UNEXPECTED_BODY,
     BrokerUnavailable,
     Overloaded,
     RateLimited,
@@ -39,7 +38,7 @@ from llama_launcher.gate.pool import Attempts, Member
 from llama_launcher.gate.relay import DechunkingRelay, Relay
 from llama_launcher.gate.request_reader import BodyReader, Request, read_head
 from llama_launcher.gate.scope import RequestHead, Route, allowed_preflight, check_request
-from llama_launcher.gate.shaping import shape_chat_body
+from llama_launcher.gate.shapers import lane_body
 from llama_launcher.gate.stream_ledger import Stream
 from llama_launcher.gate.stream_watch import reset_on_close
 from llama_launcher.gate.upstream import Upstream, connect, connect_upstream
@@ -52,15 +51,11 @@ Opened = tuple[tuple[asyncio.Transport, Relay], Callable[[], bytes]]
 PIPELINE_LIMIT = 64 * 1024
 """Bytes of a next request buffered while a response is still running; reading pauses beyond."""
 
-SHAPE_IN_THREAD_BYTES = 256 * 1024
-"""Bodies above this are shaped off the event loop, so parsing them stalls no stream. Any body for a
-vision model is shaped there too, whatever its size: a 1.5 KB WebP may take a second to decode.
-(Without vision an image is refused before a byte of it is decoded.)"""
-
 _HEAD, _BODY, _BUSY, _CLOSED = range(4)
 
-BASELINE = (b"POST", b"/v1/chat/completions")
-"""The one broker route whose body may be large (the baseline chat, images inline); the rest are small."""
+BASELINES = frozenset((route.method.encode(), route.path.encode()) for route in LANE_ROUTES if route.body is not None)
+"""The broker routes whose body may be large: the baseline of each lane route that takes a body (the
+same route off the lane; images inline). The rest are small."""
 
 
 class ClientConnection(asyncio.Protocol):
@@ -245,7 +240,7 @@ class ClientConnection(asyncio.Protocol):
         target = request.target
         config = self.gate.config
         large = (listener.lane and target.startswith(self.gate.lane_prefix)) or (
-            (request.method, target.partition(b"?")[0]) == BASELINE
+            (request.method, target.partition(b"?")[0]) in BASELINES
         )
         self.body_limit = config.max_body_bytes if large else config.max_small_body_bytes
         if request.length is not None and request.length > self.body_limit:
@@ -345,23 +340,10 @@ class ClientConnection(asyncio.Protocol):
         claims = await gate.authorize(head)
         route = check_request(head, claims, lane_prefix=gate.config.lane_prefix)
         body = await self._read_body()
-        target = route.upstream_target
-        model = claims.grant.model
         self.stream = gate.streams.open(claims.sub, route)
-        attempts = await gate.pool.route(model, route.kind, route.conversation_id)
-        if route.kind == "chat":
-            policy = await gate.policy_for(attempts.members, model)
-            if policy.vision or len(body) > SHAPE_IN_THREAD_BYTES:
-                body = await asyncio.to_thread(shape_chat_body, body, claims.grant, policy)
-            else:
-                body = shape_chat_body(body, claims.grant, policy)
-            if not claims.grant.autoload:
-                target = await gate.no_load_target(attempts, model, target)
-            else:
-                await gate.loads.charge(attempts.members, model, claims.sub, time.monotonic())
-        elif body:
-            raise RequestRefusal(UNEXPECTED_BODY)
-        elif route.kind == "cancel":
+        attempts = await gate.pool.route(claims.grant.model, route.lane, route.conversation_id)
+        body, target = await lane_body(gate, route, claims, attempts, body)
+        if route.lane.conversation == "stops":
             gate.streams.cancelled(route, attempts.members)
         cors = claims.grant.origin if self.listener.cors else None
         return await self._connect_lane(attempts, lambda: self._relay(request, cors, strip_cors=True),
@@ -383,7 +365,7 @@ class ClientConnection(asyncio.Protocol):
                 continue
             self.gate.streams.held_by(self.stream, member)
             if not pool.single:
-                await pool.chosen(member, route.kind, route.conversation_id)
+                await pool.chosen(member, route.lane, route.conversation_id)
                 opened.on_end = member.release
                 opened.fallback = functools.partial(self._fall_back, member, attempts, relay, outgoing, route)
             return (transport, opened), functools.partial(outgoing, member.upstream)

@@ -85,6 +85,15 @@ class Gate:
         vision, context = await shaping_limits(members, model)
         return ShapingPolicy(max_body_bytes=self.config.max_body_bytes, vision=vision, context=context)
 
+    async def load_target(self, attempts: Attempts, claims: Claims, target: str) -> str:
+        """Where a request that names its model goes: a grant with `autoload: false` only where the
+        model is loaded (`no_load_target`); any other may load it, charged to its user (`loads`)."""
+        model = claims.grant.model
+        if not claims.grant.autoload:
+            return await self.no_load_target(attempts, model, target)
+        await self.loads.charge(attempts.members, model, claims.sub, time.monotonic())
+        return target
+
     async def no_load_target(self, attempts: Attempts, model: str, target: str) -> str:
         """A grant that may not load: 409 unless its model is loaded now, and the router told not to load.
 

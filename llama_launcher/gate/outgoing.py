@@ -24,10 +24,10 @@ def lane_request(upstream: Upstream, route: Route, target: str, body: bytes) -> 
     headers: list[Header] = [(b"Host", upstream.host_header)]
     if authorization:  # an attached llama-server may run without a key
         headers.append((b"Authorization", authorization))
-    if route.kind == "chat":
+    if route.lane.body is not None:
         headers.append((b"Content-Type", b"application/json"))
-        if route.conversation_id is not None:
-            headers.append((b"X-Conversation-Id", route.conversation_id.encode("ascii")))
+    if route.lane.opens_conversation and route.conversation_id is not None:
+        headers.append((b"X-Conversation-Id", route.conversation_id.encode("ascii")))
     if body or route.method == "POST":
         headers.append((b"Content-Length", str(len(body)).encode()))
     headers.append((b"Connection", b"close"))

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from llama_direct.lanes import LaneRoute
 from llama_direct.model_states import merge_models
 from llama_direct.refusals import Refusal, StreamLost, UpstreamUnavailable
 from llama_launcher.gate.health import Health
@@ -134,11 +135,11 @@ class Pool:
     def first(self) -> Member:
         return self.members[0]
 
-    async def route(self, model: str, kind: str, conversation: str | None) -> Attempts:
-        """The upstreams to try for one request, best first."""
+    async def route(self, model: str, lane: LaneRoute, conversation: str | None) -> Attempts:
+        """The upstreams to try for one request, best first: a resume or cancel goes to its holder."""
         if self.single:
             return Attempts(self.members)
-        if kind != "chat" and conversation is not None:
+        if lane.continues_conversation and conversation is not None:
             held = await self.holders.get(conversation)
             holder = next((m for m in self.members if m.key == held), None)
             if holder is not None:
@@ -152,12 +153,12 @@ class Pool:
         self._turn += 1
         return Attempts(ordered + rest)
 
-    async def chosen(self, member: Member, kind: str, conversation: str | None) -> None:
+    async def chosen(self, member: Member, lane: LaneRoute, conversation: str | None) -> None:
         """A request was handed to `member`: count it, and remember it as the conversation's holder."""
         if self.single:
             return
         member.in_flight += 1
-        if kind == "chat" and conversation is not None:
+        if lane.opens_conversation and conversation is not None:
             await self.holders.put(conversation, member.key)
 
     async def _refresh(self) -> None:

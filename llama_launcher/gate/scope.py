@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from llama_direct.lanes import LANE_PREFIX, LANE_ROUTES, NEVER_ROUTED, STREAM_PATH, Scope
+from llama_direct.lanes import LANE_PATHS, LANE_PREFIX, LANE_ROUTES, NEVER_ROUTED, ROUTE_AT, LaneRoute
 from llama_direct.refusals import (
     AMBIGUOUS_PATH,
     BAD_PREFLIGHT,
@@ -38,9 +38,9 @@ from llama_direct.refusals import (
 )
 from llama_direct.tokens import Claims, Grant
 
-RouteKind = Scope
-
-PREFLIGHT_METHODS = ("GET", "POST", "DELETE")
+_RFC9110_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH")
+PREFLIGHT_METHODS = tuple(sorted({route.method for route in LANE_ROUTES}, key=_RFC9110_METHODS.index))
+"""Every method some lane route takes, in RFC 9110's order (today GET, POST, DELETE)."""
 PREFLIGHT_MAX_HEADERS = 32
 PREFLIGHT_MAX_AGE = 600
 
@@ -66,13 +66,14 @@ class RequestHead:
 class Route:
     """Where an allowed request goes: the target llama-server receives, with the lane prefix gone.
 
-    `conversation_id` is the grant's, for the shell to send as `X-Conversation-Id` on a chat: the
-    client's own header never travels on.
+    `lane` is the registry entry the request matched, which the shell asks what to do (shape a body,
+    open or continue a conversation). `conversation_id` is the grant's, for the shell to send as
+    `X-Conversation-Id` where the route opens one: the client's own header never travels on.
     """
 
     method: str
     upstream_target: str
-    kind: RouteKind
+    lane: LaneRoute
     conversation_id: str | None
 
 
@@ -81,18 +82,19 @@ def check_request(head: RequestHead, claims: Claims, *, lane_prefix: str = LANE_
     path, query = _split_target(head.target)
     lane_path = _lane_path(path, lane_prefix)
     grant = claims.grant
-    kind = _granted_kind(head.method, lane_path, grant)
-    if kind not in claims.scope.split():
+    lane = _granted_route(head.method, lane_path, grant)
+    if lane.scope not in claims.scope.split():
         raise RequestRefusal(SCOPE_MISMATCH)
     headers = _single_headers(head.headers)
     _check_origin(head.method, headers, head.headers, grant)
-    _check_conversation_header(kind, headers.get(b"x-conversation-id"), grant)
-    if kind == "chat":
+    _check_conversation_header(lane, headers.get(b"x-conversation-id"), grant)
+    if lane.body is not None:
         _check_json_body_headers(headers)
-        if query is not None:
-            raise RequestRefusal(BAD_QUERY)
-        return Route(head.method, lane_path, kind, grant.conversation_id)
-    return Route(head.method, _stream_target(kind, query, grant), kind, grant.conversation_id)
+    if lane.continues_conversation:
+        return Route(head.method, _conversation_target(lane, query, grant), lane, grant.conversation_id)
+    if query is not None:
+        raise RequestRefusal(BAD_QUERY)
+    return Route(head.method, lane_path, lane, grant.conversation_id)
 
 
 def allowed_preflight(
@@ -127,9 +129,9 @@ def allowed_preflight(
         lane_path = _lane_path(path, lane_prefix)
     except RequestRefusal as refusal:
         return refusal
-    if lane_path not in {p for _m, p in LANE_ROUTES}:
+    if lane_path not in LANE_PATHS:
         return _no_such_route()
-    if (requested_method, lane_path) not in LANE_ROUTES:
+    if (requested_method, lane_path) not in ROUTE_AT:
         return RequestRefusal(METHOD_NOT_ALLOWED, "path")
     names = preflight_header_names(requested_headers)
     if isinstance(names, RequestRefusal):
@@ -205,13 +207,13 @@ def _lane_path(path: str, lane_prefix: str) -> str:
     return path[len(lane_prefix) :]
 
 
-def _granted_kind(method: str, lane_path: str, grant: Grant) -> RouteKind:
-    """The scope of (method, path) when both the lane and the grant have it; else 404 or 405."""
+def _granted_route(method: str, lane_path: str, grant: Grant) -> LaneRoute:
+    """The registry entry of (method, path) when both the lane and the grant have it; else 404 or 405."""
     if lane_path in NEVER_ROUTED:
         raise _no_such_route()
-    granted = {route for route in grant.routes if route in LANE_ROUTES}
+    granted = {route for route in grant.routes if route in ROUTE_AT}
     if (method, lane_path) in granted:
-        return LANE_ROUTES[(method, lane_path)]
+        return ROUTE_AT[(method, lane_path)]
     methods = sorted(m for m, p in granted if p == lane_path)
     if methods:
         allowed = " or ".join(methods)
@@ -248,14 +250,14 @@ def _check_origin(method: str, headers: dict[bytes, str], raw: list[tuple[bytes,
         raise RequestRefusal(ORIGIN_MISMATCH)
 
 
-def _check_conversation_header(kind: RouteKind, value: str | None, grant: Grant) -> None:
+def _check_conversation_header(lane: LaneRoute, value: str | None, grant: Grant) -> None:
     """llama-server replaces a live stream that has the same id, so only the grant's id may pass."""
     if grant.conversation_id is None:
         if value is not None:
             raise RequestRefusal(CONVERSATION_NOT_GRANTED, "header")
         return
     if value is None:
-        if kind == "chat":
+        if lane.opens_conversation:
             raise RequestRefusal(MISSING_CONVERSATION_ID)
         return
     if value != grant.conversation_id:
@@ -271,10 +273,11 @@ def _check_json_body_headers(headers: dict[bytes, str]) -> None:
         raise RequestRefusal(UNSUPPORTED_ENCODING)
 
 
-def _stream_target(kind: RouteKind, query: str | None, grant: Grant) -> str:
-    """`/v1/stream` with only the grant's `conv_id` and, to resume, a byte offset `from`."""
+def _conversation_target(lane: LaneRoute, query: str | None, grant: Grant) -> str:
+    """The route's path with only the grant's `conv_id` and, where the route takes one (a resume), a
+    byte offset `from`."""
     params = _parse_query(query)
-    allowed = {"conv_id", "from"} if kind == "resume" else {"conv_id"}
+    allowed = set(lane.query)
     if not params.keys() <= allowed:
         names = " and ".join(sorted(allowed))
         raise RequestRefusal(BAD_QUERY, "only", names=names)
@@ -285,7 +288,7 @@ def _stream_target(kind: RouteKind, query: str | None, grant: Grant) -> str:
         raise RequestRefusal(CONVERSATION_NOT_GRANTED)
     if conv_id != grant.conversation_id:
         raise RequestRefusal(CONVERSATION_MISMATCH, "query")
-    target = f"{STREAM_PATH}?conv_id={quote(conv_id, safe='')}"
+    target = f"{lane.path}?conv_id={quote(conv_id, safe='')}"
     offset = params.get("from")
     if offset is None:
         return target

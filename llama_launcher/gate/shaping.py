@@ -36,6 +36,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from llama_direct.lanes import CHAT
 from llama_direct.refusals import (
     BAD_CONTENT_PART,
     BAD_FIELD,
@@ -79,7 +80,8 @@ SAMPLER_FIELDS = frozenset(
 `dry_sequence_breakers`) are held to a bound in `bounds.py`, which also says why each of the others
 is harmless."""
 
-LENGTH_FIELDS = ("max_tokens", "max_completion_tokens", "n_predict")
+LENGTH_FIELDS = CHAT.length_fields
+"""From the chat route's registry entry; the first is the name the cap is set under."""
 
 ALLOWED_FIELDS = (
     frozenset(
@@ -349,7 +351,7 @@ def _cap_length(shaped: dict[str, Any], cap: int) -> None:
         if value > cap:
             raise RequestRefusal(LENGTH_OVER_CAP, name=name, limit=cap)
     if not any(name in shaped for name in LENGTH_FIELDS):
-        shaped["max_tokens"] = cap
+        shaped[LENGTH_FIELDS[0]] = cap
 
 
 def _shape_messages(messages: object, legacy_image: object, policy: ShapingPolicy) -> list[Any]:

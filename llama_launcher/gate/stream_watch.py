@@ -39,7 +39,7 @@ class StreamWatch:
 
     def open(self, user: str, route: Route) -> Stream[Member] | None:
         """A chat or resume is counted (or refused, 429); a cancel is no stream (None)."""
-        if route.kind == "cancel":
+        if route.lane.conversation == "stops":
             return None
         return self.ledger.open(user, route.conversation_id)
 

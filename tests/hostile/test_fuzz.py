@@ -21,7 +21,7 @@ from gate_fakes import MASTER_KEY, MODEL, Harness, chat_request, running_gate
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from llama_direct.lanes import LANE_ROUTES
+from llama_direct.lanes import LANE_ROUTES, ROUTE_AT
 from llama_direct.refusals import RequestRefusal
 from llama_direct.tokens import Claims, Grant
 from llama_launcher.gate.scope import RequestHead, check_request
@@ -44,7 +44,7 @@ _SEGMENTS = ["/v1", "/chat", "/completions", "/stream", "/streams", "/lookup", "
 _QUERIES = ["", "?", "?conv_id=c1", "?conv_id=c2", "?conv_id=c1&from=12", "?from=3&conv_id=c1", "?conv_id=c1&from=-1",
             "?conv_id=c1&conv_id=c1", "?conv_id=%63%31", "?conv_id=c1&from=1e3", "?x=1", "?conv_id=c+1", "#frag",
             "?conv_id=c1&from=99999999999999999999", "?conv_id="]
-_ROUTES = [*LANE_ROUTES, ("GET", "/v1/streams/lookup"), ("POST", "/slots"), ("GET", "/v1/chat/completions")]
+_ROUTES = [*ROUTE_AT, ("GET", "/v1/streams/lookup"), ("POST", "/slots"), ("GET", "/v1/chat/completions")]
 
 targets = st.one_of(
     st.builds(
@@ -93,16 +93,17 @@ claim_sets = st.builds(
 @st.composite
 def coherent(draw: st.DrawFn) -> tuple[str, bytes, list[tuple[bytes, bytes]], Claims]:
     """A request its grant allows, then at most two hostile changes: near misses are where bugs hide."""
-    (method, path), kind = draw(st.sampled_from(sorted(LANE_ROUTES.items())))
-    conversation = draw(st.sampled_from([None, "c1"])) if kind == "chat" else "c1"
+    lane = draw(st.sampled_from(LANE_ROUTES))
+    (method, path), kind = lane.key, lane.scope
+    conversation = draw(st.sampled_from([None, "c1"])) if lane.opens_conversation else "c1"
     origin = draw(st.sampled_from([None, APP]))
     grant = Grant(routes=((method, path),), model=MODEL, max_tokens=64, origin=origin, conversation_id=conversation)
     granted = Claims(iss="b", aud="g", sub="alice", iat=100, nbf=100, exp=130, jti="j", scope=kind, grant=grant)
-    query = "" if kind == "chat" else "?conv_id=c1" + draw(st.sampled_from(["", "&from=7"]))
+    query = "" if not lane.continues_conversation else "?conv_id=c1" + draw(st.sampled_from(["", "&from=7"]))
     headers = [(b"content-type", b"application/json")]
     if origin:
         headers.append((b"origin", APP.encode()))
-    if conversation and kind == "chat":
+    if conversation and lane.opens_conversation:
         headers.append((b"x-conversation-id", b"c1"))
     target = ("/direct" + path + query).encode()
     for change in draw(st.lists(st.sampled_from(range(6)), max_size=2)):
@@ -141,11 +142,11 @@ def test_check_request_allows_only_what_the_grant_names(
         assert 400 <= refusal.status < 500 and refusal.status != 401
         event(f"refused {refusal.code}")
         return
-    event(f"allowed {route.kind}")
+    event(f"allowed {route.lane.name}")
     grant = granted.grant
     path = target.decode("ascii").partition("?")[0].removeprefix("/direct")
-    assert (method, path) in grant.routes and (method, path) in LANE_ROUTES
-    assert route.kind == LANE_ROUTES[(method, path)] and route.kind in granted.scope.split()
+    assert (method, path) in grant.routes and (method, path) in ROUTE_AT
+    assert route.lane == ROUTE_AT[(method, path)] and route.lane.scope in granted.scope.split()
     assert not any(bad in target.partition(b"?")[0] for bad in (b"..", b"%", b"//", b"\\", b"#"))
     origins = [value.decode("latin-1") for name, value in headers if name == b"origin"]
     if grant.origin is None:
@@ -155,7 +156,7 @@ def test_check_request_allows_only_what_the_grant_names(
         assert origins == [grant.origin] or (not origins and method == "GET" and sites == [b"same-origin"])
     conversations = [value.decode("latin-1") for name, value in headers if name == b"x-conversation-id"]
     assert conversations in ([], [grant.conversation_id])
-    if route.kind == "chat":
+    if not route.lane.continues_conversation:
         assert route.upstream_target == "/v1/chat/completions"
     else:
         assert grant.conversation_id is not None

@@ -31,7 +31,7 @@ def _gate_pid(stack: Stack) -> int:
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         for pid in children(stack.process.pid):
-            if "llama_launcher.gate" in " ".join(cmdline(pid)) and state(pid) not in ("gone", "Z"):
+            if "llama_launcher.gate_process" in " ".join(cmdline(pid)) and state(pid) not in ("gone", "Z"):
                 return pid
         time.sleep(0.1)
     raise AssertionError("no gate process")

@@ -58,7 +58,7 @@ def wait_for(what: str, check: Callable[[], Any], seconds: float, step: float = 
 
 
 def gate_pid(stack: Stack) -> int:
-    return wait_for("the gate process", lambda: child_running(stack.process.pid, "llama_launcher.gate"), 15)
+    return wait_for("the gate process", lambda: child_running(stack.process.pid, "llama_launcher.gate_process"), 15)
 
 
 def broker_pid(stack: Stack) -> int:

@@ -112,7 +112,7 @@ def test_stopping_serve_mid_reply_leaves_no_llama_server(router: Stack, signum: 
 
 def test_a_gate_killed_mid_reply_takes_its_llama_servers_with_it(router: Stack) -> None:
     reader, servers = _busy(router)
-    gate = child_running(router.process.pid, "llama_launcher.gate")
+    gate = child_running(router.process.pid, "llama_launcher.gate_process")
     os.kill(gate, signal.SIGKILL)
     assert _all_gone(servers) == [], "the dead gate's llama-servers lived on"
     reader.join(30)

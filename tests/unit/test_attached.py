@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 import respx
 
-from llama_launcher.attached import AttachedServer
+from llama_direct.redaction import redact
+from llama_launcher.attached import AttachedServer, attached_upstreams
+from llama_launcher.errors import LauncherError
 
 URL = "http://gpu-box:8080"
 
@@ -40,3 +44,18 @@ def test_no_usable_answer_means_no_name(answer: httpx.Response | Exception) -> N
         else:
             route.return_value = answer
         assert AttachedServer(URL, None).model_name() is None
+
+
+def test_each_upstream_gets_its_key_by_position_and_the_keys_are_redacted() -> None:
+    keys = ["first-upstream-key-0123456789", None]
+    pairs = attached_upstreams([URL, "unix:/run/llama.sock"], json.dumps(keys))
+    assert [url for url, _ in pairs] == [URL, "unix:/run/llama.sock"]
+    assert pairs[0][1].authorization() == b"Bearer first-upstream-key-0123456789"
+    assert pairs[1][1].authorization() == b""
+    assert "first-upstream-key-0123456789" not in redact("key first-upstream-key-0123456789")
+
+
+@pytest.mark.parametrize(("urls", "keys_json"), [([], None), ([URL], json.dumps(["a-key-0123456789", "b"]))])
+def test_attach_mode_refuses_keys_that_do_not_pair_up(urls: list[str], keys_json: str | None) -> None:
+    with pytest.raises(LauncherError, match="one key entry per upstream"):
+        attached_upstreams(urls, keys_json)

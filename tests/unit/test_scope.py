@@ -4,7 +4,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from llama_direct.lanes import LANE_ROUTES
+from llama_direct import lanes
+from llama_direct.lanes import ROUTE_AT
 from llama_direct.refusals import RequestRefusal
 from llama_direct.tokens import Claims, Grant
 from llama_launcher.gate.scope import RequestHead, Route, allowed_preflight, check_request
@@ -58,18 +59,18 @@ def resume_head(query: bytes, *extra: tuple[bytes, bytes]) -> RequestHead:
 
 
 def test_chat_route_strips_the_lane_prefix():
-    assert check_request(chat_head(), claims()) == Route("POST", "/v1/chat/completions", "chat", None)
+    assert check_request(chat_head(), claims()) == Route("POST", "/v1/chat/completions", lanes.CHAT, None)
 
 
 def test_chat_route_carries_the_grants_conversation_id():
     request = chat_head(b"/direct/v1/chat/completions", (b"x-conversation-id", b"c-1"))
     route = check_request(request, claims(conversation_id="c-1"))
-    assert route == Route("POST", "/v1/chat/completions", "chat", "c-1")
+    assert route == Route("POST", "/v1/chat/completions", lanes.CHAT, "c-1")
 
 
 def test_resume_route_keeps_conv_id_and_from():
     route = check_request(resume_head(b"?conv_id=abc&from=123"), RESUME_CLAIMS)
-    assert route == Route("GET", "/v1/stream?conv_id=abc&from=123", "resume", "abc")
+    assert route == Route("GET", "/v1/stream?conv_id=abc&from=123", lanes.RESUME, "abc")
 
 
 def test_resume_route_without_from():
@@ -90,12 +91,12 @@ def test_percent_encoded_conv_id_is_decoded_compared_and_reencoded():
 
 def test_cancel_route():
     request = head("DELETE", b"/direct/v1/stream?conv_id=abc", (b"origin", ORIGIN.encode()))
-    assert check_request(request, CANCEL_CLAIMS) == Route("DELETE", "/v1/stream?conv_id=abc", "cancel", "abc")
+    assert check_request(request, CANCEL_CLAIMS) == Route("DELETE", "/v1/stream?conv_id=abc", lanes.CANCEL, "abc")
 
 
 def test_scope_may_name_several_kinds():
     grant_claims = claims(CHAT, RESUME, scope="chat resume")
-    assert check_request(chat_head(), grant_claims).kind == "chat"
+    assert check_request(chat_head(), grant_claims).lane == lanes.CHAT
 
 
 @pytest.mark.parametrize(("prefix", "target"), [("", b"/v1/chat/completions"), ("/lane", b"/lane/v1/chat/completions")])
@@ -316,7 +317,7 @@ def test_origin_must_equal_the_grants(origin):
 
 def test_same_origin_get_may_omit_origin():
     request = head("GET", b"/direct/v1/stream?conv_id=abc", (b"sec-fetch-site", b"same-origin"))
-    assert check_request(request, RESUME_CLAIMS).kind == "resume"
+    assert check_request(request, RESUME_CLAIMS).lane == lanes.RESUME
 
 
 @pytest.mark.parametrize("sites", [[], [b"cross-site"], [b"same-site"], [b"none"], [b"same-origin", b"cross-site"]])
@@ -343,7 +344,7 @@ def test_grant_without_origin_refuses_any_origin():
 
 def test_grant_without_origin_serves_a_request_without_one():
     request = head("POST", b"/direct/v1/chat/completions", JSON)
-    assert check_request(request, claims(origin=None)).kind == "chat"
+    assert check_request(request, claims(origin=None)).lane == lanes.CHAT
 
 
 @pytest.mark.parametrize(
@@ -405,7 +406,7 @@ def test_resume_with_another_conversation_header_is_403():
 @pytest.mark.parametrize("value", [b"application/json", b"application/json; charset=utf-8", b"Application/JSON"])
 def test_json_content_types_pass(value):
     request = head("POST", b"/direct/v1/chat/completions", (b"origin", ORIGIN.encode()), (b"content-type", value))
-    assert check_request(request, claims()).kind == "chat"
+    assert check_request(request, claims()).lane == lanes.CHAT
 
 
 @pytest.mark.parametrize(
@@ -470,7 +471,7 @@ def _check_upstream(method: str, target: bytes) -> None:
         assert refusal.status in (400, 403, 404, 405, 415)
         return
     assert UPSTREAM.fullmatch(route.upstream_target)
-    assert (route.method, route.upstream_target.partition("?")[0]) in LANE_ROUTES
+    assert (route.method, route.upstream_target.partition("?")[0]) in ROUTE_AT
 
 
 @given(st.sampled_from(["GET", "POST", "DELETE", "PUT", "get"]), st.lists(PIECES, max_size=14))

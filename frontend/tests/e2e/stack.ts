@@ -148,7 +148,7 @@ export async function startStack(args: string[] = [], env: Record<string, string
     loginUrl,
     baseUrl: base.toString(),
     health: () => healthAt(join(runtimeDir, "gate.sock")),
-    gatePid: () => descendants(child.pid ?? -1).find((pid) => cmdline(pid).includes("llama_launcher.gate")),
+    gatePid: () => descendants(child.pid ?? -1).find((pid) => cmdline(pid).includes("llama_launcher.gate_process")),
     stop,
   };
 }

@@ -7,7 +7,7 @@ import threading
 from pathlib import Path
 
 from llama_launcher.gate.config import GateConfig
-from llama_launcher.gate.main import _LoopThread
+from llama_launcher.gate_loop import GateLoop
 
 
 def _config(tmp_path: Path, private_socket: Path) -> GateConfig:
@@ -20,7 +20,7 @@ def _config(tmp_path: Path, private_socket: Path) -> GateConfig:
 
 def test_a_gate_that_cannot_bind_reports_failure_and_wakes_the_main_thread(tmp_path: Path) -> None:
     on_exit = threading.Event()
-    loop = _LoopThread(_config(tmp_path, tmp_path / "missing-dir" / "gate.sock"), object(), None, None, on_exit)
+    loop = GateLoop(_config(tmp_path, tmp_path / "missing-dir" / "gate.sock"), object(), None, None, on_exit)
     loop.start()
     assert loop.failed
     assert on_exit.wait(5)
@@ -30,7 +30,7 @@ def test_a_gate_that_cannot_bind_reports_failure_and_wakes_the_main_thread(tmp_p
 def test_a_gate_that_binds_serves_until_stopped(tmp_path: Path) -> None:
     on_exit = threading.Event()
     private = tmp_path / "gate.sock"
-    loop = _LoopThread(_config(tmp_path, private), object(), None, None, on_exit)
+    loop = GateLoop(_config(tmp_path, private), object(), None, None, on_exit)
     loop.start()
     assert not loop.failed
     assert private.is_socket()
