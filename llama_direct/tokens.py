@@ -44,8 +44,44 @@ MAX_TOKEN_LENGTH = 8192
 """Far above any token `mint` makes; refused before any decoding, so junk costs nothing."""
 REQUIRED_CLAIMS = ("iss", "aud", "sub", "iat", "nbf", "exp", "jti", "scope", "grant")
 
-_GRANT_REQUIRED = frozenset({"routes", "model", "max_tokens"})
-_GRANT_FIELDS = _GRANT_REQUIRED | {"uses", "origin", "conversation_id", "autoload"}
+
+
+@dataclass(frozen=True)
+class GrantField:
+    """One claim of the grant, declared once, with what enforces it at each enforcement point.
+
+    Each name is `module:function`: `gate` the Python gate's check, `haproxy` the HAProxy renderer's
+    rule (in `llama_launcher.haproxy_grant`, which refuses to render a config for a field it has no
+    rule for). `tests/unit/test_grant_fields.py` walks every field: each must be a field of `Grant`,
+    and each enforcer must exist and read it, so a claim added without both fails there.
+    """
+
+    name: str
+    required: bool
+    gate: str
+    haproxy: str
+
+
+GRANT_FIELDS: tuple[GrantField, ...] = (
+    GrantField("routes", True, gate="llama_launcher.gate.scope:_granted_route",
+               haproxy="llama_launcher.haproxy_grant:routes_rules"),
+    GrantField("model", True, gate="llama_launcher.gate.shaping:_check_model",
+               haproxy="llama_launcher.haproxy_grant:model_rules"),
+    GrantField("max_tokens", True, gate="llama_launcher.gate.shaping:shape_chat_body",
+               haproxy="llama_launcher.haproxy_grant:max_tokens_rules"),
+    GrantField("uses", False, gate="llama_launcher.gate.core:Gate.spend",
+               haproxy="llama_launcher.haproxy_grant:uses_rules"),
+    GrantField("origin", False, gate="llama_launcher.gate.scope:_check_origin",
+               haproxy="llama_launcher.haproxy_grant:origin_rules"),
+    GrantField("conversation_id", False, gate="llama_launcher.gate.scope:_check_conversation_header",
+               haproxy="llama_launcher.haproxy_grant:conversation_id_rules"),
+    GrantField("autoload", False, gate="llama_launcher.gate.core:Gate.load_target",
+               haproxy="llama_launcher.haproxy_grant:autoload_rules"),
+)
+"""Every claim of the grant; `Grant`'s fields, in its order."""
+
+_GRANT_REQUIRED = frozenset(field.name for field in GRANT_FIELDS if field.required)
+_GRANT_FIELDS = frozenset(field.name for field in GRANT_FIELDS)
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from llama_direct.lanes import LANE_PREFIX
+from llama_direct.lanes import LANE_PREFIX, LaneRoute
 from llama_direct.tokens import LEEWAY_SECONDS, MAX_TTL_SECONDS
+from llama_launcher.haproxy_grant import checked_routes, claim, grant_rules, length_fields
 from llama_launcher.haproxy_routing import (
     PEERS_SECTION,
     Target,
@@ -37,8 +38,6 @@ from llama_launcher.haproxy_routing import (
     model_routes,
 )
 
-LENGTH_FIELDS = ("max_tokens", "max_completion_tokens", "n_predict")
-"""The body fields llama-server reads as a generation length; each is checked against the cap."""
 MAX_BODY_BYTES = 60_000
 """HAProxy reads the body from its buffer (`tune.bufsize` 65536 here): a larger one is refused, 413."""
 JTI_TABLE_EXPIRE = MAX_TTL_SECONDS + LEEWAY_SECONDS + 5
@@ -183,11 +182,6 @@ def _jti_table(plan: HaproxyPlan) -> str:
             f"{peers} store gpc0\n")
 
 
-def _claim(var: str, path: str, kind: str = "") -> str:
-    output = f",'{kind}'" if kind else ""
-    return f"    http-request set-var(txn.{var}) var(txn.bearer),jwt_payload_query('{path}'{output})"
-
-
 def _gate_sections(plan: HaproxyPlan) -> list[str]:
     """The frontend, and the lane backend; with model lists, a lane backend per model (the grant's
     `model`, read in the frontend and verified in the backend, picks it) whose servers track the
@@ -224,27 +218,30 @@ def _tracked(targets: tuple[Target, ...], numbers: list[int]) -> list[str]:
 def _lane_backend(name: str, plan: HaproxyPlan, servers: list[str], comment: str = "", *,
                   health_check: bool = False) -> str:
     """Every check of the lane, then the servers; with none, a grant that passed every check is
-    refused (404) before its single use is spent."""
+    refused (404) before its single use is spent. The grant's claims are checked by their rules
+    (`haproxy_grant`), each declared field's in turn, the single use last."""
     lane = LANE_PREFIX
+    routes = checked_routes()
+    rules = grant_rules(routes)
     keys = [f'    http-request set-var(txn.signed) int(1) if {{ var(txn.bearer),jwt_verify(txn.alg,"{path}") 1 }}'
             for path in plan.public_keys]
     issuers = " ".join(plan.issuers)
-    lengths = []
-    for field in LENGTH_FIELDS:
-        lengths += [
-            f"    http-request set-var(txn.len_{field}) req.body,json_query('$.{field}','int')",
-            f"    http-request deny deny_status 400 if {{ var(txn.len_{field}),sub(txn.cap) -m int gt 0 }}",
-            f"    http-request deny deny_status 400 if {{ var(txn.len_{field}) -m int lt 1 }}",
-        ]
+    paths = " ".join(dict.fromkeys(f"{lane}{route.path}" for route in routes))
+    methods = [f"    http-request deny deny_status 405 if {{ path {lane}{path} }} !{{ method {' '.join(verbs)} }}"
+               for path, verbs in _methods_by_path(routes).items()]
+    scopes = [f"    http-request deny deny_status 403 if {{ path {lane}{route.path} }} {{ method {route.method} }} "
+              f"!{{ var(txn.scope) -m str {route.scope} }}" for route in routes]
+    placed = ("routes", "origin", "conversation_id", "model", "max_tokens", "uses")
+    others = [line for field, lines in rules.items() if field not in placed for line in lines]
     checks = [
         f"backend {name}",
         *([f"    # {comment}"] if comment else []),
         "    balance leastconn",
         *(["    option httpchk GET /health"] if health_check else []),
-        # Method and path: the chat route only, spelt exactly, with no query.
-        f"    http-request deny deny_status 404 unless {{ path {lane}/v1/chat/completions }}",
+        # Method and path: the lane routes HAProxy checks, spelt exactly, with no query.
+        f"    http-request deny deny_status 404 unless {{ path {paths} }}",
         "    http-request deny deny_status 400 if { url -m sub ? }",
-        "    http-request deny deny_status 405 unless { method POST }",
+        *methods,
         # The token: ES256, signed by one of the broker's keys, for this audience and these issuers.
         "    http-request set-var(txn.bearer) http_auth_bearer",
         "    http-request deny deny_status 401 unless { var(txn.bearer) -m found }",
@@ -252,36 +249,22 @@ def _lane_backend(name: str, plan: HaproxyPlan, servers: list[str], comment: str
         "    http-request deny deny_status 401 unless { var(txn.alg) -m str ES256 }",
         *keys,
         "    http-request deny deny_status 401 unless { var(txn.signed) -m found }",
-        _claim("aud", "$.aud"),
+        claim("aud", "$.aud"),
         f"    http-request deny deny_status 401 unless {{ var(txn.aud) -m str {plan.audience} }}",
-        _claim("iss", "$.iss"),
+        claim("iss", "$.iss"),
         f"    http-request deny deny_status 401 unless {{ var(txn.iss) -m str {issuers} }}",
         "    http-request set-var(txn.now) date",
-        _claim("exp", "$.exp", "int"),
-        _claim("nbf", "$.nbf", "int"),
+        claim("exp", "$.exp", "int"),
+        claim("nbf", "$.nbf", "int"),
         # exp + leeway > now >= nbf - leeway; no negative constant (HAProxy reads "-5" as a range).
         f"    http-request deny deny_status 401 unless "
         f"{{ var(txn.exp),add({LEEWAY_SECONDS}),sub(txn.now) -m int gt 0 }}",
         f"    http-request deny deny_status 401 unless {{ var(txn.nbf),sub(txn.now) -m int le {LEEWAY_SECONDS} }}",
-        _claim("scope", "$.scope"),
-        "    http-request deny deny_status 403 unless { var(txn.scope) -m str chat }",
-        _claim("route_method", "$.grant.routes[0][0]"),
-        _claim("route_path", "$.grant.routes[0][1]"),
-        "    http-request deny deny_status 403 unless { var(txn.route_method) -m str POST }",
-        "    http-request deny deny_status 403 unless { var(txn.route_path) -m str /v1/chat/completions }",
-        # Origin and conversation: exactly the grant's, or absent when the grant names none.
-        _claim("origin", "$.grant.origin"),
-        "    http-request deny deny_status 403 if !{ var(txn.origin) -m found } { req.hdr(origin) -m found }",
-        "    http-request deny deny_status 403 if { var(txn.origin) -m found } !{ req.hdr(origin) -m found }",
-        "    http-request deny deny_status 403 if { var(txn.origin) -m found } "
-        "!{ req.hdr(origin),strcmp(txn.origin) -m int eq 0 }",
-        _claim("conversation", "$.grant.conversation_id"),
-        "    http-request deny deny_status 403 if !{ var(txn.conversation) -m found } "
-        "{ req.hdr(x-conversation-id) -m found }",
-        "    http-request deny deny_status 403 if { var(txn.conversation) -m found } "
-        "!{ req.hdr(x-conversation-id) -m found }",
-        "    http-request deny deny_status 403 if { var(txn.conversation) -m found } "
-        "!{ req.hdr(x-conversation-id),strcmp(txn.conversation) -m int eq 0 }",
+        claim("scope", "$.scope"),
+        *scopes,
+        *rules["routes"],
+        *rules["origin"],
+        *rules["conversation_id"],
         # The body: plain JSON of a known length, read whole from the buffer.
         "    option http-buffer-request",
         "    http-request deny deny_status 400 unless { req.hdr(content-type) -m reg -i ^application/json(;.*)?$ }",
@@ -292,21 +275,12 @@ def _lane_backend(name: str, plan: HaproxyPlan, servers: list[str], comment: str
         # client needs one; a length field or model named twice is refused for the same reason.
         r"    http-request deny deny_status 400 if { req.body -m reg '\\u00[2-7][0-9A-Fa-f]' }",
         *[rf"""    http-request deny deny_status 400 if {{ req.body -m reg '"{field}"[\s\S]*"{field}"' }}"""
-          for field in (*LENGTH_FIELDS, "model")],
-        # model and max_tokens are required: HAProxy cannot add them.
-        _claim("grant_model", "$.grant.model"),
-        _claim("cap", "$.grant.max_tokens", "int"),
-        "    http-request set-var(txn.body_model) req.body,json_query('$.model')",
-        "    http-request deny deny_status 400 unless { var(txn.body_model) -m found }",
-        "    http-request deny deny_status 403 unless { var(txn.body_model),strcmp(txn.grant_model) -m int eq 0 }",
-        "    http-request deny deny_status 400 unless { req.body,json_query('$.max_tokens','int') -m found }",
-        *lengths,
+          for field in (*length_fields(routes), "model")],
+        *rules["model"],
+        *rules["max_tokens"],
+        *others,
         *([] if servers else ["    http-request deny deny_status 404"]),
-        # Single use: the last check, so a refused request spends nothing.
-        _claim("jti", "$.jti"),
-        "    http-request deny deny_status 401 unless { var(txn.jti) -m found }",
-        "    http-request track-sc0 var(txn.jti) table jti_uses",
-        "    http-request deny deny_status 401 if { sc0_inc_gpc0 gt 1 }",
+        *rules["uses"],
         # What llama-server gets: its own path, its key, none of the client's credentials.
         "    http-request del-header Cookie",
         '    http-request set-header Authorization "Bearer ${LLAMA_API_KEY}"',
@@ -314,3 +288,10 @@ def _lane_backend(name: str, plan: HaproxyPlan, servers: list[str], comment: str
         *servers,
     ]
     return "\n".join(checks) + "\n"
+
+
+def _methods_by_path(routes: tuple[LaneRoute, ...]) -> dict[str, list[str]]:
+    by_path: dict[str, list[str]] = {}
+    for route in routes:
+        by_path.setdefault(route.path, []).append(route.method)
+    return by_path

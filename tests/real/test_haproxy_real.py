@@ -247,3 +247,23 @@ def test_the_known_limits_still_reach_llama_server(edge: Edge) -> None:
         before = len(edge.forwarded())
         edge.exchange(build())
         assert len(edge.forwarded()) == before + 1, name
+
+
+def test_a_grant_that_may_not_load_its_model_tells_llama_server_so(edge: Edge) -> None:
+    """`autoload: false` goes on as `?autoload=false`, which a router obeys (400 "model is not loaded"
+    for a model it has not loaded) and a single-model llama-server ignores; any other grant sends none."""
+    no_load, plain = b"POST /v1/chat/completions?autoload=false HTTP/1.1", b"POST /v1/chat/completions HTTP/1.1"
+    before = edge.forwarded()
+    assert edge.exchange(request(token(grant={"autoload": False}))) == 200
+    assert edge.forwarded().count(no_load) == before.count(no_load) + 1
+    assert edge.exchange(request(token(grant={"autoload": True}))) == 200
+    assert edge.exchange(request(token())) == 200
+    assert edge.forwarded().count(plain) == before.count(plain) + 2
+    assert edge.forwarded().count(no_load) == before.count(no_load) + 1
+
+
+def test_a_grant_of_several_uses_is_spent_exactly_that_often(edge: Edge) -> None:
+    twice = token(grant={"uses": 2})
+    assert [edge.exchange(request(twice)) for _ in range(3)] == [200, 200, 401]
+    once = signed(KEY, {**payload(), "grant": {k: v for k, v in payload()["grant"].items() if k != "uses"}})
+    assert [edge.exchange(request(once)) for _ in range(2)] == [200, 401]
