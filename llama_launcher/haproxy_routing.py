@@ -31,13 +31,15 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from llama_direct.lanes import LANE_PREFIX, NEGOTIATION_PATH
+from llama_direct.lanes import LANE_PREFIX, LANE_ROUTES, NEGOTIATION_PATH
 
 MODEL_NAME = re.compile(r"[A-Za-z0-9_.:/@+-]{1,128}")
 """Model names written into the config; nothing else is accepted, so nothing needs escaping."""
 CONVERSATION_TABLE_EXPIRE = 3600
 """As long as a broker remembers a conversation (`CONVERSATION_TTL_SECONDS`)."""
 BODY_WAIT = "10s"
+BASELINE_PATHS = " ".join(dict.fromkeys(route.path for route in LANE_ROUTES if route.body is not None))
+"""The broker's baseline of each lane route that takes a body: the same path off the lane."""
 PEERS_SECTION = "lane_peers"
 """The `peers` section that shares a stick table between HAProxies (`--peer`)."""
 
@@ -86,7 +88,7 @@ def edge_frontend(head: Sequence[str], targets: Sequence[Target]) -> str:
         lines += [
             f"    acl on_lane path_beg {LANE_PREFIX}/",
             f"    acl negotiation path {NEGOTIATION_PATH}",
-            "    acl baseline path /v1/chat/completions",
+            f"    acl baseline path {BASELINE_PATHS}",
             # Read, not verified: the gate that gets the request verifies the token (see the module doc).
             "    http-request set-var(txn.model) http_auth_bearer,jwt_payload_query('$.grant.model') if on_lane",
             "    http-request set-var(txn.conversation) "

@@ -6,6 +6,7 @@
 import { classified, type Classified, classifyServerError } from "./errors.ts";
 import { parseErrorBody } from "./sse.ts";
 import type { ChatMessage, ChatRequest, FetchLike, StreamChatOptions } from "./chat-types.ts";
+import { LANE_ROUTES } from "./lanes.ts";
 
 export interface DirectGrant {
   url: string;
@@ -21,7 +22,7 @@ export type Negotiated =
 
 export const DEFAULTS = {
   negotiateUrl: "direct-stream",
-  fallbackUrl: "v1/chat/completions",
+  fallbackUrl: LANE_ROUTES.chat.path.slice(1),
   headTimeoutMs: 10_000,
   maxToolRounds: 5,
   maxResumes: 2,
@@ -202,10 +203,10 @@ export class ChatRun {
     const signal = AbortSignal.timeout(CLEANUP_TIMEOUT_MS);
     const answer = await this.negotiate({ cancel: conversationId }, signal);
     if (answer.kind !== "grant") return;
-    const target = `${answer.grant.url}/v1/stream?conv_id=${encodeURIComponent(conversationId)}`;
+    const target = `${answer.grant.url}${LANE_ROUTES.cancel.path}?conv_id=${encodeURIComponent(conversationId)}`;
     try {
       const response = await this.fetch(target, {
-        method: "DELETE",
+        method: LANE_ROUTES.cancel.method,
         credentials: "omit",
         headers: { Authorization: `Bearer ${answer.grant.token}` },
         signal,

@@ -13,6 +13,7 @@
  * reaches the SDK chunk by chunk.
  */
 import type { FetchLike } from "./chat-types.ts";
+import { LANE_ROUTES } from "./lanes.ts";
 
 export interface DirectFetchOptions {
   /** Injected for tests; defaults to the global `fetch`. */
@@ -28,8 +29,9 @@ export interface DirectFetchOptions {
 /** What the SDK calls: `fetch(url, init)`, with `url` a string, a URL or a Request. */
 export type DirectFetch = (input: string | URL | Request, init?: RequestInit) => Promise<Response>;
 
-const DEFAULTS = { negotiateUrl: "direct-stream", fallbackUrl: "v1/chat/completions", headTimeoutMs: 10_000 };
-const CHAT_PATH = /\/v1\/chat\/completions$/;
+const CHAT = LANE_ROUTES.chat;
+/** The baseline is the same route off the lane, relative so that a reverse proxy's prefix survives. */
+const DEFAULTS = { negotiateUrl: "direct-stream", fallbackUrl: CHAT.path.slice(1), headTimeoutMs: 10_000 };
 /** Headers of the SDK's request that never travel on: the auth is the wrapper's. */
 const DROPPED = ["authorization", "cookie", "x-conversation-id"];
 
@@ -127,7 +129,7 @@ export function directFetch(options: DirectFetchOptions = {}): DirectFetch {
     headers.set("Authorization", `Bearer ${grant.token}`);
     if (grant.conversationId !== null) headers.set("X-Conversation-Id", grant.conversationId);
     try {
-      const response = await fetch(`${grant.url}/v1/chat/completions`, {
+      const response = await fetch(`${grant.url}${CHAT.path}`, {
         ...init,
         headers,
         credentials: "omit",
@@ -150,7 +152,7 @@ export function directFetch(options: DirectFetchOptions = {}): DirectFetch {
     if (input instanceof Request) throw new TypeError("directFetch takes a URL and init, as the OpenAI SDK passes them");
     const url = new URL(String(input), pageUrl());
     const method = (init?.method ?? "GET").toUpperCase();
-    if (method !== "POST" || !CHAT_PATH.test(url.pathname)) return toApp(url.href, init);
+    if (method !== CHAT.method || !url.pathname.endsWith(CHAT.path)) return toApp(url.href, init);
     const negotiated = await negotiate(init);
     if (negotiated instanceof Response) return negotiated;
     if (negotiated.kind === "grant") {

@@ -8,6 +8,7 @@ import type { UIEvent } from "./shape.ts";
 import { parseErrorBody } from "./sse.ts";
 import { type ChatRun, DEFAULTS, type DirectGrant, discard, isEventStream, LaneRequest } from "./chat-run.ts";
 import { abortStream, type BodyOutcome, errorEvent, type RoundOutcome, streamBody } from "./stream-body.ts";
+import { LANE_ROUTES } from "./lanes.ts";
 
 /** Shown while the client waits for the model on its own; the error's wording asks the user to retry. */
 const LOADING_NOTICE: UIEvent = {
@@ -30,8 +31,8 @@ async function* directRound(
   if (grant.conversationId !== null) headers["X-Conversation-Id"] = grant.conversationId;
   let response: Response;
   try {
-    response = await run.fetch(`${grant.url}/v1/chat/completions`, {
-      method: "POST",
+    response = await run.fetch(`${grant.url}${LANE_ROUTES.chat.path}`, {
+      method: LANE_ROUTES.chat.method,
       credentials: "omit",
       headers,
       body: JSON.stringify(body),

@@ -7,6 +7,7 @@ import type { Classified, ErrorCode } from "./errors.ts";
 import { type Lane, type ShapedEvent, StreamShaper, type ToolCall, type UIEvent } from "./shape.ts";
 import { createSSEDecoder, interpretEvent, type SSEDecoder } from "./sse.ts";
 import { type ChatRun, DEFAULTS, type DirectGrant, discard, isEventStream, LaneRequest } from "./chat-run.ts";
+import { LANE_ROUTES } from "./lanes.ts";
 
 /** How one request (one round) ended. `stopped`: an error or an abort was already emitted. */
 export type RoundOutcome =
@@ -150,11 +151,11 @@ export async function* abortStream(run: ChatRun, grant: DirectGrant | null): Asy
 async function openResume(run: ChatRun, conversationId: string, from: number): Promise<LaneResponse | null> {
   const answer = await run.negotiate({ resume: conversationId });
   if (answer.kind !== "grant") return null;
-  const target = `${answer.grant.url}/v1/stream?conv_id=${encodeURIComponent(conversationId)}&from=${from}`;
+  const target = `${answer.grant.url}${LANE_ROUTES.resume.path}?conv_id=${encodeURIComponent(conversationId)}&from=${from}`;
   const request = new LaneRequest(run.signal, run.headTimeoutMs);
   try {
     const response = await run.fetch(target, {
-      method: "GET",
+      method: LANE_ROUTES.resume.method,
       credentials: "omit",
       headers: { Authorization: `Bearer ${answer.grant.token}` },
       signal: request.controller.signal,
