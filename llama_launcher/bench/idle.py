@@ -37,7 +37,14 @@ from llama_direct.runtime import ACCESS_TOKEN_ENV, REDIS_URL_ENV, UPSTREAM_KEY_E
 from llama_direct.tokens import LEEWAY_SECONDS
 from llama_launcher import model as gguf
 from llama_launcher import provision
-from llama_launcher.bench.processes import Child, child_running, children, thread_cpu_ns, wait_for_socket
+from llama_launcher.bench.processes import (
+    GATE_MODULES,
+    Child,
+    child_running,
+    children,
+    thread_cpu_ns,
+    wait_for_socket,
+)
 from llama_launcher.bench.stats import median
 from llama_launcher.paths import cache_dir
 from llama_launcher.server_args import ServerOptions
@@ -76,7 +83,7 @@ class IdleStack:
 
 def family(serve_pid: int) -> dict[str, int]:
     """serve's processes by role; a router's children (one per loaded model) as `model-1`, ...."""
-    gate = child_running(serve_pid, "llama_launcher.gate_process")
+    gate = child_running(serve_pid, GATE_MODULES)
     found = {"serve": serve_pid, "broker": child_running(serve_pid, "broker"), "gate": gate}
     for pid in children(gate):
         found["llama-server"] = pid

@@ -198,16 +198,22 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def child_running(pid: int, module: str, timeout: float = 30.0) -> int:
-    """The child of `pid` whose command line runs `-m module` (serve's gate or broker)."""
+GATE_MODULES = ("llama_launcher.gate_process", "llama_launcher.gate")
+"""The gate process's module, and its name before issue 26 (what `bench --before REV` may run)."""
+
+
+def child_running(pid: int, module: str | tuple[str, ...], timeout: float = 30.0) -> int:
+    """The child of `pid` whose command line runs `-m module` (serve's gate or broker; any of several
+    names, for a module that was renamed since a revision the bench runs)."""
+    names = (module,) if isinstance(module, str) else module
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for child in children(pid):
             argv = cmdline(child)
-            if "-m" in argv and module in argv:
+            if "-m" in argv and any(name in argv for name in names):
                 return child
         time.sleep(0.05)
-    raise RuntimeError(f"no child running -m {module}")
+    raise RuntimeError(f"no child running -m {' or '.join(names)}")
 
 
 def _wait_listening(probe: Callable[[], None], child: Child, timeout: float) -> None:

@@ -29,7 +29,7 @@ from llama_direct.runtime import (
     read_serve_log,
 )
 from llama_launcher.bench.clients import Target
-from llama_launcher.bench.processes import Child, child_running
+from llama_launcher.bench.processes import GATE_MODULES, Child, child_running
 
 UNLIMITED = 10**9
 """Rate limits are lifted through serve's own options: the bench measures the lane, not the limiter."""
@@ -98,7 +98,7 @@ def start_stack(name: str, upstream_socket: Path | Sequence[Path], upstream_key:
                 public=(parts.hostname, parts.port),
                 access_token=access,
                 runtime=runtime.path,
-                gate_pid=child_running(child.pid, "llama_launcher.gate_process"),
+                gate_pid=child_running(child.pid, GATE_MODULES),
                 broker_pid=child_running(child.pid, "broker"),
             )
             if source is not None and not _runs_in(source, stack):

@@ -57,7 +57,7 @@ def test_the_report_shows_the_table() -> None:
 def test_a_stacks_family_is_named_by_role(monkeypatch: pytest.MonkeyPatch) -> None:
     tree = {10: [11, 12], 12: [13], 13: [15, 14]}
     monkeypatch.setattr(idle, "children", lambda pid: tree.get(pid, []))
-    modules = {"broker": 11, "llama_launcher.gate_process": 12}
+    modules = {"broker": 11, idle.GATE_MODULES: 12}
     monkeypatch.setattr(idle, "child_running", lambda pid, module: modules[module])
     assert idle.family(10) == {"serve": 10, "broker": 11, "gate": 12, "llama-server": 13, "model-1": 14,
                                "model-2": 15}
