@@ -38,11 +38,9 @@ from broker.access import (
 )
 from broker.baseline import autoload_option, baseline, baseline_model
 from broker.core import BrokerCore
-from broker.models import allowed_models, fleet_listing, listing
-from broker.negotiation import (
-    Options,
-    negotiate,
-)
+from broker.models import fleet_listing, listing
+from broker.negotiation import negotiate
+from broker.negotiation_options import Options
 from broker.responses import (
     NO_STORE,
     Envelope,
@@ -128,6 +126,7 @@ def create_app(
             url=core.policy.lane_url(scheme, request.headers.get("host", "")),
             policy=core.policy,
             health=health,
+            allowed=core.allowed_models(health),
             enabled=direct_stream_enabled(),
             conversations=core.conversations,
             issuer=core.issuer(),
@@ -167,8 +166,7 @@ def create_app(
         if core.fleet_models is not None:
             answer = fleet_listing(core.own_models(health), core.fleet_models.others(core.clock()))
             return json_response(answer, headers=NO_STORE)
-        allowed = allowed_models(core.policy.models, core.policy.model, health.models)
-        return json_response(listing(allowed, health.models, health.model_ready), headers=NO_STORE)
+        return json_response(listing(core.own_models(health)), headers=NO_STORE)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:

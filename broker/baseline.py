@@ -17,8 +17,9 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from broker.core import BrokerCore
-from broker.models import allowed_models, choose_model
-from broker.negotiation import GateHealth
+from broker.gate_health import GateHealth
+from broker.models import choose_model
+from broker.negotiation_options import QUERY_BOOLEANS
 from broker.responses import (
     JSON_TYPE,
 )
@@ -35,8 +36,6 @@ from llama_direct.tokens import Grant, mint
 logger = logging.getLogger(__name__)
 
 
-_QUERY_BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
-
 
 def body_model(body: bytes) -> object:
     """The `model` a chat body names, or None (absent, null, or a body that is not a JSON object:
@@ -52,9 +51,9 @@ def autoload_option(values: list[str]) -> bool:
     """`?autoload=false` (llama-server's own spelling) keeps this request from loading a model."""
     if not values:
         return True
-    if len(values) > 1 or values[0].lower() not in _QUERY_BOOLEANS:
+    if len(values) > 1 or values[0].lower() not in QUERY_BOOLEANS:
         raise RequestRefusal(INVALID_OPTION, "autoload")
-    return _QUERY_BOOLEANS[values[0].lower()]
+    return QUERY_BOOLEANS[values[0].lower()]
 
 
 def baseline_model(core: BrokerCore, body: bytes, health: GateHealth) -> str:
@@ -62,7 +61,7 @@ def baseline_model(core: BrokerCore, body: bytes, health: GateHealth) -> str:
     asked = body_model(body)
     if asked is not None and not isinstance(asked, str):
         raise UnknownModel(None)
-    return choose_model(asked, allowed_models(core.policy.models, core.policy.model, health.models))
+    return choose_model(asked, core.allowed_models(health))
 
 
 async def baseline(

@@ -16,15 +16,13 @@ from collections.abc import Callable
 
 import httpx
 
+from broker.conversations import Conversations
 from broker.fleet_models import FleetModels
+from broker.gate_health import GateHealth
 from broker.gate_link import GateLink
+from broker.issuer import Issuer
 from broker.models import ModelInfo, allowed_models, own_models, published
-from broker.negotiation import (
-    Conversations,
-    GateHealth,
-    Issuer,
-    Policy,
-)
+from broker.policy import Policy
 from broker.revocation_file import load_revocations, save_revocations
 from broker.revocation_watch import UNWATCHED_RECHECK_SECONDS, RevocationWatch
 from broker.sessions import (
@@ -127,6 +125,7 @@ class BrokerCore:
             origin for origin in (normalise_origin(o) for o in settings.allowed_origins) if origin
         )
         self.conversations = Conversations()
+        self._allowed: tuple[GateHealth | None, tuple[str, ...]] = (None, ())
         self._changed = asyncio.Event()
         self.stopping = False
         """Set when the broker stops: a long poll answers at once rather than wait out its hold."""
@@ -141,10 +140,17 @@ class BrokerCore:
         if self.fleet_models is not None:  # a gate that is down serves nothing: the others stop listing it
             self.fleet_models.publish(published(self.own_models(health)) if health.up else [], now)
 
+    def allowed_models(self, health: GateHealth) -> tuple[str, ...]:
+        """The models a user may use, the default first: computed once per health answer, which
+        negotiation, the baseline and the model list each read (the configured ones, else what the
+        gate lists, else the default)."""
+        if self._allowed[0] is not health:
+            self._allowed = (health, tuple(allowed_models(self.policy.models, self.policy.model, health.models)))
+        return self._allowed[1]
+
     def own_models(self, health: GateHealth) -> list[ModelInfo]:
         """The models this broker grants, with their states at its gate (as its own listing says)."""
-        allowed = allowed_models(self.policy.models, self.policy.model, health.models)
-        return own_models(allowed, health.models, health.model_ready)
+        return own_models(self.allowed_models(health), health.models, health.model_ready)
 
     def issuer(self) -> Issuer:
         """Minting is what moves the rotation schedule on: a successor is staged, then signs once published."""

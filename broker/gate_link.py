@@ -22,10 +22,7 @@ from collections.abc import Callable
 
 import httpx
 
-from broker.negotiation import (
-    GATE_DOWN,
-    GateHealth,
-)
+from broker.gate_health import GATE_DOWN, GateHealth
 from broker.settings import BrokerSettings
 from llama_direct.refusals import (
     GateUnavailable,

@@ -69,10 +69,10 @@ def model_status(name: str, listed: Sequence[ModelInfo], model_ready: bool) -> M
     return ModelInfo(name, "loaded" if model_ready else "loading")
 
 
-def listing(allowed: Sequence[str], listed: Sequence[ModelInfo], model_ready: bool) -> dict[str, Any]:
+def listing(own: Sequence[ModelInfo]) -> dict[str, Any]:
     """`GET /v1/models`: OpenAI's list shape, plus each model's state (and a loading one's `progress`,
     0..1, where the router reports it); only names, never a path."""
-    return _list(own_models(allowed, listed, model_ready))
+    return _list(own)
 
 
 def own_models(allowed: Sequence[str], listed: Sequence[ModelInfo], model_ready: bool) -> list[ModelInfo]:

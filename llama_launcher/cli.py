@@ -195,7 +195,7 @@ def serve(args: argparse.Namespace) -> int:
         "audience": args.audience, "issuer": args.issuer[0] if args.issuer else None,
     }
     gate_settings: dict[str, object] = {
-        "model": launch.alias, "max_tokens": args.max_tokens,
+        "model": launch.alias,
         "tls_cert": str(cert_pair[0]) if cert_pair else None, "tls_key": str(cert_pair[1]) if cert_pair else None,
         "max_connections": args.max_connections, "max_pending_per_address": args.max_pending_per_address,
         "streams_per_user": args.streams_per_user, "resume_window": args.resume_window,

@@ -31,7 +31,6 @@ Fields (JSON name = attribute name):
 - `trusted_proxies`: socket addresses of reverse proxies whose `X-Forwarded-For` names the client
   (and whose `X-Forwarded-Proto` is believed); from anyone else those headers are dropped.
 - `model`: llama-server's `--alias`, reported by `/health`.
-- `max_tokens`: the hard cap on generation length (llama-server's `-n` backstop).
 - `keyset_interval`: seconds before a failed long poll of the JWKS and the revocations is retried.
 - `issuer_jwks`: `[[issuer, url], ...]` (`--issuer-jwks`): other brokers' JWKS, pulled over https; each
   key pulled signs for its issuer only (`gate/jwks_document.py`). The issuer is an accepted one and
@@ -84,7 +83,6 @@ class GateConfig:
     control_socket: str
     private_socket: str
     model: str
-    max_tokens: int
     lane_prefix: str = LANE_PREFIX
     allowed_origins: tuple[str, ...] = ()
     two_port: bool = False
@@ -117,8 +115,8 @@ class GateConfig:
             raise ValueError("lane_prefix must start with '/' and not end with one")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together")
-        if min(self.max_body_bytes, self.max_small_body_bytes, self.max_tokens) < 1:
-            raise ValueError("max_body_bytes, max_small_body_bytes and max_tokens must be positive")
+        if min(self.max_body_bytes, self.max_small_body_bytes) < 1:
+            raise ValueError("max_body_bytes and max_small_body_bytes must be positive")
         if min(self.max_connections, self.max_pending_per_address, self.streams_per_user) < 1:
             raise ValueError("max_connections, max_pending_per_address and streams_per_user must be positive")
         if min(self.head_timeout, self.body_timeout, self.keyset_interval, self.connect_timeout,

@@ -354,7 +354,6 @@ async def running_gate(*, public: bool = True, upstreams: int = 1, **settings: A
         "control_socket": control.path,
         "private_socket": os.path.join(base, "gate.sock"),
         "model": MODEL,
-        "max_tokens": 64,
         "head_timeout": 1.0,
         "keyset_interval": 60.0,
     }

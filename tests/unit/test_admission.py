@@ -10,7 +10,7 @@ from llama_launcher.gate.config import GateConfig
 TRUSTED = frozenset({"10.0.0.1", "10.0.0.2"})
 CONFIG = GateConfig(
     audience="gate", issuer="broker", broker_socket="/b", control_socket="/c", private_socket="/p",
-    model="m", max_tokens=8, max_connections=10, max_pending_per_address=2, trusted_proxies=("10.0.0.1",),
+    model="m", max_connections=10, max_pending_per_address=2, trusted_proxies=("10.0.0.1",),
 )
 
 

@@ -29,7 +29,7 @@ from refusal_bodies import reason_for
 import broker.static as broker_static
 from broker.app import create_app, create_control_app
 from broker.core import BrokerCore
-from broker.negotiation import GateHealth
+from broker.gate_health import GateHealth
 from broker.server import GRACEFUL_SHUTDOWN_SECONDS
 from broker.sessions import COOKIE_NAME
 from broker.settings import (

@@ -16,7 +16,6 @@ BASE = {
     "control_socket": "/run/ld/control.sock",
     "private_socket": "/run/ld/gate.sock",
     "model": "smollm2",
-    "max_tokens": 2048,
 }
 
 

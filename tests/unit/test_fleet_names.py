@@ -40,7 +40,7 @@ def test_a_gate_accepts_each_listed_issuer_and_no_other() -> None:
 
 def test_the_gate_config_reads_one_issuer_or_a_list_and_writes_a_list(tmp_path: Path) -> None:
     base = {"audience": "fleet", "broker_socket": "b", "control_socket": "c", "private_socket": "p",
-            "model": "m", "max_tokens": 8}
+            "model": "m"}
     assert GateConfig.from_dict({**base, "issuer": "a"}).issuer == ("a",)
     config = GateConfig.from_dict({**base, "issuer": ["a", "b"]})
     assert config.issuer == ("a", "b")
@@ -70,7 +70,7 @@ def test_serve_passes_the_names_to_both_children(tmp_path: Path) -> None:
     plan = StackPlan(host="127.0.0.1", port=0, data_dir=tmp_path / "data",
                      launch=LaunchSpec(mode="attach", upstreams=["http://127.0.0.1:1"], alias="m", max_tokens=8),
                      access_token="t" * 24, broker_settings={"model": "m", "audience": "fleet", "issuer": "broker-a"},
-                     gate_settings={"model": "m", "max_tokens": 8}, audience="fleet", issuers=("broker-a", "broker-b"))
+                     gate_settings={"model": "m"}, audience="fleet", issuers=("broker-a", "broker-b"))
     stack = Stack(plan)
     try:
         gate = GateConfig.from_file(stack.runtime / "gate.json")

@@ -21,7 +21,7 @@ from llama_launcher.gate.scope import RequestHead
 KEY = SigningKey.generate("EdDSA")
 CONFIG = GateConfig(
     audience="gate", issuer="broker", broker_socket="/b", control_socket="/c", private_socket="/p",
-    model="m", max_tokens=8,
+    model="m",
 )
 
 

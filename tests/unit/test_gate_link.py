@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from broker import gate_link
+from broker.gate_health import GATE_DOWN, GateHealth
 from broker.gate_link import GateLink
-from broker.negotiation import GATE_DOWN, GateHealth
 from broker.settings import BrokerSettings
 
 READY = {"gate": "ok", "model_ready": True, "model": "smol", "slots": {"total": 1, "busy": 0}}

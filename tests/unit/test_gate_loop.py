@@ -14,7 +14,6 @@ def _config(tmp_path: Path, private_socket: Path) -> GateConfig:
     return GateConfig(
         audience="gate-test", issuer="broker-test", broker_socket=str(tmp_path / "broker.sock"),
         control_socket=str(tmp_path / "control.sock"), private_socket=str(private_socket), model="m",
-        max_tokens=16,
     )
 
 

@@ -85,7 +85,7 @@ def test_the_own_brokers_keys_sign_for_every_accepted_issuer_without_a_source() 
 
 def test_the_gate_config_carries_sources_checked_against_its_issuers() -> None:
     base = {"audience": "fleet", "issuer": ["broker-a", "broker-b"], "broker_socket": "b", "control_socket": "c",
-            "private_socket": "p", "model": "m", "max_tokens": 8}
+            "private_socket": "p", "model": "m"}
     config = GateConfig.from_dict({**base, "issuer_jwks": [["broker-b", "https://b/j"]], "jwks_ca_file": "/ca.pem"})
     assert config.issuer_jwks == (("broker-b", "https://b/j"),)
     assert GateConfig.from_dict(config.to_dict()) == config

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from broker.models import ModelInfo, listing
+from broker.models import ModelInfo, listing, own_models
 from llama_launcher.gate.load_progress import load_fraction
 
 LOADING = '{"model":"beta","event":"model_status","data":{"status":"loading"}}'
@@ -59,6 +59,6 @@ def test_the_broker_passes_a_loading_models_fraction_on_and_nothing_else() -> No
         {"id": "delta", "status": "loading", "progress": "/models/x.gguf"},
     ])
     assert [model.progress for model in models] == [0.25, None, None, None]
-    data = listing(["alpha", "beta", "gamma", "delta"], models, True)["data"]
+    data = listing(own_models(["alpha", "beta", "gamma", "delta"], models, True))["data"]
     assert [entry.get("progress") for entry in data] == [0.25, None, None, None]
     assert "progress" not in data[1]

@@ -8,7 +8,13 @@ from typing import Any
 
 import pytest
 
-from broker.negotiation import GATE_DOWN, Conversations, GateHealth, Issuer, Options, Policy, negotiate, split_host
+from broker.conversations import Conversations
+from broker.gate_health import GATE_DOWN, GateHealth
+from broker.issuer import Issuer
+from broker.models import allowed_models
+from broker.negotiation import negotiate
+from broker.negotiation_options import Options
+from broker.policy import Policy, split_host
 from broker.settings import BrokerSettings
 from broker.signing_keys import SigningKey
 from llama_direct.keys import PublicKeySet
@@ -48,6 +54,8 @@ def _negotiate(options: Options = DEFAULT_OPTIONS, **overrides: Any) -> dict[str
         "now": NOW,
     }
     arguments.update(overrides)
+    policy, health = arguments["policy"], arguments["health"]
+    arguments.setdefault("allowed", allowed_models(policy.models, policy.model, health.models))
     return negotiate(options, **arguments)
 
 
