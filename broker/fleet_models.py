@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 from broker.gate_link import IDLE_INTERVAL_SECONDS
+from llama_direct.documents import ModelEntry
 
 if TYPE_CHECKING:
     import redis
@@ -48,10 +49,10 @@ class FleetModels:
         self._redis = client
         self._key = MODELS_PREFIX + audience
         self._issuer = issuer
-        self._published: list[dict[str, Any]] | None = None
+        self._published: list[ModelEntry] | None = None
         self._published_at = -PUBLISH_SECONDS
 
-    def publish(self, models: list[dict[str, Any]], now: float) -> None:
+    def publish(self, models: list[ModelEntry], now: float) -> None:
         """Write this broker's models when they changed or `PUBLISH_SECONDS` passed; never raises."""
         if models == self._published and now - self._published_at < PUBLISH_SECONDS:
             return

@@ -15,7 +15,7 @@ from broker.models import ModelInfo
 
 @dataclass(frozen=True)
 class GateHealth:
-    """The gate's last `GET /health` answer, as the app's poller saw it."""
+    """The gate's last `GET /health` answer (`llama_direct.documents.HealthAnswer`), as the app's poller saw it."""
 
     up: bool
     model_ready: bool = False

@@ -8,10 +8,10 @@ llama-server's is its one model.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
+from llama_direct.documents import ListedModel, ModelEntry, ModelList
 from llama_direct.model_states import MODEL_STATES, merge_models
 from llama_direct.refusals import UnknownModel
 
@@ -69,7 +69,7 @@ def model_status(name: str, listed: Sequence[ModelInfo], model_ready: bool) -> M
     return ModelInfo(name, "loaded" if model_ready else "loading")
 
 
-def listing(own: Sequence[ModelInfo]) -> dict[str, Any]:
+def listing(own: Sequence[ModelInfo]) -> ModelList:
     """`GET /v1/models`: OpenAI's list shape, plus each model's state (and a loading one's `progress`,
     0..1, where the router reports it); only names, never a path."""
     return _list(own)
@@ -80,7 +80,7 @@ def own_models(allowed: Sequence[str], listed: Sequence[ModelInfo], model_ready:
     return [model_status(name, listed, model_ready) for name in allowed]
 
 
-def fleet_listing(own: Sequence[ModelInfo], published: Sequence[object]) -> dict[str, Any]:
+def fleet_listing(own: Sequence[ModelInfo], published: Sequence[object]) -> ModelList:
     """`GET /v1/models` behind an edge that routes by model: this broker's models first, then the
     ones the fleet's other brokers published (`broker.fleet_models`), each once at its best state
     (merged as the gate merges its upstreams). What Redis held is parsed like a health answer."""
@@ -89,20 +89,25 @@ def fleet_listing(own: Sequence[ModelInfo], published: Sequence[object]) -> dict
     return _list(ModelInfo.parse_all(merged))
 
 
-def published(listed: Sequence[ModelInfo]) -> list[dict[str, Any]]:
+def published(listed: Sequence[ModelInfo]) -> list[ModelEntry]:
     """What a broker publishes of its models for the others: names and states, never a path."""
     return [_published(model) for model in listed]
 
 
-def _published(model: ModelInfo) -> dict[str, Any]:
-    entry: dict[str, Any] = {"id": model.id, "status": model.status, "vision": model.vision}
+def _published(model: ModelInfo) -> ModelEntry:
+    entry: ModelEntry = {"id": model.id, "status": model.status, "vision": model.vision}
     if model.progress is not None:
         entry["progress"] = model.progress
     return entry
 
 
-def _list(models: Iterable[ModelInfo]) -> dict[str, Any]:
-    data: list[Mapping[str, Any]] = [
-        {"object": "model", "created": 0, "owned_by": "llama-direct", **_published(model)} for model in models
-    ]
-    return {"object": "list", "data": data}
+def _list(models: Iterable[ModelInfo]) -> ModelList:
+    return ModelList(object="list", data=[_listed(model) for model in models])
+
+
+def _listed(model: ModelInfo) -> ListedModel:
+    listed = ListedModel(object="model", created=0, owned_by="llama-direct", id=model.id, status=model.status,
+                         vision=model.vision)
+    if model.progress is not None:
+        listed["progress"] = model.progress
+    return listed

@@ -10,7 +10,6 @@ decision: which route, model, cap and conversation a grant names, or why the lan
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from broker.conversations import Conversations
 from broker.gate_health import GateHealth
@@ -18,6 +17,7 @@ from broker.issuer import Issuer
 from broker.models import choose_model
 from broker.negotiation_options import Options
 from broker.policy import Policy
+from llama_direct.documents import Granted, NegotiationAnswer, Unsupported
 from llama_direct.lanes import CANCEL, CHAT, RESUME
 from llama_direct.refusals import CONVERSATION_NOT_OWNED, RequestRefusal
 from llama_direct.tokens import Grant, mint
@@ -29,13 +29,10 @@ UNSUPPORTED_MESSAGES = {
 }
 
 
-def unsupported(reason: str, policy: Policy) -> dict[str, Any]:
-    return {
-        "supported": False,
-        "reason": reason,
-        "message": UNSUPPORTED_MESSAGES[reason],
-        "fallback_url": policy.fallback_url,
-    }
+def unsupported(reason: str, policy: Policy) -> Unsupported:
+    return Unsupported(
+        supported=False, reason=reason, message=UNSUPPORTED_MESSAGES[reason], fallback_url=policy.fallback_url,
+    )
 
 
 def unsupported_reason(enabled: bool, health: GateHealth) -> str | None:
@@ -61,7 +58,7 @@ def negotiate(
     conversations: Conversations,
     issuer: Issuer,
     now: float,
-) -> dict[str, Any]:
+) -> NegotiationAnswer:
     """The answer to one `/direct-stream`; raises `RequestRefusal` for a conversation not the user's,
     or `UnknownModel` for a model the user may not use (even with the lane off: the fallback would
     answer with another model). `allowed` is the models the user may use, the default first
@@ -97,18 +94,18 @@ def negotiate(
         now=now,
         ttl=policy.ttl,
     )
-    return {
-        "supported": True,
-        "url": url,
-        "token": minted.token,
-        "expires_at": minted.claims.exp,
-        "ttl_seconds": minted.claims.exp - minted.claims.iat,
-        "model": model,
-        "conversation_id": conversation_id,
-        "scope": scope,
-        "grant": grant.to_claim(),
-        "fallback_url": policy.fallback_url,
-    }
+    return Granted(
+        supported=True,
+        url=url,
+        token=minted.token,
+        expires_at=minted.claims.exp,
+        ttl_seconds=minted.claims.exp - minted.claims.iat,
+        model=model,
+        conversation_id=conversation_id,
+        scope=scope,
+        grant=grant.to_claim(),
+        fallback_url=policy.fallback_url,
+    )
 
 
 def _owned(conversation_id: str, user: str, conversations: Conversations, now: float) -> str:

@@ -7,6 +7,7 @@ import { classified, type Classified, classifyServerError } from "./errors.ts";
 import { parseErrorBody } from "./sse.ts";
 import type { ChatMessage, ChatRequest, FetchLike, StreamChatOptions } from "./chat-types.ts";
 import { LANE_ROUTES } from "./lanes.ts";
+import { parseNegotiation } from "./negotiation.ts";
 
 export interface DirectGrant {
   url: string;
@@ -169,18 +170,17 @@ export class ChatRun {
         if (signal.aborted) return { kind: "abort" };
         return { kind: "fallback", reason: "negotiation_failed", fallbackUrl: undefined };
       }
-      if (!isRecord(answer)) return { kind: "fallback", reason: "negotiation_failed", fallbackUrl: undefined };
-      const fallbackUrl = typeof answer.fallback_url === "string" ? answer.fallback_url : undefined;
-      if (answer.supported === true && typeof answer.url === "string" && typeof answer.token === "string") {
-        const conversationId = typeof answer.conversation_id === "string" ? answer.conversation_id : null;
+      const parsed = parseNegotiation(answer);
+      if (parsed === null) return { kind: "fallback", reason: "negotiation_failed", fallbackUrl: undefined };
+      const fallbackUrl = parsed.fallback_url || undefined;
+      if (parsed.supported) {
         return {
           kind: "grant",
-          grant: { url: answer.url.replace(/\/+$/, ""), token: answer.token, conversationId },
+          grant: { url: parsed.url, token: parsed.token, conversationId: parsed.conversation_id },
           fallbackUrl,
         };
       }
-      const reason = typeof answer.reason === "string" ? answer.reason : undefined;
-      return { kind: "fallback", reason, fallbackUrl };
+      return { kind: "fallback", reason: parsed.reason || undefined, fallbackUrl };
     }
   }
 

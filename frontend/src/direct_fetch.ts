@@ -14,6 +14,7 @@
  */
 import type { FetchLike } from "./chat-types.ts";
 import { LANE_ROUTES } from "./lanes.ts";
+import { parseNegotiation } from "./negotiation.ts";
 
 export interface DirectFetchOptions {
   /** Injected for tests; defaults to the global `fetch`. */
@@ -108,11 +109,11 @@ export function directFetch(options: DirectFetchOptions = {}): DirectFetch {
       if (init?.signal?.aborted) throw error;
       return { kind: "fallback" };
     }
-    if (!isRecord(answer)) return { kind: "fallback" };
-    const fallbackUrl = typeof answer.fallback_url === "string" ? answer.fallback_url : undefined;
-    if (answer.supported === true && typeof answer.url === "string" && typeof answer.token === "string") {
-      const conversationId = typeof answer.conversation_id === "string" ? answer.conversation_id : null;
-      return { kind: "grant", grant: { url: answer.url.replace(/\/+$/, ""), token: answer.token, conversationId }, fallbackUrl };
+    const parsed = parseNegotiation(answer);
+    if (parsed === null) return { kind: "fallback" };
+    const fallbackUrl = parsed.fallback_url || undefined;
+    if (parsed.supported) {
+      return { kind: "grant", grant: { url: parsed.url, token: parsed.token, conversationId: parsed.conversation_id }, fallbackUrl };
     }
     return { kind: "fallback", fallbackUrl };
   }

@@ -16,8 +16,9 @@ import math
 import resource
 import time
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
+from llama_direct.documents import HealthAnswer
 from llama_direct.refusals import (
     MalformedToken,
     MissingToken,
@@ -70,14 +71,14 @@ class Gate:
         self.allowed_origins = frozenset(config.allowed_origins)
         self.lane_prefix = (config.lane_prefix + "/").encode()
 
-    async def health_answer(self) -> dict[str, Any]:
+    async def health_answer(self) -> HealthAnswer:
         """`GET /health`: every upstream's state, and without Redis the start cut-off, so the broker
         mints no token this gate would refuse."""
-        answer = await self.pool.snapshot()
+        answer = HealthAnswer(**await self.pool.snapshot())  # a copy: the snapshot is cached
         if self.not_issued_before is not None:
-            answer = {**answer, "not_issued_before": self.not_issued_before}
+            answer["not_issued_before"] = self.not_issued_before
         if self.keyset.sources:  # other brokers' JWKS: host, key count and age, never the URL's path
-            answer = {**answer, "jwks": self.keyset.freshness()}
+            answer["jwks"] = self.keyset.freshness()
         return answer
 
     async def policy_for(self, members: Sequence[Member], model: str) -> ShapingPolicy:

@@ -13,8 +13,8 @@ import itertools
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
 
+from llama_direct.documents import HealthAnswer, HealthSlots, ModelEntry
 from llama_direct.llama_server import NotListening, public_name
 from llama_direct.refusals import (
     Refusal,
@@ -59,11 +59,11 @@ class Health:
         """(the authorization value, its digest): asked on every chat, hashed once per key."""
         self._props_failed_at = -math.inf
         self._props_read: SingleFlight[None] = SingleFlight()
-        self._snapshot: dict[str, Any] | None = None
+        self._snapshot: HealthAnswer | None = None
         self._snapshot_at = -math.inf
-        self._asking: SingleFlight[dict[str, Any]] = SingleFlight()
+        self._asking: SingleFlight[HealthAnswer] = SingleFlight()
 
-    async def snapshot(self) -> dict[str, Any]:
+    async def snapshot(self) -> HealthAnswer:
         if time.monotonic() - self._snapshot_at < HEALTH_INTERVAL and self._snapshot is not None:
             return self._snapshot
         return await self._asking.join(self._query)
@@ -165,15 +165,21 @@ class Health:
                 self.models = parse_models(listing)
                 self.load_progress.watch(name for name, state in self.models.items() if state.status == "loading")
 
-    def _model_list(self, ready: bool) -> list[dict[str, Any]]:
+    def _model_list(self, ready: bool) -> list[ModelEntry]:
         if self.router:
-            return [{"id": name, "status": state.status, "vision": state.vision, **self.load_progress.of(name)}
-                    for name, state in self.models.items()]
+            return [self._router_entry(name, state) for name, state in self.models.items()]
         return [{"id": self.model, "status": "loaded" if ready else "loading", "vision": self.vision}]
 
-    async def _query(self) -> dict[str, Any]:
+    def _router_entry(self, name: str, state: ModelState) -> ModelEntry:
+        entry: ModelEntry = {"id": name, "status": state.status, "vision": state.vision}
+        progress = self.load_progress.of(name).get("progress")
+        if progress is not None:
+            entry["progress"] = progress
+        return entry
+
+    async def _query(self) -> HealthAnswer:
         ready = False
-        slots: dict[str, int | None] = {"total": None, "busy": None}
+        slots: HealthSlots = {"total": None, "busy": None}
         if self.upstream.is_ready():
             with contextlib.suppress(Refusal):
                 status, _ = await get_json(self.upstream, "/health", timeout=HEALTH_TIMEOUT)
@@ -189,7 +195,7 @@ class Health:
                     busy = sum(1 for slot in found if isinstance(slot, dict) and slot.get("is_processing"))
                     slots = {"total": len(found), "busy": busy}
         self.ready = ready
-        snapshot = {"gate": "ok", "model_ready": ready, "model": self.model, "vision": self.vision,
+        snapshot: HealthAnswer = {"gate": "ok", "model_ready": ready, "model": self.model, "vision": self.vision,
                     "slots": slots, "router": self.router, "models": self._model_list(ready)}
         self._snapshot, self._snapshot_at = snapshot, time.monotonic()
         return snapshot

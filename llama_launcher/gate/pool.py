@@ -25,10 +25,11 @@ import contextlib
 import hashlib
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
+from llama_direct.documents import HealthAnswer, HealthSlots, ModelEntry
 from llama_direct.lanes import LaneRoute
 from llama_direct.model_states import merge_models
 from llama_direct.refusals import Refusal, StreamLost, UpstreamUnavailable
@@ -172,7 +173,7 @@ class Pool:
                 self._refreshing.add(task)
                 task.add_done_callback(self._refreshing.discard)
 
-    async def snapshot(self) -> dict[str, Any]:
+    async def snapshot(self) -> HealthAnswer:
         """The gate's `/health`: one upstream's as it is; several merged, so negotiation says
         `model_loading` or `gate_down` only when no upstream can serve."""
         if self.single:
@@ -202,15 +203,13 @@ async def shaping_limits(members: Sequence[Member], model: str) -> tuple[bool, i
     return all(h.vision_of(model) for h in known), min(h.context_of(model) for h in known)
 
 
-def merge_snapshots(model: str, snapshots: Sequence[dict[str, Any]], in_flight: Sequence[int]) -> dict[str, Any]:
+def merge_snapshots(model: str, snapshots: Sequence[HealthAnswer], in_flight: Sequence[int]) -> HealthAnswer:
     """Several upstreams' health as one (pure): ready if any is, each model at its best state among
     the ready ones, slots summed, and a per-upstream list without addresses."""
     ready = [s for s in snapshots if s.get("model_ready")]
-    models = merge_models(s.get("models", []) for s in ready)
-    totals = [s["slots"].get("total") for s in ready if isinstance(s.get("slots"), dict)]
-    busies = [s["slots"].get("busy") for s in ready if isinstance(s.get("slots"), dict)]
-    slots = {"total": sum(t for t in totals if isinstance(t, int)) if any(isinstance(t, int) for t in totals) else None,
-             "busy": sum(b for b in busies if isinstance(b, int)) if any(isinstance(b, int) for b in busies) else None}
+    models = cast(list[ModelEntry], merge_models(s.get("models", []) for s in ready))
+    slots: HealthSlots = {"total": _summed(s["slots"]["total"] for s in ready),
+                          "busy": _summed(s["slots"]["busy"] for s in ready)}
     return {
         "gate": "ok",
         "model_ready": bool(ready),
@@ -224,3 +223,9 @@ def merge_snapshots(model: str, snapshots: Sequence[dict[str, Any]], in_flight: 
             for s, n in zip(snapshots, in_flight, strict=True)
         ],
     }
+
+
+def _summed(counts: Iterable[int | None]) -> int | None:
+    """A count summed over the upstreams that know it; None when none does (routers have no slots)."""
+    known = [count for count in counts if count is not None]
+    return sum(known) if known else None

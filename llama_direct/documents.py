@@ -1,0 +1,139 @@
+"""The wire documents the pieces exchange, each typed once here for every side that writes or reads it.
+
+- `NegotiationAnswer`: the broker's `/direct-stream` answer (`Granted` or `Unsupported`), written by
+  `broker.negotiation` and read by the clients: `parse_negotiation` in Python (`sdk`), its
+  TypeScript twin in `frontend/src/negotiation.ts`, over the interfaces `scripts/documents_ts.py`
+  writes from these definitions into `frontend/src/documents.ts` (`tests/unit/test_documents_ts.py`
+  holds them equal).
+- `HealthAnswer`: the gate's private `GET /health`, written by the gate (`gate.health`, and
+  `gate.pool.merge_snapshots` for several upstreams) and read by the broker (`broker.gate_health`).
+- `ModelList`: `GET /v1/models`, OpenAI's list shape with each model's state (`broker.models`).
+
+TypedDicts, not classes: each is JSON as it crosses, so a writer builds the dict and the type checker
+holds its keys and values to the definition; a reader of untrusted bytes goes through its parser.
+Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal, NotRequired, TypedDict
+
+
+class ModelEntry(TypedDict):
+    """One model as a gate or a broker lists it: never a path."""
+
+    id: str
+    status: str
+    """`unloaded`, `loading` or `loaded` (`llama_direct.model_states.MODEL_STATES`)."""
+    vision: bool
+    progress: NotRequired[float]
+    """How much of a loading model's load is done (0..1), where the router reported it."""
+
+
+class HealthSlots(TypedDict):
+    total: int | None
+    busy: int | None
+
+
+class UpstreamHealth(TypedDict):
+    """One upstream behind a gate of several, without its address."""
+
+    ready: bool
+    models: list[str]
+    in_flight: int
+
+
+class HealthAnswer(TypedDict):
+    """The gate's private `GET /health`; `slots` are null behind a router."""
+
+    gate: Literal["ok"]
+    model_ready: bool
+    model: str
+    vision: bool
+    slots: HealthSlots
+    router: bool
+    models: list[ModelEntry]
+    upstreams: NotRequired[list[UpstreamHealth]]
+    not_issued_before: NotRequired[int]
+    """The gate's start cut-off, without Redis: the broker mints no `iat` earlier."""
+    jwks: NotRequired[list[dict[str, object]]]
+    """Other brokers' JWKS sources: host, key count and age, never a URL's path."""
+
+
+class ListedModel(ModelEntry):
+    """One model in `GET /v1/models`: OpenAI's fields, then its state."""
+
+    object: Literal["model"]
+    created: int
+    owned_by: str
+
+
+class ModelList(TypedDict):
+    """`GET /v1/models` on the broker."""
+
+    object: Literal["list"]
+    data: list[ListedModel]
+
+
+class Granted(TypedDict):
+    """A supported negotiation: the lane's base, the token and what it grants."""
+
+    supported: Literal[True]
+    url: str
+    """The lane's base, without a trailing slash: a client appends the route's path."""
+    token: str
+    expires_at: int
+    ttl_seconds: int
+    model: str
+    conversation_id: str | None
+    scope: str
+    grant: dict[str, Any]
+    fallback_url: str
+
+
+class Unsupported(TypedDict):
+    """The lane cannot serve now: the client sends the same request to `fallback_url`."""
+
+    supported: Literal[False]
+    reason: str
+    """`disabled`, `gate_down` or `model_loading`."""
+    message: str
+    fallback_url: str
+
+
+NegotiationAnswer = Granted | Unsupported
+
+
+def parse_negotiation(body: bytes) -> NegotiationAnswer | None:
+    """A client's reading of a 200 answer: the grant when it has what a lane request needs (a string
+    `url` and `token`), else the unsupported answer (its `fallback_url` only when it is a string);
+    None for a body that is not a JSON object. The `url` comes back without a trailing slash."""
+    try:
+        raw = json.loads(body)
+    except (ValueError, RecursionError, UnicodeDecodeError):
+        return None
+    if not isinstance(raw, dict):
+        return None
+    fallback = raw.get("fallback_url")
+    fallback_url = fallback if isinstance(fallback, str) else ""
+    url, token = raw.get("url"), raw.get("token")
+    if raw.get("supported") is True and isinstance(url, str) and isinstance(token, str):
+        conversation = raw.get("conversation_id")
+        grant = raw.get("grant")
+        return Granted(
+            supported=True, url=url.rstrip("/"), token=token, expires_at=_int(raw.get("expires_at")),
+            ttl_seconds=_int(raw.get("ttl_seconds")), model=_str(raw.get("model")),
+            conversation_id=conversation if isinstance(conversation, str) else None,
+            scope=_str(raw.get("scope")), grant=grant if isinstance(grant, dict) else {}, fallback_url=fallback_url,
+        )
+    return Unsupported(supported=False, reason=_str(raw.get("reason")), message=_str(raw.get("message")),
+                       fallback_url=fallback_url)
+
+
+def _int(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _str(value: object) -> str:
+    return value if isinstance(value, str) else ""
