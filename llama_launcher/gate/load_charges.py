@@ -10,7 +10,9 @@ the request will load its model it charges the load to the token's `sub` at the 
 limit the broker says 429 and the gate refuses the request with it: the load never starts.
 
 One load, one charge: once a load is charged, other requests for the same model ride on it until a
-fresh read shows the load under way, or `OPEN_SECONDS` pass (a load that never started, say).
+fresh read (the one each routed request makes, whatever its model) shows the load under way, or
+`OPEN_SECONDS` pass (a load that never started, say). Settling on every read matters: alternating two
+models, the read made for one is what shows the other's load happened, so its next load is charged.
 """
 
 from __future__ import annotations
@@ -72,8 +74,10 @@ class LoadCharger:
     async def charge(self, members: Sequence[Member], model: str, user: str, now: float) -> None:
         """Before a chat for `model` goes to `members`: nothing if it loads nothing, else one of
         `user`'s loads (`RateLimited` past the limit; `BrokerUnavailable` if the broker cannot say)."""
-        if not await will_load(members, model):
-            self.open.under_way(model)
+        loads = await will_load(members, model)
+        self._settle(members)
+        if not loads:
+            self.open.under_way(model)  # loading or loaded somewhere: a later `unloaded` is a new load
             return
         if not self.open.needs_charge(model, now):
             return
@@ -87,6 +91,13 @@ class LoadCharger:
         if answer.status_code != 204:
             raise BrokerUnavailable()
         self.open.charged(model, now)
+
+    def _settle(self, members: Sequence[Member]) -> None:
+        """Every model a router just listed as loading or loaded: its charged load is under way."""
+        for member in members:
+            for name, state in member.health.models.items():
+                if state.status in ("loading", "loaded"):
+                    self.open.under_way(name)
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -15,17 +15,25 @@ from gate_fakes import FakeServer, Received
 
 from llama_direct.control import LOADS_PATH
 from llama_direct.refusals import BrokerUnavailable, RateLimited
+from llama_launcher.gate.health import ModelState
 from llama_launcher.gate.load_charges import OPEN_SECONDS, LoadCharger, OpenLoads
 
 
 @dataclass
 class FakeHealth:
+    """A router's health: `status` for the model asked about, `listed` for what its last read listed."""
+
     status: str | None
     asked: int = 0
+    listed: dict[str, str] = field(default_factory=dict)
 
     async def model_status(self, model: str) -> str | None:
         self.asked += 1
         return self.status
+
+    @property
+    def models(self) -> dict[str, ModelState]:
+        return {name: ModelState(status, vision=False) for name, status in self.listed.items()}
 
 
 @dataclass
@@ -88,6 +96,22 @@ def test_a_request_that_loads_its_model_is_charged_once_to_its_user() -> None:
         await charger.charge(members("loaded"), "beta", "bob", 102.0)  # under way: the charge is settled
         await charger.charge(router, "beta", "bob", 103.0)  # evicted since: another load, bob's
         assert broker.charges[-1] == {"user": "bob", "model": "beta"} and len(broker.charges) == 2
+
+    run(scenario, broker)
+
+
+def test_alternating_two_models_charges_every_load_however_fast() -> None:
+    """The read made for one model shows the other's load happened: its next load is charged again,
+    within the open window too (the alternating-grant loop made 7 loads with a limit of 2)."""
+    broker = Broker()
+
+    async def scenario(charger: LoadCharger) -> None:
+        now = 100.0
+        for model, other in [("beta", "alpha"), ("alpha", "beta"), ("beta", "alpha"), ("alpha", "beta")]:
+            router = [FakeMember(FakeHealth("unloaded", listed={model: "unloaded", other: "loaded"}))]
+            await charger.charge(router, model, "ann", now)
+            now += 0.5
+        assert [c["model"] for c in broker.charges] == ["beta", "alpha", "beta", "alpha"]
 
     run(scenario, broker)
 
