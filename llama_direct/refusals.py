@@ -244,6 +244,29 @@ IMAGES_TOO_MANY_PIXELS = _reason(
     400, "images_too_many_pixels", "{part}: the request's images hold more than {limit} pixels in all."
 )
 
+# 400: the bodies of the other lane routes (Responses, Messages, completions, embeddings, rerank).
+UNSUPPORTED_ITEM = _reason(
+    400, "unsupported_item", "{where}: this kind of item is not accepted on the direct lane.",
+    block="{where}: this kind of content block is not accepted on the direct lane.",
+    part="{where}: this kind of content part is not accepted on the direct lane.",
+)
+TOOL_NOT_ALLOWED = _reason(
+    400, "tool_not_allowed",
+    "{where}: only function tools are accepted on the direct lane, not built-in or remote ones.",
+)
+BAD_INPUT = _reason(
+    400, "bad_input", "input must be a string or a non-empty list of items.",
+    strings="input must be a string or a non-empty list of at most {limit} strings.",
+    prompt="prompt must be a string.",
+    query="query must be a string.",
+    documents="documents must be a non-empty list of at most {limit} strings.",
+    top_n="top_n must be an integer from 1 to the number of documents.",
+    system="system must be a string or a list of text blocks.",
+)
+INPUTS_TOO_LARGE = _reason(
+    400, "inputs_too_large", "The inputs together hold more text than {limit} tokens of context can.",
+)
+
 # 400: the broker's negotiation and its own routes.
 INVALID_OPTIONS = _reason(
     400, "invalid_options", "The request body must be a JSON object.",
