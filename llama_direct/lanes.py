@@ -21,9 +21,15 @@ from typing import Literal
 LANE_PREFIX = "/direct"
 """Where the lane sits on the public port: `/direct/v1/chat/completions`."""
 
-Scope = Literal["chat", "resume", "cancel"]
-BodyFormat = Literal["chat"]
-"""A JSON body the gate shapes; each names one shaper (`llama_launcher.gate.shapers.SHAPERS`)."""
+Scope = Literal["chat", "resume", "cancel", "responses", "messages", "completions", "embeddings", "rerank", "tokens"]
+"""What a token may do: generate in one API's format, resume or cancel a stream, embed, rerank, or
+count a prompt's tokens (`tokens`, for the three counting routes)."""
+BodyFormat = Literal[
+    "chat", "chat_count", "responses", "responses_count", "messages", "messages_count", "completions", "embeddings",
+    "rerank",
+]
+"""A JSON body the gate shapes; each names one shaper (`llama_launcher.gate.shapers.SHAPERS`). A
+`*_count` format is its generation format with no length: llama-server only counts its prompt."""
 Conversation = Literal["opens", "resumes", "stops"]
 """What a route does with a conversation id: a generation may open one (the grant names it, the
 request must carry it as `X-Conversation-Id`), a resume reads its stream, a cancel stops it; the
@@ -79,7 +85,41 @@ RESUME = LaneRoute(name="resume", method="GET", path="/v1/stream", scope="resume
 CANCEL = LaneRoute(name="cancel", method="DELETE", path="/v1/stream", scope="cancel", body=None,
                    conversation="stops", query=("conv_id",))
 
-LANE_ROUTES: tuple[LaneRoute, ...] = (CHAT, RESUME, CANCEL)
+RESPONSES = LaneRoute(
+    name="responses", method="POST", path="/v1/responses", scope="responses", body="responses",
+    conversation="opens", length_fields=("max_output_tokens",),
+)
+"""OpenAI Responses. llama-server converts it to a chat request and streams it through the same
+resumable stream as chat (`handle_completions_impl`), so it may open a conversation."""
+MESSAGES = LaneRoute(
+    name="messages", method="POST", path="/v1/messages", scope="messages", body="messages",
+    conversation="opens", length_fields=("max_tokens",),
+)
+"""Anthropic Messages: converted to chat by llama-server, resumable as chat is."""
+COMPLETIONS = LaneRoute(
+    name="completions", method="POST", path="/v1/completions", scope="completions", body="completions",
+    conversation="opens", length_fields=("max_tokens", "n_predict"),
+)
+"""OpenAI completions: a raw prompt, no template; resumable as chat is."""
+EMBEDDINGS = LaneRoute(name="embeddings", method="POST", path="/v1/embeddings", scope="embeddings",
+                       body="embeddings", conversation=None)
+"""Answered only by a model started with `--embeddings` (501 otherwise); one JSON answer, no stream."""
+RERANK = LaneRoute(name="rerank", method="POST", path="/v1/rerank", scope="rerank", body="rerank",
+                   conversation=None)
+"""Answered only by a model started with `--reranking`."""
+CHAT_INPUT_TOKENS = LaneRoute(name="chat_input_tokens", method="POST", path="/v1/chat/completions/input_tokens",
+                              scope="tokens", body="chat_count", conversation=None)
+RESPONSES_INPUT_TOKENS = LaneRoute(name="responses_input_tokens", method="POST", path="/v1/responses/input_tokens",
+                                   scope="tokens", body="responses_count", conversation=None)
+MESSAGES_COUNT_TOKENS = LaneRoute(name="messages_count_tokens", method="POST", path="/v1/messages/count_tokens",
+                                  scope="tokens", body="messages_count", conversation=None)
+"""The three token-counting routes: the prompt of a generation request is rendered and tokenized,
+nothing is generated, so they take no length."""
+
+LANE_ROUTES: tuple[LaneRoute, ...] = (
+    CHAT, RESUME, CANCEL, RESPONSES, MESSAGES, COMPLETIONS, EMBEDDINGS, RERANK, CHAT_INPUT_TOKENS,
+    RESPONSES_INPUT_TOKENS, MESSAGES_COUNT_TOKENS,
+)
 """Every lane route; add one here (and a shaper, for a new body format)."""
 
 ROUTES: Mapping[str, LaneRoute] = {route.name: route for route in LANE_ROUTES}
@@ -92,7 +132,18 @@ CHAT_PATH = CHAT.path
 """Also the broker's baseline route: the fallback takes the same body at the same path off the lane."""
 CHAT_ROUTE = CHAT.key
 
-NEVER_ROUTED = frozenset({"/v1/streams/lookup"})
+NEVER_ROUTED = frozenset({
+    "/v1/streams/lookup", "/tools", "/cors-proxy", "/slots", "/lora-adapters", "/props", "/metrics", "/models",
+})
+"""llama-server routes no grant reaches, whatever it names, and no registry entry may take (a unit test
+holds it): the other users' conversations, built-in tools that read and write files, a proxy that
+fetches any URL, slot save and restore, every user's adapters, server settings, metrics, and the
+router's model management. Each path also covers everything below it (`/slots/0`, `/models/load`)."""
+
+
+def never_routed(path: str) -> bool:
+    """Whether `path` (under the lane) is one of `NEVER_ROUTED` or below one."""
+    return any(path == root or path.startswith(root + "/") for root in NEVER_ROUTED)
 
 NEGOTIATION_PATH = "/direct-stream"
 """The broker's route that hands out a lane token (and says when the lane is off)."""

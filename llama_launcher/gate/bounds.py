@@ -17,7 +17,7 @@ from the body is never echoed unless it is harmless.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from llama_direct.refusals import FieldOutOfBounds, TemplateKwargNotAllowed
@@ -72,6 +72,10 @@ REASONING_EFFORTS = frozenset({"none", "minimal", "low", "medium", "high", "xhig
 
 BOUNDED = "bounded"
 HARMLESS = "harmless"
+REFUSED = "refused"
+"""The three classes of a body field: forwarded within a bound, forwarded as it is, or refused with
+a 400 naming it. Every other field is dropped. Each route's format has one table of its fields with
+their class and reason: `FIELD_COSTS` here for chat, and one in each shaper module."""
 
 FIELD_COSTS: dict[str, tuple[str, str]] = {
     "repeat_last_n": (BOUNDED, "sizes the penalty sampler's ring buffer at setup: -1 to the slot's context"),
@@ -133,6 +137,26 @@ def check_bounds(shaped: dict[str, Any], *, context: int) -> None:
     if effort is not None and not _is_effort(effort):
         raise FieldOutOfBounds("reasoning_effort")
     _check_schemas(shaped)
+
+
+def check_bounds_as(view: dict[str, Any], names: Mapping[str, str], *, context: int) -> None:
+    """`check_bounds` on a chat-shaped view of another format's body (its stop strings under `stop`,
+    its tool schemas under `tools[].function.parameters`), naming a refused field by the format's own
+    name in `names` (view name -> body name)."""
+    try:
+        check_bounds(view, context=context)
+    except TemplateKwargNotAllowed:
+        raise
+    except FieldOutOfBounds as refusal:
+        renamed = names.get(refusal.param or "")
+        if renamed is None:
+            raise
+        raise FieldOutOfBounds(renamed) from None
+
+
+def classified(table: Mapping[str, tuple[str, str]], kind: str) -> frozenset[str]:
+    """The names of one class (`BOUNDED`, `HARMLESS` or `REFUSED`) in a format's field table."""
+    return frozenset(name for name, (cls, _reason) in table.items() if cls == kind)
 
 
 def _check_last_n(shaped: dict[str, Any], name: str, context: int) -> None:

@@ -27,10 +27,10 @@ full-context prompt (see docs/security.md).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from llama_direct.refusals import PROMPT_TOO_LARGE, RequestRefusal
+from llama_direct.refusals import INPUTS_TOO_LARGE, PROMPT_TOO_LARGE, RequestRefusal
 
 MAX_CHARS_PER_TOKEN = 16
 
@@ -49,7 +49,14 @@ SPECIAL_MARKERS = (
 occurrences never overlap and each is at least one token. A model whose special tokens look
 different is still bounded by the text and message bounds."""
 
-_IMAGE_URL_KEY = "image_url"
+ImageKey = Callable[[str, object], bool]
+"""Whether a (key, value) pair of a body holds image data, which is not text: each format says where
+its shaped images sit, and only there is a string skipped."""
+
+
+def chat_image(key: str, value: object) -> bool:
+    """A chat `image_url` part's `{"url": ...}` (a string `image_url` elsewhere is counted as text)."""
+    return key == "image_url" and isinstance(value, dict)
 
 
 @dataclass(frozen=True)
@@ -61,11 +68,11 @@ class PromptSize:
     chars: int
 
 
-def measure(messages: list[object], tools: object = None) -> PromptSize:
+def measure(messages: list[object], tools: object = None, *, is_image: ImageKey = chat_image) -> PromptSize:
     """Count the messages, the special-token strings and the characters of text in `messages` and
-    `tools` (every string value, image data aside: an `image_url` part's URL is not text)."""
+    `tools` (every string value, image data aside: by default an `image_url` part's URL is not text)."""
     special = chars = 0
-    for text in _strings([messages, tools]):
+    for text in _strings([messages, tools], is_image):
         chars += len(text)
         if "<" in text or "[" in text:
             special += sum(text.count(marker) for marker in SPECIAL_MARKERS)
@@ -82,7 +89,27 @@ def check_fits(size: PromptSize, context: int) -> None:
         raise RequestRefusal(PROMPT_TOO_LARGE, limit=context)
 
 
-def _strings(value: object) -> Iterator[str]:
+MAX_INPUTS = 64
+"""Embedding inputs or rerank documents in one request: each is a task of its own on llama-server."""
+INPUT_CONTEXTS = 8
+"""All of one request's inputs together may hold what this many full slots would: each input alone
+must fit one slot, and their sum is bounded too, so one request costs at most a few full prompts."""
+
+
+def check_inputs(texts: list[str], context: int, *, prefix: str = "") -> None:
+    """Each text (after `prefix`, which each one is tokenized with: a rerank query) must fit one slot
+    by the three bounds, and all of them together `INPUT_CONTEXTS` slots."""
+    total = PromptSize(messages=0, special=0, chars=0)
+    for text in texts:
+        size = measure([prefix + text])
+        check_fits(size, context)
+        total = PromptSize(total.messages + 1, total.special + size.special, total.chars + size.chars)
+    limit = context * INPUT_CONTEXTS
+    if total.special > limit or total.chars > limit * MAX_CHARS_PER_TOKEN:
+        raise RequestRefusal(INPUTS_TOO_LARGE, limit=limit)
+
+
+def _strings(value: object, is_image: ImageKey) -> Iterator[str]:
     """Every string value in a JSON value, skipping the URL of an image part. Keys are not counted:
     the message keys are not rendered, and a tool schema's are bounded with it (`bounds.py`).
     Iterative, so a deep value cannot exhaust the stack."""
@@ -94,4 +121,4 @@ def _strings(value: object) -> Iterator[str]:
         elif isinstance(item, list):
             stack.extend(item)
         elif isinstance(item, dict):
-            stack.extend(inner for key, inner in item.items() if key != _IMAGE_URL_KEY or not isinstance(inner, dict))
+            stack.extend(inner for key, inner in item.items() if not is_image(key, inner))

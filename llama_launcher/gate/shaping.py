@@ -199,27 +199,65 @@ class ShapingPolicy:
 
 def shape_chat_body(body: bytes, grant: Grant, policy: ShapingPolicy) -> bytes:
     """The compact JSON body to forward to llama-server's chat route, or a `RequestRefusal`."""
-    request = _decode(body, policy)
+    shaped = _shape_chat(body, grant, policy)
+    cap_length(shaped, grant.max_tokens, LENGTH_FIELDS)
+    return encode_body(shaped)
+
+
+def shape_chat_count_body(body: bytes, grant: Grant, policy: ShapingPolicy) -> bytes:
+    """A chat body for `/v1/chat/completions/input_tokens`: shaped as chat, with no length, since
+    llama-server only renders and counts its prompt."""
+    shaped = _shape_chat(body, grant, policy)
+    return encode_body(drop_fields(shaped, LENGTH_FIELDS))
+
+
+def _shape_chat(body: bytes, grant: Grant, policy: ShapingPolicy) -> dict[str, Any]:
+    request = decode_body(body, policy)
     _check_model(request, grant)  # the grant first: another model is refused before anything else is read
-    denied = sorted(DENIED_FIELDS & request.keys())
-    if denied:
-        raise RequestRefusal(FIELD_NOT_ALLOWED, field=denied[0])
+    refuse_denied(request, DENIED_FIELDS)
     request = _merge_repetition_penalty(request)
     shaped = {name: value for name, value in request.items() if name in ALLOWED_FIELDS}
-    _check_n(shaped)
+    check_n(shaped)
     _check_logprobs(shaped)
     check_bounds(shaped, context=policy.context)
-    _cap_length(shaped, grant.max_tokens)
     messages = _shape_messages(shaped.get("messages"), request.get("image_base64"), policy)
     check_fits(measure(messages, shaped.get("tools")), policy.context)
     shaped["messages"] = messages
+    return shaped
+
+
+def open_body(body: bytes, grant: Grant, policy: ShapingPolicy, *, refused: frozenset[str],
+              allowed: frozenset[str]) -> dict[str, Any]:
+    """What every format's shaper starts with: the decoded body's `allowed` fields, once the model is
+    the grant's and no `refused` field is present (every other field is dropped)."""
+    request = decode_body(body, policy)
+    _check_model(request, grant)
+    refuse_denied(request, refused)
+    return {name: value for name, value in request.items() if name in allowed}
+
+
+def refuse_denied(request: dict[str, Any], denied: frozenset[str]) -> None:
+    """Refuse the body naming the first (in name order) of its fields that `denied` lists."""
+    present = sorted(denied & request.keys())
+    if present:
+        raise RequestRefusal(FIELD_NOT_ALLOWED, field=present[0])
+
+
+def drop_fields(shaped: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    return {name: value for name, value in shaped.items() if name not in names}
+
+
+def encode_body(shaped: dict[str, Any]) -> bytes:
+    """The compact UTF-8 JSON llama-server gets; a lone surrogate from a JSON escape is refused."""
     try:
         return _ENCODER.encode(shaped).encode("utf-8")
     except UnicodeEncodeError:
         raise RequestRefusal(INVALID_JSON, "unicode_escape") from None
 
 
-def _decode(body: bytes, policy: ShapingPolicy) -> dict[str, Any]:
+def decode_body(body: bytes, policy: ShapingPolicy) -> dict[str, Any]:
+    """The body as a JSON object, within the policy's size and depth, with no duplicate key, NaN or
+    infinity; else a refusal."""
     if len(body) > policy.max_body_bytes:
         raise RequestRefusal(BODY_TOO_LARGE, "over", limit=policy.max_body_bytes)
     try:
@@ -318,12 +356,12 @@ def _check_model(shaped: dict[str, Any], grant: Grant) -> None:
         raise RequestRefusal(MODEL_MISMATCH)
 
 
-def _check_n(shaped: dict[str, Any]) -> None:
+def check_n(shaped: dict[str, Any]) -> None:
     """Several completions would each take a slot; llama-server reads `n` as `n_cmpl`. `null` is absent."""
     if "n" in shaped and shaped["n"] is None:
         del shaped["n"]
     value = shaped.get("n")
-    if value is not None and not (_is_int(value) and value == 1):
+    if value is not None and not (is_int(value) and value == 1):
         raise RequestRefusal(N_NOT_SUPPORTED)
 
 
@@ -333,38 +371,39 @@ def _check_logprobs(shaped: dict[str, Any]) -> None:
     if logprobs is not None and not isinstance(logprobs, bool):
         raise RequestRefusal(BAD_FIELD)
     top = shaped.get("top_logprobs")
-    if top is not None and not (_is_int(top) and 0 <= top <= MAX_TOP_LOGPROBS):
+    if top is not None and not (is_int(top) and 0 <= top <= MAX_TOP_LOGPROBS):
         raise RequestRefusal(TOP_LOGPROBS_OVER_CAP, limit=MAX_TOP_LOGPROBS)
 
 
-def _cap_length(shaped: dict[str, Any], cap: int) -> None:
-    """Hold every length alias to the cap, and set the cap when the body names none."""
-    for name in LENGTH_FIELDS:
+def cap_length(shaped: dict[str, Any], cap: int, fields: tuple[str, ...]) -> None:
+    """Hold every length alias in `fields` to the cap, and set the cap under the first when the body
+    names none."""
+    for name in fields:
         if name not in shaped:
             continue
         value = shaped[name]
-        if value is None or (name == "n_predict" and _is_int(value) and value == -1):
+        if value is None or (name == "n_predict" and is_int(value) and value == -1):
             del shaped[name]
             continue
-        if not _is_int(value) or value < 1:
+        if not is_int(value) or value < 1:
             raise RequestRefusal(BAD_LENGTH, name=name, limit=cap)
         if value > cap:
             raise RequestRefusal(LENGTH_OVER_CAP, name=name, limit=cap)
-    if not any(name in shaped for name in LENGTH_FIELDS):
-        shaped[LENGTH_FIELDS[0]] = cap
+    if not any(name in shaped for name in fields):
+        shaped[fields[0]] = cap
 
 
 def _shape_messages(messages: object, legacy_image: object, policy: ShapingPolicy) -> list[Any]:
     if not isinstance(messages, list) or not messages:
         raise RequestRefusal(BAD_MESSAGES)
-    images = _ImageCounter(policy)
+    images = ImageCounter(policy)
     shaped = [_shape_message(index, message, images) for index, message in enumerate(messages)]
     if legacy_image is not None:
         _append_legacy_image(shaped, legacy_image, images)
     return shaped
 
 
-class _ImageCounter:
+class ImageCounter:
     """Shapes each image in turn and refuses the one past `max_images` or past the pixel budget."""
 
     def __init__(self, policy: ShapingPolicy) -> None:
@@ -383,7 +422,7 @@ class _ImageCounter:
         return shape_image_url(url, part=part, policy=self.policy, budget=self.budget)
 
 
-def _shape_message(index: int, message: object, images: _ImageCounter) -> dict[str, Any]:
+def _shape_message(index: int, message: object, images: ImageCounter) -> dict[str, Any]:
     where = f"messages[{index}]"
     if not isinstance(message, dict) or not isinstance(message.get("role"), str):
         raise RequestRefusal(BAD_MESSAGES, "message", where=where)
@@ -396,7 +435,7 @@ def _shape_message(index: int, message: object, images: _ImageCounter) -> dict[s
     return {**message, "content": parts}
 
 
-def _shape_part(where: str, part: object, images: _ImageCounter) -> dict[str, Any]:
+def _shape_part(where: str, part: object, images: ImageCounter) -> dict[str, Any]:
     """Text passes; an image is rebuilt around its shaped URL; audio, video and the rest are refused."""
     if isinstance(part, dict) and part.get("type") == "text":
         return part
@@ -407,7 +446,7 @@ def _shape_part(where: str, part: object, images: _ImageCounter) -> dict[str, An
     raise RequestRefusal(BAD_CONTENT_PART, where=where)
 
 
-def _append_legacy_image(messages: list[Any], image: object, images: _ImageCounter) -> None:
+def _append_legacy_image(messages: list[Any], image: object, images: ImageCounter) -> None:
     """Old clients send one top-level `image_base64`; it belongs to the last user message."""
     users = [i for i, message in enumerate(messages) if message["role"] == "user"]
     if not users:
@@ -424,5 +463,5 @@ def _append_legacy_image(messages: list[Any], image: object, images: _ImageCount
     messages[last] = {**messages[last], "content": [*parts, part]}
 
 
-def _is_int(value: object) -> bool:
+def is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
