@@ -260,7 +260,7 @@ BAD_INPUT = _reason(
     prompt="prompt must be a string.",
     query="query must be a string.",
     documents="documents must be a non-empty list of at most {limit} strings.",
-    top_n="top_n must be an integer from 1 to the number of documents.",
+    top_n="top_n must lie between 1 and the number of documents.",
     system="system must be a string or a list of text blocks.",
 )
 INPUTS_TOO_LARGE = _reason(
