@@ -3,17 +3,21 @@
  * app's own origin, so that one client object holds a whole conversation through the direct lane.
  *
  * A lane token is single use, so a client built on one grant fails on its second call. This wrapper
- * negotiates a fresh grant, with the page's session cookie, for every `POST …/v1/chat/completions`
- * (and so for every SDK retry), and sends the SDK's request to the grant's lane with the grant's
- * token. Before the first byte it falls back to the baseline (cookie auth, no `Authorization`), as
- * `streamChat` does: when the negotiation answers unsupported, or the lane is unreachable, answers
- * 401, 403 or 5xx, or sends no response head in time. A refused negotiation (401, 429, an unknown
- * model) is handed to the SDK as the response, so that it raises its own typed error. Other routes
- * (`/v1/models`) go to the app with the cookie. The response body is never read here: a stream
- * reaches the SDK chunk by chunk.
+ * negotiates a fresh grant, with the page's session cookie, for every request to a lane route (and so
+ * for every SDK retry), and sends the SDK's request to that route on the grant's lane with the grant's
+ * token. The route is the registry entry (`lanes.ts`) whose method is the request's and whose path
+ * ends the request's path: `POST …/v1/chat/completions` is `chat`, `POST …/v1/responses` is
+ * `responses`, `POST …/v1/messages` is `messages`, and so on; the negotiation names it (`chat`, the
+ * default, is not named), and its grant is good for that route only. Before the first byte it falls
+ * back to the baseline's copy of the route (cookie auth, no `Authorization`), as `streamChat` does:
+ * when the negotiation answers unsupported, or the lane is unreachable, answers 401, 403 or 5xx, or
+ * sends no response head in time. A refused negotiation (401, 429, an unknown model) is handed to the
+ * SDK as the response, so that it raises its own typed error. Other routes (`/v1/models`, and resume
+ * and cancel, which name a conversation no SDK holds) go to the app with the cookie. The response
+ * body is never read here: a stream reaches the SDK chunk by chunk.
  */
 import type { FetchLike } from "./chat-types.ts";
-import { LANE_ROUTES } from "./lanes.ts";
+import { LANE_ROUTES, type LaneRouteName } from "./lanes.ts";
 import { parseNegotiation } from "./negotiation.ts";
 
 export interface DirectFetchOptions {
@@ -21,7 +25,8 @@ export interface DirectFetchOptions {
   fetch?: FetchLike;
   /** Negotiation path, relative so that a reverse proxy's path prefix survives. */
   negotiateUrl?: string;
-  /** Baseline path when the negotiation did not name one. */
+  /** The chat route's baseline path when the negotiation did not name one (another route's is its own
+   * path, relative to the page). */
   fallbackUrl?: string;
   /** How long the lane may take to answer with a response head (not the first token). */
   headTimeoutMs?: number;
@@ -30,11 +35,36 @@ export interface DirectFetchOptions {
 /** What the SDK calls: `fetch(url, init)`, with `url` a string, a URL or a Request. */
 export type DirectFetch = (input: string | URL | Request, init?: RequestInit) => Promise<Response>;
 
-const CHAT = LANE_ROUTES.chat;
+type LaneRoute = (typeof LANE_ROUTES)[LaneRouteName];
+interface SdkRoute {
+  name: LaneRouteName;
+  route: LaneRoute;
+}
+
+/** The route a negotiation that names none is for. */
+const DEFAULT_ROUTE: LaneRouteName = "chat";
 /** The baseline is the same route off the lane, relative so that a reverse proxy's prefix survives. */
-const DEFAULTS = { negotiateUrl: "direct-stream", fallbackUrl: CHAT.path.slice(1), headTimeoutMs: 10_000 };
-/** Headers of the SDK's request that never travel on: the auth is the wrapper's. */
-const DROPPED = ["authorization", "cookie", "x-conversation-id"];
+const DEFAULTS = { negotiateUrl: "direct-stream", headTimeoutMs: 10_000 };
+/** Headers of the SDK's request that never travel on: the auth is the wrapper's (the Anthropic SDK's
+ * key rides in `x-api-key`). */
+const DROPPED = ["authorization", "x-api-key", "cookie", "x-conversation-id"];
+
+/** The routes an SDK sends: every lane route but resume and cancel, which name a conversation. */
+const SDK_ROUTES: SdkRoute[] = (Object.keys(LANE_ROUTES) as LaneRouteName[])
+  .map((name) => ({ name, route: LANE_ROUTES[name] as LaneRoute }))
+  .filter(({ route }) => route.conversation !== "resumes" && route.conversation !== "stops");
+
+/** The lane route a request is for: the one of its method whose path ends the request's path, the
+ * longest if several do (`/v1/messages/count_tokens`, not `/v1/messages`); undefined: no lane route. */
+function routeOf(method: string, pathname: string): SdkRoute | undefined {
+  let found: SdkRoute | undefined;
+  for (const candidate of SDK_ROUTES) {
+    const { route } = candidate;
+    if (route.method !== method || !pathname.endsWith(route.path)) continue;
+    if (found === undefined || route.path.length > found.route.path.length) found = candidate;
+  }
+  return found;
+}
 
 interface Grant {
   url: string;
@@ -86,15 +116,17 @@ export function directFetch(options: DirectFetchOptions = {}): DirectFetch {
     fetch(url, { ...init, headers: ownHeaders(init), credentials: "same-origin" });
 
   /** Returns the negotiation's own response when it was refused: the SDK reports that itself. */
-  async function negotiate(init: RequestInit | undefined): Promise<Negotiated | Response> {
+  async function negotiate(sdk: SdkRoute, init: RequestInit | undefined): Promise<Negotiated | Response> {
     const model = modelOf(init?.body);
+    const asked: { route?: string; model?: string } = sdk.name === DEFAULT_ROUTE ? {} : { route: sdk.name };
+    if (model !== undefined) asked.model = model;
     let response: Response;
     try {
       response = await fetch(negotiateUrl, {
         method: "POST",
         credentials: "same-origin",
         headers: { "Content-Type": "application/json" },
-        body: JSON.stringify(model === undefined ? {} : { model }),
+        body: JSON.stringify(asked),
         signal: init?.signal ?? null,
       });
     } catch (error) {
@@ -119,7 +151,7 @@ export function directFetch(options: DirectFetchOptions = {}): DirectFetch {
   }
 
   /** The lane's response, or null for a failure before its head that the baseline should mend. */
-  async function lane(grant: Grant, init: RequestInit | undefined): Promise<Response | null> {
+  async function lane(grant: Grant, route: LaneRoute, init: RequestInit | undefined): Promise<Response | null> {
     const controller = new AbortController();
     const userSignal = init?.signal;
     const follow = (): void => controller.abort(userSignal?.reason);
@@ -130,7 +162,7 @@ export function directFetch(options: DirectFetchOptions = {}): DirectFetch {
     headers.set("Authorization", `Bearer ${grant.token}`);
     if (grant.conversationId !== null) headers.set("X-Conversation-Id", grant.conversationId);
     try {
-      const response = await fetch(`${grant.url}${CHAT.path}`, {
+      const response = await fetch(`${grant.url}${route.path}`, {
         ...init,
         headers,
         credentials: "omit",
@@ -152,14 +184,21 @@ export function directFetch(options: DirectFetchOptions = {}): DirectFetch {
   return async (input, init) => {
     if (input instanceof Request) throw new TypeError("directFetch takes a URL and init, as the OpenAI SDK passes them");
     const url = new URL(String(input), pageUrl());
-    const method = (init?.method ?? "GET").toUpperCase();
-    if (method !== CHAT.method || !url.pathname.endsWith(CHAT.path)) return toApp(url.href, init);
-    const negotiated = await negotiate(init);
+    const sdk = routeOf((init?.method ?? "GET").toUpperCase(), url.pathname);
+    if (sdk === undefined) return toApp(url.href, init);
+    const negotiated = await negotiate(sdk, init);
     if (negotiated instanceof Response) return negotiated;
     if (negotiated.kind === "grant") {
-      const response = await lane(negotiated.grant, init);
+      const response = await lane(negotiated.grant, sdk.route, init);
       if (response !== null) return response;
     }
-    return toApp(negotiated.fallbackUrl ?? options.fallbackUrl ?? DEFAULTS.fallbackUrl, init);
+    return toApp(fallbackFor(sdk, negotiated.fallbackUrl), init);
   };
+
+  /** The answer's `fallback_url` when it names this route; else the route's own path on the app. */
+  function fallbackFor(sdk: SdkRoute, answered: string | undefined): string {
+    if (answered?.endsWith(sdk.route.path)) return answered;
+    if (sdk.name === DEFAULT_ROUTE && options.fallbackUrl !== undefined) return options.fallbackUrl;
+    return sdk.route.path.slice(1);
+  }
 }
