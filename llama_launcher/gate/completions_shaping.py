@@ -26,7 +26,7 @@ from llama_launcher.gate.prompt_size import check_fits, measure
 from llama_launcher.gate.shaping import (
     DENIED_FIELDS,
     MAX_TOP_LOGPROBS,
-    SAMPLER_FIELDS,
+    SAMPLING_FIELDS,
     ShapingPolicy,
     cap_length,
     check_n,
@@ -37,11 +37,7 @@ from llama_launcher.gate.shaping import (
 
 LENGTH_FIELDS = COMPLETIONS.length_fields
 
-_FROM_CHAT = (
-    "temperature", "top_p", "top_k", "min_p", "typical_p", "presence_penalty", "frequency_penalty",
-    "repeat_penalty", "repeat_last_n", "seed", "stop", "stream", "stream_options", "return_progress",
-    "timings_per_token", "cache_prompt", "n", "user", *sorted(SAMPLER_FIELDS),
-)
+_FROM_CHAT = (*SAMPLING_FIELDS, "stream_options", "n")
 
 FIELDS: dict[str, tuple[str, str]] = {
     **{name: FIELD_COSTS[name] for name in _FROM_CHAT},

@@ -44,7 +44,7 @@ from llama_launcher.gate.bounds import (
 from llama_launcher.gate.prompt_size import check_fits, measure
 from llama_launcher.gate.shaping import (
     DENIED_FIELDS,
-    SAMPLER_FIELDS,
+    SAMPLING_FIELDS,
     ImageCounter,
     ShapingPolicy,
     cap_length,
@@ -54,12 +54,7 @@ from llama_launcher.gate.shaping import (
 
 LENGTH_FIELDS = RESPONSES.length_fields
 
-_FROM_CHAT = (
-    "temperature", "top_p", "top_k", "min_p", "typical_p", "presence_penalty", "frequency_penalty",
-    "repeat_penalty", "repeat_last_n", "seed", "stop", "stream", "tool_choice", "parallel_tool_calls",
-    "return_progress", "timings_per_token", "cache_prompt", "chat_template_kwargs", "reasoning_format", "user",
-    *sorted(SAMPLER_FIELDS),
-)
+_FROM_CHAT = (*SAMPLING_FIELDS, "tool_choice", "parallel_tool_calls", "chat_template_kwargs", "reasoning_format")
 """Chat fields llama-server reads from the copied body, each with chat's bound and reason."""
 
 FIELDS: dict[str, tuple[str, str]] = {

@@ -80,6 +80,14 @@ SAMPLER_FIELDS = frozenset(
 `dry_sequence_breakers`) are held to a bound in `bounds.py`, which also says why each of the others
 is harmless."""
 
+SAMPLING_FIELDS = (
+    "temperature", "top_p", "top_k", "min_p", "typical_p", "presence_penalty", "frequency_penalty",
+    "repeat_penalty", "repeat_last_n", "seed", "stop", "stream", "return_progress", "timings_per_token",
+    "cache_prompt", "user", *sorted(SAMPLER_FIELDS),
+)
+"""The chat fields that llama-server also reads from a Responses or completions body, which it takes
+whole: each keeps chat's bound and reason there (`bounds.FIELD_COSTS`)."""
+
 LENGTH_FIELDS = CHAT.length_fields
 """From the chat route's registry entry; the first is the name the cap is set under."""
 
