@@ -13,6 +13,7 @@ from broker.core import BrokerCore
 from broker.responses import (
     NO_STORE,
 )
+from broker.session_file import SESSION_LIFETIME
 from broker.sessions import COOKIE_NAME
 from broker.settings import normalise_origin
 from llama_direct.redaction import forget_secret, register_secret
@@ -63,7 +64,7 @@ def login(core: BrokerCore, request: Request) -> Response:
     headers = {
         "Location": "./",
         "Cache-Control": "no-store",
-        "Set-Cookie": session_cookie(core, request, session_id),
+        "Set-Cookie": session_cookie(core, request, session_id, max_age=SESSION_LIFETIME),
     }
     return Response(status_code=303, headers=headers)
 

@@ -25,6 +25,7 @@ from broker.models import ModelInfo, allowed_models, own_models, published
 from broker.policy import Policy
 from broker.revocation_file import load_revocations, save_revocations
 from broker.revocation_watch import UNWATCHED_RECHECK_SECONDS, RevocationWatch
+from broker.session_file import SavedSessions
 from broker.sessions import (
     LOGIN_FAILURE_BURST,
     LOGIN_FAILURES_PER_MINUTE,
@@ -104,7 +105,7 @@ class BrokerCore:
             self.load_limiter = RedisRateLimiter(
                 client, settings.load_rate_per_minute, settings.load_rate_per_minute, prefix=LOAD_RATE_PREFIX)
         else:
-            self.sessions = SessionStore()
+            self.sessions = SavedSessions(settings.data_dir, clock())
             self.limiter = RateLimiter(settings.rate_per_minute, settings.burst)
             self.revocations = load_revocations(settings.data_dir, clock())
             self.load_limiter = RateLimiter(settings.load_rate_per_minute, settings.load_rate_per_minute)

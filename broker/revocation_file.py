@@ -1,18 +1,17 @@
 """The revocations on disk, so a broker restart does not revive a revoked token.
 
 A revocation matters until every token it covers has expired (`Revocations.prune`), longer than a
-restart may take. The file is the data dir's `revocations.json`, 0600, replaced atomically (a
-temporary file, fsynced, then renamed over it), so a crash leaves the old list or the new one.
+restart may take. The file is the data dir's `revocations.json`, 0600, replaced atomically
+(`broker.private_file`), so a crash leaves the old list or the new one.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import secrets
 from pathlib import Path
 
+from broker.private_file import write_private_json
 from llama_direct.replay import Revocations
 
 logger = logging.getLogger(__name__)
@@ -35,16 +34,4 @@ def load_revocations(data_dir: Path, now: float) -> Revocations:
 
 
 def save_revocations(data_dir: Path, revocations: Revocations) -> None:
-    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path = data_dir / REVOCATIONS_FILE
-    tmp = path.with_name(f".{REVOCATIONS_FILE}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(json.dumps(revocations.to_dict()).encode())
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_private_json(data_dir / REVOCATIONS_FILE, revocations.to_dict())

@@ -1,14 +1,17 @@
 """Who is asking: the access token, login sessions, and the per-user issuance rate.
 
-Pure: no I/O and no clock; callers pass `now`. Sessions and counters live in memory only, so a
-restart logs everyone out and resets the counters, as the design accepts.
+Pure: no I/O and no clock; callers pass `now`. Sessions are kept by a digest of their id, never the
+id itself, so what is stored (`broker.session_file` saves them in the data dir, so a restart logs
+nobody out) cannot be replayed as a cookie. The counters live in memory only.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import math
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from llama_direct.tokens import OWNER
@@ -48,28 +51,42 @@ class AccessTokens:
         return found
 
 
-class SessionStore:
-    """Session id (the cookie's value) -> user."""
+def session_digest(session_id: str) -> str:
+    """What a session is kept by: a SHA-256 of its id (256 random bits, so no salt is needed)."""
+    return hashlib.sha256(session_id.encode("utf-8", "replace")).hexdigest()
 
-    def __init__(self, max_sessions: int = MAX_SESSIONS) -> None:
-        self._users: dict[str, str] = {}
+
+class SessionStore:
+    """Session id (the cookie's value) -> user, kept by the id's digest, oldest first."""
+
+    def __init__(self, max_sessions: int = MAX_SESSIONS, kept: Mapping[str, str] | None = None) -> None:
+        """`kept`: digest -> user, oldest first, as `kept()` gave them (a restart's saved sessions)."""
+        self._users: dict[str, str] = dict(kept or {})
         self._max = max_sessions
+        self._evict()
 
     def create(self, user: str) -> str:
         session_id = secrets.token_urlsafe(32)
-        self._users[session_id] = user
-        while len(self._users) > self._max:
-            del self._users[next(iter(self._users))]
+        self._users[session_digest(session_id)] = user
+        self._evict()
         return session_id
 
     def user_for(self, session_id: str | None) -> str | None:
         if not session_id:
             return None
-        return self._users.get(session_id)
+        return self._users.get(session_digest(session_id))
 
     def drop(self, session_id: str | None) -> None:
         if session_id:
-            self._users.pop(session_id, None)
+            self._users.pop(session_digest(session_id), None)
+
+    def kept(self) -> dict[str, str]:
+        """digest -> user, oldest first: what may be written down (no id can be rebuilt from it)."""
+        return dict(self._users)
+
+    def _evict(self) -> None:
+        while len(self._users) > self._max:
+            del self._users[next(iter(self._users))]
 
     def __len__(self) -> int:
         return len(self._users)

@@ -194,7 +194,7 @@ class TestLogin:
         name, _, rest = answer.headers["set-cookie"].partition("=")
         session_id, *flags = rest.split("; ")
         assert name == COOKIE_NAME
-        assert flags == ["HttpOnly", "SameSite=Strict", "Path=/"]
+        assert flags == ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age=2592000"]  # 30 days, kept across restarts
         assert h.core.sessions.user_for(session_id) == "local"
         assert ACCESS_TOKEN not in answer.headers["set-cookie"]
 
@@ -202,7 +202,7 @@ class TestLogin:
         answer = h.client.get(
             "/?token=" + ACCESS_TOKEN, headers={"X-Forwarded-Proto": "https"}, follow_redirects=False
         )
-        assert answer.headers["set-cookie"].endswith("; HttpOnly; SameSite=Strict; Path=/; Secure")
+        assert answer.headers["set-cookie"].endswith("; HttpOnly; SameSite=Strict; Path=/; Max-Age=2592000; Secure")
 
     def test_a_wrong_token_is_401_json(self, h: Harness) -> None:
         answer = h.client.get("/?token=wrong", follow_redirects=False)

@@ -87,7 +87,7 @@ class TestCookieBehindATlsProxy:
         client = _client(tmp_path, clients, public_url="https://chat.example/llm/")
         answer = _login(client, **{"X-Forwarded-Proto": "http"})  # the gate's own listener is plain
         flags = answer.headers["set-cookie"].split("; ")[1:]
-        assert flags == ["HttpOnly", "SameSite=Strict", "Path=/llm", "Secure"]
+        assert flags == ["HttpOnly", "SameSite=Strict", "Path=/llm", "Max-Age=2592000", "Secure"]
         # The proxy strips /llm, so the test client would not send a cookie scoped to it: log out by token.
         logout = client.post("/logout", headers={"Authorization": f"Bearer {TOKEN}"})
         assert logout.headers["set-cookie"].endswith("; Path=/llm; Max-Age=0; Secure")
@@ -95,13 +95,13 @@ class TestCookieBehindATlsProxy:
     def test_a_plain_public_url_is_not_secure(self, tmp_path: Path, clients: list[TestClient]) -> None:
         client = _client(tmp_path, clients, public_url="http://chat.example/")
         flags = _login(client, **{"X-Forwarded-Proto": "https"}).headers["set-cookie"].split("; ")[1:]
-        assert flags == ["HttpOnly", "SameSite=Strict", "Path=/"]
+        assert flags == ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age=2592000"]
 
     def test_without_a_public_url_the_scheme_the_gate_saw_decides(
         self, tmp_path: Path, clients: list[TestClient]
     ) -> None:
         client = _client(tmp_path, clients)
-        assert _login(client, **{"X-Forwarded-Proto": "https"}).headers["set-cookie"].endswith("; Path=/; Secure")
+        assert _login(client, **{"X-Forwarded-Proto": "https"}).headers["set-cookie"].endswith("; Path=/; Max-Age=2592000; Secure")
 
 
 class TestFailedLogins:
