@@ -11,7 +11,7 @@ import json
 import logging
 from pathlib import Path
 
-from broker.private_file import write_private_json
+from llama_direct.private_file import write_private_json
 from llama_direct.replay import Revocations
 
 logger = logging.getLogger(__name__)

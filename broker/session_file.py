@@ -14,12 +14,12 @@ import logging
 import time
 from pathlib import Path
 
-from broker.private_file import write_private_json
 from broker.sessions import MAX_SESSIONS, SessionStore, session_digest
+from llama_direct.private_file import write_private_json
+from llama_direct.runtime import SESSIONS_FILE
 
 logger = logging.getLogger(__name__)
 
-SESSIONS_FILE = "sessions.json"
 SESSION_LIFETIME = 30 * 24 * 3600
 """Thirty days: a browser stays logged in across restarts for a month, then opens the link again."""
 

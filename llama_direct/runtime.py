@@ -43,6 +43,11 @@ BROKER_CONFIG_FILE = "broker.json"
 GATE_CONFIG_FILE = "gate.json"
 LAUNCH_FILE = "launch.json"
 GATE_FAILURE_FILE = "gate-failure.json"
+ACCESS_TOKEN_FILE = "access-token"
+"""The owner's access token in the data dir (0600): the same login link at every start, until
+`llama-direct rotate-token` replaces it."""
+SESSIONS_FILE = "sessions.json"
+"""Login sessions by digest (`broker.session_file`); `rotate-token` removes it, logging every browser out."""
 LLAMA_GROUP_FILE = "llama-server-group.json"
 """llama-server's process group and binary, written by the gate, read by the supervisor if the gate
 dies: the children a router started must not outlive it (`llama_launcher.process_group`)."""

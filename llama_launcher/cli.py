@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
-import secrets
 import ssl
 import sys
 from importlib import resources
@@ -16,6 +15,7 @@ from llama_direct.logs import configure_logging
 from llama_direct.redaction import register_secret
 from llama_direct.runtime import ACCESS_TOKEN_ENV, LOG_FORMAT_ENV, LOG_LEVEL_ENV
 from llama_launcher import model, provision, secret_inputs, serve_flags
+from llama_launcher.access_token import MIN_LENGTH, rotate_access_token, stored_access_token
 from llama_launcher.attached import AttachedServer
 from llama_launcher.errors import LauncherError
 from llama_launcher.gate.jwks_document import JwksSource, check_sources
@@ -46,6 +46,10 @@ def _parser() -> argparse.ArgumentParser:
 
     commands.add_parser("bench", help="measure the direct lane against raw llama-server, side by side "
                         "(llama-direct bench --help)")
+
+    rotate = commands.add_parser("rotate-token", help="replace the owner's access token (the login link) and log "
+                                 "every browser out; run it while serve is stopped")
+    rotate.add_argument("--data-dir", type=Path, help="the data dir serve uses (default ~/.local/share/llama-direct)")
 
     doctor = commands.add_parser("doctor", help="say what was found, where, and which version")
     serve_flags.add_server_options(doctor)
@@ -89,14 +93,14 @@ def _template_path(choice: str | None) -> Path | None:
     return path
 
 
-def _access_token(args: argparse.Namespace) -> str:
+def _access_token(args: argparse.Namespace, data_dir: Path) -> str:
     if args.access_token_file:
         token = read_secret_file(args.access_token_file, "--access-token-file")
     elif os.environ.get(ACCESS_TOKEN_ENV):
         token = os.environ[ACCESS_TOKEN_ENV]
     else:
-        token = secrets.token_urlsafe(24)
-    if len(token) < 16:
+        token = stored_access_token(data_dir)
+    if len(token) < MIN_LENGTH:
         raise LauncherError("the access token must be at least 16 characters long")
     register_secret(token)
     return token
@@ -169,7 +173,7 @@ def serve(args: argparse.Namespace) -> int:
     configure_logging(process="serve", file_pending=True)
     cache = cache_dir()
     data_dir = (args.data_dir or default_data_dir()).resolve()
-    access_token = _access_token(args)
+    access_token = _access_token(args, data_dir)
     upstream_keys = secret_inputs.upstream_keys(args.upstream_key_file, len(args.upstream))
     if any(_upstream_in_clear(url) for url in args.upstream):
         print("llama-direct: warning: an --upstream is plain http:// to another machine: the upstream key crosses "
@@ -282,6 +286,21 @@ def setup(args: argparse.Namespace) -> int:
     return 0
 
 
+def rotate_token(args: argparse.Namespace) -> int:
+    """A new login link; the old one, and every session made with it, stop working."""
+    from llama_launcher.supervisor import DataDirLock
+
+    data_dir = (args.data_dir or default_data_dir()).resolve()
+    lock = DataDirLock(data_dir)  # refuses while serve runs: it holds the old token in memory
+    try:
+        rotate_access_token(data_dir)
+    finally:
+        lock.close()
+    print("llama-direct: a new access token is in the data dir; every browser must log in again with the "
+          "link the next `llama-direct serve` prints", file=sys.stderr, flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:
@@ -290,7 +309,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return bench_main(argv[1:])
     args = _parser().parse_args(argv)
-    commands = {"serve": serve, "setup": setup, "doctor": doctor, "haproxy-config": haproxy_config}
+    commands = {"serve": serve, "setup": setup, "doctor": doctor, "haproxy-config": haproxy_config,
+                "rotate-token": rotate_token}
     try:
         return commands[args.command](args)
     except LauncherError as error:

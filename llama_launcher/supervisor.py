@@ -176,6 +176,10 @@ class DataDirLock:
             self._handle.close()
             raise LauncherError(f"another llama-direct serve is using the data dir {data_dir}") from None
 
+    def close(self) -> None:
+        """Let go of the data dir (serve holds it until it exits; `rotate-token` only while it writes)."""
+        self._handle.close()
+
 
 class Stack:
     def __init__(self, plan: StackPlan) -> None:

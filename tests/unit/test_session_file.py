@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from broker.session_file import SESSION_LIFETIME, SESSIONS_FILE, SavedSessions
+from broker.session_file import SESSION_LIFETIME, SavedSessions
+from llama_direct.runtime import SESSIONS_FILE
 
 
 def test_a_session_outlives_a_restart_and_its_logout_too(tmp_path: Path) -> None:
