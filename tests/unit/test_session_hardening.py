@@ -101,7 +101,8 @@ class TestCookieBehindATlsProxy:
         self, tmp_path: Path, clients: list[TestClient]
     ) -> None:
         client = _client(tmp_path, clients)
-        assert _login(client, **{"X-Forwarded-Proto": "https"}).headers["set-cookie"].endswith("; Path=/; Max-Age=2592000; Secure")
+        cookie = _login(client, **{"X-Forwarded-Proto": "https"}).headers["set-cookie"]
+        assert cookie.endswith("; Path=/; Max-Age=2592000; Secure")
 
 
 class TestFailedLogins:
