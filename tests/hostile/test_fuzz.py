@@ -157,7 +157,7 @@ def test_check_request_allows_only_what_the_grant_names(
     conversations = [value.decode("latin-1") for name, value in headers if name == b"x-conversation-id"]
     assert conversations in ([], [grant.conversation_id])
     if not route.lane.continues_conversation:
-        assert route.upstream_target == "/v1/chat/completions"
+        assert route.upstream_target == path == route.lane.path
     else:
         assert grant.conversation_id is not None
         assert re.fullmatch(r"/v1/stream\?conv_id=c1(&from=[0-9]+)?", route.upstream_target)
