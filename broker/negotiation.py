@@ -18,7 +18,7 @@ from broker.models import choose_model
 from broker.negotiation_options import Options
 from broker.policy import Policy
 from llama_direct.documents import Granted, NegotiationAnswer, Unsupported
-from llama_direct.lanes import CANCEL, CHAT, RESUME
+from llama_direct.lanes import LaneRoute
 from llama_direct.refusals import CONVERSATION_NOT_OWNED, RequestRefusal
 from llama_direct.tokens import Grant, mint
 
@@ -29,9 +29,10 @@ UNSUPPORTED_MESSAGES = {
 }
 
 
-def unsupported(reason: str, policy: Policy) -> Unsupported:
+def unsupported(reason: str, policy: Policy, route: LaneRoute) -> Unsupported:
     return Unsupported(
-        supported=False, reason=reason, message=UNSUPPORTED_MESSAGES[reason], fallback_url=policy.fallback_url,
+        supported=False, route=route.name, reason=reason, message=UNSUPPORTED_MESSAGES[reason],
+        fallback_url=policy.fallback_for(route),
     )
 
 
@@ -64,13 +65,13 @@ def negotiate(
     answer with another model). `allowed` is the models the user may use, the default first
     (`BrokerCore.allowed_models`, computed once per health answer)."""
     model = choose_model(options.model, allowed)
+    lane = options.lane
     reason = unsupported_reason(enabled, health)
     if reason is not None:
-        return unsupported(reason, policy)
+        return unsupported(reason, policy, lane)
     named = options.resume if options.resume is not None else options.cancel
-    lane = RESUME if options.resume is not None else CANCEL if options.cancel is not None else CHAT
     conversation_id: str | None = None
-    if named is not None:  # a route that continues a conversation: only its owner's
+    if named is not None:  # a route that continues a conversation (`Options` ties the two): only its owner's
         conversation_id = _owned(named, user, conversations, now)
     elif lane.opens_conversation and options.resumable:
         conversation_id = conversations.open(user, now)
@@ -96,6 +97,7 @@ def negotiate(
     )
     return Granted(
         supported=True,
+        route=lane.name,
         url=url,
         token=minted.token,
         expires_at=minted.claims.exp,
@@ -104,7 +106,7 @@ def negotiate(
         conversation_id=conversation_id,
         scope=scope,
         grant=grant.to_claim(),
-        fallback_url=policy.fallback_url,
+        fallback_url=policy.fallback_for(lane),
     )
 
 

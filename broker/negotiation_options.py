@@ -12,11 +12,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from llama_direct.lanes import CANCEL, CHAT, RESUME, ROUTES, LaneRoute
 from llama_direct.refusals import (
     CONFLICTING_OPTIONS,
     INVALID_OPTION,
     INVALID_OPTIONS,
     UNKNOWN_OPTION,
+    UNKNOWN_ROUTE,
     RequestRefusal,
     UnknownModel,
 )
@@ -26,7 +28,7 @@ MAX_CONVERSATION_ID_LENGTH = 128
 QUERY_BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
 """How a query spells a boolean option (also the baseline's `?autoload=`, llama-server's spelling)."""
 
-_OPTIONS = frozenset({"max_tokens", "resumable", "resume", "cancel", "model", "autoload"})
+_OPTIONS = frozenset({"route", "max_tokens", "resumable", "resume", "cancel", "model", "autoload"})
 _CONVERSATION_ID = re.compile(r"[A-Za-z0-9_-]+")
 
 
@@ -41,6 +43,16 @@ class Options:
     model: str | None = None
     """The model the client will name in its chat body (an SDK helper passes it on); None: the served one."""
     autoload: bool = True
+    route: str | None = None
+    """The lane route wanted, by its registry name (`llama_direct.lanes.ROUTES`); None: `resume` or
+    `cancel` when one is named, else chat. Any entry is granted by name, with no code of its own here."""
+
+    @property
+    def lane(self) -> LaneRoute:
+        """The registry entry the grant is for."""
+        if self.route is not None:
+            return ROUTES[self.route]
+        return RESUME if self.resume is not None else CANCEL if self.cancel is not None else CHAT
 
     @classmethod
     def from_body(cls, body: bytes) -> Options:
@@ -98,8 +110,22 @@ class Options:
             raise UnknownModel(None)
         if not isinstance(autoload, bool):
             raise RequestRefusal(INVALID_OPTION, "autoload")
+        route = _route(raw.get("route"), resume, cancel)
         return cls(max_tokens=max_tokens, resumable=resumable, resume=resume, cancel=cancel, model=model,
-                   autoload=autoload)
+                   autoload=autoload, route=route)
+
+
+def _route(name: object, resume: str | None, cancel: str | None) -> str | None:
+    """A registry name (400 `unknown_route` otherwise), which must agree with `resume`/`cancel`: a
+    route that resumes a conversation takes `resume`, one that stops it `cancel`, any other neither."""
+    if name is None:
+        return None
+    if not isinstance(name, str) or name not in ROUTES:
+        raise RequestRefusal(UNKNOWN_ROUTE)
+    conversation = ROUTES[name].conversation
+    if (conversation == "resumes") != (resume is not None) or (conversation == "stops") != (cancel is not None):
+        raise RequestRefusal(CONFLICTING_OPTIONS, "route")
+    return name
 
 
 def _is_conversation_id(value: object) -> bool:

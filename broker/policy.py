@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from llama_direct.lanes import CHAT_PATH, LANE_PREFIX
+from llama_direct.lanes import CHAT_PATH, LANE_PREFIX, LaneRoute
 from llama_direct.refusals import BAD_HOST, RequestRefusal
 
 if TYPE_CHECKING:
@@ -44,9 +44,10 @@ class Policy:
             gate_port=settings.gate_port,
         )
 
-    @property
-    def fallback_url(self) -> str:
-        return self.public_prefix + FALLBACK_PATH
+    def fallback_for(self, route: LaneRoute) -> str:
+        """Where a request for `route` goes off the lane: the broker's own copy of a route that takes a
+        body; a resume or cancel has none, and names the chat's (the client re-sends the chat there)."""
+        return self.public_prefix + (route.path if route.body is not None else FALLBACK_PATH)
 
     def lane_url(self, scheme: str, host: str) -> str:
         """The lane's base as the browser reaches it: `--public-url` wins, then the request's own host."""

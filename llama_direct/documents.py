@@ -80,6 +80,8 @@ class Granted(TypedDict):
     """A supported negotiation: the lane's base, the token and what it grants."""
 
     supported: Literal[True]
+    route: str
+    """The lane route granted, by its registry name (`llama_direct.lanes.ROUTES`)."""
     url: str
     """The lane's base, without a trailing slash: a client appends the route's path."""
     token: str
@@ -96,6 +98,8 @@ class Unsupported(TypedDict):
     """The lane cannot serve now: the client sends the same request to `fallback_url`."""
 
     supported: Literal[False]
+    route: str
+    """The lane route asked for, which `fallback_url` serves off the lane."""
     reason: str
     """`disabled`, `gate_down` or `model_loading`."""
     message: str
@@ -122,13 +126,13 @@ def parse_negotiation(body: bytes) -> NegotiationAnswer | None:
         conversation = raw.get("conversation_id")
         grant = raw.get("grant")
         return Granted(
-            supported=True, url=url.rstrip("/"), token=token, expires_at=_int(raw.get("expires_at")),
-            ttl_seconds=_int(raw.get("ttl_seconds")), model=_str(raw.get("model")),
-            conversation_id=conversation if isinstance(conversation, str) else None,
+            supported=True, route=_str(raw.get("route")), url=url.rstrip("/"), token=token,
+            expires_at=_int(raw.get("expires_at")), ttl_seconds=_int(raw.get("ttl_seconds")),
+            model=_str(raw.get("model")), conversation_id=conversation if isinstance(conversation, str) else None,
             scope=_str(raw.get("scope")), grant=grant if isinstance(grant, dict) else {}, fallback_url=fallback_url,
         )
-    return Unsupported(supported=False, reason=_str(raw.get("reason")), message=_str(raw.get("message")),
-                       fallback_url=fallback_url)
+    return Unsupported(supported=False, route=_str(raw.get("route")), reason=_str(raw.get("reason")),
+                       message=_str(raw.get("message")), fallback_url=fallback_url)
 
 
 def _int(value: object) -> int:

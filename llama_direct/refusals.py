@@ -120,6 +120,7 @@ CONVERSATION_MISMATCH = _reason(
 )
 CONVERSATION_NOT_OWNED = _reason(403, "conversation_not_owned", "That conversation is unknown or not yours.")
 MODEL_MISMATCH = _reason(403, "model_mismatch", "The model is not the one the token was issued for.")
+ROUTE_NOT_GRANTED = _reason(403, "route_not_granted", "The token was granted for another lane route.")
 
 # 404, 405, 408, 413, 415, 429, 431: the request's shape and size.
 NOT_FOUND = _reason(404, "not_found", "Nothing is served at this path.", app="Not found.")
@@ -274,7 +275,7 @@ INVALID_OPTIONS = _reason(
 )
 UNKNOWN_OPTION = _reason(
     400, "unknown_option",
-    "Unknown option: only model, autoload, max_tokens, resumable, resume and cancel are accepted.",
+    "Unknown option: only route, model, autoload, max_tokens, resumable, resume and cancel are accepted.",
 )
 INVALID_OPTION = _reason(
     400, "invalid_option", "max_tokens must be a positive integer.",
@@ -283,7 +284,11 @@ INVALID_OPTION = _reason(
     conversation="resume and cancel take a conversation id.",
 )
 UNKNOWN_MODEL = _reason(400, "unknown_model", "That model is unknown or not offered to you.")
-CONFLICTING_OPTIONS = _reason(400, "conflicting_options", "Ask for resume or cancel, not both.")
+UNKNOWN_ROUTE = _reason(400, "unknown_route", "No lane route has that name.")
+CONFLICTING_OPTIONS = _reason(
+    400, "conflicting_options", "Ask for resume or cancel, not both.",
+    route="That route does not go with resume or cancel.",
+)
 BAD_HOST = _reason(400, "bad_host", "The request's Host header is not a valid host.")
 BAD_LOAD_CHARGE = _reason(400, "bad_load_charge", 'A load charge is {{"user": "...", "model": "..."}}.')
 BAD_TOOL_INPUT = _reason(400, "bad_tool_input", 'The echo tool takes {{"text": "..."}}.')

@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any, Protocol, overload
 import anyio
 import httpx
 
+from llama_direct.documents import Granted, NegotiationAnswer, parse_negotiation
 from llama_direct.lanes import CHAT, NEGOTIATION_PATH, ROUTE_AT, LaneRoute
 from llama_direct.refusals import IssuedBeforeGateStart
 from llama_direct.runtime import ACCESS_TOKEN_ENV, ACCESS_TOKEN_FILE_ENV
@@ -193,9 +194,9 @@ class DirectAuth(httpx.Auth, _Httpx2Auth):
             negotiation = yield _Step(self._negotiation(request, route), read=True, wait=wait)
             if negotiation.status_code != 200:
                 return  # the SDK raises its own typed error for this response, and applies Retry-After
-            grant = _json_object(negotiation.content)
-            if not _usable(grant, route):
-                break
+            grant = parse_negotiation(negotiation.content)
+            if grant is None or not grant["supported"] or grant["route"] not in ("", route.name):
+                break  # anything but a grant for this route takes the baseline ("": a broker that names none)
             answer = yield _Step(_to_lane(request, grant, route), read=False, read_if_refused=first)
             if not (first and _predates_gate(answer)):
                 return
@@ -214,11 +215,11 @@ class DirectAuth(httpx.Auth, _Httpx2Auth):
         route = ROUTE_AT.get((request.method, path[len(prefix):]))
         return route if route is not None and not route.continues_conversation else None
 
-    def _fallback(self, request: _Call, grant: dict[str, object], route: LaneRoute) -> str:
+    def _fallback(self, request: _Call, grant: NegotiationAnswer | None, route: LaneRoute) -> str:
         """The answer's `fallback_url` when it names this route; else where the SDK sent it, the app's
         own copy of the route (the baseline serves each lane route off the lane)."""
-        fallback = grant.get("fallback_url")
-        if isinstance(fallback, str) and fallback.startswith("/") and fallback.endswith(route.path):
+        fallback = grant["fallback_url"] if grant is not None else ""
+        if fallback.startswith("/") and fallback.endswith(route.path):
             return str(self._base.copy_with(raw_path=fallback.encode("ascii", "replace")))
         return request.url
 
@@ -254,17 +255,6 @@ def _request_like(original: Any, call: _Call) -> Any:
     )
 
 
-def _usable(grant: dict[str, object], route: LaneRoute) -> bool:
-    """A grant the lane will take for this route; anything else takes the baseline."""
-    answered = grant.get("route", route.name)
-    return (
-        grant.get("supported") is True
-        and isinstance(grant.get("url"), str)
-        and isinstance(grant.get("token"), str)
-        and answered == route.name
-    )
-
-
 def _predates_gate(response: _Answer) -> bool:
     """A 401 `token_predates_gate`: the only refusal a second token minted at once would pass."""
     if response.status_code != 401:
@@ -273,14 +263,9 @@ def _predates_gate(response: _Answer) -> bool:
     return isinstance(error, dict) and error.get("reason") == IssuedBeforeGateStart.reason.code
 
 
-def _to_lane(request: _Call, grant: dict[str, object], route: LaneRoute) -> _Call:
-    conversation_id = grant.get("conversation_id")
-    return _rebuilt(
-        request,
-        str(grant["url"]).rstrip("/") + route.path,
-        f"Bearer {grant['token']}",
-        conversation_id=conversation_id if isinstance(conversation_id, str) else None,
-    )
+def _to_lane(request: _Call, grant: Granted, route: LaneRoute) -> _Call:
+    return _rebuilt(request, grant["url"] + route.path, f"Bearer {grant['token']}",
+                    conversation_id=grant["conversation_id"])
 
 
 def _rebuilt(request: _Call, url: str, authorization: str, *, conversation_id: str | None) -> _Call:

@@ -4,6 +4,7 @@
 /** A supported negotiation: the lane's base, the token and what it grants. */
 export interface Granted {
   supported: true;
+  route: string;
   url: string;
   token: string;
   expires_at: number;
@@ -18,6 +19,7 @@ export interface Granted {
 /** The lane cannot serve now: the client sends the same request to `fallback_url`. */
 export interface Unsupported {
   supported: false;
+  route: string;
   reason: string;
   message: string;
   fallback_url: string;

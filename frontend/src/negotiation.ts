@@ -28,6 +28,7 @@ export function parseNegotiation(raw: unknown): NegotiationAnswer | null {
   if (answer.supported === true && typeof url === "string" && typeof token === "string") {
     return {
       supported: true,
+      route: text(answer.route),
       url: url.replace(/\/+$/, ""),
       token,
       expires_at: whole(answer.expires_at),
@@ -39,5 +40,5 @@ export function parseNegotiation(raw: unknown): NegotiationAnswer | null {
       fallback_url,
     };
   }
-  return { supported: false, reason: text(answer.reason), message: text(answer.message), fallback_url };
+  return { supported: false, route: text(answer.route), reason: text(answer.reason), message: text(answer.message), fallback_url };
 }

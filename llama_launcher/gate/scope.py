@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from llama_direct.lanes import LANE_PATHS, LANE_PREFIX, LANE_ROUTES, NEVER_ROUTED, ROUTE_AT, LaneRoute
+from llama_direct.lanes import LANE_PATHS, LANE_PREFIX, LANE_ROUTES, ROUTE_AT, LaneRoute, never_routed
 from llama_direct.refusals import (
     AMBIGUOUS_PATH,
     BAD_PREFLIGHT,
@@ -31,6 +31,7 @@ from llama_direct.refusals import (
     ORIGIN_MISMATCH,
     ORIGIN_NOT_ALLOWED,
     ORIGIN_REQUIRED,
+    ROUTE_NOT_GRANTED,
     SCOPE_MISMATCH,
     UNSUPPORTED_ENCODING,
     UNSUPPORTED_MEDIA_TYPE,
@@ -208,12 +209,15 @@ def _lane_path(path: str, lane_prefix: str) -> str:
 
 
 def _granted_route(method: str, lane_path: str, grant: Grant) -> LaneRoute:
-    """The registry entry of (method, path) when both the lane and the grant have it; else 404 or 405."""
-    if lane_path in NEVER_ROUTED:
+    """The registry entry of (method, path) when both the lane and the grant have it; another lane
+    route is 403 `route_not_granted`, a granted path with another method 405, anything else 404."""
+    if never_routed(lane_path):
         raise _no_such_route()
     granted = {route for route in grant.routes if route in ROUTE_AT}
     if (method, lane_path) in granted:
         return ROUTE_AT[(method, lane_path)]
+    if (method, lane_path) in ROUTE_AT:  # a lane route, but this token was granted for another
+        raise RequestRefusal(ROUTE_NOT_GRANTED)
     methods = sorted(m for m, p in granted if p == lane_path)
     if methods:
         allowed = " or ".join(methods)

@@ -92,7 +92,7 @@ async def _resent_after_a_refusal(h: Harness) -> Response:
 async def _resent_after_a_wrong_route(h: Harness) -> Response:
     token = h.token()
     first = await exchange(h, request(token, target=b"/direct/v1/completions"))
-    assert first.status == 404
+    assert first.status == 403  # a lane route, but not the one this chat token was granted for
     return await exchange(h, request(token))
 
 
@@ -390,6 +390,7 @@ def _stream(method: bytes, target: bytes, *, scope: str, routes: Any, conversati
 DOT_SEGMENTS = "The path must not hold '.' or '..' segments."
 ENCODED = "The path must not hold percent-encoded dots, slashes or backslashes."
 NO_ROUTE = "No such route on the direct lane."
+NOT_GRANTED = refusals.ROUTE_NOT_GRANTED.message
 NOTHING_HERE = "Nothing is served at this path."
 
 PATHS = [
@@ -413,7 +414,7 @@ PATHS = [
     Case("lane_apply_template", _post(b"/direct/apply-template"), 404, NO_ROUTE),
     Case("lane_tokenize", _post(b"/direct/tokenize"), 404, NO_ROUTE),
     Case("lane_raw_completion", _post(b"/direct/completion"), 404, NO_ROUTE),
-    Case("lane_v1_completions", _post(b"/direct/v1/completions"), 404, NO_ROUTE),
+    Case("lane_v1_completions_with_a_chat_token", _post(b"/direct/v1/completions"), 403, NOT_GRANTED),
     Case("streams_lookup_even_when_granted",
          _get(b"/direct/v1/streams/lookup", scope="resume", routes=(("GET", "/v1/streams/lookup"),)), 404, NO_ROUTE),
     Case("private_socket_slots", send(lambda h: request(h.token(), method=b"GET", target=b"/slots"),
@@ -443,12 +444,17 @@ PATHS = [
          400, "This route takes only conv_id and from in its query."),
     Case("delete_with_a_resume_token",
          _stream(b"DELETE", b"/direct/v1/stream?conv_id=c1", scope="resume", routes=RESUME),
-         405, "This token allows this route only with GET."),
+         403, NOT_GRANTED),
     Case("delete_granted_without_the_cancel_scope",
          _stream(b"DELETE", b"/direct/v1/stream?conv_id=c1", scope="resume", routes=(("DELETE", "/v1/stream"),)),
          403, "The token's scope does not cover this route."),
     Case("delete_with_a_chat_token", _stream(b"DELETE", b"/direct/v1/stream?conv_id=c1", scope="chat",
-                                             routes=(("POST", "/v1/chat/completions"),)), 404, NO_ROUTE),
+                                             routes=(("POST", "/v1/chat/completions"),)), 403, NOT_GRANTED),
+    # A grant names one route: its token is refused on every other lane route (403, its own code),
+    # even where the token's scope would cover that route.
+    Case("chat_with_a_resume_token", _stream(b"POST", CHAT_PATH, scope="chat", routes=RESUME), 403, NOT_GRANTED),
+    Case("resume_with_a_cancel_token", _stream(b"GET", b"/direct/v1/stream?conv_id=c1", scope="resume",
+                                               routes=(("DELETE", "/v1/stream"),)), 403, NOT_GRANTED),
 ]
 
 # -- headers and bodies --------------------------------------------------------------------------

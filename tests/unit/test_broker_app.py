@@ -44,7 +44,8 @@ from broker.signing_keys import KeyRing
 from broker.static import static_file
 from llama_direct.control import LOADS_PATH, STATE_PATH
 from llama_direct.ids import load_or_create_ids
-from llama_direct.refusals import CONVERSATION_NOT_OWNED, UNKNOWN_OPTION
+from llama_direct.lanes import LANE_ROUTES
+from llama_direct.refusals import CONVERSATION_NOT_OWNED, UNKNOWN_OPTION, UNKNOWN_ROUTE
 from llama_direct.replay import Revocations
 from llama_direct.runtime import LOG_LEVEL_ENV
 from llama_direct.tokens import verify
@@ -335,12 +336,30 @@ class TestNegotiation:
         assert body["url"] == "https://proxy.example/llm/direct"
         assert body["fallback_url"] == "/llm/v1/chat/completions"
 
+    @pytest.mark.parametrize("route", [r for r in LANE_ROUTES if not r.continues_conversation], ids=lambda r: r.name)
+    def test_a_route_is_asked_for_by_its_name_in_the_body_or_the_query(self, h: Harness, route: Any) -> None:
+        for answer in (h.client.post("/direct-stream", headers=BEARER, json={"route": route.name}),
+                       h.client.get(f"/direct-stream?route={route.name}", headers=BEARER)):
+            body = answer.json()
+            assert (answer.status_code, body["route"], body["scope"]) == (200, route.name, route.scope)
+            claims = verify(body["token"], keys=h.core.keyring.public_keyset(h.clock()), audience=h.core.aud,
+                            issuer=h.core.iss, now=h.clock())
+            assert claims.grant.routes == (route.key,)
+
+    @pytest.mark.parametrize("asked", [{"json": {"route": "nope"}}, {"json": {"route": 3}}, {"params": {"route": "x"}}])
+    def test_an_unknown_route_is_400_unknown_route(self, h: Harness, asked: dict[str, Any]) -> None:
+        method = h.client.get if "params" in asked else h.client.post
+        answer = method("/direct-stream", headers=BEARER, **asked)
+        assert answer.status_code == 400
+        assert answer.json() == _error(UNKNOWN_ROUTE.message, 400, "invalid_request_error")
+
     @pytest.mark.parametrize("value", ["0", "false", "off", "OFF"])
     def test_the_toggle_turns_the_lane_off(self, h: Harness, monkeypatch: pytest.MonkeyPatch,
                                            value: str) -> None:
         monkeypatch.setenv("UNSLOTH_DIRECT_STREAM", value)
         assert h.client.post("/direct-stream", headers=BEARER).json() == {
             "supported": False,
+            "route": "chat",
             "reason": "disabled",
             "message": "The direct lane is turned off on this server.",
             "fallback_url": "/v1/chat/completions",

@@ -28,10 +28,13 @@ def test_the_negotiation_answer_is_read_in_one_place_per_language() -> None:
     for path in ("frontend/src/chat-run.ts", "frontend/src/direct_fetch.ts"):
         text = (ROOT / path).read_text()
         assert "parseNegotiation" in text and "answer.supported === true" not in text, path
+    sdk = (ROOT / "llama_direct" / "sdk.py").read_text()
+    assert "parse_negotiation(" in sdk and '.get("supported")' not in sdk
 
 
-GRANTED = {"supported": True, "url": "http://box/direct/", "token": "t", "expires_at": 30, "ttl_seconds": 30,
-           "model": "m", "conversation_id": None, "scope": "chat", "grant": {"model": "m"}, "fallback_url": "/v1/x"}
+GRANTED = {"supported": True, "route": "chat", "url": "http://box/direct/", "token": "t", "expires_at": 30,
+           "ttl_seconds": 30, "model": "m", "conversation_id": None, "scope": "chat", "grant": {"model": "m"},
+           "fallback_url": "/v1/x"}
 
 
 class TestParseNegotiation:
@@ -39,7 +42,7 @@ class TestParseNegotiation:
         assert parse_negotiation(json.dumps(GRANTED).encode()) == {**GRANTED, "url": "http://box/direct"}
 
     def test_unsupported(self) -> None:
-        body = {"supported": False, "reason": "disabled", "message": "off", "fallback_url": "/v1/x"}
+        body = {"supported": False, "route": "chat", "reason": "disabled", "message": "off", "fallback_url": "/v1/x"}
         assert parse_negotiation(json.dumps(body).encode()) == body
 
     @pytest.mark.parametrize("field", ["url", "token"])

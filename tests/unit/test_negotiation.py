@@ -18,6 +18,7 @@ from broker.policy import Policy, split_host
 from broker.settings import BrokerSettings
 from broker.signing_keys import SigningKey
 from llama_direct.keys import PublicKeySet
+from llama_direct.lanes import CHAT, LANE_ROUTES, RESUME, ROUTES
 from llama_direct.refusals import (
     BAD_HOST,
     CONFLICTING_OPTIONS,
@@ -26,6 +27,7 @@ from llama_direct.refusals import (
     INVALID_OPTIONS,
     UNKNOWN_MODEL,
     UNKNOWN_OPTION,
+    UNKNOWN_ROUTE,
     RequestRefusal,
 )
 from llama_direct.tokens import verify
@@ -161,7 +163,7 @@ class TestSupported:
     def test_a_chat_answer_has_exactly_the_documented_fields(self) -> None:
         answer = _negotiate()
         assert set(answer) == {
-            "supported", "url", "token", "expires_at", "ttl_seconds", "model",
+            "supported", "route", "url", "token", "expires_at", "ttl_seconds", "model",
             "conversation_id", "scope", "grant", "fallback_url",
         }
         assert answer["supported"] is True
@@ -250,6 +252,7 @@ class TestUnsupported:
     def test_reasons(self, enabled: bool, health: GateHealth, reason: str, message: str) -> None:
         assert _negotiate(enabled=enabled, health=health) == {
             "supported": False,
+            "route": "chat",
             "reason": reason,
             "message": message,
             "fallback_url": "/v1/chat/completions",
@@ -293,7 +296,7 @@ class TestUrls:
         )
         policy = Policy.from_settings(settings)
         assert policy.lane_url("http", "127.0.0.1:8000") == "https://proxy.example/llm/direct"
-        assert policy.fallback_url == "/llm/v1/chat/completions"
+        assert policy.fallback_for(CHAT) == policy.fallback_for(RESUME) == "/llm/v1/chat/completions"
         assert policy.app_origin("http", "127.0.0.1:8000") == "https://proxy.example"
 
     @pytest.mark.parametrize(
@@ -325,6 +328,60 @@ class TestConversations:
         conversations.open("alice", 0.0)
         assert conversations.owner(first, 0.0) is None
         assert len(conversations) == 2
+
+
+class TestRoutes:
+    """Negotiation grants any registry entry by its name, with no code of its own for any route."""
+
+    @pytest.mark.parametrize("route", [r for r in LANE_ROUTES if not r.continues_conversation], ids=lambda r: r.name)
+    def test_each_route_is_granted_by_its_name(self, route: Any) -> None:
+        answer = _negotiate(Options.from_body(json.dumps({"route": route.name}).encode()))
+        assert answer["supported"] is True and answer["route"] == route.name
+        assert answer["scope"] == route.scope
+        assert answer["grant"]["routes"] == [[route.method, route.path]]
+        claims = verify(answer["token"], keys=KEYS, audience="gate-1", issuer="broker-1", now=NOW)
+        assert claims.grant.routes == (route.key,)
+        assert answer["fallback_url"] == (route.path if route.body is not None else CHAT.path)
+
+    def test_no_route_is_chat(self) -> None:
+        assert Options().lane is CHAT
+        assert _negotiate()["route"] == "chat"
+
+    @pytest.mark.parametrize("field", ["resume", "cancel"])
+    def test_resume_and_cancel_name_their_routes_with_or_without_route(self, field: str) -> None:
+        conversations = Conversations()
+        conversation_id = conversations.open("alice", NOW)
+        for options in (Options(**{field: conversation_id}), Options(**{field: conversation_id}, route=field)):
+            answer = _negotiate(options, conversations=conversations)
+            assert answer["route"] == field and answer["grant"]["routes"] == [list(ROUTES[field].key)]
+
+    @pytest.mark.parametrize("value", ["nope", "", "CHAT", 7, None, ["chat"]])
+    def test_an_unknown_route_is_400_unknown_route(self, value: object) -> None:
+        body = json.dumps({"route": value}).encode()
+        if value is None:  # null is "not named": chat
+            assert Options.from_body(body).lane is CHAT
+            return
+        with pytest.raises(RequestRefusal) as excinfo:
+            Options.from_body(body)
+        assert (excinfo.value.status, excinfo.value.code) == (400, UNKNOWN_ROUTE.code)
+
+    def test_the_query_names_the_route_too(self) -> None:
+        assert Options.from_query([("route", "chat")]).lane is CHAT
+        with pytest.raises(RequestRefusal) as excinfo:
+            Options.from_query([("route", "nope")])
+        assert excinfo.value.code == UNKNOWN_ROUTE.code
+
+    @pytest.mark.parametrize("body", [
+        {"route": "resume"}, {"route": "cancel"}, {"route": "chat", "resume": "abc"},
+        {"route": "resume", "cancel": "abc"}, {"route": "cancel", "resume": "abc"},
+    ])
+    def test_a_route_that_disagrees_with_resume_or_cancel_is_400(self, body: dict[str, str]) -> None:
+        with pytest.raises(RequestRefusal) as excinfo:
+            Options.from_body(json.dumps(body).encode())
+        assert excinfo.value.code == "conflicting_options"
+
+    def test_an_unsupported_answer_names_the_route(self) -> None:
+        assert _negotiate(Options(route="chat"), enabled=False)["route"] == "chat"
 
 
 def test_negotiation_p50_in_process() -> None:

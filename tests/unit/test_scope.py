@@ -185,9 +185,12 @@ def test_paths_that_are_not_lane_routes_are_404(target):
 # --- routes, methods and scope ----------------------------------------------------------------
 
 
-def test_lane_route_missing_from_the_grant_is_404():
+def test_a_lane_route_missing_from_the_grant_is_403_route_not_granted():
+    """A grant names its route: a token for one lane route is refused on every other, with its own code."""
     refusal = refused(resume_head(b"?conv_id=abc"), claims(CHAT, conversation_id="abc"))
-    assert (refusal.status, refusal.code) == (404, "no_such_route")
+    assert (refusal.status, refusal.code) == (403, "route_not_granted")
+    refusal = refused(head("POST", b"/direct/v1/chat/completions", (b"origin", ORIGIN.encode()), JSON), RESUME_CLAIMS)
+    assert (refusal.status, refusal.code) == (403, "route_not_granted")
 
 
 def test_granted_path_with_another_method_is_405():
