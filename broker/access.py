@@ -19,7 +19,6 @@ from broker.settings import normalise_origin
 from llama_direct.redaction import forget_secret, register_secret
 from llama_direct.refusals import (
     BAD_ACCESS_TOKEN,
-    LOGIN_REQUIRED,
     ORIGIN_NOT_ALLOWED,
     RateLimited,
     RequestRefusal,
@@ -41,12 +40,12 @@ BAD_LOGIN_PAGE = (
 @dataclass(frozen=True)
 class Caller:
     user: str
-    session_id: str | None
-    """Set when the session cookie (not a bearer token) identified the caller."""
-
-    @property
-    def via_cookie(self) -> bool:
-        return self.session_id is not None
+    session_id: str | None = None
+    """Set when the broker's own session cookie identified the caller."""
+    ambient: bool = True
+    """Whether a browser may have sent the credential on its own (a cookie, or a host app's auth the
+    broker cannot see into), so a cross-site page could have caused the request: `grant_origin`
+    checks its `Origin` then. Only a bearer access token, which a page must set itself, is not."""
 
 
 def login(core: BrokerCore, request: Request) -> Response:
@@ -102,28 +101,21 @@ def caller_or_none(core: BrokerCore, request: Request) -> Caller | None:
         if user is None:
             failed_login(core, request)
             raise RequestRefusal(BAD_ACCESS_TOKEN)
-        return Caller(user=user, session_id=None)
+        return Caller(user=user, ambient=False)
     session_id = request.cookies.get(COOKIE_NAME)
     user = core.sessions.user_for(session_id)
     return Caller(user=user, session_id=session_id) if user is not None else None
 
 
-def require_caller(core: BrokerCore, request: Request) -> Caller:
-    caller = caller_or_none(core, request)
-    if caller is None:
-        raise RequestRefusal(LOGIN_REQUIRED)
-    return caller
-
-
-def grant_origin(core: BrokerCore, request: Request, caller: Caller) -> str | None:
+def grant_origin(core: BrokerCore, request: Request, caller: Caller, allowed: frozenset[str]) -> str | None:
     """The origin the token will be bound to.
 
-    A cookie-carrying request must come from the app itself or an allowed origin. Browsers send no
-    `Origin` on a same-origin GET; then `Sec-Fetch-Site: same-origin` names the page's own origin,
-    which the lane request will carry.
+    An ambient caller's request must come from the app itself or an `allowed` origin (normalised).
+    Browsers send no `Origin` on a same-origin GET; then `Sec-Fetch-Site: same-origin` names the
+    page's own origin, which the lane request will carry.
     """
     origin = request.headers.get("origin")
-    if not caller.via_cookie:
+    if not caller.ambient:
         return origin
     app_origin = core.policy.app_origin(request_scheme(request), request.headers.get("host", ""))
     if origin is None:
@@ -134,13 +126,9 @@ def grant_origin(core: BrokerCore, request: Request, caller: Caller) -> str | No
             raise RequestRefusal(ORIGIN_NOT_ALLOWED)
         return None
     normalised = normalise_origin(origin)
-    if normalised is None or (normalised != app_origin and normalised not in core.allowed_origins):
+    if normalised is None or (normalised != app_origin and normalised not in allowed):
         raise RequestRefusal(ORIGIN_NOT_ALLOWED)
     return origin
-
-
-def check_cookie_origin(core: BrokerCore, request: Request, caller: Caller) -> None:
-    grant_origin(core, request, caller)
 
 
 def failed_login(core: BrokerCore, request: Request) -> None:

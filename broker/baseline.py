@@ -1,8 +1,11 @@
-"""The baseline: a chat sent through the broker and the gate's private socket, for comparison and fallback.
+"""The baseline: a lane request sent through the broker and the gate's private socket, for comparison
+and fallback.
 
-It serves the model the body names, as negotiation would grant it: one the user may not use is 400
-`unknown_model` here, never an answer from another model. The body is read once for its `model`
-only; the gate shapes it as it shapes any lane request.
+Every lane route that takes a body has one, at the same path off the lane (`Policy.fallback_for`
+names it), so a client whose lane is off re-sends the same request there. It serves the model the
+body names, as negotiation would grant it: one the user may not use is 400 `unknown_model` here,
+never an answer from another model. The body is read once for its `model` only; the gate shapes it
+as it shapes any lane request.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from broker.negotiation_options import QUERY_BOOLEANS
 from broker.responses import (
     JSON_TYPE,
 )
-from llama_direct.lanes import CHAT_ROUTE, LANE_PREFIX
+from llama_direct.lanes import LANE_PREFIX, LaneRoute
 from llama_direct.refusals import (
     INVALID_OPTION,
     GateUnavailable,
@@ -34,7 +37,6 @@ from llama_direct.refusals import (
 from llama_direct.tokens import Grant, mint
 
 logger = logging.getLogger(__name__)
-
 
 
 def body_model(body: bytes) -> object:
@@ -65,16 +67,17 @@ def baseline_model(core: BrokerCore, body: bytes, health: GateHealth) -> str:
 
 
 async def baseline(
-    core: BrokerCore, user: str, body: bytes, content_type: str | None, *, model: str, autoload: bool = True,
+    core: BrokerCore, user: str, body: bytes, content_type: str | None, *, model: str, route: LaneRoute,
+    autoload: bool = True,
 ) -> Response:
-    """The fallback: the same request through the gate's private side, with a token minted for `model`
-    (from `baseline_model`; a load it may cause is charged by the caller, as at negotiation)."""
+    """The fallback: the same request through the gate's private side, with a token minted for `route`
+    and `model` (from `baseline_model`; a load it may cause is charged by the caller, as at negotiation)."""
     now = core.mint_time(user, core.clock())
-    upstream = await _send(core, user, body, content_type, model=model, autoload=autoload, now=now)
+    upstream = await _send(core, user, body, content_type, model=model, autoload=autoload, route=route, now=now)
     if upstream.status_code == 401 and await _predates_gate(upstream):
         # The gate restarted after this broker last looked: its cut-off is at most the second after
         # this refusal, and its leeway lets an `iat` that far ahead start at once.
-        upstream = await _send(core, user, body, content_type, model=model, autoload=autoload,
+        upstream = await _send(core, user, body, content_type, model=model, autoload=autoload, route=route,
                                now=math.floor(core.clock()) + 1)
     headers = {"Cache-Control": "no-store"}
     upstream_type = upstream.headers.get("content-type")
@@ -84,22 +87,22 @@ async def baseline(
 
 
 async def _send(core: BrokerCore, user: str, body: bytes, content_type: str | None, *, model: str,
-                autoload: bool, now: float) -> httpx.Response:
+                autoload: bool, route: LaneRoute, now: float) -> httpx.Response:
     issuer = core.issuer()
     minted = mint(
         issuer.key,
         issuer=issuer.issuer,
         audience=issuer.audience,
         subject=user,
-        scope="chat",
-        grant=Grant(routes=(CHAT_ROUTE,), model=model, autoload=autoload, max_tokens=core.settings.max_tokens_cap),
+        scope=route.scope,
+        grant=Grant(routes=(route.key,), model=model, autoload=autoload, max_tokens=core.settings.max_tokens_cap),
         now=now,
         ttl=core.settings.token_ttl,
     )
     client = core.gate.client
     request = client.build_request(
-        "POST",
-        LANE_PREFIX + CHAT_ROUTE[1],
+        route.method,
+        LANE_PREFIX + route.path,
         content=body,
         headers={"authorization": f"Bearer {minted.token}", "content-type": content_type or JSON_TYPE},
     )

@@ -87,11 +87,16 @@ class Envelope:
                 )
 
 
+def refusal_response(refusal: Refusal) -> Response:
+    """A refusal in the catalogue's words, with `Retry-After` when it is a rate limit."""
+    headers = {"Retry-After": str(refusal.retry_after)} if isinstance(refusal, RateLimited) else None
+    return error_response(refusal.status, refusal.to_body(), headers)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     async def on_refusal(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, Refusal)
-        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited) else None
-        return error_response(exc.status, exc.to_body(), headers)
+        return refusal_response(exc)
 
     async def on_http_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)

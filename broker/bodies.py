@@ -1,0 +1,26 @@
+"""Request bodies read with a bound, so that no route of the broker's holds more than it needs in memory."""
+
+from __future__ import annotations
+
+from fastapi import Request
+
+from llama_direct.refusals import BODY_TOO_LARGE, RequestRefusal
+
+MAX_CHAT_BODY_BYTES = 32 * 1024 * 1024
+"""Images arrive inline as base64; the gate applies the real limit, this one only bounds memory here."""
+MAX_SMALL_BODY_BYTES = 64 * 1024
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, or 413 as soon as it (or its declared length) passes `limit`."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise RequestRefusal(BODY_TOO_LARGE)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestRefusal(BODY_TOO_LARGE)
+        chunks.append(chunk)
+    return b"".join(chunks)

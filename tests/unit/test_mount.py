@@ -1,0 +1,133 @@
+"""The broker mounted in a host's own FastAPI app, behind the host's "who" (`broker.mount.direct_router`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import jwt
+import pytest
+from fastapi import FastAPI, Request
+from fastapi.testclient import TestClient
+
+from broker.core import BrokerCore
+from broker.mount import direct_router
+from broker.settings import BrokerSettings
+from llama_direct.lanes import LANE_ROUTES
+
+HOST = "app.example:8080"
+ORIGIN = "http://app.example:8080"
+READY = {"gate": "ok", "model_ready": True, "model": "smol", "vision": False, "slots": {"total": 1, "busy": 0}}
+
+
+class FakeGate:
+    """The gate's private socket: `/health`, and every lane route answered with the path it was sent."""
+
+    def __init__(self) -> None:
+        self.requests: list[httpx.Request] = []
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        if request.url.path == "/health":
+            return httpx.Response(200, json=READY)
+        return httpx.Response(200, json={"served": request.url.path})
+
+
+def _host(tmp_path: Path, gate: FakeGate, *, lane_on: bool = True) -> FastAPI:
+    """A host app with a toy auth (`X-User`) that mounts the broker beside a route of its own."""
+    settings = BrokerSettings(
+        data_dir=tmp_path / "data", broker_socket=tmp_path / "b.sock", control_socket=tmp_path / "c.sock",
+        gate_socket=tmp_path / "g.sock", model="smol", max_tokens_cap=512,
+    )
+    core = BrokerCore(settings, "unused-access-token-0123456789", gate_transport=httpx.MockTransport(gate.handle))
+    app = FastAPI()
+
+    async def who(request: Request) -> str | None:
+        return request.headers.get("x-user")
+
+    @app.get("/own")
+    async def own() -> dict[str, bool]:
+        return {"own": True}
+
+    app.include_router(direct_router(core, who=who, lane_url="https://lane.example/direct",
+                                     enabled=lambda: lane_on))
+    return app
+
+
+@pytest.fixture
+def gate() -> FakeGate:
+    return FakeGate()
+
+
+@pytest.fixture
+def client(tmp_path: Path, gate: FakeGate) -> Iterator[TestClient]:
+    with TestClient(_host(tmp_path, gate), base_url=f"http://{HOST}") as client:
+        yield client
+
+
+ALICE = {"X-User": "alice", "Origin": ORIGIN}
+
+
+def test_negotiation_grants_the_hosts_user_a_token_for_the_hosts_lane(client: TestClient) -> None:
+    answer = client.post("/direct-stream", json={}, headers=ALICE)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["supported"] is True
+    assert body["url"] == "https://lane.example/direct"
+    claims = jwt.decode(body["token"], options={"verify_signature": False})
+    assert claims["sub"] == "alice"
+    assert claims["grant"]["origin"] == ORIGIN
+    assert client.get("/own").json() == {"own": True}
+
+
+def test_the_host_saying_no_one_is_login_required(client: TestClient) -> None:
+    for method, path in (("POST", "/direct-stream"), ("GET", "/v1/models"), ("POST", "/v1/chat/completions")):
+        answer = client.request(method, path, headers={"Origin": ORIGIN})
+        assert answer.status_code == 401
+        assert answer.json()["error"]["reason"] == "login_required"
+
+
+@pytest.mark.parametrize("headers", [{"Origin": "https://evil.example"}, {"Sec-Fetch-Site": "cross-site"}])
+def test_another_site_is_refused_whatever_the_hosts_auth(client: TestClient, headers: dict[str, str]) -> None:
+    """The broker cannot tell a host's cookie from a header: every host caller has its origin checked."""
+    for path in ("/direct-stream", "/v1/chat/completions"):
+        answer = client.post(path, json={}, headers={"X-User": "alice", **headers})
+        assert answer.status_code == 403
+        assert answer.json()["error"]["reason"] == "origin_not_allowed"
+
+
+def test_the_jwks_needs_no_user_and_the_models_do(client: TestClient) -> None:
+    assert client.get("/.well-known/jwks.json").json()["keys"]
+    assert client.get("/v1/models", headers={"X-User": "alice"}).json()["data"][0]["id"] == "smol"
+
+
+def test_every_route_with_a_body_has_its_baseline(client: TestClient, gate: FakeGate) -> None:
+    for route in (route for route in LANE_ROUTES if route.body is not None):
+        answer = client.request(route.method, route.path, json={"model": "smol"}, headers=ALICE)
+        assert answer.status_code == 200, route.name
+        assert answer.json() == {"served": "/direct" + route.path}
+        token = gate.requests[-1].headers["authorization"].removeprefix("Bearer ")
+        claims = jwt.decode(token, options={"verify_signature": False})
+        assert (claims["sub"], claims["grant"]["routes"]) == ("alice", [[route.method, route.path]])
+
+
+def test_the_lane_off_sends_every_reply_through_the_baseline(tmp_path: Path, gate: FakeGate) -> None:
+    with TestClient(_host(tmp_path, gate, lane_on=False), base_url=f"http://{HOST}") as client:
+        body = client.post("/direct-stream", json={}, headers=ALICE).json()
+        assert (body["supported"], body["reason"], body["fallback_url"]) == (False, "disabled", "/v1/chat/completions")
+        assert client.post("/v1/chat/completions", json={}, headers=ALICE).json() == {
+            "served": "/direct/v1/chat/completions"
+        }
+
+
+def test_a_bad_lane_url_or_origin_is_refused_at_mount(tmp_path: Path) -> None:
+    core = BrokerCore(
+        BrokerSettings(data_dir=tmp_path, broker_socket=tmp_path / "b", control_socket=tmp_path / "c",
+                       gate_socket=tmp_path / "g", model="smol"),
+        "unused-access-token-0123456789",
+    )
+    with pytest.raises(ValueError, match="lane_url"):
+        direct_router(core, who=lambda _: None, lane_url="/direct")
+    with pytest.raises(ValueError, match="allowed_origins"):
+        direct_router(core, who=lambda _: None, allowed_origins=["https://app.example/path"])
