@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import httpx
 import jwt
@@ -34,13 +37,17 @@ class FakeGate:
         return httpx.Response(200, json={"served": request.url.path})
 
 
-def _host(tmp_path: Path, gate: FakeGate, *, lane_on: bool = True) -> FastAPI:
-    """A host app with a toy auth (`X-User`) that mounts the broker beside a route of its own."""
+def _core(tmp_path: Path, gate: FakeGate) -> BrokerCore:
     settings = BrokerSettings(
         data_dir=tmp_path / "data", broker_socket=tmp_path / "b.sock", control_socket=tmp_path / "c.sock",
         gate_socket=tmp_path / "g.sock", model="smol", max_tokens_cap=512,
     )
-    core = BrokerCore(settings, "unused-access-token-0123456789", gate_transport=httpx.MockTransport(gate.handle))
+    return BrokerCore(settings, "unused-access-token-0123456789", gate_transport=httpx.MockTransport(gate.handle))
+
+
+def _host(tmp_path: Path, gate: FakeGate, *, lane_on: bool = True) -> FastAPI:
+    """A host app with a toy auth (`X-User`) that mounts the broker beside a route of its own."""
+    core = _core(tmp_path, gate)
     app = FastAPI()
 
     async def who(request: Request) -> str | None:
@@ -121,13 +128,29 @@ def test_the_lane_off_sends_every_reply_through_the_baseline(tmp_path: Path, gat
         }
 
 
-def test_a_bad_lane_url_or_origin_is_refused_at_mount(tmp_path: Path) -> None:
-    core = BrokerCore(
-        BrokerSettings(data_dir=tmp_path, broker_socket=tmp_path / "b", control_socket=tmp_path / "c",
-                       gate_socket=tmp_path / "g", model="smol"),
-        "unused-access-token-0123456789",
-    )
+def test_a_bad_lane_url_or_origin_is_refused_at_mount(tmp_path: Path, gate: FakeGate) -> None:
+    core = _core(tmp_path, gate)
     with pytest.raises(ValueError, match="lane_url"):
         direct_router(core, who=lambda _: None, lane_url="/direct")
     with pytest.raises(ValueError, match="allowed_origins"):
         direct_router(core, who=lambda _: None, allowed_origins=["https://app.example/path"])
+
+
+def _example() -> ModuleType:
+    path = Path(__file__).parents[2] / "examples" / "fastapi_host" / "app.py"
+    spec = importlib.util.spec_from_file_location("fastapi_host_example", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_example_host_grants_its_own_users_only(tmp_path: Path, gate: FakeGate) -> None:
+    example = _example()
+    app = example.build(_core(tmp_path, gate), example.users_from("alice:pw1,bob:pw2"))
+    basic = {"Authorization": "Basic " + base64.b64encode(b"alice:pw1").decode(), "Origin": ORIGIN}
+    wrong = {**basic, "Authorization": "Basic " + base64.b64encode(b"alice:pw2").decode()}
+    with TestClient(app, base_url=f"http://{HOST}") as client:
+        answer = client.post("/direct-stream", json={}, headers=basic).json()
+        assert jwt.decode(answer["token"], options={"verify_signature": False})["sub"] == "alice"
+        assert client.post("/direct-stream", json={}, headers=wrong).status_code == 401
