@@ -144,7 +144,8 @@ export function directFetch(options: DirectFetchOptions = {}): DirectFetch {
     const parsed = parseNegotiation(answer);
     if (parsed === null) return { kind: "fallback" };
     const fallbackUrl = parsed.fallback_url || undefined;
-    if (parsed.supported) {
+    // A grant for another route would be refused on this one ("": a broker that names none).
+    if (parsed.supported && (parsed.route === "" || parsed.route === sdk.name)) {
       return { kind: "grant", grant: { url: parsed.url, token: parsed.token, conversationId: parsed.conversation_id }, fallbackUrl };
     }
     return { kind: "fallback", fallbackUrl };

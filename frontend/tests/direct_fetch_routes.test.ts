@@ -30,13 +30,13 @@ function routeAt(method: string, path: string): LaneRouteName | undefined {
 }
 
 /** The app: a grant is single use and good for the route it was negotiated for (403 elsewhere). */
-function app(options: { supported?: boolean; fallbackUrl?: string } = {}): FakeFetch {
+function app(options: { supported?: boolean; fallbackUrl?: string; answerRoute?: string } = {}): FakeFetch {
   const grants = new Map<string, string>();
   let minted = 0;
   return new FakeFetch((call: Call) => {
     if (call.url === "direct-stream") {
       return (c) => {
-        const route = (c.body as { route?: string }).route ?? "chat";
+        const route = options.answerRoute ?? (c.body as { route?: string }).route ?? "chat";
         if (options.supported === false) {
           return json({ supported: false, reason: "disabled", route, fallback_url: options.fallbackUrl ?? "" });
         }
@@ -125,6 +125,13 @@ describe("directFetch picks the route of each request", () => {
     const baseline = fake.calls.at(-1);
     expect([baseline?.url, baseline?.credentials, baseline?.headers.authorization, baseline?.headers["x-api-key"]])
       .toEqual(["v1/messages", "same-origin", undefined, undefined]);
+  });
+
+  it("does not spend a grant answered for another route: the baseline serves the request", async () => {
+    const fake = app({ answerRoute: "chat" });
+    const response = await anthropicStyle(fake, "/v1/messages");
+    expect([response.headers.get("x-lane"), response.headers.get("x-route")]).toEqual(["fallback", "messages"]);
+    expect(fake.to(LANE)).toEqual([]);
   });
 
   it("falls back to the answer's fallback_url when it names the route", async () => {
