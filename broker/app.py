@@ -47,7 +47,7 @@ from broker.responses import (
 from broker.sessions import COOKIE_NAME
 from broker.settings import BrokerSettings, direct_stream_enabled
 from broker.signing_keys import KeyRing
-from broker.static import UNBUILT_PAGE, static_file
+from broker.static import PAGE_CSP, UNBUILT_PAGE, static_file
 from llama_direct.control import (
     HOLD_SECONDS,
     LOADS_PATH,
@@ -99,7 +99,7 @@ def _add_own_routes(app: FastAPI, core: BrokerCore, front: Front) -> None:
                 return Response(LOGIN_PAGE, status_code=401, media_type="text/html", headers=NO_STORE)
             raise RequestRefusal(LOGIN_REQUIRED)
         page = static_file("index.html")
-        headers = {"Cache-Control": "no-cache"}
+        headers = {"Cache-Control": "no-cache", "Content-Security-Policy": PAGE_CSP}
         if page is None:
             return Response(UNBUILT_PAGE, media_type="text/html", headers=headers)
         return Response(page, media_type="text/html", headers=headers)

@@ -15,6 +15,18 @@ UNBUILT_PAGE = (
 )
 
 
+# The page's Content-Security-Policy: its own script only (no inline or remote script, no eval), its own
+# stylesheet, no plugins, no <base> and no framing. Model output is rendered as sanitized Markdown; this
+# is the net under that sanitizer. Images may come from anywhere (a reply's image loads only after a
+# click that names its host, attachments are data: URLs), and fetch may reach the direct lane, which
+# may sit on another origin than the page.
+PAGE_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob: https: http:; "
+    "connect-src 'self' https: http:; object-src 'none'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'"
+)
+
+
 def _static_root() -> Traversable:
     return resources.files(STATIC_PACKAGE).joinpath(STATIC_DIR)
 

@@ -8,11 +8,14 @@ import { build } from "esbuild";
 const root = fileURLToPath(new URL("..", import.meta.url));
 const out = fileURLToPath(new URL("../../broker/static/", import.meta.url));
 const OUTPUTS = new Set(["index.html", "app.js", "app.css", "llama-direct.js"]);
+/** Parts of the page loaded when first needed (the highlighter and its languages). */
+const CHUNKS = "chunks";
 
 await mkdir(out, { recursive: true });
 for (const name of await readdir(out)) {
   if (OUTPUTS.has(name)) await rm(out + name);
 }
+await rm(out + CHUNKS, { recursive: true, force: true });
 /** One bundle setting for both outputs: modern browsers, minified, quiet. */
 const COMMON = {
   bundle: true,
@@ -22,7 +25,13 @@ const COMMON = {
   legalComments: "none",
   logLevel: "warning",
 };
-await build({ ...COMMON, entryPoints: [root + "src/page/app.ts", root + "src/page/app.css"], outdir: out });
+await build({
+  ...COMMON,
+  entryPoints: [root + "src/page/app.ts", root + "src/page/app.css"],
+  outdir: out,
+  splitting: true,
+  chunkNames: `${CHUNKS}/[name]-[hash]`,
+});
 await build({ ...COMMON, entryPoints: [root + "src/direct_fetch.ts"], outfile: out + "llama-direct.js" });
 await copyFile(root + "src/page/index.html", out + "index.html");
-console.log(`built ${[...OUTPUTS].join(", ")} into ${out}`);
+console.log(`built ${[...OUTPUTS].join(", ")} and ${CHUNKS}/ into ${out}`);

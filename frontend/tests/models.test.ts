@@ -29,3 +29,16 @@ describe("the model picker's load progress", () => {
     expect(loadingLine("beta", undefined)).toBe("Loading beta…");
   });
 });
+
+describe("the model list's vision flag", () => {
+  it("marks only a model that says it reads images", () => {
+    const models = parseModels({
+      data: [
+        { id: "eyes", status: "loaded", vision: true },
+        { id: "text", status: "loaded", vision: false },
+        { id: "odd", status: "loaded", vision: "yes" },
+      ],
+    });
+    expect(models.map((model) => model.vision === true)).toEqual([true, false, false]);
+  });
+});

@@ -12,6 +12,8 @@ export interface ModelEntry {
   status: ModelStatus;
   /** How much of the load is done (0..1): only while loading, and only once the router reported it. */
   progress?: number;
+  /** Present (true) only for a model that reads images. */
+  vision?: true;
 }
 
 export const STORAGE_KEY = "llama-direct.model";
@@ -40,12 +42,14 @@ export function parseModels(value: unknown): ModelEntry[] {
   const found: ModelEntry[] = [];
   for (const item of (value as { data: unknown[] }).data) {
     if (typeof item !== "object" || item === null) continue;
-    const { id, status, progress } = item as { id?: unknown; status?: unknown; progress?: unknown };
+    const { id, status, progress, vision } = item as { id?: unknown; status?: unknown; progress?: unknown; vision?: unknown };
     if (typeof id !== "string") continue;
     const known = status === "loading" || status === "loaded" ? status : "unloaded";
     const fraction =
       known === "loading" && typeof progress === "number" && progress >= 0 && progress <= 1 ? progress : undefined;
-    found.push(fraction === undefined ? { id, status: known } : { id, status: known, progress: fraction });
+    const entry: ModelEntry = fraction === undefined ? { id, status: known } : { id, status: known, progress: fraction };
+    if (vision === true) entry.vision = true;
+    found.push(entry);
   }
   return found;
 }
@@ -62,6 +66,8 @@ export class ModelPicker {
   private models: ModelEntry[] = [];
   private stopPolling: (() => void) | null = null;
   private readonly watchers = new Set<(model: ModelEntry | undefined) => void>();
+  /** Called with the chosen model's entry whenever the choice or the list changes. */
+  onChoice: (model: ModelEntry | undefined) => void = () => undefined;
 
   constructor(private readonly select: HTMLSelectElement, private readonly url = "v1/models") {
     select.addEventListener("change", () => {
@@ -70,6 +76,7 @@ export class ModelPicker {
       } catch {
         // storage may be off (private mode): the choice then lasts for this page only
       }
+      this.onChoice(this.entry(this.value));
     });
   }
 
@@ -107,6 +114,7 @@ export class ModelPicker {
     );
     if (wanted !== null && this.models.some((model) => model.id === wanted)) this.select.value = wanted;
     this.select.hidden = this.models.length === 0;
+    this.onChoice(this.entry(this.value));
   }
 
   /**

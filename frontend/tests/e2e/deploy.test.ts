@@ -83,7 +83,7 @@ describe("through one forwarded port", () => {
     const { reply, grant } = await chat(page, "Say hello in one short sentence.");
 
     expect(await reply.getAttribute("data-state")).toBe("done");
-    expect(await page.textContent("#lane")).toBe("direct");
+    expect(await page.getAttribute("#lane", "data-lane")).toBe("direct");
     expect(await reply.getAttribute("data-lane")).toBe("direct");
     expect((await reply.locator(".text").textContent())?.trim().length).toBeGreaterThan(0);
     expect(grant.supported).toBe(true);
@@ -170,7 +170,7 @@ describe("two-port mode", () => {
     const completions = `${lane.origin}/direct/v1/chat/completions`;
 
     expect(await reply.getAttribute("data-state")).toBe("done");
-    expect(await watched.textContent("#lane")).toBe("direct");
+    expect(await watched.getAttribute("#lane", "data-lane")).toBe("direct");
     expect(await reply.getAttribute("data-lane")).toBe("direct");
     expect((await reply.locator(".text").textContent())?.trim().length).toBeGreaterThan(0);
     const direct = requests.filter((r) => r.method() === "POST" && path(r) === "/direct/v1/chat/completions");
@@ -209,7 +209,7 @@ describe("two-port mode", () => {
       expect(lane.port).not.toBe(String(tunnel.port));
 
       expect(await reply.getAttribute("data-state")).toBe("done");
-      expect(await page.textContent("#lane")).toBe("fallback");
+      expect(await page.getAttribute("#lane", "data-lane")).toBe("fallback");
       expect((await reply.locator(".text").textContent())?.trim().length).toBeGreaterThan(0);
       const posts = requests.filter((r) => r.method() === "POST").map((r) => r.url());
       expect(posts).toContain(`${lane.origin}/direct/v1/chat/completions`);

@@ -37,7 +37,7 @@ async function ask(page: Page, text: string): Promise<{ state: string; text: str
   return {
     state: (await reply.getAttribute("data-state")) ?? "",
     text: ((await reply.textContent()) ?? "").trim(),
-    lane: (await page.textContent("#lane")) ?? "",
+    lane: (await page.getAttribute("#lane", "data-lane")) ?? "",
   };
 }
 

@@ -1,0 +1,145 @@
+/**
+ * The conversation's turns and their runs: send a message, stream its reply, and the message
+ * actions (copy, edit and resend, regenerate, retry), each of which cuts the conversation at a turn
+ * and runs it again.
+ */
+import { streamChat } from "../client.ts";
+import type { Lane } from "../shape.ts";
+import { copyWithFeedback, type MessageAction } from "./actions.ts";
+import type { Composer } from "./composer.ts";
+import { historyFor, type TurnData } from "./conversation.ts";
+import type { ScrollFollow } from "./follow.ts";
+import type { ModelPicker } from "./models.ts";
+import { tokensFlow } from "./poll.ts";
+import { ReplyView } from "./reply.ts";
+import { EXECUTORS, TOOL_SPECS } from "./tools.ts";
+import { openEditor, userMessage } from "./user_message.ts";
+
+interface Turn {
+  data: TurnData;
+  userEl: HTMLLIElement;
+  reply: ReplyView | null;
+}
+
+export interface ChatPage {
+  list: HTMLOListElement;
+  composer: Composer;
+  picker: ModelPicker;
+  follow: ScrollFollow;
+  showNotice(text: string): void;
+  setBusy(busy: boolean): void;
+  showLane(lane: Lane): void;
+  showSpeed(tokensPerSecond: number): void;
+  useTools(): boolean;
+}
+
+export class Chat {
+  private turns: Turn[] = [];
+  private controller: AbortController | null = null;
+
+  constructor(private readonly page: ChatPage) {
+    page.list.addEventListener("click", (event) => {
+      const button = (event.target as Element | null)?.closest<HTMLButtonElement>(".actions button[data-action]");
+      const item = button?.closest<HTMLLIElement>("li.msg");
+      if (button === null || button === undefined || item === null || item === undefined) return;
+      this.act(button.dataset.action as MessageAction, item, button);
+    });
+  }
+
+  get busy(): boolean {
+    return this.controller !== null;
+  }
+
+  get length(): number {
+    return this.turns.length;
+  }
+
+  stop(): void {
+    this.controller?.abort();
+  }
+
+  /** Send what the composer holds as a new turn. */
+  async send(): Promise<void> {
+    const { composer } = this.page;
+    const text = composer.text;
+    if (text === "" || this.busy) return;
+    const turn: Turn = { data: { text, image: composer.image, reply: "" }, userEl: userMessage(text, composer.image), reply: null };
+    this.turns.push(turn);
+    this.page.list.append(turn.userEl);
+    composer.setText("");
+    composer.clearImage();
+    await this.run(turn);
+  }
+
+  private act(action: MessageAction, item: HTMLLIElement, button: HTMLButtonElement): void {
+    const turn = this.turns.find((each) => each.userEl === item || each.reply?.root === item);
+    if (turn === undefined) return;
+    const isUser = turn.userEl === item;
+    if (action === "copy") void copyWithFeedback(button, isUser ? turn.data.text : turn.data.reply);
+    else if (this.busy) return;
+    else if (action === "edit") openEditor(item, turn.data.text, (text) => this.rerun(turn, text));
+    else if (action === "regenerate" || action === "retry") this.rerun(turn, turn.data.text);
+  }
+
+  /** Cut the conversation after `turn`'s message, set its text, and answer it again. */
+  private rerun(turn: Turn, text: string): void {
+    if (this.busy) return;
+    const index = this.turns.indexOf(turn);
+    for (const later of this.turns.splice(index + 1)) {
+      later.userEl.remove();
+      later.reply?.root.remove();
+    }
+    turn.reply?.root.remove();
+    turn.reply = null;
+    turn.data.text = text;
+    turn.data.reply = "";
+    void this.run(turn);
+  }
+
+  private async run(turn: Turn): Promise<void> {
+    const { page } = this;
+    const reply = new ReplyView(() => page.follow.update());
+    turn.reply = reply;
+    page.list.append(reply.root);
+    page.showNotice("");
+    page.follow.resume();
+    const controller = new AbortController();
+    this.controller = controller;
+    page.setBusy(true);
+    const model = page.picker.value;
+    if (model !== undefined) reply.showModel(model);
+    const unwatch = page.picker.watch((entry) => {
+      if (model !== undefined) reply.showModelLoading(model, entry?.status === "loading", entry?.progress);
+    });
+    try {
+      await this.stream(turn, reply, controller.signal, model, unwatch);
+    } finally {
+      unwatch();
+      this.controller = null;
+      turn.data.reply = reply.content;
+      page.setBusy(false);
+      page.follow.update();
+      page.composer.prompt.focus();
+    }
+  }
+
+  private async stream(turn: Turn, reply: ReplyView, signal: AbortSignal, model: string | undefined, unwatch: () => void): Promise<void> {
+    const { page } = this;
+    const useTools = page.useTools();
+    const events = streamChat(
+      { messages: historyFor(this.turns.map((each) => each.data), this.turns.indexOf(turn)), ...(useTools ? { tools: TOOL_SPECS } : {}) },
+      { signal, resumable: true, ...(model !== undefined ? { model } : {}), ...(useTools ? { tools: EXECUTORS } : {}) },
+    );
+    for await (const event of events) {
+      // Tokens flow: the model is loaded, and the picker's poll has nothing left to show.
+      if (tokensFlow(event)) unwatch();
+      if (event.type === "notice") page.showNotice(event.message);
+      else if (event.type === "text_delta" || event.type === "reasoning_start") page.showNotice("");
+      reply.apply(event);
+      if (event.type === "timings" && reply.tokensPerSecond !== null) page.showSpeed(reply.tokensPerSecond);
+      if (event.type === "finish") page.showLane(event.lane);
+      // Text renders once per frame and follows itself; everything else changes the layout now.
+      if (event.type !== "text_delta" && event.type !== "reasoning_delta") page.follow.update();
+    }
+  }
+}

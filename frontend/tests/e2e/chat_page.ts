@@ -1,0 +1,79 @@
+/**
+ * Driving the chat page in the browser tests: log in, open the page (capping replies so a slow,
+ * shared machine stays bounded), send a message, wait for its reply to settle, and stream a reply of
+ * our own text in llama-server's exact chunk format when a test needs known Markdown.
+ */
+import type { Browser, BrowserContext, Locator, Page, Request, Route } from "playwright-core";
+import { expect } from "vitest";
+import type { Stack } from "./stack.ts";
+
+export const WAIT_MS = 60_000;
+/** Replies are capped so that a slow, shared machine still finishes each test in bounded time. */
+export const REPLY_TOKENS = 48;
+
+/** Log in once with the ready line's token; later pages share the session cookie. */
+export async function session(
+  browser: Browser,
+  stack: Stack,
+  viewport: { width: number; height: number } = { width: 1000, height: 760 },
+): Promise<BrowserContext> {
+  const context = await browser.newContext({ viewport });
+  const page = await context.newPage();
+  const response = await page.goto(stack.loginUrl);
+  expect(response?.status()).toBe(200);
+  expect(new URL(page.url()).search).toBe("");
+  await page.close();
+  return context;
+}
+
+export async function open(
+  context: BrowserContext,
+  stack: Stack,
+  maxTokens: number | null = REPLY_TOKENS,
+): Promise<{ page: Page; requests: Request[] }> {
+  const page = await context.newPage();
+  const requests: Request[] = [];
+  page.on("request", (request) => requests.push(request));
+  if (maxTokens !== null) {
+    await page.route("**/v1/chat/completions", (route) => {
+      const body = JSON.parse(route.request().postData() ?? "{}") as Record<string, unknown>;
+      return route.continue({ postData: JSON.stringify({ ...body, max_tokens: maxTokens }) });
+    });
+  }
+  await page.goto(stack.baseUrl);
+  await page.waitForSelector("#prompt");
+  return { page, requests };
+}
+
+export async function send(page: Page, text: string): Promise<Locator> {
+  const before = await page.locator("li.assistant").count();
+  await page.fill("#prompt", text);
+  await page.press("#prompt", "Enter");
+  const reply = page.locator("li.assistant").nth(before);
+  await reply.waitFor({ timeout: WAIT_MS });
+  return reply;
+}
+
+export async function settled(reply: Locator): Promise<string> {
+  await reply.locator("xpath=self::*[@data-state!='streaming']").waitFor({ timeout: WAIT_MS });
+  return (await reply.getAttribute("data-state")) ?? "";
+}
+
+export const path = (request: Request): string => new URL(request.url()).pathname;
+
+/** `text` as llama-server's SSE chunks (a few characters each), then a stop, usage and `[DONE]`. */
+export function sseOf(text: string, size = 7): string {
+  const base = { created: 1795628800, id: "chatcmpl-e2e", model: "smollm2", object: "chat.completion.chunk" };
+  const frames: unknown[] = [];
+  for (let at = 0; at < text.length; at += size) {
+    frames.push({ ...base, choices: [{ index: 0, finish_reason: null, delta: { content: text.slice(at, at + size) } }] });
+  }
+  frames.push({ ...base, choices: [{ index: 0, finish_reason: "stop", delta: {} }] });
+  frames.push({ ...base, choices: [], usage: { completion_tokens: 10, prompt_tokens: 10, total_tokens: 20 } });
+  return `${frames.map((frame) => `data: ${JSON.stringify(frame)}\n\n`).join("")}data: [DONE]\n\n`;
+}
+
+/** Answer the direct lane's chat requests with `text` streamed as llama-server would. */
+export function fulfilWith(text: string): (route: Route) => Promise<void> {
+  return (route) => route.fulfill({ status: 200, contentType: "text/event-stream", body: sseOf(text) });
+}

@@ -1,0 +1,255 @@
+/**
+ * The chat page as a user meets it, against the real stack in headless Chromium: Markdown rendered
+ * and sanitized under the page's CSP, the code block's Copy, the newest reply kept above the composer,
+ * the follow stopped by scrolling up and brought back by "Jump to latest", retry / edit / regenerate,
+ * and a phone's width. Replies with known Markdown are streamed in llama-server's own chunk format.
+ */
+import type { Browser, BrowserContext, Page } from "playwright-core";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { fulfilWith, open, path, send, session, settled, WAIT_MS } from "./chat_page.ts";
+import { artifact, launchBrowser, type Stack, startStack } from "./stack.ts";
+
+const LANE = "**/direct/v1/chat/completions";
+
+const MARKDOWN = [
+  "## Results",
+  "",
+  "Some **bold**, `inline code` and a [link](https://example.com/docs).",
+  "",
+  "- one",
+  "- two",
+  "",
+  "| name | value |",
+  "|---|--:|",
+  "| alpha | 1 |",
+  "",
+  "```python",
+  "def add(a, b):",
+  "    return a + b",
+  "```",
+  "",
+  '<img src=x onerror="window.__pwned = 1">',
+  "",
+  "<script>window.__pwned = 2</script>",
+  "",
+  "[bad](javascript:window.__pwned=3) <a href=\"javascript:window.__pwned=4\">worse</a>",
+  "",
+  "![a cat](https://images.example.invalid/cat.png)",
+].join("\n");
+
+const LONG = Array.from({ length: 30 }, (_, i) => `Line ${i + 1} of a long answer, with enough words to wrap.`).join("\n\n");
+
+let browser: Browser;
+let stack: Stack;
+
+beforeAll(async () => {
+  browser = await launchBrowser();
+  stack = await startStack(["--parallel", "1"]);
+});
+
+afterAll(async () => {
+  await stack?.stop();
+  await browser?.close();
+});
+
+/** Console lines the CSP or a page error wrote. */
+function watchProblems(page: Page): string[] {
+  const problems: string[] = [];
+  page.on("console", (line) => {
+    if (line.type() === "error") problems.push(line.text());
+  });
+  page.on("pageerror", (error) => problems.push(String(error)));
+  return problems;
+}
+
+/** The bottom of the newest reply's last line, and the top of the composer, in the window. */
+async function lastLineAndComposer(page: Page): Promise<{ line: number; top: number; paneTop: number }> {
+  return page.evaluate(() => {
+    const replies = document.querySelectorAll("li.assistant");
+    const last = replies[replies.length - 1];
+    const line = last?.querySelector(".markdown > :last-child, .status-line:not(:empty), .error") ?? last;
+    return {
+      line: line?.getBoundingClientRect().bottom ?? Number.NaN,
+      top: document.getElementById("composer")?.getBoundingClientRect().top ?? Number.NaN,
+      paneTop: document.getElementById("conversation")?.getBoundingClientRect().top ?? Number.NaN,
+    };
+  });
+}
+
+describe("reading", () => {
+  let context: BrowserContext;
+  beforeAll(async () => {
+    context = await session(browser, stack, { width: 1280, height: 800 });
+    await context.grantPermissions(["clipboard-read", "clipboard-write"], { origin: new URL(stack.baseUrl).origin });
+  });
+  afterAll(async () => context?.close());
+
+  it("renders Markdown, runs nothing from the model, loads no remote image, and copies code", async () => {
+    const { page, requests } = await open(context, stack, null);
+    const problems = watchProblems(page);
+    await page.route(LANE, fulfilWith(MARKDOWN));
+    const reply = await send(page, "Show me some Markdown.");
+    expect(await settled(reply)).toBe("done");
+    expect(await reply.locator("h2").textContent()).toBe("Results");
+    expect(await reply.locator("strong").textContent()).toBe("bold");
+    expect(await reply.locator("table td").first().textContent()).toBe("alpha");
+    expect(await reply.locator(".markdown li").count()).toBe(2);
+    const link = reply.locator("a", { hasText: "link" });
+    expect(await link.getAttribute("target")).toBe("_blank");
+    expect(await link.getAttribute("rel")).toBe("noopener noreferrer");
+    // The highlighter is a chunk loaded on first use, under the page's CSP.
+    await reply.locator(".codeblock .hljs-keyword").first().waitFor({ timeout: WAIT_MS });
+    expect(await reply.locator("img").count()).toBe(0);
+    expect(await reply.locator("script").count()).toBe(0);
+    expect(await reply.locator('a[href^="javascript"]').count()).toBe(0);
+    expect(await reply.textContent()).toContain('<img src=x onerror="window.__pwned = 1">');
+    await reply.locator("a", { hasText: "bad" }).click();
+    // Raw HTML is shown as the text the model wrote, never parsed: no link to click.
+    expect(await reply.textContent()).toContain('<a href="javascript:window.__pwned=4">worse</a>');
+    expect(await page.evaluate(() => (window as { __pwned?: number }).__pwned)).toBeUndefined();
+    expect(requests.some((r) => r.url().includes("images.example.invalid"))).toBe(false);
+    const placeholder = reply.locator("button.remote-image");
+    expect(await placeholder.textContent()).toContain("images.example.invalid");
+
+    const copy = reply.locator(".codeblock button.copy-code");
+    await copy.click();
+    expect(await copy.textContent()).toBe("Copied");
+    expect(await page.evaluate(() => navigator.clipboard.readText())).toBe("def add(a, b):\n    return a + b");
+    await reply.locator('.actions button[data-action="copy"]').click();
+    expect(await page.evaluate(() => navigator.clipboard.readText())).toBe(MARKDOWN);
+    await page.screenshot({ path: artifact("page-desktop-markdown.png") });
+    expect(problems).toEqual([]);
+    await page.close();
+  });
+});
+
+describe("scrolling", () => {
+  let context: BrowserContext;
+  beforeAll(async () => {
+    context = await session(browser, stack, { width: 1000, height: 760 });
+  });
+  afterAll(async () => context?.close());
+
+  it("keeps the newest reply above the composer after five turns", async () => {
+    const { page } = await open(context, stack, null);
+    await page.route(LANE, fulfilWith(LONG));
+    for (let turn = 1; turn <= 5; turn += 1) {
+      const reply = await send(page, `Turn ${turn}: a long answer, please.`);
+      expect(await settled(reply)).toBe("done");
+      await page.waitForTimeout(100);
+      const { line, top, paneTop } = await lastLineAndComposer(page);
+      expect(line).toBeLessThanOrEqual(top + 1);
+      expect(line).toBeGreaterThan(paneTop);
+    }
+    await page.screenshot({ path: artifact("page-five-turns.png") });
+    await page.close();
+  });
+
+  it("scrolling up stops the follow; Jump to latest brings it back; Stopped. is in view", async () => {
+    const { page } = await open(context, stack, null);
+    await page.route(LANE, fulfilWith(LONG));
+    expect(await settled(await send(page, "A long answer first."))).toBe("done");
+    await page.unroute(LANE);
+    const reply = await send(page, "Write a very long story, at least two thousand words, about a llama who travels the world.");
+    await reply.locator(".markdown").waitFor({ timeout: WAIT_MS });
+    const pane = page.locator("#conversation");
+    const box = await pane.boundingBox();
+    await page.mouse.move((box?.x ?? 0) + 200, (box?.y ?? 0) + 200);
+    await page.mouse.wheel(0, -600);
+    await page.locator("#jump").waitFor({ state: "visible", timeout: WAIT_MS });
+    const held = await pane.evaluate((node) => node.scrollTop);
+    const grownFrom = await pane.evaluate((node) => node.scrollHeight);
+    await page.waitForFunction((h) => (document.getElementById("conversation")?.scrollHeight ?? 0) > h + 40, grownFrom, { timeout: WAIT_MS });
+    expect(await pane.evaluate((node) => node.scrollTop)).toBe(held);
+    await page.screenshot({ path: artifact("page-jump.png") });
+    await page.click("#jump");
+    expect(await page.isHidden("#jump")).toBe(true);
+    await page.waitForTimeout(300);
+    expect(await pane.evaluate((n) => n.scrollHeight - n.scrollTop - n.clientHeight)).toBeLessThan(60);
+    await page.click("#stop");
+    expect(await settled(reply)).toBe("stopped");
+    await page.waitForTimeout(200);
+    const status = await reply.locator(".status-line").boundingBox();
+    const composer = await page.locator("#composer").boundingBox();
+    expect(await reply.locator(".status-line").textContent()).toBe("Stopped.");
+    expect((status?.y ?? 0) + (status?.height ?? 0)).toBeLessThanOrEqual((composer?.y ?? 0) + 1);
+    await page.close();
+  });
+});
+
+describe("message actions", () => {
+  let context: BrowserContext;
+  beforeAll(async () => {
+    context = await session(browser, stack);
+  });
+  afterAll(async () => context?.close());
+
+  const lastUser = (body: unknown): unknown => {
+    const messages = (body as { messages: { role: string; content: unknown }[] }).messages;
+    return messages.filter((m) => m.role === "user").at(-1)?.content;
+  };
+
+  it("retries after an error with the prompt kept, edits and resends, regenerates", async () => {
+    const { page, requests } = await open(context, stack);
+    await page.route(LANE, (route) =>
+      route.fulfill({ status: 400, contentType: "application/json", body: '{"error":{"code":400,"message":"bad","type":"invalid_request_error"}}' }),
+    );
+    const failed = await send(page, "Name a colour.");
+    expect(await settled(failed)).toBe("error");
+    await page.unroute(LANE);
+    const lane = () => requests.filter((r) => path(r) === "/direct/v1/chat/completions");
+    const before = lane().length;
+    await failed.locator('.actions button[data-action="retry"]').click();
+    const retried = page.locator("li.assistant").first();
+    expect(await settled(retried)).toBe("done");
+    expect(lane().length).toBe(before + 1);
+    expect(lastUser(lane().at(-1)?.postDataJSON())).toBe("Name a colour.");
+    expect(await page.locator("li.user").count()).toBe(1);
+
+    await page.click('li.user .actions button[data-action="edit"]');
+    await page.getByLabel("Edit your message").fill("Name a fruit.");
+    await page.getByLabel("Edit your message").press("Enter");
+    const edited = page.locator("li.assistant").first();
+    await page.waitForFunction(() => document.querySelector("li.assistant")?.getAttribute("data-state") !== "streaming" && document.querySelectorAll("li.assistant").length === 1);
+    expect(await settled(edited)).toBe("done");
+    expect(lastUser(lane().at(-1)?.postDataJSON())).toBe("Name a fruit.");
+    expect(await page.locator("li.user .text").textContent()).toBe("Name a fruit.");
+
+    const count = lane().length;
+    await page.click('li.assistant .actions button[data-action="regenerate"]');
+    expect(await settled(page.locator("li.assistant").first())).toBe("done");
+    expect(lane().length).toBe(count + 1);
+    expect(await page.locator("li.assistant").count()).toBe(1);
+    expect(lastUser(lane().at(-1)?.postDataJSON())).toBe("Name a fruit.");
+    await page.close();
+  });
+});
+
+describe("phones", () => {
+  for (const width of [390, 360]) {
+    it(`fits ${width} px with no horizontal scroll, and the composer grows with its text`, async () => {
+      const context = await session(browser, stack, { width, height: 844 });
+      const { page } = await open(context, stack, null);
+      await page.route(LANE, fulfilWith(`${MARKDOWN}\n\n\`\`\`\n${"x".repeat(300)}\n\`\`\`\n\n| ${"wide | ".repeat(20)}\n|${"---|".repeat(20)}\n| ${"cell | ".repeat(20)}`));
+      expect(await settled(await send(page, "Markdown on a phone."))).toBe("done");
+      const widths = await page.evaluate(() => ({
+        doc: document.documentElement.scrollWidth,
+        body: document.body.scrollWidth,
+        bar: document.querySelector(".bar")?.scrollWidth ?? 0,
+        pane: document.getElementById("conversation")?.scrollWidth ?? 0,
+      }));
+      expect(widths.doc).toBeLessThanOrEqual(width);
+      expect(widths.body).toBeLessThanOrEqual(width);
+      expect(widths.bar).toBeLessThanOrEqual(width);
+      expect(widths.pane).toBeLessThanOrEqual(width);
+      const send_ = await page.locator("#send").boundingBox();
+      expect((send_?.x ?? 0) + (send_?.width ?? 0)).toBeLessThanOrEqual(width);
+      const small = (await page.locator("#prompt").boundingBox())?.height ?? 0;
+      await page.fill("#prompt", "one\ntwo\nthree\nfour");
+      await page.locator("#prompt").dispatchEvent("input");
+      expect((await page.locator("#prompt").boundingBox())?.height ?? 0).toBeGreaterThan(small + 30);
+      if (width === 390) await page.screenshot({ path: artifact("page-phone-390.png") });
+      await context.close();
+    });
+  }
+});
