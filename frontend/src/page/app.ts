@@ -9,6 +9,7 @@ import { Composer } from "./composer.ts";
 import { ScrollFollow } from "./follow.ts";
 import { showLane } from "./lane.ts";
 import { ModelPicker } from "./models.ts";
+import { SettingsPanel } from "./settings.ts";
 
 function byId<T extends HTMLElement>(id: string): T {
   const node = document.getElementById(id);
@@ -35,6 +36,7 @@ function start(): void {
   void picker.refresh();
   const follow = new ScrollFollow(byId<HTMLElement>("conversation"), byId<HTMLButtonElement>("jump"));
   bindContentActions(list);
+  const settings = new SettingsPanel();
 
   const chat = new Chat({
     list,
@@ -54,6 +56,7 @@ function start(): void {
       byId<HTMLSpanElement>("speed").hidden = false;
     },
     useTools: () => toolsToggle.checked,
+    settings: () => settings.read(),
   });
 
   form.addEventListener("submit", (event) => {

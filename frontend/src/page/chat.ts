@@ -12,6 +12,7 @@ import type { ScrollFollow } from "./follow.ts";
 import type { ModelPicker } from "./models.ts";
 import { tokensFlow } from "./poll.ts";
 import { ReplyView } from "./reply.ts";
+import { type ChatSettings, requestFields } from "./settings.ts";
 import { EXECUTORS, TOOL_SPECS } from "./tools.ts";
 import { openEditor, userMessage } from "./user_message.ts";
 
@@ -31,6 +32,8 @@ export interface ChatPage {
   showLane(lane: Lane): void;
   showSpeed(tokensPerSecond: number): void;
   useTools(): boolean;
+  /** The conversation's settings, or the errors that keep a message from being sent. */
+  settings(): { settings: ChatSettings; errors: string[] };
 }
 
 export class Chat {
@@ -63,6 +66,8 @@ export class Chat {
     const { composer } = this.page;
     const text = composer.text;
     if (text === "" || this.busy) return;
+    const { errors } = this.page.settings();
+    if (errors.length > 0) return this.page.showNotice(errors.join(" "));
     const turn: Turn = { data: { text, image: composer.image, reply: "" }, userEl: userMessage(text, composer.image), reply: null };
     this.turns.push(turn);
     this.page.list.append(turn.userEl);
@@ -126,8 +131,10 @@ export class Chat {
   private async stream(turn: Turn, reply: ReplyView, signal: AbortSignal, model: string | undefined, unwatch: () => void): Promise<void> {
     const { page } = this;
     const useTools = page.useTools();
+    const { settings } = page.settings();
+    const messages = historyFor(this.turns.map((each) => each.data), this.turns.indexOf(turn), settings.system);
     const events = streamChat(
-      { messages: historyFor(this.turns.map((each) => each.data), this.turns.indexOf(turn)), ...(useTools ? { tools: TOOL_SPECS } : {}) },
+      { messages, ...requestFields(settings), ...(useTools ? { tools: TOOL_SPECS } : {}) },
       { signal, resumable: true, ...(model !== undefined ? { model } : {}), ...(useTools ? { tools: EXECUTORS } : {}) },
     );
     for await (const event of events) {

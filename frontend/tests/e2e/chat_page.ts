@@ -16,8 +16,9 @@ export async function session(
   browser: Browser,
   stack: Stack,
   viewport: { width: number; height: number } = { width: 1000, height: 760 },
+  colorScheme: "light" | "dark" = "light",
 ): Promise<BrowserContext> {
-  const context = await browser.newContext({ viewport });
+  const context = await browser.newContext({ viewport, colorScheme });
   const page = await context.newPage();
   const response = await page.goto(stack.loginUrl);
   expect(response?.status()).toBe(200);

@@ -113,7 +113,7 @@ describe("reading", () => {
 
     const copy = reply.locator(".codeblock button.copy-code");
     await copy.click();
-    expect(await copy.textContent()).toBe("Copied");
+    await reply.locator(".codeblock button.copy-code", { hasText: "Copied" }).waitFor({ timeout: 5_000 });
     expect(await page.evaluate(() => navigator.clipboard.readText())).toBe("def add(a, b):\n    return a + b");
     await reply.locator('.actions button[data-action="copy"]').click();
     expect(await page.evaluate(() => navigator.clipboard.readText())).toBe(MARKDOWN);
@@ -222,6 +222,32 @@ describe("message actions", () => {
     expect(await page.locator("li.assistant").count()).toBe(1);
     expect(lastUser(lane().at(-1)?.postDataJSON())).toBe("Name a fruit.");
     await page.close();
+  });
+});
+
+describe("settings", () => {
+  it("sends the system prompt, temperature and token limit, and refuses a bad value", async () => {
+    const context = await session(browser, stack, { width: 1280, height: 800 }, "dark");
+    const { page, requests } = await open(context, stack, null);
+    await page.click("#settings-toggle");
+    await page.getByLabel("Temperature").fill("7");
+    await page.fill("#prompt", "Say hi.");
+    await page.press("#prompt", "Enter");
+    expect(await page.textContent("#notice")).toBe("Temperature must be a number from 0 to 2.");
+    expect(await page.locator("li.assistant").count()).toBe(0);
+    await page.getByLabel("System prompt").fill("Answer in one word.");
+    await page.getByLabel("Temperature").fill("0.3");
+    await page.getByLabel("Max tokens").fill("12");
+    await page.route(LANE, fulfilWith(MARKDOWN));
+    expect(await settled(await send(page, "Say hi."))).toBe("done");
+    const body = requests.find((r) => path(r) === "/direct/v1/chat/completions")?.postDataJSON() as Record<string, unknown>;
+    expect((body.messages as unknown[])[0]).toEqual({ role: "system", content: "Answer in one word." });
+    expect(body.temperature).toBe(0.3);
+    expect(body.max_tokens).toBe(12);
+    const negotiation = requests.find((r) => path(r) === "/direct-stream")?.postDataJSON() as Record<string, unknown>;
+    expect(negotiation.max_tokens).toBe(12);
+    await page.screenshot({ path: artifact("page-desktop-dark-settings.png") });
+    await context.close();
   });
 });
 
