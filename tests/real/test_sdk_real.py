@@ -1,5 +1,7 @@
-"""The unchanged OpenAI Python SDK holding whole conversations through `llama_direct.sdk.DirectAuth`,
-against the real stack: the lane, the SDK's retry on a fresh grant, and the fallback with the lane off."""
+"""The unchanged OpenAI and Anthropic Python SDKs holding whole conversations through
+`llama_direct.sdk.DirectAuth`, against the real stack: the lane (each route on a grant for that route),
+the SDK's retry on a fresh grant, and the fallback with the lane off. The Anthropic SDK takes only an
+httpx2 client; the OpenAI SDK takes either."""
 
 from __future__ import annotations
 
@@ -7,8 +9,11 @@ import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
+import anthropic
 import httpx
+import httpx2
 import openai
 import pytest
 from stack import Stack, run_stack
@@ -168,3 +173,72 @@ def test_with_the_lane_off_three_turns_take_the_fallback(llama_server_binary: Pa
         seen_async = Seen()
         asyncio.run(_three_turns_async(_async_client(off, seen_async)))
         assert seen_async.paths == seen.paths
+
+
+# Routes besides chat: each request negotiates a grant for its own route.
+
+ASK: list[anthropic.types.MessageParam] = [{"role": "user", "content": "Say hello."}]
+GREEDY = 0.0
+"""llama-server 11434 sends no `message_start` when a Messages stream's first token is part of a
+character (an emoji: 8 of 60 sampled "Say hello." streams, straight from llama-server), and the SDK's
+`get_final_message` then fails; greedy sampling keeps this reply's first token whole. (This SDK's
+`messages.stream` has no `temperature` argument: the Messages body field goes through `extra_body`.)"""
+
+
+def _anthropic(stack: Stack, seen: Seen) -> anthropic.Anthropic:
+    http_client = httpx2.Client(auth=DirectAuth(stack.base, stack.access_token), event_hooks={"request": [seen]},
+                                timeout=120)
+    return anthropic.Anthropic(base_url=stack.base, api_key="unused", http_client=http_client, max_retries=0)
+
+
+def _async_anthropic(stack: Stack, seen: Seen) -> anthropic.AsyncAnthropic:
+    http_client = httpx2.AsyncClient(auth=DirectAuth(stack.base, stack.access_token),
+                                     event_hooks={"request": [seen.async_hook]}, timeout=120)
+    return anthropic.AsyncAnthropic(base_url=stack.base, api_key="unused", http_client=http_client, max_retries=0)
+
+
+def test_the_anthropic_sdk_streams_a_message_and_counts_tokens_through_the_lane(stack: Stack) -> None:
+    model = stack.negotiate()["model"]
+    seen = Seen()
+    with _anthropic(stack, seen) as client:
+        for _ in range(2):  # one client, a fresh grant each time
+            with client.messages.stream(model=model, max_tokens=12, messages=ASK,
+                                        extra_body={"temperature": GREEDY}) as stream:
+                text = "".join(stream.text_stream)
+                final = stream.get_final_message()
+            assert text.strip() and final.usage.output_tokens > 0
+        count = client.messages.count_tokens(model=model, messages=ASK)
+        assert count.input_tokens > 0
+    assert seen.paths == ["/direct-stream", "/direct/v1/messages"] * 2 + [
+        "/direct-stream", "/direct/v1/messages/count_tokens"]
+
+
+def test_the_async_anthropic_sdk_streams_and_counts_through_the_lane(stack: Stack) -> None:
+    model = stack.negotiate()["model"]
+    seen = Seen()
+
+    async def main() -> None:
+        async with _async_anthropic(stack, seen) as client:
+            async with client.messages.stream(model=model, max_tokens=12, messages=ASK,
+                                              extra_body={"temperature": GREEDY}) as stream:
+                text = "".join([part async for part in stream.text_stream])
+            assert text.strip()
+            assert (await client.messages.count_tokens(model=model, messages=ASK)).input_tokens > 0
+
+    asyncio.run(main())
+    assert seen.paths == ["/direct-stream", "/direct/v1/messages", "/direct-stream", "/direct/v1/messages/count_tokens"]
+
+
+@pytest.mark.parametrize("library", [httpx, httpx2], ids=["httpx", "httpx2"])
+def test_the_openai_sdks_responses_and_completions_go_through_the_lane(stack: Stack, library: ModuleType) -> None:
+    seen = Seen()
+    http_client = library.Client(auth=DirectAuth(stack.base, stack.access_token),
+                                 event_hooks={"request": [seen]}, timeout=120)
+    with openai.OpenAI(base_url=stack.base + "/v1", api_key="unused", http_client=http_client,
+                       max_retries=0) as client:
+        model = stack.negotiate()["model"]
+        events = list(client.responses.create(model=model, input="Say hello.", max_output_tokens=12, stream=True))
+        assert any(event.type == "response.output_text.delta" for event in events)
+        completion = client.completions.create(model=model, prompt="Once upon a time", max_tokens=8)
+        assert completion.choices[0].text
+    assert seen.paths == ["/direct-stream", "/direct/v1/responses", "/direct-stream", "/direct/v1/completions"]
