@@ -10,6 +10,8 @@ import { ScrollFollow } from "./follow.ts";
 import { showLane } from "./lane.ts";
 import { ModelPicker } from "./models.ts";
 import { SettingsPanel } from "./settings.ts";
+import { Conversations } from "./sidebar.ts";
+import { ConversationStore } from "./store.ts";
 
 function byId<T extends HTMLElement>(id: string): T {
   const node = document.getElementById(id);
@@ -74,6 +76,7 @@ function start(): void {
     if (event.key === "Escape") chat.stop();
   });
   composer.prompt.focus();
+  void ConversationStore.open().then((store) => new Conversations(store, chat, settings).restore());
 }
 
 if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);

@@ -49,6 +49,29 @@ export class Chat {
     });
   }
 
+  /** Called after each change a reload should keep: a reply settled, a turn cut or edited. */
+  onChange: () => void = () => undefined;
+
+  /** The turns, as stored. */
+  snapshot(): TurnData[] {
+    return this.turns.map((turn) => ({ ...turn.data }));
+  }
+
+  /** Show a stored conversation in place of the current one (stopping a reply first). */
+  load(turns: readonly TurnData[]): void {
+    this.stop();
+    for (const turn of this.turns) {
+      turn.userEl.remove();
+      turn.reply?.root.remove();
+    }
+    this.turns = turns.map((data) => {
+      const turn: Turn = { data: { ...data }, userEl: userMessage(data.text, data.image), reply: ReplyView.restored(data.reply) };
+      this.page.list.append(turn.userEl, (turn.reply as ReplyView).root);
+      return turn;
+    });
+    this.page.follow.resume();
+  }
+
   get busy(): boolean {
     return this.controller !== null;
   }
@@ -101,7 +124,23 @@ export class Chat {
     void this.run(turn);
   }
 
-  private async run(turn: Turn): Promise<void> {
+  private running: Promise<void> | null = null;
+
+  /** Settles when no reply runs (after stopping one, before switching conversations). */
+  async idle(): Promise<void> {
+    this.stop();
+    await this.running;
+  }
+
+  private run(turn: Turn): Promise<void> {
+    const running = this.runTurn(turn).finally(() => {
+      if (this.running === running) this.running = null;
+    });
+    this.running = running;
+    return running;
+  }
+
+  private async runTurn(turn: Turn): Promise<void> {
     const { page } = this;
     const reply = new ReplyView(() => page.follow.update());
     turn.reply = reply;
@@ -123,6 +162,7 @@ export class Chat {
       this.controller = null;
       turn.data.reply = reply.content;
       page.setBusy(false);
+      this.onChange();
       page.follow.update();
       page.composer.prompt.focus();
     }

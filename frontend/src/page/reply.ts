@@ -61,6 +61,15 @@ export class ReplyView {
     this.root.append(who, this.body, this.status);
   }
 
+  /** A reply read back from storage: its text, settled, with its actions. */
+  static restored(content: string, onRender: () => void = () => undefined): ReplyView {
+    const view = new ReplyView(onRender);
+    view.status.textContent = "";
+    if (content !== "") view.textView().set(content);
+    view.settle(content === "" ? "error" : "done");
+    return view;
+  }
+
   /** The reply's visible text (Markdown source), for the conversation history and Copy. */
   get content(): string {
     return this.texts.map((view) => view.text).join("");

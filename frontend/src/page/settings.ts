@@ -69,6 +69,22 @@ export class SettingsPanel {
 
   /** The settings now, or the errors that keep a message from being sent. */
   read(): { settings: ChatSettings; errors: string[] } {
-    return parseSettings({ system: this.system.value, temperature: this.temperature.value, maxTokens: this.maxTokens.value });
+    return parseSettings(this.raw());
+  }
+
+  /** The fields' text, as stored with the conversation. */
+  raw(): SettingsInput {
+    return { system: this.system.value, temperature: this.temperature.value, maxTokens: this.maxTokens.value };
+  }
+
+  write(input: SettingsInput): void {
+    this.system.value = input.system;
+    this.temperature.value = input.temperature;
+    this.maxTokens.value = input.maxTokens;
+  }
+
+  /** Call `listener` when a field changes (the conversation keeps its settings). */
+  onInput(listener: () => void): void {
+    this.panel.addEventListener("change", listener);
   }
 }

@@ -152,6 +152,14 @@ describe("think template", () => {
     const { page } = await open(context, stack);
     const reply = await send(page, "What is 2+2? Think first.");
     expect(await settled(reply)).toBe("done");
+    // SmolLM2 under the think template sometimes answers inside its reasoning and stops there: such a
+    // reply is shown as the reply, not as an empty bubble that says "Thought for N s".
+    if ((await reply.getAttribute("data-promoted")) === "reasoning") {
+      expect((await reply.locator(".markdown").textContent())?.trim().length).toBeGreaterThan(0);
+      expect(await reply.locator("details.think").count()).toBe(0);
+      await page.screenshot({ path: artifact("e2e-think-promoted.png") });
+      return page.close();
+    }
     const think = reply.locator("details.think");
     expect(await think.count()).toBe(1);
     expect((await think.locator(".body").textContent())?.trim().length).toBeGreaterThan(0);
@@ -187,6 +195,7 @@ describe("tools template", () => {
       if (rounds > 1) return route.fallback();
       return route.fulfill({ status: 200, contentType: "text/event-stream", body: TOOL_CALLS });
     });
+    await page.click("#settings-toggle");
     await page.check("#tools");
     const reply = await send(page, "What time is it, and echo héllo?");
     expect(await settled(reply)).toBe("done");

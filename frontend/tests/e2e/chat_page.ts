@@ -33,6 +33,12 @@ export async function open(
   maxTokens: number | null = REPLY_TOKENS,
 ): Promise<{ page: Page; requests: Request[] }> {
   const page = await context.newPage();
+  // Each test's page starts with no stored conversations; a reload in the same tab keeps them.
+  await page.addInitScript(() => {
+    if (sessionStorage.getItem("e2e-fresh") !== null) return;
+    sessionStorage.setItem("e2e-fresh", "1");
+    indexedDB.deleteDatabase("llama-direct");
+  });
   const requests: Request[] = [];
   page.on("request", (request) => requests.push(request));
   if (maxTokens !== null) {

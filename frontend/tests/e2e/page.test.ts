@@ -251,6 +251,34 @@ describe("settings", () => {
   });
 });
 
+describe("conversations", () => {
+  it("keeps conversations across a reload; opens, starts and deletes them from the sidebar", async () => {
+    const context = await session(browser, stack, { width: 1280, height: 800 });
+    const { page } = await open(context, stack, null);
+    page.on("dialog", (dialog) => void dialog.accept());
+    await page.route(LANE, fulfilWith("First answer."));
+    expect(await settled(await send(page, "First conversation"))).toBe("done");
+    await page.click("#new-chat");
+    expect(await page.locator("li.msg").count()).toBe(0);
+    await page.unroute(LANE);
+    await page.route(LANE, fulfilWith("Second answer, with **bold**."));
+    expect(await settled(await send(page, "Second conversation"))).toBe("done");
+    await page.waitForTimeout(300);
+    await page.reload();
+    await page.locator("#conversations li").nth(1).waitFor({ timeout: WAIT_MS });
+    expect(await page.locator("#conversations .open").allTextContents()).toEqual(["Second conversation", "First conversation"]);
+    expect(await page.locator("li.user .text").allTextContents()).toEqual(["Second conversation"]);
+    expect(await page.locator("li.assistant strong").textContent()).toBe("bold");
+    await page.click("#conversations .open >> text=First conversation");
+    expect((await page.locator("li.assistant .markdown").textContent())?.trim()).toBe("First answer.");
+    await page.screenshot({ path: artifact("page-desktop-conversations.png") });
+    await page.click('#conversations button[data-action="delete"] >> nth=1');
+    await page.waitForFunction(() => document.querySelectorAll("#conversations li").length === 1);
+    expect(await page.locator("#conversations .open").allTextContents()).toEqual(["Second conversation"]);
+    await context.close();
+  });
+});
+
 describe("phones", () => {
   for (const width of [390, 360]) {
     it(`fits ${width} px with no horizontal scroll, and the composer grows with its text`, async () => {
