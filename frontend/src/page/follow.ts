@@ -80,6 +80,8 @@ export class ScrollFollow {
       if (UP_KEYS.has(event.key)) this.step({ kind: "up-intent" });
     });
     jump.addEventListener("click", () => this.step({ kind: "jump" }));
+    // The pane shrinks when the message box grows or the keyboard opens: keep the end in view.
+    if (typeof ResizeObserver === "function") new ResizeObserver(() => this.update()).observe(pane);
   }
 
   get following(): boolean {

@@ -9,6 +9,7 @@
  */
 import DOMPurify from "dompurify";
 import { type Links, Marked, type Token } from "marked";
+import { MATH_EXTENSIONS } from "./math.ts";
 
 const escapeHtml = (text: string): string =>
   text.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
@@ -22,6 +23,7 @@ export function fenceLanguage(lang: string | undefined): string {
 const marked = new Marked({
   gfm: true,
   breaks: false,
+  extensions: MATH_EXTENSIONS,
   renderer: {
     html: ({ text }) => escapeHtml(text),
     code: ({ text, lang }) => {
@@ -35,9 +37,9 @@ const marked = new Marked({
 const ALLOWED_TAGS = [
   "p", "br", "hr", "h1", "h2", "h3", "h4", "h5", "h6", "strong", "em", "del", "s", "code", "pre",
   "blockquote", "ul", "ol", "li", "a", "img", "table", "thead", "tbody", "tr", "th", "td", "input",
-  "sup", "sub",
+  "sup", "sub", "div", "span",
 ];
-const ALLOWED_ATTR = ["href", "title", "alt", "src", "start", "align", "type", "checked", "disabled", "data-lang"];
+const ALLOWED_ATTR = ["href", "title", "alt", "src", "start", "align", "type", "checked", "disabled", "data-lang", "data-math"];
 const LINK_PROTOCOLS = new Set(["http:", "https:", "mailto:"]);
 
 /** An absolute http(s) or mailto URL, or null: no `javascript:`, `data:`, relative or odd target. */

@@ -7,6 +7,7 @@
 import type { Token } from "marked";
 import { highlightIn } from "./highlight.ts";
 import { blockHtml, lexBlocks, sanitize } from "./markdown.ts";
+import { typesetIn } from "./math.ts";
 
 interface Block {
   raw: string;
@@ -75,6 +76,7 @@ export class MarkdownView {
     this.lastRebuilt = fresh.length;
     for (const block of fresh) this.root.append(...block.nodes);
     highlightIn(this.root);
+    typesetIn(this.root);
     this.onRender();
   }
 

@@ -35,6 +35,12 @@ const MARKDOWN = [
   "[bad](javascript:window.__pwned=3) <a href=\"javascript:window.__pwned=4\">worse</a>",
   "",
   "![a cat](https://images.example.invalid/cat.png)",
+  "",
+  "Math: $x^2 + y^2$, and",
+  "",
+  "$$",
+  "\\frac{a}{b}",
+  "$$",
 ].join("\n");
 
 const LONG = Array.from({ length: 30 }, (_, i) => `Line ${i + 1} of a long answer, with enough words to wrap.`).join("\n\n");
@@ -99,6 +105,9 @@ describe("reading", () => {
     expect(await link.getAttribute("rel")).toBe("noopener noreferrer");
     // The highlighter is a chunk loaded on first use, under the page's CSP.
     await reply.locator(".codeblock .hljs-keyword").first().waitFor({ timeout: WAIT_MS });
+    // KaTeX is a chunk loaded on first use too; it writes MathML, which needs no inline style.
+    await reply.locator('[data-math="block"] math').waitFor({ timeout: WAIT_MS });
+    expect(await reply.locator('[data-math="inline"] math').count()).toBe(1);
     expect(await reply.locator("img").count()).toBe(0);
     expect(await reply.locator("script").count()).toBe(0);
     expect(await reply.locator('a[href^="javascript"]').count()).toBe(0);
