@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from tests.unit.test_broker_app import Harness, _lane_on, h, make  # noqa: F401  (fixtures)
-
 from broker.static import PAGE_CSP
+from tests.unit.test_broker_app import Harness, _lane_on, h, make  # noqa: F401  (fixtures)
 
 
 def _directives(policy: str) -> dict[str, list[str]]:
