@@ -67,9 +67,11 @@ lock: | $(BIN)/python
 
 frontend: $(STATIC)
 
+# No install scripts: the one package that has one (esbuild's binary check) works without it, and
+# npm 11 would otherwise print a warning about each script it holds back.
 $(FRONT_STAMP): frontend/package.json frontend/package-lock.json | tools
 	@echo "llama-direct: installing the frontend's npm packages"
-	cd frontend && npm ci --no-audit --no-fund
+	cd frontend && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
 	@touch $@
 
 $(STATIC): $(FRONT_STAMP) $(shell find frontend/src -type f 2>/dev/null)
