@@ -39,6 +39,7 @@ def _settle(redis: RedisServer) -> float:
     return time.time()
 
 
+@pytest.mark.slow
 def test_a_token_is_spent_once_across_stores_and_uses_are_counted(redis_server: RedisServer) -> None:
     now = _settle(redis_server)
     claims = _claims(now)
@@ -49,6 +50,7 @@ def test_a_token_is_spent_once_across_stores_and_uses_are_counted(redis_server: 
     assert results[:2] == [None, None] and isinstance(results[2], TokenSpent)
 
 
+@pytest.mark.slow
 def test_redis_down_is_503_and_a_restart_refuses_older_tokens(redis_server: RedisServer) -> None:
     now = _settle(redis_server)
     spent, unspent = _claims(now), _claims(now)
