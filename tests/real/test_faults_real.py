@@ -298,8 +298,8 @@ def test_a_slow_loading_model_negotiates_unsupported_model_loading() -> None:
                 return dict(answer.json()) if answer.status_code == 200 else None
 
             loading = wait_for("an answer while loading", negotiate, 30, 0.2)
-            assert loading == {"supported": False, "reason": "model_loading", "message": "The model is still loading.",
-                               "fallback_url": "/v1/chat/completions"}
+            assert loading == {"supported": False, "route": "chat", "reason": "model_loading",
+                               "message": "The model is still loading.", "fallback_url": "/v1/chat/completions"}
             assert "llama-direct ready:" not in Path(log.name).read_text()
             upstream.loaded.set()
             wait_for("the ready line", lambda: "llama-direct ready:" in Path(log.name).read_text(), 30)
