@@ -293,9 +293,12 @@ def test_a_slow_loading_model_negotiates_unsupported_model_loading() -> None:
             base = f"http://127.0.0.1:{port}"
 
             def negotiate() -> dict[str, Any] | None:
-                """The answer, once the broker is up (until then the gate answers 502 for it)."""
+                """The answer, once the broker is up (until then the gate answers 502 for it) and has
+                reached the gate (until then it says `gate_down`, as it should)."""
                 answer = httpx.post(base + "/direct-stream", headers={"Authorization": f"Bearer {access}"}, timeout=5)
-                return dict(answer.json()) if answer.status_code == 200 else None
+                if answer.status_code != 200 or answer.json().get("reason") == "gate_down":
+                    return None
+                return dict(answer.json())
 
             loading = wait_for("an answer while loading", negotiate, 30, 0.2)
             assert loading == {"supported": False, "route": "chat", "reason": "model_loading",

@@ -136,7 +136,9 @@ def test_a_child_refuses_a_request_without_the_key(router: Stack) -> None:
     assert httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=10).status_code == 401
 
 
-def test_load_state_reaches_the_client_before_the_first_token(router: Stack) -> None:
+def _load_seen(router: Stack) -> tuple[list[tuple[float, str]], list[float], list[float]]:
+    """Beta loaded by a streamed chat while the client polls `/v1/models`: what it saw, when the first
+    token and the first progress event came."""
     assert _chat(_grant(router, model="alpha")).status_code == 200  # beta is unloaded now
     grant = _grant(router, model="beta")
     seen: list[tuple[float, str]] = []
@@ -163,10 +165,23 @@ def test_load_state_reaches_the_client_before_the_first_token(router: Stack) -> 
         seen.append((time.monotonic(), _models(router)["beta"]))
         time.sleep(0.05)
     worker.join()
-    assert first_token
-    loading = [at for at, status in seen if status == "loading"]
-    assert loading and loading[0] < first_token[0], seen
-    assert progress and progress[0] <= first_token[0]
+    return seen, first_token, progress
+
+
+def test_load_state_reaches_the_client_before_the_first_token(router: Stack) -> None:
+    """The listing a client polls is the gate's health, at most 1.5 s old (the broker's 1 s, the gate's
+    0.5 s), and the small model loads in about half a second: one load can fall between two reads.
+    So up to three loads are watched; the state must reach the client before the first token in one."""
+    attempts = []
+    for _ in range(3):
+        seen, first_token, progress = _load_seen(router)
+        assert first_token
+        assert progress and progress[0] <= first_token[0]
+        loading = [at for at, status in seen if status == "loading"]
+        if loading and loading[0] < first_token[0]:
+            return
+        attempts.append(seen)
+    raise AssertionError(f"no load was seen before its first token in three: {attempts}")
 
 
 def test_resume_of_a_stream_from_the_second_model(router: Stack) -> None:
