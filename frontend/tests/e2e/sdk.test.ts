@@ -39,7 +39,9 @@ afterAll(async () => {
 
 /** Log in, then load the SDK bundle and the broker's `llama-direct.js` into the page. */
 async function openApp(stack: Stack): Promise<{ page: Page; posts: () => string[] }> {
-  const context = await browser.newContext();
+  // The harness injects the SDK as inline scripts, as a host app's own page would load it; the chat
+  // page's CSP (its own scripts only, tested in page.test.ts) is not what this test is about.
+  const context = await browser.newContext({ bypassCSP: true });
   const page = await context.newPage();
   const requests: Request[] = [];
   page.on("request", (request) => requests.push(request));
