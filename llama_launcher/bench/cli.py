@@ -137,6 +137,44 @@ def _with_bed(start: Callable[[], Bed], work: Callable[[Bed], Coroutine[Any, Any
         bed.stop()
 
 
+def _run_real(plan: Plan, work: Path, old: Path | None, results: dict[str, Any]) -> None:
+    """The real llama-server's rounds (and a router's, when asked), written into `results`."""
+    _say("starting a real llama-server and the lanes in front of it")
+
+    async def on_real(bed: Bed) -> None:
+        results["rounds"] += await scenarios.throughput(
+            bed, real=True, levels=plan.levels, tokens=plan.real_tokens, reps=plan.reps, say=_say)
+        results["gate_cost"]["real"] = await request_cost.gate_cost(
+            bed, scenarios.chat_body(real=True, max_tokens=1), count=plan.cost_requests,
+            rounds=plan.cost_rounds, kept_alive=True)
+        results["many_models"]["single"] = await models.lane_vs_raw(bed, plan.model_ttfts)
+        if bed.before is not None:
+            results["first_token_real"] = await scenarios.first_token(bed, plan.model_ttfts, real=True)
+
+    async def on_router(bed: Bed) -> None:
+        results["many_models"]["router"] = await models.lane_vs_raw(
+            bed, plan.model_ttfts, model=ROUTER_MODELS[0])
+        results["many_models"]["loads"] = await models.cold_and_warm(bed, plan.model_loads)
+
+    results["many_models"] = {}
+    _with_bed(lambda: real_bed(work, max_tokens=max(plan.real_tokens.values()) * 4, before=old), on_real)
+    if plan.router:
+        _say("starting a real llama-server router (two models, one loaded at a time) and the lanes")
+        _with_bed(lambda: real_bed(work, max_tokens=max(plan.real_tokens.values()) * 4, router=True),
+                  on_router)
+
+
+def _run_fleet(plan: Plan, work: Path, max_tokens: int) -> dict[str, Any]:
+    """One gate in front of 1, 2 and 4 synthetic upstreams, and two gates on one Redis."""
+    _say("the fleet: one gate in front of 1, 2 and 4 synthetic upstreams; two gates on one Redis")
+    return {
+        "routing": run_loop(fleet.routing_cost(work, streams=plan.fleet_streams, tokens=plan.fleet_tokens,
+                                               reps=plan.fleet_reps, max_tokens=max_tokens, say=_say)),
+        "redis": run_loop(fleet.redis_round_trip(work, count=plan.fleet_requests, reps=plan.fleet_reps,
+                                                 max_tokens=max_tokens, say=_say)),
+    }
+
+
 def run_bench(plan: Plan, out: Path, command: str) -> dict[str, Any]:
     started = time.monotonic()
     raise_fd_limit()
@@ -150,29 +188,7 @@ def run_bench(plan: Plan, out: Path, command: str) -> dict[str, Any]:
             results["before"] = {"rev": tree.rev, "commit": tree.commit}
             _say(f"the code at {tree.rev} ({tree.commit[:12]}) runs beside this code's")
         if plan.real:
-            _say("starting a real llama-server and the lanes in front of it")
-
-            async def on_real(bed: Bed) -> None:
-                results["rounds"] += await scenarios.throughput(
-                    bed, real=True, levels=plan.levels, tokens=plan.real_tokens, reps=plan.reps, say=_say)
-                results["gate_cost"]["real"] = await request_cost.gate_cost(
-                    bed, scenarios.chat_body(real=True, max_tokens=1), count=plan.cost_requests,
-                    rounds=plan.cost_rounds, kept_alive=True)
-                results["many_models"]["single"] = await models.lane_vs_raw(bed, plan.model_ttfts)
-                if bed.before is not None:
-                    results["first_token_real"] = await scenarios.first_token(bed, plan.model_ttfts, real=True)
-
-            async def on_router(bed: Bed) -> None:
-                results["many_models"]["router"] = await models.lane_vs_raw(
-                    bed, plan.model_ttfts, model=ROUTER_MODELS[0])
-                results["many_models"]["loads"] = await models.cold_and_warm(bed, plan.model_loads)
-
-            results["many_models"] = {}
-            _with_bed(lambda: real_bed(work, max_tokens=max(plan.real_tokens.values()) * 4, before=old), on_real)
-            if plan.router:
-                _say("starting a real llama-server router (two models, one loaded at a time) and the lanes")
-                _with_bed(lambda: real_bed(work, max_tokens=max(plan.real_tokens.values()) * 4, router=True),
-                          on_router)
+            _run_real(plan, work, old, results)
 
         if plan.real and plan.idle_modes:
             results["idle_modes"] = idle.run_modes(work, settle=plan.idle_settle, seconds=plan.idle_seconds,
@@ -214,13 +230,7 @@ def run_bench(plan: Plan, out: Path, command: str) -> dict[str, Any]:
         if old is not None:
             results["before"]["verification"] = before.verification_cost(old, plan.verifications)
         if plan.fleet_reps:
-            _say("the fleet: one gate in front of 1, 2 and 4 synthetic upstreams; two gates on one Redis")
-            results["fleet"] = {
-                "routing": run_loop(fleet.routing_cost(work, streams=plan.fleet_streams, tokens=plan.fleet_tokens,
-                                                       reps=plan.fleet_reps, max_tokens=max_tokens, say=_say)),
-                "redis": run_loop(fleet.redis_round_trip(work, count=plan.fleet_requests, reps=plan.fleet_reps,
-                                                         max_tokens=max_tokens, say=_say)),
-            }
+            results["fleet"] = _run_fleet(plan, work, max_tokens)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     results["rows"] = summary.summarize(results["rounds"])
