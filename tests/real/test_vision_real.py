@@ -232,10 +232,10 @@ REFUSED: dict[str, tuple[Any, int, str]] = {
 def test_a_hostile_image_is_refused_by_the_gate_and_never_reaches_llama_server(vision: Lane, case: str) -> None:
     make, status, reason = REFUSED[case]
     before = len(vision.chats_forwarded())
-    started = time.monotonic()
+    # No clock: a bomb is refused on its declared size before any decode, which its reason shows
+    # (image_too_many_pixels); the chat's own timeout bounds a gate that would decode it instead.
     response = vision.chat(*make())
     assert _refusal(response) == (status, reason), response.text
-    assert time.monotonic() - started < 10
     assert vision.chats_forwarded()[before:] == []
     # llama-server is still there, and still answers an honest image.
     assert vision.chat(data_url(_png(), "image/png")).status_code == 200
