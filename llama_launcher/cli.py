@@ -9,6 +9,7 @@ import ssl
 import sys
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from llama_direct.logs import configure_logging
@@ -25,6 +26,9 @@ from llama_launcher.paths import cache_dir, default_data_dir
 from llama_launcher.router_launch import is_router, router_spec
 from llama_launcher.secret_inputs import read_secret_file
 from llama_launcher.server_args import validate_extra_args
+
+if TYPE_CHECKING:
+    from llama_launcher import supervisor
 
 UNLIMITED_RATE = serve_flags.UNLIMITED_RATE
 """The highest rate limit serve takes (its flags live in `serve_flags`); kept here for the bench's callers."""
@@ -80,6 +84,11 @@ def _parser() -> argparse.ArgumentParser:
     haproxy.add_argument("--local-peer", type=serve_flags.name, help="which --peer this HAProxy is")
     haproxy.add_argument("--output", "-o", type=Path, help="write here (default: stdout)")
     return parser
+
+
+def serve_args(argv: list[str]) -> argparse.Namespace:
+    """`serve`'s flags parsed as the command line parses them: a lane takes the same ones."""
+    return _parser().parse_args(["serve", *argv])
 
 
 def _template_path(choice: str | None) -> Path | None:
@@ -165,15 +174,25 @@ def _launch_spec(args: argparse.Namespace, cache: Path, upstream_key: str | None
 
 
 def serve(args: argparse.Namespace) -> int:
-    from llama_launcher import supervisor, tls
+    from llama_launcher import supervisor
 
     if args.verbose:
         os.environ[LOG_LEVEL_ENV] = "DEBUG"
     os.environ[LOG_FORMAT_ENV] = args.log_format  # the children follow the parent's choices
     configure_logging(process="serve", file_pending=True)
+    return supervisor.run(stack_plan(args))
+
+
+def stack_plan(args: argparse.Namespace, access_token: str | None = None) -> supervisor.StackPlan:
+    """What `serve`'s flags ask for, checked, with llama-server and the model found or fetched: the plan
+    `serve` runs, and the one a lane started from an app's code runs (`llama_launcher.lane_process`,
+    which passes a throw-away `access_token`: no one logs in to a lane)."""
+    from llama_launcher import supervisor, tls
+
     cache = cache_dir()
     data_dir = (args.data_dir or default_data_dir()).resolve()
-    access_token = _access_token(args, data_dir)
+    if access_token is None:
+        access_token = _access_token(args, data_dir)
     upstream_keys = secret_inputs.upstream_keys(args.upstream_key_file, len(args.upstream))
     if any(_upstream_in_clear(url) for url in args.upstream):
         print("llama-direct: warning: an --upstream is plain http:// to another machine: the upstream key crosses "
@@ -206,14 +225,13 @@ def serve(args: argparse.Namespace) -> int:
         "send_timeout": args.send_timeout,
         "trusted_proxies": list(args.trusted_proxy), **jwks_settings,
     }
-    plan = supervisor.StackPlan(
+    return supervisor.StackPlan(
         host=args.host, port=args.port, data_dir=data_dir, launch=launch, access_token=access_token,
         broker_settings=broker_settings, gate_settings=gate_settings, upstream_keys=tuple(upstream_keys),
         tls=cert_pair is not None, public_url=args.public_url, gate_port=args.gate_port,
         allow_origins=tuple(args.allow_origin), audience=args.audience, issuers=tuple(args.issuer),
         redis_url=secret_inputs.redis_url(args.redis_url_file),
     )
-    return supervisor.run(plan)
 
 
 def _jwks_settings(args: argparse.Namespace) -> dict[str, object]:

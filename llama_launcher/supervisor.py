@@ -81,7 +81,9 @@ class StackPlan:
     """Everything decided before any child starts; built by the CLI from flags and environment."""
 
     host: str
-    port: int
+    port: int | None
+    """The app's public port (0: a free one); None: no app port, the lane alone (`llama_launcher.lane`:
+    the host app serves its own pages, and `gate_port` is the lane's)."""
     data_dir: Path
     launch: LaunchSpec
     access_token: str
@@ -158,9 +160,13 @@ def check_data_dir(data_dir: Path) -> None:
 
 
 class DataDirLock:
-    """Two instances never share one data dir: their keys and ids would fight."""
+    """Two instances never share one data dir: their keys and ids would fight.
 
-    def __init__(self, data_dir: Path) -> None:
+    `wait`: seconds to wait for another holder to let go (a lane that is still stopping when the next
+    one starts), rather than refuse at once.
+    """
+
+    def __init__(self, data_dir: Path, wait: float = 0.0) -> None:
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         check_data_dir(data_dir)
         try:
@@ -170,11 +176,16 @@ class DataDirLock:
                 raise LauncherError(f"the lock file in the data dir {data_dir} is a symlink; remove it") from None
             raise LauncherError(f"cannot open the lock file in the data dir {data_dir}: {error.strerror}") from None
         self._handle: IO[str] = os.fdopen(fd, "w")
-        try:
-            fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._handle.close()
-            raise LauncherError(f"another llama-direct serve is using the data dir {data_dir}") from None
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    self._handle.close()
+                    raise LauncherError(f"another llama-direct serve is using the data dir {data_dir}") from None
+                time.sleep(0.1)
 
     def close(self) -> None:
         """Let go of the data dir (serve holds it until it exits; `rotate-token` only while it writes)."""
@@ -182,15 +193,15 @@ class DataDirLock:
 
 
 class Stack:
-    def __init__(self, plan: StackPlan) -> None:
+    def __init__(self, plan: StackPlan, lock_wait: float = 0.0) -> None:
         self.plan = plan
         # Ports first: a busy one is the likeliest mistake, and then nothing else must be left behind.
-        self.public = bind_public(plan.host, plan.port)
+        self.public = bind_public(plan.host, plan.port) if plan.port is not None else None
         self.lane: socket.socket | None = None
         try:
             if plan.gate_port is not None:
                 self.lane = bind_public(plan.host, plan.gate_port, "--gate-port")
-            self.lock = DataDirLock(plan.data_dir)
+            self.lock = DataDirLock(plan.data_dir, lock_wait)
         except BaseException:
             for sock in (self.public, self.lane):
                 if sock is not None:
@@ -200,7 +211,7 @@ class Stack:
         self.log_dir = plan.data_dir / LOGS_DIR
         self.log_file = open_log_file(self.log_dir, "serve")
         self.runtime = make_runtime_dir()
-        self.port = self.public.getsockname()[1]
+        self.port: int | None = self.public.getsockname()[1] if self.public else None
         self.lane_port = self.lane.getsockname()[1] if self.lane else None
         self.gate: subprocess.Popen[bytes] | None = None
         self.broker: subprocess.Popen[bytes] | None = None
@@ -239,6 +250,8 @@ class Stack:
 
     def app_origins(self) -> list[str]:
         """The origins the page is served from, which may call a lane on its own port."""
+        if self.port is None:  # the host app's origins are all in `allow_origins`
+            return []
         if self.plan.public_url:
             parts = urlsplit(self.plan.public_url)
             return [f"{parts.scheme}://{parts.netloc}"]
@@ -279,20 +292,18 @@ class Stack:
 
     def start_broker(self) -> None:
         if self.broker is None:
-            log.info("%s", format_runtime_line(self.runtime, self.plan.host, self.port))
+            log.info("%s", format_runtime_line(self.runtime, self.plan.host, self.port or self.lane_port or 0))
         self.broker = self._spawn("broker", self._env(**{ACCESS_TOKEN_ENV: self.plan.access_token}))
         log.info("broker started pid=%d", self.broker.pid)
 
     def start_gate(self) -> None:
-        if self.lane is not None:
-            extra = {
-                PUBLIC_FD_ENV: str(self.lane.fileno()),
-                APP_FD_ENV: str(self.public.fileno()),
-            }
-            fds: tuple[int, ...] = (self.lane.fileno(), self.public.fileno())
-        else:
-            extra = {PUBLIC_FD_ENV: str(self.public.fileno())}
-            fds = (self.public.fileno(),)
+        first = self.lane or self.public
+        assert first is not None, "a stack serves a lane port, an app port, or both"
+        extra = {PUBLIC_FD_ENV: str(first.fileno())}
+        fds: tuple[int, ...] = (first.fileno(),)
+        if self.lane is not None and self.public is not None:
+            extra[APP_FD_ENV] = str(self.public.fileno())
+            fds = (self.lane.fileno(), self.public.fileno())
         if self.plan.upstream_keys:
             extra[UPSTREAM_KEYS_ENV] = json.dumps(list(self.plan.upstream_keys))
         self.gate = self._spawn("llama_launcher.gate_process", self._env(**extra), pass_fds=fds)
@@ -386,9 +397,9 @@ class Stack:
                 os.killpg(child.pid, signal.SIGKILL)
                 child.wait()
         process_group.kill_recorded(self.runtime)  # a gate killed above could not stop llama-server
-        self.public.close()
-        if self.lane is not None:
-            self.lane.close()
+        for sock in (self.public, self.lane):
+            if sock is not None:
+                sock.close()
         shutil.rmtree(self.runtime, ignore_errors=True)
 
 
