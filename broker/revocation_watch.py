@@ -24,7 +24,8 @@ import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from broker.shared_state import DEFAULT_TIMEOUT, REVOCATIONS_CHANNEL
+from broker.shared_state import DEFAULT_TIMEOUT
+from llama_direct.shared_replay import REVOCATIONS_CHANNEL
 
 if TYPE_CHECKING:
     import redis.asyncio

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from llama_direct.refusals import SharedStateUnavailable
+from llama_direct.shared_replay import REVOCATIONS_CHANNEL, REVOCATIONS_KEY, REVOKE_SCRIPT
 from llama_direct.tokens import LEEWAY_SECONDS, MAX_TTL_SECONDS
 
 if TYPE_CHECKING:
@@ -28,10 +29,6 @@ if TYPE_CHECKING:
 SESSION_PREFIX = "ld:session:"
 RATE_PREFIX = "ld:rate:"
 LOAD_RATE_PREFIX = "ld:loads:"
-REVOCATIONS_KEY = "ld:revocations"
-REVOCATIONS_CHANNEL = "ld:revocations:changed"
-"""Pub/sub: a revocation that changed `REVOCATIONS_KEY` is announced here, and every broker's
-`RevocationWatch` wakes its gate's held poll. A Redis ACL user needs the channel (`&ld:revocations:changed`)."""
 SESSION_TTL_SECONDS = 7 * 24 * 3600
 """A session is forgotten a week after it was made (memory sessions last until a restart)."""
 REVOCATION_HORIZON = MAX_TTL_SECONDS + LEEWAY_SECONDS
@@ -52,17 +49,6 @@ redis.call('EXPIRE', KEYS[1], math.ceil(burst / rate) + 60)
 return wait
 """
 """The in-memory `RateLimiter`'s token bucket, run atomically in Redis."""
-
-_REVOKE_SCRIPT = """
-local current = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '-1')
-if tonumber(ARGV[2]) > current then
-  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-  redis.call('PUBLISH', ARGV[3], '1')
-end
-return 1
-"""
-"""A later revocation never loosens an earlier one, whichever broker wrote first; one that changed
-something is announced in the same step, so no broker can miss it while its subscription is up."""
 
 
 def sync_client(url: str, timeout: float = DEFAULT_TIMEOUT) -> redis.Redis:
@@ -137,7 +123,7 @@ class RedisRevocations:
 
     def revoke(self, sub: str, not_before: float) -> None:
         second = math.ceil(not_before)
-        _guarded(lambda: self._redis.eval(_REVOKE_SCRIPT, 1, REVOCATIONS_KEY, sub, second, REVOCATIONS_CHANNEL))
+        _guarded(lambda: self._redis.eval(REVOKE_SCRIPT, 1, REVOCATIONS_KEY, sub, second, REVOCATIONS_CHANNEL))
 
     def prune(self, now: float) -> None:
         horizon = now - REVOCATION_HORIZON

@@ -48,3 +48,10 @@ def parse_load_charge(document: object) -> tuple[str, str] | None:
     if not isinstance(user, str) or not isinstance(model, str) or not user or not model:
         return None
     return user, model
+
+
+USERS_CHANGED_PATH = "/users/changed"
+"""`POST` (no body) by `llama-direct users` after it removed or rotated a user in the data dir's store:
+the broker applies the store's revocations at once and wakes the gate's held poll, so a grant the
+user already holds is refused. Only a process that can reach the runtime dir (0700) can ask; asking
+only makes the broker read what the store already says."""

@@ -55,6 +55,12 @@ class LaneRoute:
     `max_tokens`; the first is the cap's own name in this format (`length_cap`)."""
     query: tuple[str, ...] = ()
     """The query parameters it takes (a conversation route's `conv_id` first); any other is refused."""
+    budget_fields: tuple[str, ...] = ()
+    """Nested fields (dotted paths) llama-server reads as a share of the generation's length, each held
+    to the grant's `max_tokens` as the length fields are: Messages' `thinking.budget_tokens`."""
+    unproxied: str = ""
+    """Why HAProxy in the gate's place cannot check this route; empty when it can. `llama-direct
+    haproxy-config` refuses to render a config that serves such a route (docs/fleet.md)."""
 
     @property
     def key(self) -> tuple[str, str]:
@@ -80,10 +86,12 @@ CHAT = LaneRoute(
     name="chat", method="POST", path="/v1/chat/completions", scope="chat", body="chat", conversation="opens",
     length_fields=("max_tokens", "max_completion_tokens", "n_predict"),
 )
+_HELD_STREAM = ("its conv_id query must be the grant's conversation, and it must reach the llama-server "
+                "that holds the stream; HAProxy's lane rules check no query and pick a server by load")
 RESUME = LaneRoute(name="resume", method="GET", path="/v1/stream", scope="resume", body=None,
-                   conversation="resumes", query=("conv_id", "from"))
+                   conversation="resumes", query=("conv_id", "from"), unproxied=_HELD_STREAM)
 CANCEL = LaneRoute(name="cancel", method="DELETE", path="/v1/stream", scope="cancel", body=None,
-                   conversation="stops", query=("conv_id",))
+                   conversation="stops", query=("conv_id",), unproxied=_HELD_STREAM)
 
 RESPONSES = LaneRoute(
     name="responses", method="POST", path="/v1/responses", scope="responses", body="responses",
@@ -93,7 +101,7 @@ RESPONSES = LaneRoute(
 resumable stream as chat (`handle_completions_impl`), so it may open a conversation."""
 MESSAGES = LaneRoute(
     name="messages", method="POST", path="/v1/messages", scope="messages", body="messages",
-    conversation="opens", length_fields=("max_tokens",),
+    conversation="opens", length_fields=("max_tokens",), budget_fields=("thinking.budget_tokens",),
 )
 """Anthropic Messages: converted to chat by llama-server, resumable as chat is."""
 COMPLETIONS = LaneRoute(
@@ -147,3 +155,5 @@ def never_routed(path: str) -> bool:
 
 NEGOTIATION_PATH = "/direct-stream"
 """The broker's route that hands out a lane token (and says when the lane is off)."""
+WHOAMI_PATH = "/v1/me"
+"""`GET`: who is logged in (`llama_direct.documents.WhoAmI`), for the page to show."""

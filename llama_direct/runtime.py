@@ -48,6 +48,9 @@ ACCESS_TOKEN_FILE = "access-token"
 `llama-direct rotate-token` replaces it."""
 SESSIONS_FILE = "sessions.json"
 """Login sessions by digest (`broker.session_file`); `rotate-token` removes it, logging every browser out."""
+USERS_DB_FILE = "users.sqlite3"
+"""Named users, their secrets' digests and the revocations their changes leave (`llama_direct.user_store`),
+in the data dir (0600); in a fleet they live in Redis instead."""
 LLAMA_GROUP_FILE = "llama-server-group.json"
 """llama-server's process group and binary, written by the gate, read by the supervisor if the gate
 dies: the children a router started must not outlive it (`llama_launcher.process_group`)."""
@@ -112,3 +115,17 @@ def parse_runtime_line(text: str) -> RuntimeLine | None:
     if match is None:
         return None
     return RuntimeLine(Path(match.group("path")), match.group("host"), int(match.group("port")))
+
+
+# A lane started from an app's code (`llama_launcher.lane`): one per data dir, shared by the app's workers.
+LANE_FILE = "lane.json"
+"""In the data dir while a lane serves: its URL, its lease socket, and the settings its broker half runs
+with, so another worker of the app attaches to it instead of starting a second one."""
+LANE_START_LOCK = "lane-start.lock"
+"""In the data dir: held by whichever worker is attaching or starting, so two never start two lanes."""
+LEASE_SOCKET = "lane.sock"
+"""In the lane's runtime dir: each app process holds a connection; the lane stops when the last one goes."""
+LANE_LEASE_FD_ENV = "LLAMA_DIRECT_LANE_LEASE_FD"
+"""The lane process's first lease, inherited from the process that started it."""
+LANE_READY_FD_ENV = "LLAMA_DIRECT_LANE_READY_FD"
+"""Where the lane process writes its lane document (or why it could not start), once, then closes."""

@@ -37,6 +37,24 @@ return 0
 """
 """Uses counted up to the grant's `uses`; the key is forgotten with the token."""
 
+REVOCATIONS_KEY = "ld:revocations"
+"""sub -> not-before second, shared by every broker (`broker.shared_state.RedisRevocations`) and
+written by `llama-direct users` too, when it removes or rotates a user (`llama_direct.user_store_redis`)."""
+REVOCATIONS_CHANNEL = "ld:revocations:changed"
+"""Pub/sub: a revocation that changed `REVOCATIONS_KEY` is announced here, and every broker's
+`RevocationWatch` wakes its gate's held poll. A Redis ACL user needs the channel (`&ld:revocations:changed`)."""
+REVOKE_SCRIPT = """
+local current = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '-1')
+if tonumber(ARGV[2]) > current then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('PUBLISH', ARGV[3], '1')
+end
+return 1
+"""
+"""KEYS[1] = `REVOCATIONS_KEY`; ARGV = sub, not-before second, `REVOCATIONS_CHANNEL`. A later
+revocation never loosens an earlier one, whichever writer came first; one that changed something is
+announced in the same step, so no broker can miss it while its subscription is up."""
+
 
 def async_client(url: str, timeout: float = DEFAULT_TIMEOUT) -> redis.asyncio.Redis:
     """A client for `redis://` or `rediss://` (TLS), failing fast: no retry hides a dead Redis."""

@@ -28,7 +28,8 @@ import broker.revocation_watch
 from broker.app import create_control_app
 from broker.core import BrokerCore
 from broker.revocation_watch import RevocationWatch
-from broker.shared_state import REVOCATIONS_KEY, sync_client
+from broker.shared_state import sync_client
+from llama_direct.shared_replay import REVOCATIONS_KEY
 
 HOLD = 120.0
 BOUND = 20.0
