@@ -63,7 +63,7 @@ LOGS_DIR = "logs"
 """The gate's exit code that tells the parent not to restart it for the same cause."""
 
 _READY = re.compile(r"llama-direct ready: (?P<url>https?://\S+)")
-_RUNTIME = re.compile(r"runtime dir=(?P<path>\S+) public=(?P<host>\S+):(?P<port>\d+)")
+_RUNTIME = re.compile(r"runtime dir=(?P<path>\S+) public=(?P<host>\S+):(?P<port>\d+)(?: url=(?P<url>\S+))?")
 
 
 def format_ready_line(url: str) -> str:
@@ -84,6 +84,9 @@ class RuntimeLine:
     path: Path
     host: str
     port: int
+    url: str | None = None
+    """The base of the login link as serve prints it (`--public-url`, else the scheme, host and port),
+    for `llama-direct users` to print a user's link the same way."""
 
 
 def log_file_path(log_dir: Path, process: str) -> Path:
@@ -105,16 +108,27 @@ def read_serve_log(data_dir: Path) -> str:
         return ""
 
 
-def format_runtime_line(path: Path, host: str, port: int) -> str:
+def format_runtime_line(path: Path, host: str, port: int, url: str | None = None) -> str:
     """The log line that names the runtime dir (no secret: the dir holds sockets and settings only)."""
-    return f"runtime dir={path} public={host}:{port}"
+    line = f"runtime dir={path} public={host}:{port}"
+    return f"{line} url={url}" if url else line
 
 
 def parse_runtime_line(text: str) -> RuntimeLine | None:
-    match = _RUNTIME.search(text)
+    """The first runtime line in `text` (a run's own output)."""
+    return _runtime(_RUNTIME.search(text))
+
+
+def last_runtime_line(text: str) -> RuntimeLine | None:
+    """The latest runtime line in `text` (serve's log holds one per start): where serve runs now, if it does."""
+    matches = list(_RUNTIME.finditer(text))
+    return _runtime(matches[-1] if matches else None)
+
+
+def _runtime(match: re.Match[str] | None) -> RuntimeLine | None:
     if match is None:
         return None
-    return RuntimeLine(Path(match.group("path")), match.group("host"), int(match.group("port")))
+    return RuntimeLine(Path(match.group("path")), match.group("host"), int(match.group("port")), match.group("url"))
 
 
 # A lane started from an app's code (`llama_launcher.lane`): one per data dir, shared by the app's workers.

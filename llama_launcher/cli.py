@@ -50,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
 
     commands.add_parser("bench", help="measure the direct lane against raw llama-server, side by side "
                         "(llama-direct bench --help)")
+    commands.add_parser("users", help="named users with their own login links, API keys and limits "
+                        "(llama-direct users --help)")
 
     rotate = commands.add_parser("rotate-token", help="replace the owner's access token (the login link) and log "
                                  "every browser out; run it while serve is stopped")
@@ -326,6 +328,10 @@ def main(argv: list[str] | None = None) -> int:
         from llama_launcher.bench.cli import main as bench_main
 
         return bench_main(argv[1:])
+    if argv[:1] == ["users"]:  # its own parser: subcommands of their own (llama_launcher.users_cli)
+        from llama_launcher.users_cli import main as users_main
+
+        return users_main(argv[1:])
     args = _parser().parse_args(argv)
     commands = {"serve": serve, "setup": setup, "doctor": doctor, "haproxy-config": haproxy_config,
                 "rotate-token": rotate_token}

@@ -292,7 +292,8 @@ class Stack:
 
     def start_broker(self) -> None:
         if self.broker is None:
-            log.info("%s", format_runtime_line(self.runtime, self.plan.host, self.port or self.lane_port or 0))
+            log.info("%s", format_runtime_line(self.runtime, self.plan.host, self.port or self.lane_port or 0,
+                                               url=self.base_url() if self.port is not None else None))
         self.broker = self._spawn("broker", self._env(**{ACCESS_TOKEN_ENV: self.plan.access_token}))
         log.info("broker started pid=%d", self.broker.pid)
 
