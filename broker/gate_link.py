@@ -121,9 +121,11 @@ class GateLink:
     async def poll_once(self) -> None:
         try:
             answer = await self.client.get("/health", timeout=HEALTH_TIMEOUT_SECONDS)
-            health = GateHealth.from_answer(answer.json()) if answer.status_code == 200 else GATE_DOWN
-        except (httpx.HTTPError, ValueError):
+            health = GateHealth.read(answer.content) if answer.status_code == 200 else GATE_DOWN
+        except httpx.HTTPError:
             health = GATE_DOWN
+        if health.malformed is not None and health.malformed != self._health.malformed:
+            logger.warning("event=gate_health_malformed problem=%r", health.malformed)
         if health.up != self._health.up or health.model_ready != self._health.model_ready:
             logger.info("event=gate_health gate_up=%s model_ready=%s", health.up, health.model_ready)
         self._health = health

@@ -6,11 +6,13 @@
   writes from these definitions into `frontend/src/documents.ts` (`tests/unit/test_documents_ts.py`
   holds them equal).
 - `HealthAnswer`: the gate's private `GET /health`, written by the gate (`gate.health`, and
-  `gate.pool.merge_snapshots` for several upstreams) and read by the broker (`broker.gate_health`).
+  `gate.pool.merge_snapshots` for several upstreams) and read by the broker (`broker.gate_health`)
+  through `parse_health`, which refuses an answer of another shape (`typed_json.MalformedDocument`).
 - `ModelList`: `GET /v1/models`, OpenAI's list shape with each model's state (`broker.models`).
 
 TypedDicts, not classes: each is JSON as it crosses, so a writer builds the dict and the type checker
-holds its keys and values to the definition; a reader of untrusted bytes goes through its parser.
+holds its keys and values to the definition; a reader of untrusted bytes goes through its parser
+(`llama_direct.typed_json` checks a document against its definition).
 Pure: no I/O.
 """
 
@@ -18,6 +20,9 @@ from __future__ import annotations
 
 import json
 from typing import Any, Literal, NotRequired, TypedDict
+
+from llama_direct.model_states import MODEL_STATES
+from llama_direct.typed_json import MalformedDocument, parse_document
 
 
 class ModelEntry(TypedDict):
@@ -59,6 +64,19 @@ class HealthAnswer(TypedDict):
     """The gate's start cut-off, without Redis: the broker mints no `iat` earlier."""
     jwks: NotRequired[list[dict[str, object]]]
     """Other brokers' JWKS sources: host, key count and age, never a URL's path."""
+
+
+def parse_health(body: bytes) -> HealthAnswer:
+    """The broker's reading of the gate's `/health` body: every field of its declared type, each model's
+    `status` one of `MODEL_STATES` and a `progress` within 0..1; else `MalformedDocument` naming the
+    first field that is wrong."""
+    answer = parse_document(body, HealthAnswer, name="health")
+    for index, model in enumerate(answer["models"]):
+        if model["status"] not in MODEL_STATES:
+            raise MalformedDocument(f"health.models[{index}].status must be one of {', '.join(MODEL_STATES)}")
+        if not 0.0 <= model.get("progress", 0.0) <= 1.0:
+            raise MalformedDocument(f"health.models[{index}].progress must be between 0 and 1")
+    return answer
 
 
 class ListedModel(ModelEntry):

@@ -20,6 +20,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 from gate_fakes import Client, Harness, LlamaBehaviour, Response, chat_request
+from health_answers import ready_health
 from hostile_support import (
     CAP,
     CHAT,
@@ -758,7 +759,7 @@ def test_an_anonymous_body_reaches_the_broker_as_it_arrives_and_is_never_held_wh
                     await asyncio.sleep(0.02)
                 assert h.broker.connections == 1, "the gate held the body instead of relaying it"
                 connection = next(iter(h.server.gate.connections))
-                assert len(connection.body) == 0  # type: ignore[attr-defined]
+                assert len(connection.core.body) == 0  # type: ignore[attr-defined]  # a ClientConnection
             finally:
                 client.close()
 
@@ -843,7 +844,7 @@ ACCESS = "hostile-access-token-0123456789"
 BOB = "hostile-bob-token-0123456789abc"
 HOST = "box.lan:8000"
 OWN_ORIGIN = "http://box.lan:8000"
-READY = {"gate": "ok", "model_ready": True, "model": "smol", "vision": False, "slots": {"total": 1, "busy": 0}}
+READY = ready_health()
 
 
 class GateSocket:

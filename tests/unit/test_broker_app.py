@@ -24,6 +24,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi.testclient import TestClient
+from health_answers import ready_health
 from refusal_bodies import reason_for
 
 import broker.static as broker_static
@@ -54,7 +55,7 @@ ACCESS_TOKEN = "test-access-token-0123456789"
 HOST = "box.lan:8000"
 ORIGIN = "http://box.lan:8000"
 BEARER = {"Authorization": f"Bearer {ACCESS_TOKEN}"}
-READY = {"gate": "ok", "model_ready": True, "model": "smol", "vision": False, "slots": {"total": 1, "busy": 0}}
+READY = ready_health()
 SSE = b'data: {"choices":[{"delta":{"content":"Hi"}}]}\n\ndata: [DONE]\n\n'
 
 
@@ -560,7 +561,8 @@ class TestBaseline:
         }
 
 
-ROUTER_READY = {**READY, "models": [{"id": "smol", "status": "loaded"}, {"id": "beta", "status": "unloaded"}]}
+ROUTER_READY = {**READY, "router": True, "models": [{"id": "smol", "status": "loaded", "vision": False},
+                                                    {"id": "beta", "status": "unloaded", "vision": False}]}
 
 
 class TestBaselineModels:
@@ -653,7 +655,8 @@ class TestBaselineModels:
 
     @staticmethod
     def _poll(h: Harness, states: dict[str, str]) -> None:
-        h.gate.health = {**READY, "models": [{"id": name, "status": state} for name, state in states.items()]}
+        h.gate.health = {**READY, "models": [{"id": name, "status": state, "vision": False}
+                                             for name, state in states.items()]}
         h.client.portal.call(h.core.gate.poll_once)
 
 

@@ -79,7 +79,7 @@ def test_redis_down_lists_nothing_from_elsewhere_and_publishing_never_raises(red
 
 def test_models_behind_an_edge_lists_the_fleet_and_negotiation_still_grants_only_its_own(
         redis_server: RedisServer, tmp_path: Path) -> None:
-    health = {**READY, "models": [{"id": "smol", "status": "loaded"}]}
+    health = {**READY, "models": [{"id": "smol", "status": "loaded", "vision": False}]}
     settings = _settings(tmp_path, audience="fleet", issuer="broker-a")
     core = BrokerCore(settings, ACCESS_TOKEN, gate_transport=httpx.MockTransport(FakeGate(health=health).handle),
                       redis_url=redis_server.url)

@@ -10,13 +10,14 @@ from typing import Any
 
 import httpx
 import pytest
+from health_answers import ready_health
 
 from broker import gate_link
 from broker.gate_health import GATE_DOWN, GateHealth
 from broker.gate_link import GateLink
 from broker.settings import BrokerSettings
 
-READY = {"gate": "ok", "model_ready": True, "model": "smol", "slots": {"total": 1, "busy": 0}}
+READY = ready_health()
 LOADING = {**READY, "model_ready": False}
 
 

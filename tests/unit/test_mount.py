@@ -13,6 +13,7 @@ import jwt
 import pytest
 from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
+from health_answers import ready_health
 
 from broker.core import BrokerCore
 from broker.mount import direct_router
@@ -21,7 +22,7 @@ from llama_direct.lanes import LANE_ROUTES
 
 HOST = "app.example:8080"
 ORIGIN = "http://app.example:8080"
-READY = {"gate": "ok", "model_ready": True, "model": "smol", "vision": False, "slots": {"total": 1, "busy": 0}}
+READY = ready_health()
 
 
 class FakeGate:

@@ -33,7 +33,7 @@ from llama_direct.refusals import (
 from llama_direct.tokens import verify
 
 NOW = 1_750_000_000.25
-READY = GateHealth(up=True, model_ready=True, model="smol", slots={"total": 2, "busy": 0})
+READY = GateHealth(up=True, model_ready=True)
 POLICY = Policy(model="smol", max_tokens_cap=2048, ttl=30)
 KEY = SigningKey.generate("EdDSA")
 ISSUER = Issuer(key=KEY, issuer="broker-1", audience="gate-1")
@@ -136,27 +136,6 @@ class TestOptionsFromQuery:
         with pytest.raises(RequestRefusal) as excinfo:
             Options.from_query(items)
         assert _refusal(excinfo) == (400, message)
-
-
-class TestGateHealth:
-    def test_a_ready_answer(self) -> None:
-        answer = {"gate": "ok", "model_ready": True, "model": "smol", "vision": False, "slots": {"total": 1}}
-        assert GateHealth.from_answer(answer) == GateHealth(
-            up=True, model_ready=True, model="smol", vision=False, slots={"total": 1}
-        )
-
-    @pytest.mark.parametrize("answer", [None, [], {"gate": "down"}, {"model_ready": True}, "ok"])
-    def test_an_odd_answer_is_a_gate_that_is_down(self, answer: object) -> None:
-        assert GateHealth.from_answer(answer) is GATE_DOWN
-
-    def test_model_ready_must_be_true_itself(self) -> None:
-        assert GateHealth.from_answer({"gate": "ok", "model_ready": "yes"}).model_ready is False
-
-    def test_the_gates_start_cut_off_is_read_when_it_is_a_whole_second(self) -> None:
-        assert GateHealth.from_answer({"gate": "ok", "not_issued_before": 1_750_000_001}).not_issued_before \
-            == 1_750_000_001
-        for odd in (True, "1750000001", 1.5, None):
-            assert GateHealth.from_answer({"gate": "ok", "not_issued_before": odd}).not_issued_before is None
 
 
 class TestSupported:

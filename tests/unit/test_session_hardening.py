@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from health_answers import ready_health
 
 from broker.app import create_app
 from broker.core import BrokerCore
@@ -40,8 +41,7 @@ class Clock:
 
 def _gate(request: httpx.Request) -> Any:
     if request.url.path == "/health":
-        return httpx.Response(200, json={"gate": "ok", "model_ready": True, "model": "smol", "vision": False,
-                                         "slots": {"total": 1, "busy": 0}})
+        return httpx.Response(200, json=ready_health())
     return httpx.Response(404)
 
 
