@@ -15,7 +15,7 @@ FRONT_STAMP := frontend/node_modules/.installed
 STATIC := broker/static/index.html
 ARGS ?=
 
-.PHONY: serve check check-python check-frontend test install lock frontend browser fleet-tools tools
+.PHONY: serve check check-python check-frontend test install lock frontend dist browser fleet-tools tools
 
 serve: install frontend
 	$(BIN)/llama-direct serve $(ARGS)
@@ -78,6 +78,15 @@ $(FRONT_STAMP): frontend/package.json frontend/package-lock.json | tools
 $(STATIC): $(FRONT_STAMP) $(shell find frontend/src -type f 2>/dev/null)
 	@echo "llama-direct: building the frontend into broker/static/"
 	cd frontend && npm run build
+
+# The release files in dist/: the wheel and the sdist, each with the built page (broker/static/), built
+# offline by the venv's locked hatchling; and the browser client's npm tarball (its prepack step
+# compiles frontend/dist/ with tsc).
+dist: install frontend
+	rm -rf dist
+	$(BIN)/hatchling build -d dist -t wheel -t sdist
+	cd frontend && npm pack --loglevel=error --pack-destination ../dist
+	@ls -l dist
 
 # Debian's redis-server and haproxy for the fleet tests. The packages' services are not started here:
 # each test starts its own on a private loopback port and stops it.
