@@ -7,7 +7,8 @@ import ipaddress
 import os
 import ssl
 import sys
-from importlib import resources
+from collections.abc import Callable
+from importlib import metadata, resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -325,9 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:
         # The benchmark has a parser of its own; argparse's REMAINDER would not hand it `--quick`.
-        from llama_launcher.bench.cli import main as bench_main
-
-        return bench_main(argv[1:])
+        return _installed_command("bench")(argv[1:])
     if argv[:1] == ["users"]:  # its own parser: subcommands of their own (llama_launcher.users_cli)
         from llama_launcher.users_cli import main as users_main
 
@@ -342,6 +341,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 0
+
+
+COMMANDS_GROUP = "llama_direct.commands"
+"""The entry-point group of the commands an extra adds (pyproject.toml): `bench` is built from the
+launcher's parts, so the launcher finds it by name instead of importing it, and the arrows between the
+two folders point one way."""
+
+
+def _installed_command(name: str) -> Callable[[list[str]], int]:
+    found = metadata.entry_points(group=COMMANDS_GROUP, name=name)
+    if not found:
+        raise SystemExit(f"llama-direct {name}: not in this install's entry points; reinstall it (make install)")
+    command: Callable[[list[str]], int] = next(iter(found)).load()
+    return command
 
 
 if __name__ == "__main__":

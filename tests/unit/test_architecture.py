@@ -28,12 +28,6 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("llama_direct", "broker", "llama_launcher")
 SIGNING_KEY_MODULES = frozenset({"broker.signing_keys"})
 """Modules that read, make or write a private signing key."""
-FOLDER_CYCLE_EXCEPTIONS = {
-    ("llama_launcher.cli", "llama_launcher.bench.cli"):
-        "`llama-direct bench` is dispatched by the one console script, and the bench (an extra) is "
-        "built from the launcher's parts; the import runs only for that subcommand",
-}
-"""Module imports left out of the folder graph, each with its reason; any other runs the rule."""
 
 Graph = Mapping[str, frozenset[str]]
 
@@ -143,7 +137,7 @@ def folder_graph(graph: Graph) -> dict[str, frozenset[str]]:
     folders: dict[str, set[str]] = {}
     for source, targets in graph.items():
         edges = folders.setdefault(folder(source), set())
-        edges.update(folder(t) for t in targets if (source, t) not in FOLDER_CYCLE_EXCEPTIONS)
+        edges.update(folder(t) for t in targets)
         edges.discard(folder(source))
     return {k: frozenset(v) for k, v in folders.items()}
 
@@ -177,8 +171,6 @@ def test_the_project_keeps_its_arrows() -> None:
     graph = read_graph()
     assert {"llama_direct.tokens", "broker.app", "llama_launcher.gate.proxy"} <= graph.keys()
     assert violations(graph) == []
-    stale = [edge for edge in FOLDER_CYCLE_EXCEPTIONS if edge[1] not in graph.get(edge[0], frozenset())]
-    assert stale == [], "an exception for an import that is gone: remove it"
 
 
 def test_imports_inside_functions_and_type_checking_blocks_are_read(tmp_path: Path) -> None:
@@ -237,7 +229,6 @@ def test_a_clean_graph_has_no_violations() -> None:
         "llama_launcher.gate.proxy": frozenset({"llama_direct.tokens", "llama_launcher.gate.upstream"}),
         "llama_launcher.gate_process": frozenset({"llama_launcher.gate.proxy", "llama_launcher.server_process"}),
         "llama_launcher.bench.scenarios": frozenset({"broker.signing_keys", "llama_launcher.server_process"}),
-        "llama_launcher.cli": frozenset({"llama_launcher.bench.cli"}),
     }
     assert violations(graph) == []
 
