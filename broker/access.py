@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 from fastapi import Request
 from fastapi.responses import Response
 
+from broker.accounts import session_user, user_for_secret
 from broker.core import BrokerCore
 from broker.responses import (
     NO_STORE,
@@ -23,6 +24,8 @@ from llama_direct.refusals import (
     RateLimited,
     RequestRefusal,
 )
+from llama_direct.tokens import OWNER
+from llama_direct.users import Limits, User, session_subject
 
 logger = logging.getLogger(__name__)
 
@@ -40,17 +43,30 @@ BAD_LOGIN_PAGE = (
 @dataclass(frozen=True)
 class Caller:
     user: str
+    """The `sub` of the caller's grants: `OWNER` for the access token, a user's stable id, or a host's user."""
     session_id: str | None = None
     """Set when the broker's own session cookie identified the caller."""
     ambient: bool = True
     """Whether a browser may have sent the credential on its own (a cookie, or a host app's auth the
     broker cannot see into), so a cross-site page could have caused the request: `grant_origin`
     checks its `Origin` then. Only a bearer access token, which a page must set itself, is not."""
+    name: str | None = None
+    """A named user's name (`llama-direct users`); None for the owner and a host app's users."""
+    limits: Limits | None = None
+    """A named user's limits; None: none (the owner, a host app's users)."""
+
+    @classmethod
+    def named(cls, user: User, *, session_id: str | None = None, ambient: bool = True) -> Caller:
+        return cls(user=user.id, session_id=session_id, ambient=ambient, name=user.name, limits=user.limits)
 
 
 def login(core: BrokerCore, request: Request) -> Response:
     """Trade the access token for a session, then send the browser on, so the token leaves the address bar."""
-    user = core.access.user_for(request.query_params.get("token"))
+    token = request.query_params.get("token")
+    user = core.access.user_for(token)
+    if user is None and token:
+        named = user_for_secret(core.users, token, login=True)
+        user = session_subject(named) if named is not None else None
     if user is None:
         failed_login(core, request)
         if wants_html(request):
@@ -93,18 +109,29 @@ def session_cookie(core: BrokerCore, request: Request, value: str, *, max_age: i
 
 
 def caller_or_none(core: BrokerCore, request: Request) -> Caller | None:
-    """The bearer access token when one is sent (a wrong one is refused, not ignored), else the cookie."""
+    """The bearer token when one is sent (the owner's access token, a user's login token or API key; a
+    wrong one is refused, not ignored), else the session cookie (the owner's, or a user's while that
+    user exists at the generation the session was made for)."""
     authorization = request.headers.get("authorization")
     if authorization is not None:
         scheme, _, value = authorization.partition(" ")
-        user = core.access.user_for(value.strip()) if scheme.lower() == "bearer" else None
-        if user is None:
+        bearer = scheme.lower() == "bearer"
+        user = core.access.user_for(value.strip()) if bearer else None
+        if user is not None:
+            return Caller(user=user, ambient=False)
+        named = user_for_secret(core.users, value.strip(), login=False) if bearer else None
+        if named is None:
             failed_login(core, request)
             raise RequestRefusal(BAD_ACCESS_TOKEN)
-        return Caller(user=user, ambient=False)
+        return Caller.named(named, ambient=False)
     session_id = request.cookies.get(COOKIE_NAME)
     user = core.sessions.user_for(session_id)
-    return Caller(user=user, session_id=session_id) if user is not None else None
+    if user is None:
+        return None
+    if user == OWNER:
+        return Caller(user=user, session_id=session_id)
+    named = session_user(core.users, user)
+    return Caller.named(named, session_id=session_id) if named is not None else None
 
 
 def grant_origin(core: BrokerCore, request: Request, caller: Caller, allowed: frozenset[str]) -> str | None:

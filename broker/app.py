@@ -52,6 +52,7 @@ from llama_direct.control import (
     HOLD_SECONDS,
     LOADS_PATH,
     STATE_PATH,
+    USERS_CHANGED_PATH,
     parse_load_charge,
     state_document,
 )
@@ -170,6 +171,12 @@ def create_control_app(core: BrokerCore) -> FastAPI:
         if charge is None:
             raise RequestRefusal(BAD_LOAD_CHARGE)
         core.charge_load(*charge, core.clock())
+        return Response(status_code=204, headers=NO_STORE)
+
+    @app.post(USERS_CHANGED_PATH)
+    async def users_changed() -> Response:
+        """`llama-direct users` removed or rotated a user: their grants are refused on the gate now."""
+        core.apply_user_revocations()
         return Response(status_code=204, headers=NO_STORE)
 
     @app.get("/revocations")

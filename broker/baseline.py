@@ -19,6 +19,7 @@ import httpx
 from fastapi.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from broker.accounts import allowed_for, policy_for
 from broker.core import BrokerCore
 from broker.gate_health import GateHealth
 from broker.models import choose_model
@@ -35,6 +36,7 @@ from llama_direct.refusals import (
     UnknownModel,
 )
 from llama_direct.tokens import Grant, mint
+from llama_direct.users import Limits
 
 logger = logging.getLogger(__name__)
 
@@ -58,27 +60,31 @@ def autoload_option(values: list[str]) -> bool:
     return QUERY_BOOLEANS[values[0].lower()]
 
 
-def baseline_model(core: BrokerCore, body: bytes, health: GateHealth) -> str:
-    """The model the body names when the user may use it, the default when it names none."""
+def baseline_model(core: BrokerCore, body: bytes, health: GateHealth, limits: Limits | None = None) -> str:
+    """The model the body names when the user may use it (within a named user's `limits`), the default
+    when it names none."""
     asked = body_model(body)
     if asked is not None and not isinstance(asked, str):
         raise UnknownModel(None)
-    return choose_model(asked, core.allowed_models(health))
+    return choose_model(asked, allowed_for(limits, core.allowed_models(health)))
 
 
 async def baseline(
     core: BrokerCore, user: str, body: bytes, content_type: str | None, *, model: str, route: LaneRoute,
-    autoload: bool = True,
+    autoload: bool = True, limits: Limits | None = None,
 ) -> Response:
     """The fallback: the same request through the gate's private side, with a token minted for `route`
-    and `model` (from `baseline_model`; a load it may cause is charged by the caller, as at negotiation)."""
+    and `model` (from `baseline_model`; a load it may cause is charged by the caller, as at negotiation),
+    its cap held to a named user's `max_tokens`."""
     now = core.mint_time(user, core.clock())
-    upstream = await _send(core, user, body, content_type, model=model, autoload=autoload, route=route, now=now)
+    cap = policy_for(core.policy, limits).max_tokens_cap
+    upstream = await _send(core, user, body, content_type, model=model, autoload=autoload, route=route, now=now,
+                           cap=cap)
     if upstream.status_code == 401 and await _predates_gate(upstream):
         # The gate restarted after this broker last looked: its cut-off is at most the second after
         # this refusal, and its leeway lets an `iat` that far ahead start at once.
         upstream = await _send(core, user, body, content_type, model=model, autoload=autoload, route=route,
-                               now=math.floor(core.clock()) + 1)
+                               now=math.floor(core.clock()) + 1, cap=cap)
     headers = {"Cache-Control": "no-store"}
     upstream_type = upstream.headers.get("content-type")
     if upstream_type:
@@ -87,7 +93,7 @@ async def baseline(
 
 
 async def _send(core: BrokerCore, user: str, body: bytes, content_type: str | None, *, model: str,
-                autoload: bool, route: LaneRoute, now: float) -> httpx.Response:
+                autoload: bool, route: LaneRoute, now: float, cap: int) -> httpx.Response:
     issuer = core.issuer()
     minted = mint(
         issuer.key,
@@ -95,7 +101,7 @@ async def _send(core: BrokerCore, user: str, body: bytes, content_type: str | No
         audience=issuer.audience,
         subject=user,
         scope=route.scope,
-        grant=Grant(routes=(route.key,), model=model, autoload=autoload, max_tokens=core.settings.max_tokens_cap),
+        grant=Grant(routes=(route.key,), model=model, autoload=autoload, max_tokens=cap),
         now=now,
         ttl=core.settings.token_ttl,
     )

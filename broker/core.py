@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import httpx
 
+from broker.accounts import store_revocations
 from broker.conversations import Conversations
 from broker.fleet_models import FleetModels
 from broker.gate_health import GateHealth
@@ -46,6 +47,7 @@ from llama_direct.ids import Ids, load_or_create_ids
 from llama_direct.redaction import register_secret
 from llama_direct.refusals import RateLimited
 from llama_direct.replay import Revocations
+from llama_direct.user_store import open_store
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +113,9 @@ class BrokerCore:
             self.load_limiter = RateLimiter(settings.load_rate_per_minute, settings.load_rate_per_minute)
         """Model loads per user: a load stalls every user of the box for its duration. The gate charges
         each load here as it forwards the request that causes it (`POST /loads`, `charge_load`)."""
+        self.users = open_store(settings.data_dir, redis_url)
+        """Named users (`llama-direct users`): the data dir's SQLite file, or the fleet's Redis."""
+        self._merge_user_revocations()
         self.login_failures = RateLimiter(LOGIN_FAILURES_PER_MINUTE, LOGIN_FAILURE_BURST)
         """Wrong access tokens per client address, this broker's own count even with Redis."""
         self.policy = Policy.from_settings(settings)
@@ -200,6 +205,26 @@ class BrokerCore:
         logger.info("event=revoked user=%s not_before=%d", user, not_before)
         self.published_changed()
         return not_before
+
+    def apply_user_revocations(self) -> None:
+        """The revocations a `users remove` or `rotate` left in the store (a removed or rotated user's grants
+        refused on every gate): at start, and when the command says so (`USERS_CHANGED_PATH`). With Redis
+        the command wrote the shared revocations itself, and the store has none to hand over."""
+        if self._merge_user_revocations():
+            self.published_changed()
+
+    def _merge_user_revocations(self) -> bool:
+        """The store's revocations into this broker's (never loosening one); whether there were any."""
+        now = self.clock()
+        found = store_revocations(self.users, now)
+        if not found:
+            return False
+        self.revocations.prune(now)
+        for sub, not_before in found.items():
+            self.revocations.revoke(sub, not_before)
+        if isinstance(self.revocations, Revocations):
+            save_revocations(self.settings.data_dir, self.revocations)
+        return True
 
     def published_changed(self) -> None:
         """Wake every long poll of the gate's (`GET /state`): what it holds may be stale now."""

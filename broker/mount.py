@@ -27,6 +27,7 @@ from fastapi.responses import Response
 from fastapi.routing import APIRoute
 
 from broker.access import Caller, grant_origin, rate_limit, request_scheme
+from broker.accounts import allowed_for, listed_for, policy_for, who_am_i
 from broker.baseline import autoload_option, baseline, baseline_model
 from broker.bodies import MAX_CHAT_BODY_BYTES, MAX_SMALL_BODY_BYTES, read_body
 from broker.core import BrokerCore
@@ -35,7 +36,7 @@ from broker.negotiation import negotiate
 from broker.negotiation_options import Options
 from broker.responses import NO_STORE, json_response, refusal_response
 from broker.settings import direct_stream_enabled, normalise_origin
-from llama_direct.lanes import LANE_ROUTES, NEGOTIATION_PATH, LaneRoute
+from llama_direct.lanes import LANE_ROUTES, NEGOTIATION_PATH, WHOAMI_PATH, LaneRoute
 from llama_direct.refusals import LOGIN_REQUIRED, Refusal, RequestRefusal
 
 WhoIs = Callable[[Request], str | None] | Callable[[Request], Awaitable[str | None]]
@@ -113,12 +114,18 @@ def broker_router(core: BrokerCore, front: Front) -> APIRouter:
 
     @router.get("/v1/models")
     async def models(request: Request) -> Response:
-        await front.caller(request)
+        caller = await front.caller(request)
         health = await core.gate.fresh()
         if core.fleet_models is not None:
             answer = fleet_listing(core.own_models(health), core.fleet_models.others(core.clock()))
-            return json_response(answer, headers=NO_STORE)
-        return json_response(listing(core.own_models(health)), headers=NO_STORE)
+        else:
+            answer = listing(core.own_models(health))
+        return json_response(listed_for(caller.limits, answer), headers=NO_STORE)
+
+    @router.get(WHOAMI_PATH)
+    async def whoami(request: Request) -> Response:
+        caller = await front.caller(request)
+        return json_response(who_am_i(caller.user, caller.name), headers=NO_STORE)
 
     for route in LANE_ROUTES:
         if route.body is not None:
@@ -143,9 +150,9 @@ def _add_negotiation(router: APIRouter, core: BrokerCore, front: Front) -> None:
             user=caller.user,
             origin=origin,
             url=front.lane_url or core.policy.lane_url(request_scheme(request), request.headers.get("host", "")),
-            policy=core.policy,
+            policy=policy_for(core.policy, caller.limits),
             health=health,
-            allowed=core.allowed_models(health),
+            allowed=allowed_for(caller.limits, core.allowed_models(health)),
             enabled=front.enabled(),
             conversations=core.conversations,
             issuer=core.issuer(),
@@ -175,9 +182,9 @@ def _add_baseline(router: APIRouter, core: BrokerCore, front: Front, route: Lane
         autoload = autoload_option(request.query_params.getlist("autoload"))
         body = await read_body(request, MAX_CHAT_BODY_BYTES)
         health = await core.gate.fresh()
-        model = baseline_model(core, body, health)
+        model = baseline_model(core, body, health, caller.limits)
         return await baseline(core, caller.user, body, request.headers.get("content-type"), model=model,
-                              autoload=autoload, route=route)
+                              autoload=autoload, route=route, limits=caller.limits)
 
     router.add_api_route(route.path, relay, methods=[route.method], name=f"baseline_{route.name}")
 

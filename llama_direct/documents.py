@@ -94,6 +94,16 @@ class ModelList(TypedDict):
     data: list[ListedModel]
 
 
+class WhoAmI(TypedDict):
+    """`GET /v1/me` (`llama_direct.lanes.WHOAMI_PATH`): who is logged in, for the page to show; never a secret."""
+
+    sub: str
+    """The grants' `sub`: `"local"` for the owner, a named user's stable id, or a host app's user."""
+    name: str | None
+    """A named user's name (`llama-direct users`); None for the owner and a host app's users."""
+    owner: bool
+
+
 class Granted(TypedDict):
     """A supported negotiation: the lane's base, the token and what it grants."""
 
