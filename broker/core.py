@@ -79,7 +79,7 @@ class BrokerCore:
     def __init__(
         self,
         settings: BrokerSettings,
-        access_token: str,
+        access_token: str | None,
         *,
         keyring: KeyRing | None = None,
         clock: Callable[[], float] = time.time,
@@ -87,10 +87,13 @@ class BrokerCore:
         gate_transport: httpx.AsyncBaseTransport | None = None,
         redis_url: str | None = None,
     ) -> None:
-        register_secret(access_token)
+        # None: mounted in a host app (`broker.mount.mounted_core`), whose users are the host's: no
+        # owner's token, and no session file of the broker's own login.
+        if access_token is not None:
+            register_secret(access_token)
         self.settings = settings
         self.clock = clock
-        self.access = AccessTokens.single(access_token)
+        self.access = AccessTokens.single(access_token) if access_token is not None else AccessTokens.none()
         self.sessions: SessionStore | RedisSessionStore
         self.limiter: RateLimiter | RedisRateLimiter
         self.load_limiter: RateLimiter | RedisRateLimiter
@@ -107,7 +110,7 @@ class BrokerCore:
             self.load_limiter = RedisRateLimiter(
                 client, settings.load_rate_per_minute, settings.load_rate_per_minute, prefix=LOAD_RATE_PREFIX)
         else:
-            self.sessions = SavedSessions(settings.data_dir, clock())
+            self.sessions = SavedSessions(settings.data_dir, clock()) if access_token is not None else SessionStore()
             self.limiter = RateLimiter(settings.rate_per_minute, settings.burst)
             self.revocations = load_revocations(settings.data_dir, clock())
             self.load_limiter = RateLimiter(settings.load_rate_per_minute, settings.load_rate_per_minute)

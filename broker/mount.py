@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -35,7 +35,7 @@ from broker.models import fleet_listing, listing
 from broker.negotiation import negotiate
 from broker.negotiation_options import Options
 from broker.responses import NO_STORE, json_response, refusal_response
-from broker.settings import direct_stream_enabled, normalise_origin
+from broker.settings import BrokerSettings, direct_stream_enabled, normalise_origin
 from llama_direct.lanes import LANE_ROUTES, NEGOTIATION_PATH, WHOAMI_PATH, LaneRoute
 from llama_direct.refusals import LOGIN_REQUIRED, Refusal, RequestRefusal
 
@@ -62,6 +62,20 @@ class Front:
         if caller is None:
             raise RequestRefusal(LOGIN_REQUIRED)
         return caller
+
+
+def mounted_core(lane_settings: Mapping[str, Any], *, redis_url: str | None = None) -> BrokerCore:
+    """The broker's state for a host app, on the settings of the lane it runs beside.
+
+    `lane_settings` is what the lane's own broker half runs with (`llama_launcher.lane.Lane.broker_settings`):
+    the data dir, whose signing keys that half publishes to the gate, so the tokens minted here are
+    ones the gate trusts; the gate's socket, for the baselines; the models, the cap and the limits.
+    Nothing here rotates the keys (several workers of the host would each stage a successor), and
+    there is no owner's token and no session file: the host's users are its own. `redis_url`
+    shares the rate counters and revocations between the host's workers, as between brokers.
+    """
+    settings = BrokerSettings.from_dict({**lane_settings, "key_rotation_hours": 0})
+    return BrokerCore(settings, None, redis_url=redis_url)
 
 
 def direct_router(

@@ -40,6 +40,13 @@ class AccessTokens:
     def single(cls, token: str, user: str = DEFAULT_USER) -> AccessTokens:
         return cls({token: user})
 
+    @classmethod
+    def none(cls) -> AccessTokens:
+        """No token at all: a broker mounted in a host app, whose users log in to the host."""
+        tokens = cls.__new__(cls)
+        tokens._tokens = ()
+        return tokens
+
     def user_for(self, presented: str | None) -> str | None:
         if not presented:
             return None

@@ -85,6 +85,9 @@ def _parser() -> argparse.ArgumentParser:
                          help="an HAProxy sharing the jti table (in the gate's place) or the conversation "
                               "table (at the edge), this one included, repeatable")
     haproxy.add_argument("--local-peer", type=serve_flags.name, help="which --peer this HAProxy is")
+    haproxy.add_argument("--route", action="append", default=[], metavar="NAME",
+                         help="in the gate's place: a lane route the brokers grant, repeatable (default: every "
+                         "route HAProxy can check); one HAProxy cannot check is refused")
     haproxy.add_argument("--output", "-o", type=Path, help="write here (default: stdout)")
     return parser
 
@@ -281,7 +284,7 @@ def haproxy_config(args: argparse.Namespace) -> int:
         bind=args.bind, gates=tuple(args.gate), upstreams=tuple(args.upstream), app=args.app,
         tls_pem=str(args.tls_pem.resolve()) if args.tls_pem else None,
         public_keys=tuple(str(path.resolve()) for path in args.public_key_file), audience=args.audience,
-        issuers=tuple(args.issuer), peers=tuple(peers), local_peer=args.local_peer,
+        issuers=tuple(args.issuer), peers=tuple(peers), local_peer=args.local_peer, routes=tuple(args.route),
     )
     try:
         text = render(plan)

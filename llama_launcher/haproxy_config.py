@@ -28,7 +28,8 @@ from dataclasses import dataclass
 
 from llama_direct.lanes import LANE_PREFIX, LaneRoute
 from llama_direct.tokens import LEEWAY_SECONDS, MAX_TTL_SECONDS
-from llama_launcher.haproxy_grant import checked_routes, claim, grant_rules, length_fields
+from llama_launcher.haproxy_body import body_rules
+from llama_launcher.haproxy_grant import checked_routes, claim, grant_rules, integer_keys
 from llama_launcher.haproxy_routing import (
     PEERS_SECTION,
     Target,
@@ -38,8 +39,6 @@ from llama_launcher.haproxy_routing import (
     model_routes,
 )
 
-MAX_BODY_BYTES = 60_000
-"""HAProxy reads the body from its buffer (`tune.bufsize` 65536 here): a larger one is refused, 413."""
 JTI_TABLE_EXPIRE = MAX_TTL_SECONDS + LEEWAY_SECONDS + 5
 _NAME = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 _ADDRESS = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}")
@@ -70,6 +69,9 @@ class HaproxyPlan:
     issuers: tuple[str, ...] = ()
     peers: tuple[Peer, ...] = ()
     local_peer: str | None = None
+    routes: tuple[str, ...] = ()
+    """In the gate's place: the lane routes, by registry name, that the deployment's brokers grant and
+    this config serves; none: every route HAProxy can check. One it cannot check is refused."""
 
     @property
     def gate_mode(self) -> bool:
@@ -99,6 +101,9 @@ class HaproxyPlan:
                 raise ValueError(f"{name!r} must be 1 to 128 letters, digits or _.:-")
         if self.gate_mode and not (self.public_keys and self.audience and self.issuers):
             raise ValueError("in the gate's place HAProxy needs --public-key-file, --audience and --issuer")
+        if self.routes and not self.gate_mode:
+            raise ValueError("--route names the lane routes HAProxy serves in the gate's place (--upstream)")
+        checked_routes(self.routes)
         if self.peers and self.local_peer not in {p.name for p in self.peers}:
             raise ValueError("--local-peer must name one of the --peer entries")
         if self.peers and not self.gate_mode and not any(t.models for t in self.targets):
@@ -221,7 +226,7 @@ def _lane_backend(name: str, plan: HaproxyPlan, servers: list[str], comment: str
     refused (404) before its single use is spent. The grant's claims are checked by their rules
     (`haproxy_grant`), each declared field's in turn, the single use last."""
     lane = LANE_PREFIX
-    routes = checked_routes()
+    routes = checked_routes(plan.routes)
     rules = grant_rules(routes)
     keys = [f'    http-request set-var(txn.signed) int(1) if {{ var(txn.bearer),jwt_verify(txn.alg,"{path}") 1 }}'
             for path in plan.public_keys]
@@ -265,17 +270,9 @@ def _lane_backend(name: str, plan: HaproxyPlan, servers: list[str], comment: str
         *rules["routes"],
         *rules["origin"],
         *rules["conversation_id"],
-        # The body: plain JSON of a known length, read whole from the buffer.
-        "    option http-buffer-request",
-        "    http-request deny deny_status 400 unless { req.hdr(content-type) -m reg -i ^application/json(;.*)?$ }",
-        "    http-request deny deny_status 400 if { req.hdr(content-encoding) -m found }",
-        "    http-request deny deny_status 400 unless { req.hdr(content-length) -m found }",
-        f"    http-request deny deny_status 413 if {{ req.body_size gt {MAX_BODY_BYTES} }}",
-        # An escaped printable ASCII character is how a second key can hide from json_query, and no
-        # client needs one; a length field or model named twice is refused for the same reason.
-        r"    http-request deny deny_status 400 if { req.body -m reg '\\u00[2-7][0-9A-Fa-f]' }",
-        *[rf"""    http-request deny deny_status 400 if {{ req.body -m reg '"{field}"[\s\S]*"{field}"' }}"""
-          for field in (*length_fields(routes), "model")],
+        # The body: plain JSON of a known length, read whole from the buffer, checked as llama-server
+        # would read it (`haproxy_body`).
+        *body_rules(routes, read_keys=(*integer_keys(routes), "model"), integers=integer_keys(routes)),
         *rules["model"],
         *rules["max_tokens"],
         *others,

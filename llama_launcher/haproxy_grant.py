@@ -13,26 +13,43 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from llama_direct.lanes import LANE_PREFIX, LANE_ROUTES, BodyFormat, LaneRoute
+from llama_direct.lanes import LANE_PREFIX, LANE_ROUTES, ROUTES, LaneRoute
 from llama_direct.tokens import GRANT_FIELDS
 
 Rule = Callable[[Sequence[LaneRoute]], list[str]]
 
-CHECKED_BODIES: frozenset[BodyFormat] = frozenset({"chat"})
-"""The body formats whose requests HAProxy's checks were written for: a JSON body whose `model` and
-length fields it reads with `json_query`. A route in another format, or with no body (resume and
-cancel would need their query checked), is not rendered: a grant for it is refused (404)."""
-
-
-def checked_routes() -> tuple[LaneRoute, ...]:
-    """The lane routes a rendered config serves, from the registry."""
-    return tuple(route for route in LANE_ROUTES if route.body in CHECKED_BODIES)
+def checked_routes(names: Sequence[str] = ()) -> tuple[LaneRoute, ...]:
+    """The lane routes a rendered config serves, from the registry: those named, or when none is, every
+    route HAProxy can check. A route whose entry says HAProxy cannot check it (`LaneRoute.unproxied`)
+    is refused here, so no config lets its grants through unchecked; a route left out is answered 404."""
+    if not names:
+        return tuple(route for route in LANE_ROUTES if not route.unproxied)
+    chosen: list[LaneRoute] = []
+    for name in dict.fromkeys(names):
+        route = ROUTES.get(name)
+        if route is None:
+            raise ValueError(f"{name!r} is not a lane route; the routes are {', '.join(ROUTES)}")
+        if route.unproxied:
+            raise ValueError(f"HAProxy cannot check the {name!r} route ({route.unproxied}); serve it with the "
+                             "Python gate (llama-direct serve)")
+        chosen.append(route)
+    return tuple(chosen)
 
 
 def length_fields(routes: Sequence[LaneRoute]) -> tuple[str, ...]:
     """Every length field of every served route: each is checked on every request, which is stricter
     than the route's own list and never wrong (a cap is a cap)."""
     return tuple(dict.fromkeys(name for route in routes for name in route.length_fields))
+
+
+def budget_fields(routes: Sequence[LaneRoute]) -> tuple[str, ...]:
+    """Every nested field held to the cap (dotted paths), checked on every request as the length fields are."""
+    return tuple(dict.fromkeys(path for route in routes for path in route.budget_fields))
+
+
+def integer_keys(routes: Sequence[LaneRoute]) -> tuple[str, ...]:
+    """The keys whose values HAProxy reads as integers: each length field, and each budget's own key."""
+    return tuple(dict.fromkeys((*length_fields(routes), *(path.rpartition(".")[2] for path in budget_fields(routes)))))
 
 
 def grant_rules(routes: Sequence[LaneRoute]) -> dict[str, list[str]]:
@@ -75,17 +92,25 @@ def model_rules(routes: Sequence[LaneRoute]) -> list[str]:
 
 
 def max_tokens_rules(routes: Sequence[LaneRoute]) -> list[str]:
-    """Each length field at most the cap and at least 1; the route's own cap field is required, since
-    HAProxy cannot add it."""
+    """Each length field at most the cap and at least 1, and each budget at most the cap; a generating
+    route's own cap field is required, since HAProxy cannot add it. That each is a plain integer
+    literal is a body rule (`haproxy_body`)."""
     lines = [claim("cap", "$.grant.max_tokens", "int")]
     for route in routes:
-        lines.append(f"    http-request deny deny_status 400 if {{ path {LANE_PREFIX}{route.path} }} "
-                     f"!{{ req.body,json_query('$.{route.length_cap}','int') -m found }}")
+        if route.length_cap:
+            lines.append(f"    http-request deny deny_status 400 if {{ path {LANE_PREFIX}{route.path} }} "
+                         f"!{{ req.body,json_query('$.{route.length_cap}','int') -m found }}")
     for field in length_fields(routes):
         lines += [
             f"    http-request set-var(txn.len_{field}) req.body,json_query('$.{field}','int')",
             f"    http-request deny deny_status 400 if {{ var(txn.len_{field}),sub(txn.cap) -m int gt 0 }}",
             f"    http-request deny deny_status 400 if {{ var(txn.len_{field}) -m int lt 1 }}",
+        ]
+    for path in budget_fields(routes):
+        var = "budget_" + path.replace(".", "_")
+        lines += [
+            f"    http-request set-var(txn.{var}) req.body,json_query('$.{path}','int')",
+            f"    http-request deny deny_status 400 if {{ var(txn.{var}),sub(txn.cap) -m int gt 0 }}",
         ]
     return lines
 

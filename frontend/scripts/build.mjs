@@ -1,6 +1,7 @@
 // Bundle the demo page into the broker's package data (broker/static/), which it serves at `/`, and
-// `directFetch` as a standalone ES module that the broker serves at `./llama-direct.js` (the frontend
-// is not on npm: a page loads it with `import { directFetch } from "./llama-direct.js"`).
+// `directFetch` as a standalone ES module that the broker serves at `./llama-direct.js`, for a page that
+// bundles nothing (`import { directFetch } from "./llama-direct.js"`). The npm package is not built
+// here: `npm pack` compiles it with tsc (tsconfig.build.json).
 import { copyFile, mkdir, readdir, rm } from "node:fs/promises";
 import { fileURLToPath } from "node:url";
 import { build } from "esbuild";

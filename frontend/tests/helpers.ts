@@ -1,6 +1,7 @@
 import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
-import { StreamShaper, type ShapedEvent, type ShaperOptions } from "../src/shape.ts";
+import type { ShapedEvent, ShaperOptions } from "../src/shape.ts";
+import { createShaper, type StreamFormat } from "../src/shape-format.ts";
 import { createSSEDecoder, interpretEvent, type SSEEvent } from "../src/sse.ts";
 
 export const FIXTURES = fileURLToPath(new URL("./fixtures/", import.meta.url));
@@ -54,8 +55,13 @@ export function decodeAll(pieces: Uint8Array[]): SSEEvent[] {
 
 /** The whole browser pipeline minus the network: bytes -> SSE -> items -> shaped events. */
 export function shapeBytes(pieces: Uint8Array[], options?: ShaperOptions): ShapedEvent[] {
+  return shapeFormatBytes("chat", pieces, options);
+}
+
+/** The same pipeline for a stream in any lane route's format. */
+export function shapeFormatBytes(format: StreamFormat, pieces: Uint8Array[], options?: ShaperOptions): ShapedEvent[] {
   const decoder = createSSEDecoder();
-  const shaper = new StreamShaper(options);
+  const shaper = createShaper(format, options);
   const out: ShapedEvent[] = [];
   for (const piece of pieces) {
     for (const event of decoder.push(piece)) out.push(...shaper.push(interpretEvent(event)));

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -41,18 +42,25 @@ def _target(route: LaneRoute) -> bytes:
     return (LANE_PREFIX + route.path).encode()
 
 
-def _on(name: str, body: dict[str, Any] | bytes, **fields: Any) -> Any:
-    """`body` (with `fields` over it) sent to route `name` with a token granting that route alone."""
-    route = ROUTES[name]
-    sent = {**body, **fields} if isinstance(body, dict) else body
+@dataclass(frozen=True)
+class OnRoute:
+    """`body` sent to route `name` with a token granting that route alone; the HAProxy suite
+    (`test_hostile_haproxy_routes.py`) sends the same body to HAProxy in the gate's place."""
 
-    async def act(h: Harness) -> Any:
-        if name in ("responses", "messages") and _needs_vision(sent):
+    name: str
+    body: dict[str, Any] | bytes
+
+    async def __call__(self, h: Harness) -> Any:
+        route = ROUTES[self.name]
+        if self.name in ("responses", "messages") and _needs_vision(self.body):
             h.behaviour.vision = True
         token = h.token(scope=route.scope, routes=(route.key,))
-        return await exchange(h, request(token, target=_target(route), body=sent))
+        return await exchange(h, request(token, target=_target(route), body=self.body))
 
-    return act
+
+def _on(name: str, body: dict[str, Any] | bytes, **fields: Any) -> OnRoute:
+    """`body` (with `fields` over it) sent to route `name` with a token granting that route alone."""
+    return OnRoute(name, {**body, **fields} if isinstance(body, dict) else body)
 
 
 def _needs_vision(body: object) -> bool:

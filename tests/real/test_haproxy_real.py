@@ -187,6 +187,13 @@ PROBES: dict[str, tuple[Callable[[], bytes], int | None, int]] = {
                                          + MODEL.encode() + b'","max_tokens":4,"max_tokens":100000}'), 400, 400),
     "escaped_key": (lambda: request(token(), body=b'{"messages":[{"role":"user","content":"hi"}],"model":"'
                                     + MODEL.encode() + b'","max_tokens":4,"max_\\u0074okens":100000}'), 400, 400),
+    # json_query reads 1e9 and true as 1, where llama-server reads 1e9, or its default for true.
+    "max_tokens_as_an_exponent": (lambda: request(token(), body=b'{"messages":[{"role":"user","content":"hi"}],'
+                                                  b'"model":"' + MODEL.encode() + b'","max_tokens":1e9}'), 400, 400),
+    "n_predict_as_true": (lambda: request(token(), body={**CHAT, "n_predict": True}), 400, 400),
+    # llama-server would download it itself.
+    "image_by_url": (lambda: request(token(), body={**CHAT, "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "http://169.254.169.254/latest/meta-data/"}}]}]}), 400, 400),
     "missing_max_tokens": (lambda: request(token(), body={k: v for k, v in CHAT.items() if k != "max_tokens"}),
                            None, 400),
     "missing_model": (lambda: request(token(), body={k: v for k, v in CHAT.items() if k != "model"}), None, 400),

@@ -9,7 +9,7 @@ import sys
 import tempfile
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,12 +63,17 @@ class Stack:
 
 
 @contextlib.contextmanager
-def run_stack(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> Iterator[Stack]:
+def run_stack(*args: str, env: dict[str, str] | None = None, timeout: float = 300,
+              command: Sequence[str] = (sys.executable, "-m", "llama_launcher.cli"),
+              cwd: Path | None = None) -> Iterator[Stack]:
+    """`command serve` on a free port with a data dir of its own; `command` is this checkout's CLI unless
+    a test runs another install of it (the wheel's), from `cwd`."""
     data_dir = Path(tempfile.mkdtemp(prefix="ld-test-data-"))
     log_file = tempfile.NamedTemporaryFile("wb", prefix="ld-serve-", suffix=".log", delete=False)  # noqa: SIM115
     process = subprocess.Popen(
-        [sys.executable, "-m", "llama_launcher.cli", "serve", "--port", "0", "--data-dir", str(data_dir), *args],
+        [*command, "serve", "--port", "0", "--data-dir", str(data_dir), *args],
         stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True,
+        cwd=cwd,
     )
     log_path = Path(log_file.name)
     log_file.close()
