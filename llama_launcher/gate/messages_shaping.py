@@ -13,8 +13,10 @@ body is rebuilt here from `FIELDS`, which classifies each field the route forwar
   llama-server to fetch), `tool_use` and `tool_result`. Any other block is refused;
 - a server tool (`web_search_…`, `bash_…`, `text_editor_…`, `code_execution_…`, `computer_…`, an
   MCP toolset) is refused: only custom tools, with their schema bounded as chat's;
-- `thinking` of type `enabled` would set llama-server's reasoning budget (`thinking_budget_tokens`),
-  which chat refuses too: the operator's `--reasoning-budget` decides it;
+- `thinking` of type `enabled` sets llama-server's reasoning budget (`thinking_budget_tokens`, 10000
+  when `budget_tokens` is absent) and nothing else: it does not switch the template's thinking on.
+  Its `budget_tokens`, which Anthropic requires, must lie between 1 and the grant's cap (the
+  registry's `MESSAGES.budget_fields`), so it never asks for more than the generation may have;
 - the prompt-size bound counts `system`, every message and the tools (`prompt_size.py`).
 """
 
@@ -48,7 +50,7 @@ FIELDS: dict[str, tuple[str, str]] = {
     "stop_sequences": (BOUNDED, "becomes stop, searched for on every token: chat's bound"),
     "tools": (BOUNDED, "custom tools only, their input_schema bounded as chat's; server tools refused"),
     "tool_choice": (HARMLESS, "auto, any, tool or none: picks among the bounded tools"),
-    "thinking": (BOUNDED, "disabled or adaptive only: enabled sets llama-server's reasoning budget"),
+    "thinking": (BOUNDED, "enabled sets llama-server's reasoning budget: budget_tokens from 1 to the cap"),
 }
 """Every field the route forwards; any other (`metadata`, `service_tier`, `container`, …) is dropped,
 since llama-server would not read it. No field is refused by name: llama-server copies none wholesale."""
@@ -58,7 +60,7 @@ REFUSED_FIELDS = classified(FIELDS, REFUSED)
 
 _ROLES = ("user", "assistant")
 _TOOL_CHOICES = ("auto", "any", "tool", "none")
-_THINKING = ("disabled", "adaptive")
+_THINKING = ("disabled", "adaptive", "enabled")
 _DATA_MARK = ";base64,"
 
 
@@ -78,8 +80,10 @@ def shape_messages_count_body(body: bytes, grant: Grant, policy: ShapingPolicy) 
 
 def _shape(body: bytes, grant: Grant, policy: ShapingPolicy) -> dict[str, Any]:
     shaped = open_body(body, grant, policy, refused=REFUSED_FIELDS, allowed=ALLOWED)
-    for name, shape in (("thinking", _thinking), ("tool_choice", _tool_choice), ("system", _system),
-                        ("tools", _tools)):
+    thinking = shaped.pop("thinking", None)
+    if thinking is not None:
+        shaped["thinking"] = _thinking(thinking, grant.max_tokens)
+    for name, shape in (("tool_choice", _tool_choice), ("system", _system), ("tools", _tools)):
         if shaped.get(name) is None:
             shaped.pop(name, None)
         else:
@@ -99,10 +103,16 @@ def _is_image(key: str, value: object) -> bool:
     return key == "source" and isinstance(value, dict)
 
 
-def _thinking(value: object) -> dict[str, Any]:
+def _thinking(value: object, cap: int) -> dict[str, Any]:
     if not (isinstance(value, dict) and value.get("type") in _THINKING):
         raise FieldOutOfBounds("thinking")
-    return {"type": value["type"]}
+    if value["type"] != "enabled":
+        return {"type": value["type"]}
+    budget = value.get("budget_tokens")
+    if not (type(budget) is int and 1 <= budget <= cap):
+        raise FieldOutOfBounds("thinking")
+    return {"type": "enabled", "budget_tokens": budget}
+
 
 
 def _tool_choice(value: object) -> dict[str, Any]:

@@ -65,13 +65,15 @@ FIELDS: dict[str, tuple[str, str]] = {
     "max_output_tokens": (BOUNDED, "the generation's length: at most the grant's cap"),
     "tools": (BOUNDED, "function tools only, their schemas bounded as chat's; built-in and remote ones refused"),
     "reasoning": (BOUNDED, "only its effort is forwarded, one of OpenAI's values (becomes reasoning_effort)"),
+    "text": (BOUNDED, "its format (structured output) becomes chat's response_format, which llama-server reads "
+                      "from the copied body (it ignores text.format itself): the schema bounded as chat's"),
     "previous_response_id": (REFUSED, "state by id: llama-server keeps no stored response, so none is a grant's"),
     "conversation": (REFUSED, "an OpenAI conversation by id: state llama-server does not keep"),
     "background": (REFUSED, "asks the server to store the response for a later fetch by id, which it cannot"),
     **{name: (REFUSED, "refused on chat (shaping.DENIED_FIELDS): llama-server reads it from the copied body")
        for name in sorted(DENIED_FIELDS)},
 }
-"""Every field the route forwards or refuses; any other (`store`, `include`, `metadata`, `text`, …,
+"""Every field the route forwards or refuses; any other (`store`, `include`, `metadata`, …,
 and chat's own `messages` or `max_tokens`) is dropped."""
 
 ALLOWED = classified(FIELDS, BOUNDED) | classified(FIELDS, HARMLESS)
@@ -100,6 +102,8 @@ def _shape(body: bytes, grant: Grant, policy: ShapingPolicy) -> dict[str, Any]:
     shaped = open_body(body, grant, policy, refused=REFUSED_FIELDS, allowed=ALLOWED)
     if "reasoning" in shaped:
         _shape_reasoning(shaped)
+    if "text" in shaped:
+        _shape_text(shaped)
     instructions = shaped.get("instructions")
     if instructions is None:
         shaped.pop("instructions", None)
@@ -108,7 +112,7 @@ def _shape(body: bytes, grant: Grant, policy: ShapingPolicy) -> dict[str, Any]:
     tools = _shape_tools(shaped.get("tools"))
     if tools is not None:
         shaped["tools"] = tools
-    check_bounds_as({**shaped, "tools": _chat_view(tools)}, {}, context=policy.context)
+    check_bounds_as({**shaped, "tools": _chat_view(tools)}, {"response_format": "text"}, context=policy.context)
     items = _shape_input(shaped.get("input"), ImageCounter(policy))
     system = [] if instructions is None else [instructions]
     prompt = [*system, *(items if isinstance(items, list) else [items])]
@@ -136,6 +140,30 @@ def _shape_reasoning(shaped: dict[str, Any]) -> None:
     if not (isinstance(effort, str) and effort in REASONING_EFFORTS):
         raise FieldOutOfBounds("reasoning")
     shaped["reasoning"] = {"effort": effort}
+
+
+def _shape_text(shaped: dict[str, Any]) -> None:
+    """`text.format` as chat's `response_format` (bounded with the other schemas in `check_bounds_as`):
+    `json_schema` carries its `name`, `schema` and `strict` into chat's wrapper, `json_object` is itself,
+    `text` (the default) is nothing; `text`'s other keys (`verbosity`) are dropped."""
+    text = shaped.pop("text")
+    if text is None:
+        return
+    if not isinstance(text, dict):
+        raise FieldOutOfBounds("text")
+    fmt = text.get("format")
+    if fmt is None:
+        return
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind == "text":
+        return
+    if kind == "json_object":
+        shaped["response_format"] = {"type": "json_object"}
+        return
+    if kind != "json_schema" or not isinstance(fmt.get("schema"), dict) or not isinstance(fmt.get("name"), str):
+        raise FieldOutOfBounds("text")
+    wrapper = {name: fmt[name] for name in ("name", "schema", "strict") if name in fmt}
+    shaped["response_format"] = {"type": "json_schema", "json_schema": wrapper}
 
 
 def _shape_tools(tools: object) -> list[Any] | None:

@@ -170,10 +170,20 @@ def test_stop_sequences_and_schemas_keep_chats_bounds_under_their_own_names() ->
     assert refused({"messages": HI, "chat_template_kwargs": {"bos_token": "x"}}).code == "template_kwarg_not_allowed"
 
 
-def test_thinking_enabled_is_refused_since_it_sets_the_reasoning_budget() -> None:
+@pytest.mark.parametrize("budget", [None, 0, GRANT.max_tokens + 1, 10**9, True, 1.5, "64"])
+def test_thinking_enabled_needs_a_budget_within_the_cap(budget: object) -> None:
+    """llama-server turns `enabled` into its reasoning budget (10000 when absent), so the budget is
+    required and held to the grant's cap."""
+    thinking = {"type": "enabled"} if budget is None else {"type": "enabled", "budget_tokens": budget}
     with pytest.raises(FieldOutOfBounds) as caught:
-        shape({"messages": HI, "thinking": {"type": "enabled", "budget_tokens": 100000}})
+        shape({"messages": HI, "thinking": thinking})
     assert caught.value.param == "thinking"
+
+
+def test_thinking_is_rebuilt_with_its_budget() -> None:
+    enabled = {"type": "enabled", "budget_tokens": GRANT.max_tokens, "extra": 1}
+    assert shape({"messages": HI, "thinking": enabled})["thinking"] == {"type": "enabled",
+                                                                         "budget_tokens": GRANT.max_tokens}
     assert shape({"messages": HI, "thinking": {"type": "disabled"}})["thinking"] == {"type": "disabled"}
 
 

@@ -75,7 +75,7 @@ def test_state_by_id_is_refused(name: str) -> None:
 
 
 def test_unknown_and_hosted_only_fields_are_dropped() -> None:
-    out = shape({"input": "hi", "store": True, "include": ["x"], "metadata": {"a": "b"}, "text": {"format": {}},
+    out = shape({"input": "hi", "store": True, "include": ["x"], "metadata": {"a": "b"}, "text": {"verbosity": "low"},
                  "messages": [{"role": "system", "content": "obey"}]})
     assert out.keys() == {"input", "model", "max_output_tokens"}
 
@@ -237,3 +237,26 @@ def test_shaping_is_idempotent() -> None:
 def test_a_missing_or_empty_input_is_refused() -> None:
     assert refused({}).code == "bad_input"
     assert refused({"input": []}).code == "bad_input"
+
+
+def test_text_format_becomes_chats_response_format_which_llama_server_reads() -> None:
+    """llama-server 11434 ignores `text.format` (it copies `text` into the chat body, which chat never
+    reads), so structured output is carried as chat's `response_format`, bounded as chat's."""
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}}
+    sent = shape({"input": "hi", "text": {"format": {"type": "json_schema", "name": "out", "schema": schema,
+                                                     "strict": True}, "verbosity": "low"}})
+    assert "text" not in sent
+    assert sent["response_format"] == {"type": "json_schema",
+                                       "json_schema": {"name": "out", "schema": schema, "strict": True}}
+    assert shape({"input": "hi", "text": {"format": {"type": "json_object"}}})["response_format"] == {
+        "type": "json_object"}
+    assert "response_format" not in shape({"input": "hi", "text": {"format": {"type": "text"}}})
+    assert "response_format" not in shape({"input": "hi", "response_format": {"type": "json_object"}})
+
+
+@pytest.mark.parametrize("text", [
+    "json", {"format": {"type": "xml"}}, {"format": {"type": "json_schema", "name": "x"}},
+    {"format": {"type": "json_schema", "name": "x", "schema": {"type": "string", "pattern": "a" * 10_000}}},
+])
+def test_a_text_format_out_of_bounds_is_refused_by_its_own_name(text: object) -> None:
+    assert refused({"input": "hi", "text": text}).param == "text"
