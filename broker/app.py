@@ -47,7 +47,7 @@ from broker.responses import (
 from broker.sessions import COOKIE_NAME
 from broker.settings import BrokerSettings, direct_stream_enabled
 from broker.signing_keys import KeyRing
-from broker.static import PAGE_CSP, UNBUILT_PAGE, static_file
+from broker.static import LOGIN_FILE, PAGE_CSP, UNBUILT_PAGE, page_for, static_file
 from llama_direct.control import (
     HOLD_SECONDS,
     LOADS_PATH,
@@ -95,15 +95,18 @@ def _add_own_routes(app: FastAPI, core: BrokerCore, front: Front) -> None:
     async def index(request: Request) -> Response:
         if "token" in request.query_params:
             return login(core, request)
-        if caller_or_none(core, request) is None:
+        caller = caller_or_none(core, request)
+        if caller is None:
             if wants_html(request):
-                return Response(LOGIN_PAGE, status_code=401, media_type="text/html", headers=NO_STORE)
+                login_page = static_file(LOGIN_FILE) or LOGIN_PAGE.encode()
+                return Response(login_page, status_code=401, media_type="text/html",
+                                headers={**NO_STORE, "Content-Security-Policy": PAGE_CSP})
             raise RequestRefusal(LOGIN_REQUIRED)
         page = static_file("index.html")
         headers = {"Cache-Control": "no-cache", "Content-Security-Policy": PAGE_CSP}
         if page is None:
             return Response(UNBUILT_PAGE, media_type="text/html", headers=headers)
-        return Response(page, media_type="text/html", headers=headers)
+        return Response(page_for(page, caller.user), media_type="text/html", headers=headers)
 
     @app.post("/logout")
     async def logout(request: Request) -> Response:

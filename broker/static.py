@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from importlib import resources
 from importlib.resources.abc import Traversable
 
@@ -25,6 +26,24 @@ PAGE_CSP = (
     "connect-src 'self' https: http:; object-src 'none'; base-uri 'none'; form-action 'self'; "
     "frame-ancestors 'none'"
 )
+
+
+USER_MARK = b'<meta name="llama-direct-user" content="" />'
+"""The page's slot for its user's key: the broker fills it, so the page keeps each user's conversations
+apart without asking (a meta tag, as the page's CSP runs no inline script)."""
+
+LOGIN_FILE = "login.html"
+"""The styled login page a browser gets when its session has ended; `LOGIN_PAGE` where it is not built."""
+
+
+def user_key(user: str) -> str:
+    """A stable key for `user` that does not spell the name out (the page names its store by it)."""
+    return hashlib.sha256(b"llama-direct.page-user\0" + user.encode()).hexdigest()[:20]
+
+
+def page_for(page: bytes, user: str) -> bytes:
+    """The chat page with its user's key in its slot (hex, so nothing needs escaping)."""
+    return page.replace(USER_MARK, USER_MARK.replace(b'content=""', f'content="{user_key(user)}"'.encode()), 1)
 
 
 def _static_root() -> Traversable:

@@ -8,7 +8,7 @@ import { build } from "esbuild";
 
 const root = fileURLToPath(new URL("..", import.meta.url));
 const out = fileURLToPath(new URL("../../broker/static/", import.meta.url));
-const OUTPUTS = new Set(["index.html", "app.js", "app.css", "llama-direct.js"]);
+const OUTPUTS = new Set(["index.html", "login.html", "app.js", "app.css", "llama-direct.js"]);
 /** Parts of the page loaded when first needed (the highlighter and its languages). */
 const CHUNKS = "chunks";
 
@@ -35,4 +35,5 @@ await build({
 });
 await build({ ...COMMON, entryPoints: [root + "src/direct_fetch.ts"], outfile: out + "llama-direct.js" });
 await copyFile(root + "src/page/index.html", out + "index.html");
+await copyFile(root + "src/page/login.html", out + "login.html");
 console.log(`built ${[...OUTPUTS].join(", ")} and ${CHUNKS}/ into ${out}`);

@@ -63,4 +63,15 @@ describe("ReplyView", () => {
     play(partial, [{ type: "text_delta", text: "par" }, { type: "error", code: "server_error", message: "broke" }]);
     expect(actions(partial)).toEqual(["copy", "regenerate"]);
   });
+
+  it("measures the time to its first token, once, from text or reasoning", () => {
+    const view = new ReplyView();
+    play(view, [{ type: "progress", processed: 1, total: 2 }]);
+    expect(view.firstTokenSeconds).toBeNull();
+    play(view, [{ type: "reasoning_start" }, { type: "reasoning_delta", text: "hmm" }]);
+    const first = view.firstTokenSeconds;
+    expect(first).toBeGreaterThanOrEqual(0);
+    play(view, [{ type: "text_delta", text: "Hi" }, finish]);
+    expect(view.firstTokenSeconds).toBe(first);
+  });
 });

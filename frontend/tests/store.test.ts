@@ -1,6 +1,6 @@
 /** What is read back from IndexedDB is checked, never trusted; titles are short and on one line. */
 import { describe, expect, it } from "vitest";
-import { titleFor, validConversation } from "../src/page/store.ts";
+import { dbNameFor, MAX_BRANCH_DEPTH, matchesSearch, type SavedConversation, titleFor, validConversation } from "../src/page/store.ts";
 
 const good = {
   id: "c1",
@@ -39,5 +39,55 @@ describe("titleFor", () => {
     expect(titleFor([{ text: "  What is\n a llama? ", image: null, reply: "" }])).toBe("What is a llama?");
     expect(titleFor([{ text: "x".repeat(100), image: null, reply: "" }])).toHaveLength(60);
     expect(titleFor([])).toBe("New chat");
+  });
+});
+
+describe("branches read back", () => {
+  const branched = {
+    ...good,
+    turns: [{ text: "a", image: null, reply: "b2", branches: [{ reply: "b1", later: [{ text: "c", image: null, reply: "d" }] }, { reply: "", later: [] }], branch: 1 }],
+  };
+
+  it("keeps well-formed branches", () => {
+    expect(validConversation(branched)).toEqual(branched);
+  });
+
+  for (const [label, turn] of [
+    ["an index out of range", { ...branched.turns[0], branch: 2 }],
+    ["a single branch", { ...branched.turns[0], branches: [{ reply: "x", later: [] }], branch: 0 }],
+    ["a branch without later turns", { ...branched.turns[0], branches: [{ reply: "x" }, { reply: "", later: [] }] }],
+  ] as const) {
+    it(`drops branches with ${label}, keeping the turn`, () => {
+      expect(validConversation({ ...good, turns: [turn] })?.turns).toEqual([{ text: "a", image: null, reply: "b2" }]);
+    });
+  }
+
+  it("drops branches nested deeper than the bound", () => {
+    let turn: Record<string, unknown> = { text: "t", image: null, reply: "r" };
+    for (let depth = 0; depth < MAX_BRANCH_DEPTH + 2; depth++) {
+      turn = { text: "t", image: null, reply: "r", branches: [{ reply: "x", later: [turn] }, { reply: "", later: [] }], branch: 1 };
+    }
+    const read = validConversation({ ...good, turns: [turn] });
+    expect(read).not.toBeNull();
+    expect(JSON.stringify(read).split('"branches"').length - 1).toBe(MAX_BRANCH_DEPTH);
+  });
+});
+
+describe("matchesSearch", () => {
+  const saved = validConversation(good) as SavedConversation;
+  it("finds a word in the title, a message or a reply, in any case", () => {
+    expect(matchesSearch(saved, "hello")).toBe(true);
+    expect(matchesSearch(saved, "DOT")).toBe(true);
+    expect(matchesSearch(saved, " hi ")).toBe(true);
+    expect(matchesSearch(saved, "llama")).toBe(false);
+    expect(matchesSearch(saved, "  ")).toBe(true);
+  });
+});
+
+describe("dbNameFor", () => {
+  it("keeps each user's conversations in a database of their own", () => {
+    expect(dbNameFor("0123456789abcdef0123")).toBe("llama-direct.0123456789abcdef0123");
+    expect(dbNameFor("")).toBe("llama-direct");
+    expect(dbNameFor("../x")).toBe("llama-direct");
   });
 });

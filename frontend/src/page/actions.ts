@@ -5,13 +5,15 @@
  */
 import { safeLinkUrl, IMAGE_PROTOCOLS } from "./markdown.ts";
 
-export type MessageAction = "copy" | "edit" | "regenerate" | "retry";
+export type MessageAction = "copy" | "edit" | "regenerate" | "retry" | "branch-prev" | "branch-next";
 
 const LABELS: Record<MessageAction, [text: string, label: string]> = {
   copy: ["Copy", "Copy this message"],
   edit: ["Edit", "Edit this message and send it again"],
   regenerate: ["Regenerate", "Answer this message again"],
   retry: ["Retry", "Send this message again"],
+  "branch-prev": ["‹", "Show the previous answer"],
+  "branch-next": ["›", "Show the next answer"],
 };
 
 export function actionButton(action: MessageAction): HTMLButtonElement {
@@ -31,6 +33,22 @@ export function actionBar(...actions: MessageAction[]): HTMLDivElement {
   bar.className = "actions";
   bar.append(...actions.map(actionButton));
   return bar;
+}
+
+/** The switcher between a message's answers (`‹ 2/3 ›`), kept by Regenerate. */
+export function branchNav(index: number, count: number): HTMLSpanElement {
+  const nav = document.createElement("span");
+  nav.className = "branches";
+  const prev = actionButton("branch-prev");
+  prev.disabled = index === 0;
+  const where = document.createElement("span");
+  where.className = "branch-count";
+  where.textContent = `${index + 1}/${count}`;
+  where.title = `Answer ${index + 1} of ${count}`;
+  const next = actionButton("branch-next");
+  next.disabled = index === count - 1;
+  nav.append(prev, where, next);
+  return nav;
 }
 
 /** Copy text: the async Clipboard API, or the old selection trick where that is refused. */

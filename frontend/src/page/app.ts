@@ -3,6 +3,7 @@
  * This module wires the page's parts together: the composer, the model picker, the conversation and
  * its scroll-follow, and the header's status.
  */
+import { Account } from "./account.ts";
 import { bindContentActions } from "./actions.ts";
 import { Chat } from "./chat.ts";
 import { Composer } from "./composer.ts";
@@ -11,7 +12,8 @@ import { showLane } from "./lane.ts";
 import { ModelPicker } from "./models.ts";
 import { SettingsPanel } from "./settings.ts";
 import { Conversations } from "./sidebar.ts";
-import { ConversationStore } from "./store.ts";
+import { ConversationStore, dbNameFor } from "./store.ts";
+import { bindTheme } from "./theme.ts";
 
 function byId<T extends HTMLElement>(id: string): T {
   const node = document.getElementById(id);
@@ -19,7 +21,13 @@ function byId<T extends HTMLElement>(id: string): T {
   return node as T;
 }
 
+/** The key the broker gave this page for its user (empty where it did not): each user's own store. */
+function userKey(): string {
+  return document.querySelector<HTMLMetaElement>('meta[name="llama-direct-user"]')?.content ?? "";
+}
+
 function start(): void {
+  bindTheme(byId<HTMLButtonElement>("theme"));
   const form = byId<HTMLFormElement>("composer");
   const send = byId<HTMLButtonElement>("send");
   const stop = byId<HTMLButtonElement>("stop");
@@ -57,6 +65,11 @@ function start(): void {
       byId<HTMLSpanElement>("tps").textContent = tps.toFixed(1);
       byId<HTMLSpanElement>("speed").hidden = false;
     },
+    showFirstToken: (seconds) => {
+      byId<HTMLSpanElement>("ttft").textContent = seconds.toFixed(seconds < 10 ? 2 : 1);
+      byId<HTMLSpanElement>("first-token").hidden = false;
+      byId<HTMLSpanElement>("speed").title = `Generation speed of the last reply; its first token came after ${seconds.toFixed(2)} s`;
+    },
     useTools: () => toolsToggle.checked,
     settings: () => settings.read(),
   });
@@ -76,7 +89,12 @@ function start(): void {
     if (event.key === "Escape") chat.stop();
   });
   composer.prompt.focus();
-  void ConversationStore.open().then((store) => new Conversations(store, chat, settings).restore());
+  const user = userKey();
+  void ConversationStore.open(dbNameFor(user)).then((store) => {
+    const conversations = new Conversations(store, chat, settings);
+    new Account(conversations, showNotice, user);
+    return conversations.restore();
+  });
 }
 
 if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);

@@ -5,7 +5,8 @@
  */
 import { streamChat } from "../client.ts";
 import type { Lane } from "../shape.ts";
-import { copyWithFeedback, type MessageAction } from "./actions.ts";
+import { branchNav, copyWithFeedback, type MessageAction } from "./actions.ts";
+import { branchPosition, flipTo, forkAt } from "./branches.ts";
 import type { Composer } from "./composer.ts";
 import { historyFor, type TurnData } from "./conversation.ts";
 import type { ScrollFollow } from "./follow.ts";
@@ -31,6 +32,7 @@ export interface ChatPage {
   setBusy(busy: boolean): void;
   showLane(lane: Lane): void;
   showSpeed(tokensPerSecond: number): void;
+  showFirstToken(seconds: number): void;
   useTools(): boolean;
   /** The conversation's settings, or the errors that keep a message from being sent. */
   settings(): { settings: ChatSettings; errors: string[] };
@@ -60,16 +62,31 @@ export class Chat {
   /** Show a stored conversation in place of the current one (stopping a reply first). */
   load(turns: readonly TurnData[]): void {
     this.stop();
-    for (const turn of this.turns) {
+    this.replaceFrom(0, turns);
+    this.page.follow.resume();
+  }
+
+  /** Replace the turns from `index` on with `turns`' (the ones before it stay as they are). */
+  private replaceFrom(index: number, turns: readonly TurnData[]): void {
+    for (const turn of this.turns.splice(index)) {
       turn.userEl.remove();
       turn.reply?.root.remove();
     }
-    this.turns = turns.map((data) => {
+    for (const data of turns.slice(index)) {
       const turn: Turn = { data: { ...data }, userEl: userMessage(data.text, data.image), reply: ReplyView.restored(data.reply) };
       this.page.list.append(turn.userEl, (turn.reply as ReplyView).root);
-      return turn;
-    });
-    this.page.follow.resume();
+      this.turns.push(turn);
+      this.decorate(turn);
+    }
+  }
+
+  /** Offer the switcher between a turn's answers, once its reply has settled. */
+  private decorate(turn: Turn): void {
+    const position = branchPosition(turn.data);
+    const bar = turn.reply?.root.querySelector(":scope > .actions");
+    if (position === null || bar === null || bar === undefined) return;
+    bar.querySelector(".branches")?.remove();
+    bar.append(branchNav(position.index, position.count));
   }
 
   get busy(): boolean {
@@ -106,22 +123,44 @@ export class Chat {
     if (action === "copy") void copyWithFeedback(button, isUser ? turn.data.text : turn.data.reply);
     else if (this.busy) return;
     else if (action === "edit") openEditor(item, turn.data.text, (text) => this.rerun(turn, text));
-    else if (action === "regenerate" || action === "retry") this.rerun(turn, turn.data.text);
+    else if (action === "retry") this.rerun(turn, turn.data.text);
+    else if (action === "regenerate") this.regenerate(turn);
+    else this.flip(turn, action === "branch-next" ? 1 : -1);
   }
 
   /** Cut the conversation after `turn`'s message, set its text, and answer it again. */
   private rerun(turn: Turn, text: string): void {
     if (this.busy) return;
     const index = this.turns.indexOf(turn);
-    for (const later of this.turns.splice(index + 1)) {
-      later.userEl.remove();
-      later.reply?.root.remove();
-    }
+    this.replaceFrom(index + 1, []);
     turn.reply?.root.remove();
     turn.reply = null;
-    turn.data.text = text;
+    // An edited message is a new question: the answers kept for the old one no longer belong to it.
+    if (text !== turn.data.text) turn.data = { text, image: turn.data.image, reply: "" };
     turn.data.reply = "";
     void this.run(turn);
+  }
+
+  /** Answer `turn` again, keeping its answer (and what followed it) as a branch to flip back to. */
+  private regenerate(turn: Turn): void {
+    const index = this.turns.indexOf(turn);
+    const forked = forkAt(this.snapshot(), index);
+    this.replaceFrom(index + 1, []);
+    turn.reply?.root.remove();
+    turn.reply = null;
+    turn.data = forked[index] as TurnData;
+    void this.run(turn);
+  }
+
+  /** Show `turn`'s previous or next answer, with the conversation that followed it. */
+  private flip(turn: Turn, step: 1 | -1): void {
+    const index = this.turns.indexOf(turn);
+    const position = branchPosition(turn.data);
+    if (position === null) return;
+    const flipped = flipTo(this.snapshot(), index, position.index + step);
+    this.replaceFrom(index, flipped);
+    this.page.follow.update();
+    this.onChange();
   }
 
   private running: Promise<void> | null = null;
@@ -161,6 +200,7 @@ export class Chat {
       unwatch();
       this.controller = null;
       turn.data.reply = reply.content;
+      this.decorate(turn);
       page.setBusy(false);
       this.onChange();
       page.follow.update();
@@ -182,7 +222,9 @@ export class Chat {
       if (tokensFlow(event)) unwatch();
       if (event.type === "notice") page.showNotice(event.message);
       else if (event.type === "text_delta" || event.type === "reasoning_start") page.showNotice("");
+      const waiting = reply.firstTokenSeconds === null;
       reply.apply(event);
+      if (waiting && reply.firstTokenSeconds !== null) page.showFirstToken(reply.firstTokenSeconds);
       if (event.type === "timings" && reply.tokensPerSecond !== null) page.showSpeed(reply.tokensPerSecond);
       if (event.type === "finish") page.showLane(event.lane);
       // Text renders once per frame and follows itself; everything else changes the layout now.

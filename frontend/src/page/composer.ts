@@ -1,6 +1,7 @@
 /**
  * The message box and what goes with it: it grows with its text (up to a bound, then scrolls), and
- * holds at most one attached image, offered only when the chosen model reads images.
+ * holds at most one attached image, offered only when the chosen model reads images: picked, pasted
+ * or dropped on the box.
  */
 
 /** An image larger than this is refused here rather than sent as an oversized body. */
@@ -10,6 +11,11 @@ function byId<T extends HTMLElement>(id: string): T {
   const node = document.getElementById(id);
   if (node === null) throw new Error(`missing #${id}`);
   return node as T;
+}
+
+/** The first image file a paste or a drop carries, if any. */
+export function imageIn(data: DataTransfer | null): File | undefined {
+  return Array.from(data?.files ?? []).find((file) => file.type.startsWith("image/"));
 }
 
 function readAsDataUrl(file: File): Promise<string> {
@@ -32,7 +38,27 @@ export class Composer {
 
   constructor(private readonly showNotice: (text: string) => void) {
     this.prompt.addEventListener("input", () => this.fit());
-    this.imageInput.addEventListener("change", () => void this.pick());
+    this.imageInput.addEventListener("change", () => void this.attach(this.imageInput.files?.[0]));
+    this.prompt.addEventListener("paste", (event) => {
+      const file = imageIn(event.clipboardData);
+      if (file === undefined) return;
+      event.preventDefault();
+      void this.attach(file);
+    });
+    const form = byId<HTMLFormElement>("composer");
+    form.addEventListener("dragover", (event) => {
+      if (!event.dataTransfer?.types.includes("Files")) return;
+      event.preventDefault();
+      form.classList.add("dropping");
+    });
+    form.addEventListener("dragleave", () => form.classList.remove("dropping"));
+    form.addEventListener("drop", (event) => {
+      form.classList.remove("dropping");
+      const file = imageIn(event.dataTransfer);
+      if (file === undefined) return;
+      event.preventDefault();
+      void this.attach(file);
+    });
     byId<HTMLButtonElement>("attachment-remove").addEventListener("click", () => {
       this.clearImage();
       this.imageInput.focus();
@@ -67,9 +93,14 @@ export class Composer {
     this.preview.removeAttribute("src");
   }
 
-  private async pick(): Promise<void> {
-    const file = this.imageInput.files?.[0];
+  /** Whether images are offered now (the chosen model reads them). */
+  get takesImages(): boolean {
+    return !this.attachButton.hidden;
+  }
+
+  private async attach(file: File | undefined): Promise<void> {
     if (file === undefined) return this.clearImage();
+    if (!this.takesImages) return this.showNotice("The chosen model does not read images.");
     if (file.size > MAX_IMAGE_BYTES) {
       this.showNotice("That image is larger than 8 MB. Pick a smaller one.");
       return this.clearImage();

@@ -10,6 +10,18 @@ export interface TurnData {
   image: string | null;
   /** The reply's visible text so far ("" before it, or when it failed before any text). */
   reply: string;
+  /**
+   * Earlier answers kept by Regenerate, each with the turns that followed it, to flip back to; at
+   * least two when present. The one at `branch` is the live one, held in `reply` and the later turns.
+   */
+  branches?: Branch[];
+  branch?: number;
+}
+
+/** One answer to a turn and the conversation that went on after it. */
+export interface Branch {
+  reply: string;
+  later: TurnData[];
 }
 
 export function userContent(turn: Pick<TurnData, "text" | "image">): ChatMessage["content"] {

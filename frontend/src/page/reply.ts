@@ -46,6 +46,9 @@ export class ReplyView {
   private frameQueued = false;
   lane: Lane | null = null;
   tokensPerSecond: number | null = null;
+  /** Seconds from this reply's start (the message sent) to its first text or reasoning token. */
+  firstTokenSeconds: number | null = null;
+  private readonly started = performance.now();
 
   /** `onRender` runs after each render of new text (the page follows it with the scroll). */
   constructor(private readonly onRender: () => void = () => undefined) {
@@ -153,6 +156,9 @@ export class ReplyView {
   }
 
   apply(event: UIEvent): void {
+    if (this.firstTokenSeconds === null && (event.type === "text_delta" || event.type === "reasoning_delta")) {
+      this.firstTokenSeconds = (performance.now() - this.started) / 1000;
+    }
     switch (event.type) {
       case "text_delta":
         this.status.textContent = "";

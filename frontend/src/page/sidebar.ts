@@ -1,10 +1,10 @@
 /**
- * The conversations: a sidebar listing them (newest first) with New, open, rename and delete, kept
- * in IndexedDB so a reload restores them. The conversation shown is the newest at load.
+ * The conversations: a sidebar listing them (newest first) with New, open, rename, delete and search,
+ * kept in IndexedDB so a reload restores them. The conversation shown is the newest at load.
  */
 import type { Chat } from "./chat.ts";
 import type { SettingsPanel } from "./settings.ts";
-import { ConversationStore, type SavedConversation, titleFor } from "./store.ts";
+import { ConversationStore, matchesSearch, type SavedConversation, titleFor } from "./store.ts";
 
 function byId<T extends HTMLElement>(id: string): T {
   const node = document.getElementById(id);
@@ -18,6 +18,8 @@ const newId = (): string =>
 export class Conversations {
   private readonly list = byId<HTMLUListElement>("conversations");
   private readonly sidebar = byId<HTMLElement>("sidebar");
+  private readonly search = byId<HTMLInputElement>("search");
+  private readonly noMatch = byId<HTMLParagraphElement>("no-match");
   private all: SavedConversation[] = [];
   private current: SavedConversation = this.blank();
 
@@ -30,6 +32,7 @@ export class Conversations {
     settings.onInput(() => void this.save());
     byId<HTMLButtonElement>("new-chat").addEventListener("click", () => void this.open(null));
     byId<HTMLButtonElement>("sidebar-toggle").addEventListener("click", () => this.toggle());
+    this.search.addEventListener("input", () => this.render());
     this.list.addEventListener("click", (event) => {
       const button = (event.target as Element | null)?.closest<HTMLButtonElement>("button[data-id]");
       if (button === null || button === undefined) return;
@@ -107,8 +110,33 @@ export class Conversations {
     this.sidebar.classList.toggle("open");
   }
 
+  /** Every conversation kept, newest first (for an export). */
+  saved(): SavedConversation[] {
+    return [...this.all];
+  }
+
+  /** Keep imported conversations (already checked and merged) and list them. */
+  async add(conversations: readonly SavedConversation[]): Promise<void> {
+    const ids = new Set(conversations.map((each) => each.id));
+    this.all = [...conversations, ...this.all.filter((each) => !ids.has(each.id))].sort((a, b) => b.updated - a.updated);
+    for (const conversation of conversations) await this.store?.put(conversation).catch(() => false);
+    const current = conversations.find((each) => each.id === this.current.id);
+    if (current !== undefined) await this.open(current.id);
+    else this.render();
+  }
+
+  /** Forget every conversation here and in the store (a logout that asked for it). */
+  async forget(): Promise<void> {
+    await this.chat.idle();
+    this.all = [];
+    await this.store?.clear().catch(() => undefined);
+  }
+
   private render(): void {
-    this.list.replaceChildren(...this.all.map((conversation) => this.item(conversation)));
+    const query = this.search.value;
+    const shown = this.all.filter((conversation) => matchesSearch(conversation, query));
+    this.list.replaceChildren(...shown.map((conversation) => this.item(conversation)));
+    this.noMatch.hidden = shown.length > 0 || query.trim() === "";
   }
 
   private item(conversation: SavedConversation): HTMLLIElement {

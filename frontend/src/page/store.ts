@@ -3,7 +3,7 @@
  * checked field by field (another tab, an older page or a user's devtools may have written it), and
  * a record that does not fit is skipped, never trusted.
  */
-import type { TurnData } from "./conversation.ts";
+import type { Branch, TurnData } from "./conversation.ts";
 import type { SettingsInput } from "./settings.ts";
 
 export interface SavedConversation {
@@ -16,6 +16,21 @@ export interface SavedConversation {
 }
 
 export const DB_NAME = "llama-direct";
+
+const MAX_ID_CHARS = 100;
+
+/** Whether a conversation holds `query` (any case) in its title or any message or reply. */
+export function matchesSearch(conversation: SavedConversation, query: string): boolean {
+  const wanted = query.trim().toLowerCase();
+  if (wanted === "") return true;
+  const has = (text: string): boolean => text.toLowerCase().includes(wanted);
+  return has(conversation.title) || conversation.turns.some((turn) => has(turn.text) || has(turn.reply));
+}
+
+/** The database of the user the broker named (its key in the page's meta tag): each user's own. */
+export function dbNameFor(userKey: string): string {
+  return /^[0-9a-f]{8,64}$/.test(userKey) ? `${DB_NAME}.${userKey}` : DB_NAME;
+}
 const STORE = "conversations";
 export const TITLE_CHARS = 60;
 /** A record larger than this (mostly images) is not kept: the store is a convenience, not an archive. */
@@ -30,20 +45,41 @@ export function titleFor(turns: readonly TurnData[]): string {
 
 const isString = (value: unknown): value is string => typeof value === "string";
 
-function validTurn(value: unknown): TurnData | null {
+/** How deep branches may nest (a branch's later turns holding branches of their own). */
+export const MAX_BRANCH_DEPTH = 16;
+
+function validBranches(value: unknown, branch: unknown, depth: number): Pick<TurnData, "branches" | "branch"> {
+  if (!Array.isArray(value) || value.length < 2 || depth >= MAX_BRANCH_DEPTH) return {};
+  if (typeof branch !== "number" || !Number.isInteger(branch) || branch < 0 || branch >= value.length) return {};
+  const branches: Branch[] = [];
+  for (const each of value as unknown[]) {
+    if (typeof each !== "object" || each === null) return {};
+    const { reply, later } = each as Record<string, unknown>;
+    if (!isString(reply) || !Array.isArray(later)) return {};
+    const turns = later.map((turn) => validTurn(turn, depth + 1));
+    if (turns.some((turn) => turn === null)) return {};
+    branches.push({ reply, later: turns as TurnData[] });
+  }
+  return { branches, branch };
+}
+
+/** A turn, built afresh from the fields it may have (anything else is dropped); null when one is wrong.
+ * Branches that do not fit are dropped and the turn kept. */
+function validTurn(value: unknown, depth = 0): TurnData | null {
   if (typeof value !== "object" || value === null) return null;
-  const { text, image, reply } = value as Record<string, unknown>;
+  const { text, image, reply, branches, branch } = value as Record<string, unknown>;
   if (!isString(text) || !isString(reply)) return null;
   if (image !== null && !(isString(image) && image.startsWith("data:image/"))) return null;
-  return { text, image: image as string | null, reply };
+  return { text, image: image as string | null, reply, ...validBranches(branches, branch, depth) };
 }
 
 /** A stored record as a conversation, or null when any field does not fit. */
 export function validConversation(value: unknown): SavedConversation | null {
   if (typeof value !== "object" || value === null) return null;
   const { id, title, updated, turns, settings } = value as Record<string, unknown>;
-  if (!isString(id) || !isString(title) || typeof updated !== "number" || !Array.isArray(turns)) return null;
-  const checked = turns.map(validTurn);
+  if (!isString(id) || id === "" || id.length > MAX_ID_CHARS || !isString(title) || !Array.isArray(turns)) return null;
+  if (typeof updated !== "number" || !Number.isFinite(updated)) return null;
+  const checked = turns.map((turn) => validTurn(turn));
   if (checked.some((turn) => turn === null)) return null;
   const raw = (typeof settings === "object" && settings !== null ? settings : {}) as Record<string, unknown>;
   const field = (name: string): string => (isString(raw[name]) ? (raw[name] as string) : "");
@@ -99,5 +135,10 @@ export class ConversationStore {
 
   async delete(id: string): Promise<void> {
     await done(this.objects("readwrite").delete(id));
+  }
+
+  /** Forget every conversation (a logout that asked for it). */
+  async clear(): Promise<void> {
+    await done(this.objects("readwrite").clear());
   }
 }

@@ -3,11 +3,19 @@
  * shared machine stays bounded), send a message, wait for its reply to settle, and stream a reply of
  * our own text in llama-server's exact chunk format when a test needs known Markdown.
  */
+import { createHash } from "node:crypto";
 import type { Browser, BrowserContext, Locator, Page, Request, Route } from "playwright-core";
 import { expect } from "vitest";
 import type { Stack } from "./stack.ts";
 
 export const WAIT_MS = 60_000;
+
+/** The page's IndexedDB database for `user`: named by the key the broker puts in the page
+ * (`broker.static.user_key`); the stack's one user is "local". */
+export function pageDatabase(user = "local"): string {
+  return `llama-direct.${createHash("sha256").update(`llama-direct.page-user\0${user}`).digest("hex").slice(0, 20)}`;
+}
+
 /** Replies are capped so that a slow, shared machine still finishes each test in bounded time. */
 export const REPLY_TOKENS = 48;
 
@@ -34,11 +42,12 @@ export async function open(
 ): Promise<{ page: Page; requests: Request[] }> {
   const page = await context.newPage();
   // Each test's page starts with no stored conversations; a reload in the same tab keeps them.
-  await page.addInitScript(() => {
+  await page.addInitScript((name) => {
     if (sessionStorage.getItem("e2e-fresh") !== null) return;
     sessionStorage.setItem("e2e-fresh", "1");
-    indexedDB.deleteDatabase("llama-direct");
-  });
+    indexedDB.deleteDatabase(name);
+    localStorage.removeItem("llama-direct.theme");
+  }, pageDatabase());
   const requests: Request[] = [];
   page.on("request", (request) => requests.push(request));
   if (maxTokens !== null) {
