@@ -13,8 +13,10 @@ import httpx
 import jwt
 import pytest
 from fastapi.testclient import TestClient
+from redis_server import RedisServer
 from refusal_bodies import reason_for
 
+from broker.accounts import user_for_secret
 from broker.app import create_app, create_control_app
 from broker.core import BrokerCore
 from broker.settings import BrokerSettings
@@ -190,3 +192,19 @@ def test_a_restarted_broker_applies_what_the_store_left(tmp_path: Path, box: Box
     box.core.users.remove("ann", not_before=int(time.time()) + 1)
     again = BrokerCore(box.core.settings, ACCESS_TOKEN, gate_transport=httpx.MockTransport(Gate().handle))
     assert user.id in again.revocations.to_dict()["not_before"]
+
+
+def test_in_a_fleet_every_broker_knows_the_users_in_redis(tmp_path: Path, redis_server: RedisServer) -> None:
+    """Two brokers on one Redis: a user added at one is known at the other, and a removal there is a
+    shared revocation, announced to every broker's gate."""
+    brokers = [BrokerCore(BrokerSettings(data_dir=tmp_path / name, broker_socket=tmp_path / f"{name}.sock",
+                                         control_socket=tmp_path / f"{name}c.sock", gate_socket=tmp_path / "g.sock",
+                                         model="smol"), ACCESS_TOKEN, redis_url=redis_server.url,
+                          gate_transport=httpx.MockTransport(Gate().handle)) for name in ("a", "b")]
+    user, made = new_user("ann", Limits(), time.time()), new_secrets()
+    brokers[0].users.add(user, made.records())
+    assert user_for_secret(brokers[1].users, made.api_key, login=False) == user
+    brokers[1].users.remove("ann", not_before=int(time.time()) + 1)
+    assert user_for_secret(brokers[0].users, made.api_key, login=False) is None
+    assert user.id in brokers[0].revocations.to_dict()["not_before"]
+    assert not any((tmp_path / name / "users.sqlite3").exists() for name in ("a", "b"))

@@ -1,0 +1,91 @@
+"""Named users end to end: two users stream through the lane as themselves, then `users remove`
+ends one's session and refuses a grant that user already holds, on the real gate and llama-server."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+from stack import Stack
+
+pytestmark = pytest.mark.real
+
+CHAT = {"messages": [{"role": "user", "content": "Say hi."}], "stream": True, "max_tokens": 8, "temperature": 0}
+
+
+def _users(stack: Stack, *argv: str) -> subprocess.CompletedProcess[str]:
+    """The real command, in its own process, while serve runs on the same data dir."""
+    done = subprocess.run([sys.executable, "-m", "llama_launcher.cli", "users", *argv, "--data-dir",
+                           str(stack.data_dir)], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def _add(stack: Stack, name: str) -> dict[str, str]:
+    shown = dict(line.split(": ", 1) for line in _users(stack, "add", name).stdout.strip().splitlines())
+    assert shown["login link"].startswith(stack.base + "/?token=ldt_")  # the address serve printed
+    return shown
+
+
+def _stream(grant: dict[str, Any]) -> httpx.Response:
+    """One lane request with `grant`: the whole answer read."""
+    headers = {"Authorization": f"Bearer {grant['token']}"}
+    if grant["grant"].get("origin"):  # a browser's grant is bound to the page's origin, which it sends
+        headers["Origin"] = grant["grant"]["origin"]
+    with httpx.stream("POST", grant["url"] + "/v1/chat/completions", json=CHAT, timeout=120,
+                      headers=headers) as answer:
+        answer.read()
+    return answer
+
+
+def _sub(grant: dict[str, Any]) -> str:
+    return str(jwt.decode(grant["token"], options={"verify_signature": False})["sub"])
+
+
+def _negotiate(client: httpx.Client, base: str, **headers: str) -> dict[str, Any]:
+    answer = client.post(base + "/direct-stream", json={}, headers={"Sec-Fetch-Site": "same-origin", **headers})
+    assert answer.status_code == 200, answer.text
+    grant: dict[str, Any] = answer.json()
+    assert grant["supported"] is True
+    return grant
+
+
+def test_two_users_stream_as_themselves_and_a_removal_ends_one(stack: Stack) -> None:
+    ann, bob = _add(stack, "Ann"), _add(stack, "bob")
+    listed = [json.loads(line) for line in _users(stack, "list", "--json").stdout.splitlines()]
+    ids = {row["name"]: row["id"] for row in listed}
+
+    with httpx.Client(timeout=30) as browser:  # Ann: a browser, logged in by her link
+        assert browser.get(ann["login link"], follow_redirects=False).status_code == 303
+        assert browser.get(stack.base + "/v1/me").json() == {"sub": ids["ann"], "name": "ann", "owner": False}
+        grant = _negotiate(browser, stack.base)
+        assert _sub(grant) == ids["ann"]
+        answer = _stream(grant)
+        assert answer.status_code == 200 and b"data: [DONE]" in answer.content
+
+        with httpx.Client(timeout=30) as script:  # Bob: a script with his API key
+            bob_grant = _negotiate(script, stack.base, Authorization=f"Bearer {bob['API key']}")
+            assert _sub(bob_grant) == ids["bob"]
+            assert _stream(bob_grant).status_code == 200
+
+            held = [_negotiate(browser, stack.base) for _ in range(3)]  # grants Ann holds, unspent
+            removed = _users(stack, "remove", "ann")
+            assert "not running" not in removed.stderr  # serve was told at once
+
+            me = browser.get(stack.base + "/v1/me")
+            assert me.status_code == 401 and me.json()["error"]["reason"] == "login_required"
+            refusals = [_stream(grant) for grant in held]
+            statuses = [(r.status_code, r.json()["error"]["reason"] if r.status_code != 200 else None)
+                        for r in refusals]
+            assert statuses[-2:] == [(401, "token_revoked")] * 2, statuses  # the gate refuses what she holds
+            again = script.post(stack.base + "/direct-stream", json={},
+                                headers={"Authorization": f"Bearer {ann['API key']}"})
+            assert again.status_code == 401
+
+            after = _negotiate(script, stack.base, Authorization=f"Bearer {bob['API key']}")
+            assert _stream(after).status_code == 200  # Bob goes on
