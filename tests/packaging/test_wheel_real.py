@@ -101,6 +101,32 @@ def test_the_installed_wheel_imports_from_its_venv_not_the_checkout(clean_venv: 
     assert (site / PAGE[0]).is_file()
 
 
+HOST_APP = """
+from fastapi import FastAPI, Request
+
+from broker.mount import direct_router, mounted_core
+from llama_launcher.lane import start_lane
+
+
+def who(request: Request) -> str | None:
+    return request.headers.get("x-user")
+
+
+def host(data_dir: str) -> FastAPI:
+    lane = start_lane(data_dir, allowed_origins=["https://app.example"])
+    app = FastAPI()
+    app.include_router(direct_router(mounted_core(lane.broker_settings), who=who, lane_url=lane.url))
+    return app
+"""
+
+
+def test_a_host_app_type_checks_against_the_installed_wheel(clean_venv: Path, tmp_path: Path) -> None:
+    """The packages are typed (py.typed): a host's `mypy --strict` reads the API's types, not Any."""
+    (tmp_path / "host.py").write_text(HOST_APP)
+    _run([str(Path(sys.executable).with_name("mypy")), "--strict", "--no-incremental",
+          "--python-executable", str(clean_venv / "bin" / "python"), "host.py"], tmp_path)
+
+
 @pytest.mark.real
 def test_the_installed_wheel_serves_its_page_and_streams(
     clean_venv: Path, llama_server_binary: Path, model_path: Path, tmp_path: Path,
