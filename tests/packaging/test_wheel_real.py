@@ -3,8 +3,8 @@ both carry the built page, and the wheel, installed into a new virtual environme
 on its path, runs `llama-direct serve` from another folder with a data dir of its own, serves its page
 and streams a reply through the lane.
 
-The new environment gets llama-direct only from the wheel. Its dependencies cannot come from PyPI here
-(the tests run offline, and pip's cache is empty: the lock is installed with hashes, not cached), so
+The new environment gets llama-direct only from the wheel. Its dependencies cannot come from PyPI (the
+tests run offline) and no wheels of them can be counted on (pip's cache was empty on this machine), so
 they come from this venv's installed copies, linked into a folder the new environment reads through a
 `.pth` file, llama-direct's own editable install left out; `pip check` then proves that what the
 wheel's metadata requires is there. This is `--system-site-packages` on a base that lacks llama-direct.
