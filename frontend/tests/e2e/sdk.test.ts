@@ -38,7 +38,7 @@ afterAll(async () => {
 });
 
 /** Log in, then load the SDK bundle and the broker's `llama-direct.js` into the page. */
-async function openApp(stack: Stack): Promise<{ page: Page; posts: () => string[] }> {
+async function openApp(stack: Stack): Promise<{ page: Page; posts: () => string[]; negotiations: () => unknown[] }> {
   // The harness injects the SDK as inline scripts, as a host app's own page would load it; the chat
   // page's CSP (its own scripts only, tested in page.test.ts) is not what this test is about.
   const context = await browser.newContext({ bypassCSP: true });
@@ -56,7 +56,10 @@ async function openApp(stack: Stack): Promise<{ page: Page; posts: () => string[
     undefined, { timeout: 10_000 });
   const posts = (): string[] =>
     requests.filter((r) => r.method() === "POST").map((r) => new URL(r.url()).pathname);
-  return { page, posts };
+  const negotiations = (): unknown[] =>
+    requests.filter((r) => r.method() === "POST" && new URL(r.url()).pathname === "/direct-stream")
+      .map((r) => r.postDataJSON() as unknown);
+  return { page, posts, negotiations };
 }
 
 interface Turn {
@@ -122,6 +125,34 @@ function threeTurns(page: Page, maxTokens: number): Promise<Turn[]> {
   }, maxTokens);
 }
 
+interface ResponsesTurn extends Turn {
+  /** The stream's event types, in order, repeats folded. */
+  events: string[];
+}
+
+/** `responses.create({stream: true})` on an SDK client whose `fetch` is `directFetch()`. */
+function responsesStream(page: Page, maxTokens: number): Promise<ResponsesTurn> {
+  return page.evaluate(async (maxTokens) => {
+    const w = window as unknown as { OpenAIModule: { default: new (o: object) => any }; directFetch: () => unknown };
+    const client = new w.OpenAIModule.default({ baseURL: new URL("v1", location.href).href, apiKey: "unused",
+      dangerouslyAllowBrowser: true, maxRetries: 0, fetch: w.directFetch() });
+    const model = (await client.models.list()).data[0].id;
+    const events: string[] = [];
+    let text = "";
+    try {
+      const stream = await client.responses.create({ model, input: "Say hello.", stream: true,
+        max_output_tokens: maxTokens, temperature: 0 });
+      for await (const event of stream) {
+        if (events[events.length - 1] !== event.type) events.push(event.type);
+        if (event.type === "response.output_text.delta") text += event.delta;
+      }
+      return { text, events };
+    } catch (error) {
+      return { text, events, error: String(error) };
+    }
+  }, maxTokens);
+}
+
 function expectAnswered(turns: Turn[], count: number): void {
   expect(turns.map((t) => t.error)).toEqual(Array(count).fill(undefined));
   for (const turn of turns) expect(turn.text.trim().length).toBeGreaterThan(0);
@@ -152,6 +183,19 @@ describe.each([
     const { page, posts } = await openApp(stack);
     expectAnswered(await threeTurns(page, 12), 3);
     expect(posts()).toEqual(Array(3).fill(["/direct-stream", "/direct/v1/chat/completions"]).flat());
+    await page.context().close();
+  });
+
+  it("streams responses.create through directFetch, on the lane with a grant for the Responses route", async () => {
+    const { page, posts, negotiations } = await openApp(stack);
+    const turn = await responsesStream(page, 12);
+    expect(turn.error).toBeUndefined();
+    expect(turn.text.trim().length).toBeGreaterThan(0);
+    expect(turn.events[0]).toBe("response.created");
+    expect(turn.events).toContain("response.output_text.delta");
+    expect(turn.events[turn.events.length - 1]).toBe("response.completed");
+    expect(posts()).toEqual(["/direct-stream", "/direct/v1/responses"]);
+    expect(negotiations()).toEqual([expect.objectContaining({ route: "responses" })]);
     await page.context().close();
   });
 });
