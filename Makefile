@@ -15,10 +15,21 @@ FRONT_STAMP := frontend/node_modules/.installed
 STATIC := broker/static/index.html
 ARGS ?=
 
-.PHONY: serve check check-python check-frontend test install lock frontend dist browser fleet-tools tools
+.PHONY: serve example check check-python check-frontend test install lock frontend dist browser fleet-tools tools
 
 serve: install frontend
 	$(BIN)/llama-direct serve $(ARGS)
+
+# The example host app (examples/fastapi-app/): its page bundled with the browser client, then the app,
+# which starts its lane and prints `example ready: URL`. EXAMPLE_USERS=name:password,...; EXAMPLE_PORT
+# (0: a free one); EXAMPLE_DATA_DIR (default examples/fastapi-app/.data).
+EXAMPLE_JS := examples/fastapi-app/static/app.js
+example: install $(EXAMPLE_JS)
+	$(BIN)/python examples/fastapi-app/app.py
+
+$(EXAMPLE_JS): $(FRONT_STAMP) examples/fastapi-app/page/main.ts $(shell find frontend/src -maxdepth 1 -type f 2>/dev/null)
+	frontend/node_modules/.bin/esbuild examples/fastapi-app/page/main.ts --bundle --format=esm --minify \
+		--target=es2022 --log-level=warning --outfile=$@
 
 # Lint, types, the unit and hostile tests that need no llama-server, and the page's unit tests
 # (pytest and vitest side by side: each uses one core).

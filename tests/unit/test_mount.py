@@ -138,20 +138,49 @@ def test_a_bad_lane_url_or_origin_is_refused_at_mount(tmp_path: Path, gate: Fake
 
 
 def _example() -> ModuleType:
-    path = Path(__file__).parents[2] / "examples" / "fastapi_host" / "app.py"
-    spec = importlib.util.spec_from_file_location("fastapi_host_example", path)
+    path = Path(__file__).parents[2] / "examples" / "fastapi-app" / "app.py"
+    spec = importlib.util.spec_from_file_location("fastapi_app_example", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def test_the_example_host_grants_its_own_users_only(tmp_path: Path, gate: FakeGate) -> None:
+def test_the_example_app_grants_its_own_users_only(tmp_path: Path, gate: FakeGate) -> None:
     example = _example()
-    app = example.build(_core(tmp_path, gate), example.users_from("alice:pw1,bob:pw2"))
+    users = example.Users(example.users_from("alice:pw1,bob:pw2"))
+    app = example.build(_core(tmp_path, gate), users, "https://lane.example/direct")
     basic = {"Authorization": "Basic " + base64.b64encode(b"alice:pw1").decode(), "Origin": ORIGIN}
     wrong = {**basic, "Authorization": "Basic " + base64.b64encode(b"alice:pw2").decode()}
     with TestClient(app, base_url=f"http://{HOST}") as client:
         answer = client.post("/direct-stream", json={}, headers=basic).json()
         assert jwt.decode(answer["token"], options={"verify_signature": False})["sub"] == "alice"
+        assert answer["url"] == "https://lane.example/direct"
         assert client.post("/direct-stream", json={}, headers=wrong).status_code == 401
+        assert client.post("/direct-stream", json={}, headers={"Origin": ORIGIN}).status_code == 401
+
+
+def test_the_example_apps_form_login_is_a_session_the_broker_accepts(tmp_path: Path, gate: FakeGate) -> None:
+    example = _example()
+    app = example.build(_core(tmp_path, gate), example.Users(example.users_from("alice:pw1")),
+                        "https://lane.example/direct")
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    with TestClient(app, base_url=f"http://{HOST}", follow_redirects=False) as client:
+        refused = client.post("/login", content="name=alice&password=pw2", headers=form)
+        assert refused.status_code == 401 and "Wrong name or password." in refused.text
+        assert "example_session" not in client.cookies
+        assert client.post("/login", content="name=alice&password=pw1", headers=form).status_code == 303
+        assert client.get("/api/me").json() == {"user": "alice"}
+        assert client.post("/direct-stream", json={}, headers={"Origin": ORIGIN}).json()["supported"] is True
+        # the broker's CSRF rules hold for the app's cookie: another site's page gets nothing
+        evil = client.post("/direct-stream", json={}, headers={"Origin": "https://evil.example"})
+        assert evil.status_code == 403
+        client.post("/logout")
+        assert client.get("/api/me").status_code == 401
+
+
+def test_the_example_app_refuses_users_without_a_password() -> None:
+    example = _example()
+    with pytest.raises(SystemExit, match="name:password"):
+        example.users_from("alice")
+    assert example.users_from(" alice:a:b , bob:c ") == {"alice": "a:b", "bob": "c"}
