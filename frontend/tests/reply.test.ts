@@ -74,4 +74,15 @@ describe("ReplyView", () => {
     play(view, [{ type: "text_delta", text: "Hi" }, finish]);
     expect(view.firstTokenSeconds).toBe(first);
   });
+
+  it("settles a streamed reply without rebuilding the blocks already shown", async () => {
+    const view = new ReplyView();
+    play(view, [{ type: "text_delta", text: "# Title\n\nFirst paragraph.\n\nSecond" }]);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    const heading = view.root.querySelector("h1");
+    expect(heading?.textContent).toBe("Title");
+    play(view, [{ type: "text_delta", text: " paragraph." }, finish]);
+    expect(view.root.querySelector("h1")).toBe(heading);
+    expect(view.root.querySelectorAll("p")[1]?.textContent).toBe("Second paragraph.");
+  });
 });

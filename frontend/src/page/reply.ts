@@ -147,7 +147,8 @@ export class ReplyView {
     this.settled = true;
     this.endThink();
     if (state === "done") this.promoteReasoning(reason);
-    for (const view of this.texts) view.render(true);
+    // Only what changed since the last frame is rebuilt: a long reply's end costs one block, not all.
+    for (const view of this.texts) view.render();
     if (this.state === "streaming") this.setState(state);
     const failed = this.state === "error" && this.content === "";
     const actions = failed ? actionBar("retry") : this.content === "" ? actionBar("regenerate") : actionBar("copy", "regenerate");
