@@ -5,9 +5,10 @@
  */
 import { classified, type Classified, classifyServerError } from "./errors.ts";
 import { parseErrorBody } from "./sse.ts";
-import type { ChatMessage, ChatRequest, FetchLike, StreamChatOptions } from "./chat-types.ts";
+import type { FetchLike, StreamChatOptions } from "./chat-types.ts";
 import { LANE_ROUTES } from "./lanes.ts";
 import { parseNegotiation } from "./negotiation.ts";
+import type { StreamFormat } from "./shape-format.ts";
 
 export interface DirectGrant {
   url: string;
@@ -16,14 +17,13 @@ export interface DirectGrant {
 }
 
 export type Negotiated =
-  | { kind: "grant"; grant: DirectGrant; fallbackUrl: string | undefined }
+  | { kind: "grant"; grant: DirectGrant; route: string; fallbackUrl: string | undefined }
   | { kind: "fallback"; reason: string | undefined; fallbackUrl: string | undefined }
   | { kind: "error"; error: Classified }
   | { kind: "abort" };
 
 export const DEFAULTS = {
   negotiateUrl: "direct-stream",
-  fallbackUrl: LANE_ROUTES.chat.path.slice(1),
   headTimeoutMs: 10_000,
   maxToolRounds: 5,
   maxResumes: 2,
@@ -46,18 +46,6 @@ function defaultSleep(ms: number, signal?: AbortSignal): Promise<void> {
     }
     signal?.addEventListener("abort", done, { once: true });
   });
-}
-
-export function isRecord(value: unknown): value is Record<string, unknown> {
-  return typeof value === "object" && value !== null && !Array.isArray(value);
-}
-
-function requestHasImage(messages: ChatMessage[]): boolean {
-  return messages.some(
-    (message) =>
-      Array.isArray(message.content) &&
-      message.content.some((part: unknown) => isRecord(part) && part.type === "image_url"),
-  );
 }
 
 function retryAfterMs(response: Response, cap: number): number {
@@ -114,16 +102,16 @@ export class ChatRun {
   readonly fetch: FetchLike;
   readonly signal: AbortSignal;
   readonly sleep: (ms: number, signal?: AbortSignal) => Promise<void>;
-  readonly hasImage: boolean;
 
+  /** `route`: the lane route each round streams from, which is also its stream's format. */
   constructor(
     readonly options: StreamChatOptions,
-    request: ChatRequest,
+    readonly hasImage: boolean,
+    readonly route: StreamFormat = "chat",
   ) {
     this.fetch = options.fetch ?? ((input, init) => globalThis.fetch(input, init));
     this.signal = options.signal ?? new AbortController().signal;
     this.sleep = options.sleep ?? defaultSleep;
-    this.hasImage = requestHasImage(request.messages);
   }
 
   get headTimeoutMs(): number {
@@ -177,6 +165,7 @@ export class ChatRun {
         return {
           kind: "grant",
           grant: { url: parsed.url, token: parsed.token, conversationId: parsed.conversation_id },
+          route: parsed.route,
           fallbackUrl,
         };
       }

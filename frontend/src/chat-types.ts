@@ -1,4 +1,4 @@
-/** The public shapes `streamChat` takes: the request, the options and the tool executors. */
+/** The public shapes `streamChat` (and `streamResponses`, `streamMessages`) take: the request, the options and the tool executors. */
 export type FetchLike = (input: string, init?: RequestInit) => Promise<Response>;
 
 export interface ChatMessage {
@@ -10,6 +10,20 @@ export interface ChatMessage {
 export interface ChatRequest {
   messages: ChatMessage[];
   max_tokens?: number;
+  [field: string]: unknown;
+}
+
+/** An OpenAI Responses request (`POST /v1/responses`): `input` is a string or a list of items. */
+export interface ResponsesRequest {
+  input: string | Record<string, unknown>[];
+  max_output_tokens?: number;
+  [field: string]: unknown;
+}
+
+/** An Anthropic Messages request (`POST /v1/messages`); `max_tokens` is the format's own, required. */
+export interface MessagesRequest {
+  messages: ChatMessage[];
+  max_tokens: number;
   [field: string]: unknown;
 }
 
@@ -25,7 +39,7 @@ export interface StreamChatOptions {
   fetch?: FetchLike;
   /** Negotiation path, relative so that a reverse proxy's path prefix survives. */
   negotiateUrl?: string;
-  /** Baseline path when the negotiation did not name one. */
+  /** Baseline path when the negotiation did not name one; defaults to the route's own path, relative. */
   fallbackUrl?: string;
   signal?: AbortSignal;
   /** How long the lane may take to answer with a response head (not the first token). */
@@ -36,7 +50,8 @@ export interface StreamChatOptions {
   model?: string;
   /** `false`: the request may not load a model that is not loaded (409 `model_not_loaded` then). */
   autoload?: boolean;
-  /** The generation cap to ask the broker for; defaults to `request.max_tokens`. */
+  /** The generation cap to ask the broker for; defaults to the request's own (`max_tokens`, or a Responses
+   * request's `max_output_tokens`). */
   maxTokens?: number;
   tools?: Record<string, ToolExecutor>;
   /** Tool rounds before the loop stops: each round runs the tools and asks the model again. */

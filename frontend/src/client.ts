@@ -1,5 +1,6 @@
 /**
- * `streamChat`: negotiate a token, stream straight from the lane, shape, fall back, resume, run tools.
+ * `streamChat` (and `streamResponses`, `streamMessages`, the same on the Responses and Messages routes):
+ * negotiate a token, stream straight from the lane, shape, fall back, resume, run tools.
  *
  * The only door to the network is `options.fetch`, so every path here (fallback on each failure
  * kind, resume, abort, the tool loop) runs in unit tests against a scripted fake. The rule that
@@ -9,12 +10,22 @@
  */
 import { classified } from "./errors.ts";
 import type { ToolCall, UIEvent } from "./shape.ts";
-import type { ChatMessage, ChatRequest, StreamChatOptions } from "./chat-types.ts";
+import type { ChatRequest, MessagesRequest, ResponsesRequest, StreamChatOptions } from "./chat-types.ts";
 import { ChatRun, DEFAULTS } from "./chat-run.ts";
 import { round } from "./rounds.ts";
 import { errorEvent } from "./stream-body.ts";
+import { CHAT, MESSAGES, RESPONSES, type RouteFormat, type ToolRound } from "./route-formats.ts";
 
-export type { ChatMessage, ChatRequest, FetchLike, StreamChatOptions, ToolContext, ToolExecutor } from "./chat-types.ts";
+export type {
+  ChatMessage,
+  ChatRequest,
+  FetchLike,
+  MessagesRequest,
+  ResponsesRequest,
+  StreamChatOptions,
+  ToolContext,
+  ToolExecutor,
+} from "./chat-types.ts";
 
 function toolResultContent(result: unknown): string {
   if (typeof result === "string") return result;
@@ -37,22 +48,15 @@ async function runTool(run: ChatRun, call: ToolCall): Promise<unknown> {
 }
 
 /**
- * Stream one chat reply as UI events, running tool rounds until the model answers in text.
- * Ends with exactly one of `finish`, `abort` or a final `error`.
+ * Stream one reply in a route's format as UI events, running tool rounds until the model answers in
+ * text. Ends with exactly one of `finish`, `abort` or a final `error`.
  */
-export async function* streamChat(request: ChatRequest, options: StreamChatOptions = {}): AsyncGenerator<UIEvent> {
-  const run = new ChatRun(options, request);
-  const messages: ChatMessage[] = [...request.messages];
+async function* streamRoute<R>(format: RouteFormat<R>, request: R, options: StreamChatOptions): AsyncGenerator<UIEvent> {
+  const run = new ChatRun(options, format.hasImage(request), format.route);
   const maxRounds = options.maxToolRounds ?? DEFAULTS.maxToolRounds;
+  let current = request;
   for (let rounds = 0; ; rounds++) {
-    const body: Record<string, unknown> = {
-      ...request,
-      messages,
-      stream: true,
-      return_progress: true,
-      stream_options: { include_usage: true },
-    };
-    const outcome = yield* round(run, body);
+    const outcome = yield* round(run, format.body(current));
     if (outcome.kind === "stopped") return;
     if (outcome.calls.length === 0) {
       yield { type: "finish", finish_reason: outcome.finishReason, lane: outcome.lane };
@@ -63,15 +67,7 @@ export async function* streamChat(request: ChatRequest, options: StreamChatOptio
       yield { type: "finish", finish_reason: outcome.finishReason, lane: outcome.lane };
       return;
     }
-    messages.push({
-      role: "assistant",
-      content: outcome.text === "" ? null : outcome.text,
-      tool_calls: outcome.calls.map((call) => ({
-        id: call.id,
-        type: "function",
-        function: { name: call.name, arguments: call.raw },
-      })),
-    });
+    const results: ToolRound[] = [];
     for (const call of outcome.calls) {
       yield { type: "tool_start", tool_name: call.name, tool_call_id: call.id, arguments: call.arguments };
       yield { type: "tool_status", content: `Calling: ${call.name}` };
@@ -81,8 +77,24 @@ export async function* streamChat(request: ChatRequest, options: StreamChatOptio
         return;
       }
       yield { type: "tool_end", tool_name: call.name, tool_call_id: call.id, result };
-      messages.push({ role: "tool", tool_call_id: call.id, content: toolResultContent(result) });
+      results.push({ call, result: toolResultContent(result) });
     }
+    current = format.withToolResults(current, outcome.text, results);
     yield { type: "tool_status", content: "" };
   }
+}
+
+/** Stream one chat completion (`POST /v1/chat/completions`) as UI events. */
+export function streamChat(request: ChatRequest, options: StreamChatOptions = {}): AsyncGenerator<UIEvent> {
+  return streamRoute(CHAT, request, options);
+}
+
+/** Stream one OpenAI Responses reply (`POST /v1/responses`) as the same UI events as chat. */
+export function streamResponses(request: ResponsesRequest, options: StreamChatOptions = {}): AsyncGenerator<UIEvent> {
+  return streamRoute(RESPONSES, request, options);
+}
+
+/** Stream one Anthropic Messages reply (`POST /v1/messages`) as the same UI events as chat. */
+export function streamMessages(request: MessagesRequest, options: StreamChatOptions = {}): AsyncGenerator<UIEvent> {
+  return streamRoute(MESSAGES, request, options);
 }

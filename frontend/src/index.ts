@@ -1,5 +1,17 @@
 /** The browser client library: what an app imports to stream chat through llama-direct. */
-export { type ChatMessage, type ChatRequest, type FetchLike, type StreamChatOptions, streamChat, type ToolContext, type ToolExecutor } from "./client.ts";
+export {
+  type ChatMessage,
+  type ChatRequest,
+  type FetchLike,
+  type MessagesRequest,
+  type ResponsesRequest,
+  type StreamChatOptions,
+  streamChat,
+  streamMessages,
+  streamResponses,
+  type ToolContext,
+  type ToolExecutor,
+} from "./client.ts";
 export { type DirectFetch, type DirectFetchOptions, directFetch } from "./direct_fetch.ts";
 export { type ErrorCode, friendlyMessage } from "./errors.ts";
 export {
@@ -13,4 +25,5 @@ export {
   toFlatText,
   type UIEvent,
 } from "./shape.ts";
+export { createShaper, type Shaper, type StreamFormat } from "./shape-format.ts";
 export { createSSEDecoder, interpretEvent, parseErrorBody, type SSEDecoder, type SSEEvent, type ServerError, type StreamItem } from "./sse.ts";

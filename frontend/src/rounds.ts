@@ -31,8 +31,8 @@ async function* directRound(
   if (grant.conversationId !== null) headers["X-Conversation-Id"] = grant.conversationId;
   let response: Response;
   try {
-    response = await run.fetch(`${grant.url}${LANE_ROUTES.chat.path}`, {
-      method: LANE_ROUTES.chat.method,
+    response = await run.fetch(`${grant.url}${LANE_ROUTES[run.route].path}`, {
+      method: LANE_ROUTES[run.route].method,
       credentials: "omit",
       headers,
       body: JSON.stringify(body),
@@ -114,13 +114,20 @@ async function* fallbackRound(
   return { kind: "stopped" };
 }
 
-export async function* round(run: ChatRun, body: Record<string, unknown>): AsyncGenerator<UIEvent, RoundOutcome> {
-  const maxTokens = run.options.maxTokens ?? (typeof body.max_tokens === "number" ? body.max_tokens : undefined);
-  const ask: Record<string, unknown> = {};
+/** What the negotiation asks for: the route (chat, the default, is not named), the cap, the model. */
+function askFor(run: ChatRun, body: Record<string, unknown>): Record<string, unknown> {
+  const cap = body[LANE_ROUTES[run.route].lengthCap];
+  const maxTokens = run.options.maxTokens ?? (typeof cap === "number" ? cap : undefined);
+  const ask: Record<string, unknown> = run.route === "chat" ? {} : { route: run.route };
   if (maxTokens !== undefined) ask.max_tokens = maxTokens;
   if (run.options.resumable) ask.resumable = true;
   if (run.options.model !== undefined) ask.model = run.options.model;
   if (run.options.autoload === false) ask.autoload = false;
+  return ask;
+}
+
+export async function* round(run: ChatRun, body: Record<string, unknown>): AsyncGenerator<UIEvent, RoundOutcome> {
+  const ask = askFor(run, body);
   const delays = run.options.reconnectDelaysMs ?? DEFAULTS.reconnectDelaysMs;
   const loadingDelays = run.options.loadingDelaysMs ?? DEFAULTS.loadingDelaysMs;
   let reconnects = 0;
@@ -134,11 +141,12 @@ export async function* round(run: ChatRun, body: Record<string, unknown>): Async
       return { kind: "stopped" };
     }
     if (answer.kind === "fallback" && answer.reason === "model_loading") yield LOADING_NOTICE;
-    if (answer.kind === "grant") {
+    // A grant for another route would be refused on this one ("": a broker that names none).
+    if (answer.kind === "grant" && (answer.route === "" || answer.route === run.route)) {
       const outcome = yield* directRound(run, answer.grant, body);
       if (outcome.kind !== "fallback") return outcome;
     }
-    const fallbackUrl = answer.fallbackUrl ?? run.options.fallbackUrl ?? DEFAULTS.fallbackUrl;
+    const fallbackUrl = answer.fallbackUrl ?? run.options.fallbackUrl ?? LANE_ROUTES[run.route].path.slice(1);
     const outcome = yield* fallbackRound(run, fallbackTarget(run, fallbackUrl), fallbackBody(run, body));
     if (outcome.kind === "end" || outcome.kind === "stopped") return outcome;
     const loading = outcome.kind === "loading";

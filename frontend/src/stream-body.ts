@@ -4,7 +4,8 @@
  * survive the resume.
  */
 import type { Classified, ErrorCode } from "./errors.ts";
-import { type Lane, type ShapedEvent, StreamShaper, type ToolCall, type UIEvent } from "./shape.ts";
+import type { Lane, ShapedEvent, ToolCall, UIEvent } from "./shape.ts";
+import { createShaper, type Shaper } from "./shape-format.ts";
 import { createSSEDecoder, interpretEvent, type SSEDecoder } from "./sse.ts";
 import { type ChatRun, DEFAULTS, type DirectGrant, discard, isEventStream, LaneRequest } from "./chat-run.ts";
 import { LANE_ROUTES } from "./lanes.ts";
@@ -28,13 +29,13 @@ export function errorEvent(error: Classified, phase: "pre-output" | "mid-stream"
 /** The per-stream state that survives a resume: one decoder, one shaper, one byte count. */
 class StreamState {
   readonly decoder: SSEDecoder = createSSEDecoder();
-  readonly shaper: StreamShaper;
+  readonly shaper: Shaper;
   received = 0;
   text = "";
   calls: ToolCall[] = [];
 
   constructor(run: ChatRun) {
-    this.shaper = new StreamShaper({
+    this.shaper = createShaper(run.route, {
       prefilledThink: run.options.prefilledThink ?? false,
       hasImage: run.hasImage,
     });

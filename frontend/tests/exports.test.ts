@@ -5,12 +5,15 @@ it("exports exactly the public runtime names", () => {
   expect(Object.keys(api).sort()).toEqual([
     "StreamShaper",
     "createSSEDecoder",
+    "createShaper",
     "directFetch",
     "friendlyMessage",
     "interpretEvent",
     "parseErrorBody",
     "shapeItems",
     "streamChat",
+    "streamMessages",
+    "streamResponses",
     "toFlatText",
   ]);
 });
