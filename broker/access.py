@@ -24,8 +24,7 @@ from llama_direct.refusals import (
     RateLimited,
     RequestRefusal,
 )
-from llama_direct.tokens import OWNER
-from llama_direct.users import Limits, User, session_subject
+from llama_direct.users import Limits, User, parse_session_subject, session_subject
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +127,7 @@ def caller_or_none(core: BrokerCore, request: Request) -> Caller | None:
     user = core.sessions.user_for(session_id)
     if user is None:
         return None
-    if user == OWNER:
+    if parse_session_subject(user) is None:  # the owner's, or another access token's subject
         return Caller(user=user, session_id=session_id)
     named = session_user(core.users, user)
     return Caller.named(named, session_id=session_id) if named is not None else None
