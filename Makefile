@@ -66,6 +66,9 @@ $(STAMP): pyproject.toml $(LOCK) | $(BIN)/python
 	@echo "llama-direct: installing the locked Python packages into $(VENV)"
 	@$(PIP) install --quiet --require-hashes -r $(LOCK)
 	@$(PIP) install --quiet --no-deps --no-build-isolation -e .
+	@# A checkout installed before the build backend was hatchling has setuptools' egg-info at the top,
+	@# which shadows the install's entry points for code run from here (`llama-direct bench` not found).
+	@rm -rf llama_direct.egg-info
 	@touch $@
 
 # Today's releases of everything, within pyproject.toml's ranges; then `make check` (or `make test`)
