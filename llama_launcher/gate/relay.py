@@ -31,8 +31,12 @@ class RelayClient(Protocol):
     """The client side a relay writes to (`connection.RelayClient`)."""
 
     transport: asyncio.Transport
-    http10: bool
-    close_after: bool
+
+    @property
+    def http10(self) -> bool: ...
+
+    @property
+    def close_after(self) -> bool: ...
 
     def relay_head(self, head: bytes) -> None: ...
 

@@ -1,27 +1,22 @@
 """The gate's body shapers, one per body format the lane registry names (`LaneRoute.body`).
 
-A lane route that takes a body names its format in `llama_direct.lanes`; the request half looks the
-shaper up here and never asks which route it serves. So a new route in a new format is its registry
+A lane route that takes a body names its format in `llama_direct.lanes`; the lane plan (`lane_plan`)
+looks the shaper up here and never asks which route it serves. So a new route in a new format is its registry
 entry, its shaper module, and one line in `SHAPERS`; `tests/unit/test_shapers.py` fails on a
 registry format with no shaper.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Mapping
 
 from llama_direct.lanes import BodyFormat
-from llama_direct.refusals import UNEXPECTED_BODY, RequestRefusal
-from llama_direct.tokens import Claims, Grant
+from llama_direct.tokens import Grant
 from llama_launcher.gate.completions_shaping import shape_completions_body
-from llama_launcher.gate.core import Gate
 from llama_launcher.gate.embeddings_shaping import shape_embeddings_body
 from llama_launcher.gate.messages_shaping import shape_messages_body, shape_messages_count_body
-from llama_launcher.gate.pool import Attempts
 from llama_launcher.gate.rerank_shaping import shape_rerank_body
 from llama_launcher.gate.responses_shaping import shape_responses_body, shape_responses_count_body
-from llama_launcher.gate.scope import Route
 from llama_launcher.gate.shaping import ShapingPolicy, shape_chat_body, shape_chat_count_body
 
 Shaper = Callable[[bytes, Grant, ShapingPolicy], bytes]
@@ -45,19 +40,3 @@ SHAPE_IN_THREAD_BYTES = 256 * 1024
 vision model is shaped there too, whatever its size: a 1.5 KB WebP may take a second to decode.
 (Without vision an image is refused before a byte of it is decoded.)"""
 
-
-async def lane_body(gate: Gate, route: Route, claims: Claims, attempts: Attempts, body: bytes) -> tuple[bytes, str]:
-    """The body llama-server gets and the target it goes to: shaped by the route's format for the
-    upstreams in `attempts` (a route that takes none must have none), and, since such a body names
-    its model, told not to load it where the grant says so (`Gate.load_target`)."""
-    if route.lane.body is None:
-        if body:
-            raise RequestRefusal(UNEXPECTED_BODY)
-        return body, route.upstream_target
-    shape = SHAPERS[route.lane.body]
-    policy = await gate.policy_for(attempts.members, claims.grant.model)
-    if policy.vision or len(body) > SHAPE_IN_THREAD_BYTES:
-        body = await asyncio.to_thread(shape, body, claims.grant, policy)
-    else:
-        body = shape(body, claims.grant, policy)
-    return body, await gate.load_target(attempts, claims, route.upstream_target)

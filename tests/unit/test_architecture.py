@@ -11,6 +11,9 @@ only for type hints still means a type sits in the wrong module.
                          no module that touches signing keys on disk
     llama_launcher.bench the one exception: it times `broker.signing_keys` beside the lane
 
+The gate's pure cores (`GATE_PURE_CORES`) reach no I/O module of the standard library, through any
+project module they import: their cases are unit tests without a socket or a clock.
+
 No module cycles, and no cycles between folders (a package's own modules are its folder; a
 sub-package is a folder of its own), the top-level packages included.
 """
@@ -256,3 +259,48 @@ def test_every_type_ignore_names_its_code_and_says_why() -> None:
         if "type: ignore" in line and not pattern.search(line)
     ]
     assert bare == []
+
+
+GATE_PURE_CORES = ("http1", "request_reader", "connection_core", "scope", "shaping", "images", "bounds",
+                   "prompt_size", "jwks_document", "stream_ledger")
+"""The gate's pure cores: bytes or values in and out; their shells (`connection`, `core`, ...) do the I/O."""
+IO_MODULES = frozenset({"asyncio", "socket", "ssl", "selectors", "time", "threading", "subprocess"})
+"""Standard-library modules that wait, touch a socket or read the clock."""
+
+
+def io_imports(graph: Graph, module: str, root: Path = ROOT) -> dict[str, set[str]]:
+    """module -> the `IO_MODULES` it imports, for `module` and every project module it reaches."""
+    found: dict[str, set[str]] = {}
+    for name in sorted({module} | reachable(graph, module)):
+        path = root / (name.replace(".", "/") + ".py")
+        if not path.exists():
+            path = root / name.replace(".", "/") / "__init__.py"
+        imported: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                imported.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+        if imported & IO_MODULES:
+            found[name] = imported & IO_MODULES
+    return found
+
+
+@pytest.fixture(scope="module")
+def project_graph() -> Graph:
+    return read_graph()
+
+
+@pytest.mark.parametrize("core", GATE_PURE_CORES)
+def test_the_gates_pure_cores_reach_no_io(project_graph: Graph, core: str) -> None:
+    assert io_imports(project_graph, f"llama_launcher.gate.{core}") == {}
+
+
+def test_an_io_import_a_core_reaches_through_the_contract_is_found(tmp_path: Path) -> None:
+    for package in ("llama_direct", "llama_launcher", "llama_launcher/gate", "broker"):
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "__init__.py").write_text("")
+    (tmp_path / "llama_launcher/gate/connection_core.py").write_text("from llama_direct import clock\n")
+    (tmp_path / "llama_direct/clock.py").write_text("import os\nfrom time import monotonic\n")
+    graph = read_graph(tmp_path)
+    assert io_imports(graph, "llama_launcher.gate.connection_core", tmp_path) == {"llama_direct.clock": {"time"}}
