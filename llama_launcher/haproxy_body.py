@@ -14,6 +14,10 @@ only what makes those sound, and each is written for what llama-server 11434 wou
   `true` as 1 and `"abc"` as a string, where llama-server reads 1e9, or its default for the others;
 - no media by URL (`"url"`, `"image_url"` or `"data"` holding an `http…` or `file:` string): llama-
   server downloads an `http` image itself (`handle_media`), and each format's image ends up there;
+- a field the gate refuses on the route (its shaper's table), when it is a scalar at the top level,
+  where llama-server reads it: `json_query` finds only scalars, and only where it looks, so a key of
+  that name inside a tool's schema is not refused, and neither is one whose value is a list or an
+  object (`lora`, `logit_bias`, `input_extra`: docs/fleet.md lists what passes);
 - each body format's own rules (`FORMAT_RULES`); a format with none listed is one HAProxy was not
   written for, and no config serving it is rendered.
 """
@@ -23,6 +27,15 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from llama_direct.lanes import LANE_PREFIX, BodyFormat, LaneRoute
+from llama_launcher.gate import (
+    completions_shaping,
+    embeddings_shaping,
+    messages_shaping,
+    rerank_shaping,
+    responses_shaping,
+)
+from llama_launcher.gate.bounds import REFUSED, classified
+from llama_launcher.gate.shaping import DENIED_FIELDS
 
 MAX_BODY_BYTES = 60_000
 """HAProxy reads the body from its buffer (`tune.bufsize` 65536 here): a larger one is refused, 413."""
@@ -76,6 +89,32 @@ FORMAT_RULES: dict[BodyFormat, Callable[[LaneRoute], list[str]]] = {
 `model` and length rules, `haproxy_grant`); what each still passes as sent is in docs/fleet.md."""
 
 
+REFUSED_FIELDS: dict[BodyFormat, frozenset[str]] = {
+    "chat": DENIED_FIELDS,
+    "chat_count": DENIED_FIELDS,
+    "responses": responses_shaping.REFUSED_FIELDS,
+    "responses_count": responses_shaping.REFUSED_FIELDS,
+    "messages": messages_shaping.REFUSED_FIELDS,
+    "messages_count": messages_shaping.REFUSED_FIELDS,
+    "completions": completions_shaping.REFUSED_FIELDS,
+    "embeddings": embeddings_shaping.REFUSED_FIELDS,
+    "rerank": classified(rerank_shaping.FIELDS, REFUSED),
+}
+"""What the gate refuses on each body format, from its shapers' tables (written once, there)."""
+
+
+def refused_rules(routes: Sequence[LaneRoute]) -> list[str]:
+    """Each refused field found as a top-level scalar is 400, on the served routes that refuse it (no
+    path condition where all of them do)."""
+    lines: list[str] = []
+    refusing = {route.name: REFUSED_FIELDS[route.body] for route in routes if route.body is not None}
+    for name in sorted(frozenset().union(*refusing.values())):
+        paths = " ".join(LANE_PREFIX + route.path for route in routes if name in refusing[route.name])
+        where = "" if all(name in fields for fields in refusing.values()) else f"{{ path {paths} }} "
+        lines.append(deny(400, f"{where}{{ req.body,json_query('$.{name}') -m found }}"))
+    return lines
+
+
 def format_rules(routes: Sequence[LaneRoute]) -> list[str]:
     lines: list[str] = []
     for route in routes:
@@ -103,4 +142,5 @@ def body_rules(routes: Sequence[LaneRoute], read_keys: Sequence[str], integers: 
           if integers else []),
         deny(400, f"{{ req.body -m reg '\"({media})\"\\s*:\\s*\"(http|file:)' }}"),
         *format_rules(routes),
+        *refused_rules(routes),
     ]

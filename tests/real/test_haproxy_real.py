@@ -194,6 +194,9 @@ PROBES: dict[str, tuple[Callable[[], bytes], int | None, int]] = {
     # llama-server would download it itself.
     "image_by_url": (lambda: request(token(), body={**CHAT, "messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": "http://169.254.169.254/latest/meta-data/"}}]}]}), 400, 400),
+    # A field the Python gate refuses, as a top-level scalar.
+    "id_slot": (lambda: request(token(), body={**CHAT, "id_slot": 0}), 400, 400),
+    "ignore_eos": (lambda: request(token(), body={**CHAT, "ignore_eos": True}), 400, 400),
     "missing_max_tokens": (lambda: request(token(), body={k: v for k, v in CHAT.items() if k != "max_tokens"}),
                            None, 400),
     "missing_model": (lambda: request(token(), body={k: v for k, v in CHAT.items() if k != "model"}), None, 400),
@@ -216,8 +219,9 @@ PROBES: dict[str, tuple[Callable[[], bytes], int | None, int]] = {
 }
 
 KNOWN_LIMITS: dict[str, tuple[Callable[[], bytes], int | None]] = {
-    # Body shaping: a field the Python gate refuses passes; llama-server reads it.
-    "id_slot": (lambda: request(token(), body={**CHAT, "id_slot": 0}), 400),
+    # Body shaping: a field the Python gate refuses passes when its value is a list or an object
+    # (json_query finds scalars only); llama-server reads it.
+    "lora": (lambda: request(token(), body={**CHAT, "lora": [{"id": 0, "scale": 1.0}]}), 400),
     # Images are not decoded or bounded: llama-server gets them and answers for itself.
     "image_to_a_model_without_vision": (lambda: request(token(), body={**CHAT, "messages": [IMAGE_MESSAGE]}), 400),
 }

@@ -9,7 +9,7 @@ import re
 import pytest
 
 from llama_direct.lanes import LANE_PREFIX, LANE_ROUTES, ROUTES
-from llama_launcher.haproxy_body import FORMAT_RULES
+from llama_launcher.haproxy_body import FORMAT_RULES, REFUSED_FIELDS
 from llama_launcher.haproxy_config import HaproxyPlan, render
 from llama_launcher.haproxy_grant import checked_routes, integer_keys
 
@@ -85,3 +85,15 @@ def test_media_by_url_and_the_formats_own_refusals_are_rendered() -> None:
     assert '"(url|image_url|data)"\\s*:\\s*"(http|file:)' in config
     assert f"{{ path {LANE_PREFIX}/v1/rerank }} {{ req.body -m reg '\"top_n\"\\s*:' }}" in config
     assert f"{{ path {LANE_PREFIX}/v1/completions }} !{{ req.body,json_query('$.prompt') -m found }}" in config
+
+
+def test_the_gates_refused_fields_are_refused_as_top_level_scalars_on_their_routes() -> None:
+    config = render(_gate())
+    lines = {line for line in config.splitlines() if "json_query('$." in line and "-m found" in line}
+    for route in checked_routes():
+        assert route.body is not None
+        for name in REFUSED_FIELDS[route.body]:
+            assert any(f"json_query('$.{name}')" in line and (f"{LANE_PREFIX}{route.path} " in line + " "
+                                                               or "{ path" not in line) for line in lines), name
+    prompt = next(line for line in lines if "json_query('$.prompt') -m found }" in line and "!{" not in line)
+    assert f"{LANE_PREFIX}/v1/completions " not in prompt + " "
