@@ -27,6 +27,7 @@ from llama_launcher.bench import (
     models,
     report,
     request_cost,
+    routes,
     scenarios,
     soak,
     summary,
@@ -148,6 +149,8 @@ def _run_real(plan: Plan, work: Path, old: Path | None, results: dict[str, Any])
             bed, scenarios.chat_body(real=True, max_tokens=1), count=plan.cost_requests,
             rounds=plan.cost_rounds, kept_alive=True)
         results["many_models"]["single"] = await models.lane_vs_raw(bed, plan.model_ttfts)
+        results["routes"] = await routes.compare(bed, levels=plan.levels[:2], tokens=plan.real_tokens,
+                                                 reps=plan.reps, ttfts=plan.model_ttfts, say=_say)
         if bed.before is not None:
             results["first_token_real"] = await scenarios.first_token(bed, plan.model_ttfts, real=True)
 

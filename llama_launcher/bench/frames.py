@@ -33,6 +33,9 @@ WORDS = (" the", " quick", " brown", " fox", " jumps", " over", " a", " lazy", "
 
 _EVENT_START = b"\ndata: "
 _DONE_MARK = b"data: [DONE]"
+_RESPONSES_DONE_MARK = b"event: response.completed"
+"""How a Responses stream ends: llama-server sends no `[DONE]` there. Read from the tail, so a bench
+Responses stream must keep its whole text (which the last event repeats) within the tail."""
 _TAIL_BYTES = 4096
 
 
@@ -114,7 +117,8 @@ class StreamScript:
 class FrameCounter:
     """Counts the SSE events of a response body as it arrives, whatever the read boundaries.
 
-    `chunks` counts data events other than `[DONE]`; `final()` reads the last event that carries
+    `chunks` counts data events other than `[DONE]` (a Responses stream ends with its
+    `response.completed` event instead); `final()` reads the last event that carries
     `timings` or `usage`, from a bounded tail, once the stream is over.
     """
 
@@ -136,7 +140,7 @@ class FrameCounter:
 
     @property
     def done(self) -> bool:
-        return _DONE_MARK in self._tail
+        return _DONE_MARK in self._tail or _RESPONSES_DONE_MARK in self._tail
 
     @property
     def chunks(self) -> int:

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from llama_launcher.bench import before, fleet, idle, models
+from llama_launcher.bench import before, fleet, idle, models, routes
 from llama_launcher.bench.machine import one_line
 from llama_launcher.bench.summary import Verdict, anchor, verdicts
 
@@ -144,6 +144,10 @@ def render_markdown(results: dict[str, Any]) -> str:
         lines += models.render(many)
     if results.get("fleet"):
         lines += ["", *fleet.render(results["fleet"])]
+    if results.get("routes"):
+        lines += ["", "One streaming route besides chat, on the real model (issue 27): direct against raw for "
+                      "chat and Responses, interleaved (median of per-repetition ratios):", "",
+                  routes.render(results["routes"])]
     load = results.get("app_load")
     if load:
         lines += ["", f"App under load: {load['concurrency']} streams at {load['pace']:g} tokens/s each, while a "
