@@ -6,88 +6,11 @@
 //
 // Not a test: nothing here passes or fails. Run `npm run build` first, then `node bench/page-stream.mjs`
 // (E2E_CHROMIUM names another Chromium; BENCH_TOKENS and BENCH_RATE change the reply).
-import { readFileSync } from "node:fs";
-import { createServer } from "node:http";
-import { extname, join } from "node:path";
-import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
+import { launch, replyTokens, serve } from "./fake-upstream.mjs";
 
-const STATIC = fileURLToPath(new URL("../../broker/static/", import.meta.url));
 const TOKENS = Number(process.env.BENCH_TOKENS ?? 2000);
 const RATE = Number(process.env.BENCH_RATE ?? 100);
 const FRAME_US = 1_000_000 / 60;
-const TYPES = { ".html": "text/html", ".js": "text/javascript", ".css": "text/css" };
-// The broker's page policy (broker/static.py PAGE_CSP), so the page runs as it does when served.
-const CSP = readFileSync(fileURLToPath(new URL("../../broker/static.py", import.meta.url)), "utf8")
-  .match(/PAGE_CSP = \(\n((?:\s+".*"\n)+)\)/)[1]
-  .split("\n")
-  .map((line) => line.trim().replace(/^"|"$/g, ""))
-  .join("");
-
-/** A Markdown reply of `count` tokens (about four characters each): headings, lists, code, a table. */
-function replyTokens(count) {
-  const parts = [];
-  for (let section = 1; parts.join("").length < count * 4.2; section++) {
-    parts.push(`## Section ${section}\n\nSome **bold** words, some *emphasis* and \`inline code\` in a paragraph that runs on.\n\n`);
-    parts.push(`- first point of section ${section}\n- second point, with a [link](https://example.com/${section})\n\n`);
-    parts.push("```python\n" + `def step_${section}(x):\n    return x * ${section} + 1\n` + "```\n\n");
-    parts.push(`| key | value |\n|---|--:|\n| a${section} | ${section} |\n| b${section} | ${section * 2} |\n\n`);
-  }
-  const text = parts.join("");
-  const tokens = [];
-  for (let at = 0; at < text.length && tokens.length < count; at += 4) tokens.push(text.slice(at, at + 4));
-  return tokens;
-}
-
-function chunk(delta, finish = null) {
-  const frame = { id: "bench", object: "chat.completion.chunk", created: 0, model: "bench", choices: [{ index: 0, delta, finish_reason: finish }] };
-  return `data: ${JSON.stringify(frame)}\n\n`;
-}
-
-async function stream(response) {
-  response.writeHead(200, { "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "Access-Control-Allow-Origin": "*" });
-  const tokens = replyTokens(TOKENS);
-  const started = performance.now();
-  for (let i = 0; i < tokens.length; i++) {
-    const due = started + (i * 1000) / RATE;
-    const wait = due - performance.now();
-    if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
-    response.write(chunk({ content: tokens[i] }));
-  }
-  response.write(chunk({}, "stop"));
-  response.end("data: [DONE]\n\n");
-}
-
-function serve() {
-  const server = createServer((request, response) => {
-    const path = new URL(request.url, "http://x").pathname;
-    if (request.method === "OPTIONS") {
-      response.writeHead(204, { "Access-Control-Allow-Origin": "*", "Access-Control-Allow-Headers": "*", "Access-Control-Allow-Methods": "POST" });
-      return response.end();
-    }
-    if (path === "/direct-stream") {
-      const url = `http://127.0.0.1:${server.address().port}/direct`;
-      response.writeHead(200, { "Content-Type": "application/json" });
-      return response.end(JSON.stringify({ supported: true, url, token: "bench", conversation_id: null }));
-    }
-    if (path === "/direct/v1/chat/completions") return void stream(response);
-    if (path === "/v1/models") {
-      response.writeHead(200, { "Content-Type": "application/json" });
-      return response.end(JSON.stringify({ object: "list", data: [{ id: "bench", object: "model", status: "loaded" }] }));
-    }
-    const name = path === "/" ? "index.html" : path.slice(1);
-    if (name.includes("..")) return response.writeHead(404).end();
-    try {
-      const body = readFileSync(join(STATIC, name));
-      response.writeHead(200, { "Content-Type": TYPES[extname(name)] ?? "application/octet-stream", "Content-Security-Policy": CSP });
-      response.end(body);
-    } catch {
-      response.writeHead(404).end();
-    }
-  });
-  return new Promise((resolve) => server.listen(0, "127.0.0.1", () => resolve(server)));
-}
-
 const SCRIPT = new Set(["FunctionCall", "EvaluateScript", "v8.evaluateModule", "TimerFire", "FireAnimationFrame", "EventDispatch", "RunMicrotasks", "v8.run"]);
 
 /** Sum each thread's top-level events (nested ones are inside their parent's time) per frame window. */
@@ -113,20 +36,28 @@ function longest(events, from, to) {
     .map((event) => {
       const data = event.args?.data ?? {};
       const where = [data.functionName, (data.url ?? "").split("/").pop(), data.type].filter(Boolean).join(" ");
-      return `${event.name} ${((event.dur ?? 0) / 1000).toFixed(1)} ms at +${((event.ts - from) / 1e6).toFixed(2)} s ${where}`.trim();
+      return `${event.name} ${((event.dur ?? 0) / 1000).toFixed(1)} ms at +${((event.ts - from) / 1e6).toFixed(2)} s ${where} ${inside(events, event)}`.trim();
     });
+}
+
+/** What took time inside `outer`: the style and layout it forced, by name (the rest is script). */
+function inside(events, outer) {
+  const end = outer.ts + (outer.dur ?? 0);
+  const sums = new Map();
+  for (const event of events) {
+    if (event.ph !== "X" || event.ts < outer.ts || event.ts > end || event === outer) continue;
+    if (!["Layout", "UpdateLayoutTree", "ParseHTML", "HitTest", "v8.compile", "MajorGC", "MinorGC", "V8.GC_SCAVENGER", "BlinkGC.AtomicPhase"].includes(event.name)) continue;
+    sums.set(event.name, (sums.get(event.name) ?? 0) + (event.dur ?? 0) / 1000);
+  }
+  return [...sums].map(([name, ms]) => `${name} ${ms.toFixed(1)} ms`).join(", ");
 }
 
 const p = (sorted, q) => (sorted.length === 0 ? 0 : sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]);
 
 async function main() {
-  const server = await serve();
+  const server = await serve(() => replyTokens(TOKENS), RATE);
   const base = `http://127.0.0.1:${server.address().port}/`;
-  const browser = await chromium.launch({
-    executablePath: process.env.E2E_CHROMIUM ?? "/usr/bin/chromium",
-    headless: true,
-    args: ["--no-sandbox", "--disable-background-networking", "--disable-gpu", "--no-first-run"],
-  });
+  const browser = await launch();
   const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
   await page.goto(base);
   await page.waitForSelector("#prompt");
