@@ -262,7 +262,7 @@ def test_every_type_ignore_names_its_code_and_says_why() -> None:
 
 
 GATE_PURE_CORES = ("http1", "request_reader", "connection_core", "scope", "shaping", "images", "bounds",
-                   "prompt_size", "jwks_document", "stream_ledger")
+                   "prompt_size", "jwks_document", "stream_ledger", "usage_tail")
 """The gate's pure cores: bytes or values in and out; their shells (`connection`, `core`, ...) do the I/O."""
 IO_MODULES = frozenset({"asyncio", "socket", "ssl", "selectors", "time", "threading", "subprocess"})
 """Standard-library modules that wait, touch a socket or read the clock."""
