@@ -2,7 +2,8 @@
 
 The owner (the access token, `OWNER`) is not in the store and has no limits: a one-person setup
 reads nothing here. A user's login token and API key are looked up by digest in the store
-(`llama_direct.user_store`) at every request that presents one, and a user's session names the
+(`llama_direct.user_store`) at every request that presents one, a user named by a trusted proxy's
+header (`header_user`) by name, and a user's session names the
 user's generation (`llama_direct.users.session_subject`), checked against the store at every
 request: `users remove` or `rotate`, in this process or another, refuses them at the next request.
 What the gate already holds (grants) is refused through the revocations: the store's are applied
@@ -15,8 +16,11 @@ import dataclasses
 import logging
 from collections.abc import Sequence
 
+from starlette.datastructures import Headers
+
 from broker.policy import Policy
 from llama_direct.documents import ModelList, WhoAmI
+from llama_direct.header_users import FORWARDED_USER_HEADER, HeaderUsers, check_room, name_from_header
 from llama_direct.refusals import UnknownModel
 from llama_direct.tokens import OWNER
 from llama_direct.user_store import UserStore
@@ -24,7 +28,9 @@ from llama_direct.users import (
     LOGIN,
     Limits,
     User,
+    UserExists,
     looks_like_user_secret,
+    new_user,
     parse_session_subject,
     secret_digest,
     secret_kind,
@@ -53,6 +59,33 @@ def session_user(store: UserStore, subject: str) -> User | None:
         return None
     user = store.user_by_id(parsed[0])
     return user if user is not None and user.generation == parsed[1] else None
+
+
+def header_user(store: UserStore, headers: Headers, config: HeaderUsers | None, now: float) -> User | None:
+    """The user a trusted proxy names (`llama_direct.header_users`): None without the gate's forwarded
+    header, or when serve enabled no header users (then the header is never read). Found by name, or
+    made on first sight with the default limits and no secrets (the proxy is their login) while fewer
+    than `max_users` were made that way; a name nobody could have is refused."""
+    if config is None:
+        return None
+    values = headers.getlist(FORWARDED_USER_HEADER)
+    if not values:
+        return None
+    name = name_from_header(values)
+    found = store.user(name)
+    if found is not None:
+        return found
+    check_room(sum(1 for listed in store.users() if not listed.fingerprints), config)
+    user = new_user(name, config.default_limits, now)
+    try:
+        store.add(user, ())
+    except UserExists:  # another broker made it first
+        made = store.user(name)
+        if made is None:
+            raise
+        return made
+    logger.info("event=header_user_added user=%s", user.id)
+    return user
 
 
 def allowed_for(limits: Limits | None, allowed: Sequence[str]) -> tuple[str, ...]:

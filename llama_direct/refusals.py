@@ -121,6 +121,16 @@ CONVERSATION_MISMATCH = _reason(
 CONVERSATION_NOT_OWNED = _reason(403, "conversation_not_owned", "That conversation is unknown or not yours.")
 MODEL_MISMATCH = _reason(403, "model_mismatch", "The model is not the one the token was issued for.")
 ROUTE_NOT_GRANTED = _reason(403, "route_not_granted", "The token was granted for another lane route.")
+BAD_USER_HEADER = _reason(
+    403, "bad_user_header", "The user name the proxy sent is not one llama-direct takes: letters, digits and "
+    "._-@+, 1 to 64 characters.",
+    several="The proxy sent the user header more than once.",
+    encoding="The user name the proxy sent is not UTF-8.",
+)
+TOO_MANY_HEADER_USERS = _reason(
+    403, "too_many_header_users", "No more users can be made from the proxy's header ({limit} were): add this "
+    "one with llama-direct users add, or raise --max-header-users.",
+)
 
 # 404, 405, 408, 413, 415, 429, 431: the request's shape and size.
 NOT_FOUND = _reason(404, "not_found", "Nothing is served at this path.", app="Not found.")

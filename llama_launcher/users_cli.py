@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from typing import Any
 import httpx
 
 from llama_direct.control import USERS_CHANGED_PATH
+from llama_direct.header_users import DEFAULT_LIMITS_FLAG
 from llama_direct.refusals import SharedStateUnavailable
 from llama_direct.runtime import CONTROL_SOCKET, last_runtime_line, read_serve_log
 from llama_direct.user_store import UserStore, open_store
@@ -86,6 +88,24 @@ def _limit_options(parser: argparse.ArgumentParser, *, clearable: bool) -> None:
                        ("tokens-per-minute", "generated tokens per minute"),
                        ("streams", "streams at once"), ("max-tokens", "the largest max_tokens of one request")):
         parser.add_argument(f"--{flag}", type=number, default=default, metavar="N", help=what)
+
+
+def parse_limits(text: str) -> Limits:
+    """`serve --default-limits "--models A,B --max-tokens 512"`: `users add`'s limit flags in one string,
+    read by the same options, so the two can never drift apart."""
+    parser = argparse.ArgumentParser(prog=DEFAULT_LIMITS_FLAG, add_help=False, exit_on_error=False)
+    _limit_options(parser, clearable=False)
+    try:
+        args, extra = parser.parse_known_args(shlex.split(text))
+    except (argparse.ArgumentError, ValueError) as error:
+        raise argparse.ArgumentTypeError(f"{DEFAULT_LIMITS_FLAG}: {error}") from None
+    if extra:
+        raise argparse.ArgumentTypeError(f"{DEFAULT_LIMITS_FLAG} takes --models, --tokens-per-day, "
+                                         f"--tokens-per-minute, --streams and --max-tokens, not {extra[0]!r}")
+    try:
+        return Limits(**{field: getattr(args, field) for field in LIMIT_FIELDS})
+    except UserError as error:
+        raise argparse.ArgumentTypeError(f"{DEFAULT_LIMITS_FLAG}: {error}") from None
 
 
 def _bound(clearable: bool) -> Callable[[str], int | None]:

@@ -11,7 +11,8 @@ twice, and each cap answers 503 with `Retry-After` rather than stalling:
 
 The client's address is the socket's. `X-Forwarded-For` is believed only from a proxy named in
 `trusted_proxies` (behind nginx every socket has the proxy's address): then the client is the
-right-most address in it that is not itself a trusted proxy. Refusals are logged, at most one line
+right-most address in it that is not itself a trusted proxy. The same proxies alone may name the
+user in `--trusted-user-header` (`forwarded_user`). Refusals are logged, at most one line
 every ten seconds with the count since, so a flood cannot flood the log.
 """
 
@@ -20,9 +21,11 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
+from collections.abc import Iterable
 
 from llama_direct.refusals import Overloaded, TooManyPending
 from llama_launcher.gate.config import GateConfig
+from llama_launcher.gate.http1 import Header
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,16 @@ def forwarded_client(peer: str, forwarded_for: list[bytes], trusted: frozenset[s
         if address not in trusted:
             return address
     return peer
+
+
+def forwarded_user(peer: str | None, trusted: frozenset[str], header: bytes | None,
+                   headers: Iterable[Header]) -> list[bytes]:
+    """What the broker is told of the user (`FORWARDED_USER_HEADER`'s values): the configured
+    `--trusted-user-header`'s, when the socket's peer is a trusted proxy; nothing from anyone else,
+    and nothing when no header is configured. The gate drops both names from what it relays itself."""
+    if header is None or peer is None or peer not in trusted:
+        return []
+    return [value for name, value in headers if name.lower() == header]
 
 
 class Admission:

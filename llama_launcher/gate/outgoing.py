@@ -6,12 +6,17 @@ client's end-to-end headers, minus any forwarding header the client wrote, plus 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from llama_direct.header_users import FORWARDED_USER_HEADER
 from llama_direct.llama_server import NotListening
 from llama_direct.refusals import UpstreamUnavailable
 from llama_launcher.gate.http1 import FORWARDING, Header, end_to_end, request_head
 from llama_launcher.gate.request_reader import Request
 from llama_launcher.gate.scope import Route
 from llama_launcher.gate.upstream import Upstream
+
+_FORWARDED_USER = FORWARDED_USER_HEADER.encode("ascii")
 
 
 def lane_request(upstream: Upstream, route: Route, target: str, body: bytes) -> bytes:
@@ -35,15 +40,21 @@ def lane_request(upstream: Upstream, route: Route, target: str, body: bytes) -> 
 
 
 def broker_request(
-    request: Request, *, client: str | None, proto: bytes, length: int | None, chunked: bool = False
+    request: Request, *, client: str | None, proto: bytes, length: int | None, chunked: bool = False,
+    user_header: bytes | None = None, user: Sequence[bytes] = (),
 ) -> bytes:
     """The client's request as the broker receives it: its own headers, plus forwarding ones.
 
     `length` is the body's (None: none is sent); `chunked`: the body is still arriving, unsized, and
-    is relayed chunk by chunk as it comes.
+    is relayed chunk by chunk as it comes. `user_header` (`--trusted-user-header`) and the broker's
+    `FORWARDED_USER_HEADER` are dropped whoever sent them; `user` (`admission.forwarded_user`: a trusted
+    proxy's values of `user_header`) goes on under `FORWARDED_USER_HEADER`, the one the broker reads.
     """
-    dropped = FORWARDING | {b"content-length", b"expect", b"transfer-encoding"}
+    dropped = FORWARDING | {b"content-length", b"expect", b"transfer-encoding", _FORWARDED_USER}
+    if user_header is not None:
+        dropped |= {user_header}
     headers = [(n, v) for n, v in end_to_end(request.raw_headers) if n.lower() not in dropped]
+    headers.extend((_FORWARDED_USER, value) for value in user)
     if client is not None:
         headers.append((b"X-Forwarded-For", client.encode("ascii")))
     headers.append((b"X-Forwarded-Proto", proto))
