@@ -51,13 +51,16 @@ from broker.static import LOGIN_FILE, PAGE_CSP, UNBUILT_PAGE, page_for, static_f
 from llama_direct.control import (
     HOLD_SECONDS,
     LOADS_PATH,
+    REVOKED_PATH,
     STATE_PATH,
     USERS_CHANGED_PATH,
     parse_load_charge,
+    parse_revocation,
     state_document,
 )
 from llama_direct.refusals import (
     BAD_LOAD_CHARGE,
+    BAD_REVOCATION,
     BAD_TOOL_INPUT,
     LOGIN_REQUIRED,
     RequestRefusal,
@@ -113,7 +116,7 @@ def _add_own_routes(app: FastAPI, core: BrokerCore, front: Front) -> None:
         caller = await front.caller(request)
         grant_origin(core, request, caller, front.allowed_origins)
         end_session(core, caller.session_id or request.cookies.get(COOKIE_NAME))
-        core.revoke(caller.user)
+        await core.arevoke(caller.user)
         response = json_response({"logged_out": True}, headers=NO_STORE)
         response.headers["Set-Cookie"] = session_cookie(core, request, "", max_age=0)
         return response
@@ -180,6 +183,18 @@ def create_control_app(core: BrokerCore) -> FastAPI:
     async def users_changed() -> Response:
         """`llama-direct users` removed or rotated a user: their grants are refused on the gate now."""
         core.apply_user_revocations()
+        return Response(status_code=204, headers=NO_STORE)
+
+    @app.post(REVOKED_PATH)
+    async def revoked(request: Request) -> Response:
+        """A host app's broker beside this lane recorded a revocation: the gate must refuse it too."""
+        try:
+            found = parse_revocation(json.loads(await read_body(request, MAX_SMALL_BODY_BYTES)))
+        except (ValueError, RecursionError):
+            found = None
+        if found is None:
+            raise RequestRefusal(BAD_REVOCATION)
+        core.record_revocation(*found)
         return Response(status_code=204, headers=NO_STORE)
 
     @app.get("/revocations")

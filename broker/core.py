@@ -43,6 +43,7 @@ from broker.shared_state import (
     sync_client,
 )
 from broker.signing_keys import KeyFileError, KeyRing
+from llama_direct.control import REVOKED_PATH, revocation
 from llama_direct.ids import Ids, load_or_create_ids
 from llama_direct.redaction import register_secret
 from llama_direct.refusals import RateLimited
@@ -50,6 +51,10 @@ from llama_direct.replay import Revocations
 from llama_direct.user_store import open_store
 
 logger = logging.getLogger(__name__)
+
+LANE_TELL_TIMEOUT_SECONDS = 2.0
+LANE_REVOKED_URL = "http://lane" + REVOKED_PATH
+"""On the lane's control socket (the host name is any: a unix socket)."""
 
 
 def _keyring(settings: BrokerSettings, now: float) -> KeyRing:
@@ -73,6 +78,11 @@ def _keyring(settings: BrokerSettings, now: float) -> KeyRing:
         raise SettingsError(f"signing_key_file: {error}") from None
 
 
+def _not_forwarded(user: str) -> None:
+    logger.error("event=revocation_not_forwarded user=%s: the lane's gate accepts the user's tokens until they "
+                 "expire", user)
+
+
 class BrokerCore:
     """This process's state, shared by the public and the control app."""
 
@@ -91,6 +101,7 @@ class BrokerCore:
         # owner's token, and no session file of the broker's own login.
         if access_token is not None:
             register_secret(access_token)
+        self.mounted = access_token is None
         self.settings = settings
         self.clock = clock
         self.access = AccessTokens.single(access_token) if access_token is not None else AccessTokens.none()
@@ -199,15 +210,63 @@ class BrokerCore:
             raise RateLimited(retry_after)
 
     def revoke(self, user: str) -> int:
-        now = self.clock()
-        not_before = math.floor(now) + 1
-        self.revocations.prune(now)
+        """Refuse every token of `user` issued up to now; returns the second from which new ones count.
+
+        Mounted beside a lane (`mounted_core`) without Redis, the gate polls the lane's own broker
+        half, not this one: the revocation is handed to it on its control socket, at once. This waits
+        for that answer (a unix socket: a millisecond or two, `LANE_TELL_TIMEOUT_SECONDS` at worst), so
+        code on an event loop awaits `arevoke` instead.
+        """
+        not_before = self._revoke_here(user)
+        if self._lane_to_tell(user):
+            told = False
+            with contextlib.suppress(httpx.HTTPError), httpx.Client(
+                    transport=httpx.HTTPTransport(uds=str(self.settings.control_socket)),
+                    timeout=LANE_TELL_TIMEOUT_SECONDS) as client:
+                told = client.post(LANE_REVOKED_URL, json=revocation(user, not_before)).status_code == 204
+            if not told:
+                _not_forwarded(user)
+        return not_before
+
+    async def arevoke(self, user: str) -> int:
+        """`revoke` for a route or any code on an event loop: the lane is told without blocking the loop."""
+        not_before = self._revoke_here(user)
+        if self._lane_to_tell(user):
+            told = False
+            with contextlib.suppress(httpx.HTTPError):
+                async with httpx.AsyncClient(
+                        transport=httpx.AsyncHTTPTransport(uds=str(self.settings.control_socket)),
+                        timeout=LANE_TELL_TIMEOUT_SECONDS) as client:
+                    answer = await client.post(LANE_REVOKED_URL, json=revocation(user, not_before))
+                    told = answer.status_code == 204
+            if not told:
+                _not_forwarded(user)
+        return not_before
+
+    def _revoke_here(self, user: str) -> int:
+        not_before = math.floor(self.clock()) + 1
+        self.record_revocation(user, not_before)
+        return not_before
+
+    def _lane_to_tell(self, user: str) -> bool:
+        """Mounted without Redis, and the lane is there: a lane that is gone has no socket file (asked
+        anyway, httpcore's failed connect would leak its socket)."""
+        if not self.mounted or self.watch is not None:
+            return False
+        if self.settings.control_socket.exists():
+            return True
+        _not_forwarded(user)
+        return False
+
+    def record_revocation(self, user: str, not_before: int) -> None:
+        """A revocation made here, or by a host app's broker beside this lane (`REVOKED_PATH`)."""
+        self.revocations.prune(self.clock())
         self.revocations.revoke(user, not_before)
-        if isinstance(self.revocations, Revocations):  # Redis keeps its own
+        # Redis keeps its own; a mounted core's is the lane's to keep (each worker would overwrite the file)
+        if isinstance(self.revocations, Revocations) and not self.mounted:
             save_revocations(self.settings.data_dir, self.revocations)
         logger.info("event=revoked user=%s not_before=%d", user, not_before)
         self.published_changed()
-        return not_before
 
     def apply_user_revocations(self) -> None:
         """The revocations a `users remove` or `rotate` left in the store (a removed or rotated user's grants

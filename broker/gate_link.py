@@ -51,6 +51,8 @@ class GateLink:
         self._polled_at = -FRESH_SECONDS
         self._asking: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        """Made anew at each `start`: an event is bound to the loop that first waits on it, and a host app
+        may run the link's lifespan more than once, each on a loop of its own (a test client per test)."""
         self._settings = settings
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
@@ -104,6 +106,7 @@ class GateLink:
             base_url="http://gate",
             timeout=httpx.Timeout(connect=2.0, read=None, write=30.0, pool=5.0),
         )
+        self._wake = asyncio.Event()
         await self._ask()
         self._poller = asyncio.create_task(self._poll_forever(), name="gate-health")
 

@@ -182,7 +182,7 @@ def _add_negotiation(router: APIRouter, core: BrokerCore, front: Front) -> None:
     async def revoke(request: Request) -> Response:
         caller = await front.caller(request)
         grant_origin(core, request, caller, front.allowed_origins)
-        not_before = core.revoke(caller.user)
+        not_before = await core.arevoke(caller.user)
         return json_response({"revoked": True, "not_before": not_before}, headers=NO_STORE)
 
 

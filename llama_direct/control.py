@@ -55,3 +55,25 @@ USERS_CHANGED_PATH = "/users/changed"
 the broker applies the store's revocations at once and wakes the gate's held poll, so a grant the
 user already holds is refused. Only a process that can reach the runtime dir (0700) can ask; asking
 only makes the broker read what the store already says."""
+
+
+REVOKED_PATH = "/revoked"
+"""`POST` by a broker mounted in a host app (`broker.mount.mounted_core`) to the broker half of the lane it
+runs beside, which the gate polls: the body is `revocation(user, not_before)`, a revocation the host
+recorded (its logout, `/direct-stream/revoke`). The lane's broker records it and wakes the gate's held
+poll; 204. Only a process that can reach the runtime dir (0700) can ask."""
+
+
+def revocation(user: str, not_before: int) -> dict[str, object]:
+    """The one document of `POST /revoked`: whose tokens, issued before which second, are refused."""
+    return {"user": user, "not_before": not_before}
+
+
+def parse_revocation(document: object) -> tuple[str, int] | None:
+    """(user, not_before) from a `POST /revoked` body, or None when it is not `revocation`'s shape."""
+    if not isinstance(document, dict) or document.keys() != {"user", "not_before"}:
+        return None
+    user, not_before = document["user"], document["not_before"]
+    if not isinstance(user, str) or not user or isinstance(not_before, bool) or not isinstance(not_before, int):
+        return None
+    return user, not_before

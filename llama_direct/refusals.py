@@ -301,6 +301,7 @@ CONFLICTING_OPTIONS = _reason(
 )
 BAD_HOST = _reason(400, "bad_host", "The request's Host header is not a valid host.")
 BAD_LOAD_CHARGE = _reason(400, "bad_load_charge", 'A load charge is {{"user": "...", "model": "..."}}.')
+BAD_REVOCATION = _reason(400, "bad_revocation", 'A revocation is {{"user": "...", "not_before": SECONDS}}.')
 BAD_TOOL_INPUT = _reason(400, "bad_tool_input", 'The echo tool takes {{"text": "..."}}.')
 REFUSED = _reason(400, "refused", "The request was refused.")
 """What the broker's framework refuses for a reason no entry here names (its own status is kept)."""

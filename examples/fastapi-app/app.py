@@ -120,7 +120,7 @@ def build(core: BrokerCore, users: Users, lane_url: str) -> FastAPI:
         user = users.who(request)
         users.close_session(request.cookies.get(COOKIE))
         if user is not None:
-            core.revoke(user)  # the user's lane tokens stop too
+            await core.arevoke(user)  # the user's lane tokens stop too
         response = RedirectResponse("./", status_code=303)
         response.delete_cookie(COOKIE)
         return response

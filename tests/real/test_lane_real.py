@@ -15,8 +15,9 @@ import threading
 from pathlib import Path
 
 import pytest
-from lane_host import ORIGIN, stream_once
+from lane_host import ORIGIN, negotiate, stream, stream_once
 
+from broker.mount import mounted_core
 from llama_launcher.bench.processes import descendants
 from llama_launcher.lane import Lane, astart_lane, start_lane
 
@@ -126,3 +127,22 @@ def test_two_workers_share_one_lane_and_it_stops_after_the_last(
             if worker.poll() is None:
                 worker.kill()
                 worker.wait()
+
+
+def test_a_logout_in_the_host_reaches_the_lanes_gate(tmp_path: Path, llama_server_binary: Path,
+                                                     model_path: Path) -> None:
+    """The gate polls the lane's broker half; the host's revocation is handed to it, so a token the host
+    minted before its user logged out is refused on the lane, and one minted after works."""
+    with start_lane(tmp_path / "data", allowed_origins=[ORIGIN], llama_server=llama_server_binary,
+                    model=model_path) as lane:
+        core = mounted_core(lane.broker_settings)
+        before = negotiate(core, lane, count=12)
+        core.revoke("alice")
+        outcomes = []
+        for grant in before:  # the gate refuses within a second (DESIGN), six here; each try spends one grant
+            outcomes.append(stream(grant))
+            if outcomes[-1]["status"] != 200:
+                break
+            threading.Event().wait(0.5)
+        assert outcomes[-1] == {"status": 401, "reason": "token_revoked"}, outcomes
+        assert stream(negotiate(core, lane)[0])["done"]

@@ -17,6 +17,7 @@ import httpx
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from broker.core import BrokerCore
 from broker.mount import direct_router, mounted_core
 from llama_launcher.lane import Lane, start_lane
 
@@ -24,26 +25,39 @@ ORIGIN = "http://app.test:9000"
 """The host app's origin: the lane answers its pages only."""
 
 
-def stream_once(lane: Lane, user: str = "alice") -> dict[str, Any]:
-    """A grant from a broker mounted on `lane`, then one short streamed reply through the lane."""
-    core = mounted_core(lane.broker_settings)
+def negotiate(core: BrokerCore, lane: Lane, user: str = "alice", count: int = 1) -> list[dict[str, Any]]:
+    """`count` grants for `user` from a broker mounted on `lane` with `core`, as the host's page asks."""
     app = FastAPI()
     app.include_router(direct_router(core, who=lambda _request: user, lane_url=lane.url))
     with TestClient(app, base_url=ORIGIN) as client:
-        grant = client.post("/direct-stream", headers={"Origin": ORIGIN}).json()
-    assert grant["supported"] is True, grant
+        grants = [client.post("/direct-stream", headers={"Origin": ORIGIN}).json() for _ in range(count)]
+    assert all(grant["supported"] is True for grant in grants), grants
+    return grants
+
+
+def stream(grant: dict[str, Any]) -> dict[str, Any]:
+    """One short streamed reply through the lane with `grant`; a refusal's status and reason instead."""
     body = {"messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8, "stream": True}
     headers = {"Authorization": f"Bearer {grant['token']}", "Origin": ORIGIN}
     events = []
     with httpx.stream("POST", grant["url"] + "/v1/chat/completions", json=body, headers=headers,
                       timeout=120) as response:
-        assert response.status_code == 200, response.read()
+        if response.status_code != 200:
+            response.read()
+            return {"status": response.status_code, "reason": response.json()["error"]["reason"]}
         allow_origin = response.headers.get("access-control-allow-origin")
         for line in response.iter_lines():
             if line.startswith("data: "):
                 events.append(line[len("data: "):])
-    return {"events": len(events), "done": events[-1:] == ["[DONE]"], "allow_origin": allow_origin,
+    return {"status": 200, "events": len(events), "done": events[-1:] == ["[DONE]"], "allow_origin": allow_origin,
             "url": grant["url"]}
+
+
+def stream_once(lane: Lane, user: str = "alice") -> dict[str, Any]:
+    """A grant from a broker mounted on `lane`, then one short streamed reply through the lane."""
+    seen = stream(negotiate(mounted_core(lane.broker_settings), lane, user)[0])
+    assert seen["status"] == 200, seen
+    return seen
 
 
 def main() -> None:

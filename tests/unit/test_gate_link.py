@@ -179,3 +179,24 @@ class TestPoller:
         assert link.interval(100.0) == gate_link.HEALTH_INTERVAL_SECONDS  # down
         link.health = GateHealth.from_answer(READY)
         assert link.interval(100.0) == gate_link.IDLE_INTERVAL_SECONDS
+
+    def test_a_link_started_again_on_another_loop_polls_there(self, tmp_path: Path) -> None:
+        """A host app may run the broker's lifespan more than once, each on a loop of its own (a test
+        client per test): the poller's wake must not stay bound to the first loop."""
+        gate = Gate(answer=dict(LOADING))  # polled every 0.05 s: the poller waits on its wake between polls
+        link = GateLink(_settings(tmp_path), httpx.MockTransport(gate.handle))
+
+        async def session() -> None:
+            await link.start()
+            try:
+                asked = gate.asked
+                for _ in range(2000):  # a guard against a hang, not a bound: two polls come well before
+                    if gate.asked >= asked + 2:
+                        break
+                    await asyncio.sleep(0.01)
+                assert gate.asked >= asked + 2
+            finally:
+                await link.stop()
+
+        asyncio.run(session())
+        asyncio.run(session())

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
 from pathlib import Path
 
 import pytest
+import uvicorn
 
+from broker.app import create_control_app
+from broker.core import BrokerCore
 from broker.mount import mounted_core
+from broker.settings import BrokerSettings
 from broker.signing_keys import KeyRing
+from llama_direct.control import parse_revocation, revocation
 from llama_direct.runtime import SESSIONS_FILE
 from llama_launcher.errors import LauncherError
 from llama_launcher.lane import LaneOptions, parse_ready
@@ -101,3 +107,74 @@ def test_a_mounted_core_signs_with_the_lanes_keys_and_has_no_login_of_its_own(tm
     assert core.access.user_for("anything") is None and core.access.user_for("") is None
     core.sessions.create("alice")
     assert not (tmp_path / SESSIONS_FILE).exists()
+
+
+def _lane_control(tmp_path: Path) -> tuple[dict[str, str], BrokerCore, uvicorn.Server]:
+    """The lane's own broker half as its control app on its control socket, and the settings a host mounts."""
+    lane_settings = {"data_dir": str(tmp_path), "broker_socket": str(tmp_path / "b.sock"),
+                     "control_socket": str(tmp_path / "c.sock"), "gate_socket": str(tmp_path / "g.sock"),
+                     "model": "m"}
+    lane_core = BrokerCore(BrokerSettings.from_dict(lane_settings), "lane-access-token-0123456789")
+    server = uvicorn.Server(uvicorn.Config(create_control_app(lane_core), uds=lane_settings["control_socket"],
+                                           log_config=None, lifespan="off"))
+    return lane_settings, lane_core, server
+
+
+def test_a_mounted_cores_revocation_reaches_the_lanes_broker_on_its_control_socket(tmp_path: Path) -> None:
+    """The gate polls the lane's broker half: a host's logout must reach it, not stay in the host."""
+    lane_settings, lane_core, server = _lane_control(tmp_path)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.01)
+        host = mounted_core(lane_settings)
+        not_before = host.revoke("alice")
+        assert lane_core.revocations.to_dict()["not_before"]["alice"] == not_before
+        assert host.revocations.to_dict()["not_before"]["alice"] == not_before
+        assert "alice" in (tmp_path / "revocations.json").read_text()  # the lane's broker keeps it
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def test_a_revocation_awaited_on_the_hosts_loop_leaves_the_loop_free(tmp_path: Path) -> None:
+    """`arevoke` is what an async route awaits. Here the lane's broker is served on the same loop: it can
+    answer only while the loop is free, so a revocation that blocked the loop would not be forwarded."""
+    lane_settings, lane_core, server = _lane_control(tmp_path)
+    host = mounted_core(lane_settings)
+
+    async def main() -> None:
+        serving = asyncio.create_task(server.serve())
+        try:
+            while not server.started:
+                await asyncio.sleep(0.01)
+            not_before = await host.arevoke("bob")
+            # before the server stops: it would still answer a request it accepted while the loop was blocked
+            assert lane_core.revocations.to_dict()["not_before"].get("bob") == not_before
+            assert host.revocations.to_dict()["not_before"]["bob"] == not_before
+        finally:
+            server.should_exit = True
+            await serving
+
+    asyncio.run(main())
+
+
+def test_a_revocation_the_lane_cannot_take_is_logged_not_raised(tmp_path: Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    settings = {"data_dir": str(tmp_path), "broker_socket": "/b", "control_socket": str(tmp_path / "none.sock"),
+                "gate_socket": "/g", "model": "m"}
+    host = mounted_core(settings)
+    host.revoke("alice")
+    asyncio.run(host.arevoke("bob"))
+    assert "event=revocation_not_forwarded user=alice" in caplog.text
+    assert "event=revocation_not_forwarded user=bob" in caplog.text
+    assert {"alice", "bob"} <= host.revocations.to_dict()["not_before"].keys()
+
+
+def test_the_revocation_document_is_checked() -> None:
+    assert parse_revocation(revocation("alice", 12)) == ("alice", 12)
+    for bad in ({"user": "alice"}, {"user": "", "not_before": 1}, {"user": "a", "not_before": True},
+                {"user": "a", "not_before": 1.5}, {"user": "a", "not_before": 1, "x": 1}, ["alice", 1]):
+        assert parse_revocation(bad) is None
