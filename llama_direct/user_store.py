@@ -29,6 +29,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
+from llama_direct import budget_sqlite
+from llama_direct.budgets import Budget, Exhausted, LedgerRow, Reservation, UsageReport
 from llama_direct.runtime import USERS_DB_FILE
 from llama_direct.tokens import LEEWAY_SECONDS, MAX_TTL_SECONDS
 from llama_direct.users import (
@@ -72,6 +74,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (  # 2: revocations a removal or rotation leaves for the broker
         "CREATE TABLE revocations (sub TEXT PRIMARY KEY, not_before INTEGER NOT NULL)",
     ),
+    budget_sqlite.MIGRATION,  # 3: budgets' windows, reservations, and the usage ledger
 )
 """Each entry is one schema version's statements, applied in order; only ever append."""
 
@@ -112,6 +115,23 @@ class UserStore(Protocol):
 
     def revocations(self, now: float) -> dict[str, int]:
         """sub -> not-before the broker must apply (those still within the horizon)."""
+        ...
+
+    def reserve(self, reservation: Reservation, budget: Budget, asked: int, now: float) -> int | Exhausted:
+        """`asked` tokens capped at what the user's windows have left and reserved under the grant's id
+        (`llama_direct.budgets`), in one step however many brokers ask at once."""
+        ...
+
+    def report(self, usage: UsageReport, now: float) -> None:
+        """A gate's report of a stream's start or end: settles its reservation, writes the ledger."""
+        ...
+
+    def budget_windows(self, user_id: str, now: float) -> tuple[int, int]:
+        """What the user's day and minute windows hold now (settled plus reserved)."""
+        ...
+
+    def ledger(self, since_day: int, user_id: str | None = None) -> list[LedgerRow]:
+        """The usage ledger's rows from `since_day` (days since the epoch), of one user or all."""
         ...
 
     def close(self) -> None: ...
@@ -233,6 +253,23 @@ class SqliteUserStore:
         rows = self._read("SELECT sub, not_before FROM revocations WHERE not_before > ?",
                           (math.floor(now - REVOCATION_HORIZON),))
         return {str(sub): int(str(not_before)) for sub, not_before in rows}
+
+    def reserve(self, reservation: Reservation, budget: Budget, asked: int, now: float) -> int | Exhausted:
+        with self._write() as db:
+            return budget_sqlite.reserve(db, reservation, budget, asked, now)
+
+    def report(self, usage: UsageReport, now: float) -> None:
+        with self._write() as db:
+            budget_sqlite.report(db, usage, now)
+
+    def budget_windows(self, user_id: str, now: float) -> tuple[int, int]:
+        with self._write() as db:
+            budget_sqlite.expire_user(db, user_id, now)
+            return budget_sqlite.windows(db, user_id, now)
+
+    def ledger(self, since_day: int, user_id: str | None = None) -> list[LedgerRow]:
+        with self._lock:
+            return budget_sqlite.ledger(self._db, since_day, user_id)
 
     def close(self) -> None:
         with self._lock:

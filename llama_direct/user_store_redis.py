@@ -5,7 +5,8 @@ Layout (a Redis ACL user needs `~ld:users` `~ld:user:*` `~ld:secret:*` beside th
 - `USERS_KEY`, a hash: normalised name -> user id (what makes a name unique);
 - `ld:user:<id>`, a string: the user's record as JSON (name, limits, created, generation, and each
   secret's digest and fingerprint, never a secret);
-- `ld:secret:<digest>`, a string: `{"user": id, "kind": kind}`, what a presented secret resolves by.
+- `ld:secret:<digest>`, a string: `{"user": id, "kind": kind}`, what a presented secret resolves by;
+- budgets' windows, reservations and the usage ledger: `llama_direct.budget_redis`.
 
 Every change is one optimistic transaction (`WATCH` the name index and the user's record, then
 `MULTI`): two `users` commands at two machines never leave half a user. A removal or rotation writes
@@ -20,6 +21,8 @@ import json
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+from llama_direct import budget_redis
+from llama_direct.budgets import Budget, Exhausted, LedgerRow, Reservation, UsageReport
 from llama_direct.refusals import SharedStateUnavailable
 from llama_direct.shared_replay import DEFAULT_TIMEOUT, REVOCATIONS_CHANNEL, REVOCATIONS_KEY, REVOKE_SCRIPT
 from llama_direct.users import (
@@ -135,6 +138,18 @@ class RedisUserStore:
     def revocations(self, now: float) -> dict[str, int]:
         """Written to the shared revocations directly: the brokers read them there."""
         return {}
+
+    def reserve(self, reservation: Reservation, budget: Budget, asked: int, now: float) -> int | Exhausted:
+        return budget_redis.reserve(self._transaction, reservation, budget, asked, now)
+
+    def report(self, usage: UsageReport, now: float) -> None:
+        budget_redis.report(self._transaction, usage, now)
+
+    def budget_windows(self, user_id: str, now: float) -> tuple[int, int]:
+        return budget_redis.windows(self._transaction, user_id, now)
+
+    def ledger(self, since_day: int, user_id: str | None = None) -> list[LedgerRow]:
+        return list(self._call(lambda: budget_redis.ledger(self._redis, since_day, user_id)))
 
     def close(self) -> None:
         self._redis.close()

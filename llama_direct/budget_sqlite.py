@@ -1,0 +1,142 @@
+"""Budgets and the usage ledger in the users' SQLite file: the statements, run by `SqliteUserStore` inside
+its `BEGIN IMMEDIATE` transactions, so that a reservation's check and its charge are one step even with
+two writers (serve's broker, a `users` command). The arithmetic is `llama_direct.budgets`'.
+
+Tables (migration 3 of `llama_direct.user_store.MIGRATIONS`): `budget_windows` (what each user's day
+and minute windows hold, settled plus reserved), `reservations` (by grant id), `ledger` (user, model,
+route, lane, day: requests, prompt and completion tokens, ends not seen).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from llama_direct.budgets import (
+    FORGET_STARTED_SECONDS,
+    Budget,
+    Exhausted,
+    LedgerRow,
+    Reservation,
+    UsageReport,
+    day_of,
+    grantable,
+    minute_of,
+    settled_charge,
+)
+
+MIGRATION = (
+    "CREATE TABLE budget_windows (user_id TEXT NOT NULL, window TEXT NOT NULL, used INTEGER NOT NULL, "
+    "PRIMARY KEY (user_id, window))",
+    "CREATE TABLE reservations (jti TEXT PRIMARY KEY, user_id TEXT NOT NULL, model TEXT NOT NULL, "
+    "route TEXT NOT NULL, lane TEXT NOT NULL, amount INTEGER NOT NULL, day INTEGER NOT NULL, "
+    "minute INTEGER NOT NULL, deadline REAL, created REAL NOT NULL)",
+    "CREATE INDEX reservations_by_user ON reservations (user_id)",
+    "CREATE TABLE ledger (user_id TEXT NOT NULL, model TEXT NOT NULL, route TEXT NOT NULL, lane TEXT NOT NULL, "
+    "day INTEGER NOT NULL, requests INTEGER NOT NULL, prompt_tokens INTEGER NOT NULL, "
+    "completion_tokens INTEGER NOT NULL, unseen INTEGER NOT NULL, "
+    "PRIMARY KEY (user_id, model, route, lane, day))",
+)
+
+
+def day_window(day: int) -> str:
+    return f"d{day}"
+
+
+def minute_window(minute: int) -> str:
+    return f"m{minute}"
+
+
+def windows(db: sqlite3.Connection, user_id: str, now: float) -> tuple[int, int]:
+    """(day used, minute used) for `now`'s windows, settled plus reserved."""
+    return (_used(db, user_id, day_window(day_of(now))), _used(db, user_id, minute_window(minute_of(now))))
+
+
+def reserve(db: sqlite3.Connection, reservation: Reservation, budget: Budget, asked: int,
+            now: float) -> int | Exhausted:
+    """Overdue reservations of the user returned, then `asked` capped at what remains and charged to
+    both windows, with the reservation recorded under its grant id (its `amount` is ignored)."""
+    expire_user(db, reservation.user, now)
+    day_used, minute_used = windows(db, reservation.user, now)
+    amount = grantable(budget, asked, day_used, minute_used, now)
+    if isinstance(amount, Exhausted):
+        return amount
+    day, minute = day_of(now), minute_of(now)
+    _add(db, reservation.user, day_window(day), amount)
+    _add(db, reservation.user, minute_window(minute), amount)
+    db.execute("INSERT INTO reservations (jti, user_id, model, route, lane, amount, day, minute, deadline, created) "
+               "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+               (reservation.jti, reservation.user, reservation.model, reservation.route, reservation.lane, amount,
+                day, minute, reservation.deadline, now))
+    db.execute("DELETE FROM budget_windows WHERE user_id = ? AND window LIKE 'm%' AND window < ?",
+               (reservation.user, minute_window(minute - 1)))
+    return amount
+
+
+def report(db: sqlite3.Connection, usage: UsageReport, now: float) -> None:
+    """A gate's report: `started` holds the reservation until its end; `ended` settles it (the unused
+    part returns) and writes the ledger. A report with no reservation (the owner, a user without token
+    limits, a reservation already returned) is charged to `now`'s windows as it is."""
+    row = db.execute("SELECT amount, day, minute FROM reservations WHERE jti = ? AND user_id = ?",
+                     (usage.jti, usage.sub)).fetchone()
+    if usage.phase == "started":
+        db.execute("UPDATE reservations SET deadline = NULL WHERE jti = ? AND user_id = ?", (usage.jti, usage.sub))
+        return
+    if row is None:
+        if usage.completion_tokens:
+            _add(db, usage.sub, day_window(day_of(now)), usage.completion_tokens)
+            _add(db, usage.sub, minute_window(minute_of(now)), usage.completion_tokens)
+        _ledger(db, usage, day_of(now), usage.completion_tokens or 0)
+        return
+    amount, day, minute = (int(value) for value in row)
+    held = Reservation(usage.jti, usage.sub, usage.model, usage.route, usage.lane, amount, day, minute, None, now)
+    charge = settled_charge(held, usage.completion_tokens)
+    db.execute("DELETE FROM reservations WHERE jti = ?", (usage.jti,))
+    _add(db, usage.sub, day_window(day), charge - amount)
+    _add(db, usage.sub, minute_window(minute), charge - amount)
+    _ledger(db, usage, day, charge)
+
+
+def expire_user(db: sqlite3.Connection, user_id: str, now: float) -> None:
+    """Grants never started, past their start deadline, return in full; started ones no end settled,
+    kept charged, are forgotten after `FORGET_STARTED_SECONDS`."""
+    for amount, day, minute in db.execute(
+            "SELECT amount, day, minute FROM reservations WHERE user_id = ? AND deadline IS NOT NULL "
+            "AND deadline <= ?", (user_id, now)).fetchall():
+        _add(db, user_id, day_window(int(day)), -int(amount))
+        _add(db, user_id, minute_window(int(minute)), -int(amount))
+    db.execute("DELETE FROM reservations WHERE user_id = ? AND ((deadline IS NOT NULL AND deadline <= ?) "
+               "OR (deadline IS NULL AND created <= ?))", (user_id, now, now - FORGET_STARTED_SECONDS))
+
+
+def ledger(db: sqlite3.Connection, since_day: int, user_id: str | None) -> list[LedgerRow]:
+    query = ("SELECT user_id, model, route, lane, day, requests, prompt_tokens, completion_tokens, unseen "
+             "FROM ledger WHERE day >= ?")
+    parameters: list[object] = [since_day]
+    if user_id is not None:
+        query += " AND user_id = ?"
+        parameters.append(user_id)
+    rows = db.execute(query + " ORDER BY day, user_id, model, route, lane", parameters).fetchall()
+    return [LedgerRow(str(user), str(model), str(route), str(lane), *(int(value) for value in numbers))
+            for user, model, route, lane, *numbers in rows]
+
+
+def _ledger(db: sqlite3.Connection, usage: UsageReport, day: int, completion: int) -> None:
+    db.execute("INSERT INTO ledger (user_id, model, route, lane, day, requests, prompt_tokens, completion_tokens, "
+               "unseen) VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?) ON CONFLICT (user_id, model, route, lane, day) DO UPDATE "
+               "SET requests = requests + 1, prompt_tokens = prompt_tokens + excluded.prompt_tokens, "
+               "completion_tokens = completion_tokens + excluded.completion_tokens, "
+               "unseen = unseen + excluded.unseen",
+               (usage.sub, usage.model, usage.route, usage.lane, day, usage.prompt_tokens or 0, completion,
+                1 if usage.completion_tokens is None else 0))
+
+
+def _used(db: sqlite3.Connection, user_id: str, window: str) -> int:
+    row = db.execute("SELECT used FROM budget_windows WHERE user_id = ? AND window = ?", (user_id, window)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _add(db: sqlite3.Connection, user_id: str, window: str, delta: int) -> None:
+    if delta:
+        db.execute("INSERT INTO budget_windows (user_id, window, used) VALUES (?, ?, ?) "
+                   "ON CONFLICT (user_id, window) DO UPDATE SET used = max(used + ?, 0)",
+                   (user_id, window, max(delta, 0), delta))

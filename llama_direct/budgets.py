@@ -1,0 +1,170 @@
+"""Token budgets that concurrent streams cannot overshoot: reservations and their settlement (pure: no
+I/O; callers pass `now`).
+
+A user's `tokens_per_day` (UTC day) and `tokens_per_minute` count **generated** tokens. Checking a
+budget when a request starts lets N concurrent streams each see the whole remainder; instead each
+grant **reserves** its `max_tokens` against both windows at negotiation, and the grant is capped at
+what remains, so the sum of what the user's open grants may generate never exceeds the budget.
+Below `MIN_GRANT` remaining, negotiation is refused (429 `budget_exhausted`, with the seconds until
+the window that is short turns over).
+
+When the gate reports a stream's end, the reservation is **settled**: the window is charged what
+llama-server reported generating, and the unused part returns. A stream whose end the gate did not see
+(the client left, the gate stopped) is charged its whole reservation. A grant the gate never
+started returns in full once it can no longer start (`start_deadline`). A started reservation the gate
+never settled is kept charged in full; the store forgets it after `FORGET_STARTED_SECONDS`.
+
+The windows are fixed: the UTC day (`day_of`) and the minute since the epoch (`minute_of`). A
+reservation remembers the windows it was charged to, and its settlement corrects those same ones.
+The stores (`llama_direct.user_store`, `llama_direct.user_store_redis`) hold the counters and run
+these functions inside one transaction (or one Lua script), so two brokers share one budget.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+from llama_direct.tokens import LEEWAY_SECONDS
+
+MIN_GRANT = 16
+"""Below this many tokens remaining, a grant would be of no use to anyone: refused instead."""
+START_GRACE_SECONDS = 30
+"""After a grant's expiry (and the gate's leeway), how long its start report may still be on its way."""
+FORGET_STARTED_SECONDS = 86_400
+"""A started reservation no end report settled (its gate stopped) is dropped, charged in full, after this."""
+DAY_SECONDS = 86_400
+MINUTE_SECONDS = 60
+
+
+def day_of(now: float) -> int:
+    """The UTC day `now` falls in, as days since the epoch."""
+    return math.floor(now) // DAY_SECONDS
+
+
+def minute_of(now: float) -> int:
+    return math.floor(now) // MINUTE_SECONDS
+
+
+def day_name(day: int) -> str:
+    """The UTC date of a day number, as the ledger and `usage` show it (`2026-12-07`)."""
+    return time.strftime("%Y-%m-%d", time.gmtime(day * DAY_SECONDS))
+
+
+def start_deadline(expires_at: int) -> float:
+    """When a grant that expires at `expires_at` can no longer have started a stream anywhere."""
+    return expires_at + LEEWAY_SECONDS + START_GRACE_SECONDS
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A user's token limits per window; None: no bound in that window."""
+
+    per_day: int | None
+    per_minute: int | None
+
+    @property
+    def bounded(self) -> bool:
+        return self.per_day is not None or self.per_minute is not None
+
+
+@dataclass(frozen=True)
+class Exhausted:
+    """Less than `MIN_GRANT` remains: `retry_after` seconds until the short window turns over."""
+
+    retry_after: int
+
+
+def grantable(budget: Budget, asked: int, day_used: int, minute_used: int, now: float) -> int | Exhausted:
+    """How many tokens a grant asking `asked` may reserve, given what each window already holds
+    (settled plus reserved); `Exhausted` when under `MIN_GRANT` would remain."""
+    remaining = asked
+    retry_after = 0
+    if budget.per_minute is not None:
+        left = budget.per_minute - minute_used
+        remaining = min(remaining, left)
+        if left < MIN_GRANT:
+            retry_after = max(retry_after, MINUTE_SECONDS - math.floor(now) % MINUTE_SECONDS)
+    if budget.per_day is not None:
+        left = budget.per_day - day_used
+        remaining = min(remaining, left)
+        if left < MIN_GRANT:
+            retry_after = max(retry_after, DAY_SECONDS - math.floor(now) % DAY_SECONDS)
+    if retry_after:
+        return Exhausted(retry_after)
+    return remaining
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """What one grant holds against its user's windows until its stream is settled."""
+
+    jti: str
+    user: str
+    model: str
+    route: str
+    lane: str
+    amount: int
+    day: int
+    minute: int
+    deadline: float | None
+    """When it returns in full unless started (`start_deadline`); None: started, held until settled."""
+    created: float
+
+
+def settled_charge(reservation: Reservation, completion: int | None) -> int:
+    """What a settled stream costs its windows: what was generated, or its whole reservation when its end
+    was not seen (`completion` None). The counters move by this minus `reservation.amount`."""
+    return reservation.amount if completion is None else completion
+
+
+@dataclass(frozen=True)
+class UsageReport:
+    """What the gate reports of one lane request (`llama_direct.control.usage_report`)."""
+
+    jti: str
+    sub: str
+    model: str
+    route: str
+    lane: str
+    phase: str
+    """`started` (the gate forwarded it) or `ended`."""
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    """None at `ended`: the end was not seen."""
+
+
+@dataclass(frozen=True)
+class LedgerRow:
+    """One line of the usage ledger: a user's requests on one model, route and lane, in one UTC day."""
+
+    user: str
+    model: str
+    route: str
+    lane: str
+    day: int
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    unseen: int
+    """Requests whose end was not seen, each counted at its whole reservation in `completion_tokens`."""
+
+
+@dataclass(frozen=True)
+class Remaining:
+    """A user's windows now: what each holds (settled and reserved) and what remains; None: unbounded."""
+
+    day_used: int
+    minute_used: int
+    day_left: int | None
+    minute_left: int | None
+
+
+def remaining(budget: Budget, day_used: int, minute_used: int) -> Remaining:
+    return Remaining(
+        day_used=day_used,
+        minute_used=minute_used,
+        day_left=None if budget.per_day is None else max(0, budget.per_day - day_used),
+        minute_left=None if budget.per_minute is None else max(0, budget.per_minute - minute_used),
+    )
