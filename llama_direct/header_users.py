@@ -20,6 +20,7 @@ import ipaddress
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypedDict
 
 from llama_direct.refusals import BAD_USER_HEADER, TOO_MANY_HEADER_USERS, RequestRefusal
 from llama_direct.users import Limits, UserError, normalise_name
@@ -67,6 +68,41 @@ class HeaderUsers:
         if isinstance(self.max_users, bool) or not isinstance(self.max_users, int) \
                 or not 1 <= self.max_users <= MAX_HEADER_USERS_LIMIT:
             raise UserError(f"max header users must be a whole number from 1 to {MAX_HEADER_USERS_LIMIT}")
+
+
+class LimitsDocument(TypedDict):
+    """`Limits` as JSON: what `--default-limits` becomes in `broker.json` (None: no bound)."""
+
+    models: list[str] | None
+    tokens_per_day: int | None
+    tokens_per_minute: int | None
+    streams: int | None
+    max_tokens: int | None
+
+
+class HeaderUsersDocument(TypedDict):
+    """`HeaderUsers` as `broker.json` holds it (`llama_direct.config_files.BrokerFlags.header_users`)."""
+
+    default_limits: LimitsDocument
+    max_users: int
+
+
+def header_users_document(users: HeaderUsers) -> HeaderUsersDocument:
+    limits = users.default_limits
+    return {"default_limits": {"models": list(limits.models) if limits.models is not None else None,
+                               "tokens_per_day": limits.tokens_per_day, "tokens_per_minute": limits.tokens_per_minute,
+                               "streams": limits.streams, "max_tokens": limits.max_tokens},
+            "max_users": users.max_users}
+
+
+def header_users_from_document(document: HeaderUsersDocument) -> HeaderUsers:
+    """The document back, each value checked by `Limits` and `HeaderUsers` (a `UserError` names which)."""
+    limits = document["default_limits"]
+    models = limits["models"]
+    return HeaderUsers(Limits(models=tuple(models) if models is not None else None,
+                              tokens_per_day=limits["tokens_per_day"], tokens_per_minute=limits["tokens_per_minute"],
+                              streams=limits["streams"], max_tokens=limits["max_tokens"]),
+                       max_users=document["max_users"])
 
 
 def name_from_header(values: Sequence[str]) -> str:

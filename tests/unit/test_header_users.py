@@ -5,6 +5,7 @@ and the broker taking the user from the gate's forwarded header, with the store 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,13 +17,17 @@ from broker.accounts import header_user
 from llama_direct.header_users import (
     FORWARDED_USER_HEADER,
     HeaderUsers,
+    HeaderUsersDocument,
     check_room,
     header_name,
+    header_users_document,
+    header_users_from_document,
     loopback_proxies,
     name_from_header,
 )
 from llama_direct.refusals import RequestRefusal
 from llama_direct.tokens import OWNER
+from llama_direct.typed_json import check_document
 from llama_direct.user_store import SqliteUserStore
 from llama_direct.users import Limits, UserError, new_secrets, new_user
 from llama_launcher.gate.admission import forwarded_user
@@ -189,3 +194,11 @@ def test_made_users_are_bounded_but_known_ones_still_pass(store: SqliteUserStore
     assert store.user("dave") is None
     assert header_user(store, _forwarded("Bob"), config, time.time()) is not None
     assert header_user(store, _forwarded("carol"), config, time.time()) == added
+
+
+@pytest.mark.parametrize("limits", [Limits(), Limits(models=("a", "b"), tokens_per_day=100, tokens_per_minute=10,
+                                                      streams=2, max_tokens=8)])
+def test_header_users_travel_to_the_broker_as_a_typed_document(limits: Limits) -> None:
+    users = HeaderUsers(limits, max_users=7)
+    document = json.loads(json.dumps(header_users_document(users)))  # as broker.json holds it
+    assert header_users_from_document(check_document(document, HeaderUsersDocument, name="broker.json")) == users
