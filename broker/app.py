@@ -36,6 +36,7 @@ from broker.access import (
     wants_html,
 )
 from broker.bodies import MAX_SMALL_BODY_BYTES, read_body
+from broker.budget import settle
 from broker.core import BrokerCore
 from broker.mount import Front, broker_router
 from broker.responses import (
@@ -53,15 +54,18 @@ from llama_direct.control import (
     LOADS_PATH,
     REVOKED_PATH,
     STATE_PATH,
+    USAGE_PATH,
     USERS_CHANGED_PATH,
     parse_load_charge,
     parse_revocation,
+    parse_usage_report,
     state_document,
 )
 from llama_direct.refusals import (
     BAD_LOAD_CHARGE,
     BAD_REVOCATION,
     BAD_TOOL_INPUT,
+    BAD_USAGE_REPORT,
     LOGIN_REQUIRED,
     RequestRefusal,
 )
@@ -177,6 +181,18 @@ def create_control_app(core: BrokerCore) -> FastAPI:
         if charge is None:
             raise RequestRefusal(BAD_LOAD_CHARGE)
         core.charge_load(*charge, core.clock())
+        return Response(status_code=204, headers=NO_STORE)
+
+    @app.post(USAGE_PATH)
+    async def usage(request: Request) -> Response:
+        """The gate reports a stream's start or end: its reservation held or settled, the ledger written."""
+        try:
+            report = parse_usage_report(json.loads(await read_body(request, MAX_SMALL_BODY_BYTES)))
+        except (ValueError, RecursionError):
+            report = None
+        if report is None:
+            raise RequestRefusal(BAD_USAGE_REPORT)
+        settle(core, report)
         return Response(status_code=204, headers=NO_STORE)
 
     @app.post(USERS_CHANGED_PATH)

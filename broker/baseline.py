@@ -20,6 +20,7 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from broker.accounts import allowed_for, policy_for
+from broker.budget import BASELINE_LANE, reserve
 from broker.core import BrokerCore
 from broker.gate_health import GateHealth
 from broker.models import choose_model
@@ -35,7 +36,7 @@ from llama_direct.refusals import (
     RequestRefusal,
     UnknownModel,
 )
-from llama_direct.tokens import Grant, mint
+from llama_direct.tokens import Grant, mint, new_jti
 from llama_direct.users import Limits
 
 logger = logging.getLogger(__name__)
@@ -49,6 +50,19 @@ def body_model(body: bytes) -> object:
     except (ValueError, RecursionError):
         return None
     return value.get("model") if isinstance(value, dict) else None
+
+
+def body_length(body: bytes, route: LaneRoute) -> int | None:
+    """The generation length the body asks (the route's own length field), when it names a whole number:
+    what the baseline reserves of a budget, rather than the whole cap."""
+    if not route.length_fields:
+        return None
+    try:
+        value = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    asked = value.get(route.length_fields[0]) if isinstance(value, dict) else None
+    return asked if isinstance(asked, int) and not isinstance(asked, bool) and asked > 0 else None
 
 
 def autoload_option(values: list[str]) -> bool:
@@ -78,13 +92,19 @@ async def baseline(
     its cap held to a named user's `max_tokens`."""
     now = core.mint_time(user, core.clock())
     cap = policy_for(core.policy, limits).max_tokens_cap
+    asked = body_length(body, route)
+    asked = cap if asked is None else min(asked, cap)
+    jti = new_jti()
+    cap = reserve(core, user=user, limits=limits, asked=asked, model=model, route=route, lane=BASELINE_LANE, jti=jti,
+                  minted_at=now, ttl=core.settings.token_ttl)
     upstream = await _send(core, user, body, content_type, model=model, autoload=autoload, route=route, now=now,
-                           cap=cap)
+                           cap=cap, jti=jti)
     if upstream.status_code == 401 and await _predates_gate(upstream):
         # The gate restarted after this broker last looked: its cut-off is at most the second after
-        # this refusal, and its leeway lets an `iat` that far ahead start at once.
+        # this refusal, and its leeway lets an `iat` that far ahead start at once. The same grant id
+        # keeps the same reservation, which the gate now reports under.
         upstream = await _send(core, user, body, content_type, model=model, autoload=autoload, route=route,
-                               now=math.floor(core.clock()) + 1, cap=cap)
+                               now=math.floor(core.clock()) + 1, cap=cap, jti=jti)
     headers = {"Cache-Control": "no-store"}
     upstream_type = upstream.headers.get("content-type")
     if upstream_type:
@@ -93,7 +113,7 @@ async def baseline(
 
 
 async def _send(core: BrokerCore, user: str, body: bytes, content_type: str | None, *, model: str,
-                autoload: bool, route: LaneRoute, now: float, cap: int) -> httpx.Response:
+                autoload: bool, route: LaneRoute, now: float, cap: int, jti: str) -> httpx.Response:
     issuer = core.issuer()
     minted = mint(
         issuer.key,
@@ -104,6 +124,7 @@ async def _send(core: BrokerCore, user: str, body: bytes, content_type: str | No
         grant=Grant(routes=(route.key,), model=model, autoload=autoload, max_tokens=cap),
         now=now,
         ttl=core.settings.token_ttl,
+        jti=jti,
     )
     client = core.gate.client
     request = client.build_request(

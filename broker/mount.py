@@ -30,14 +30,16 @@ from broker.access import Caller, grant_origin, rate_limit, request_scheme
 from broker.accounts import allowed_for, listed_for, policy_for, who_am_i
 from broker.baseline import autoload_option, baseline, baseline_model
 from broker.bodies import MAX_CHAT_BODY_BYTES, MAX_SMALL_BODY_BYTES, read_body
+from broker.budget import negotiation_policy
 from broker.core import BrokerCore
 from broker.models import fleet_listing, listing
-from broker.negotiation import negotiate
+from broker.negotiation import negotiate, unsupported_reason
 from broker.negotiation_options import Options
 from broker.responses import NO_STORE, json_response, refusal_response
 from broker.settings import BrokerSettings, direct_stream_enabled, normalise_origin
 from llama_direct.lanes import LANE_ROUTES, NEGOTIATION_PATH, WHOAMI_PATH, LaneRoute
 from llama_direct.refusals import LOGIN_REQUIRED, Refusal, RequestRefusal
+from llama_direct.tokens import new_jti
 
 WhoIs = Callable[[Request], str | None] | Callable[[Request], Awaitable[str | None]]
 """The host's answer to "who is asking": a stable user id (the token's `sub`), or None for no one."""
@@ -159,18 +161,25 @@ def _add_negotiation(router: APIRouter, core: BrokerCore, front: Front) -> None:
         now = core.clock()
         rate_limit(core, caller.user, now)
         health = await core.gate.fresh()
+        allowed = allowed_for(caller.limits, core.allowed_models(health))
+        enabled = front.enabled()
+        minted_at, jti = core.mint_time(caller.user, now), new_jti()
+        policy = negotiation_policy(core, caller, options, policy=policy_for(core.policy, caller.limits),
+                                    allowed=allowed, live=unsupported_reason(enabled, health) is None, jti=jti,
+                                    minted_at=minted_at)
         answer = negotiate(
             options,
             user=caller.user,
             origin=origin,
             url=front.lane_url or core.policy.lane_url(request_scheme(request), request.headers.get("host", "")),
-            policy=policy_for(core.policy, caller.limits),
+            policy=policy,
             health=health,
-            allowed=allowed_for(caller.limits, core.allowed_models(health)),
-            enabled=front.enabled(),
+            allowed=allowed,
+            enabled=enabled,
             conversations=core.conversations,
             issuer=core.issuer(),
-            now=core.mint_time(caller.user, now),
+            now=minted_at,
+            jti=jti,
         )
         # The conversation's id in a header too: an HAProxy at the edge pins it to this machine from
         # there (a stick table stores a header reliably; a body may arrive after the rules ran).

@@ -59,11 +59,13 @@ def negotiate(
     conversations: Conversations,
     issuer: Issuer,
     now: float,
+    jti: str | None = None,
 ) -> NegotiationAnswer:
     """The answer to one `/direct-stream`; raises `RequestRefusal` for a conversation not the user's,
     or `UnknownModel` for a model the user may not use (even with the lane off: the fallback would
     answer with another model). `allowed` is the models the user may use, the default first
-    (`BrokerCore.allowed_models`, computed once per health answer)."""
+    (`BrokerCore.allowed_models`, computed once per health answer). `jti`: the grant's id, when a budget
+    was reserved under it (`broker.budget`)."""
     model = choose_model(options.model, allowed)
     lane = options.lane
     reason = unsupported_reason(enabled, health)
@@ -94,6 +96,7 @@ def negotiate(
         grant=grant,
         now=now,
         ttl=policy.ttl,
+        jti=jti,
     )
     return Granted(
         supported=True,

@@ -22,12 +22,15 @@ these functions inside one transaction (or one Lua script), so two brokers share
 
 from __future__ import annotations
 
+import datetime
 import math
-import time
 from dataclasses import dataclass
 
 from llama_direct.tokens import LEEWAY_SECONDS
 
+GENERATING_FORMATS = frozenset({"chat", "completions", "responses", "messages"})
+"""The lane body formats that generate (`llama_direct.lanes.BodyFormat`): the only ones that reserve and
+report. A resume re-reads a stream its own grant already reserved for, and reserves nothing."""
 MIN_GRANT = 16
 """Below this many tokens remaining, a grant would be of no use to anyone: refused instead."""
 START_GRACE_SECONDS = 30
@@ -36,6 +39,7 @@ FORGET_STARTED_SECONDS = 86_400
 """A started reservation no end report settled (its gate stopped) is dropped, charged in full, after this."""
 DAY_SECONDS = 86_400
 MINUTE_SECONDS = 60
+_EPOCH = datetime.date(1970, 1, 1)
 
 
 def day_of(now: float) -> int:
@@ -49,7 +53,7 @@ def minute_of(now: float) -> int:
 
 def day_name(day: int) -> str:
     """The UTC date of a day number, as the ledger and `usage` show it (`2026-12-07`)."""
-    return time.strftime("%Y-%m-%d", time.gmtime(day * DAY_SECONDS))
+    return (_EPOCH + datetime.timedelta(days=day)).isoformat()
 
 
 def start_deadline(expires_at: int) -> float:

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from typing import Any, TypeGuard
+
+from llama_direct.budgets import UsageReport
 
 STATE_PATH = "/state"
 KNOWN_PARAMETER = "known"
@@ -77,3 +79,43 @@ def parse_revocation(document: object) -> tuple[str, int] | None:
     if not isinstance(user, str) or not user or isinstance(not_before, bool) or not isinstance(not_before, int):
         return None
     return user, not_before
+
+
+USAGE_PATH = "/usage"
+"""`POST` by the gate about a lane request it forwarded under a grant: the body is `usage_report(...)`.
+`started` when the stream outlives its grant (so its reservation is held, not returned as unused);
+`ended` once its answer's end was relayed, with the tokens llama-server reported in it
+(`llama_launcher.gate.usage_tail`), or with none when the end was not seen (the client left, the
+upstream failed): then the whole reservation is charged. Sent after the last byte went to the client,
+never on a request's way. The broker settles the grant's reservation and writes the usage ledger
+(`llama_direct.budgets`); 204."""
+USAGE_PHASES = ("started", "ended")
+
+
+def usage_report(usage: UsageReport) -> dict[str, object]:
+    """The one document of `POST /usage`."""
+    return {"jti": usage.jti, "sub": usage.sub, "model": usage.model, "route": usage.route, "lane": usage.lane,
+            "phase": usage.phase, "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens}
+
+
+def parse_usage_report(document: object) -> UsageReport | None:
+    """A `UsageReport` from a `POST /usage` body, or None when it is not `usage_report`'s shape."""
+    if not isinstance(document, dict) or document.keys() != _USAGE_KEYS:
+        return None
+    texts = [document[name] for name in ("jti", "sub", "model", "route", "lane")]
+    if not all(isinstance(text, str) and 0 < len(text) <= _MAX_NAME for text in texts):
+        return None
+    prompt, completion = document["prompt_tokens"], document["completion_tokens"]
+    if document["phase"] not in USAGE_PHASES or not (_is_count(prompt) and _is_count(completion)):
+        return None
+    jti, sub, model, route, lane = (str(text) for text in texts)
+    return UsageReport(jti, sub, model, route, lane, str(document["phase"]), prompt, completion)
+
+
+def _is_count(value: object) -> TypeGuard[int | None]:
+    return value is None or (type(value) is int and 0 <= value <= _MAX_COUNT)
+
+
+_USAGE_KEYS = {"jti", "sub", "model", "route", "lane", "phase", "prompt_tokens", "completion_tokens"}
+_MAX_NAME = 512
+_MAX_COUNT = 10**12

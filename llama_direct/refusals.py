@@ -21,7 +21,7 @@ To add a refusal: add one `Reason` below (and, if a shell must catch it by type,
     │   └── TokenSpent, TokenRevoked, IssuedBeforeGateStart
     ├── FrameworkError            the broker's framework's own 404, 405 and 500
     ├── RequestRefusal            any other 4xx: RequestRefusal(REASON, variant, **fields)
-    │   └── RateLimited (429)     carries retry_after
+    │   └── RateLimited (429)     carries retry_after; BudgetExhausted
     └── ServiceRefusal            5xx: the request was fine, something behind it is not
         ├── UpstreamUnavailable, StreamLost, UpstreamTimeout, BrokerUnavailable, GateUnavailable
         ├── Overloaded (503, Retry-After), TooManyPending
@@ -154,6 +154,9 @@ UNSUPPORTED_ENCODING = _reason(415, "unsupported_encoding", "The body must not b
 RATE_LIMITED = _reason(429, "rate_limited", "Too many requests: wait a moment, then try again.")
 TOO_MANY_STREAMS = _reason(
     429, "too_many_streams", "Too many streams at once for this user: wait for one to end, then try again."
+)
+BUDGET_EXHAUSTED = _reason(
+    429, "budget_exhausted", "This user's token budget is used up for now: try again when Retry-After says."
 )
 HEAD_TOO_LARGE = _reason(431, "head_too_large", "The request head is larger than 16 KB.")
 
@@ -302,6 +305,7 @@ CONFLICTING_OPTIONS = _reason(
 BAD_HOST = _reason(400, "bad_host", "The request's Host header is not a valid host.")
 BAD_LOAD_CHARGE = _reason(400, "bad_load_charge", 'A load charge is {{"user": "...", "model": "..."}}.')
 BAD_REVOCATION = _reason(400, "bad_revocation", 'A revocation is {{"user": "...", "not_before": SECONDS}}.')
+BAD_USAGE_REPORT = _reason(400, "bad_usage_report", "A usage report is llama_direct.control.usage_report's document.")
 BAD_TOOL_INPUT = _reason(400, "bad_tool_input", 'The echo tool takes {{"text": "..."}}.')
 REFUSED = _reason(400, "refused", "The request was refused.")
 """What the broker's framework refuses for a reason no entry here names (its own status is kept)."""
@@ -448,9 +452,17 @@ class RequestRefusal(Refusal):
 class RateLimited(RequestRefusal):
     """Too many negotiations from one session; `retry_after` seconds until the next is allowed."""
 
-    def __init__(self, retry_after: int) -> None:
-        super().__init__(RATE_LIMITED)
+    def __init__(self, retry_after: int, reason: Reason = RATE_LIMITED) -> None:
+        super().__init__(reason)
         self.retry_after = retry_after
+
+
+class BudgetExhausted(RateLimited):
+    """Under 16 tokens left in the user's day or minute (`llama_direct.budgets`); `retry_after` seconds
+    until that window turns over."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(retry_after, BUDGET_EXHAUSTED)
 
 
 class FieldOutOfBounds(RequestRefusal):

@@ -202,6 +202,11 @@ class MintedToken:
     claims: Claims
 
 
+def new_jti() -> str:
+    """A grant's id: 128 random bits."""
+    return secrets.token_urlsafe(16)
+
+
 def mint(
     key: Signer,
     *,
@@ -212,8 +217,10 @@ def mint(
     grant: Grant,
     now: float,
     ttl: int = DEFAULT_TTL_SECONDS,
+    jti: str | None = None,
 ) -> MintedToken:
-    """Sign a token valid from the whole second `now` falls in, for `ttl` seconds at most."""
+    """Sign a token valid from the whole second `now` falls in, for `ttl` seconds at most. `jti` is
+    a fresh random id unless the caller made one first (`new_jti`: a budget reserved under it)."""
     if not _is_int(ttl) or not 1 <= ttl <= MAX_TTL_SECONDS:
         raise ValueError(f"ttl must be between 1 and {MAX_TTL_SECONDS} seconds")
     if key.algorithm not in ALGORITHMS:
@@ -230,7 +237,7 @@ def mint(
         iat=iat,
         nbf=iat,
         exp=iat + ttl,
-        jti=secrets.token_urlsafe(16),
+        jti=jti if jti is not None else new_jti(),
         scope=scope,
         grant=grant,
     )

@@ -15,6 +15,7 @@ import socket
 import threading
 
 from llama_launcher.gate.config import GateConfig
+from llama_launcher.gate.metrics import MetricsServing
 from llama_launcher.gate.proxy import serve_gate
 
 log = logging.getLogger(__name__)
@@ -35,8 +36,10 @@ class GateLoop:
         app_sock: socket.socket | None,
         on_exit: threading.Event,
         redis_url: str | None = None,
+        metrics: MetricsServing | None = None,
     ) -> None:
         self._redis_url = redis_url
+        self._metrics = metrics
         self._config = config
         self._upstream = upstream
         self._public_sock = public_sock
@@ -70,7 +73,7 @@ class GateLoop:
         self._stop = asyncio.Event()
         await serve_gate(
             self._config, self._upstream, self._public_sock, self._stop, self._app_sock,  # type: ignore[arg-type]  # _main runs only after the sockets and upstream are set
-            started=self._started.set, redis_url=self._redis_url,
+            started=self._started.set, redis_url=self._redis_url, metrics=self._metrics,
         )
 
     def start(self) -> None:

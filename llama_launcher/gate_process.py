@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 
 from llama_direct.logs import configure_logging
+from llama_direct.metrics import METRICS_FD_ENV, METRICS_PER_USER_ENV, METRICS_TOKEN_ENV
+from llama_direct.redaction import register_secret
 from llama_direct.runtime import (
     APP_FD_ENV,
     GATE_CONFIG_FILE,
@@ -33,6 +35,7 @@ from llama_launcher.attached import attached_upstreams
 from llama_launcher.child_wait import StopEvent
 from llama_launcher.errors import LauncherError, StartError
 from llama_launcher.gate.config import GateConfig
+from llama_launcher.gate.metrics import MetricsServing
 from llama_launcher.gate_failure import write_report
 from llama_launcher.gate_loop import GateLoop
 from llama_launcher.launch_spec import LaunchSpec
@@ -53,6 +56,15 @@ def _inherited_socket(variable: str) -> socket.socket | None:
     """A listening socket the parent bound and handed over by its fd number, if it did."""
     fd = os.environ.get(variable)
     return socket.socket(fileno=int(fd)) if fd else None
+
+
+def _metrics_serving() -> MetricsServing:
+    """`/metrics`'s token (from the parent, registered for redaction) and `--metrics-port`'s socket."""
+    token = os.environ.pop(METRICS_TOKEN_ENV, None) or None
+    if token is not None:
+        register_secret(token)
+    per_user = os.environ.get(METRICS_PER_USER_ENV) == "1"
+    return MetricsServing(token=token, per_user=per_user, sock=_inherited_socket(METRICS_FD_ENV))
 
 
 def main() -> int:
@@ -87,7 +99,8 @@ def main() -> int:
     redis_url = os.environ.pop(REDIS_URL_ENV, None) or None
     if redis_url:
         register_url(redis_url)
-    loop = GateLoop(config, upstream, public_sock, app_sock, on_exit=stop, redis_url=redis_url)
+    loop = GateLoop(config, upstream, public_sock, app_sock, on_exit=stop, redis_url=redis_url,
+                    metrics=_metrics_serving())
     loop.start()
     if loop.failed:
         return 1

@@ -166,3 +166,5 @@ class Listener:
     health: bool = False
     cors: bool = False
     tls: bool = False
+    metrics: bool = False
+    """`GET /metrics` is answered here, with the metrics token (`llama_direct.metrics`)."""

@@ -12,12 +12,18 @@ import asyncio
 import functools
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from llama_direct.metrics import metrics_token_matches
 from llama_direct.refusals import (
+    INVALID_TOKEN,
     ORIGIN_REQUIRED,
     BrokerUnavailable,
+    MissingToken,
     Overloaded,
     Refusal,
     RequestRefusal,
@@ -45,6 +51,7 @@ from llama_launcher.gate.connection_core import (
 from llama_launcher.gate.core import Gate
 from llama_launcher.gate.http1 import chunk, simple_response
 from llama_launcher.gate.lane_plan import LanePlan, plan_lane
+from llama_launcher.gate.metrics import BASELINE, CLIENT_LEFT, DIRECT
 from llama_launcher.gate.outgoing import broker_request
 from llama_launcher.gate.pool import Member
 from llama_launcher.gate.relay import DechunkingRelay, Relay
@@ -64,6 +71,7 @@ def rules_for(gate: Gate, listener: Listener) -> Rules:
     """What the core of a connection on `listener` needs of the gate's settings."""
     config = gate.config
     return Rules(lane=listener.lane, cors=listener.cors, health=listener.health, broker=listener.broker,
+                 metrics=listener.metrics,
                  lane_prefix=gate.lane_prefix, max_body_bytes=config.max_body_bytes,
                  max_small_body_bytes=config.max_small_body_bytes, allowed_origins=gate.allowed_origins)
 
@@ -71,8 +79,9 @@ def rules_for(gate: Gate, listener: Listener) -> Rules:
 class ClientConnection(asyncio.Protocol):
     """One client connection: feeds its bytes to a `ConnectionCore`, and writes what answers them."""
 
-    __slots__ = ("body_waiter", "chunked_sink", "client", "core", "counted", "gate", "listener", "peer", "relay",
-                 "sink", "stalled", "stream", "task", "timer", "transport", "write_paused")
+    __slots__ = ("body_waiter", "chunked_sink", "client", "core", "counted", "flying", "gate", "lane", "listener",
+                 "metered", "peer", "relay", "sink", "stalled", "started", "status", "stream", "task", "timer",
+                 "transport", "write_paused")
 
     def __init__(self, gate: Gate, listener: Listener) -> None:
         self.gate = gate
@@ -91,6 +100,13 @@ class ClientConnection(asyncio.Protocol):
         self.chunked_sink = False
         self.stream: Stream[Member] | None = None
         self.stalled: asyncio.TimerHandle | None = None
+        self.lane = BASELINE if listener.health else DIRECT
+        """The metrics' lane: the private socket serves the broker's baseline, a public port the direct lane."""
+        self.metered: str | None = None
+        """The lane route (metrics' label) of the request being answered, until it is counted."""
+        self.started = 0.0
+        self.status = CLIENT_LEFT
+        self.flying = False
 
     @property
     def http10(self) -> bool:
@@ -149,6 +165,7 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.core.close()
+        self._metered_end(self.status)
         self._count(False)
         self._end_stream(finished=self.relay is None)
         if self.stalled is not None:
@@ -238,11 +255,15 @@ class ClientConnection(asyncio.Protocol):
             self._arm(self.gate.config.body_timeout, self._on_body_timeout)
         request = event.request
         if event.kind == "lane":
+            self.metered = self.gate.metrics.route_of(request.method, request.target)
+            self.started, self.status = time.monotonic(), CLIENT_LEFT
             self._run(self._forward(self._open_lane(request)))
         elif event.kind == "preflight":
             self._run(self._serve_preflight(request))
         elif event.kind == "health":
             self._run(self._serve_health(request.method == b"HEAD"))
+        elif event.kind == "metrics":
+            self._run(self._serve_metrics(request))
         else:
             self._run(self._forward(self._open_broker(request)))
 
@@ -350,6 +371,16 @@ class ClientConnection(asyncio.Protocol):
         response = simple_response(200, body, close=self.core.closing())
         self._answer(response[: len(response) - len(body)] if head_only else response)
 
+    async def _serve_metrics(self, request: Request) -> None:
+        """`/metrics` with the metrics token only (`llama_direct.metrics`); 401 without it, never open."""
+        authorization = next((value for name, value in request.headers if name == b"authorization"), None)
+        if not metrics_token_matches(authorization, self.gate.metrics_token):
+            self._refuse(MissingToken() if authorization is None else RequestRefusal(INVALID_TOKEN))
+            return
+        body = await self.gate.metrics_exposition()
+        response = simple_response(200, body, close=self.core.closing(), content_type=CONTENT_TYPE_LATEST.encode())
+        self._answer(response[: len(response) - len(body)] if request.method == b"HEAD" else response)
+
     async def _serve_preflight(self, request: Request) -> None:
         headers = {name.decode("ascii"): value.decode("latin-1") for name, value in request.headers}
         origin = headers.get("origin")
@@ -399,6 +430,9 @@ class ClientConnection(asyncio.Protocol):
         """From here on the response half runs in callbacks: the task is done with this request."""
         self.relay = relay
         self.task = None
+        if self.metered is not None and not self.flying:  # a fallback's second relay is the same stream
+            self.flying = True
+            self.gate.metrics.stream_began(self.lane)
         transport.write(data)
         relay.arm(self.gate.config.upstream_head_timeout)
         if self.write_paused:
@@ -410,6 +444,8 @@ class ClientConnection(asyncio.Protocol):
         reply = self.core.refuse(refusal, close=close)
         if reply is None:
             return
+        self.gate.metrics.refused(refusal.code)
+        self._metered_end(refusal.status)
         if reply.data:
             log.debug("refused status=%d code=%s", refusal.status, refusal.code)
         self._reply(reply)
@@ -435,9 +471,15 @@ class ClientConnection(asyncio.Protocol):
 
     def relay_head(self, head: bytes) -> None:
         self.core.head_sent()
+        self.status = int(head[9:12])  # `http1.response_head`'s status line: b"HTTP/1.1 NNN ..."
         self.transport.write(head)
 
+    def relay_body_began(self) -> None:
+        if self.metered is not None:
+            self.gate.metrics.first_byte(self.metered, self.lane, time.monotonic() - self.started)
+
     def relay_done(self, close: bool) -> None:
+        self._metered_end(self.status)
         self.relay = None
         self.sink = None
         if self.core.finished(close=close):
@@ -450,9 +492,21 @@ class ClientConnection(asyncio.Protocol):
         self.relay = None
         self.sink = None
         if self.core.sent_head:
+            self._metered_end(self.status)
             self._close()
         else:
             self._refuse(refusal)
+
+    def _metered_end(self, status: int) -> None:
+        """A lane request's end, however it ended: counted once, with its duration if it was relayed."""
+        route, self.metered = self.metered, None
+        if route is None:
+            return
+        metrics = self.gate.metrics
+        metrics.answered(route, self.lane, status)
+        if self.flying:
+            self.flying = False
+            metrics.stream_ended(route, self.lane, time.monotonic() - self.started)
 
     def _next_request(self) -> None:
         resume = self.core.next_request()

@@ -24,6 +24,7 @@ from enum import Enum
 from typing import Final, Literal
 
 from llama_direct.lanes import LANE_ROUTES
+from llama_direct.metrics import METRICS_PATH
 from llama_direct.refusals import (
     BAD_TARGET,
     BODY_TOO_LARGE,
@@ -48,6 +49,7 @@ same route off the lane; images inline). The rest are small."""
 HEAD, BODY, BUSY, CLOSED = range(4)
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+METRICS_TARGET = METRICS_PATH.encode()
 
 
 class Need(Enum):
@@ -90,7 +92,7 @@ class Refuse:
     close: bool
 
 
-Kind = Literal["lane", "preflight", "health", "broker"]
+Kind = Literal["lane", "preflight", "health", "metrics", "broker"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +127,8 @@ class Rules:
     max_body_bytes: int
     max_small_body_bytes: int
     allowed_origins: frozenset[str]
+    metrics: bool = False
+    """`GET /metrics` is the gate's own (`llama_direct.metrics`), never relayed to the broker."""
 
 
 class ConnectionCore:
@@ -237,6 +241,8 @@ class ConnectionCore:
             kind: Kind = "preflight" if rules.cors and request.method == b"OPTIONS" else "lane"
         elif rules.health and target == b"/health" and request.method in (b"GET", b"HEAD"):
             kind = "health"
+        elif rules.metrics and target == METRICS_TARGET and request.method in (b"GET", b"HEAD"):
+            kind = "metrics"
         elif rules.broker:
             kind = "broker"
         else:

@@ -12,6 +12,7 @@ audience; then a gate restart no longer refuses older tokens, Redis's own restar
 
 from __future__ import annotations
 
+import contextlib
 import math
 import resource
 import time
@@ -37,6 +38,7 @@ from llama_launcher.gate.http1 import (
 )
 from llama_launcher.gate.keyset import KeySet
 from llama_launcher.gate.load_charges import LoadCharger
+from llama_launcher.gate.metrics import BrokerMetrics, GateMetrics, MetricsServing
 from llama_launcher.gate.pool import Attempts, Member, Pool, shaping_limits
 from llama_launcher.gate.scope import RequestHead
 from llama_launcher.gate.shaping import ShapingPolicy
@@ -54,7 +56,7 @@ class Gate:
 
     def __init__(
         self, config: GateConfig, pool: Pool, keyset: KeySet, *, started_at: float | None = None,
-        shared: RedisReplayStore | None = None,
+        shared: RedisReplayStore | None = None, metrics: MetricsServing | None = None,
     ) -> None:
         self.config = config
         self.pool = pool
@@ -70,6 +72,11 @@ class Gate:
         self.admission = Admission(config, descriptors=resource.getrlimit(resource.RLIMIT_NOFILE)[0])
         self.allowed_origins = frozenset(config.allowed_origins)
         self.lane_prefix = (config.lane_prefix + "/").encode()
+        serving = metrics or MetricsServing()
+        self.metrics_token = serving.token
+        self.metrics = GateMetrics(per_user=serving.per_user, lane_prefix=config.lane_prefix)
+        self.broker_metrics = BrokerMetrics(config.control_socket)
+        self.metrics.watch_upstreams(lambda: ((m.key, m.health.ready is True, m.in_flight) for m in pool.members))
 
     async def health_answer(self) -> HealthAnswer:
         """`GET /health`: every upstream's state, and without Redis the start cut-off, so the broker
@@ -80,6 +87,14 @@ class Gate:
         if self.keyset.sources:  # other brokers' JWKS: host, key count and age, never the URL's path
             answer["jwks"] = self.keyset.freshness()
         return answer
+
+    async def metrics_exposition(self) -> bytes:
+        """One scrape: the gate's metrics, each upstream's health asked afresh if stale, then the broker's."""
+        with contextlib.suppress(Exception):  # an upstream that cannot answer reads as down
+            await self.pool.snapshot()
+        broker = await self.broker_metrics.fetch()
+        self.metrics.broker_up.set(0 if broker is None else 1)
+        return self.metrics.render() + (broker or b"")
 
     async def policy_for(self, members: Sequence[Member], model: str) -> ShapingPolicy:
         """The limits for the grant's model on every upstream the request may go to (`shaping_limits`)."""
@@ -92,7 +107,8 @@ class Gate:
         model = claims.grant.model
         if not claims.grant.autoload:
             return await self.no_load_target(attempts, model, target)
-        await self.loads.charge(attempts.members, model, claims.sub, time.monotonic())
+        if await self.loads.charge(attempts.members, model, claims.sub, time.monotonic()):
+            self.metrics.loaded(model)
         return target
 
     async def no_load_target(self, attempts: Attempts, model: str, target: str) -> str:

@@ -71,16 +71,17 @@ class LoadCharger:
         self._client = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=control_socket),
                                          base_url="http://broker", timeout=CHARGE_TIMEOUT)
 
-    async def charge(self, members: Sequence[Member], model: str, user: str, now: float) -> None:
+    async def charge(self, members: Sequence[Member], model: str, user: str, now: float) -> bool:
         """Before a chat for `model` goes to `members`: nothing if it loads nothing, else one of
-        `user`'s loads (`RateLimited` past the limit; `BrokerUnavailable` if the broker cannot say)."""
+        `user`'s loads (`RateLimited` past the limit; `BrokerUnavailable` if the broker cannot say).
+        True when this request starts a load (one that rides on a load under way is not another)."""
         loads = await will_load(members, model)
         self._settle(members)
         if not loads:
             self.open.under_way(model)  # loading or loaded somewhere: a later `unloaded` is a new load
-            return
+            return False
         if not self.open.needs_charge(model, now):
-            return
+            return False
         try:
             answer = await self._client.post(LOADS_PATH, json=load_charge(user, model))
         except httpx.HTTPError:
@@ -91,6 +92,7 @@ class LoadCharger:
         if answer.status_code != 204:
             raise BrokerUnavailable()
         self.open.charged(model, now)
+        return True
 
     def _settle(self, members: Sequence[Member]) -> None:
         """Every model a router just listed as loading or loaded: its charged load is under way."""

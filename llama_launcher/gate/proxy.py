@@ -46,6 +46,7 @@ from llama_launcher.gate.connection import ClientConnection
 from llama_launcher.gate.core import Gate
 from llama_launcher.gate.holders import RedisHolders
 from llama_launcher.gate.keyset import KeySet
+from llama_launcher.gate.metrics import MetricsServing
 from llama_launcher.gate.pool import Pool
 from llama_launcher.gate.upstream import (
     Upstream,
@@ -65,6 +66,7 @@ class GateServer:
         keyset: KeySet | None = None,
         started_at: float | None = None,
         redis_url: str | None = None,
+        metrics: MetricsServing | None = None,
     ) -> None:
         """`upstream`: the one llama-server, or several as (address, door) pairs (a fleet)."""
         self.config = config
@@ -74,7 +76,9 @@ class GateServer:
         holders = RedisHolders(client, config.audience) if client is not None else None
         upstreams = upstream if isinstance(upstream, Sequence) else [("upstream", upstream)]
         self.pool = Pool(upstreams, config.model, holders)
-        self.gate = Gate(config, self.pool, self.keyset, started_at=started_at, shared=self.shared)
+        self.metrics = metrics or MetricsServing()
+        self.gate = Gate(config, self.pool, self.keyset, started_at=started_at, shared=self.shared,
+                         metrics=self.metrics)
         self._servers: list[asyncio.AbstractServer] = []
         self._closed = False
         self._stop_pulling = asyncio.Event()
@@ -86,14 +90,18 @@ class GateServer:
         await self.keyset.refresh()
         self._puller = asyncio.ensure_future(self.keyset.run(self._stop_pulling))
         loop = asyncio.get_running_loop()
-        for listening in (public_sock, app_sock):
+        metrics_sock = self.metrics.sock
+        for listening in (public_sock, app_sock, metrics_sock):
             if listening is not None:
                 _no_delay(listening)
         if public_sock is not None:
-            listener = Listener(lane=True, broker=not config.two_port, cors=config.two_port, tls=config.tls)
+            listener = Listener(lane=True, broker=not config.two_port, cors=config.two_port, tls=config.tls,
+                                metrics=not config.two_port)
             await self._listen(public_sock, listener)
         if app_sock is not None:
-            await self._listen(app_sock, Listener(lane=False, broker=True, tls=config.tls))
+            await self._listen(app_sock, Listener(lane=False, broker=True, tls=config.tls, metrics=True))
+        if metrics_sock is not None:
+            await self._listen(metrics_sock, Listener(lane=False, tls=config.tls, metrics=True))
         private = Listener(lane=True, health=True)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(config.private_socket)
@@ -126,6 +134,7 @@ class GateServer:
             await self._puller
         await self.keyset.aclose()
         await self.gate.loads.aclose()
+        await self.gate.broker_metrics.aclose()
         await self.pool.close()
         if self.shared is not None:
             await self.shared.close()
@@ -157,13 +166,14 @@ async def serve_gate(
     app_sock: socket.socket | None = None,
     started: Callable[[], None] | None = None,
     redis_url: str | None = None,
+    metrics: MetricsServing | None = None,
 ) -> None:
     """Serve until `stop` is set, then close the listeners and every live connection.
 
     `started` is called once every listener is up, so a caller never mistakes a gate that failed
     to bind (a bad TLS pair, say) for one that serves.
     """
-    server = GateServer(config, upstream, redis_url=redis_url)
+    server = GateServer(config, upstream, redis_url=redis_url, metrics=metrics)
     await server.start(public_sock, app_sock)
     log.info("gate serving two_port=%s tls=%s", config.two_port, config.tls)
     if started is not None:

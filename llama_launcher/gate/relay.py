@@ -40,6 +40,8 @@ class RelayClient(Protocol):
 
     def relay_head(self, head: bytes) -> None: ...
 
+    def relay_body_began(self) -> None: ...
+
     def relay_done(self, close: bool) -> None: ...
 
     def relay_failed(self, refusal: Refusal) -> None: ...
@@ -57,6 +59,7 @@ class Relay(asyncio.Protocol):
     """
 
     __slots__ = (
+        "awaiting_body",
         "client",
         "complete",
         "cors",
@@ -87,6 +90,8 @@ class Relay(asyncio.Protocol):
         self.reason = b""
         self.complete = False
         self.until_eof = False
+        self.awaiting_body = True
+        """No body byte relayed yet: the first one is reported once (`relay_body_began`, time to first byte)."""
         self.timer: asyncio.TimerHandle | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.on_end: Callable[[], None] | None = None
@@ -124,6 +129,9 @@ class Relay(asyncio.Protocol):
         except httptools.HttpParserError:
             self._fail(UpstreamUnavailable())
             return
+        if self.awaiting_body:
+            self.awaiting_body = False
+            client.relay_body_began()
         if self.PASS_THROUGH:
             client.transport.write(data)
         if self.complete:
@@ -227,6 +235,8 @@ class Relay(asyncio.Protocol):
             self._fail(UpstreamUnavailable())
             return
         client.relay_head(client_head + body)
+        self.awaiting_body = False
+        client.relay_body_began()
         if self.complete:
             self._done(client)
 

@@ -27,14 +27,13 @@ import json
 import re
 from dataclasses import dataclass
 
+from llama_direct.budgets import GENERATING_FORMATS
+
 TAIL_BYTES = 4096
 """The end kept: each format's usage, and what follows it (timings, `[DONE]`, `message_stop`, the
 terminal chunk), take well under a kilobyte from llama-server."""
 HEAD_BYTES = 2048
 """The start kept for Messages: `message_start`, which alone says the prompt's tokens."""
-
-USAGE_FORMATS = frozenset({"chat", "completions", "responses", "messages"})
-"""The body formats that generate, hence have a usage to read (`llama_direct.lanes.BodyFormat`)."""
 
 _DECODER = json.JSONDecoder()
 _CHUNK_HEAD = re.compile(rb"([0-9a-fA-F]{1,8})(?:;[^\r\n]*)?\r\n")
@@ -71,7 +70,7 @@ class UsageTail:
 
     def usage(self, *, chunked: bool) -> Usage | None:
         """The answer's usage, once its end was relayed; None when none is found in what was kept."""
-        if self.body_format not in USAGE_FORMATS:
+        if self.body_format not in GENERATING_FORMATS:
             return None
         body = bytes(self.tail[-TAIL_BYTES:])
         if chunked:

@@ -25,6 +25,7 @@ class Recorder:
         self.http10 = False
         self.close_after = False
         self.aborted = False
+        self.began = 0
 
     def write(self, data: bytes) -> None:
         self.writes.append(bytes(data))
@@ -38,6 +39,9 @@ class Recorder:
     def relay_head(self, head: bytes) -> None:
         self.heads.append(head)
         self.writes.append(head)
+
+    def relay_body_began(self) -> None:
+        self.began += 1
 
     def relay_done(self, close: bool) -> None:
         self.done.append(close)
@@ -60,6 +64,7 @@ def test_body_bytes_read_with_the_head_go_out_in_the_heads_write() -> None:
     assert client.writes[0].startswith(b"HTTP/1.1 200 OK\r\n") and client.writes[0].endswith(b"\r\n\r\n" + FIRST)
     relay.data_received(LAST)
     assert client.writes[1:] == [LAST] and client.done == [False]
+    assert client.began == 1, "the first body byte is reported once (time to first byte)"
 
 
 def test_a_whole_answer_in_one_read_is_one_write_and_done() -> None:

@@ -1,0 +1,147 @@
+"""Budgets at the broker: negotiation and the baseline reserve a grant's max_tokens from the user's
+tokens per day, cap the grant at what remains, refuse under 16 with budget_exhausted; the gate's usage
+report (POST /usage on the control socket) settles, and returns the unused part."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+from fastapi.testclient import TestClient
+
+from broker.app import create_app, create_control_app
+from broker.core import BrokerCore
+from broker.settings import BrokerSettings
+from llama_direct.budgets import UsageReport, day_of
+from llama_direct.control import USAGE_PATH, usage_report
+from llama_direct.users import Limits, NewSecrets, User, new_secrets, new_user
+
+ACCESS_TOKEN = "test-access-token-0123456789"
+HEALTH: dict[str, Any] = {
+    "gate": "ok", "model_ready": True, "model": "smol", "vision": False, "slots": {"total": None, "busy": None},
+    "router": False, "models": [{"id": "smol", "status": "loaded", "vision": False}],
+}
+SSE = b'data: {"choices":[{"delta":{"content":"Hi"}}]}\n\ndata: [DONE]\n\n'
+
+
+@dataclass
+class Box:
+    client: TestClient
+    control: TestClient
+    core: BrokerCore
+    minted: list[str]
+
+    def add(self, name: str, **limits: Any) -> tuple[User, NewSecrets]:
+        user, made = new_user(name, Limits(**limits), time.time()), new_secrets()
+        self.core.users.add(user, made.records())
+        return user, made
+
+    def negotiate(self, bearer: str, **body: Any) -> httpx.Response:
+        return self.client.post("/direct-stream", json=body, headers={"Authorization": f"Bearer {bearer}"})
+
+    def report(self, claims: dict[str, Any], completion: int | None, phase: str = "ended") -> httpx.Response:
+        usage = UsageReport(claims["jti"], claims["sub"], "smol", "chat", "direct", phase, 7, completion)
+        return self.control.post(USAGE_PATH, json=usage_report(usage))
+
+    def day_used(self, user: User) -> int:
+        return self.core.users.budget_windows(user.id, time.time())[0]
+
+
+@pytest.fixture
+def box(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Box]:
+    monkeypatch.delenv("UNSLOTH_DIRECT_STREAM", raising=False)
+    settings = BrokerSettings(data_dir=tmp_path / "data", broker_socket=tmp_path / "b.sock",
+                              control_socket=tmp_path / "c.sock", gate_socket=tmp_path / "g.sock", model="smol",
+                              max_tokens_cap=512, rate_per_minute=600, burst=50)
+    minted: list[str] = []
+
+    def gate(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/health":
+            return httpx.Response(200, json=HEALTH)
+        minted.append(request.headers["authorization"].removeprefix("Bearer "))
+        return httpx.Response(200, content=SSE, headers={"content-type": "text/event-stream"})
+
+    app = create_app(settings, ACCESS_TOKEN, gate_transport=httpx.MockTransport(gate))
+    with TestClient(app) as client, TestClient(create_control_app(app.state.core)) as control:
+        yield Box(client, control, app.state.core, minted)
+
+
+def claims_of(answer: httpx.Response) -> dict[str, Any]:
+    assert answer.status_code == 200, answer.text
+    claims: dict[str, Any] = jwt.decode(answer.json()["token"], options={"verify_signature": False})
+    assert claims["grant"]["max_tokens"] == answer.json()["grant"]["max_tokens"]
+    return claims
+
+
+def test_grants_are_capped_at_what_remains_then_refused(box: Box) -> None:
+    ann, made = box.add("ann", tokens_per_day=100)
+    _, bob = box.add("bob", tokens_per_day=100)
+    first = claims_of(box.negotiate(made.api_key, max_tokens=80))
+    second = claims_of(box.negotiate(made.api_key, max_tokens=80))
+    assert (first["grant"]["max_tokens"], second["grant"]["max_tokens"]) == (80, 20)
+    refused = box.negotiate(made.api_key, max_tokens=80)
+    assert refused.status_code == 429 and refused.json()["error"]["reason"] == "budget_exhausted"
+    assert 0 < int(refused.headers["retry-after"]) <= 86_400
+    assert claims_of(box.negotiate(bob.api_key, max_tokens=80))["grant"]["max_tokens"] == 80
+    assert box.day_used(ann) == 100
+
+
+def test_settlement_returns_the_unused_part_and_an_unseen_end_costs_it_all(box: Box) -> None:
+    ann, made = box.add("ann", tokens_per_day=100)
+    first = claims_of(box.negotiate(made.api_key, max_tokens=80))
+    second = claims_of(box.negotiate(made.api_key, max_tokens=80))
+    assert box.report(first, None, "started").status_code == 204
+    assert box.report(first, 30).status_code == 204
+    assert box.day_used(ann) == 50
+    assert claims_of(box.negotiate(made.api_key, max_tokens=80))["grant"]["max_tokens"] == 50
+    box.report(second, None)  # the end was not seen: its whole 20
+    assert box.day_used(ann) == 100
+    [row] = box.core.users.ledger(day_of(time.time()), ann.id)
+    assert (row.requests, row.prompt_tokens, row.completion_tokens, row.unseen) == (2, 14, 50, 1)
+
+
+def test_the_baseline_reserves_what_the_body_asks(box: Box) -> None:
+    ann, made = box.add("ann", tokens_per_day=100)
+    answer = box.client.post("/v1/chat/completions", json={"messages": [], "max_tokens": 10},
+                             headers={"Authorization": f"Bearer {made.api_key}"})
+    assert answer.status_code == 200
+    claims = jwt.decode(box.minted[-1], options={"verify_signature": False})
+    assert claims["grant"]["max_tokens"] == 10 and box.day_used(ann) == 10
+    unbounded = box.client.post("/v1/chat/completions", json={"messages": []},
+                                headers={"Authorization": f"Bearer {made.api_key}"})
+    assert unbounded.status_code == 200
+    assert jwt.decode(box.minted[-1], options={"verify_signature": False})["grant"]["max_tokens"] == 90
+    refused = box.client.post("/v1/chat/completions", json={"messages": []},
+                              headers={"Authorization": f"Bearer {made.api_key}"})
+    assert refused.status_code == 429 and refused.json()["error"]["reason"] == "budget_exhausted"
+
+
+def test_the_owner_and_users_without_token_limits_reserve_nothing(box: Box) -> None:
+    user, made = box.add("ann", max_tokens=300)
+    assert claims_of(box.negotiate(made.api_key))["grant"]["max_tokens"] == 300
+    owner = claims_of(box.negotiate(ACCESS_TOKEN))
+    assert owner["grant"]["max_tokens"] == 512
+    assert box.day_used(user) == 0
+    box.report(owner, 12)
+    [row] = box.core.users.ledger(day_of(time.time()), "local")
+    assert (row.requests, row.completion_tokens) == (1, 12)
+
+
+@pytest.mark.parametrize("document", [
+    {}, {"jti": "j"}, [], "x",
+    {"jti": "j", "sub": "s", "model": "m", "route": "chat", "lane": "direct", "phase": "later",
+     "prompt_tokens": None, "completion_tokens": None},
+    {"jti": "j", "sub": "s", "model": "m", "route": "chat", "lane": "direct", "phase": "ended",
+     "prompt_tokens": -1, "completion_tokens": 3},
+    {"jti": "j", "sub": "s", "model": "m", "route": "chat", "lane": "direct", "phase": "ended",
+     "prompt_tokens": 1, "completion_tokens": True},
+])
+def test_a_malformed_usage_report_is_refused(box: Box, document: object) -> None:
+    answer = box.control.post(USAGE_PATH, json=document)
+    assert answer.status_code == 400 and answer.json()["error"]["reason"] == "bad_usage_report"
