@@ -25,6 +25,8 @@ class ModelInfo:
     vision: bool = False
     progress: float | None = None
     """How much of a loading model's load is done (0..1), where the router reported it."""
+    tools: bool = False
+    """Whether its chat template takes tools, where its gate knows (`ModelEntry.tools`)."""
 
     @classmethod
     def parse_all(cls, value: object) -> tuple[ModelInfo, ...]:
@@ -34,7 +36,8 @@ class ModelInfo:
                 status = item.get("status")
                 status = status if status in MODEL_STATES else "unloaded"
                 found.append(cls(item["id"], status, item.get("vision") is True,
-                                 _fraction(item.get("progress")) if status == "loading" else None))
+                                 _fraction(item.get("progress")) if status == "loading" else None,
+                                 item.get("tools") is True))
         return tuple(found)
 
 
@@ -98,6 +101,8 @@ def _published(model: ModelInfo) -> ModelEntry:
     entry: ModelEntry = {"id": model.id, "status": model.status, "vision": model.vision}
     if model.progress is not None:
         entry["progress"] = model.progress
+    if model.tools:
+        entry["tools"] = True
     return entry
 
 
@@ -110,4 +115,6 @@ def _listed(model: ModelInfo) -> ListedModel:
                          vision=model.vision)
     if model.progress is not None:
         listed["progress"] = model.progress
+    if model.tools:
+        listed["tools"] = True
     return listed

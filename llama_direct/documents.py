@@ -34,6 +34,10 @@ class ModelEntry(TypedDict):
     vision: bool
     progress: NotRequired[float]
     """How much of a loading model's load is done (0..1), where the router reported it."""
+    tools: NotRequired[bool]
+    """Present (true) where the model's chat template takes tools (llama-server's `/props`,
+    `chat_template_caps.supports_tools`); absent where it does not or nobody knows (a router's models:
+    asking a model's `/props` loads it)."""
 
 
 class HealthSlots(TypedDict):

@@ -16,7 +16,7 @@ STATE_RANK = {state: rank for rank, state in enumerate(MODEL_STATES)}
 
 def merge_models(listings: Iterable[Iterable[Mapping[str, Any]]]) -> list[dict[str, Any]]:
     """Each model once, in order of first mention: its best state (with that state's `progress`), and
-    vision if any source says so."""
+    vision and tools if any source says so."""
     models: dict[str, dict[str, Any]] = {}
     for listing in listings:
         for entry in listing:
@@ -30,4 +30,6 @@ def merge_models(listings: Iterable[Iterable[Mapping[str, Any]]]) -> list[dict[s
                 if entry.get("progress") is not None:
                     known["progress"] = entry["progress"]
             known["vision"] = known.get("vision") or entry.get("vision")
+            if entry.get("tools") is True:
+                known["tools"] = True
     return list(models.values())

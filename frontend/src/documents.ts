@@ -31,6 +31,7 @@ export interface ModelEntry {
   status: string;
   vision: boolean;
   progress?: number;
+  tools?: boolean;
 }
 
 /** One model in `GET /v1/models`: OpenAI's fields, then its state. */
@@ -39,6 +40,7 @@ export interface ListedModel {
   status: string;
   vision: boolean;
   progress?: number;
+  tools?: boolean;
   object: "model";
   created: number;
   owned_by: string;

@@ -50,6 +50,8 @@ class Health:
         self.ready: bool | None = None
         """What the last `/health` said; None before the first answer."""
         self.vision = False
+        self.tools = False
+        """Whether the chat template takes tools (`/props` `chat_template_caps.supports_tools`)."""
         self.context = FALLBACK_CONTEXT
         self.router = False
         self.models: dict[str, ModelState] = {}
@@ -114,6 +116,8 @@ class Health:
         if status == 200 and isinstance(props, dict):
             modalities = props.get("modalities")
             self.vision = isinstance(modalities, dict) and modalities.get("vision") is True
+            caps = props.get("chat_template_caps")
+            self.tools = isinstance(caps, dict) and caps.get("supports_tools") is True
             settings = props.get("default_generation_settings")
             n_ctx = settings.get("n_ctx") if isinstance(settings, dict) else None
             if isinstance(n_ctx, int) and not isinstance(n_ctx, bool) and n_ctx > 0:
@@ -168,7 +172,10 @@ class Health:
     def _model_list(self, ready: bool) -> list[ModelEntry]:
         if self.router:
             return [self._router_entry(name, state) for name, state in self.models.items()]
-        return [{"id": self.model, "status": "loaded" if ready else "loading", "vision": self.vision}]
+        entry: ModelEntry = {"id": self.model, "status": "loaded" if ready else "loading", "vision": self.vision}
+        if self.tools:
+            entry["tools"] = True
+        return [entry]
 
     def _router_entry(self, name: str, state: ModelState) -> ModelEntry:
         entry: ModelEntry = {"id": name, "status": state.status, "vision": state.vision}
