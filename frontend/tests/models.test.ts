@@ -42,3 +42,16 @@ describe("the model list's vision flag", () => {
     expect(models.map((model) => model.vision === true)).toEqual([true, false, false]);
   });
 });
+
+describe("the model list's tools flag", () => {
+  it("marks only a model whose template says it takes tools", () => {
+    const models = parseModels({
+      data: [
+        { id: "caller", status: "loaded", tools: true },
+        { id: "plain", status: "loaded" },
+        { id: "odd", status: "loaded", tools: "true" },
+      ],
+    });
+    expect(models.map((model) => model.tools === true)).toEqual([true, false, false]);
+  });
+});

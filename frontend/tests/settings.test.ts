@@ -1,6 +1,6 @@
 /** The conversation's settings: fields to request values, blanks left to the server, bad values named. */
 import { describe, expect, it } from "vitest";
-import { parseSettings, requestFields } from "../src/page/settings.ts";
+import { blankSettings, parseSettings, requestFields, settingsFrom } from "../src/page/settings.ts";
 
 describe("parseSettings", () => {
   it("leaves blank fields to the server", () => {
@@ -23,5 +23,26 @@ describe("parseSettings", () => {
     for (const maxTokens of ["0", "1.5", "-3", "lots", "1e9"]) {
       expect(parseSettings({ system: "", temperature: "", maxTokens }).errors).toEqual(["Max tokens must be a whole number of at least 1."]);
     }
+  });
+});
+
+describe("samplers", () => {
+  it("sends each one set under llama-server's name, and none left blank", () => {
+    const { settings, errors } = parseSettings({ ...blankSettings(), topP: "0.9", topK: "40", minP: "0.05", repeatPenalty: "1.1" });
+    expect(errors).toEqual([]);
+    expect(requestFields(settings)).toEqual({ top_p: 0.9, top_k: 40, min_p: 0.05, repeat_penalty: 1.1 });
+    expect(requestFields(parseSettings({ ...blankSettings(), topK: "0" }).settings)).toEqual({ top_k: 0 });
+  });
+
+  it("names each bad value", () => {
+    expect(parseSettings({ ...blankSettings(), topP: "1.5" }).errors).toEqual(["Top P must be a number from 0 to 1."]);
+    expect(parseSettings({ ...blankSettings(), topK: "2.5" }).errors).toEqual(["Top K must be a whole number from 0 to 1000."]);
+    expect(parseSettings({ ...blankSettings(), minP: "-0.1" }).errors).toEqual(["Min P must be a number from 0 to 1."]);
+    expect(parseSettings({ ...blankSettings(), repeatPenalty: "x" }).errors).toEqual(["Repeat penalty must be a number from 0 to 2."]);
+  });
+
+  it("reads a stored record from before the samplers as blanks, and drops unknown or mistyped fields", () => {
+    expect(settingsFrom({ system: "Be brief.", temperature: "0.2", maxTokens: "" })).toEqual({ ...blankSettings(), system: "Be brief.", temperature: "0.2" });
+    expect(settingsFrom({ topK: 40, extra: "x", minP: "0.1" })).toEqual({ ...blankSettings(), minP: "0.1" });
   });
 });

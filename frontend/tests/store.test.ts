@@ -1,13 +1,14 @@
 /** What is read back from IndexedDB is checked, never trusted; titles are short and on one line. */
 import { describe, expect, it } from "vitest";
 import { dbNameFor, MAX_BRANCH_DEPTH, matchesSearch, type SavedConversation, titleFor, validConversation } from "../src/page/store.ts";
+import { blankSettings } from "../src/page/settings.ts";
 
 const good = {
   id: "c1",
   title: "Hello",
   updated: 5,
   turns: [{ text: "Hello", image: null, reply: "Hi" }, { text: "dot", image: "data:image/png;base64,AA", reply: "" }],
-  settings: { system: "Be brief.", temperature: "0.2", maxTokens: "" },
+  settings: { system: "Be brief.", temperature: "0.2", maxTokens: "", topP: "0.9", topK: "", minP: "", repeatPenalty: "" },
 };
 
 describe("validConversation", () => {
@@ -16,7 +17,7 @@ describe("validConversation", () => {
   });
 
   it("fills settings that are missing or of the wrong type with blanks", () => {
-    expect(validConversation({ ...good, settings: { system: 3 } })?.settings).toEqual({ system: "", temperature: "", maxTokens: "" });
+    expect(validConversation({ ...good, settings: { system: 3 } })?.settings).toEqual(blankSettings());
     expect(validConversation({ ...good, settings: undefined })?.settings.system).toBe("");
   });
 

@@ -16,7 +16,7 @@ const conversation: SavedConversation = {
       branch: 1,
     },
   ],
-  settings: { system: "Be brief.", temperature: "0.2", maxTokens: "" },
+  settings: { system: "Be brief.", temperature: "0.2", maxTokens: "", topP: "0.9", topK: "", minP: "", repeatPenalty: "" },
 };
 
 describe("export and import", () => {

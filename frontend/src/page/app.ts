@@ -9,6 +9,7 @@ import { Chat } from "./chat.ts";
 import { Composer } from "./composer.ts";
 import { ScrollFollow } from "./follow.ts";
 import { showLane } from "./lane.ts";
+import { ModelLoad } from "./model_load.ts";
 import { ModelPicker } from "./models.ts";
 import { SettingsPanel } from "./settings.ts";
 import { Conversations } from "./sidebar.ts";
@@ -41,7 +42,20 @@ function start(): void {
   };
   const composer = new Composer(showNotice);
   const picker = new ModelPicker(byId<HTMLSelectElement>("model"));
-  picker.onChoice = (model) => composer.offerImages(model?.vision === true);
+  const load = new ModelLoad(
+    picker,
+    byId<HTMLButtonElement>("model-load"),
+    byId<HTMLProgressElement>("model-progress"),
+    byId<HTMLSpanElement>("model-state"),
+    showNotice,
+  );
+  const toolsOffer = byId<HTMLLabelElement>("tools-offer");
+  picker.onChoice = (model) => {
+    composer.offerImages(model?.vision === true);
+    load.show(model);
+    // Demo tools only for a template that takes them: another model would answer in prose, or refuse.
+    toolsOffer.hidden = model?.tools !== true;
+  };
   composer.offerImages(false);
   void picker.refresh();
   const follow = new ScrollFollow(byId<HTMLElement>("conversation"), byId<HTMLButtonElement>("jump"));
@@ -70,7 +84,7 @@ function start(): void {
       byId<HTMLSpanElement>("first-token").hidden = false;
       byId<HTMLSpanElement>("speed").title = `Generation speed of the last reply; its first token came after ${seconds.toFixed(2)} s`;
     },
-    useTools: () => toolsToggle.checked,
+    useTools: () => toolsToggle.checked && !toolsOffer.hidden,
     settings: () => settings.read(),
   });
 

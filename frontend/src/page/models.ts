@@ -14,6 +14,8 @@ export interface ModelEntry {
   progress?: number;
   /** Present (true) only for a model that reads images. */
   vision?: true;
+  /** Present (true) only for a model whose chat template takes tools (llama-server's `/props`). */
+  tools?: true;
 }
 
 export const STORAGE_KEY = "llama-direct.model";
@@ -42,13 +44,14 @@ export function parseModels(value: unknown): ModelEntry[] {
   const found: ModelEntry[] = [];
   for (const item of (value as { data: unknown[] }).data) {
     if (typeof item !== "object" || item === null) continue;
-    const { id, status, progress, vision } = item as { id?: unknown; status?: unknown; progress?: unknown; vision?: unknown };
+    const { id, status, progress, vision, tools } = item as Record<string, unknown>;
     if (typeof id !== "string") continue;
     const known = status === "loading" || status === "loaded" ? status : "unloaded";
     const fraction =
       known === "loading" && typeof progress === "number" && progress >= 0 && progress <= 1 ? progress : undefined;
     const entry: ModelEntry = fraction === undefined ? { id, status: known } : { id, status: known, progress: fraction };
     if (vision === true) entry.vision = true;
+    if (tools === true) entry.tools = true;
     found.push(entry);
   }
   return found;

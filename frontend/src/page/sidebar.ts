@@ -3,7 +3,7 @@
  * kept in IndexedDB so a reload restores them. The conversation shown is the newest at load.
  */
 import type { Chat } from "./chat.ts";
-import type { SettingsPanel } from "./settings.ts";
+import { blankSettings, type SettingsPanel } from "./settings.ts";
 import { ConversationStore, matchesSearch, type SavedConversation, titleFor } from "./store.ts";
 
 function byId<T extends HTMLElement>(id: string): T {
@@ -44,7 +44,7 @@ export class Conversations {
   }
 
   private blank(): SavedConversation {
-    return { id: newId(), title: "New chat", updated: Date.now(), turns: [], settings: { system: "", temperature: "", maxTokens: "" } };
+    return { id: newId(), title: "New chat", updated: Date.now(), turns: [], settings: blankSettings() };
   }
 
   /** Read the stored conversations and show the newest. */

@@ -4,7 +4,7 @@
  * a record that does not fit is skipped, never trusted.
  */
 import type { Branch, TurnData } from "./conversation.ts";
-import type { SettingsInput } from "./settings.ts";
+import { type SettingsInput, settingsFrom } from "./settings.ts";
 
 export interface SavedConversation {
   id: string;
@@ -82,13 +82,12 @@ export function validConversation(value: unknown): SavedConversation | null {
   const checked = turns.map((turn) => validTurn(turn));
   if (checked.some((turn) => turn === null)) return null;
   const raw = (typeof settings === "object" && settings !== null ? settings : {}) as Record<string, unknown>;
-  const field = (name: string): string => (isString(raw[name]) ? (raw[name] as string) : "");
   return {
     id,
     title: title.slice(0, TITLE_CHARS),
     updated,
     turns: checked as TurnData[],
-    settings: { system: field("system"), temperature: field("temperature"), maxTokens: field("maxTokens") },
+    settings: settingsFrom(raw),
   };
 }
 

@@ -86,4 +86,31 @@ describe("model picker", () => {
     expect(reply.text).toContain("This model is not loaded.");
     await page.close();
   });
+  it("loads the picked model on Load, shows the load while it runs, through the lane's token-counting route", async () => {
+    const page = await open();
+    await page.selectOption("#model", "beta");
+    expect((await send(page, "Hi.")).state).toBe("done"); // beta loaded, alpha evicted (--models-max 1)
+    await page.selectOption("#model", "alpha");
+    await page.waitForFunction(() => document.querySelector<HTMLSelectElement>("#model")?.selectedOptions[0]?.dataset.status === "unloaded", undefined, { timeout: WAIT_MS });
+    const load = page.locator("#model-load");
+    await load.waitFor({ state: "visible" });
+    const negotiations: unknown[] = [];
+    page.on("request", (request) => {
+      if (request.url().endsWith("/direct-stream")) negotiations.push(JSON.parse(request.postData() ?? "{}"));
+    });
+    await load.click();
+    await expect.poll(() => page.locator("#model-state").innerText(), { timeout: WAIT_MS }).toMatch(/Loading/);
+    await page.waitForFunction(
+      () => document.querySelector<HTMLSelectElement>("#model")?.selectedOptions[0]?.dataset.status === "loaded",
+      undefined,
+      { timeout: WAIT_MS },
+    );
+    await load.waitFor({ state: "hidden" });
+    expect(await page.locator("#model-progress").isHidden()).toBe(true);
+    expect(negotiations).toEqual([{ route: "chat_input_tokens", model: "alpha" }]);
+    const options = await page.locator("#model option").allTextContents();
+    expect(options).toEqual(["alpha (ready)", "beta (not loaded)"]);
+    await page.screenshot({ path: artifact("models-loaded.png") });
+    await page.close();
+  });
 });

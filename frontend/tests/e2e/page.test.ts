@@ -258,6 +258,31 @@ describe("settings", () => {
     await page.screenshot({ path: artifact("page-desktop-dark-settings.png") });
     await context.close();
   });
+
+  it("sends the samplers to the real llama-server, which answers, and keeps them with the conversation", async () => {
+    const context = await session(browser, stack, { width: 1280, height: 800 });
+    const { page, requests } = await open(context, stack, null);
+    await page.click("#settings-toggle");
+    await page.getByLabel("Top P").fill("1.5");
+    await page.fill("#prompt", "Say hi.");
+    await page.press("#prompt", "Enter");
+    expect(await page.textContent("#notice")).toBe("Top P must be a number from 0 to 1.");
+    await page.getByLabel("Top P").fill("0.9");
+    await page.getByLabel("Top K").fill("40");
+    await page.getByLabel("Min P").fill("0.05");
+    await page.getByLabel("Repeat penalty").fill("1.1");
+    await page.getByLabel("Max tokens").fill("12");
+    expect(await settled(await send(page, "Say hi."))).toBe("done");
+    const body = requests.find((r) => path(r) === "/direct/v1/chat/completions")?.postDataJSON() as Record<string, unknown>;
+    expect([body.top_p, body.top_k, body.min_p, body.repeat_penalty]).toEqual([0.9, 40, 0.05, 1.1]);
+    await page.waitForTimeout(300);
+    await page.reload();
+    await page.waitForSelector("li.assistant");
+    await page.click("#settings-toggle");
+    expect(await page.getByLabel("Top K").inputValue()).toBe("40");
+    expect(await page.getByLabel("Repeat penalty").inputValue()).toBe("1.1");
+    await context.close();
+  });
 });
 
 describe("conversations", () => {
