@@ -23,6 +23,7 @@ from collections.abc import Callable
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from broker.access import (
@@ -38,6 +39,7 @@ from broker.access import (
 from broker.bodies import MAX_SMALL_BODY_BYTES, read_body
 from broker.budget import settle
 from broker.core import BrokerCore
+from broker.metrics import METRICS
 from broker.mount import Front, broker_router
 from broker.responses import (
     NO_STORE,
@@ -61,6 +63,7 @@ from llama_direct.control import (
     parse_usage_report,
     state_document,
 )
+from llama_direct.metrics import METRICS_PATH
 from llama_direct.refusals import (
     BAD_LOAD_CHARGE,
     BAD_REVOCATION,
@@ -155,6 +158,11 @@ def create_control_app(core: BrokerCore) -> FastAPI:
     @app.get("/jwks")
     async def jwks() -> Response:
         return json_response(core.keyring.jwks(core.clock()), headers=NO_STORE)
+
+    @app.get(METRICS_PATH)
+    async def metrics() -> Response:
+        """The broker's metrics, for the gate to append to its own (`llama_direct.metrics`)."""
+        return Response(METRICS.render(), media_type=CONTENT_TYPE_LATEST, headers=NO_STORE)
 
     @app.get(STATE_PATH)
     async def state(known: str = "") -> Response:

@@ -13,6 +13,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from broker.metrics import METRICS
 from llama_direct.refusals import (
     INTERNAL_ERROR,
     METHOD_NOT_ALLOWED,
@@ -88,7 +89,8 @@ class Envelope:
 
 
 def refusal_response(refusal: Refusal) -> Response:
-    """A refusal in the catalogue's words, with `Retry-After` when it is a rate limit."""
+    """A refusal in the catalogue's words, with `Retry-After` when it is a rate limit; counted by code."""
+    METRICS.refused(refusal.code)
     headers = {"Retry-After": str(refusal.retry_after)} if isinstance(refusal, RateLimited) else None
     return error_response(refusal.status, refusal.to_body(), headers)
 

@@ -15,6 +15,7 @@ import os
 import secrets
 from pathlib import Path
 
+from llama_direct.metrics import METRICS_TOKEN_FILE
 from llama_direct.private_file import write_private
 from llama_direct.runtime import ACCESS_TOKEN_FILE, SESSIONS_FILE
 from llama_launcher.errors import LauncherError
@@ -28,13 +29,21 @@ def new_token() -> str:
 
 def stored_access_token(data_dir: Path) -> str:
     """The data dir's token, written first if there is none."""
-    path = data_dir / ACCESS_TOKEN_FILE
-    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return _stored(data_dir / ACCESS_TOKEN_FILE, "access token", "run llama-direct rotate-token")
+
+
+def stored_metrics_token(data_dir: Path) -> str:
+    """The data dir's metrics token (what a scrape of `/metrics` carries), written first if there is none."""
+    return _stored(data_dir / METRICS_TOKEN_FILE, "metrics token", "remove it, and serve makes a new one")
+
+
+def _stored(path: Path, what: str, fix: str) -> str:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     token = new_token()
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     except FileExistsError:
-        return _read(path)
+        return _read(path, what, fix)
     with os.fdopen(fd, "w") as file:
         file.write(token + "\n")
     return token
@@ -47,17 +56,16 @@ def rotate_access_token(data_dir: Path) -> None:
         (data_dir / SESSIONS_FILE).unlink()
 
 
-def _read(path: Path) -> str:
+def _read(path: Path, what: str, fix: str) -> str:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError as error:
         why = "it is a symlink" if error.errno == errno.ELOOP else error.strerror
-        raise LauncherError(f"cannot read the access token in the data dir ({why})") from None
+        raise LauncherError(f"cannot read the {what} in the data dir ({why})") from None
     with os.fdopen(fd) as file:
         if os.fstat(file.fileno()).st_mode & 0o077:
-            raise LauncherError(f"the access token file {path} is readable by others: chmod 600 it, or "
-                                "run llama-direct rotate-token")
+            raise LauncherError(f"the {what} file {path} is readable by others: chmod 600 it, or {fix}")
         token = file.read().strip()
     if len(token) < MIN_LENGTH:
-        raise LauncherError(f"the access token file {path} is damaged: run llama-direct rotate-token")
+        raise LauncherError(f"the {what} file {path} is damaged: {fix}")
     return token

@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from llama_direct.logs import configure_logging
+from llama_direct.metrics import METRICS_TOKEN_ENV
 from llama_direct.redaction import register_secret
 from llama_direct.runtime import ACCESS_TOKEN_ENV, LOG_FORMAT_ENV, LOG_LEVEL_ENV
 from llama_launcher import model, provision, secret_inputs, serve_flags
-from llama_launcher.access_token import MIN_LENGTH, rotate_access_token, stored_access_token
+from llama_launcher.access_token import MIN_LENGTH, rotate_access_token, stored_access_token, stored_metrics_token
 from llama_launcher.attached import AttachedServer
 from llama_launcher.errors import LauncherError
 from llama_launcher.gate.jwks_document import JwksSource, check_sources
@@ -117,6 +118,15 @@ def _access_token(args: argparse.Namespace, data_dir: Path) -> str:
         token = stored_access_token(data_dir)
     if len(token) < MIN_LENGTH:
         raise LauncherError("the access token must be at least 16 characters long")
+    register_secret(token)
+    return token
+
+
+def _metrics_token(data_dir: Path) -> str:
+    """`/metrics`'s token: from the environment, else the data dir's file (made at the first start)."""
+    token = os.environ.get(METRICS_TOKEN_ENV) or stored_metrics_token(data_dir)
+    if len(token) < MIN_LENGTH:
+        raise LauncherError(f"{METRICS_TOKEN_ENV} must be at least {MIN_LENGTH} characters long")
     register_secret(token)
     return token
 
@@ -237,6 +247,7 @@ def stack_plan(args: argparse.Namespace, access_token: str | None = None) -> sup
         tls=cert_pair is not None, public_url=args.public_url, gate_port=args.gate_port,
         allow_origins=tuple(args.allow_origin), audience=args.audience, issuers=tuple(args.issuer),
         redis_url=secret_inputs.redis_url(args.redis_url_file),
+        metrics=supervisor.MetricsPlan(_metrics_token(data_dir), args.metrics_port, args.metrics_per_user),
     )
 
 

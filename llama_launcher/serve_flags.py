@@ -13,6 +13,7 @@ from pathlib import Path
 
 from llama_direct.ids import ID_PATTERN
 from llama_direct.logs import LOG_FORMATS
+from llama_direct.metrics import MAX_METRIC_USERS
 from llama_direct.runtime import REDIS_URL_ENV, UPSTREAM_KEY_ENV
 from llama_launcher.gate.config import (
     DEFAULT_MAX_CONNECTIONS,
@@ -25,7 +26,7 @@ from llama_launcher.gate.config import (
 UNLIMITED_RATE = 10**9
 """The highest rate limit serve takes: the bench sets it to measure the lane, not the limiter."""
 
-GROUPS = ("model", "access", "deployment", "fleet", "limits", "logging")
+GROUPS = ("model", "access", "deployment", "fleet", "limits", "logging", "metrics")
 """The titles of serve's flag groups, in the order `serve --help` lists them."""
 
 Flags = argparse._ActionsContainer
@@ -92,6 +93,7 @@ def add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     _fleet(groups["fleet"])
     _limits(groups["limits"])
     _logging(groups["logging"])
+    _metrics(groups["metrics"])
     return serve
 
 
@@ -188,3 +190,12 @@ def _logging(flags: Flags) -> None:
     flags.add_argument("--log-format", choices=LOG_FORMATS, default="text",
                        help="how the log files are written: text lines, or one JSON object a line for log "
                        "shippers (default text)")
+
+
+def _metrics(flags: Flags) -> None:
+    flags.add_argument("--metrics-port", metavar="PORT", type=int_in(0, 65535),
+                       help="also serve /metrics on a port of its own (same host and TLS; it still needs the "
+                       "metrics token: docs/metrics.md)")
+    flags.add_argument("--metrics-per-user", action="store_true",
+                       help=f"count tokens per user in /metrics too (the first {MAX_METRIC_USERS} users by id, "
+                       "then 'other')")

@@ -22,7 +22,7 @@ import stat
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 from urllib.parse import urlsplit
@@ -31,6 +31,7 @@ import httpx
 
 from llama_direct.ids import load_or_create_ids
 from llama_direct.logs import open_log_file
+from llama_direct.metrics import METRICS_FD_ENV, METRICS_PER_USER_ENV, METRICS_TOKEN_ENV
 from llama_direct.runtime import (
     ACCESS_TOKEN_ENV,
     APP_FD_ENV,
@@ -76,6 +77,16 @@ MAX_QUICK_RESTARTS = 5
 QUICK_EXIT_SECONDS = 30.0
 
 
+@dataclass(frozen=True)
+class MetricsPlan:
+    """`/metrics`: the token a scrape carries (the gate's alone; None: refused), `--metrics-port`, and
+    `--metrics-per-user`."""
+
+    token: str | None = None
+    port: int | None = None
+    per_user: bool = False
+
+
 @dataclass
 class StackPlan:
     """Everything decided before any child starts; built by the CLI from flags and environment."""
@@ -101,6 +112,7 @@ class StackPlan:
     """`--issuer`s: the brokers whose tokens the gate accepts; empty: the data dir's broker id."""
     redis_url: str | None = None
     """Shared state for several gates and brokers; both children get it in their environment."""
+    metrics: MetricsPlan = field(default_factory=lambda: MetricsPlan())
 
 
 def _child_setup(parent_pid: int) -> None:
@@ -198,12 +210,15 @@ class Stack:
         # Ports first: a busy one is the likeliest mistake, and then nothing else must be left behind.
         self.public = bind_public(plan.host, plan.port) if plan.port is not None else None
         self.lane: socket.socket | None = None
+        self.metrics: socket.socket | None = None
         try:
             if plan.gate_port is not None:
                 self.lane = bind_public(plan.host, plan.gate_port, "--gate-port")
+            if plan.metrics.port is not None:
+                self.metrics = bind_public(plan.host, plan.metrics.port, "--metrics-port")
             self.lock = DataDirLock(plan.data_dir, lock_wait)
         except BaseException:
-            for sock in (self.public, self.lane):
+            for sock in (self.public, self.lane, self.metrics):
                 if sock is not None:
                     sock.close()
             raise
@@ -269,7 +284,8 @@ class Stack:
         env = {
             k: v
             for k, v in os.environ.items()
-            if k not in (ACCESS_TOKEN_ENV, UPSTREAM_KEY_ENV, UPSTREAM_KEYS_ENV, LLAMA_API_KEY_ENV, REDIS_URL_ENV)
+            if k not in (ACCESS_TOKEN_ENV, UPSTREAM_KEY_ENV, UPSTREAM_KEYS_ENV, LLAMA_API_KEY_ENV, REDIS_URL_ENV,
+                         METRICS_TOKEN_ENV)
         }
         if self.plan.redis_url:
             env[REDIS_URL_ENV] = self.plan.redis_url
@@ -307,8 +323,22 @@ class Stack:
             fds = (self.lane.fileno(), self.public.fileno())
         if self.plan.upstream_keys:
             extra[UPSTREAM_KEYS_ENV] = json.dumps(list(self.plan.upstream_keys))
+        fds = (*fds, *self._metrics_env(extra))
         self.gate = self._spawn("llama_launcher.gate_process", self._env(**extra), pass_fds=fds)
         log.info("gate started pid=%d", self.gate.pid)
+
+    def _metrics_env(self, extra: dict[str, str]) -> tuple[int, ...]:
+        """What the gate alone is told of `/metrics`; the fds it must inherit (`--metrics-port`)."""
+        metrics = self.plan.metrics
+        if metrics.token is not None:
+            extra[METRICS_TOKEN_ENV] = metrics.token
+        if metrics.per_user:
+            extra[METRICS_PER_USER_ENV] = "1"
+        if self.metrics is None:
+            return ()
+        log.info("metrics port=%d", self.metrics.getsockname()[1])
+        extra[METRICS_FD_ENV] = str(self.metrics.fileno())
+        return (self.metrics.fileno(),)
 
     def wait_ready(self, timeout: float = 900.0) -> None:
         progress = Progress("starting", delay=STARTING_QUIET_SECONDS)
@@ -398,7 +428,7 @@ class Stack:
                 os.killpg(child.pid, signal.SIGKILL)
                 child.wait()
         process_group.kill_recorded(self.runtime)  # a gate killed above could not stop llama-server
-        for sock in (self.public, self.lane):
+        for sock in (self.public, self.lane, self.metrics):
             if sock is not None:
                 sock.close()
         shutil.rmtree(self.runtime, ignore_errors=True)

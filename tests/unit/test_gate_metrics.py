@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
+import pytest
 from gate_fakes import Client, Harness, chat_request, running_gate
 from prometheus_client.parser import text_string_to_metric_families
 
 from llama_direct import metrics as names
 from llama_direct.metrics import metrics_token_matches
+from llama_launcher.access_token import stored_metrics_token
+from llama_launcher.errors import LauncherError
 from llama_launcher.gate.metrics import BASELINE, DIRECT, OTHER_ROUTE, GateMetrics, UserLabels
 
 TOKEN = "metrics-token-for-tests-0123456789"
@@ -141,3 +145,13 @@ def test_metrics_count_a_running_gate_and_answer_only_with_the_token() -> None:
         assert TOKEN.encode() not in answer.body  # type: ignore[attr-defined]
 
     run(scenario)
+
+
+def test_the_metrics_token_is_made_once_in_the_data_dir_readable_by_its_owner_only(tmp_path: Path) -> None:
+    token = stored_metrics_token(tmp_path / "data")
+    path = tmp_path / "data" / names.METRICS_TOKEN_FILE
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert stored_metrics_token(tmp_path / "data") == token and len(token) >= 16
+    path.chmod(0o644)
+    with pytest.raises(LauncherError, match="readable by others"):
+        stored_metrics_token(tmp_path / "data")

@@ -59,3 +59,4 @@ def test_the_groups_hold_what_they_are_named_for() -> None:
     assert {"--issuer-jwks", "--redis-url-file", "--audience"} <= members["fleet"]
     assert {"--max-tokens", "--rate-per-minute", "--max-connections"} <= members["limits"]
     assert members["logging"] == {"--verbose", "--log-format"}
+    assert members["metrics"] == {"--metrics-port", "--metrics-per-user"}
