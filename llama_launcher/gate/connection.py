@@ -60,6 +60,7 @@ from llama_launcher.gate.scope import RequestHead, allowed_preflight, check_requ
 from llama_launcher.gate.stream_ledger import Stream
 from llama_launcher.gate.stream_watch import reset_on_close
 from llama_launcher.gate.upstream import connect, connect_upstream
+from llama_launcher.gate.usage_reports import Metered
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ class ClientConnection(asyncio.Protocol):
 
     __slots__ = ("body_waiter", "chunked_sink", "client", "core", "counted", "flying", "gate", "lane", "listener",
                  "metered", "peer", "relay", "sink", "stalled", "started", "status", "stream", "task", "timer",
-                 "transport", "write_paused")
+                 "transport", "usage", "write_paused")
 
     def __init__(self, gate: Gate, listener: Listener) -> None:
         self.gate = gate
@@ -107,6 +108,8 @@ class ClientConnection(asyncio.Protocol):
         self.started = 0.0
         self.status = CLIENT_LEFT
         self.flying = False
+        self.usage: Metered | None = None
+        """The generating request being answered, until its usage is reported (`usage_reports`)."""
 
     @property
     def http10(self) -> bool:
@@ -165,6 +168,7 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.core.close()
+        self._usage_end(self.relay, complete=False)
         self._metered_end(self.status)
         self._count(False)
         self._end_stream(finished=self.relay is None)
@@ -316,6 +320,7 @@ class ClientConnection(asyncio.Protocol):
         body = await self._read_body()
         self.stream = gate.streams.open(claims.sub, route)
         plan = await plan_lane(gate, route, claims, body, cors=self.listener.cors)
+        self.usage = gate.usage.begin(claims, route.lane, self.lane)
         if route.lane.conversation == "stops":
             gate.streams.cancelled(route, plan.attempts.members)
         return await self._connect_lane(plan, functools.partial(self._relay, request, plan.cors, strip_cors=True))
@@ -424,7 +429,10 @@ class ClientConnection(asyncio.Protocol):
 
     def _relay(self, request: Request, cors: str | None, *, strip_cors: bool) -> Relay:
         factory = DechunkingRelay if self.core.http10 else Relay
-        return factory(self, cors, strip_cors=strip_cors, head_only=request.method == b"HEAD")
+        relay = factory(self, cors, strip_cors=strip_cors, head_only=request.method == b"HEAD")
+        if self.usage is not None:
+            relay.tail = self.usage.tail
+        return relay
 
     def _hand_over(self, transport: asyncio.Transport, relay: Relay, data: bytes) -> None:
         """From here on the response half runs in callbacks: the task is done with this request."""
@@ -441,6 +449,7 @@ class ClientConnection(asyncio.Protocol):
     # -- responses and the connection's life ------------------------------------------------
 
     def _refuse(self, refusal: Refusal, *, close: bool = False) -> None:
+        self._usage_end(None, complete=False)
         reply = self.core.refuse(refusal, close=close)
         if reply is None:
             return
@@ -479,6 +488,7 @@ class ClientConnection(asyncio.Protocol):
             self.gate.metrics.first_byte(self.metered, self.lane, time.monotonic() - self.started)
 
     def relay_done(self, close: bool) -> None:
+        self._usage_end(self.relay, complete=True)
         self._metered_end(self.status)
         self.relay = None
         self.sink = None
@@ -489,6 +499,7 @@ class ClientConnection(asyncio.Protocol):
 
     def relay_failed(self, refusal: Refusal) -> None:
         """Upstream went away or timed out: an error before the head, a truncated stream after it."""
+        self._usage_end(self.relay, complete=False)
         self.relay = None
         self.sink = None
         if self.core.sent_head:
@@ -496,6 +507,19 @@ class ClientConnection(asyncio.Protocol):
             self._close()
         else:
             self._refuse(refusal)
+
+    def _usage_end(self, relay: Relay | None, *, complete: bool) -> None:
+        """A generating request's answer ended (`complete`: its last byte relayed), or never began: its
+        usage reported to the broker, off the request's path, and counted in the metrics."""
+        metered, self.usage = self.usage, None
+        if metered is None:
+            return
+        answered = relay is not None and relay.head is None
+        status = relay.parser.get_status_code() if relay is not None and answered else None
+        chunked = relay is not None and relay.chunked
+        usage = self.gate.usage.end(metered, status=status, complete=complete, chunked=chunked)
+        if usage is not None:
+            self.gate.metrics.tokens(metered.model, metered.sub, usage.prompt_tokens or 0, usage.completion_tokens)
 
     def _metered_end(self, status: int) -> None:
         """A lane request's end, however it ended: counted once, with its duration if it was relayed."""
@@ -534,6 +558,7 @@ class ClientConnection(asyncio.Protocol):
         if self.task is not None:
             self.task.cancel()
         relay, self.relay = self.relay, None
+        self._usage_end(relay, complete=False)
         if relay is not None:
             relay.detach()
         self.transport.abort()

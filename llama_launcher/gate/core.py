@@ -43,6 +43,7 @@ from llama_launcher.gate.pool import Attempts, Member, Pool, shaping_limits
 from llama_launcher.gate.scope import RequestHead
 from llama_launcher.gate.shaping import ShapingPolicy
 from llama_launcher.gate.stream_watch import StreamWatch
+from llama_launcher.gate.usage_reports import UsageReporter
 
 
 class Connection(Protocol):
@@ -69,6 +70,7 @@ class Gate:
         self.connections: set[Connection] = set()
         self.streams = StreamWatch(config)
         self.loads = LoadCharger(config.control_socket)
+        self.usage = UsageReporter(config.control_socket)
         self.admission = Admission(config, descriptors=resource.getrlimit(resource.RLIMIT_NOFILE)[0])
         self.allowed_origins = frozenset(config.allowed_origins)
         self.lane_prefix = (config.lane_prefix + "/").encode()

@@ -134,6 +134,7 @@ class GateServer:
             await self._puller
         await self.keyset.aclose()
         await self.gate.loads.aclose()
+        await self.gate.usage.aclose()
         await self.gate.broker_metrics.aclose()
         await self.pool.close()
         if self.shared is not None:

@@ -25,6 +25,7 @@ from llama_launcher.gate.http1 import (
     cors_headers,
     response_head,
 )
+from llama_launcher.gate.usage_tail import UsageTail
 
 
 class RelayClient(Protocol):
@@ -60,6 +61,7 @@ class Relay(asyncio.Protocol):
 
     __slots__ = (
         "awaiting_body",
+        "chunked",
         "client",
         "complete",
         "cors",
@@ -71,6 +73,7 @@ class Relay(asyncio.Protocol):
         "parser",
         "reason",
         "strip_cors",
+        "tail",
         "timer",
         "transport",
         "until_eof",
@@ -90,6 +93,9 @@ class Relay(asyncio.Protocol):
         self.reason = b""
         self.complete = False
         self.until_eof = False
+        self.chunked = False
+        self.tail: UsageTail | None = None
+        """A generating request's: fed a copy of every body byte, for the usage at its end (`usage_tail`)."""
         self.awaiting_body = True
         """No body byte relayed yet: the first one is reported once (`relay_body_began`, time to first byte)."""
         self.timer: asyncio.TimerHandle | None = None
@@ -132,6 +138,8 @@ class Relay(asyncio.Protocol):
         if self.awaiting_body:
             self.awaiting_body = False
             client.relay_body_began()
+        if self.tail is not None:
+            self.tail.feed(data)
         if self.PASS_THROUGH:
             client.transport.write(data)
         if self.complete:
@@ -205,6 +213,8 @@ class Relay(asyncio.Protocol):
             return
         status = self.parser.get_status_code()
         headers, self.headers = self.headers or [], None
+        if self.tail is not None:
+            self.chunked = any(name.lower() == b"transfer-encoding" for name, _ in headers)
         if status < 200:
             self._fail(UpstreamUnavailable())
             return
@@ -234,6 +244,8 @@ class Relay(asyncio.Protocol):
             client.relay_head(client_head)
             self._fail(UpstreamUnavailable())
             return
+        if self.tail is not None:
+            self.tail.feed(body)
         client.relay_head(client_head + body)
         self.awaiting_body = False
         client.relay_body_began()

@@ -26,7 +26,7 @@ import h11
 import httptools
 
 from broker.signing_keys import SigningKey
-from llama_direct.control import KNOWN_PARAMETER, STATE_PATH, state_document
+from llama_direct.control import KNOWN_PARAMETER, STATE_PATH, USAGE_PATH, state_document
 from llama_direct.replay import Revocations
 from llama_direct.tokens import Grant, mint
 from llama_launcher.gate.config import GateConfig
@@ -188,6 +188,8 @@ class LlamaBehaviour:
     """Anything else: chats are answered with this status and llama-server's error shape."""
     name: str = "smollm2"
     """The one model `/v1/models` lists."""
+    usage: dict[str, int] | None = None
+    """Set: a last event with this `usage` before `[DONE]`, as with `stream_options.include_usage`."""
 
 
 async def llama_handler(behaviour: LlamaBehaviour, received: Received, writer: asyncio.StreamWriter) -> None:
@@ -227,6 +229,8 @@ async def llama_handler(behaviour: LlamaBehaviour, received: Received, writer: a
         n += 1
         if behaviour.delay:
             await asyncio.sleep(behaviour.delay)
+    if behaviour.usage is not None:
+        writer.write(chunk(b"data: " + json.dumps({"choices": [], "usage": behaviour.usage}).encode() + b"\n\n"))
     writer.write(chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
     writer.close()
 
@@ -277,6 +281,8 @@ class Harness:
     revocations: Revocations = field(default_factory=Revocations)
     fleet: list[tuple[FakeServer, LlamaBehaviour]] = field(default_factory=list)
     """With `upstreams=N`: every fake llama-server, the first being `llama`."""
+    usage: list[dict[str, Any]] = field(default_factory=list)
+    """The usage reports the gate posted to the control socket (`USAGE_PATH`)."""
 
     @property
     def upstream_requests(self) -> list[Received]:
@@ -318,9 +324,14 @@ def state_of(harness: Harness) -> dict[str, Any]:
 
 async def control_handler(harness_ref: list[Harness], received: Received, writer: asyncio.StreamWriter,
                           hold: float = 0.5) -> None:
-    """The broker's `GET /state`: held (polled every 10 ms) while `known` is current, then 304."""
+    """The broker's `GET /state`: held (polled every 10 ms) while `known` is current, then 304; its
+    `POST /usage`: the report kept, 204."""
     harness = harness_ref[0]
     path, _, query = received.target.partition("?")
+    if (received.method, path) == ("POST", USAGE_PATH):
+        harness.usage.append(json.loads(received.body))
+        writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+        return
     if path != STATE_PATH:
         writer.write(_json_response(404, {}))
         return

@@ -1,0 +1,133 @@
+"""The gate reports each generating request's usage to the broker once its answer ended (POST /usage on
+the control socket): the tokens llama-server reported in its last event, none when the end was not
+seen, zero when nothing was generated, and `started` first for a stream that outlives its grant."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from gate_fakes import Client, Harness, chat_request, running_gate
+
+Scenario = Callable[[Harness], Awaitable[None]]
+
+
+def run(scenario: Scenario) -> None:
+    async def main() -> None:
+        async with running_gate() as harness:
+            await scenario(harness)
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+
+
+async def reports(harness: Harness, count: int) -> list[dict[str, Any]]:
+    """The first `count` reports, waited for (they are sent after the answer ends, off its path)."""
+    for _ in range(5000):
+        if len(harness.usage) >= count:
+            break
+        await asyncio.sleep(0.01)
+    assert len(harness.usage) >= count, harness.usage
+    return harness.usage[:count]
+
+
+def jti_of(token: str) -> str:
+    payload = token.split(".")[1]
+    return str(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["jti"])
+
+
+def test_a_finished_stream_reports_the_usage_of_its_last_event() -> None:
+    async def scenario(h: Harness) -> None:
+        h.behaviour.usage = {"completion_tokens": 5, "prompt_tokens": 7, "total_tokens": 12}
+        token = h.token()
+        client = await Client.open(h.port)
+        await client.send(chat_request(token))
+        response = await client.response()
+        assert response.status == 200 and b'"usage"' in response.body  # relayed as it was
+        [report] = await reports(h, 1)
+        assert report == {"jti": jti_of(token), "sub": "alice", "model": "smollm2", "route": "chat",
+                          "lane": "direct", "phase": "ended", "prompt_tokens": 7, "completion_tokens": 5}
+        client.close()
+
+    run(scenario)
+
+
+def test_a_stream_without_a_usage_counts_as_an_end_not_seen() -> None:
+    async def scenario(h: Harness) -> None:
+        client = await Client.open(h.port)
+        await client.send(chat_request(h.token()))
+        assert (await client.response()).status == 200
+        [report] = await reports(h, 1)
+        assert (report["phase"], report["completion_tokens"]) == ("ended", None)
+        client.close()
+
+    run(scenario)
+
+
+def test_an_upstream_cut_mid_stream_is_an_end_not_seen() -> None:
+    async def scenario(h: Harness) -> None:
+        h.behaviour.usage = {"completion_tokens": 5, "prompt_tokens": 7}
+        h.behaviour.die_after = 2
+        client = await Client.open(h.port)
+        await client.send(chat_request(h.token()))
+        await client.response()
+        [report] = await reports(h, 1)
+        assert report["completion_tokens"] is None
+        client.close()
+
+    run(scenario)
+
+
+def test_a_client_that_leaves_is_an_end_not_seen() -> None:
+    async def scenario(h: Harness) -> None:
+        h.behaviour.forever, h.behaviour.delay = True, 0.02
+        client = await Client.open(h.port)
+        await client.send(chat_request(h.token()))
+        await client.reader.readuntil(b"\r\n\r\n")
+        client.writer.transport.abort()
+        [report] = await reports(h, 1)
+        assert (report["phase"], report["completion_tokens"]) == ("ended", None)
+
+    run(scenario)
+
+
+def test_an_upstream_error_generated_nothing() -> None:
+    async def scenario(h: Harness) -> None:
+        h.behaviour.status = 500
+        client = await Client.open(h.port)
+        await client.send(chat_request(h.token()))
+        assert (await client.response()).status == 500
+        [report] = await reports(h, 1)
+        assert (report["prompt_tokens"], report["completion_tokens"]) == (0, 0)
+        client.close()
+
+    run(scenario)
+
+
+def test_a_stream_that_outlives_its_grant_is_reported_started_first() -> None:
+    async def scenario(h: Harness) -> None:
+        h.behaviour.events, h.behaviour.delay = 40, 0.1
+        h.behaviour.usage = {"completion_tokens": 40, "prompt_tokens": 3}
+        client = await Client.open(h.port)
+        await client.send(chat_request(h.token(ttl=1)))
+        assert (await client.response(timeout=50)).status == 200
+        started, ended = await reports(h, 2)
+        assert (started["phase"], started["completion_tokens"]) == ("started", None)
+        assert (ended["phase"], ended["completion_tokens"], ended["jti"]) == ("ended", 40, started["jti"])
+        client.close()
+
+    run(scenario)
+
+
+def test_a_refused_request_reports_nothing() -> None:
+    async def scenario(h: Harness) -> None:
+        client = await Client.open(h.port)
+        await client.send(chat_request(h.token(), b'{"messages":[],"stream":true,"max_tokens":100000}'))
+        assert (await client.response()).status == 400
+        client.close()
+        await asyncio.sleep(0.2)
+        assert h.usage == []
+
+    run(scenario)
