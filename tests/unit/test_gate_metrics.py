@@ -4,6 +4,7 @@ gate (fake llama-server and broker), served only with the metrics token."""
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from gate_fakes import Client, Harness, chat_request, running_gate
 from prometheus_client.parser import text_string_to_metric_families
 
+from broker.metrics import BrokerMetrics
 from llama_direct import metrics as names
 from llama_direct.metrics import metrics_token_matches
 from llama_launcher.access_token import stored_metrics_token
@@ -18,6 +20,7 @@ from llama_launcher.errors import LauncherError
 from llama_launcher.gate.metrics import BASELINE, DIRECT, OTHER_ROUTE, GateMetrics, UserLabels
 
 TOKEN = "metrics-token-for-tests-0123456789"
+DASHBOARD = Path(__file__).resolve().parents[2] / "docs" / "grafana-llama-direct.json"
 
 
 def samples(exposition: bytes) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -155,3 +158,13 @@ def test_the_metrics_token_is_made_once_in_the_data_dir_readable_by_its_owner_on
     path.chmod(0o644)
     with pytest.raises(LauncherError, match="readable by others"):
         stored_metrics_token(tmp_path / "data")
+
+
+def test_every_metric_the_dashboard_queries_is_one_the_gate_or_the_broker_exposes() -> None:
+    metrics = GateMetrics(per_user=True)
+    metrics.watch_upstreams(lambda: [("up-a", True, 0)])
+    exposition = (metrics.render() + BrokerMetrics().render()).decode()
+    exposed = {family.name for family in text_string_to_metric_families(exposition)}
+    queried = set(re.findall(r"llama_direct_[a-z_]+", DASHBOARD.read_text()))
+    assert len(queried) >= 10
+    assert {re.sub(r"_(total|bucket|sum|count)$", "", name) for name in queried} <= exposed
