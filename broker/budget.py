@@ -18,9 +18,23 @@ from broker.core import BrokerCore
 from broker.models import choose_model
 from broker.negotiation_options import Options
 from broker.policy import Policy
-from llama_direct.budgets import GENERATING_FORMATS, Budget, Exhausted, Reservation, UsageReport, start_deadline
+from llama_direct.budgets import (
+    GENERATING_FORMATS,
+    MAX_USAGE_DAYS,
+    Budget,
+    Exhausted,
+    MyUsage,
+    Reservation,
+    UsageReport,
+    day_name,
+    day_of,
+    ledger_day,
+    parse_day,
+    remaining,
+    start_deadline,
+)
 from llama_direct.lanes import LaneRoute
-from llama_direct.refusals import BudgetExhausted
+from llama_direct.refusals import INVALID_OPTION, BudgetExhausted, RequestRefusal
 from llama_direct.users import Limits
 
 DIRECT_LANE = "direct"
@@ -69,3 +83,24 @@ def negotiation_policy(core: BrokerCore, caller: Caller, options: Options, *, po
     amount = reserve(core, user=caller.user, limits=caller.limits, asked=asked, model=choose_model(options.model,
                      allowed), route=options.lane, lane=DIRECT_LANE, jti=jti, minted_at=minted_at, ttl=policy.ttl)
     return policy if amount >= cap else dataclasses.replace(policy, max_tokens_cap=amount)
+
+
+def my_usage(core: BrokerCore, caller: Caller, since: list[str]) -> MyUsage:
+    """`GET /v1/usage`: the caller's own windows and ledger rows (`since`: the query's values)."""
+    now = core.clock()
+    today = day_of(now)
+    first = today
+    if since:
+        try:
+            first = parse_day(since[0]) if len(since) == 1 else -1
+        except ValueError:
+            first = -1
+        if not today - MAX_USAGE_DAYS <= first <= today:
+            raise RequestRefusal(INVALID_OPTION, "since")
+    limits = caller.limits
+    budget = budget_of(limits) or Budget(None, None)
+    left = remaining(budget, *core.users.budget_windows(caller.user, now))
+    return MyUsage(sub=caller.user, name=caller.name, tokens_per_day=budget.per_day,
+                   tokens_per_minute=budget.per_minute, day_used=left.day_used, day_left=left.day_left,
+                   minute_used=left.minute_used, minute_left=left.minute_left, since=day_name(first),
+                   rows=[ledger_day(row) for row in core.users.ledger(first, caller.user)])

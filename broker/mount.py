@@ -30,13 +30,14 @@ from broker.access import Caller, grant_origin, rate_limit, request_scheme
 from broker.accounts import allowed_for, listed_for, policy_for, who_am_i
 from broker.baseline import autoload_option, baseline, baseline_model
 from broker.bodies import MAX_CHAT_BODY_BYTES, MAX_SMALL_BODY_BYTES, read_body
-from broker.budget import negotiation_policy
+from broker.budget import my_usage, negotiation_policy
 from broker.core import BrokerCore
 from broker.models import fleet_listing, listing
 from broker.negotiation import negotiate, unsupported_reason
 from broker.negotiation_options import Options
 from broker.responses import NO_STORE, json_response, refusal_response
 from broker.settings import BrokerSettings, direct_stream_enabled, normalise_origin
+from llama_direct.budgets import MY_USAGE_PATH
 from llama_direct.lanes import LANE_ROUTES, NEGOTIATION_PATH, WHOAMI_PATH, LaneRoute
 from llama_direct.refusals import LOGIN_REQUIRED, Refusal, RequestRefusal
 from llama_direct.tokens import new_jti
@@ -137,6 +138,11 @@ def broker_router(core: BrokerCore, front: Front) -> APIRouter:
         else:
             answer = listing(core.own_models(health))
         return json_response(listed_for(caller.limits, answer), headers=NO_STORE)
+
+    @router.get(MY_USAGE_PATH)
+    async def usage(request: Request) -> Response:
+        caller = await front.caller(request)
+        return json_response(my_usage(core, caller, request.query_params.getlist("since")), headers=NO_STORE)
 
     @router.get(WHOAMI_PATH)
     async def whoami(request: Request) -> Response:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime
 import math
 from dataclasses import dataclass
+from typing import TypedDict
 
 from llama_direct.tokens import LEEWAY_SECONDS
 
@@ -172,3 +173,46 @@ def remaining(budget: Budget, day_used: int, minute_used: int) -> Remaining:
         day_left=None if budget.per_day is None else max(0, budget.per_day - day_used),
         minute_left=None if budget.per_minute is None else max(0, budget.per_minute - minute_used),
     )
+
+
+MY_USAGE_PATH = "/v1/usage"
+"""`GET` by a logged-in user (session or bearer): their own usage and what their budget has left
+(`MyUsage`); `?since=YYYY-MM-DD` (UTC) for older days, today by default."""
+MAX_USAGE_DAYS = 400
+"""The furthest back `since` reaches: a bound on what one answer reads."""
+
+
+class LedgerDay(TypedDict):
+    day: str
+    model: str
+    route: str
+    lane: str
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    unseen: int
+
+
+class MyUsage(TypedDict):
+    """The answer of `GET /v1/usage`: the caller's windows now, and their ledger's rows since `since`."""
+
+    sub: str
+    name: str | None
+    tokens_per_day: int | None
+    tokens_per_minute: int | None
+    day_used: int
+    day_left: int | None
+    minute_used: int
+    minute_left: int | None
+    since: str
+    rows: list[LedgerDay]
+
+
+def parse_day(text: str) -> int:
+    """`YYYY-MM-DD` (UTC) as a day number; ValueError for anything else."""
+    return (datetime.date.fromisoformat(text) - _EPOCH).days
+
+
+def ledger_day(row: LedgerRow) -> LedgerDay:
+    return LedgerDay(day=day_name(row.day), model=row.model, route=row.route, lane=row.lane, requests=row.requests,
+                     prompt_tokens=row.prompt_tokens, completion_tokens=row.completion_tokens, unseen=row.unseen)

@@ -294,6 +294,7 @@ INVALID_OPTION = _reason(
     400, "invalid_option", "max_tokens must be a positive integer.",
     resumable="resumable must be true or false.",
     autoload="autoload must be true or false.",
+    since="since is one UTC date, YYYY-MM-DD, within the last 400 days.",
     conversation="resume and cancel take a conversation id.",
 )
 UNKNOWN_MODEL = _reason(400, "unknown_model", "That model is unknown or not offered to you.")

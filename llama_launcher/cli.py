@@ -90,6 +90,10 @@ def _parser() -> argparse.ArgumentParser:
                          help="in the gate's place: a lane route the brokers grant, repeatable (default: every "
                          "route HAProxy can check); one HAProxy cannot check is refused")
     haproxy.add_argument("--output", "-o", type=Path, help="write here (default: stdout)")
+    haproxy.add_argument("--data-dir", type=Path, help="in the gate's place: the data dir whose users are checked "
+                         "for token budgets, which HAProxy cannot settle (default ~/.local/share/llama-direct)")
+    haproxy.add_argument("--redis-url-file", type=Path, help="in the gate's place: the fleet's Redis URL in a file "
+                         "(or LLAMA_DIRECT_REDIS_URL), where the users are checked instead")
     return parser
 
 
@@ -284,6 +288,7 @@ def doctor(args: argparse.Namespace) -> int:
 
 def haproxy_config(args: argparse.Namespace) -> int:
     from llama_launcher.haproxy_config import HaproxyPlan, Peer, render
+    from llama_launcher.usage_cli import deployment_has_budgets
 
     peers = []
     for entry in args.peer:
@@ -296,6 +301,8 @@ def haproxy_config(args: argparse.Namespace) -> int:
         tls_pem=str(args.tls_pem.resolve()) if args.tls_pem else None,
         public_keys=tuple(str(path.resolve()) for path in args.public_key_file), audience=args.audience,
         issuers=tuple(args.issuer), peers=tuple(peers), local_peer=args.local_peer, routes=tuple(args.route),
+        budgets=bool(args.upstream) and deployment_has_budgets((args.data_dir or default_data_dir()).resolve(),
+                                                               secret_inputs.redis_url(args.redis_url_file)),
     )
     try:
         text = render(plan)
@@ -345,6 +352,10 @@ def main(argv: list[str] | None = None) -> int:
         from llama_launcher.users_cli import main as users_main
 
         return users_main(argv[1:])
+    if argv[:1] == ["usage"]:  # as `users`: a command of its own (llama_launcher.usage_cli)
+        from llama_launcher.usage_cli import main as usage_main
+
+        return usage_main(argv[1:])
     args = _parser().parse_args(argv)
     commands = {"serve": serve, "setup": setup, "doctor": doctor, "haproxy-config": haproxy_config,
                 "rotate-token": rotate_token}

@@ -72,6 +72,9 @@ class HaproxyPlan:
     routes: tuple[str, ...] = ()
     """In the gate's place: the lane routes, by registry name, that the deployment's brokers grant and
     this config serves; none: every route HAProxy can check. One it cannot check is refused."""
+    budgets: bool = False
+    """Some user of the deployment has a token budget: settling it needs what each stream used, which
+    only the gate reads, so HAProxy cannot take the gate's place."""
 
     @property
     def gate_mode(self) -> bool:
@@ -101,6 +104,11 @@ class HaproxyPlan:
                 raise ValueError(f"{name!r} must be 1 to 128 letters, digits or _.:-")
         if self.gate_mode and not (self.public_keys and self.audience and self.issuers):
             raise ValueError("in the gate's place HAProxy needs --public-key-file, --audience and --issuer")
+        if self.gate_mode and self.budgets:
+            raise ValueError("HAProxy cannot take the gate's place here: some users have --tokens-per-day or "
+                             "--tokens-per-minute, and only the gate reads what a stream used to settle them "
+                             "(clear those limits with llama-direct users set NAME --tokens-per-day none, or "
+                             "keep the gate and put HAProxy at its edge with --gate)")
         if self.routes and not self.gate_mode:
             raise ValueError("--route names the lane routes HAProxy serves in the gate's place (--upstream)")
         checked_routes(self.routes)

@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from broker.app import create_app, create_control_app
 from broker.core import BrokerCore
 from broker.settings import BrokerSettings
-from llama_direct.budgets import UsageReport, day_of
+from llama_direct.budgets import MY_USAGE_PATH, UsageReport, day_name, day_of
 from llama_direct.control import USAGE_PATH, usage_report
 from llama_direct.users import Limits, NewSecrets, User, new_secrets, new_user
 
@@ -145,3 +145,24 @@ def test_the_owner_and_users_without_token_limits_reserve_nothing(box: Box) -> N
 def test_a_malformed_usage_report_is_refused(box: Box, document: object) -> None:
     answer = box.control.post(USAGE_PATH, json=document)
     assert answer.status_code == 400 and answer.json()["error"]["reason"] == "bad_usage_report"
+
+
+def test_a_user_reads_their_own_usage_and_what_is_left(box: Box) -> None:
+    ann, made = box.add("ann", tokens_per_day=100, tokens_per_minute=90)
+    _, bob = box.add("bob")
+    first = claims_of(box.negotiate(made.api_key, max_tokens=80))
+    box.report(first, 25)
+    box.report(claims_of(box.negotiate(bob.api_key, max_tokens=10)), 10)
+    mine = box.client.get(MY_USAGE_PATH, headers={"Authorization": f"Bearer {made.api_key}"}).json()
+    today = day_name(day_of(time.time()))
+    assert {key: mine[key] for key in ("sub", "name", "tokens_per_day", "day_used", "day_left", "since")} == {
+        "sub": ann.id, "name": "ann", "tokens_per_day": 100, "day_used": 25, "day_left": 75, "since": today}
+    assert mine["minute_left"] in (65, 90)  # the minute may have turned since the reservation
+    assert [(row["day"], row["completion_tokens"], row["prompt_tokens"]) for row in mine["rows"]] == [(today, 25, 7)]
+    theirs = box.client.get(MY_USAGE_PATH, headers={"Authorization": f"Bearer {bob.api_key}"}).json()
+    assert (theirs["day_left"], [row["completion_tokens"] for row in theirs["rows"]]) == (None, [10])
+    for since in ("nope", "2999-01-01", "1990-01-01"):
+        refused = box.client.get(MY_USAGE_PATH, params={"since": since},
+                                 headers={"Authorization": f"Bearer {made.api_key}"})
+        assert refused.status_code == 400 and refused.json()["error"]["reason"] == "invalid_option"
+    assert box.client.get(MY_USAGE_PATH).status_code == 401
