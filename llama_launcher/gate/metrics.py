@@ -104,6 +104,8 @@ class GateMetrics:
         self.users = UserLabels() if per_user else None
         self._routes = {(r.method.encode(), (lane_prefix + r.path).encode()): r.name for r in LANE_ROUTES}
         self._counted: dict[tuple[str, str, int], Counter] = {}
+        self._tokens: dict[tuple[str, ...], tuple[Counter, Counter]] = {}
+        """Each (model[, user]) label set's two counters: bounded by the models served and `UserLabels`."""
         self._timed = {(route, lane): (self._ttfb.labels(route, lane), self._duration.labels(route, lane))
                        for route in [*sorted({r.name for r in LANE_ROUTES}), OTHER_ROUTE] for lane in LANES}
         self._flights = {lane: self._in_flight.labels(lane) for lane in LANES}
@@ -139,10 +141,13 @@ class GateMetrics:
     def tokens(self, model: str, user: str, prompt: int, completion: int) -> None:
         """A stream's usage, as llama-server reported it in its last event."""
         labels = (model,) if self.users is None else (model, self.users.label(user))
+        children = self._tokens.get(labels)
+        if children is None:
+            children = self._tokens[labels] = (self._prompt.labels(*labels), self._completion.labels(*labels))
         if prompt > 0:
-            self._prompt.labels(*labels).inc(prompt)
+            children[0].inc(prompt)
         if completion > 0:
-            self._completion.labels(*labels).inc(completion)
+            children[1].inc(completion)
 
     def loaded(self, model: str) -> None:
         self._loads.labels(model).inc()
