@@ -85,11 +85,11 @@ def baseline_model(core: BrokerCore, body: bytes, health: GateHealth, limits: Li
 
 async def baseline(
     core: BrokerCore, user: str, body: bytes, content_type: str | None, *, model: str, route: LaneRoute,
-    autoload: bool = True, limits: Limits | None = None,
+    autoload: bool = True, limits: Limits | None = None, system_prompt: str | None = None,
 ) -> Response:
     """The fallback: the same request through the gate's private side, with a token minted for `route`
     and `model` (from `baseline_model`; a load it may cause is charged by the caller, as at negotiation),
-    its cap held to a named user's `max_tokens`."""
+    its cap held to a named user's `max_tokens`, pinning `system_prompt` as negotiation would."""
     now = core.mint_time(user, core.clock())
     cap = policy_for(core.policy, limits).max_tokens_cap
     asked = body_length(body, route)
@@ -97,14 +97,14 @@ async def baseline(
     jti = new_jti()
     cap = reserve(core, user=user, limits=limits, asked=asked, model=model, route=route, lane=BASELINE_LANE, jti=jti,
                   minted_at=now, ttl=core.settings.token_ttl)
-    upstream = await _send(core, user, body, content_type, model=model, autoload=autoload, route=route, now=now,
-                           cap=cap, jti=jti)
+    grant = Grant(routes=(route.key,), model=model, autoload=autoload, max_tokens=cap, system_prompt=system_prompt)
+    upstream = await _send(core, user, body, content_type, grant=grant, route=route, now=now, jti=jti)
     if upstream.status_code == 401 and await _predates_gate(upstream):
         # The gate restarted after this broker last looked: its cut-off is at most the second after
         # this refusal, and its leeway lets an `iat` that far ahead start at once. The same grant id
         # keeps the same reservation, which the gate now reports under.
-        upstream = await _send(core, user, body, content_type, model=model, autoload=autoload, route=route,
-                               now=math.floor(core.clock()) + 1, cap=cap, jti=jti)
+        upstream = await _send(core, user, body, content_type, grant=grant, route=route,
+                               now=math.floor(core.clock()) + 1, jti=jti)
     headers = {"Cache-Control": "no-store"}
     upstream_type = upstream.headers.get("content-type")
     if upstream_type:
@@ -112,8 +112,8 @@ async def baseline(
     return _RelayResponse(upstream, headers)
 
 
-async def _send(core: BrokerCore, user: str, body: bytes, content_type: str | None, *, model: str,
-                autoload: bool, route: LaneRoute, now: float, cap: int, jti: str) -> httpx.Response:
+async def _send(core: BrokerCore, user: str, body: bytes, content_type: str | None, *, grant: Grant,
+                route: LaneRoute, now: float, jti: str) -> httpx.Response:
     issuer = core.issuer()
     minted = mint(
         issuer.key,
@@ -121,7 +121,7 @@ async def _send(core: BrokerCore, user: str, body: bytes, content_type: str | No
         audience=issuer.audience,
         subject=user,
         scope=route.scope,
-        grant=Grant(routes=(route.key,), model=model, autoload=autoload, max_tokens=cap),
+        grant=grant,
         now=now,
         ttl=core.settings.token_ttl,
         jti=jti,

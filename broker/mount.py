@@ -44,6 +44,9 @@ from llama_direct.tokens import new_jti
 
 WhoIs = Callable[[Request], str | None] | Callable[[Request], Awaitable[str | None]]
 """The host's answer to "who is asking": a stable user id (the token's `sub`), or None for no one."""
+PinFor = Callable[[Request], str | None] | Callable[[Request], Awaitable[str | None]]
+"""The host's system prompt for the grant this request gets (negotiation, or a baseline's), or None:
+the gate puts it first and refuses the client's own (`Grant.system_prompt`)."""
 Identify = Callable[[Request], Awaitable[Caller | None]]
 """The broker's own form of it: the caller, and whether its credential is ambient."""
 
@@ -59,6 +62,14 @@ class Front:
     """The lane's base as the browser reaches it; None: the core's policy builds it per request."""
     enabled: Callable[[], bool]
     """Asked at each negotiation, so that a switch flipped at run time takes effect at once."""
+    pin: PinFor | None = None
+    """The host's pinned system prompt, asked for each grant (None: nothing is pinned)."""
+
+    async def system_prompt(self, request: Request) -> str | None:
+        if self.pin is None:
+            return None
+        prompt = self.pin(request)
+        return await prompt if inspect.isawaitable(prompt) else prompt
 
     async def caller(self, request: Request) -> Caller:
         caller = await self.identify(request)
@@ -88,6 +99,7 @@ def direct_router(
     allowed_origins: Iterable[str] | None = None,
     lane_url: str | None = None,
     enabled: Callable[[], bool] = direct_stream_enabled,
+    system_prompt: PinFor | None = None,
 ) -> APIRouter:
     """The broker's routes for a host app's `include_router`, behind the host's own auth.
 
@@ -97,6 +109,8 @@ def direct_router(
     `https://llm.example/direct` (None: the core's `public_url` or `gate_port`, else the request's
     own host with `/direct`). `enabled()` false answers every negotiation `supported: false,
     reason: disabled`, so every reply goes through the baselines (default: `UNSLOTH_DIRECT_STREAM`).
+    `system_prompt(request)` (plain or async), when given, pins the prompt it returns into the grant
+    that request gets, on the lane and on the baselines alike; None from it pins nothing.
     The router's lifespan starts and stops the core's link to the gate.
     """
     origins = core.allowed_origins if allowed_origins is None else _normalised(allowed_origins)
@@ -107,6 +121,7 @@ def direct_router(
         allowed_origins=origins,
         lane_url=lane_url.rstrip("/") if lane_url is not None else None,
         enabled=enabled,
+        pin=system_prompt,
     )
     return broker_router(core, front)
 
@@ -183,6 +198,7 @@ def _add_negotiation(router: APIRouter, core: BrokerCore, front: Front) -> None:
             allowed=allowed,
             enabled=enabled,
             conversations=core.conversations,
+            system_prompt=await front.system_prompt(request),
             issuer=core.issuer(),
             now=minted_at,
             jti=jti,
@@ -213,7 +229,8 @@ def _add_baseline(router: APIRouter, core: BrokerCore, front: Front, route: Lane
         health = await core.gate.fresh()
         model = baseline_model(core, body, health, caller.limits)
         return await baseline(core, caller.user, body, request.headers.get("content-type"), model=model,
-                              autoload=autoload, route=route, limits=caller.limits)
+                              autoload=autoload, route=route, limits=caller.limits,
+                              system_prompt=await front.system_prompt(request))
 
     router.add_api_route(route.path, relay, methods=[route.method], name=f"baseline_{route.name}")
 

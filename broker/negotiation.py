@@ -57,6 +57,7 @@ def negotiate(
     allowed: Sequence[str],
     enabled: bool,
     conversations: Conversations,
+    system_prompt: str | None = None,
     issuer: Issuer,
     now: float,
     jti: str | None = None,
@@ -86,6 +87,7 @@ def negotiate(
         max_tokens=min(options.max_tokens, cap) if options.max_tokens is not None else cap,
         origin=origin,
         conversation_id=conversation_id,
+        system_prompt=system_prompt,  # pinned by the host app: the gate puts it first (`Grant.system_prompt`)
     )
     minted = mint(
         issuer.key,

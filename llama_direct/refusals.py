@@ -281,6 +281,17 @@ INPUTS_TOO_LARGE = _reason(
     400, "inputs_too_large", "The inputs together hold more text than {limit} tokens of context can.",
 )
 
+# 400: a grant that pins the system prompt (`Grant.system_prompt`; the gate's `pinned` module).
+SYSTEM_PROMPT_PINNED = _reason(
+    400, "system_prompt_pinned", "This grant pins the system prompt: {where} may not set one of its own.",
+    raw_prompt="This grant pins the system prompt: a route that renders no chat template is not open to it.",
+)
+SPECIAL_TOKEN_TEXT = _reason(
+    400, "special_token_text",
+    "{where} spells one of the model's special tokens (such as <|im_start|>), which a grant that pins the "
+    "system prompt refuses: llama-server would read it as the token itself.",
+)
+
 # 400: the broker's negotiation and its own routes.
 INVALID_OPTIONS = _reason(
     400, "invalid_options", "The request body must be a JSON object.",

@@ -12,6 +12,7 @@ with a public key as the HMAC secret).
 
 from __future__ import annotations
 
+import json
 import math
 import secrets
 from collections.abc import Sequence
@@ -43,6 +44,9 @@ ALGORITHMS = jws.ALGORITHMS
 MAX_TOKEN_LENGTH = 8192
 """Far above any token `mint` makes; refused before any decoding, so junk costs nothing."""
 REQUIRED_CLAIMS = ("iss", "aud", "sub", "iat", "nbf", "exp", "jti", "scope", "grant")
+MAX_SYSTEM_PROMPT_CHARS = 4096
+"""A pinned system prompt, as the token's JSON spells it (non-ASCII escaped): so a token that pins one
+stays within `MAX_TOKEN_LENGTH` once base64 has grown it by a third."""
 
 
 
@@ -77,6 +81,8 @@ GRANT_FIELDS: tuple[GrantField, ...] = (
                haproxy="llama_launcher.haproxy_grant:conversation_id_rules"),
     GrantField("autoload", False, gate="llama_launcher.gate.core:Gate.load_target",
                haproxy="llama_launcher.haproxy_grant:autoload_rules"),
+    GrantField("system_prompt", False, gate="llama_launcher.gate.pinned:pinned_prompt",
+               haproxy="llama_launcher.haproxy_grant:system_prompt_rules"),
 )
 """Every claim of the grant; `Grant`'s fields, in its order."""
 
@@ -96,6 +102,9 @@ class Grant:
     conversation_id: str | None = None
     autoload: bool = True
     """Whether the request may load its model when a router has not loaded it (a load costs the box)."""
+    system_prompt: str | None = None
+    """A system prompt pinned by the host app or the operator: the gate puts it first and refuses the
+    client's own (`llama_launcher.gate.pinned`). Not a secret: the token carries it in the clear."""
 
     def __post_init__(self) -> None:
         # Plain loops, not all(genexpr): a grant is rebuilt on every lane request (issue 18, P5).
@@ -116,6 +125,9 @@ class Grant:
         for optional in (self.origin, self.conversation_id):
             if optional is not None and (not isinstance(optional, str) or not optional):
                 raise ValueError("origin and conversation_id must be non-empty strings or None")
+        if self.system_prompt is not None and not _is_system_prompt(self.system_prompt):
+            raise ValueError(f"system_prompt must be a non-empty string of at most {MAX_SYSTEM_PROMPT_CHARS} "
+                             "characters as JSON")
 
     def to_claim(self) -> dict[str, Any]:
         claim: dict[str, Any] = {
@@ -130,6 +142,8 @@ class Grant:
             claim["conversation_id"] = self.conversation_id
         if not self.autoload:  # absent means true, so a grant without the limit stays as it was
             claim["autoload"] = False
+        if self.system_prompt is not None:
+            claim["system_prompt"] = self.system_prompt
         return claim
 
     @classmethod
@@ -154,6 +168,7 @@ class Grant:
                 origin=value.get("origin"),
                 conversation_id=value.get("conversation_id"),
                 autoload=value.get("autoload", True),
+                system_prompt=value.get("system_prompt"),
             )
         except ValueError:
             raise MalformedToken() from None
@@ -305,6 +320,12 @@ def _claims_from(payload: dict[str, Any]) -> Claims:
         scope=payload["scope"],
         grant=Grant.from_claim(payload["grant"]),
     )
+
+
+def _is_system_prompt(value: object) -> bool:
+    if not isinstance(value, str) or not value or len(value) > MAX_SYSTEM_PROMPT_CHARS:
+        return False
+    return len(json.dumps(value)) - 2 <= MAX_SYSTEM_PROMPT_CHARS
 
 
 def _is_int(value: object) -> bool:

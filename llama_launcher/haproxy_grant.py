@@ -161,3 +161,13 @@ def uses_rules(routes: Sequence[LaneRoute]) -> list[str]:
         "    http-request track-sc0 var(txn.jti) table jti_uses",
         "    http-request deny deny_status 401 if { sc0_inc_gpc0,sub(txn.uses) -m int gt 0 }",
     ]
+
+
+def system_prompt_rules(routes: Sequence[LaneRoute]) -> list[str]:
+    """A grant that pins a system prompt is refused: HAProxy cannot put the prompt first, nor read every
+    text field of a body for the model's special tokens (`llama_launcher.gate.pinned`), so such grants
+    are served by the Python gate only (docs/fleet.md)."""
+    return [
+        claim("system_prompt", "$.grant.system_prompt"),
+        "    http-request deny deny_status 403 if { var(txn.system_prompt) -m found }",
+    ]

@@ -22,6 +22,7 @@ from llama_direct.lanes import COMPLETIONS
 from llama_direct.refusals import BAD_INPUT, FieldOutOfBounds, RequestRefusal
 from llama_direct.tokens import Grant
 from llama_launcher.gate.bounds import BOUNDED, FIELD_COSTS, HARMLESS, REFUSED, check_bounds, classified
+from llama_launcher.gate.pinned import pinned_prompt
 from llama_launcher.gate.prompt_size import check_fits, measure
 from llama_launcher.gate.shaping import (
     DENIED_FIELDS,
@@ -58,6 +59,7 @@ REFUSED_FIELDS = classified(FIELDS, REFUSED)
 def shape_completions_body(body: bytes, grant: Grant, policy: ShapingPolicy) -> bytes:
     """The completions body to forward to `/v1/completions`, or a `RequestRefusal`."""
     shaped = open_body(body, grant, policy, refused=REFUSED_FIELDS, allowed=ALLOWED)
+    pinned_prompt(shaped, grant, None)  # no template renders this body: no pin can be put first
     check_n(shaped)
     _check_logprobs(shaped)
     check_bounds(shaped, context=policy.context)

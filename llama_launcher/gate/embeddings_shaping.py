@@ -13,6 +13,7 @@ from __future__ import annotations
 from llama_direct.refusals import BAD_INPUT, FieldOutOfBounds, RequestRefusal
 from llama_direct.tokens import Grant
 from llama_launcher.gate.bounds import BOUNDED, REFUSED, classified
+from llama_launcher.gate.pinned import pinned_prompt
 from llama_launcher.gate.prompt_size import MAX_INPUTS, check_inputs
 from llama_launcher.gate.shaping import ShapingPolicy, encode_body, open_body
 
@@ -33,6 +34,7 @@ ENCODINGS = ("float", "base64")
 def shape_embeddings_body(body: bytes, grant: Grant, policy: ShapingPolicy) -> bytes:
     """The embeddings body to forward to `/v1/embeddings`, or a `RequestRefusal`."""
     shaped = open_body(body, grant, policy, refused=REFUSED_FIELDS, allowed=ALLOWED)
+    pinned_prompt(shaped, grant, None)  # no template renders this body: no pin can be put first
     encoding = shaped.get("encoding_format")
     if encoding is None:
         shaped.pop("encoding_format", None)

@@ -36,8 +36,9 @@ from llama_direct.refusals import (
 )
 from llama_direct.tokens import Grant
 from llama_launcher.gate.bounds import BOUNDED, FIELD_COSTS, HARMLESS, REFUSED, check_bounds_as, classified
+from llama_launcher.gate.pinned import MESSAGES_PIN, pinned_prompt
 from llama_launcher.gate.prompt_size import check_fits, measure
-from llama_launcher.gate.shaping import ImageCounter, ShapingPolicy, cap_length, encode_body, open_body
+from llama_launcher.gate.shaping import ImageCounter, ShapingPolicy, count_shaper, generation_shaper, open_body
 
 LENGTH_FIELDS = MESSAGES.length_fields
 
@@ -64,20 +65,6 @@ _THINKING = ("disabled", "adaptive", "enabled")
 _DATA_MARK = ";base64,"
 
 
-def shape_messages_body(body: bytes, grant: Grant, policy: ShapingPolicy) -> bytes:
-    """The Messages body to forward to `/v1/messages`, or a `RequestRefusal`."""
-    shaped = _shape(body, grant, policy)
-    cap_length(shaped, grant.max_tokens, LENGTH_FIELDS)
-    return encode_body(shaped)
-
-
-def shape_messages_count_body(body: bytes, grant: Grant, policy: ShapingPolicy) -> bytes:
-    """A Messages body for `/v1/messages/count_tokens`: the same rules, and no length."""
-    shaped = _shape(body, grant, policy)
-    shaped.pop("max_tokens", None)
-    return encode_body(shaped)
-
-
 def _shape(body: bytes, grant: Grant, policy: ShapingPolicy) -> dict[str, Any]:
     shaped = open_body(body, grant, policy, refused=REFUSED_FIELDS, allowed=ALLOWED)
     thinking = shaped.pop("thinking", None)
@@ -95,7 +82,13 @@ def _shape(body: bytes, grant: Grant, policy: ShapingPolicy) -> dict[str, Any]:
     system = [shaped["system"]] if "system" in shaped else []
     check_fits(measure([*system, *messages], tools, is_image=_is_image), policy.context)
     shaped["messages"] = messages
+    pinned_prompt(shaped, grant, MESSAGES_PIN)
     return shaped
+
+
+shape_messages_body = generation_shaper(_shape, LENGTH_FIELDS)
+shape_messages_count_body = count_shaper(_shape, LENGTH_FIELDS)
+"""`/v1/messages` and `/v1/messages/count_tokens`: the same rules, the second with no length."""
 
 
 def _is_image(key: str, value: object) -> bool:

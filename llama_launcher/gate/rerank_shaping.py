@@ -13,6 +13,7 @@ from __future__ import annotations
 from llama_direct.refusals import BAD_INPUT, RequestRefusal
 from llama_direct.tokens import Grant
 from llama_launcher.gate.bounds import BOUNDED, HARMLESS, classified
+from llama_launcher.gate.pinned import pinned_prompt
 from llama_launcher.gate.prompt_size import MAX_INPUTS, check_inputs
 from llama_launcher.gate.shaping import ShapingPolicy, encode_body, is_int, open_body
 
@@ -31,6 +32,7 @@ ALLOWED = classified(FIELDS, BOUNDED) | classified(FIELDS, HARMLESS)
 def shape_rerank_body(body: bytes, grant: Grant, policy: ShapingPolicy) -> bytes:
     """The rerank body to forward to `/v1/rerank`, or a `RequestRefusal`."""
     shaped = open_body(body, grant, policy, refused=frozenset(), allowed=ALLOWED)
+    pinned_prompt(shaped, grant, None)  # no template renders this body: no pin can be put first
     query, documents = shaped.get("query"), shaped.get("documents")
     if not isinstance(query, str):
         raise RequestRefusal(BAD_INPUT, "query")

@@ -41,14 +41,15 @@ from llama_launcher.gate.bounds import (
     check_bounds_as,
     classified,
 )
+from llama_launcher.gate.pinned import RESPONSES_PIN, pinned_prompt
 from llama_launcher.gate.prompt_size import check_fits, measure
 from llama_launcher.gate.shaping import (
     DENIED_FIELDS,
     SAMPLING_FIELDS,
     ImageCounter,
     ShapingPolicy,
-    cap_length,
-    encode_body,
+    count_shaper,
+    generation_shaper,
     open_body,
 )
 
@@ -83,21 +84,6 @@ _USER_ROLES = ("user", "system", "developer")
 _IMAGE_KEY = "image_url"
 
 
-def shape_responses_body(body: bytes, grant: Grant, policy: ShapingPolicy) -> bytes:
-    """The Responses body to forward to `/v1/responses`, or a `RequestRefusal`."""
-    shaped = _shape(body, grant, policy)
-    cap_length(shaped, grant.max_tokens, LENGTH_FIELDS)
-    return encode_body(shaped)
-
-
-def shape_responses_count_body(body: bytes, grant: Grant, policy: ShapingPolicy) -> bytes:
-    """A Responses body for `/v1/responses/input_tokens`: the same rules, and no length (nothing is
-    generated)."""
-    shaped = _shape(body, grant, policy)
-    shaped.pop("max_output_tokens", None)
-    return encode_body(shaped)
-
-
 def _shape(body: bytes, grant: Grant, policy: ShapingPolicy) -> dict[str, Any]:
     shaped = open_body(body, grant, policy, refused=REFUSED_FIELDS, allowed=ALLOWED)
     if "reasoning" in shaped:
@@ -118,7 +104,13 @@ def _shape(body: bytes, grant: Grant, policy: ShapingPolicy) -> dict[str, Any]:
     prompt = [*system, *(items if isinstance(items, list) else [items])]
     check_fits(measure(prompt, tools, is_image=_is_image), policy.context)
     shaped["input"] = items
+    pinned_prompt(shaped, grant, RESPONSES_PIN)
     return shaped
+
+
+shape_responses_body = generation_shaper(_shape, LENGTH_FIELDS)
+shape_responses_count_body = count_shaper(_shape, LENGTH_FIELDS)
+"""`/v1/responses` and `/v1/responses/input_tokens`: the same rules, the second with no length."""
 
 
 def _is_image(key: str, value: object) -> bool:

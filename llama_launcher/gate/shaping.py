@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +61,7 @@ from llama_direct.refusals import (
 from llama_direct.tokens import Grant
 from llama_launcher.gate.bounds import FALLBACK_CONTEXT, check_bounds
 from llama_launcher.gate.images import PixelBudget, shape_image_url
+from llama_launcher.gate.pinned import CHAT_PIN, pinned_prompt
 from llama_launcher.gate.prompt_size import check_fits, measure
 
 SAMPLER_FIELDS = frozenset(
@@ -205,18 +207,30 @@ class ShapingPolicy:
     context: int = FALLBACK_CONTEXT
 
 
-def shape_chat_body(body: bytes, grant: Grant, policy: ShapingPolicy) -> bytes:
-    """The compact JSON body to forward to llama-server's chat route, or a `RequestRefusal`."""
-    shaped = _shape_chat(body, grant, policy)
-    cap_length(shaped, grant.max_tokens, LENGTH_FIELDS)
-    return encode_body(shaped)
+Shape = Callable[[bytes, Grant, ShapingPolicy], dict[str, Any]]
+"""A format's rules: the client's body to the body rebuilt, before its length is settled."""
 
 
-def shape_chat_count_body(body: bytes, grant: Grant, policy: ShapingPolicy) -> bytes:
-    """A chat body for `/v1/chat/completions/input_tokens`: shaped as chat, with no length, since
-    llama-server only renders and counts its prompt."""
-    shaped = _shape_chat(body, grant, policy)
-    return encode_body(drop_fields(shaped, LENGTH_FIELDS))
+def generation_shaper(shape: Shape, length_fields: tuple[str, ...]) -> Callable[[bytes, Grant, ShapingPolicy], bytes]:
+    """A format's generation route from its rules: the compact JSON body to forward, each length field
+    held to the grant's cap (the first set to it when the body names none), or a `RequestRefusal`."""
+
+    def shape_generation(body: bytes, grant: Grant, policy: ShapingPolicy) -> bytes:
+        shaped = shape(body, grant, policy)
+        cap_length(shaped, grant.max_tokens, length_fields)
+        return encode_body(shaped)
+
+    return shape_generation
+
+
+def count_shaper(shape: Shape, length_fields: tuple[str, ...]) -> Callable[[bytes, Grant, ShapingPolicy], bytes]:
+    """A format's token-counting route from its rules: the same body with no length, since llama-server
+    only renders and counts its prompt."""
+
+    def shape_count(body: bytes, grant: Grant, policy: ShapingPolicy) -> bytes:
+        return encode_body(drop_fields(shape(body, grant, policy), length_fields))
+
+    return shape_count
 
 
 def _shape_chat(body: bytes, grant: Grant, policy: ShapingPolicy) -> dict[str, Any]:
@@ -231,7 +245,12 @@ def _shape_chat(body: bytes, grant: Grant, policy: ShapingPolicy) -> dict[str, A
     messages = _shape_messages(shaped.get("messages"), request.get("image_base64"), policy)
     check_fits(measure(messages, shaped.get("tools")), policy.context)
     shaped["messages"] = messages
+    pinned_prompt(shaped, grant, CHAT_PIN)
     return shaped
+
+
+shape_chat_body = generation_shaper(_shape_chat, LENGTH_FIELDS)
+shape_chat_count_body = count_shaper(_shape_chat, LENGTH_FIELDS)
 
 
 def open_body(body: bytes, grant: Grant, policy: ShapingPolicy, *, refused: frozenset[str],

@@ -25,12 +25,16 @@ ORIGIN = "http://app.test:9000"
 """The host app's origin: the lane answers its pages only."""
 
 
-def negotiate(core: BrokerCore, lane: Lane, user: str = "alice", count: int = 1) -> list[dict[str, Any]]:
-    """`count` grants for `user` from a broker mounted on `lane` with `core`, as the host's page asks."""
+def negotiate(core: BrokerCore, lane: Lane, user: str = "alice", count: int = 1, *, route: str = "chat",
+              system_prompt: str | None = None) -> list[dict[str, Any]]:
+    """`count` grants for `user` and `route` from a broker mounted on `lane` with `core`, as the host's page
+    asks; the host pins `system_prompt` into each when given."""
     app = FastAPI()
-    app.include_router(direct_router(core, who=lambda _request: user, lane_url=lane.url))
+    app.include_router(direct_router(core, who=lambda _request: user, lane_url=lane.url,
+                                     system_prompt=lambda _request: system_prompt))
     with TestClient(app, base_url=ORIGIN) as client:
-        grants = [client.post("/direct-stream", headers={"Origin": ORIGIN}).json() for _ in range(count)]
+        grants = [client.post("/direct-stream", json={"route": route}, headers={"Origin": ORIGIN}).json()
+                  for _ in range(count)]
     assert all(grant["supported"] is True for grant in grants), grants
     return grants
 

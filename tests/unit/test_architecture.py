@@ -261,7 +261,7 @@ def test_every_type_ignore_names_its_code_and_says_why() -> None:
     assert bare == []
 
 
-GATE_PURE_CORES = ("http1", "request_reader", "connection_core", "scope", "shaping", "images", "bounds",
+GATE_PURE_CORES = ("http1", "request_reader", "connection_core", "scope", "shaping", "pinned", "images", "bounds",
                    "prompt_size", "jwks_document", "stream_ledger", "usage_tail")
 """The gate's pure cores: bytes or values in and out; their shells (`connection`, `core`, ...) do the I/O."""
 IO_MODULES = frozenset({"asyncio", "socket", "ssl", "selectors", "time", "threading", "subprocess"})

@@ -129,6 +129,29 @@ def test_the_lane_off_sends_every_reply_through_the_baseline(tmp_path: Path, gat
         }
 
 
+def test_a_host_pins_a_system_prompt_into_each_grant_on_the_lane_and_the_baseline(tmp_path: Path,
+                                                                                  gate: FakeGate) -> None:
+    """The host decides per request (here by user, asynchronously); the gate enforces what the grant says."""
+    async def pin(request: Request) -> str | None:
+        return "Answer as the host's helper." if request.headers.get("x-user") == "alice" else None
+
+    app = FastAPI()
+    app.include_router(direct_router(_core(tmp_path, gate), who=lambda request: request.headers.get("x-user"),
+                                     lane_url="https://lane.example/direct", system_prompt=pin))
+
+    def pinned(token: str) -> object:
+        return jwt.decode(token, options={"verify_signature": False})["grant"].get("system_prompt")
+
+    with TestClient(app, base_url=f"http://{HOST}") as client:
+        answer = client.post("/direct-stream", json={}, headers=ALICE).json()
+        assert answer["grant"]["system_prompt"] == pinned(answer["token"]) == "Answer as the host's helper."
+        bob = client.post("/direct-stream", json={}, headers={**ALICE, "X-User": "bob"}).json()
+        assert "system_prompt" not in bob["grant"] and pinned(bob["token"]) is None
+        client.post("/v1/responses", json={"model": "smol"}, headers=ALICE)
+        token = gate.requests[-1].headers["authorization"].removeprefix("Bearer ")
+        assert pinned(token) == "Answer as the host's helper."
+
+
 def test_a_bad_lane_url_or_origin_is_refused_at_mount(tmp_path: Path, gate: FakeGate) -> None:
     core = _core(tmp_path, gate)
     with pytest.raises(ValueError, match="lane_url"):
