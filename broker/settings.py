@@ -1,24 +1,26 @@
 """The broker's settings: what the parent process decided, read once at startup.
 
-The parent writes them to a JSON file whose path is in `LLAMA_DIRECT_BROKER_CONFIG`. The access token
+The parent writes them to a JSON file whose path is in `LLAMA_DIRECT_BROKER_CONFIG`, typed once as
+`llama_direct.config_files.BrokerFile`. The access token
 is never in that file: it reaches the broker in `LLAMA_DIRECT_ACCESS_TOKEN`, so no file on disk
 holds it.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from llama_direct.config_files import BrokerFile
 from llama_direct.ids import ID_PATTERN
-from llama_direct.runtime import ACCESS_TOKEN_ENV
+from llama_direct.runtime import ACCESS_TOKEN_ENV, BROKER_CONFIG_FILE
 from llama_direct.runtime import BROKER_CONFIG_ENV as CONFIG_ENV
 from llama_direct.tokens import ALGORITHMS, DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS
+from llama_direct.typed_json import MalformedDocument, check_document, parse_document
 
 TOGGLE_ENV = "UNSLOTH_DIRECT_STREAM"
 MIN_ACCESS_TOKEN_LENGTH = 8
@@ -99,43 +101,34 @@ class BrokerSettings:
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> BrokerSettings:
-        known = {f.name for f in fields(cls)}
-        unknown = set(raw) - known
-        if unknown:
-            raise SettingsError(f"unknown settings: {', '.join(sorted(unknown))}")
-        values = dict(raw)
+        """`raw` (a decoded `broker.json`) checked against its definition (`llama_direct.config_files`),
+        then each value against what its type cannot say."""
         try:
-            for name in ("data_dir", "broker_socket", "control_socket", "gate_socket"):
-                values[name] = Path(values[name])
-            if values.get("signing_key_file") is not None:
-                values["signing_key_file"] = Path(values["signing_key_file"])
-        except KeyError as exc:
-            raise SettingsError(f"missing setting: {exc.args[0]}") from None
-        except TypeError:
-            raise SettingsError("paths must be strings") from None
-        if "models" in values:
-            if not isinstance(values["models"], list | tuple) or not all(isinstance(m, str) for m in values["models"]):
-                raise SettingsError("models must be a list of names")
-            values["models"] = tuple(values["models"])
-        if "allowed_origins" in values:
-            origins = values["allowed_origins"]
-            if not isinstance(origins, list | tuple):
-                raise SettingsError("allowed_origins must be a list")
-            values["allowed_origins"] = tuple(origins)
-        try:
-            return cls(**values)
-        except TypeError:
-            raise SettingsError("model is a required setting") from None
+            document = check_document(dict(raw), BrokerFile, name=BROKER_CONFIG_FILE)
+        except MalformedDocument as error:
+            raise SettingsError(str(error)) from None
+        return cls.from_document(document)
+
+    @classmethod
+    def from_document(cls, document: BrokerFile) -> BrokerSettings:
+        values: dict[str, Any] = dict(document)
+        for name in ("data_dir", "broker_socket", "control_socket", "gate_socket"):
+            values[name] = Path(document[name])
+        key_file = document.get("signing_key_file")
+        values["signing_key_file"] = Path(key_file) if key_file is not None else None
+        values["models"] = tuple(document.get("models", ()))
+        values["allowed_origins"] = tuple(document.get("allowed_origins", ()))
+        return cls(**values)
 
     @classmethod
     def from_file(cls, path: Path | str) -> BrokerSettings:
         try:
-            raw = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            raise SettingsError("the broker's settings file cannot be read as JSON") from None
-        if not isinstance(raw, dict):
-            raise SettingsError("the broker's settings file must hold a JSON object")
-        return cls.from_dict(raw)
+            document = parse_document(Path(path).read_bytes(), BrokerFile, name=BROKER_CONFIG_FILE)
+        except OSError:
+            raise SettingsError(f"{BROKER_CONFIG_FILE} cannot be read") from None
+        except MalformedDocument as error:
+            raise SettingsError(str(error)) from None
+        return cls.from_document(document)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> BrokerSettings:

@@ -77,9 +77,9 @@ def parse_health(body: bytes) -> HealthAnswer:
     answer = parse_document(body, HealthAnswer, name="health")
     for index, model in enumerate(answer["models"]):
         if model["status"] not in MODEL_STATES:
-            raise MalformedDocument(f"health.models[{index}].status must be one of {', '.join(MODEL_STATES)}")
+            raise MalformedDocument(f"health: models[{index}].status must be one of {', '.join(MODEL_STATES)}")
         if not 0.0 <= model.get("progress", 0.0) <= 1.0:
-            raise MalformedDocument(f"health.models[{index}].progress must be between 0 and 1")
+            raise MalformedDocument(f"health: models[{index}].progress must be between 0 and 1")
     return answer
 
 

@@ -39,8 +39,20 @@ def parse_document(body: bytes | str, document: type[T], *, name: str) -> T:
 def check_document(raw: object, document: type[T], *, name: str) -> T:
     """`raw` (decoded JSON) checked against the TypedDict `document`: every required key present,
     no key the definition does not name, every value of its declared type."""
-    _check(raw, document, name)
+    try:
+        _check(raw, document, "")
+    except _Wrong as wrong:
+        where, what = wrong.args
+        raise MalformedDocument(f"{name}: {where} {what}" if where else f"{name} {what}") from None
     return typing.cast(T, raw)
+
+
+class _Wrong(Exception):
+    """(where, what is wrong there), turned into a `MalformedDocument` that names the document."""
+
+
+def _key(where: str, key: object) -> str:
+    return f"{where}.{key}" if where else str(key)
 
 
 @functools.cache
@@ -65,46 +77,46 @@ def _check(value: object, hint: object, where: str) -> None:
     origin, arguments = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         if not any(_fits(value, argument, where) for argument in arguments):
-            raise MalformedDocument(f"{where} must be {_describe(hint)}")
+            raise _Wrong(where, f"must be {_describe(hint)}")
         return
     if origin is typing.Literal:
         if not any(value == argument and type(value) is type(argument) for argument in arguments):
-            raise MalformedDocument(f"{where} must be {_describe(hint)}")
+            raise _Wrong(where, f"must be {_describe(hint)}")
         return
     if origin in (list, tuple):
         _check_array(value, hint, where)
         return
     if origin is dict:
         if not isinstance(value, dict):
-            raise MalformedDocument(f"{where} must be an object")
+            raise _Wrong(where, "must be an object")
         for key, item in value.items():
-            _check(item, arguments[1], f"{where}.{key}")
+            _check(item, arguments[1], _key(where, key))
         return
     if not _scalar_fits(value, hint):
-        raise MalformedDocument(f"{where} must be {_describe(hint)}")
+        raise _Wrong(where, f"must be {_describe(hint)}")
 
 
 def _check_typeddict(value: object, document: type, where: str) -> None:
     if not isinstance(value, dict):
-        raise MalformedDocument(f"{where} must be an object")
+        raise _Wrong(where, "must be an object")
     hints, required = _fields(document)
     unknown = sorted(str(key) for key in value.keys() - hints.keys())
     if unknown:
-        raise MalformedDocument(f"{where} has unknown fields: {', '.join(unknown)}")
+        raise _Wrong(where, f"has unknown fields: {', '.join(unknown)}")
     missing = sorted(required - value.keys())
     if missing:
-        raise MalformedDocument(f"{where} lacks {', '.join(missing)}")
+        raise _Wrong(where, f"lacks {', '.join(missing)}")
     for key, item in value.items():
-        _check(item, hints[key], f"{where}.{key}")
+        _check(item, hints[key], _key(where, key))
 
 
 def _check_array(value: object, hint: object, where: str) -> None:
     if not isinstance(value, list):
-        raise MalformedDocument(f"{where} must be an array")
+        raise _Wrong(where, "must be an array")
     arguments = typing.get_args(hint)
     if typing.get_origin(hint) is tuple and not (len(arguments) == 2 and arguments[1] is Ellipsis):
         if len(value) != len(arguments):
-            raise MalformedDocument(f"{where} must hold {len(arguments)} items")
+            raise _Wrong(where, f"must hold {len(arguments)} items")
         for index, (item, argument) in enumerate(zip(value, arguments, strict=True)):
             _check(item, argument, f"{where}[{index}]")
         return
@@ -115,7 +127,7 @@ def _check_array(value: object, hint: object, where: str) -> None:
 def _fits(value: object, hint: object, where: str) -> bool:
     try:
         _check(value, hint, where)
-    except MalformedDocument:
+    except _Wrong:
         return False
     return True
 

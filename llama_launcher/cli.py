@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from llama_direct.config_files import BrokerFlags, GateFlags
 from llama_direct.logs import configure_logging
 from llama_direct.metrics import METRICS_TOKEN_ENV
 from llama_direct.redaction import register_secret
@@ -229,7 +230,7 @@ def stack_plan(args: argparse.Namespace, access_token: str | None = None) -> sup
             "chat traffic cross the network in clear text; use --tls-self-signed or --tls-cert/--tls-key",
             file=sys.stderr, flush=True,
         )
-    broker_settings: dict[str, object] = {
+    broker_settings: BrokerFlags = {
         "model": launch.alias, "models": launch.models, "public_url": args.public_url, "algorithm": args.algorithm,
         "token_ttl": args.token_ttl, "max_tokens_cap": args.max_tokens,
         "signing_key_file": str(args.signing_key_file.resolve()) if args.signing_key_file else None,
@@ -237,14 +238,17 @@ def stack_plan(args: argparse.Namespace, access_token: str | None = None) -> sup
         "rate_per_minute": args.rate_per_minute, "burst": args.burst, "load_rate_per_minute": args.loads_per_minute,
         "audience": args.audience, "issuer": args.issuer[0] if args.issuer else None,
     }
-    gate_settings: dict[str, object] = {
+    gate_settings: GateFlags = {
         "model": launch.alias,
         "tls_cert": str(cert_pair[0]) if cert_pair else None, "tls_key": str(cert_pair[1]) if cert_pair else None,
         "max_connections": args.max_connections, "max_pending_per_address": args.max_pending_per_address,
         "streams_per_user": args.streams_per_user, "resume_window": args.resume_window,
         "send_timeout": args.send_timeout,
-        "trusted_proxies": list(args.trusted_proxy), **jwks_settings,
+        "trusted_proxies": list(args.trusted_proxy),
     }
+    if jwks_settings is not None:
+        gate_settings["issuer_jwks"], gate_settings["jwks_ca_file"] = jwks_settings
+        gate_settings["jwks_interval"] = float(args.jwks_interval)
     return supervisor.StackPlan(
         host=args.host, port=args.port, data_dir=data_dir, launch=launch, access_token=access_token,
         broker_settings=broker_settings, gate_settings=gate_settings, upstream_keys=tuple(upstream_keys),
@@ -255,13 +259,13 @@ def stack_plan(args: argparse.Namespace, access_token: str | None = None) -> sup
     )
 
 
-def _jwks_settings(args: argparse.Namespace) -> dict[str, object]:
+def _jwks_settings(args: argparse.Namespace) -> tuple[list[tuple[str, str]], str | None] | None:
     """`--issuer-jwks` checked before anything starts: each an https URL for an accepted issuer other
-    than this broker's own, and a CA file that loads."""
+    than this broker's own, and a CA file that loads; None without any."""
     if not args.issuer_jwks:
         if args.jwks_ca_file is not None:
             raise LauncherError("--jwks-ca-file needs --issuer-jwks")
-        return {}
+        return None
     if not args.issuer:
         raise LauncherError("--issuer-jwks needs --issuer: this broker's own first, then the brokers it trusts")
     try:
@@ -276,8 +280,7 @@ def _jwks_settings(args: argparse.Namespace) -> dict[str, object]:
             tls_context(ca_file)
         except (OSError, ssl.SSLError):
             raise LauncherError("--jwks-ca-file: not a readable PEM file of CA certificates") from None
-    return {"issuer_jwks": [[source.issuer, source.url] for source in sources], "jwks_ca_file": ca_file,
-            "jwks_interval": float(args.jwks_interval)}
+    return [(source.issuer, source.url) for source in sources], ca_file
 
 
 def doctor(args: argparse.Namespace) -> int:

@@ -70,8 +70,12 @@ def _metrics_serving() -> MetricsServing:
 def main() -> int:
     configure_logging(process="gate", whole=(server_log.name,))
     runtime = Path(os.environ[RUNTIME_ENV])
-    config = GateConfig.from_file(runtime / GATE_CONFIG_FILE)
-    spec = LaunchSpec.read(runtime / LAUNCH_FILE).materialise(runtime)
+    try:
+        config = GateConfig.from_file(runtime / GATE_CONFIG_FILE)
+        spec = LaunchSpec.read(runtime / LAUNCH_FILE).materialise(runtime)
+    except ValueError as error:  # a field of another shape (named, never its value), or one out of range
+        log.error("cannot start: %s", error)
+        return 2
     raise_fd_limit()
     public_sock = _inherited_socket(PUBLIC_FD_ENV)
     app_sock = _inherited_socket(APP_FD_ENV)

@@ -1,7 +1,8 @@
 """What the gate process should put behind the lane: a llama-server it launches, or one that runs.
 
-The parent writes it as ``<runtime>/launch.json``; it holds paths and options, never a key (an
-attached server's key travels in the gate's environment as ``LLAMA_DIRECT_UPSTREAM_KEY``).
+The parent writes it as ``<runtime>/launch.json`` (typed as `llama_direct.config_files.LaunchFile`); it
+holds paths and options, never a key (an attached server's key travels in the gate's environment as
+``LLAMA_DIRECT_UPSTREAM_KEY``).
 """
 
 from __future__ import annotations
@@ -9,14 +10,18 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
+from llama_direct.config_files import LaunchFile
+from llama_direct.runtime import LAUNCH_FILE
+from llama_direct.typed_json import check_document, parse_document
 from llama_launcher.models import PRESET_FILE, ModelEntry, preset_text
 from llama_launcher.server_args import RouterSource, ServerOptions
 
 
 @dataclass(frozen=True)
 class LaunchSpec:
-    mode: str  # "launch" or "attach"
+    mode: Literal["launch", "attach"]
     binary: str | None = None
     model: str | None = None
     alias: str = "model"
@@ -28,7 +33,7 @@ class LaunchSpec:
     extra_args: list[str] = field(default_factory=list)
     upstreams: list[str] = field(default_factory=list)
     """Attach mode: each running llama-server's URL (several: the gate routes among them)."""
-    router_kind: str | None = None
+    router_kind: Literal["preset", "dir", "list"] | None = None
     """"preset" or "dir": llama-server runs as a router over `router_path`; `alias` is the default model."""
     router_path: str | None = None
     models: list[str] = field(default_factory=list)
@@ -63,9 +68,13 @@ class LaunchSpec:
             extra_args=tuple(self.extra_args),
         )
 
+    def to_document(self) -> LaunchFile:
+        return check_document(asdict(self), LaunchFile, name=LAUNCH_FILE)
+
     def write(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self), indent=2))
+        path.write_text(json.dumps(self.to_document(), indent=2))
 
     @classmethod
     def read(cls, path: Path) -> LaunchSpec:
-        return cls(**json.loads(path.read_text()))
+        """The file `write` wrote; `MalformedDocument` (a `ValueError`) names a field of another shape."""
+        return cls(**parse_document(path.read_bytes(), LaunchFile, name=LAUNCH_FILE))

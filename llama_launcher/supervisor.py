@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from llama_direct.config_files import BrokerFile, BrokerFlags, GateFile, GateFlags
 from llama_direct.ids import load_or_create_ids
 from llama_direct.logs import open_log_file
 from llama_direct.metrics import METRICS_FD_ENV, METRICS_PER_USER_ENV, METRICS_TOKEN_ENV
@@ -98,8 +99,8 @@ class StackPlan:
     data_dir: Path
     launch: LaunchSpec
     access_token: str
-    broker_settings: dict[str, object]
-    gate_settings: dict[str, object]
+    broker_settings: BrokerFlags
+    gate_settings: GateFlags
     upstream_keys: tuple[str | None, ...] = ()
     """Each attached upstream's key, by position (None: it has none)."""
     tls: bool = False
@@ -242,15 +243,14 @@ class Stack:
         return self.runtime / BROKER_SOCKET
 
     def _write_configs(self) -> None:
-        sockets = {
-            "broker_socket": str(self.broker_socket),
-            "control_socket": str(self.runtime / CONTROL_SOCKET),
-            "gate_socket": str(self.gate_socket),
-        }
-        broker: dict[str, object] = {**self.plan.broker_settings, **sockets, "data_dir": str(self.plan.data_dir)}
         ids = load_or_create_ids(self.plan.data_dir)
-        gate: dict[str, object] = {
-            **self.plan.gate_settings, **sockets, "private_socket": str(self.gate_socket),
+        broker: BrokerFile = {
+            **self.plan.broker_settings, "data_dir": str(self.plan.data_dir), "broker_socket": str(self.broker_socket),
+            "control_socket": str(self.runtime / CONTROL_SOCKET), "gate_socket": str(self.gate_socket),
+        }
+        gate: GateFile = {
+            **self.plan.gate_settings, "broker_socket": str(self.broker_socket),
+            "control_socket": str(self.runtime / CONTROL_SOCKET), "private_socket": str(self.gate_socket),
             "audience": self.plan.audience or ids.gate_id, "issuer": list(self.plan.issuers) or [ids.broker_id],
         }
         if self.lane_port is not None:
@@ -258,7 +258,6 @@ class Stack:
             broker["allowed_origins"] = list(self.plan.allow_origins)
             gate["two_port"] = True
             gate["allowed_origins"] = [*self.app_origins(), *self.plan.allow_origins]
-        gate.pop("gate_socket")
         (self.runtime / BROKER_CONFIG_FILE).write_text(json.dumps(broker, indent=2))
         (self.runtime / GATE_CONFIG_FILE).write_text(json.dumps(gate, indent=2))
         self.plan.launch.write(self.runtime / LAUNCH_FILE)

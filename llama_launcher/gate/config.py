@@ -1,5 +1,8 @@
 """The gate process's settings: one frozen object, read once from `<runtime>/gate.json`.
 
+The file's keys and their JSON types are `llama_direct.config_files.GateFile`; this object adds the
+defaults and the checks a type cannot say.
+
 The parent (`llama-direct serve`) writes the file; it holds no secret (the master key lives in the
 launcher, the signing key in the broker), so it may sit in the runtime dir like any other file.
 
@@ -50,13 +53,16 @@ Fields (JSON name = attribute name):
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from llama_direct.config_files import GateFile
 from llama_direct.lanes import LANE_PREFIX
+from llama_direct.runtime import GATE_CONFIG_FILE
 from llama_direct.tokens import OWNER
+from llama_direct.typed_json import check_document, parse_document
 from llama_launcher.gate.jwks_document import JwksSource, check_sources
 
 DEFAULT_MAX_BODY_BYTES = 20 * 1024 * 1024
@@ -131,30 +137,31 @@ class GateConfig:
         return self.tls_cert is not None
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> GateConfig:
-        """Build from the JSON object; an unknown field is an error, so a typo cannot pass silently."""
-        known = {field.name for field in fields(cls)}
-        unknown = sorted(data.keys() - known)
-        if unknown:
-            raise ValueError(f"unknown gate settings: {', '.join(unknown)}")
-        values = dict(data)
-        for name in ("allowed_origins", "trusted_proxies", "issuer_jwks", "uncapped_users"):
+    def from_dict(cls, data: Mapping[str, Any]) -> GateConfig:
+        """Build from the decoded JSON object, checked against `GateFile`: an unknown field is an error,
+        so a typo cannot pass silently."""
+        return cls.from_document(check_document(dict(data), GateFile, name=GATE_CONFIG_FILE))
+
+    @classmethod
+    def from_document(cls, document: GateFile) -> GateConfig:
+        values: dict[str, Any] = dict(document)
+        for name in ("allowed_origins", "trusted_proxies", "uncapped_users"):
             if name in values:
                 values[name] = tuple(values[name])
+        values["issuer_jwks"] = tuple(tuple(pair) for pair in document.get("issuer_jwks", ()))
         return cls(**values)
 
     @classmethod
     def from_file(cls, path: Path) -> GateConfig:
-        return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        return cls.from_document(parse_document(path.read_bytes(), GateFile, name=GATE_CONFIG_FILE))
 
-    def to_dict(self) -> dict[str, Any]:
-        data = {field.name: getattr(self, field.name) for field in fields(self)}
-        data["allowed_origins"] = list(self.allowed_origins)
-        data["trusted_proxies"] = list(self.trusted_proxies)
-        data["uncapped_users"] = list(self.uncapped_users)
-        data["issuer"] = list(self.issuer)
+    def to_document(self) -> GateFile:
+        """Every field, as `gate.json` holds it."""
+        data: dict[str, Any] = {field.name: getattr(self, field.name) for field in fields(self)}
+        for name in ("allowed_origins", "trusted_proxies", "uncapped_users", "issuer"):
+            data[name] = list(data[name])
         data["issuer_jwks"] = [list(pair) for pair in self.issuer_jwks]
-        return data
+        return check_document(data, GateFile, name=GATE_CONFIG_FILE)
 
 
 @dataclass(frozen=True)

@@ -835,14 +835,14 @@ class TestSettings:
         [
             ({"algorithm": "HS256"}, "algorithm must be one of EdDSA, ES256"),
             ({"token_ttl": 301}, "token_ttl must be between 1 and 300 seconds"),
-            ({"gate_port": "9443"}, "gate_port must be a port number"),
+            ({"gate_port": "9443"}, "broker.json: gate_port must be an integer or null"),
             ({"public_url": "ftp://x"}, "public_url must be an http(s) URL without query or fragment"),
             ({"allowed_origins": ["https://a.example/path"]},
              "allowed_origins must be origins like https://app.example:8443"),
-            ({"access_token": "x" * 20}, "unknown settings: access_token"),
+            ({"access_token": "x" * 20}, "broker.json has unknown fields: access_token"),
             ({"model": ""}, "model must be a non-empty alias"),
             ({"key_rotation_hours": -1}, "key_rotation_hours must be between 0 (never) and 8760"),
-            ({"key_rotation_hours": "24"}, "key_rotation_hours must be between 0 (never) and 8760"),
+            ({"key_rotation_hours": "24"}, "broker.json: key_rotation_hours must be a number"),
         ],
     )
     def test_bad_settings_name_the_field_not_the_value(self, tmp_path: Path, change: dict[str, Any],
@@ -856,12 +856,16 @@ class TestSettings:
         del raw["gate_socket"]
         with pytest.raises(SettingsError) as excinfo:
             BrokerSettings.from_dict(raw)
-        assert str(excinfo.value) == "missing setting: gate_socket"
+        assert str(excinfo.value) == "broker.json lacks gate_socket"
 
     def test_an_unreadable_file_names_no_path(self, tmp_path: Path) -> None:
         with pytest.raises(SettingsError) as excinfo:
             BrokerSettings.from_file(tmp_path / "absent.json")
-        assert str(excinfo.value) == "the broker's settings file cannot be read as JSON"
+        assert str(excinfo.value) == "broker.json cannot be read"
+        (tmp_path / "broken.json").write_text('{"model": ')
+        with pytest.raises(SettingsError) as excinfo:
+            BrokerSettings.from_file(tmp_path / "broken.json")
+        assert str(excinfo.value) == "broker.json is not JSON"
 
     def test_the_access_token_comes_from_the_environment(self) -> None:
         assert access_token_from_env({ACCESS_TOKEN_ENV: ACCESS_TOKEN}) == ACCESS_TOKEN

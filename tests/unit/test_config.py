@@ -22,7 +22,7 @@ BASE = {
 def test_round_trip_through_the_json_file(tmp_path: Path) -> None:
     config = GateConfig.from_dict({**BASE, "allowed_origins": ["http://a.test"], "two_port": True})
     path = tmp_path / "gate.json"
-    path.write_text(json.dumps(config.to_dict()))
+    path.write_text(json.dumps(config.to_document()))
     loaded = GateConfig.from_file(path)
     assert loaded == config
     assert loaded.allowed_origins == ("http://a.test",)
@@ -33,7 +33,7 @@ def test_round_trip_through_the_json_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"typo_field": 1}, "unknown gate settings: typo_field"),
+        ({"typo_field": 1}, "gate.json has unknown fields: typo_field"),
         ({"tls_cert": "/c.pem"}, "tls_cert and tls_key go together"),
         ({"lane_prefix": "/direct/"}, "lane_prefix must start with '/' and not end with one"),
         ({"head_timeout": 0}, "timeouts and intervals must be positive"),

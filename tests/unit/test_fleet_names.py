@@ -44,7 +44,7 @@ def test_the_gate_config_reads_one_issuer_or_a_list_and_writes_a_list(tmp_path: 
     assert GateConfig.from_dict({**base, "issuer": "a"}).issuer == ("a",)
     config = GateConfig.from_dict({**base, "issuer": ["a", "b"]})
     assert config.issuer == ("a", "b")
-    assert GateConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    assert GateConfig.from_dict(json.loads(json.dumps(config.to_document()))) == config
     with pytest.raises(ValueError):
         GateConfig.from_dict({**base, "issuer": []})
 

@@ -41,18 +41,18 @@ def test_the_merged_answer_of_several_upstreams_is_read() -> None:
 
 
 @pytest.mark.parametrize(("change", "problem"), [
-    ({"gate": "down"}, 'health.gate must be "ok"'),
-    ({"model_ready": "yes"}, "health.model_ready must be true or false"),
-    ({"slots": {"total": "1", "busy": 0}}, "health.slots.total must be an integer or null"),
-    ({"not_issued_before": True}, "health.not_issued_before must be an integer"),
-    ({"not_issued_before": 1.5}, "health.not_issued_before must be an integer"),
+    ({"gate": "down"}, 'health: gate must be "ok"'),
+    ({"model_ready": "yes"}, "health: model_ready must be true or false"),
+    ({"slots": {"total": "1", "busy": 0}}, "health: slots.total must be an integer or null"),
+    ({"not_issued_before": True}, "health: not_issued_before must be an integer"),
+    ({"not_issued_before": 1.5}, "health: not_issued_before must be an integer"),
     ({"models": [{"id": "smol", "status": "gone", "vision": False}]},
-     "health.models[0].status must be one of unloaded, loading, loaded"),
+     "health: models[0].status must be one of unloaded, loading, loaded"),
     ({"models": [{"id": "smol", "status": "loading", "vision": False, "progress": 7}]},
-     "health.models[0].progress must be between 0 and 1"),
-    ({"models": [{"id": "smol", "status": "loaded"}]}, "health.models[0] lacks vision"),
+     "health: models[0].progress must be between 0 and 1"),
+    ({"models": [{"id": "smol", "status": "loaded"}]}, "health: models[0] lacks vision"),
     ({"upstreams": [{"ready": True, "models": ["smol"], "in_flight": "2"}]},
-     "health.upstreams[0].in_flight must be an integer"),
+     "health: upstreams[0].in_flight must be an integer"),
     ({"surprise": 1}, "health has unknown fields: surprise"),
 ])
 def test_a_malformed_answer_names_its_field(change: dict[str, Any], problem: str) -> None:
@@ -101,7 +101,7 @@ def test_the_link_logs_a_malformed_answer_once_and_counts_it_as_down(
 
     with caplog.at_level(logging.INFO, logger="broker.gate_link"):
         first, again, fixed = asyncio.run(main())
-    problem = "health.model_ready must be true or false"
+    problem = "health: model_ready must be true or false"
     assert first == again == GateHealth(up=False, malformed=problem)
     assert fixed.up and fixed.malformed is None
     malformed = [r.getMessage() for r in caplog.records if "gate_health_malformed" in r.getMessage()]

@@ -88,7 +88,7 @@ def test_the_gate_config_carries_sources_checked_against_its_issuers() -> None:
             "private_socket": "p", "model": "m"}
     config = GateConfig.from_dict({**base, "issuer_jwks": [["broker-b", "https://b/j"]], "jwks_ca_file": "/ca.pem"})
     assert config.issuer_jwks == (("broker-b", "https://b/j"),)
-    assert GateConfig.from_dict(config.to_dict()) == config
+    assert GateConfig.from_document(config.to_document()) == config
     with pytest.raises(ValueError, match="only https://"):
         GateConfig.from_dict({**base, "issuer_jwks": [["broker-b", "http://b/j"]]})
     with pytest.raises(ValueError, match="accepted --issuer"):
@@ -204,12 +204,16 @@ def test_serve_refuses_a_bad_source_in_one_line_before_anything_starts(
     assert err.startswith("llama-direct: error: ") and expected in err and err.count("\n") == 1
 
 
-def test_serve_hands_the_sources_to_the_gate(tmp_path: Path) -> None:
+def test_serve_hands_the_sources_to_the_gate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     ca = tmp_path / "ca.pem"
     ca.write_text(CA_PEM)
-    args = cli._parser().parse_args(["serve", "--issuer", "a", "--issuer", "b", "--issuer-jwks",
+    serve = ["serve", "--upstream", "http://127.0.0.1:9", "--data-dir", str(tmp_path / "d")]
+    args = cli._parser().parse_args([*serve, "--issuer", "a", "--issuer", "b", "--issuer-jwks",
                                      "b=https://b.example/.well-known/jwks.json", "--jwks-ca-file", str(ca),
                                      "--jwks-interval", "45"])
-    assert cli._jwks_settings(args) == {"issuer_jwks": [["b", "https://b.example/.well-known/jwks.json"]],
-                                        "jwks_ca_file": str(ca.resolve()), "jwks_interval": 45.0}
-    assert cli._jwks_settings(cli._parser().parse_args(["serve"])) == {}
+    gate = cli.stack_plan(args, access_token="t" * 24).gate_settings
+    assert (gate.get("issuer_jwks"), gate.get("jwks_ca_file"), gate.get("jwks_interval")) == (
+        [("b", "https://b.example/.well-known/jwks.json")], str(ca.resolve()), 45.0)
+    plain = cli.stack_plan(cli._parser().parse_args(serve), access_token="t" * 24).gate_settings
+    assert not {"issuer_jwks", "jwks_ca_file", "jwks_interval"} & plain.keys()
