@@ -15,6 +15,7 @@ middleware) and `static` (the page).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import mimetypes
 import time
@@ -200,7 +201,7 @@ def create_control_app(core: BrokerCore) -> FastAPI:
             report = None
         if report is None:
             raise RequestRefusal(BAD_USAGE_REPORT)
-        settle(core, report)
+        await asyncio.to_thread(settle, core, report)  # a store write (SQLite's commit, Redis): off the loop
         return Response(status_code=204, headers=NO_STORE)
 
     @app.post(USERS_CHANGED_PATH)

@@ -54,8 +54,20 @@ def stream(grant: dict[str, Any]) -> dict[str, Any]:
     return usage
 
 
+def events(grant: dict[str, Any], path: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every data event of one stream on the lane, parsed."""
+    found = []
+    with httpx.stream("POST", grant["url"] + path, json=body, timeout=300,
+                      headers={"Authorization": f"Bearer {grant['token']}"}) as answer:
+        assert answer.status_code == 200, answer.read()
+        for line in answer.iter_lines():
+            if line.startswith("data: {"):
+                found.append(json.loads(line[6:]))
+    return found
+
+
 def ledger(stack: Stack, name: str, requests: int) -> list[dict[str, Any]]:
-    """Ann's ledger rows once the gate's reports of `requests` streams have reached the broker."""
+    """A user's ledger rows once the gate's reports of `requests` streams have reached the broker."""
     for _ in range(600):
         rows = [json.loads(line) for line in command(stack, "usage", "--user", name, "--json").splitlines()]
         if sum(row["requests"] for row in rows) >= requests:
@@ -100,3 +112,29 @@ def test_concurrent_streams_never_overshoot_the_days_budget(stack: Stack) -> Non
         assert again.status_code == 200 and again.json()["grant"]["max_tokens"] == min(80, 100 - generated)
     else:
         assert again.status_code == 429
+
+
+def test_responses_and_messages_streams_are_settled_from_their_own_events(stack: Stack) -> None:
+    """Each format's usage is where that format puts it: Responses' response.completed, Messages'
+    message_delta (and message_start for the prompt); the ledger holds what llama-server reported."""
+    key = api_key(stack, "cat", "--tokens-per-day", "1000")
+    grants = {}
+    for route in ("responses", "messages"):
+        answer = httpx.post(stack.base + "/direct-stream", json={"route": route, "max_tokens": 24}, timeout=60,
+                            headers={"Authorization": f"Bearer {key}"})
+        assert answer.status_code == 200, answer.text
+        grants[route] = answer.json()
+    completed = events(grants["responses"], "/v1/responses",
+                       {"input": "Tell me about the sea.", "stream": True, "max_output_tokens": 24})
+    [usage] = [event["response"]["usage"] for event in completed if event.get("type") == "response.completed"]
+    messages = events(grants["messages"], "/v1/messages",
+                      {"messages": PROMPT, "stream": True, "max_tokens": 24})
+    [start] = [event["message"]["usage"] for event in messages if event.get("type") == "message_start"]
+    [delta] = [event["usage"] for event in messages if event.get("type") == "message_delta"]
+    rows = {row["route"]: row for row in ledger(stack, "cat", 2)}
+    assert (rows["responses"]["completion_tokens"], rows["responses"]["prompt_tokens"]) == (
+        usage["output_tokens"], usage["input_tokens"])
+    assert (rows["messages"]["completion_tokens"], rows["messages"]["prompt_tokens"]) == (
+        delta["output_tokens"], start["input_tokens"] + start.get("cache_read_input_tokens", 0))
+    generated = usage["output_tokens"] + delta["output_tokens"]
+    assert f"left: {1000 - generated} today" in command(stack, "usage", "--user", "cat")
