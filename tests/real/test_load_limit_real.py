@@ -15,7 +15,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from stack import Stack, run_stack
+
+from llama_direct.metrics import METRICS_PATH, METRICS_TOKEN_FILE, MODEL_LOADS, REFUSALS
 
 pytestmark = [pytest.mark.real, pytest.mark.timeout(300)]
 
@@ -78,3 +81,20 @@ def test_grants_minted_while_their_model_was_loaded_still_pay_for_the_loads_they
     assert refused, "nothing was refused"
     assert all(r.status_code == 429 and r.json()["error"]["reason"] == "rate_limited" for r in refused)
     assert all(int(r.headers["retry-after"]) >= 1 for r in refused)
+    counted = _metrics(router)
+    assert counted.get(MODEL_LOADS + "_total", 0) == loads, "/metrics counts each load the gate let a router start"
+    assert counted.get(REFUSALS + "_total", 0) >= len(refused)
+
+
+def _metrics(stack: Stack) -> dict[str, float]:
+    """The stack's /metrics, scraped with the metrics token serve made in its data dir, each sample summed
+    over its labels."""
+    token = (stack.data_dir / METRICS_TOKEN_FILE).read_text().strip()
+    answer = httpx.get(stack.base + METRICS_PATH, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    assert answer.status_code == 200
+    sums: dict[str, float] = {}
+    for family in text_string_to_metric_families(answer.text):
+        for sample in family.samples:
+            if family.name != REFUSALS or sample.labels.get("code") == "rate_limited":
+                sums[sample.name] = sums.get(sample.name, 0) + sample.value
+    return sums
