@@ -7,6 +7,7 @@ and the hostile suite hold the same cases over sockets.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable
 
@@ -349,3 +350,19 @@ def test_a_refusal_body_is_the_catalogue_json() -> None:
     reply = core.refuse(RateLimited(3))
     assert reply is not None
     assert json.loads(reply.data.partition(b"\r\n\r\n")[2])["error"]["reason"] == "rate_limited"
+
+
+@pytest.mark.parametrize(("metrics", "broker", "served"), [
+    (True, True, "metrics"),  # one-port public port, the app port: the gate's own, never the broker's
+    (False, True, "broker"),  # where the gate serves no metrics, it is the broker's path like any other
+    (True, False, "metrics"),  # --metrics-port: metrics alone
+])
+def test_metrics_are_dispatched_only_where_the_listener_serves_them(metrics: bool, broker: bool, served: str) -> None:
+    core = ConnectionCore(dataclasses.replace(RULES, metrics=metrics, broker=broker, lane=broker))
+    core.receive(get(b"/metrics"))
+    events = drain(core)
+    assert isinstance(events[-1], Dispatch) and events[-1].kind == served
+    elsewhere = ConnectionCore(dataclasses.replace(RULES, metrics=True, broker=False, lane=False))
+    elsewhere.receive(get(b"/"))
+    refused = drain(elsewhere)[-1]
+    assert isinstance(refused, Refuse) and refused.refusal.status == 404, "a metrics port serves nothing else"
