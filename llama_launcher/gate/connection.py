@@ -320,7 +320,7 @@ class ClientConnection(asyncio.Protocol):
         body = await self._read_body()
         self.stream = gate.streams.open(claims.sub, route)
         plan = await plan_lane(gate, route, claims, body, cors=self.listener.cors)
-        self.usage = gate.usage.begin(claims, route.lane, self.lane)
+        self.usage = gate.usage.begin(claims, route, self.lane)
         if route.lane.conversation == "stops":
             gate.streams.cancelled(route, plan.attempts.members)
         return await self._connect_lane(plan, functools.partial(self._relay, request, plan.cors, strip_cors=True))

@@ -70,7 +70,7 @@ class Gate:
         self.connections: set[Connection] = set()
         self.streams = StreamWatch(config)
         self.loads = LoadCharger(config.control_socket)
-        self.usage = UsageReporter(config.control_socket)
+        self.usage = UsageReporter(config.control_socket, config.resume_window)
         self.admission = Admission(config, descriptors=resource.getrlimit(resource.RLIMIT_NOFILE)[0])
         self.allowed_origins = frozenset(config.allowed_origins)
         self.lane_prefix = (config.lane_prefix + "/").encode()

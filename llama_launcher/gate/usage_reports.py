@@ -12,7 +12,13 @@ reported there and posts `ended` on the broker's control socket:
   whole reservation.
 
 A stream still running when its grant expires is reported `started` then, so the broker holds its
-reservation rather than return it as a grant never used. Reports are tasks of their own: a request
+reservation rather than return it as a grant never used.
+
+A resumable stream (one that opened a conversation) whose client left is not given up at once: it runs
+on in llama-server, and a resume within the gate's resume window reads its end. So its report waits
+(it is reported `started` at once, so its reservation is held meanwhile): the first resume whose end
+is seen settles the original grant with the usage in that end; with no such resume within the window
+(and a margin), it is reported as an end not seen. Reports are tasks of their own: a request
 never waits on one, and the answer's last byte has gone to the client before one is sent. When the
 broker cannot be reached, the report is dropped and logged (the reservation stays charged: a budget
 errs on the side of the user having less, never more).
@@ -30,30 +36,39 @@ import httpx
 
 from llama_direct.budgets import GENERATING_FORMATS, UsageReport
 from llama_direct.control import USAGE_PATH, usage_report
-from llama_direct.lanes import LaneRoute
 from llama_direct.tokens import Claims
+from llama_launcher.gate.scope import Route
 from llama_launcher.gate.usage_tail import Usage, UsageTail
 
 log = logging.getLogger(__name__)
 
 REPORT_TIMEOUT = 5.0
+RESUME_MARGIN = 5.0
+"""After the resume window, how long a resume that just began may take to be seen here."""
 MAX_PENDING = 1024
 """Reports in flight at once; past this the broker is not keeping up, and more would only pile up."""
 
 
 class Metered:
-    """One generating request, from its forwarding to its report."""
+    """One generating request (or a resume that may settle one), from its forwarding to its report."""
 
-    __slots__ = ("jti", "lane", "model", "route", "sub", "tail", "timer")
+    __slots__ = ("conversation", "jti", "lane", "model", "route", "sub", "tail", "timer")
 
-    def __init__(self, claims: Claims, route: LaneRoute, lane: str, body_format: str) -> None:
-        self.jti = claims.jti
-        self.sub = claims.sub
-        self.model = claims.grant.model
-        self.route = route.name
+    def __init__(self, jti: str, sub: str, model: str, route: str, lane: str, body_format: str,
+                 conversation: str | None) -> None:
+        self.jti = jti
+        self.sub = sub
+        self.model = model
+        self.route = route
         self.lane = lane
         self.tail = UsageTail(body_format)
+        self.conversation = conversation
+        """The conversation a resume may read this stream's end in; None: not resumable."""
         self.timer: asyncio.TimerHandle | None = None
+
+    def resumed(self) -> Metered:
+        """The same grant, read afresh by a resume (a new tail: the resume's own bytes)."""
+        return Metered(self.jti, self.sub, self.model, self.route, self.lane, self.tail.body_format, self.conversation)
 
     def report(self, phase: str, usage: Usage | None, *, generated: bool = True) -> UsageReport:
         """`generated` False: nothing reached llama-server's generation (0 tokens); else `usage`, or
@@ -79,34 +94,67 @@ def read_usage(metered: Metered, *, status: int | None, complete: bool, chunked:
 class UsageReporter:
     """Posts each generating request's start (when it outlives its grant) and end to the broker."""
 
-    def __init__(self, control_socket: str) -> None:
+    def __init__(self, control_socket: str, resume_window: float) -> None:
         self._client = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=control_socket),
                                          base_url="http://broker", timeout=REPORT_TIMEOUT)
         self._pending: set[asyncio.Task[Any]] = set()
+        self._wait = resume_window + RESUME_MARGIN
+        self._parked: dict[str, Metered] = {}
+        """Resumable streams whose client left, by conversation: a resume's end may settle them."""
 
-    def begin(self, claims: Claims, route: LaneRoute, lane: str) -> Metered | None:
-        """A request about to be forwarded: metered when its route generates (a resume re-reads a stream
-        its first grant reserved for; a count or an embedding generates nothing)."""
-        body_format = route.body
-        if body_format is None or body_format not in GENERATING_FORMATS:
+    def begin(self, claims: Claims, route: Route, lane: str) -> Metered | None:
+        """A request about to be forwarded: metered when its route generates (a count or an embedding
+        generates nothing), or when it resumes a stream whose end is still to be seen."""
+        entry = route.lane
+        if entry.conversation == "resumes":
+            parked = self._parked.get(route.conversation_id or "")
+            if parked is None or parked.sub != claims.sub:
+                return None
+            del self._parked[route.conversation_id or ""]
+            _cancel(parked)
+            return parked.resumed()
+        if entry.body is None or entry.body not in GENERATING_FORMATS:
             return None
-        metered = Metered(claims, route, lane, body_format)
+        conversation = route.conversation_id if entry.conversation == "opens" else None
+        metered = Metered(claims.jti, claims.sub, claims.grant.model, entry.name, lane, entry.body, conversation)
         delay = claims.exp - time.time()
         metered.timer = asyncio.get_running_loop().call_later(max(delay, 0.0), self._started, metered)
         return metered
 
     def end(self, metered: Metered, *, status: int | None, complete: bool, chunked: bool) -> Usage | None:
         """The relay ended: the report goes out as a task; the usage found, for the metrics."""
-        if metered.timer is not None:
-            metered.timer.cancel()
-            metered.timer = None
+        started = metered.timer is None  # its grant expired while it ran: reported started already
+        _cancel(metered)
         usage, generated = read_usage(metered, status=status, complete=complete, chunked=chunked)
+        if generated and usage is None and not complete and metered.conversation is not None:
+            self._park(metered, started=started)
+            return None
         self._send(metered.report("ended", usage, generated=generated))
         return usage
 
     def _started(self, metered: Metered) -> None:
         metered.timer = None
         self._send(metered.report("started", None))
+
+    def _park(self, metered: Metered, *, started: bool) -> None:
+        """Its client left a resumable stream: held (reported started) until a resume's end settles it,
+        or `_unresumed` gives up on it."""
+        conversation = metered.conversation
+        assert conversation is not None
+        replaced = self._parked.pop(conversation, None)
+        if replaced is not None:  # two relays of one conversation both left: the older one is given up
+            _cancel(replaced)
+            self._send(replaced.report("ended", None))
+        if not started:
+            self._send(metered.report("started", None))
+        metered.timer = asyncio.get_running_loop().call_later(self._wait, self._unresumed, metered)
+        self._parked[conversation] = metered
+
+    def _unresumed(self, metered: Metered) -> None:
+        metered.timer = None
+        if metered.conversation is not None and self._parked.get(metered.conversation) is metered:
+            del self._parked[metered.conversation]
+            self._send(metered.report("ended", None))
 
     def _send(self, report: UsageReport) -> None:
         if len(self._pending) >= MAX_PENDING:
@@ -126,7 +174,12 @@ class UsageReporter:
             log.warning("event=usage_report_failed status=%d user=%s", answer.status_code, report.sub)
 
     async def aclose(self) -> None:
-        """The gate is stopping: reports already on their way get a moment to arrive, then the client closes."""
+        """The gate is stopping: streams still waiting for a resume are given up, reports already on their
+        way get a moment to arrive, then the client closes."""
+        for metered in self._parked.values():
+            _cancel(metered)
+            self._send(metered.report("ended", None))
+        self._parked.clear()
         if self._pending:
             await asyncio.wait(list(self._pending), timeout=REPORT_TIMEOUT)
         for task in list(self._pending):
@@ -134,3 +187,9 @@ class UsageReporter:
             with contextlib.suppress(BaseException):
                 await task
         await self._client.aclose()
+
+
+def _cancel(metered: Metered) -> None:
+    if metered.timer is not None:
+        metered.timer.cancel()
+        metered.timer = None

@@ -131,3 +131,52 @@ def test_a_refused_request_reports_nothing() -> None:
         assert h.usage == []
 
     run(scenario)
+
+
+def resumable(h: Harness, conversation: str) -> tuple[str, bytes]:
+    token = h.token(conversation_id=conversation)
+    return token, chat_request(token, extra=b"X-Conversation-Id: " + conversation.encode() + b"\r\n")
+
+
+async def left_mid_stream(h: Harness, request: bytes) -> None:
+    client = await Client.open(h.port)
+    await client.send(request)
+    await client.reader.readuntil(b"\r\n\r\n")
+    client.writer.transport.abort()
+
+
+def test_a_resume_settles_the_stream_its_first_client_left() -> None:
+    async def scenario(h: Harness) -> None:
+        h.behaviour.forever, h.behaviour.delay = True, 0.02
+        h.behaviour.usage = {"completion_tokens": 9, "prompt_tokens": 4}
+        token, request = resumable(h, "conv-r")
+        await left_mid_stream(h, request)
+        [started] = await reports(h, 1)  # held: a resume may still read its end
+        assert (started["phase"], started["jti"]) == ("started", jti_of(token))
+        h.behaviour.forever = False
+        resume = h.token(scope="resume", routes=(("GET", "/v1/stream"),), conversation_id="conv-r")
+        client = await Client.open(h.port)
+        await client.send(b"GET /direct/v1/stream?conv_id=conv-r&from=0 HTTP/1.1\r\nHost: g\r\n"
+                          b"Authorization: Bearer " + resume.encode() + b"\r\n\r\n")
+        assert (await client.response()).status == 200
+        _, ended = await reports(h, 2)
+        assert ended == {**started, "phase": "ended", "prompt_tokens": 4, "completion_tokens": 9}
+        client.close()
+
+    run(scenario)
+
+
+def test_a_stream_left_and_never_resumed_is_an_end_not_seen_after_the_window() -> None:
+    async def scenario(h: Harness) -> None:
+        h.behaviour.forever, h.behaviour.delay = True, 0.02
+        token, request = resumable(h, "conv-n")
+        await left_mid_stream(h, request)
+        started, ended = await reports(h, 2)
+        assert [(r["phase"], r["jti"], r["completion_tokens"]) for r in (started, ended)] == [
+            ("started", jti_of(token), None), ("ended", jti_of(token), None)]
+
+    async def main() -> None:
+        async with running_gate(resume_window=0.2) as harness:
+            await scenario(harness)
+
+    asyncio.run(asyncio.wait_for(main(), 60))
