@@ -16,6 +16,7 @@ export type ErrorCode =
   | "session_expired"
   | "rate_limited"
   | "too_many_streams"
+  | "budget_exhausted"
   | "vision_unsupported"
   | "image_rejected"
   | "model_loading"
@@ -35,6 +36,7 @@ const MESSAGES: Record<ErrorCode, string> = {
   session_expired: "Your session has expired. Open the sign-in link again to continue.",
   rate_limited: "Too many requests right now. Wait a moment and try again.",
   too_many_streams: "Too many replies are running for you at once. Wait for one to finish, then try again.",
+  budget_exhausted: "You have used your token budget for now. Try again later, or ask for a larger budget.",
   vision_unsupported: "This model cannot read images. Remove the image and send again.",
   image_rejected: "The image could not be sent: use a PNG, JPEG, WebP, GIF, BMP or TIFF within the size limit.",
   model_loading: "The model is still loading. Try again in a moment.",
@@ -95,6 +97,7 @@ export const REASONS: ReadonlyMap<string, ErrorCode> = new Map<string, ErrorCode
   ["stream_lost", "stream_lost"],
   ["rate_limited", "rate_limited"],
   ["too_many_streams", "too_many_streams"],
+  ["budget_exhausted", "budget_exhausted"],
   ["prompt_too_large", "context_overflow"],
   ["gate_unavailable", "model_loading"],
   ["http_version_not_supported", "server_error"],

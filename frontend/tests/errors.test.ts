@@ -56,6 +56,7 @@ describe("classifyServerError reads the refusal's code first", () => {
     [400, { reason: "length_over_cap", code: 400 }, false, "bad_request"],
     [429, { reason: "rate_limited", code: 429 }, false, "rate_limited"],
     [429, { reason: "too_many_streams", code: 429 }, false, "too_many_streams"],
+    [429, { reason: "budget_exhausted", code: 429 }, false, "budget_exhausted"],
     [400, { reason: "prompt_too_large", code: 400 }, false, "context_overflow"],
     [502, { reason: "upstream_unavailable", code: 502 }, false, "server_error"],
     [502, { reason: "stream_lost", code: 502 }, false, "stream_lost"],
