@@ -21,11 +21,10 @@ from typing import Any
 import httpx
 import pytest
 from forwarder import Forwarder
-from stack import Stack, run_stack
+from recorded_lane import stack_in_front
+from stack import Stack
 
-from llama_launcher.paths import make_runtime_dir
 from llama_launcher.server_args import RouterSource, ServerOptions
-from llama_launcher.server_process import LlamaServer
 
 pytestmark = [pytest.mark.real, pytest.mark.timeout(300)]
 
@@ -77,22 +76,12 @@ def lane(request: pytest.FixtureRequest, llama_server_binary: Path, model_path: 
         preset = tmp_path_factory.mktemp("preset") / "models.ini"
         preset.write_text(f"[{ALIAS}]\nmodel = {model_path}\n\n[other]\nmodel = {model_path}\nctx-size = 1024\n")
         router = RouterSource("preset", preset)
-    server = LlamaServer(ServerOptions(binary=llama_server_binary, model=model_path, alias=ALIAS, max_tokens=2048,
-                                       router=router), make_runtime_dir())
-    server.start()
-    try:
-        server.wait_ready(timeout=120, show_progress=False)
-        key = server.authorization().decode().removeprefix("Bearer ")
-        if router is not None:  # loaded before the cases, so that no case pays (or is charged) a load
-            _load(str(server.address), key, ALIAS)
-        with Forwarder(str(server.address)) as forwarder, run_stack(
-            "--upstream", f"http://127.0.0.1:{forwarder.port}", "--model-alias", ALIAS, "--max-tokens", "512",
-            "--burst", "100",  # one negotiation per case; the limiter has tests of its own
-            env={"LLAMA_DIRECT_UPSTREAM_KEY": key},
-        ) as stack:
-            yield Lane(stack, forwarder)
-    finally:
-        server.stop()
+    options = ServerOptions(binary=llama_server_binary, model=model_path, alias=ALIAS, max_tokens=2048, router=router)
+    # A router's model is loaded before the cases, so that no case pays (or is charged) a load.
+    preload = None if router is None else lambda server, key: _load(str(server.address), key, ALIAS)
+    with stack_in_front(options, "--max-tokens", "512", "--burst", "100",  # one negotiation per case
+                        before=preload) as (stack, forwarder, _):
+        yield Lane(stack, forwarder)
 
 
 def _load(socket_path: str, key: str, name: str) -> None:

@@ -29,7 +29,8 @@ from typing import Any
 import httpx
 import pytest
 from forwarder import Forwarder
-from stack import Stack, run_stack
+from recorded_lane import fresh_token, stack_in_front
+from stack import Stack
 
 from llama_launcher.gate.bounds import (
     MAX_BREAKERS,
@@ -38,9 +39,7 @@ from llama_launcher.gate.bounds import (
     MAX_STOP_BYTES,
     MAX_STOP_STRINGS,
 )
-from llama_launcher.paths import make_runtime_dir
 from llama_launcher.server_args import ServerOptions
-from llama_launcher.server_process import LlamaServer
 
 pytestmark = [pytest.mark.real, pytest.mark.timeout(600)]
 
@@ -60,20 +59,7 @@ class Lane:
     pid: int
 
     def token(self) -> str:
-        """A fresh chat token; the broker's rate limit (120 a minute) is waited out, off the clock."""
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            response = httpx.post(f"{self.stack.base}/direct-stream", json={"max_tokens": MAX_TOKENS}, timeout=10,
-                                  headers={"Authorization": f"Bearer {self.stack.access_token}"})
-            if response.status_code == 429:
-                time.sleep(float(response.headers.get("retry-after", "1")))
-                continue
-            assert response.status_code == 200, response.text
-            grant = response.json()
-            if grant.get("supported"):
-                return str(grant["token"])
-            time.sleep(0.1)
-        raise AssertionError("negotiation never gave a token")
+        return fresh_token(self.stack, MAX_TOKENS)
 
     def cpu(self) -> float:
         """llama-server's CPU-seconds so far: what a request cost it, whatever else the machine runs."""
@@ -131,20 +117,9 @@ class Answer:
 def lane(llama_server_binary: Path, model_path: Path) -> Iterator[Lane]:
     options = ServerOptions(binary=llama_server_binary, model=model_path, alias=ALIAS, max_tokens=2048,
                             ctx_size=CONTEXT * 2, parallel=2)
-    server = LlamaServer(options, make_runtime_dir())
-    server.start()
-    try:
-        server.wait_ready(timeout=120, show_progress=False)
-        key = server.authorization().decode().removeprefix("Bearer ")
-        pid = server.pid
-        assert pid is not None
-        with Forwarder(str(server.address)) as forwarder, run_stack(
-            "--upstream", f"http://127.0.0.1:{forwarder.port}", "--model-alias", ALIAS, "--max-tokens", "512",
-            env={"LLAMA_DIRECT_UPSTREAM_KEY": key},
-        ) as stack:
-            yield Lane(stack, forwarder, pid)
-    finally:
-        server.stop()
+    with stack_in_front(options, "--max-tokens", "512") as (stack, forwarder, server):
+        assert server.pid is not None
+        yield Lane(stack, forwarder, server.pid)
 
 
 def _schema(schema: dict[str, Any]) -> dict[str, Any]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,10 +28,10 @@ import pytest
 from forwarder import Forwarder
 from hostile_support import SVG, bomb_png, data_url
 from PIL import Image, PngImagePlugin
-from stack import Stack, run_stack
+from recorded_lane import fresh_token, stack_in_front
+from stack import Stack
 from tiny_mmproj import write_tiny_mmproj
 
-from llama_launcher.paths import make_runtime_dir
 from llama_launcher.server_args import ServerOptions
 from llama_launcher.server_process import LlamaServer
 
@@ -54,19 +53,7 @@ class Lane:
 
     def token(self) -> str:
         """A fresh chat token; a refused request spends its token, so each request gets its own."""
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            response = httpx.post(f"{self.stack.base}/direct-stream", json={"max_tokens": MAX_TOKENS}, timeout=10,
-                                  headers={"Authorization": f"Bearer {self.stack.access_token}"})
-            if response.status_code == 429:
-                time.sleep(float(response.headers.get("retry-after", "1")))
-                continue
-            assert response.status_code == 200, response.text
-            grant = response.json()
-            if grant.get("supported"):
-                return str(grant["token"])
-            time.sleep(0.1)
-        raise AssertionError("negotiation never gave a token")
+        return fresh_token(self.stack, MAX_TOKENS, within=60)
 
     def chat(self, *urls: str) -> httpx.Response:
         content: list[dict[str, Any]] = [{"type": "text", "text": "What is in the picture?"}]
@@ -99,18 +86,8 @@ def _request_json(raw: bytes) -> dict[str, Any]:
 def _start_lane(binary: Path, model: Path, mmproj: Path | None) -> Iterator[Lane]:
     options = ServerOptions(binary=binary, model=model, alias=ALIAS, max_tokens=256, ctx_size=2048, parallel=1,
                             mmproj=mmproj)
-    server = LlamaServer(options, make_runtime_dir())
-    server.start()
-    try:
-        server.wait_ready(timeout=120, show_progress=False)
-        key = server.authorization().decode().removeprefix("Bearer ")
-        with Forwarder(str(server.address), record=True) as forwarder, run_stack(
-            "--upstream", f"http://127.0.0.1:{forwarder.port}", "--model-alias", ALIAS, "--max-tokens", "64",
-            env={"LLAMA_DIRECT_UPSTREAM_KEY": key},
-        ) as stack:
-            yield Lane(stack, forwarder, server)
-    finally:
-        server.stop()
+    with stack_in_front(options, "--max-tokens", "64", record=True) as (stack, forwarder, server):
+        yield Lane(stack, forwarder, server)
 
 
 @pytest.fixture(scope="module")
