@@ -97,7 +97,8 @@ async def baseline(
     jti = new_jti()
     cap = reserve(core, user=user, limits=limits, asked=asked, model=model, route=route, lane=BASELINE_LANE, jti=jti,
                   minted_at=now, ttl=core.settings.token_ttl)
-    grant = Grant(routes=(route.key,), model=model, autoload=autoload, max_tokens=cap, system_prompt=system_prompt)
+    pin = system_prompt if system_prompt is not None else core.policy.system_prompts.get(model)
+    grant = Grant(routes=(route.key,), model=model, autoload=autoload, max_tokens=cap, system_prompt=pin)
     upstream = await _send(core, user, body, content_type, grant=grant, route=route, now=now, jti=jti)
     if upstream.status_code == 401 and await _predates_gate(upstream):
         # The gate restarted after this broker last looked: its cut-off is at most the second after

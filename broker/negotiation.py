@@ -87,7 +87,8 @@ def negotiate(
         max_tokens=min(options.max_tokens, cap) if options.max_tokens is not None else cap,
         origin=origin,
         conversation_id=conversation_id,
-        system_prompt=system_prompt,  # pinned by the host app: the gate puts it first (`Grant.system_prompt`)
+        # pinned by the host app, else by the operator for the model: the gate puts it first
+        system_prompt=system_prompt if system_prompt is not None else policy.system_prompts.get(model),
     )
     minted = mint(
         issuer.key,

@@ -7,7 +7,8 @@ request's own scheme and host, checked here so that a `Host` header cannot smugg
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from llama_direct.lanes import CHAT_PATH, LANE_PREFIX, LaneRoute
@@ -31,6 +32,8 @@ class Policy:
     public_prefix: str = ""
     gate_port: int | None = None
     models: tuple[str, ...] = ()
+    system_prompts: Mapping[str, str] = field(default_factory=dict)
+    """The operator's pinned system prompt of each model (`--system-prompt`)."""
 
     @classmethod
     def from_settings(cls, settings: BrokerSettings) -> Policy:
@@ -42,6 +45,7 @@ class Policy:
             public_base=settings.public_base,
             public_prefix=settings.public_prefix,
             gate_port=settings.gate_port,
+            system_prompts=settings.system_prompts,
         )
 
     def fallback_for(self, route: LaneRoute) -> str:

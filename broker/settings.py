@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -19,7 +19,13 @@ from llama_direct.config_files import BrokerFile
 from llama_direct.ids import ID_PATTERN
 from llama_direct.runtime import ACCESS_TOKEN_ENV, BROKER_CONFIG_FILE
 from llama_direct.runtime import BROKER_CONFIG_ENV as CONFIG_ENV
-from llama_direct.tokens import ALGORITHMS, DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS
+from llama_direct.tokens import (
+    ALGORITHMS,
+    DEFAULT_TTL_SECONDS,
+    MAX_SYSTEM_PROMPT_CHARS,
+    MAX_TTL_SECONDS,
+    is_system_prompt,
+)
 from llama_direct.typed_json import MalformedDocument, check_document, parse_document
 
 TOGGLE_ENV = "UNSLOTH_DIRECT_STREAM"
@@ -48,6 +54,9 @@ class BrokerSettings:
     algorithm: str = "EdDSA"
     token_ttl: int = DEFAULT_TTL_SECONDS
     max_tokens_cap: int = 2048
+    system_prompts: Mapping[str, str] = field(default_factory=dict)
+    """Model -> the system prompt pinned into each grant for it (`--system-prompt`), unless the host
+    app pins its own (`broker.mount.direct_router(system_prompt=)`)."""
     rate_per_minute: int = 120
     burst: int = 20
     signing_key_file: Path | None = None
@@ -65,6 +74,10 @@ class BrokerSettings:
         for name in ("max_tokens_cap", "rate_per_minute", "burst", "load_rate_per_minute"):
             if not _positive_int(getattr(self, name)):
                 raise SettingsError(f"{name} must be a positive integer")
+        for model, prompt in self.system_prompts.items():
+            if not (isinstance(model, str) and model and is_system_prompt(prompt)):
+                raise SettingsError(f"system_prompts must map model names to prompts of 1 to "
+                                    f"{MAX_SYSTEM_PROMPT_CHARS} characters")
         if isinstance(self.key_rotation_hours, bool) or not isinstance(self.key_rotation_hours, int | float) \
                 or not 0 <= self.key_rotation_hours <= 24 * 365:
             raise SettingsError("key_rotation_hours must be between 0 (never) and 8760")

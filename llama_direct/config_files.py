@@ -36,6 +36,8 @@ class BrokerFlags(TypedDict):
     algorithm: NotRequired[str]
     token_ttl: NotRequired[int]
     max_tokens_cap: NotRequired[int]
+    system_prompts: NotRequired[dict[str, str]]
+    """`--system-prompt MODEL=FILE`: model -> the system prompt pinned into each of its grants."""
     rate_per_minute: NotRequired[int]
     burst: NotRequired[int]
     signing_key_file: NotRequired[str | None]

@@ -125,7 +125,7 @@ class Grant:
         for optional in (self.origin, self.conversation_id):
             if optional is not None and (not isinstance(optional, str) or not optional):
                 raise ValueError("origin and conversation_id must be non-empty strings or None")
-        if self.system_prompt is not None and not _is_system_prompt(self.system_prompt):
+        if self.system_prompt is not None and not is_system_prompt(self.system_prompt):
             raise ValueError(f"system_prompt must be a non-empty string of at most {MAX_SYSTEM_PROMPT_CHARS} "
                              "characters as JSON")
 
@@ -322,7 +322,8 @@ def _claims_from(payload: dict[str, Any]) -> Claims:
     )
 
 
-def _is_system_prompt(value: object) -> bool:
+def is_system_prompt(value: object) -> bool:
+    """Whether `value` can be a grant's pinned system prompt: a non-empty string within the bound."""
     if not isinstance(value, str) or not value or len(value) > MAX_SYSTEM_PROMPT_CHARS:
         return False
     return len(json.dumps(value)) - 2 <= MAX_SYSTEM_PROMPT_CHARS

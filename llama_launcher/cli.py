@@ -232,7 +232,7 @@ def stack_plan(args: argparse.Namespace, access_token: str | None = None) -> sup
         )
     broker_settings: BrokerFlags = {
         "model": launch.alias, "models": launch.models, "public_url": args.public_url, "algorithm": args.algorithm,
-        "token_ttl": args.token_ttl, "max_tokens_cap": args.max_tokens,
+        "token_ttl": args.token_ttl, "max_tokens_cap": args.max_tokens, "system_prompts": dict(args.system_prompt),
         "signing_key_file": str(args.signing_key_file.resolve()) if args.signing_key_file else None,
         "key_rotation_hours": args.key_rotation_hours,
         "rate_per_minute": args.rate_per_minute, "burst": args.burst, "load_rate_per_minute": args.loads_per_minute,

@@ -15,6 +15,7 @@ from llama_direct.ids import ID_PATTERN
 from llama_direct.logs import LOG_FORMATS
 from llama_direct.metrics import MAX_METRIC_USERS
 from llama_direct.runtime import REDIS_URL_ENV, UPSTREAM_KEY_ENV
+from llama_direct.tokens import MAX_SYSTEM_PROMPT_CHARS, is_system_prompt
 from llama_launcher.gate.config import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_PENDING,
@@ -39,6 +40,21 @@ def ip_address(value: str) -> str:
         return str(ipaddress.ip_address(value))
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an IP address: {value!r}") from None
+
+
+def pinned_prompt(text: str) -> tuple[str, str]:
+    """`--system-prompt MODEL=FILE`: the model's name and the file's text (UTF-8, one final newline dropped)."""
+    model, _, path = text.partition("=")
+    if not model or not path:
+        raise argparse.ArgumentTypeError("--system-prompt takes MODEL=FILE")
+    try:
+        prompt = Path(path).read_text(encoding="utf-8").removesuffix("\n")
+    except (OSError, UnicodeDecodeError):
+        raise argparse.ArgumentTypeError(f"--system-prompt: {model}'s file cannot be read as UTF-8 text") from None
+    if not is_system_prompt(prompt):
+        raise argparse.ArgumentTypeError(f"--system-prompt: {model}'s prompt must hold 1 to "
+                                         f"{MAX_SYSTEM_PROMPT_CHARS} characters (as JSON)")
+    return model, prompt
 
 
 def name(text: str) -> str:
@@ -106,6 +122,9 @@ def _model(flags: Flags) -> None:
     flags.add_argument("--upstream-key-file", metavar="FILE", type=Path, action="append", default=[],
                        help=f"an attached server's API key, read from a file: once for every upstream, or once "
                        f"per --upstream, by position (or {UPSTREAM_KEY_ENV} for all)")
+    flags.add_argument("--system-prompt", metavar="MODEL=FILE", action="append", default=[], type=pinned_prompt,
+                       help="pin FILE's text as MODEL's system prompt in every grant (repeatable): the gate puts "
+                       "it first and refuses clients' own system messages and special-token text")
     flags.add_argument("server_args", nargs=argparse.REMAINDER, help="-- then extra llama-server arguments")
 
 

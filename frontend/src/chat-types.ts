@@ -46,6 +46,9 @@ export interface StreamChatOptions {
   headTimeoutMs?: number;
   /** Ask for a resumable stream (`X-Conversation-Id`), so a broken connection can resume. */
   resumable?: boolean;
+  /** Told each resumable stream's conversation id as its request goes out: a page that keeps it can
+   * pick the stream up again after a reload (`resumeChat`). */
+  onConversation?: (conversationId: string) => void;
   /** The model to negotiate for (the broker's `GET /v1/models` names them); the server's default if unset. */
   model?: string;
   /** `false`: the request may not load a model that is not loaded (409 `model_not_loaded` then). */

@@ -13,7 +13,7 @@ import type { ToolCall, UIEvent } from "./shape.ts";
 import type { ChatRequest, MessagesRequest, ResponsesRequest, StreamChatOptions } from "./chat-types.ts";
 import { ChatRun, DEFAULTS } from "./chat-run.ts";
 import { round } from "./rounds.ts";
-import { errorEvent } from "./stream-body.ts";
+import { abortStream, errorEvent, openResume, streamBody } from "./stream-body.ts";
 import { CHAT, MESSAGES, RESPONSES, type RouteFormat, type ToolRound } from "./route-formats.ts";
 
 export type {
@@ -82,6 +82,29 @@ async function* streamRoute<R>(format: RouteFormat<R>, request: R, options: Stre
     current = format.withToolResults(current, outcome.text, results);
     yield { type: "tool_status", content: "" };
   }
+}
+
+/**
+ * Pick up a resumable chat stream this user opened, by its conversation id (`onConversation`), from
+ * its first byte: the reply so far, then the rest as llama-server writes it (a page reloaded while a
+ * reply streamed). Ends with `finish` (lane `resumed`), `abort` (Stop cancels the stream), or the
+ * error `stream_lost` when the stream is gone. A tool call it ends in is not run.
+ */
+export async function* resumeChat(conversationId: string, options: StreamChatOptions = {}): AsyncGenerator<UIEvent> {
+  const run = new ChatRun(options, false, "chat");
+  const opened = await openResume(run, conversationId, 0);
+  if (run.signal.aborted) {
+    opened?.request.cancel();
+    yield* abortStream(run, { url: "", token: "", conversationId });
+    return;
+  }
+  if (opened === null) {
+    yield errorEvent(classified("stream_lost"), "pre-output");
+    return;
+  }
+  const outcome = yield* streamBody(run, opened, { url: "", token: "", conversationId }, "resumed");
+  if (outcome.kind === "end") yield { type: "finish", finish_reason: outcome.finishReason, lane: outcome.lane };
+  else if (outcome.kind === "fallback") yield errorEvent(classified("stream_lost"), "mid-stream");
 }
 
 /** Stream one chat completion (`POST /v1/chat/completions`) as UI events. */

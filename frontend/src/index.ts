@@ -5,6 +5,7 @@ export {
   type FetchLike,
   type MessagesRequest,
   type ResponsesRequest,
+  resumeChat,
   type StreamChatOptions,
   streamChat,
   streamMessages,

@@ -28,7 +28,10 @@ async function* directRound(
     "Content-Type": "application/json",
     Authorization: `Bearer ${grant.token}`,
   };
-  if (grant.conversationId !== null) headers["X-Conversation-Id"] = grant.conversationId;
+  if (grant.conversationId !== null) {
+    headers["X-Conversation-Id"] = grant.conversationId;
+    run.options.onConversation?.(grant.conversationId);
+  }
   let response: Response;
   try {
     response = await run.fetch(`${grant.url}${LANE_ROUTES[run.route].path}`, {

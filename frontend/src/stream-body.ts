@@ -149,7 +149,7 @@ export async function* abortStream(run: ChatRun, grant: DirectGrant | null): Asy
 }
 
 /** Open the resumed tail: negotiate a resume-scoped token, then `GET /v1/stream?from=N`. */
-async function openResume(run: ChatRun, conversationId: string, from: number): Promise<LaneResponse | null> {
+export async function openResume(run: ChatRun, conversationId: string, from: number): Promise<LaneResponse | null> {
   const answer = await run.negotiate({ resume: conversationId });
   if (answer.kind !== "grant") return null;
   const target = `${answer.grant.url}${LANE_ROUTES.resume.path}?conv_id=${encodeURIComponent(conversationId)}&from=${from}`;

@@ -10,6 +10,7 @@ it("exports exactly the public runtime names", () => {
     "friendlyMessage",
     "interpretEvent",
     "parseErrorBody",
+    "resumeChat",
     "shapeItems",
     "streamChat",
     "streamMessages",

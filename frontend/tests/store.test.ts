@@ -16,6 +16,13 @@ describe("validConversation", () => {
     expect(validConversation(good)).toEqual(good);
   });
 
+  it("keeps a streaming turn's conversation id only when it looks like one the broker mints", () => {
+    const turn = { text: "hi", image: null, reply: "" };
+    const withPending = (pending: unknown) => validConversation({ ...good, turns: [{ ...turn, pending }] })?.turns[0]?.pending;
+    expect(withPending("AbCdEf0123456789_-xyzQ")).toBe("AbCdEf0123456789_-xyzQ");
+    for (const bad of ["short", "has space in it", "../../etc/passwd", 42, null, "x".repeat(200)]) expect(withPending(bad)).toBeUndefined();
+  });
+
   it("fills settings that are missing or of the wrong type with blanks", () => {
     expect(validConversation({ ...good, settings: { system: 3 } })?.settings).toEqual(blankSettings());
     expect(validConversation({ ...good, settings: undefined })?.settings.system).toBe("");

@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from broker.conversations import Conversations
+from broker.gate_health import GateHealth
+from broker.issuer import Issuer
+from broker.negotiation import negotiate
+from broker.negotiation_options import Options
+from broker.policy import Policy
+from broker.settings import BrokerSettings, SettingsError
+from broker.signing_keys import SigningKey
 from llama_direct.lanes import LANE_ROUTES
 from llama_direct.refusals import RequestRefusal
 from llama_direct.tokens import MAX_SYSTEM_PROMPT_CHARS, Grant
 from llama_launcher.gate.shapers import SHAPERS
 from llama_launcher.gate.shaping import ShapingPolicy
+from llama_launcher.serve_flags import pinned_prompt
 
 PIN = "You are the host's helper. Answer in French."
 PINNED = Grant(routes=(("POST", "/v1/chat/completions"),), model="m", max_tokens=64, system_prompt=PIN)
@@ -159,3 +170,44 @@ def test_the_claim_is_bounded_to_fit_a_token() -> None:
     for bad in ("", "x" * (MAX_SYSTEM_PROMPT_CHARS + 1), "é" * (MAX_SYSTEM_PROMPT_CHARS // 2), 5):
         with pytest.raises(ValueError, match="system_prompt"):
             Grant(routes=PINNED.routes, model="m", max_tokens=1, system_prompt=bad)  # type: ignore[arg-type]  # a wrong type, on purpose
+
+
+class TestTheOperatorPinsPerModel:
+    """`serve --system-prompt MODEL=FILE`: read at start, carried in broker.json, put in each grant of that model."""
+
+    def test_the_flag_reads_the_file(self, tmp_path: Path) -> None:
+        (tmp_path / "pin.txt").write_text(PIN + "\n", encoding="utf-8")
+        assert pinned_prompt(f"smol={tmp_path / 'pin.txt'}") == ("smol", PIN)
+        (tmp_path / "long.txt").write_text("x" * (MAX_SYSTEM_PROMPT_CHARS + 1))
+        (tmp_path / "empty.txt").write_text("\n")
+        for bad in ("smol", f"={tmp_path / 'pin.txt'}", f"smol={tmp_path / 'none.txt'}",
+                    f"smol={tmp_path / 'long.txt'}", f"smol={tmp_path / 'empty.txt'}"):
+            with pytest.raises(argparse.ArgumentTypeError):
+                pinned_prompt(bad)
+
+    def test_the_settings_carry_them_checked(self, tmp_path: Path) -> None:
+        base = {"data_dir": str(tmp_path), "broker_socket": "/b", "control_socket": "/c", "gate_socket": "/g",
+                "model": "smol"}
+        settings = BrokerSettings.from_dict({**base, "system_prompts": {"smol": PIN}})
+        assert Policy.from_settings(settings).system_prompts == {"smol": PIN}
+        for bad in ({"smol": ""}, {"": PIN}, {"smol": "x" * (MAX_SYSTEM_PROMPT_CHARS + 1)}):
+            with pytest.raises(SettingsError, match="system_prompts"):
+                BrokerSettings.from_dict({**base, "system_prompts": bad})
+
+    def test_each_grant_of_the_model_pins_it_and_the_host_pin_wins(self) -> None:
+        policy = Policy(model="smol", models=("smol", "big"), max_tokens_cap=64, ttl=30,
+                        system_prompts={"smol": PIN})
+        key = SigningKey.generate("EdDSA")
+
+        def grant(model: str, host: str | None = None) -> dict[str, Any]:
+            answer = negotiate(Options(model=model), user="alice", origin=None, url="http://l/direct", policy=policy,
+                               health=GateHealth(up=True, model_ready=True), allowed=("smol", "big"), enabled=True,
+                               conversations=Conversations(), system_prompt=host,
+                               issuer=Issuer(key=key, issuer="b", audience="g"), now=1_750_000_000)
+            assert answer["supported"] is True
+            claim: dict[str, Any] = answer["grant"]  # type: ignore[typeddict-item]  # a granted answer
+            return claim
+
+        assert grant("smol")["system_prompt"] == PIN
+        assert "system_prompt" not in grant("big")
+        assert grant("smol", host="The host's own.")["system_prompt"] == "The host's own."

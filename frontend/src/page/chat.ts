@@ -3,8 +3,8 @@
  * actions (copy, edit and resend, regenerate, retry), each of which cuts the conversation at a turn
  * and runs it again.
  */
-import { streamChat } from "../client.ts";
-import type { Lane } from "../shape.ts";
+import { resumeChat, streamChat } from "../client.ts";
+import type { Lane, UIEvent } from "../shape.ts";
 import { branchNav, copyWithFeedback, type MessageAction } from "./actions.ts";
 import { branchPosition, flipTo, forkAt } from "./branches.ts";
 import type { Composer } from "./composer.ts";
@@ -64,6 +64,12 @@ export class Chat {
     this.stop();
     this.replaceFrom(0, turns);
     this.page.follow.resume();
+    // A reply that was streaming when the page went away: pick its stream up again.
+    const last = this.turns.at(-1);
+    if (last?.data.pending !== undefined && !this.busy) {
+      last.reply?.root.remove();
+      void this.run(last, last.data.pending);
+    }
   }
 
   /** Replace the turns from `index` on with `turns`' (the ones before it stay as they are). */
@@ -171,15 +177,16 @@ export class Chat {
     await this.running;
   }
 
-  private run(turn: Turn): Promise<void> {
-    const running = this.runTurn(turn).finally(() => {
+  /** Answer `turn`, or with `resume` (a conversation id) pick up its reply's stream again. */
+  private run(turn: Turn, resume?: string): Promise<void> {
+    const running = this.runTurn(turn, resume).finally(() => {
       if (this.running === running) this.running = null;
     });
     this.running = running;
     return running;
   }
 
-  private async runTurn(turn: Turn): Promise<void> {
+  private async runTurn(turn: Turn, resume: string | undefined): Promise<void> {
     const { page } = this;
     const reply = new ReplyView(() => page.follow.update());
     turn.reply = reply;
@@ -189,16 +196,18 @@ export class Chat {
     const controller = new AbortController();
     this.controller = controller;
     page.setBusy(true);
-    const model = page.picker.value;
+    const model = resume === undefined ? page.picker.value : undefined;
     if (model !== undefined) reply.showModel(model);
     const unwatch = page.picker.watch((entry) => {
       if (model !== undefined) reply.showModelLoading(model, entry?.status === "loading", entry?.progress);
     });
     try {
-      await this.stream(turn, reply, controller.signal, model, unwatch);
+      const events = resume === undefined ? this.request(turn, controller.signal, model) : resumeChat(resume, { signal: controller.signal });
+      await this.show(reply, events, unwatch);
     } finally {
       unwatch();
       this.controller = null;
+      delete turn.data.pending;
       turn.data.reply = reply.content;
       this.decorate(turn);
       page.setBusy(false);
@@ -208,15 +217,24 @@ export class Chat {
     }
   }
 
-  private async stream(turn: Turn, reply: ReplyView, signal: AbortSignal, model: string | undefined, unwatch: () => void): Promise<void> {
+  /** The reply's events; each stream's conversation id is stored with the turn while it runs. */
+  private request(turn: Turn, signal: AbortSignal, model: string | undefined): AsyncGenerator<UIEvent> {
     const { page } = this;
     const useTools = page.useTools();
     const { settings } = page.settings();
     const messages = historyFor(this.turns.map((each) => each.data), this.turns.indexOf(turn), settings.system);
-    const events = streamChat(
+    const onConversation = (id: string): void => {
+      turn.data.pending = id;
+      this.onChange();
+    };
+    return streamChat(
       { messages, ...requestFields(settings), ...(useTools ? { tools: TOOL_SPECS } : {}) },
-      { signal, resumable: true, ...(model !== undefined ? { model } : {}), ...(useTools ? { tools: EXECUTORS } : {}) },
+      { signal, resumable: true, onConversation, ...(model !== undefined ? { model } : {}), ...(useTools ? { tools: EXECUTORS } : {}) },
     );
+  }
+
+  private async show(reply: ReplyView, events: AsyncGenerator<UIEvent>, unwatch: () => void): Promise<void> {
+    const { page } = this;
     for await (const event of events) {
       // Tokens flow: the model is loaded, and the picker's poll has nothing left to show.
       if (tokensFlow(event)) unwatch();

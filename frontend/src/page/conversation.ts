@@ -16,6 +16,9 @@ export interface TurnData {
    */
   branches?: Branch[];
   branch?: number;
+  /** The conversation id of this turn's reply while it streams (a resumable stream on the lane), so a
+   * reload picks the stream up again; gone once the reply settles. */
+  pending?: string;
 }
 
 /** One answer to a turn and the conversation that went on after it. */

@@ -65,12 +65,17 @@ function validBranches(value: unknown, branch: unknown, depth: number): Pick<Tur
 
 /** A turn, built afresh from the fields it may have (anything else is dropped); null when one is wrong.
  * Branches that do not fit are dropped and the turn kept. */
+/** A conversation id as the broker mints them (a stored one that is not is dropped, never sent). */
+const PENDING_ID = /^[A-Za-z0-9_-]{8,128}$/;
+
 function validTurn(value: unknown, depth = 0): TurnData | null {
   if (typeof value !== "object" || value === null) return null;
-  const { text, image, reply, branches, branch } = value as Record<string, unknown>;
+  const { text, image, reply, branches, branch, pending } = value as Record<string, unknown>;
   if (!isString(text) || !isString(reply)) return null;
   if (image !== null && !(isString(image) && image.startsWith("data:image/"))) return null;
-  return { text, image: image as string | null, reply, ...validBranches(branches, branch, depth) };
+  const turn: TurnData = { text, image: image as string | null, reply, ...validBranches(branches, branch, depth) };
+  if (isString(pending) && PENDING_ID.test(pending)) turn.pending = pending;
+  return turn;
 }
 
 /** A stored record as a conversation, or null when any field does not fit. */

@@ -285,6 +285,36 @@ describe("settings", () => {
   });
 });
 
+describe("a reply streaming at reload", () => {
+  it("picks the stream up again after the reload, from the lane, and settles it", async () => {
+    const context = await session(browser, stack, { width: 1280, height: 800 });
+    const { page, requests } = await open(context, stack, 120);
+    const reply = await send(page, "Write a very long story, at least two thousand words, about a llama who travels the world.");
+    await reply.locator(".text").waitFor({ timeout: WAIT_MS });
+    const before = ((await reply.locator(".text").textContent()) ?? "").trim();
+    expect(before.length).toBeGreaterThan(0);
+    expect(await reply.getAttribute("data-state")).toBe("streaming");
+    await page.reload();
+    const resumed = page.locator("li.assistant").first();
+    // The rest comes at llama-server's pace on a shared box: a generous wait, on the reply's state.
+    await resumed.locator("xpath=self::*[@data-state!='streaming']").waitFor({ timeout: 4 * WAIT_MS });
+    expect(await resumed.getAttribute("data-state")).toBe("done");
+    expect(await resumed.getAttribute("data-lane")).toBe("resumed");
+    expect(((await resumed.locator(".text").textContent()) ?? "").trim().startsWith(before.slice(0, 20))).toBe(true);
+    const gets = requests.filter((r) => path(r) === "/direct/v1/stream" && r.method() === "GET");
+    expect(gets).toHaveLength(1);
+    expect(new URL(gets[0]?.url() ?? "").searchParams.get("from")).toBe("0");
+    const negotiations = requests.filter((r) => path(r) === "/direct-stream").map((r) => r.postDataJSON());
+    expect(negotiations.at(-1)).toEqual({ resume: expect.any(String) });
+    // Settled, the turn holds no stream any more: another reload resumes nothing.
+    await page.waitForTimeout(300);
+    await page.reload();
+    expect(await settled(page.locator("li.assistant").first())).toBe("done");
+    expect(requests.filter((r) => path(r) === "/direct/v1/stream" && r.method() === "GET")).toHaveLength(1);
+    await context.close();
+  });
+});
+
 describe("conversations", () => {
   it("keeps conversations across a reload; opens, starts and deletes them from the sidebar", async () => {
     const context = await session(browser, stack, { width: 1280, height: 800 });
