@@ -24,14 +24,11 @@ from llama_direct.budgets import (
     parse_day,
     remaining,
 )
-from llama_direct.refusals import SharedStateUnavailable
 from llama_direct.runtime import USERS_DB_FILE
 from llama_direct.tokens import OWNER
 from llama_direct.user_store import UserStore, open_store
 from llama_direct.users import UserError, normalise_name
-from llama_launcher import secret_inputs
-from llama_launcher.errors import LauncherError
-from llama_launcher.paths import default_data_dir
+from llama_launcher.users_cli import on_store
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -47,20 +44,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        data_dir = (args.data_dir or default_data_dir()).resolve()
-        store = open_store(data_dir, secret_inputs.redis_url(args.redis_url_file))
-        try:
-            return _show(args, store)
-        finally:
-            store.close()
-    except (LauncherError, UserError) as error:
-        print(f"llama-direct: error: {error}", file=sys.stderr, flush=True)
-        return 2
-    except SharedStateUnavailable:
-        print("llama-direct: error: the fleet's Redis cannot be reached", file=sys.stderr, flush=True)
-        return 2
+    return on_store(_parser().parse_args(argv), _show)
 
 
 def _since(text: str | None, today: int) -> int:
@@ -75,7 +59,7 @@ def _since(text: str | None, today: int) -> int:
     return max(day, today - MAX_USAGE_DAYS)
 
 
-def _show(args: argparse.Namespace, store: UserStore) -> int:
+def _show(args: argparse.Namespace, store: UserStore, data_dir: Path) -> int:
     now = time.time()
     names = {listed.user.id: listed.user for listed in store.users()}
     user_id: str | None = None

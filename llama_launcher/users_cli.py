@@ -120,23 +120,30 @@ def _bound(clearable: bool) -> Callable[[str], int | None]:
     return parse
 
 
+Action = Callable[[argparse.Namespace, UserStore, Path], int]
+
+
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    actions: dict[str, Callable[[argparse.Namespace, UserStore, Path], int]] = {
-        "add": _add, "list": _list, "set": _set, "remove": _remove, "rotate": _rotate}
+    actions: dict[str, Action] = {"add": _add, "list": _list, "set": _set, "remove": _remove, "rotate": _rotate}
+    return on_store(args, actions[args.action], unreachable="; nothing was changed")
+
+
+def on_store(args: argparse.Namespace, action: Action, *, unreachable: str = "") -> int:
+    """`action` on the store that `--data-dir` and `--redis-url-file` name (as `serve` finds it), its
+    refusals said in one line with exit status 2 (`llama-direct usage` runs on it too)."""
     try:
         data_dir = (args.data_dir or default_data_dir()).resolve()
         store = open_store(data_dir, secret_inputs.redis_url(args.redis_url_file))
         try:
-            return actions[args.action](args, store, data_dir)
+            return action(args, store, data_dir)
         finally:
             store.close()
     except (LauncherError, UserError) as error:
         print(f"llama-direct: error: {error}", file=sys.stderr, flush=True)
         return 2
     except SharedStateUnavailable:
-        print("llama-direct: error: the fleet's Redis cannot be reached; nothing was changed", file=sys.stderr,
-              flush=True)
+        print(f"llama-direct: error: the fleet's Redis cannot be reached{unreachable}", file=sys.stderr, flush=True)
         return 2
 
 
