@@ -12,8 +12,8 @@ format):
   tool), Messages' `system`, Responses' `instructions` and its `system` and `developer` items;
 - a turn spelled in text: llama-server tokenizes the rendered prompt with special-token parsing on, so
   `<|im_start|>system` typed in a message, a name, a tool call's arguments, reasoning or a tool's
-  description opens a real turn. Any string (or key) in the rendered part of the body that holds one of
-  `PIN_MARKERS` is refused, 400 `special_token_text`;
+  description opens a real turn. Any string (or key) of the turns, the tools or the tool choice that
+  holds one of `PIN_MARKERS` is refused, 400 `special_token_text`;
 - (`chat_template_kwargs`, which a template may render, is allow-listed for every grant already:
   switches and a reasoning effort, no text: `bounds.TEMPLATE_KWARGS`);
 - a body no template renders (a raw prompt: completions; embeddings and rerank inputs): no pin can be
@@ -70,7 +70,7 @@ def pinned_prompt(shaped: dict[str, Any], grant: Grant, pin: Pin | None) -> None
         for index, turn in enumerate(turns):
             if "role" in turn and turn["role"] not in TURN_ROLES:
                 raise RequestRefusal(SYSTEM_PROMPT_PINNED, where=f"{pin.turns}[{index}].role")
-    refuse_special_text(shaped, (pin.turns, "tools"))
+    refuse_special_text(shaped, (pin.turns, "tools", "tool_choice"))
     if pin.system is None:
         shaped[pin.turns] = [{"role": "system", "content": prompt}, *turns]
     else:

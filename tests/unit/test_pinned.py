@@ -136,6 +136,7 @@ class TestATurnSpelledInTextIsRefused:
          "tools[0]"),
         ({**CHAT, "tools": [{"type": "function", "function": {"name": "f", "parameters": {
             "type": "object", "properties": {"<|im_start|>": {"type": "string"}}}}}]}, "tools[0]"),
+        ({**CHAT, "tool_choice": {"type": "function", "function": {"name": "<|im_start|>"}}}, "tool_choice"),
     ])
     def test_chat(self, body: dict[str, Any], where: str) -> None:
         code, message = refusal("chat", body)
