@@ -107,8 +107,9 @@ def run(stores: list[UserStore], budget: Budget, operations: list[tuple[str, int
         # the worst case: every started stream not yet ended goes on to generate its whole grant
         worst = model.generated + sum(held.amount for held in model.held if held.started)
         assert worst <= limit
-        day_used, _ = store.budget_windows(USER, model.now)
+        day_used, minute_used = store.budget_windows(USER, model.now)
         assert day_used <= limit
+        assert budget.per_minute is None or minute_used <= budget.per_minute
     model.now += TTL + 100
     for held in model.held:
         if held.started:
