@@ -7,8 +7,11 @@ import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
 
 const STATIC = fileURLToPath(new URL("../../broker/static/", import.meta.url));
-/** The one model the fake upstream lists (BENCH_MODEL names another). */
+/** The model the fake upstream answers with (BENCH_MODEL names another). */
 const MODEL = process.env.BENCH_MODEL ?? "bench";
+/** A second model it lists as not loaded, which "loads" over `LOAD_MS` when a request names it. */
+const SECOND = `${MODEL}-large`;
+const LOAD_MS = 6000;
 const TYPES = { ".html": "text/html", ".js": "text/javascript", ".css": "text/css" };
 // The broker's page policy (broker/static.py PAGE_CSP), so the page runs as it does when served.
 const CSP = readFileSync(fileURLToPath(new URL("../../broker/static.py", import.meta.url)), "utf8")
@@ -51,11 +54,21 @@ async function stream(response, tokens, rate) {
   response.end("data: [DONE]\n\n");
 }
 
+/** The second model's state, as a router lists it: unloaded, loading with its progress, loaded. */
+function secondModel(loadStarted) {
+  if (loadStarted === null) return { id: SECOND, object: "model", status: "unloaded", vision: false };
+  const done = (performance.now() - loadStarted) / LOAD_MS;
+  if (done >= 1) return { id: SECOND, object: "model", status: "loaded", vision: false };
+  return { id: SECOND, object: "model", status: "loading", vision: false, progress: Math.round(done * 100) / 100 };
+}
+
 /**
- * Serve the built page with its CSP, a grant for the direct lane, one loaded model, and each chat
- * request's reply as `next()` gives it (a list of tokens), streamed at `rate` tokens/s.
+ * Serve the built page with its CSP, a grant for the direct lane, a loaded model and one that loads
+ * when asked (the token-counting route naming it), and each chat request's reply as `next()` gives it
+ * (a list of tokens), streamed at `rate` tokens/s.
  */
 export function serve(next, rate) {
+  let loadStarted = null;
   const server = createServer((request, response) => {
     const path = new URL(request.url, "http://x").pathname;
     if (request.method === "OPTIONS") {
@@ -68,9 +81,19 @@ export function serve(next, rate) {
       return response.end(JSON.stringify({ supported: true, url, token: "bench", conversation_id: null }));
     }
     if (path === "/direct/v1/chat/completions") return void stream(response, next(), rate);
+    if (path === "/direct/v1/chat/completions/input_tokens") {
+      loadStarted ??= performance.now();
+      const wait = Math.max(0, loadStarted + LOAD_MS - performance.now());
+      setTimeout(() => {
+        response.writeHead(200, { "Content-Type": "application/json", "Access-Control-Allow-Origin": "*" });
+        response.end(JSON.stringify({ input_tokens: 3 }));
+      }, wait);
+      return;
+    }
     if (path === "/v1/models") {
       response.writeHead(200, { "Content-Type": "application/json" });
-      return response.end(JSON.stringify({ object: "list", data: [{ id: MODEL, object: "model", status: "loaded" }] }));
+      const data = [{ id: MODEL, object: "model", status: "loaded", vision: false }, secondModel(loadStarted)];
+      return response.end(JSON.stringify({ object: "list", data }));
     }
     const name = path === "/" ? "index.html" : path.slice(1);
     if (name.includes("..")) return response.writeHead(404).end();

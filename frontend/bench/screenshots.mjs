@@ -92,6 +92,13 @@ async function desktop(browser, base) {
   await page.waitForTimeout(1200);
   await shot(page, "desktop-streaming");
   await settle(page);
+  await page.selectOption("#model", "bench-large");
+  await page.locator("#model-load").waitFor();
+  await shot(page, "desktop-model-unloaded");
+  await page.click("#model-load");
+  await page.waitForFunction(() => (document.getElementById("model-state")?.textContent ?? "").includes("%"));
+  await shot(page, "desktop-model-loading");
+  await page.selectOption("#model", "bench");
   await page.goto(`${base}login.html`);
   await shot(page, "desktop-login");
   await context.close();
