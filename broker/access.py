@@ -1,4 +1,5 @@
-"""Who is asking: the login, the session cookie or the access token, the origin check and the rate limit."""
+"""Who is asking: the login, the session cookie, the access token or a trusted proxy's user header, the
+origin check and the rate limit."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from urllib.parse import urlsplit
 from fastapi import Request
 from fastapi.responses import Response
 
-from broker.accounts import session_user, user_for_secret
+from broker.accounts import header_user, session_user, user_for_secret
 from broker.core import BrokerCore
 from broker.responses import (
     NO_STORE,
@@ -109,8 +110,10 @@ def session_cookie(core: BrokerCore, request: Request, value: str, *, max_age: i
 
 def caller_or_none(core: BrokerCore, request: Request) -> Caller | None:
     """The bearer token when one is sent (the owner's access token, a user's login token or API key; a
-    wrong one is refused, not ignored), else the session cookie (the owner's, or a user's while that
-    user exists at the generation the session was made for)."""
+    wrong one is refused, not ignored, unless a trusted proxy names the user), else the session cookie
+    (the owner's, or a user's while that user exists at the generation the session was made for), else
+    the user a trusted proxy names (`header_user`): llama-direct's own credentials first, since the
+    caller chose them; the proxy's header names who presents none. Header users are never the owner."""
     authorization = request.headers.get("authorization")
     if authorization is not None:
         scheme, _, value = authorization.partition(" ")
@@ -119,14 +122,18 @@ def caller_or_none(core: BrokerCore, request: Request) -> Caller | None:
         if user is not None:
             return Caller(user=user, ambient=False)
         named = user_for_secret(core.users, value.strip(), login=False) if bearer else None
-        if named is None:
+        if named is not None:
+            return Caller.named(named, ambient=False)
+        proxied = header_user(core.users, request.headers, core.settings.header_users, core.clock())
+        if proxied is None:
             failed_login(core, request)
             raise RequestRefusal(BAD_ACCESS_TOKEN)
-        return Caller.named(named, ambient=False)
+        return Caller.named(proxied)
     session_id = request.cookies.get(COOKIE_NAME)
     user = core.sessions.user_for(session_id)
     if user is None:
-        return None
+        proxied = header_user(core.users, request.headers, core.settings.header_users, core.clock())
+        return Caller.named(proxied) if proxied is not None else None
     if parse_session_subject(user) is None:  # the owner's, or another access token's subject
         return Caller(user=user, session_id=session_id)
     named = session_user(core.users, user)

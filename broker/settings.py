@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from llama_direct.config_files import BrokerFile
+from llama_direct.header_users import HeaderUsers, header_users_from_document
 from llama_direct.ids import ID_PATTERN
 from llama_direct.runtime import ACCESS_TOKEN_ENV, BROKER_CONFIG_FILE
 from llama_direct.runtime import BROKER_CONFIG_ENV as CONFIG_ENV
@@ -27,6 +28,7 @@ from llama_direct.tokens import (
     is_system_prompt,
 )
 from llama_direct.typed_json import MalformedDocument, check_document, parse_document
+from llama_direct.users import UserError
 
 TOGGLE_ENV = "UNSLOTH_DIRECT_STREAM"
 MIN_ACCESS_TOKEN_LENGTH = 8
@@ -63,6 +65,8 @@ class BrokerSettings:
     key_rotation_hours: float = 24.0
     audience: str | None = None
     issuer: str | None = None
+    header_users: HeaderUsers | None = None
+    """`--trusted-user-header`'s users: None, no user is ever taken from the gate's forwarded header."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model:
@@ -131,6 +135,11 @@ class BrokerSettings:
         values["signing_key_file"] = Path(key_file) if key_file is not None else None
         values["models"] = tuple(document.get("models", ()))
         values["allowed_origins"] = tuple(document.get("allowed_origins", ()))
+        header_users = document.get("header_users")
+        try:
+            values["header_users"] = header_users_from_document(header_users) if header_users is not None else None
+        except UserError as error:
+            raise SettingsError(f"header_users: {error}") from None
         return cls(**values)
 
     @classmethod

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from typing import Literal, NotRequired, TypedDict
 
+from llama_direct.header_users import HeaderUsersDocument
+
 
 class BrokerFlags(TypedDict):
     """What serve's flags decide for the broker."""
@@ -44,6 +46,8 @@ class BrokerFlags(TypedDict):
     key_rotation_hours: NotRequired[float]
     audience: NotRequired[str | None]
     issuer: NotRequired[str | None]
+    header_users: NotRequired[HeaderUsersDocument | None]
+    """`--trusted-user-header`'s users (`llama_direct.header_users`); None: no user is taken from a header."""
 
 
 class BrokerFile(BrokerFlags):
@@ -71,6 +75,7 @@ class GateFlags(TypedDict):
     max_connections: NotRequired[int]
     max_pending_per_address: NotRequired[int]
     trusted_proxies: NotRequired[list[str]]
+    trusted_user_header: NotRequired[str | None]
     keyset_interval: NotRequired[float]
     issuer_jwks: NotRequired[list[tuple[str, str]]]
     jwks_ca_file: NotRequired[str | None]

@@ -26,6 +26,7 @@ from llama_launcher.gate.jwks_document import JwksSource, check_sources
 from llama_launcher.gate.jwks_pull import tls_context
 from llama_launcher.launch_spec import LaunchSpec
 from llama_launcher.paths import cache_dir, default_data_dir
+from llama_launcher.proxy_users import proxy_user_settings
 from llama_launcher.router_launch import is_router, router_spec
 from llama_launcher.secret_inputs import read_secret_file
 from llama_launcher.server_args import validate_extra_args
@@ -222,6 +223,7 @@ def stack_plan(args: argparse.Namespace, access_token: str | None = None) -> sup
     if args.allow_origin and args.gate_port is None:
         raise LauncherError("--allow-origin needs --gate-port: in one-port mode the lane is same-origin")
     jwks_settings = _jwks_settings(args)
+    user_header, header_users = proxy_user_settings(args)
     launch = _launch_spec(args, cache, upstream_keys[0] if upstream_keys else None)
     cert_pair = tls.resolve_tls(args.tls_cert, args.tls_key, args.tls_self_signed, data_dir, args.host)
     if cert_pair is None and not _is_loopback(args.host):
@@ -237,6 +239,7 @@ def stack_plan(args: argparse.Namespace, access_token: str | None = None) -> sup
         "key_rotation_hours": args.key_rotation_hours,
         "rate_per_minute": args.rate_per_minute, "burst": args.burst, "load_rate_per_minute": args.loads_per_minute,
         "audience": args.audience, "issuer": args.issuer[0] if args.issuer else None,
+        "header_users": header_users,
     }
     gate_settings: GateFlags = {
         "model": launch.alias,
@@ -244,7 +247,7 @@ def stack_plan(args: argparse.Namespace, access_token: str | None = None) -> sup
         "max_connections": args.max_connections, "max_pending_per_address": args.max_pending_per_address,
         "streams_per_user": args.streams_per_user, "resume_window": args.resume_window,
         "send_timeout": args.send_timeout,
-        "trusted_proxies": list(args.trusted_proxy),
+        "trusted_proxies": list(args.trusted_proxy), "trusted_user_header": user_header,
     }
     if jwks_settings is not None:
         gate_settings["issuer_jwks"], gate_settings["jwks_ca_file"] = jwks_settings

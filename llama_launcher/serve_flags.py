@@ -11,11 +11,21 @@ import ipaddress
 from collections.abc import Callable
 from pathlib import Path
 
+from llama_direct.header_users import (
+    DEFAULT_LIMITS_FLAG,
+    DEFAULT_MAX_HEADER_USERS,
+    MAX_HEADER_USERS_FLAG,
+    MAX_HEADER_USERS_LIMIT,
+    TRUSTED_PROXY_FLAG,
+    TRUSTED_USER_HEADER_FLAG,
+    header_name,
+)
 from llama_direct.ids import ID_PATTERN
 from llama_direct.logs import LOG_FORMATS
 from llama_direct.metrics import MAX_METRIC_USERS
 from llama_direct.runtime import REDIS_URL_ENV, UPSTREAM_KEY_ENV
 from llama_direct.tokens import MAX_SYSTEM_PROMPT_CHARS, is_system_prompt
+from llama_direct.users import UserError
 from llama_launcher.gate.config import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_PENDING,
@@ -23,6 +33,7 @@ from llama_launcher.gate.config import (
     DEFAULT_SEND_TIMEOUT,
     DEFAULT_STREAMS_PER_USER,
 )
+from llama_launcher.users_cli import parse_limits
 
 UNLIMITED_RATE = 10**9
 """The highest rate limit serve takes: the bench sets it to measure the lane, not the limiter."""
@@ -55,6 +66,14 @@ def pinned_prompt(text: str) -> tuple[str, str]:
         raise argparse.ArgumentTypeError(f"--system-prompt: {model}'s prompt must hold 1 to "
                                          f"{MAX_SYSTEM_PROMPT_CHARS} characters (as JSON)")
     return model, prompt
+
+
+def user_header(text: str) -> str:
+    """`--trusted-user-header`'s value: an HTTP header name llama-direct reads for nothing else."""
+    try:
+        return header_name(text)
+    except UserError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def name(text: str) -> str:
@@ -143,8 +162,17 @@ def _deployment(flags: Flags) -> None:
     flags.add_argument("--tls-self-signed", action="store_true", help="make (once) and use a self-signed pair")
     flags.add_argument("--tls-cert", metavar="PEM", type=Path, help="TLS certificate (PEM) for the public port")
     flags.add_argument("--tls-key", metavar="PEM", type=Path, help="TLS private key (PEM) for the public port")
-    flags.add_argument("--trusted-proxy", action="append", default=[], metavar="ADDR", type=ip_address,
+    flags.add_argument(TRUSTED_PROXY_FLAG, action="append", default=[], metavar="ADDR", type=ip_address,
                        help="a reverse proxy's address whose X-Forwarded-For/-Proto are believed (repeatable)")
+    flags.add_argument(TRUSTED_USER_HEADER_FLAG, metavar="NAME", type=user_header,
+                       help=f"behind an authenticating proxy: the header naming the user, believed only from a "
+                       f"{TRUSTED_PROXY_FLAG} address (stripped from everyone else's requests)")
+    flags.add_argument(DEFAULT_LIMITS_FLAG, metavar="LIMITS", type=parse_limits,
+                       help="the limits of users made from that header, as users add takes them, in one "
+                       "string: \"--streams 2 --tokens-per-day 100000\"")
+    flags.add_argument(MAX_HEADER_USERS_FLAG, metavar="N", type=int_in(1, MAX_HEADER_USERS_LIMIT),
+                       help=f"users that header may create; a new name past it is refused (default "
+                       f"{DEFAULT_MAX_HEADER_USERS})")
     flags.add_argument("--gate-port", metavar="PORT", type=int_in(0, 65535),
                        help="two-port mode: the direct lane on a port of its own")
     flags.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",

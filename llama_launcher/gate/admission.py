@@ -76,6 +76,8 @@ class Admission:
             )
         self.max_pending = config.max_pending_per_address
         self.trusted = frozenset(config.trusted_proxies)
+        self.user_header = config.trusted_user_header.encode("ascii") if config.trusted_user_header else None
+        """`--trusted-user-header`, lower-case: believed from `trusted` alone (`forwarded_user`)."""
         self.pending: dict[str, int] = {}
         self._refused = 0
         self._logged_at = float("-inf")

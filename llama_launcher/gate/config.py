@@ -33,6 +33,8 @@ Fields (JSON name = attribute name):
   or a body (503 with `Retry-After` beyond); a connection whose answer is streaming does not count.
 - `trusted_proxies`: socket addresses of reverse proxies whose `X-Forwarded-For` names the client
   (and whose `X-Forwarded-Proto` is believed); from anyone else those headers are dropped.
+- `trusted_user_header`: `--trusted-user-header`, lower-case: the header that names the user, believed
+  only from `trusted_proxies` and dropped from everyone else's requests (`llama_direct.header_users`).
 - `model`: llama-server's `--alias`, reported by `/health`.
 - `keyset_interval`: seconds before a failed long poll of the JWKS and the revocations is retried.
 - `issuer_jwks`: `[[issuer, url], ...]` (`--issuer-jwks`): other brokers' JWKS, pulled over https; each
@@ -59,6 +61,7 @@ from pathlib import Path
 from typing import Any
 
 from llama_direct.config_files import GateFile
+from llama_direct.header_users import header_name
 from llama_direct.lanes import LANE_PREFIX
 from llama_direct.runtime import GATE_CONFIG_FILE
 from llama_direct.tokens import OWNER
@@ -101,6 +104,7 @@ class GateConfig:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     max_pending_per_address: int = DEFAULT_MAX_PENDING
     trusted_proxies: tuple[str, ...] = ()
+    trusted_user_header: str | None = None
     keyset_interval: float = 0.5
     issuer_jwks: tuple[tuple[str, str], ...] = ()
     jwks_ca_file: str | None = None
@@ -128,6 +132,8 @@ class GateConfig:
         if min(self.head_timeout, self.body_timeout, self.keyset_interval, self.connect_timeout,
                self.jwks_interval, self.resume_window, self.send_timeout) <= 0:
             raise ValueError("timeouts and intervals must be positive")
+        if self.trusted_user_header is not None and header_name(self.trusted_user_header) != self.trusted_user_header:
+            raise ValueError("trusted_user_header must be a lower-case header name")
         pairs = tuple((str(issuer), str(url)) for issuer, url in self.issuer_jwks)
         object.__setattr__(self, "issuer_jwks", pairs)
         check_sources([JwksSource(issuer, url) for issuer, url in pairs], issuers)

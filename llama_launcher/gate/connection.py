@@ -30,7 +30,7 @@ from llama_direct.refusals import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from llama_launcher.gate.admission import forwarded_client
+from llama_launcher.gate.admission import forwarded_client, forwarded_user
 from llama_launcher.gate.config import Listener
 from llama_launcher.gate.connection_core import (
     BODY,
@@ -407,17 +407,21 @@ class ClientConnection(asyncio.Protocol):
 
     def _broker_outgoing(self, request: Request, transport: asyncio.Transport) -> bytes:
         """The head and what body arrived; what is still to come goes to `transport` as it arrives."""
+        admission = self.gate.admission
         proto = b"https" if self.listener.tls else b"http"
-        if self.peer in self.gate.admission.trusted:
+        if self.peer in admission.trusted:
             proto = next((v for n, v in request.headers if n == b"x-forwarded-proto"), proto).split(b",")[0].strip()
+        outgoing = functools.partial(
+            broker_request, request, client=self.client, proto=proto, user_header=admission.user_header,
+            user=forwarded_user(self.peer, admission.trusted, admission.user_header, request.headers))
         core = self.core
         body = core.take_body()
         if core.state != BODY:
-            return broker_request(request, client=self.client, proto=proto, length=len(body)) + body
+            return outgoing(length=len(body)) + body
         length = request.length
         self.sink, self.chunked_sink = transport, length is None
         core.pour()
-        head = broker_request(request, client=self.client, proto=proto, length=length, chunked=length is None)
+        head = outgoing(length=length, chunked=length is None)
         if core.expects_continue:
             self.transport.write(CONTINUE)
         return head + (chunk(body) if self.chunked_sink and body else body)

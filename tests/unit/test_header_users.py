@@ -30,9 +30,12 @@ from llama_direct.tokens import OWNER
 from llama_direct.typed_json import check_document
 from llama_direct.user_store import SqliteUserStore
 from llama_direct.users import Limits, UserError, new_secrets, new_user
+from llama_launcher.cli import serve_args
+from llama_launcher.errors import LauncherError
 from llama_launcher.gate.admission import forwarded_user
 from llama_launcher.gate.outgoing import broker_request
 from llama_launcher.gate.request_reader import Request
+from llama_launcher.proxy_users import proxy_user_settings
 from llama_launcher.users_cli import parse_limits
 
 TRUSTED = frozenset({"10.0.0.1", "127.0.0.1"})
@@ -202,3 +205,42 @@ def test_header_users_travel_to_the_broker_as_a_typed_document(limits: Limits) -
     users = HeaderUsers(limits, max_users=7)
     document = json.loads(json.dumps(header_users_document(users)))  # as broker.json holds it
     assert header_users_from_document(check_document(document, HeaderUsersDocument, name="broker.json")) == users
+
+
+# -- serve's flags -------------------------------------------------------------------------------
+
+def test_serve_passes_the_header_to_the_gate_and_the_header_users_to_the_broker(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    args = serve_args(["--trusted-proxy", "10.0.0.5", "--trusted-user-header", "X-Forwarded-User",
+                       "--default-limits", "--max-tokens 512 --streams 2", "--max-header-users", "50"])
+    header, users = proxy_user_settings(args)
+    assert header == "x-forwarded-user" and users is not None
+    assert header_users_from_document(users) == HeaderUsers(Limits(max_tokens=512, streams=2), max_users=50)
+    assert "warning" not in capsys.readouterr().err
+    assert proxy_user_settings(serve_args([])) == (None, None)
+
+
+def test_serve_warns_of_a_loopback_proxy_named_for_header_users(capsys: pytest.CaptureFixture[str]) -> None:
+    args = serve_args(["--trusted-proxy", "127.0.0.1", "--trusted-user-header", "Remote-User"])
+    header, users = proxy_user_settings(args)
+    assert header == "remote-user" and users is not None
+    assert header_users_from_document(users) == HeaderUsers(Limits())
+    assert "127.0.0.1 is on this machine" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["--trusted-user-header", "Remote-User"], "needs --trusted-proxy"),
+    (["--default-limits", "--max-tokens 5"], "need --trusted-user-header"),
+    (["--trusted-proxy", "10.0.0.5", "--max-header-users", "5"], "need --trusted-user-header"),
+])
+def test_serve_refuses_header_flags_that_cannot_work(argv: list[str], says: str) -> None:
+    with pytest.raises(LauncherError, match=says):
+        proxy_user_settings(serve_args(argv))
+
+
+@pytest.mark.parametrize("argv", [["--trusted-user-header", "Authorization"], ["--default-limits", "--streams=0"],
+                                  ["--max-header-users", "0"]])
+def test_bad_header_flags_are_usage_errors(argv: list[str]) -> None:
+    with pytest.raises(SystemExit):
+        serve_args(argv)
