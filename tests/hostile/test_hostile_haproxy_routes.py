@@ -13,20 +13,14 @@ HAProxy answers a bare status, not the gate's JSON reason.
 from __future__ import annotations
 
 import json
-import re
-import shutil
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 from forwarder import Forwarder
-from haproxy_edge import wait_listening
+from haproxy_edge import exchange, free_port, haproxy_binary, haproxy_in_gates_place, public_key_file
 from hostile_support import CAP, claims, signed
 from test_hostile_routes import BODIES, NEVER, VALID, OnRoute
 
@@ -100,52 +94,30 @@ class Lane:
     def send(self, raw: bytes) -> tuple[int, bool]:
         """HAProxy's status, and whether the request reached llama-server."""
         before = self.reached()
-        with socket.create_connection(("127.0.0.1", self.port), timeout=120) as sock:
-            sock.sendall(raw)
-            data = bytearray()
-            while chunk := sock.recv(65536):
-                data += chunk
-        status = re.match(rb"HTTP/1\.[01] (\d{3}) ", bytes(data))
-        assert status is not None, data[:200]
+        status = exchange(self.port, raw)
         time.sleep(0.05)  # a request HAProxy wrongly passed has reached the forwarder by now
-        return int(status.group(1)), self.reached() > before
+        return status, self.reached() > before
 
 
 @pytest.fixture(scope="module")
 def lane(llama_server_binary: Path, model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lane]:
-    haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
-    if not Path(haproxy).exists():
-        pytest.skip("haproxy is not installed (apt-get install haproxy)")
+    haproxy_binary()  # skip before llama-server starts where HAProxy is missing
     workdir = tmp_path_factory.mktemp("haproxy-routes")
-    public_key = workdir / "broker-public.pem"
-    public_key.write_bytes(KEY.public_key.public_bytes(serialization.Encoding.PEM,
-                                                       serialization.PublicFormat.SubjectPublicKeyInfo))
-    server = LlamaServer(ServerOptions(binary=llama_server_binary, model=model_path, alias=MODEL, max_tokens=2048,
-                                       parallel=1), make_runtime_dir())
+    public_key = public_key_file(KEY, workdir)
+    options = ServerOptions(binary=llama_server_binary, model=model_path, alias=MODEL, max_tokens=2048, parallel=1)
+    server = LlamaServer(options, make_runtime_dir())
     server.start()
     try:
         server.wait_ready(timeout=120, show_progress=False)
         key = server.authorization().decode().removeprefix("Bearer ")
-        with Forwarder(str(server.address)) as forwarder:
-            with socket.socket() as probe:
-                probe.bind(("127.0.0.1", 0))
-                port = probe.getsockname()[1]
-            config = workdir / "haproxy.cfg"
-            subprocess.run([sys.executable, "-m", "llama_launcher.cli", "haproxy-config", "--bind", f"127.0.0.1:{port}",
-                            "--upstream", f"127.0.0.1:{forwarder.port}", "--public-key-file", str(public_key),
-                            "--audience", AUDIENCE, "--issuer", ISSUER, "--output", str(config)], check=True)
-            process = subprocess.Popen([haproxy, "-db", "-f", str(config)], env={"LLAMA_API_KEY": key},
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            try:
-                wait_listening(process, port)
-                lane = Lane(port, forwarder)
-                _wait_upstream_up(lane)
-                yield lane
-            finally:
-                process.terminate()
-                process.wait(10)
-                if process.stderr is not None:
-                    process.stderr.close()
+        port = free_port()
+        with Forwarder(str(server.address)) as forwarder, haproxy_in_gates_place(
+            workdir, port, key, "--upstream", f"127.0.0.1:{forwarder.port}", "--public-key-file", str(public_key),
+            "--audience", AUDIENCE, "--issuer", ISSUER,
+        ):
+            lane = Lane(port, forwarder)
+            _wait_upstream_up(lane)
+            yield lane
     finally:
         server.stop()
 

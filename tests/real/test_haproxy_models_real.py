@@ -7,19 +7,15 @@ every check before anything reaches a server.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 from forwarder import Forwarder
-from haproxy_edge import wait_listening
+from haproxy_edge import free_port, haproxy_binary, haproxy_in_gates_place, public_key_file
 from hostile_support import signed, swap_payload
-from test_haproxy_real import CHAT, KEY, MODEL, Edge, _free_port, payload, request, token
+from test_haproxy_real import CHAT, KEY, MODEL, Edge, payload, request, token
 
 from llama_launcher.paths import make_runtime_dir
 from llama_launcher.server_args import ServerOptions
@@ -33,39 +29,24 @@ OTHER = "other"
 @pytest.fixture(scope="module")
 def routed(llama_server_binary: Path, model_path: Path,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Edge, Forwarder, Forwarder]]:
-    haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
-    if not Path(haproxy).exists():
-        pytest.skip("haproxy is not installed (apt-get install haproxy)")
+    haproxy_binary()  # skip before llama-server starts where HAProxy is missing
     workdir = tmp_path_factory.mktemp("haproxy-models")
-    public_key = workdir / "broker-public.pem"
-    public_key.write_bytes(KEY.public_key.public_bytes(serialization.Encoding.PEM,
-                                                       serialization.PublicFormat.SubjectPublicKeyInfo))
+    public_key = public_key_file(KEY, workdir)
     server = LlamaServer(ServerOptions(binary=llama_server_binary, model=model_path, alias=MODEL, parallel=1),
                          make_runtime_dir())
     server.start()
-    process = None
     try:
         server.wait_ready(timeout=120, show_progress=False)
         key = server.authorization().decode().removeprefix("Bearer ")
-        with Forwarder(str(server.address)) as first, Forwarder(str(server.address)) as second:
-            port = _free_port()
-            config = workdir / "haproxy.cfg"
-            subprocess.run(
-                [sys.executable, "-m", "llama_launcher.cli", "haproxy-config", "--bind", f"127.0.0.1:{port}",
-                 "--upstream", f"127.0.0.1:{first.port}={MODEL}", "--upstream", f"127.0.0.1:{second.port}={OTHER}",
-                 "--public-key-file", str(public_key), "--audience", "fleet", "--issuer", "broker-a",
-                 "--output", str(config)],
-                check=True,
-            )
-            process = subprocess.Popen([haproxy, "-db", "-f", str(config)], env={"LLAMA_API_KEY": key},
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            wait_listening(process, port)
+        port = free_port()
+        with Forwarder(str(server.address)) as first, Forwarder(str(server.address)) as second, \
+                haproxy_in_gates_place(
+                    workdir, port, key, "--upstream", f"127.0.0.1:{first.port}={MODEL}",
+                    "--upstream", f"127.0.0.1:{second.port}={OTHER}", "--public-key-file", str(public_key),
+                    "--audience", "fleet", "--issuer", "broker-a"):
             time.sleep(2.5)  # the first health checks mark both upstreams up
             yield Edge(port, first), first, second
     finally:
-        if process is not None:
-            process.terminate()
-            process.wait(10)
         server.stop()
 
 

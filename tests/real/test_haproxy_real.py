@@ -13,20 +13,16 @@ from __future__ import annotations
 
 import base64
 import json
-import re
-import shutil
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 from forwarder import Forwarder
-from haproxy_edge import wait_listening
+from haproxy_edge import exchange, free_port, haproxy_binary, haproxy_in_gates_place, public_key_file
 from hostile_support import claims, hs256_with_public_key, signed, swap_payload, unsigned
 
 from broker.signing_keys import SigningKey
@@ -51,12 +47,6 @@ IMAGE_MESSAGE = {"role": "user", "content": [
     {"type": "text", "text": "what is it?"},
     {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(PNG).decode()}},
 ]}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def payload(**overrides: Any) -> dict[str, Any]:
@@ -88,62 +78,38 @@ class Edge:
                 for line in forwarder.requests(lambda line: not line.startswith(GATE_OWN))]
 
     def exchange(self, raw: bytes) -> int:
-        with socket.create_connection(("127.0.0.1", self.port), timeout=60) as sock:
-            sock.sendall(raw)
-            data = bytearray()
-            while chunk := sock.recv(65536):
-                data += chunk
-        status = re.match(rb"HTTP/1\.[01] (\d{3}) ", bytes(data))
-        assert status is not None, data[:200]
-        return int(status.group(1))
+        return exchange(self.port, raw, timeout=60)
 
 
 @pytest.fixture(scope="module")
 def edge(llama_server_binary: Path, model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
-    haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
-    if not Path(haproxy).exists():
-        pytest.skip("haproxy is not installed (apt-get install haproxy)")
+    haproxy_binary()  # skip before llama-server starts where HAProxy is missing
     workdir = tmp_path_factory.mktemp("haproxy")
-    public_key = workdir / "broker-public.pem"
-    public_key.write_bytes(KEY.public_key.public_bytes(serialization.Encoding.PEM,
-                                                       serialization.PublicFormat.SubjectPublicKeyInfo))
+    public_key = public_key_file(KEY, workdir)
     server = LlamaServer(ServerOptions(binary=llama_server_binary, model=model_path, alias=MODEL, max_tokens=2048,
                                        parallel=1), make_runtime_dir())
     server.start()
-    process = second = None
+    second = None
     try:
         server.wait_ready(timeout=120, show_progress=False)
         key = server.authorization().decode().removeprefix("Bearer ")
         # A second llama-server with the same key (HAProxy sends one `${LLAMA_API_KEY}` to all), as an
         # operator would start it: the key in its environment only.
-        second_port = _free_port()
+        second_port = free_port()
         second = subprocess.Popen([str(llama_server_binary), "-m", str(model_path), "--alias", MODEL, "-np", "1",
                                    "--host", "127.0.0.1", "--port", str(second_port)],
                                   env={"LLAMA_API_KEY": key}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _wait_healthy(second, second_port)
-        with Forwarder(str(server.address)) as forwarder, Forwarder(("127.0.0.1", second_port)) as other:
-            port, peer_port = _free_port(), _free_port()
-            config = workdir / "haproxy.cfg"
-            subprocess.run(
-                [sys.executable, "-m", "llama_launcher.cli", "haproxy-config", "--bind", f"127.0.0.1:{port}",
-                 "--upstream", f"127.0.0.1:{forwarder.port}", "--upstream", f"127.0.0.1:{other.port}",
-                 "--public-key-file", str(public_key),
-                 "--audience", AUDIENCE, "--issuer", ISSUER, "--issuer", "broker-b",
-                 "--peer", f"hap1=127.0.0.1:{peer_port}", "--local-peer", "hap1", "--output", str(config)],
-                check=True,
-            )
-            assert key not in config.read_text()
-            process = subprocess.Popen([haproxy, "-db", "-f", str(config)], env={"LLAMA_API_KEY": key},
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            wait_listening(process, port)
+        port, peer_port = free_port(), free_port()
+        with Forwarder(str(server.address)) as forwarder, Forwarder(("127.0.0.1", second_port)) as other, \
+                haproxy_in_gates_place(
+                    workdir, port, key, "--upstream", f"127.0.0.1:{forwarder.port}",
+                    "--upstream", f"127.0.0.1:{other.port}", "--public-key-file", str(public_key),
+                    "--audience", AUDIENCE, "--issuer", ISSUER, "--issuer", "broker-b",
+                    "--peer", f"hap1=127.0.0.1:{peer_port}", "--local-peer", "hap1"):
             time.sleep(2.5)  # the first health checks mark both llama-servers up
             yield Edge(port, forwarder, other)
     finally:
-        if process is not None:
-            process.terminate()
-            process.wait(10)
-            if process.stderr is not None:
-                process.stderr.close()
         if second is not None:
             second.terminate()
             second.wait(30)
