@@ -98,6 +98,7 @@ class UsageReporter:
         self._client = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=control_socket),
                                          base_url="http://broker", timeout=REPORT_TIMEOUT)
         self._pending: set[asyncio.Task[Any]] = set()
+        self._failing = False
         self._wait = resume_window + RESUME_MARGIN
         self._parked: dict[str, Metered] = {}
         """Resumable streams whose client left, by conversation: a resume's end may settle them."""
@@ -167,11 +168,19 @@ class UsageReporter:
     async def _post(self, report: UsageReport) -> None:
         try:
             answer = await self._client.post(USAGE_PATH, json=usage_report(report))
+            status = answer.status_code
         except httpx.HTTPError:
-            log.warning("event=usage_report_failed reason=broker_unreachable user=%s", report.sub)
+            status = 0
+        if status == 204:
+            if self._failing:
+                self._failing = False
+                log.info("event=usage_reports_back")
             return
-        if answer.status_code != 204:
-            log.warning("event=usage_report_failed status=%d user=%s", answer.status_code, report.sub)
+        # One WARNING an outage, not one a stream: each lost report leaves its reservation charged.
+        level = logging.DEBUG if self._failing else logging.WARNING
+        self._failing = True
+        log.log(level, "event=usage_report_failed status=%d user=%s: its reservation stays charged", status,
+                report.sub)
 
     async def aclose(self) -> None:
         """The gate is stopping: streams still waiting for a resume are given up, reports already on their

@@ -283,6 +283,8 @@ class Harness:
     """With `upstreams=N`: every fake llama-server, the first being `llama`."""
     usage: list[dict[str, Any]] = field(default_factory=list)
     """The usage reports the gate posted to the control socket (`USAGE_PATH`)."""
+    usage_status: int = 204
+    """What the fake broker answers them (each is kept whatever it answers)."""
 
     @property
     def upstream_requests(self) -> list[Received]:
@@ -330,7 +332,7 @@ async def control_handler(harness_ref: list[Harness], received: Received, writer
     path, _, query = received.target.partition("?")
     if (received.method, path) == ("POST", USAGE_PATH):
         harness.usage.append(json.loads(received.body))
-        writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+        writer.write(b"HTTP/1.1 %d X\r\nContent-Length: 0\r\n\r\n" % harness.usage_status)
         return
     if path != STATE_PATH:
         writer.write(_json_response(404, {}))

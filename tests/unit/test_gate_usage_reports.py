@@ -7,9 +7,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import pytest
 from gate_fakes import Client, Harness, chat_request, running_gate
 
 Scenario = Callable[[Harness], Awaitable[None]]
@@ -180,3 +182,30 @@ def test_a_stream_left_and_never_resumed_is_an_end_not_seen_after_the_window() -
             await scenario(harness)
 
     asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_a_broker_that_cannot_take_reports_is_logged_once_an_outage(caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario(h: Harness) -> None:
+        h.usage_status = 503
+        for _ in range(3):
+            client = await Client.open(h.port)
+            await client.send(chat_request(h.token()))
+            assert (await client.response()).status == 200
+            client.close()
+        await reports(h, 3)
+        h.usage_status = 204
+        client = await Client.open(h.port)
+        await client.send(chat_request(h.token()))
+        await client.response()
+        client.close()
+        await reports(h, 4)
+        for _ in range(500):
+            if any("usage_reports_back" in record.message for record in caplog.records):
+                break
+            await asyncio.sleep(0.01)
+
+    with caplog.at_level(logging.INFO, logger="llama_launcher.gate.usage_reports"):
+        run(scenario)
+    failed = [r for r in caplog.records if "usage_report_failed" in r.message and r.levelno == logging.WARNING]
+    assert len(failed) == 1 and "status=503" in failed[0].message
+    assert any("usage_reports_back" in record.message for record in caplog.records)
