@@ -36,9 +36,15 @@ from llama_direct.refusals import (
 )
 from llama_direct.tokens import Grant
 from llama_launcher.gate.bounds import BOUNDED, FIELD_COSTS, HARMLESS, REFUSED, check_bounds_as, classified
-from llama_launcher.gate.pinned import MESSAGES_PIN, pinned_prompt
-from llama_launcher.gate.prompt_size import check_fits, measure
-from llama_launcher.gate.shaping import ImageCounter, ShapingPolicy, count_shaper, generation_shaper, open_body
+from llama_launcher.gate.pinned import MESSAGES_PIN
+from llama_launcher.gate.shaping import (
+    ImageCounter,
+    ShapingPolicy,
+    count_shaper,
+    generation_shaper,
+    open_body,
+    shape_turns,
+)
 
 LENGTH_FIELDS = MESSAGES.length_fields
 
@@ -78,12 +84,7 @@ def _shape(body: bytes, grant: Grant, policy: ShapingPolicy) -> dict[str, Any]:
     tools = shaped.get("tools")
     view = {**shaped, "stop": shaped.get("stop_sequences"), "tools": _chat_view(tools)}
     check_bounds_as(view, {"stop": "stop_sequences"}, context=policy.context)
-    messages = _shape_messages(shaped.get("messages"), ImageCounter(policy))
-    system = [shaped["system"]] if "system" in shaped else []
-    check_fits(measure([*system, *messages], tools, is_image=_is_image), policy.context)
-    shaped["messages"] = messages
-    pinned_prompt(shaped, grant, MESSAGES_PIN)
-    return shaped
+    return shape_turns(shaped, grant, policy, MESSAGES_PIN, _shape_messages, _is_image)
 
 
 shape_messages_body = generation_shaper(_shape, LENGTH_FIELDS)

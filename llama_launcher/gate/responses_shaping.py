@@ -41,8 +41,7 @@ from llama_launcher.gate.bounds import (
     check_bounds_as,
     classified,
 )
-from llama_launcher.gate.pinned import RESPONSES_PIN, pinned_prompt
-from llama_launcher.gate.prompt_size import check_fits, measure
+from llama_launcher.gate.pinned import RESPONSES_PIN
 from llama_launcher.gate.shaping import (
     DENIED_FIELDS,
     SAMPLING_FIELDS,
@@ -51,6 +50,7 @@ from llama_launcher.gate.shaping import (
     count_shaper,
     generation_shaper,
     open_body,
+    shape_turns,
 )
 
 LENGTH_FIELDS = RESPONSES.length_fields
@@ -99,13 +99,7 @@ def _shape(body: bytes, grant: Grant, policy: ShapingPolicy) -> dict[str, Any]:
     if tools is not None:
         shaped["tools"] = tools
     check_bounds_as({**shaped, "tools": _chat_view(tools)}, {"response_format": "text"}, context=policy.context)
-    items = _shape_input(shaped.get("input"), ImageCounter(policy))
-    system = [] if instructions is None else [instructions]
-    prompt = [*system, *(items if isinstance(items, list) else [items])]
-    check_fits(measure(prompt, tools, is_image=_is_image), policy.context)
-    shaped["input"] = items
-    pinned_prompt(shaped, grant, RESPONSES_PIN)
-    return shaped
+    return shape_turns(shaped, grant, policy, RESPONSES_PIN, _shape_input, _is_image)
 
 
 shape_responses_body = generation_shaper(_shape, LENGTH_FIELDS)

@@ -61,8 +61,8 @@ from llama_direct.refusals import (
 from llama_direct.tokens import Grant
 from llama_launcher.gate.bounds import FALLBACK_CONTEXT, check_bounds
 from llama_launcher.gate.images import PixelBudget, shape_image_url
-from llama_launcher.gate.pinned import CHAT_PIN, pinned_prompt
-from llama_launcher.gate.prompt_size import check_fits, measure
+from llama_launcher.gate.pinned import CHAT_PIN, Pin, pinned_prompt
+from llama_launcher.gate.prompt_size import ImageKey, chat_image, check_fits, measure
 
 SAMPLER_FIELDS = frozenset(
     {
@@ -242,15 +242,31 @@ def _shape_chat(body: bytes, grant: Grant, policy: ShapingPolicy) -> dict[str, A
     check_n(shaped)
     _check_logprobs(shaped)
     check_bounds(shaped, context=policy.context)
-    messages = _shape_messages(shaped.get("messages"), request.get("image_base64"), policy)
-    check_fits(measure(messages, shaped.get("tools")), policy.context)
-    shaped["messages"] = messages
-    pinned_prompt(shaped, grant, CHAT_PIN)
-    return shaped
+    legacy_image = request.get("image_base64")
+    return shape_turns(shaped, grant, policy, CHAT_PIN,
+                       lambda messages, images: _shape_messages(messages, legacy_image, images))
 
 
 shape_chat_body = generation_shaper(_shape_chat, LENGTH_FIELDS)
 shape_chat_count_body = count_shaper(_shape_chat, LENGTH_FIELDS)
+
+
+TurnShaper = Callable[[object, "ImageCounter"], Any]
+"""A format's turns (chat's and Messages' `messages`, Responses' `input`) rebuilt, its images counted."""
+
+
+def shape_turns(shaped: dict[str, Any], grant: Grant, policy: ShapingPolicy, pin: Pin, shape: TurnShaper,
+                is_image: ImageKey = chat_image) -> dict[str, Any]:
+    """What every templated format ends with, over its field table (`pin`): its turns rebuilt, the prompt
+    (its system prompt, the turns and the tools) held to the slot's context, then the grant's pinned
+    system prompt put in place (`pinned.pinned_prompt`)."""
+    turns = shape(shaped.get(pin.turns), ImageCounter(policy))
+    system = shaped.get(pin.system) if pin.system is not None else None
+    prompt = [*([] if system is None else [system]), *(turns if isinstance(turns, list) else [turns])]
+    check_fits(measure(prompt, shaped.get("tools"), is_image=is_image), policy.context)
+    shaped[pin.turns] = turns
+    pinned_prompt(shaped, grant, pin)
+    return shaped
 
 
 def open_body(body: bytes, grant: Grant, policy: ShapingPolicy, *, refused: frozenset[str],
@@ -420,10 +436,9 @@ def cap_length(shaped: dict[str, Any], cap: int, fields: tuple[str, ...]) -> Non
         shaped[fields[0]] = cap
 
 
-def _shape_messages(messages: object, legacy_image: object, policy: ShapingPolicy) -> list[Any]:
+def _shape_messages(messages: object, legacy_image: object, images: ImageCounter) -> list[Any]:
     if not isinstance(messages, list) or not messages:
         raise RequestRefusal(BAD_MESSAGES)
-    images = ImageCounter(policy)
     shaped = [_shape_message(index, message, images) for index, message in enumerate(messages)]
     if legacy_image is not None:
         _append_legacy_image(shaped, legacy_image, images)
