@@ -38,7 +38,7 @@ from llama_launcher.gate.http1 import (
 )
 from llama_launcher.gate.keyset import KeySet
 from llama_launcher.gate.load_charges import LoadCharger
-from llama_launcher.gate.metrics import BrokerMetrics, GateMetrics, MetricsServing
+from llama_launcher.gate.metrics import BrokerExposition, GateMetrics, MetricsServing
 from llama_launcher.gate.pool import Attempts, Member, Pool, shaping_limits
 from llama_launcher.gate.scope import RequestHead
 from llama_launcher.gate.shaping import ShapingPolicy
@@ -77,7 +77,7 @@ class Gate:
         serving = metrics or MetricsServing()
         self.metrics_token = serving.token
         self.metrics = GateMetrics(per_user=serving.per_user, lane_prefix=config.lane_prefix)
-        self.broker_metrics = BrokerMetrics(config.control_socket)
+        self.broker_metrics = BrokerExposition(config.control_socket)
         self.metrics.watch_upstreams(lambda: ((m.key, m.health.ready is True, m.in_flight) for m in pool.members))
 
     async def health_answer(self) -> HealthAnswer:

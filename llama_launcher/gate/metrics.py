@@ -166,7 +166,7 @@ class MetricsServing:
     sock: socket.socket | None = None
 
 
-class BrokerMetrics:
+class BrokerExposition:
     """The broker's exposition, read over its control socket for each scrape and appended as it is."""
 
     def __init__(self, control_socket: str) -> None:
