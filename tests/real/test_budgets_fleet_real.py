@@ -12,23 +12,15 @@ import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from forwarder import Forwarder
-from redis_server import RedisServer
-from stack import Stack, run_stack
+from redis_fleet import one_server_two_brokers
+from stack import Stack
 
 from llama_direct.runtime import REDIS_URL_ENV
-from llama_direct.tokens import LEEWAY_SECONDS
-from llama_launcher.paths import make_runtime_dir
-from llama_launcher.server_args import ServerOptions
-from llama_launcher.server_process import LlamaServer
 
 pytestmark = pytest.mark.real
 
@@ -37,28 +29,8 @@ PROMPT = [{"role": "user", "content": "Write a long story about a lighthouse kee
 
 @pytest.fixture
 def fleet(llama_server_binary: Path, model_path: Path, tmp_path: Path) -> Iterator[tuple[Stack, Stack, str]]:
-    redis = RedisServer(tmp_path)
-    redis.start()
-    server = LlamaServer(ServerOptions(binary=llama_server_binary, model=model_path, alias="smollm2", parallel=2),
-                         make_runtime_dir())
-    with ExitStack() as exits:
-        exits.callback(redis.stop)
-        server.start()
-        exits.callback(server.stop)
-        server.wait_ready(timeout=120, show_progress=False)
-        key_file = tmp_path / "signing-key.pem"
-        key_file.write_bytes(ec.generate_private_key(ec.SECP256R1()).private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-        key_file.chmod(0o600)
-        env = {"LLAMA_DIRECT_UPSTREAM_KEY": server.authorization().removeprefix(b"Bearer ").decode(),
-               REDIS_URL_ENV: redis.url}
-        upstream = exits.enter_context(Forwarder(server.address))  # type: ignore[arg-type]  # a unix socket path here
-        common = ("--upstream", f"http://127.0.0.1:{upstream.port}", "--audience", "fleet", "--signing-key-file",
-                  str(key_file), "--token-ttl", "60")
-        a = exits.enter_context(run_stack(*common, "--issuer", "broker-a", "--issuer", "broker-b", env=env))
-        b = exits.enter_context(run_stack(*common, "--issuer", "broker-b", "--issuer", "broker-a", env=env))
-        # Tokens minted in the first seconds of Redis's run are refused (it might have lost a spent one).
-        time.sleep(max(0.0, LEEWAY_SECONDS + 2 - (time.monotonic() - redis.started)))
+    with one_server_two_brokers(llama_server_binary, model_path, tmp_path, "--token-ttl", "60",
+                                parallel=2) as (a, b, _, redis):
         yield a, b, redis.url
 
 

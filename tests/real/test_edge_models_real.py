@@ -15,15 +15,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from forwarder import Forwarder
 from haproxy_edge import haproxy_edge
+from redis_fleet import signing_key_file, wait_out_redis_start
 from redis_server import RedisServer
 from stack import Stack, run_stack
 
 from llama_direct.runtime import ACCESS_TOKEN_ENV, REDIS_URL_ENV
-from llama_direct.tokens import LEEWAY_SECONDS
 from llama_launcher.paths import make_runtime_dir
 from llama_launcher.server_args import ServerOptions
 from llama_launcher.server_process import LlamaServer
@@ -36,14 +34,6 @@ LOGIN = {"Authorization": f"Bearer {ACCESS_TOKEN}"}
 MODELS = ("alpha", "beta")
 
 
-def _key_file(directory: Path) -> Path:
-    path = directory / "signing-key.pem"
-    path.write_bytes(ec.generate_private_key(ec.SECP256R1()).private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    path.chmod(0o600)
-    return path
-
-
 def _chats(upstream: Forwarder) -> int:
     return len(upstream.requests(lambda line: line.startswith(b"POST")))
 
@@ -53,7 +43,7 @@ def edge_fleet(llama_server_binary: Path, model_path: Path,
                tmp_path: Path) -> Iterator[tuple[dict[str, Forwarder], str]]:
     redis = RedisServer(tmp_path)
     redis.start()
-    signing_key = _key_file(tmp_path)
+    signing_key = signing_key_file(tmp_path)
     upstreams: dict[str, Forwarder] = {}
     stacks: dict[str, Stack] = {}
     with ExitStack() as exits:
@@ -74,8 +64,7 @@ def edge_fleet(llama_server_binary: Path, model_path: Path,
                 "--token-ttl", "60", "--trusted-proxy", "127.0.0.1",
                 env={"LLAMA_DIRECT_UPSTREAM_KEY": key, REDIS_URL_ENV: redis.url, ACCESS_TOKEN_ENV: ACCESS_TOKEN}))
         edge = exits.enter_context(haproxy_edge(tmp_path, [f"127.0.0.1:{stacks[name].port}={name}" for name in MODELS]))
-        # Tokens minted in the first seconds of Redis's run are refused (it might have lost a spent one).
-        time.sleep(max(0.0, LEEWAY_SECONDS + 2 - (time.monotonic() - redis.started)))
+        wait_out_redis_start(redis)
         yield upstreams, edge
 
 

@@ -9,38 +9,22 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from forwarder import Forwarder
 from haproxy_edge import haproxy_edge
+from redis_fleet import one_server_two_brokers
 from redis_server import RedisServer
-from stack import Stack, run_stack
+from stack import Stack
 
-from llama_direct.runtime import REDIS_URL_ENV
 from llama_direct.tokens import LEEWAY_SECONDS
-from llama_launcher.paths import make_runtime_dir
-from llama_launcher.server_args import ServerOptions
-from llama_launcher.server_process import LlamaServer
 
 pytestmark = pytest.mark.real
 
 CHAT = {"messages": [{"role": "user", "content": "Say hello."}], "stream": True, "max_tokens": 8}
 COOKIE = "llama_direct_session"
-
-
-def _key_file(directory: Path) -> Path:
-    path = directory / "signing-key.pem"
-    pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    path.write_bytes(pem)
-    path.chmod(0o600)
-    return path
 
 
 def _lane(stack: Stack, token: str, body: dict | None = None) -> httpx.Response:
@@ -56,26 +40,9 @@ def _reason(response: httpx.Response) -> str:
 @pytest.fixture
 def fleet(llama_server_binary: Path, model_path: Path,
           tmp_path: Path) -> Iterator[tuple[Stack, Stack, Forwarder, RedisServer, str]]:
-    redis = RedisServer(tmp_path)
-    redis.start()
-    server = LlamaServer(ServerOptions(binary=llama_server_binary, model=model_path, alias="smollm2", parallel=1),
-                         make_runtime_dir())
-    with ExitStack() as exits:
-        exits.callback(redis.stop)
-        server.start()
-        exits.callback(server.stop)
-        server.wait_ready(timeout=120, show_progress=False)
-        key = server.authorization().removeprefix(b"Bearer ").decode()
-        upstream = exits.enter_context(Forwarder(server.address))  # type: ignore[arg-type]  # a unix socket path here
-        signing_key = _key_file(tmp_path)
-        env = {"LLAMA_DIRECT_UPSTREAM_KEY": key, REDIS_URL_ENV: redis.url}
-        common = ("--upstream", f"http://127.0.0.1:{upstream.port}", "--audience", "fleet",
-                  "--signing-key-file", str(signing_key), "--token-ttl", "60", "--trusted-proxy", "127.0.0.1")
-        a = exits.enter_context(run_stack(*common, "--issuer", "broker-a", "--issuer", "broker-b", env=env))
-        b = exits.enter_context(run_stack(*common, "--issuer", "broker-b", "--issuer", "broker-a", env=env))
-        edge = exits.enter_context(haproxy_edge(tmp_path, [f"127.0.0.1:{stack.port}" for stack in (a, b)]))
-        # Tokens minted in the first seconds of Redis's run are refused (it might have lost a spent one).
-        time.sleep(max(0.0, LEEWAY_SECONDS + 2 - (time.monotonic() - redis.started)))
+    with one_server_two_brokers(llama_server_binary, model_path, tmp_path, "--token-ttl", "60",
+                                "--trusted-proxy", "127.0.0.1") as (a, b, upstream, redis), \
+            haproxy_edge(tmp_path, [f"127.0.0.1:{stack.port}" for stack in (a, b)]) as edge:
         yield a, b, upstream, redis, edge
 
 
