@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -131,17 +132,28 @@ def _wait_busy(stack: Stack, want: int, seconds: float) -> bool:
     return False
 
 
-def test_client_disconnect_frees_the_slot_within_a_second(stack: Stack) -> None:
+def _released_slot_tokens(stack: Stack) -> list[int]:
+    """The `n_tokens` (prompt and generated) of each slot llama-server released, from its own log lines."""
+    return [int(found) for found in re.findall(r"stop processing: n_tokens = (\d+)", stack.log_text())]
+
+
+def test_client_disconnect_stops_the_generation(stack: Stack) -> None:
+    """A client that leaves mid-stream ends its generation: llama-server releases the slot long before
+    the 1,500 tokens asked for (read from llama-server's own release line, not from a clock)."""
     url, headers = _lane(stack, stack.negotiate())
+    released_before = len(_released_slot_tokens(stack))
     with httpx.stream("POST", url, json=LONG, headers=headers, timeout=60) as response:
         assert response.status_code == 200
         lines = response.iter_lines()
         while not next(lines).startswith('data: {"choices":[{"finish_reason":null'):
             pass
-        assert _wait_busy(stack, 1, 2.0), "the generation never showed as a busy slot"
-    left = time.monotonic()
-    assert _wait_busy(stack, 0, 1.0), "the slot was still busy a second after the client left"
-    assert time.monotonic() - left <= 1.0
+        assert _wait_busy(stack, 1, 30.0), "the generation never showed as a busy slot"
+    assert _wait_busy(stack, 0, 60.0), "the slot stayed busy after the client left"
+    deadline = time.monotonic() + 30  # llama-server's line reaches the log file a moment later
+    while len(_released_slot_tokens(stack)) == released_before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    released = _released_slot_tokens(stack)[released_before:]
+    assert released and released[-1] < 750, released  # half of the 1,500 asked for
 
 
 def test_resume_returns_exactly_the_missing_bytes(stack: Stack) -> None:
