@@ -23,7 +23,6 @@ from llama_direct.budgets import (
     MAX_USAGE_DAYS,
     Budget,
     Exhausted,
-    MyUsage,
     Reservation,
     UsageReport,
     day_name,
@@ -33,6 +32,7 @@ from llama_direct.budgets import (
     remaining,
     start_deadline,
 )
+from llama_direct.documents import MyUsage
 from llama_direct.lanes import LaneRoute
 from llama_direct.refusals import INVALID_OPTION, BudgetExhausted, RequestRefusal
 from llama_direct.users import Limits

@@ -25,8 +25,8 @@ from __future__ import annotations
 import datetime
 import math
 from dataclasses import dataclass
-from typing import TypedDict
 
+from llama_direct.documents import LedgerDay
 from llama_direct.tokens import LEEWAY_SECONDS
 
 GENERATING_FORMATS = frozenset({"chat", "completions", "responses", "messages"})
@@ -177,35 +177,9 @@ def remaining(budget: Budget, day_used: int, minute_used: int) -> Remaining:
 
 MY_USAGE_PATH = "/v1/usage"
 """`GET` by a logged-in user (session or bearer): their own usage and what their budget has left
-(`MyUsage`); `?since=YYYY-MM-DD` (UTC) for older days, today by default."""
+(`llama_direct.documents.MyUsage`); `?since=YYYY-MM-DD` (UTC) for older days, today by default."""
 MAX_USAGE_DAYS = 400
 """The furthest back `since` reaches: a bound on what one answer reads."""
-
-
-class LedgerDay(TypedDict):
-    day: str
-    model: str
-    route: str
-    lane: str
-    requests: int
-    prompt_tokens: int
-    completion_tokens: int
-    unseen: int
-
-
-class MyUsage(TypedDict):
-    """The answer of `GET /v1/usage`: the caller's windows now, and their ledger's rows since `since`."""
-
-    sub: str
-    name: str | None
-    tokens_per_day: int | None
-    tokens_per_minute: int | None
-    day_used: int
-    day_left: int | None
-    minute_used: int
-    minute_left: int | None
-    since: str
-    rows: list[LedgerDay]
 
 
 def parse_day(text: str) -> int:

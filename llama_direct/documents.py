@@ -9,6 +9,8 @@
   `gate.pool.merge_snapshots` for several upstreams) and read by the broker (`broker.gate_health`)
   through `parse_health`, which refuses an answer of another shape (`typed_json.MalformedDocument`).
 - `ModelList`: `GET /v1/models`, OpenAI's list shape with each model's state (`broker.models`).
+- `MyUsage`: `GET /v1/usage`, a logged-in user's own usage and what their budget has left
+  (`broker.budget.my_usage`), read by the page (`frontend/src/page/usage.ts`).
 
 TypedDicts, not classes: each is JSON as it crosses, so a writer builds the dict and the type checker
 holds its keys and values to the definition; a reader of untrusted bytes goes through its parser
@@ -106,6 +108,40 @@ class WhoAmI(TypedDict):
     name: str | None
     """A named user's name (`llama-direct users`); None for the owner and a host app's users."""
     owner: bool
+
+
+class LedgerDay(TypedDict):
+    """One row of a user's usage ledger: their requests on one model, route and lane in one UTC day."""
+
+    day: str
+    """The UTC date, `YYYY-MM-DD`."""
+    model: str
+    route: str
+    lane: str
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    unseen: int
+    """Requests whose end the gate did not see, each counted at its whole reservation."""
+
+
+class MyUsage(TypedDict):
+    """`GET /v1/usage` (`llama_direct.budgets.MY_USAGE_PATH`): the caller's own windows now and ledger rows."""
+
+    sub: str
+    name: str | None
+    tokens_per_day: int | None
+    """The caller's limits (`llama-direct users`); None: no bound (always for the owner)."""
+    tokens_per_minute: int | None
+    day_used: int
+    """Generated tokens charged to today (UTC), settled and still reserved by open grants."""
+    day_left: int | None
+    """What today's budget has left; None: no daily bound."""
+    minute_used: int
+    minute_left: int | None
+    since: str
+    """The first UTC day of `rows` (`?since=YYYY-MM-DD`, today by default)."""
+    rows: list[LedgerDay]
 
 
 class Granted(TypedDict):

@@ -1,5 +1,5 @@
 """Write `frontend/src/documents.ts` from the wire documents' TypedDicts, so the TypeScript clients
-read the negotiation answer and the model list by the same definitions as the broker writes them.
+read the negotiation answer, the model list and the usage by the same definitions as the broker writes them.
 
     .venv/bin/python scripts/documents_ts.py
 
@@ -15,11 +15,14 @@ import typing
 from pathlib import Path
 
 from llama_direct import documents
+from llama_direct.budgets import MY_USAGE_PATH
 
 TARGET = Path(__file__).resolve().parent.parent / "frontend" / "src" / "documents.ts"
 EXPORTED = (documents.Granted, documents.Unsupported, documents.ModelEntry, documents.ListedModel,
-            documents.ModelList)
+            documents.ModelList, documents.LedgerDay, documents.MyUsage)
 """The documents a TypeScript client reads (the gate's health is the broker's alone)."""
+PATHS = {"MY_USAGE_PATH": MY_USAGE_PATH}
+"""The broker paths a TypeScript client reads these documents from, by their Python names."""
 _SCALARS: dict[object, str] = {str: "string", int: "number", float: "number", bool: "boolean",
                                type(None): "null", object: "unknown"}
 
@@ -61,6 +64,8 @@ def render() -> str:
         "",
         *(interface(document) for document in EXPORTED),
         "export type NegotiationAnswer = Granted | Unsupported;",
+        "",
+        *(f"export const {name} = {json.dumps(path)};" for name, path in PATHS.items()),
         "",
     ])
 

@@ -52,4 +52,32 @@ export interface ModelList {
   data: ListedModel[];
 }
 
+/** One row of a user's usage ledger: their requests on one model, route and lane in one UTC day. */
+export interface LedgerDay {
+  day: string;
+  model: string;
+  route: string;
+  lane: string;
+  requests: number;
+  prompt_tokens: number;
+  completion_tokens: number;
+  unseen: number;
+}
+
+/** `GET /v1/usage` (`llama_direct.budgets.MY_USAGE_PATH`): the caller's own windows now and ledger rows. */
+export interface MyUsage {
+  sub: string;
+  name: string | null;
+  tokens_per_day: number | null;
+  tokens_per_minute: number | null;
+  day_used: number;
+  day_left: number | null;
+  minute_used: number;
+  minute_left: number | null;
+  since: string;
+  rows: LedgerDay[];
+}
+
 export type NegotiationAnswer = Granted | Unsupported;
+
+export const MY_USAGE_PATH = "/v1/usage";
