@@ -100,10 +100,15 @@ def allowed_for(limits: Limits | None, allowed: Sequence[str]) -> tuple[str, ...
 
 
 def policy_for(policy: Policy, limits: Limits | None) -> Policy:
-    """The server's policy with its cap held to the user's `max_tokens`."""
-    if limits is None or limits.max_tokens is None or limits.max_tokens >= policy.max_tokens_cap:
+    """The server's policy with its cap held to the user's `max_tokens`, and the user's `streams`
+    limit for the grant to carry."""
+    if limits is None:
         return policy
-    return dataclasses.replace(policy, max_tokens_cap=limits.max_tokens)
+    if limits.max_tokens is not None and limits.max_tokens < policy.max_tokens_cap:
+        policy = dataclasses.replace(policy, max_tokens_cap=limits.max_tokens)
+    if limits.streams is not None:
+        policy = dataclasses.replace(policy, streams=limits.streams)
+    return policy
 
 
 def store_revocations(store: UserStore, now: float) -> dict[str, int]:

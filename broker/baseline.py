@@ -91,14 +91,16 @@ async def baseline(
     and `model` (from `baseline_model`; a load it may cause is charged by the caller, as at negotiation),
     its cap held to a named user's `max_tokens`, pinning `system_prompt` as negotiation would."""
     now = core.mint_time(user, core.clock())
-    cap = policy_for(core.policy, limits).max_tokens_cap
+    policy = policy_for(core.policy, limits)
+    cap = policy.max_tokens_cap
     asked = body_length(body, route)
     asked = cap if asked is None else min(asked, cap)
     jti = new_jti()
     cap = reserve(core, user=user, limits=limits, asked=asked, model=model, route=route, lane=BASELINE_LANE, jti=jti,
                   minted_at=now, ttl=core.settings.token_ttl)
     pin = system_prompt if system_prompt is not None else core.policy.system_prompts.get(model)
-    grant = Grant(routes=(route.key,), model=model, autoload=autoload, max_tokens=cap, system_prompt=pin)
+    grant = Grant(routes=(route.key,), model=model, autoload=autoload, max_tokens=cap, system_prompt=pin,
+                  streams=policy.streams)
     upstream = await _send(core, user, body, content_type, grant=grant, route=route, now=now, jti=jti)
     if upstream.status_code == 401 and await _predates_gate(upstream):
         # The gate restarted after this broker last looked: its cut-off is at most the second after

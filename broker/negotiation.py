@@ -89,6 +89,7 @@ def negotiate(
         conversation_id=conversation_id,
         # pinned by the host app, else by the operator for the model: the gate puts it first
         system_prompt=system_prompt if system_prompt is not None else policy.system_prompts.get(model),
+        streams=policy.streams,
     )
     minted = mint(
         issuer.key,

@@ -34,6 +34,9 @@ class Policy:
     models: tuple[str, ...] = ()
     system_prompts: Mapping[str, str] = field(default_factory=dict)
     """The operator's pinned system prompt of each model (`--system-prompt`)."""
+    streams: int | None = None
+    """The user's own stream limit (`users add --streams`), which grants carry to the gate; None: the
+    gate's `--streams-per-user`. Never set from the settings: `broker.accounts.policy_for` sets it."""
 
     @classmethod
     def from_settings(cls, settings: BrokerSettings) -> Policy:

@@ -83,6 +83,8 @@ GRANT_FIELDS: tuple[GrantField, ...] = (
                haproxy="llama_launcher.haproxy_grant:autoload_rules"),
     GrantField("system_prompt", False, gate="llama_launcher.gate.pinned:pinned_prompt",
                haproxy="llama_launcher.haproxy_grant:system_prompt_rules"),
+    GrantField("streams", False, gate="llama_launcher.gate.stream_watch:StreamWatch.open",
+               haproxy="llama_launcher.haproxy_grant:streams_rules"),
 )
 """Every claim of the grant; `Grant`'s fields, in its order."""
 
@@ -105,6 +107,9 @@ class Grant:
     system_prompt: str | None = None
     """A system prompt pinned by the host app or the operator: the gate puts it first and refuses the
     client's own (`llama_launcher.gate.pinned`). Not a secret: the token carries it in the clear."""
+    streams: int | None = None
+    """The streams the grant's `sub` may have at once on a gate (its user's `--streams`); None: the gate's
+    own `--streams-per-user` applies. A user's own limit, so it may be above or below the gate's."""
 
     def __post_init__(self) -> None:
         # Plain loops, not all(genexpr): a grant is rebuilt on every lane request (issue 18, P5).
@@ -120,6 +125,8 @@ class Grant:
             raise ValueError("max_tokens must be a positive integer")
         if not _is_int(self.uses) or self.uses < 1:
             raise ValueError("uses must be a positive integer")
+        if self.streams is not None and (not _is_int(self.streams) or self.streams < 1):
+            raise ValueError("streams must be a positive integer or None")
         if not isinstance(self.autoload, bool):
             raise ValueError("autoload must be true or false")
         for optional in (self.origin, self.conversation_id):
@@ -144,6 +151,8 @@ class Grant:
             claim["autoload"] = False
         if self.system_prompt is not None:
             claim["system_prompt"] = self.system_prompt
+        if self.streams is not None:  # absent: the gate's own cap, so a grant without it stays as it was
+            claim["streams"] = self.streams
         return claim
 
     @classmethod
@@ -169,6 +178,7 @@ class Grant:
                 conversation_id=value.get("conversation_id"),
                 autoload=value.get("autoload", True),
                 system_prompt=value.get("system_prompt"),
+                streams=value.get("streams"),
             )
         except ValueError:
             raise MalformedToken() from None

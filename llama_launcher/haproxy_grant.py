@@ -171,3 +171,13 @@ def system_prompt_rules(routes: Sequence[LaneRoute]) -> list[str]:
         claim("system_prompt", "$.grant.system_prompt"),
         "    http-request deny deny_status 403 if { var(txn.system_prompt) -m found }",
     ]
+
+
+def streams_rules(routes: Sequence[LaneRoute]) -> list[str]:
+    """A grant that carries its user's own stream limit is refused: HAProxy counts no streams per user
+    (a stream outlives its connection, and a resume adopts it), so such users are served by the Python
+    gate only (docs/users.md)."""
+    return [
+        claim("streams", "$.grant.streams"),
+        "    http-request deny deny_status 403 if { var(txn.streams) -m found }",
+    ]

@@ -318,7 +318,7 @@ class ClientConnection(asyncio.Protocol):
         claims = await gate.authorize(head)
         route = check_request(head, claims, lane_prefix=gate.config.lane_prefix)
         body = await self._read_body()
-        self.stream = gate.streams.open(claims.sub, route)
+        self.stream = gate.streams.open(claims, route)
         plan = await plan_lane(gate, route, claims, body, cors=self.listener.cors)
         self.usage = gate.usage.begin(claims, route, self.lane)
         if route.lane.conversation == "stops":

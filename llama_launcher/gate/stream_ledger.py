@@ -3,7 +3,8 @@
 Two bounds on what a logged-in user can leave running in llama-server:
 
 - **Streams per user.** Each chat or resume the gate relays counts for its token's `sub` until it
-  ends; one past `limit` is refused (429 `too_many_streams`) before anything reaches llama-server.
+  ends; one past `limit` (or the user's own, which their grant carries) is refused (429
+  `too_many_streams`) before anything reaches llama-server.
   The users in `uncapped` (the owner) are counted but never refused.
 - **A resume window.** A resumable stream (one that names a conversation) outlives its connection
   by design, so a closed tab would leave it generating to the length cap. When its client leaves
@@ -57,15 +58,16 @@ class StreamLedger(Generic[H]):
         self.counts: dict[str, int] = {}
         self.orphans: dict[str, Orphan[H]] = {}
 
-    def open(self, user: str, conversation: str | None) -> Stream[H]:
-        """Count a new stream, or refuse it: a resume of an orphan takes the orphan's place uncounted."""
+    def open(self, user: str, conversation: str | None, limit: int | None = None) -> Stream[H]:
+        """Count a new stream, or refuse it: a resume of an orphan takes the orphan's place uncounted.
+        `limit` is the user's own (their grant's `streams`), in place of the gate's `limit`."""
         orphan = self.orphans.pop(conversation, None) if conversation is not None else None
         if orphan is not None:
             if orphan.user == user:
                 return Stream(user, conversation)
             self._release(orphan.user)
         count = self.counts.get(user, 0)
-        if count >= self.limit and user not in self.uncapped:
+        if count >= (self.limit if limit is None else limit) and user not in self.uncapped:
             raise RequestRefusal(TOO_MANY_STREAMS)
         self.counts[user] = count + 1
         return Stream(user, conversation)

@@ -18,6 +18,7 @@ import struct
 from collections.abc import Sequence
 from typing import Any
 
+from llama_direct.tokens import Claims
 from llama_launcher.gate.config import GateConfig
 from llama_launcher.gate.pool import Member
 from llama_launcher.gate.scope import Route
@@ -37,11 +38,12 @@ class StreamWatch:
         self._timers: set[asyncio.TimerHandle] = set()
         self._stops: set[asyncio.Task[Any]] = set()
 
-    def open(self, user: str, route: Route) -> Stream[Member] | None:
-        """A chat or resume is counted (or refused, 429); a cancel is no stream (None)."""
+    def open(self, claims: Claims, route: Route) -> Stream[Member] | None:
+        """A chat or resume is counted for its `sub` (or refused, 429), against the user's own limit when
+        the grant carries one (`grant.streams`), else the gate's; a cancel is no stream (None)."""
         if route.lane.conversation == "stops":
             return None
-        return self.ledger.open(user, route.conversation_id)
+        return self.ledger.open(claims.sub, route.conversation_id, claims.grant.streams)
 
     @staticmethod
     def held_by(stream: Stream[Member] | None, member: Member) -> None:

@@ -304,15 +304,18 @@ class Harness:
         key: SigningKey | None = None,
         audience: str = AUDIENCE,
         issuer: str = ISSUER,
+        subject: str = "alice",
+        streams: int | None = None,
     ) -> str:
         grant = Grant(
-            routes=routes, model=MODEL, max_tokens=64, uses=uses, origin=origin, conversation_id=conversation_id
+            routes=routes, model=MODEL, max_tokens=64, uses=uses, origin=origin, conversation_id=conversation_id,
+            streams=streams,
         )
         return mint(
             key or self.key,
             issuer=issuer,
             audience=audience,
-            subject="alice",
+            subject=subject,
             scope=scope,
             grant=grant,
             now=time.time() if now is None else now,

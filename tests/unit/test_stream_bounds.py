@@ -133,6 +133,55 @@ def test_a_user_past_the_stream_limit_gets_429_too_many_streams_before_llama_ser
     run(scenario, streams_per_user=2)
 
 
+async def _hold(h: Harness, token: str) -> Client:
+    """A stream that has its head and runs on (the fake upstream streams forever)."""
+    client = await Client.open(h.port)
+    await client.send(chat_request(token))
+    head = await client.reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head.split(b"\r\n")[0]
+    return client
+
+
+async def _refused(h: Harness, token: str) -> str:
+    client = await Client.open(h.port)
+    await client.send(chat_request(token))
+    response = await client.response()
+    client.close()
+    assert response.status == 429, response.status
+    return str(response.json()["error"]["reason"])
+
+
+def test_a_grants_own_stream_limit_caps_its_user_below_the_gates() -> None:
+    async def scenario(h: Harness) -> None:
+        h.behaviour.forever = True
+        h.behaviour.delay = 0.02
+        ann = await _hold(h, h.token(subject="u-ann", streams=1))
+        before = len(h.upstream_requests)
+        assert await _refused(h, h.token(subject="u-ann", streams=1)) == "too_many_streams"
+        assert len(h.upstream_requests) == before
+        others = [await _hold(h, h.token(subject="u-bob")) for _ in range(3)]  # the gate's 3 for bob
+        assert await _refused(h, h.token(subject="u-bob")) == "too_many_streams"
+        ann.writer.transport.abort()
+        await _until(lambda: "u-ann" not in h.server.gate.streams.ledger.counts)
+        again = await _hold(h, h.token(subject="u-ann", streams=1))
+        for client in (*others, again):
+            client.close()
+
+    run(scenario, streams_per_user=3)
+
+
+def test_a_grants_own_stream_limit_lets_its_user_past_the_gates() -> None:
+    async def scenario(h: Harness) -> None:
+        h.behaviour.forever = True
+        h.behaviour.delay = 0.02
+        held = [await _hold(h, h.token(subject="u-ann", streams=3)) for _ in range(3)]
+        assert await _refused(h, h.token(subject="u-ann", streams=3)) == "too_many_streams"
+        for client in held:
+            client.close()
+
+    run(scenario, streams_per_user=1)
+
+
 def test_the_owner_is_not_capped_by_default() -> None:
     async def scenario(h: Harness) -> None:
         h.behaviour.forever = True

@@ -193,6 +193,12 @@ def test_grant_claim_omits_absent_fields_and_round_trips() -> None:
     assert Grant.from_claim(GRANT.to_claim()) == GRANT
 
 
+def test_a_users_stream_limit_rides_in_the_grant_only_when_set() -> None:
+    grant = Grant(routes=(("POST", "/v1/chat/completions"),), model="m", max_tokens=8, streams=2)
+    assert grant.to_claim()["streams"] == 2 and Grant.from_claim(grant.to_claim()) == grant
+    assert "streams" not in Grant(routes=grant.routes, model="m", max_tokens=8).to_claim()
+
+
 def test_grant_uses_defaults_to_one() -> None:
     claim = {"routes": [["POST", "/v1/chat/completions"]], "model": "m", "max_tokens": 8}
     assert Grant.from_claim(claim).uses == 1
@@ -223,6 +229,9 @@ def test_grant_uses_defaults_to_one() -> None:
         {"routes": [["POST", "/x"]], "model": "m", "max_tokens": 8, "origin": ""},
         {"routes": [["POST", "/x"]], "model": "m", "max_tokens": 8, "origin": 5},
         {"routes": [["POST", "/x"]], "model": "m", "max_tokens": 8, "conversation_id": ["c"]},
+        {"routes": [["POST", "/x"]], "model": "m", "max_tokens": 8, "streams": 0},
+        {"routes": [["POST", "/x"]], "model": "m", "max_tokens": 8, "streams": True},
+        {"routes": [["POST", "/x"]], "model": "m", "max_tokens": 8, "streams": "2"},
     ],
 )
 def test_a_grant_of_the_wrong_shape_is_a_malformed_token(claim: object) -> None:
