@@ -165,6 +165,8 @@ PROBES: dict[str, tuple[Callable[[], bytes], int | None, int]] = {
     "ignore_eos": (lambda: request(token(), body={**CHAT, "ignore_eos": True}), 400, 400),
     # The gate puts a pinned system prompt first; HAProxy cannot, so it refuses the grant.
     "a_pinned_system_prompt": (lambda: request(token(grant={"system_prompt": "Answer briefly."})), None, 403),
+    # A user's own stream limit: HAProxy counts no streams per user, so it refuses the grant.
+    "a_users_own_stream_limit": (lambda: request(token(grant={"streams": 2})), None, 403),
     "missing_max_tokens": (lambda: request(token(), body={k: v for k, v in CHAT.items() if k != "max_tokens"}),
                            None, 400),
     "missing_model": (lambda: request(token(), body={k: v for k, v in CHAT.items() if k != "model"}), None, 400),

@@ -1,11 +1,14 @@
 """Named users end to end: two users stream through the lane as themselves, then `users remove`
-ends one's session and refuses a grant that user already holds, on the real gate and llama-server."""
+ends one's session and refuses a grant that user already holds; a user's own `--streams` limit caps
+them and nobody else; on the real gate and llama-server."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -26,8 +29,8 @@ def _users(stack: Stack, *argv: str) -> subprocess.CompletedProcess[str]:
     return done
 
 
-def _add(stack: Stack, name: str) -> dict[str, str]:
-    shown = dict(line.split(": ", 1) for line in _users(stack, "add", name).stdout.strip().splitlines())
+def _add(stack: Stack, name: str, *limits: str) -> dict[str, str]:
+    shown = dict(line.split(": ", 1) for line in _users(stack, "add", name, *limits).stdout.strip().splitlines())
     assert shown["login link"].startswith(stack.base + "/?token=ldt_")  # the address serve printed
     return shown
 
@@ -89,3 +92,36 @@ def test_two_users_stream_as_themselves_and_a_removal_ends_one(stack: Stack) -> 
 
             after = _negotiate(script, stack.base, Authorization=f"Bearer {bob['API key']}")
             assert _stream(after).status_code == 200  # Bob goes on
+
+
+@contextmanager
+def _held(grant: dict[str, Any]) -> Iterator[httpx.Response]:
+    """A lane stream open (its head read, its body not): it counts against its user until left."""
+    body = {**CHAT, "max_tokens": 64}
+    with httpx.stream("POST", grant["url"] + "/v1/chat/completions", json=body, timeout=120,
+                      headers={"Authorization": f"Bearer {grant['token']}"}) as answer:
+        yield answer
+
+
+def test_a_users_own_stream_limit_caps_them_and_nobody_else(stack: Stack) -> None:
+    """Dee has `--streams 1`: her second concurrent stream is 429 too_many_streams, while Eve, with no
+    limit of her own, has two at once (serve's --streams-per-user is 4) and streams beside Dee's."""
+    dee, eve = _add(stack, "dee", "--streams", "1"), _add(stack, "eve")
+    with httpx.Client(timeout=30) as script:
+        def grant(who: dict[str, str]) -> dict[str, Any]:
+            return _negotiate(script, stack.base, Authorization=f"Bearer {who['API key']}")
+
+        assert grant(dee)["grant"]["streams"] == 1 and "streams" not in grant(eve)["grant"]
+        with _held(grant(eve)) as first, _held(grant(eve)) as second:
+            assert (first.status_code, second.status_code) == (200, 200)
+        with _held(grant(dee)) as first:
+            assert first.status_code == 200
+            refused = _stream(grant(dee))
+            assert (refused.status_code, refused.json()["error"]["reason"]) == (429, "too_many_streams")
+            beside = _stream(grant(eve))
+            assert beside.status_code == 200 and b"data: [DONE]" in beside.content
+        for _ in range(300):  # the gate frees Dee's count once it sees her first client leave
+            answer = _stream(grant(dee))
+            if answer.status_code != 429:
+                break
+        assert answer.status_code == 200 and b"data: [DONE]" in answer.content
