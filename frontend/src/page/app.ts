@@ -15,6 +15,7 @@ import { SettingsPanel } from "./settings.ts";
 import { Conversations } from "./sidebar.ts";
 import { ConversationStore, dbNameFor } from "./store.ts";
 import { bindTheme } from "./theme.ts";
+import { UsageBadge } from "./usage.ts";
 
 function byId<T extends HTMLElement>(id: string): T {
   const node = document.getElementById(id);
@@ -61,6 +62,8 @@ function start(): void {
   const follow = new ScrollFollow(byId<HTMLElement>("conversation"), byId<HTMLButtonElement>("jump"));
   bindContentActions(list);
   const settings = new SettingsPanel();
+  const usage = new UsageBadge(byId<HTMLSpanElement>("usage"));
+  void usage.refresh();
 
   const chat = new Chat({
     list,
@@ -73,6 +76,7 @@ function start(): void {
       stop.disabled = !busy;
       list.setAttribute("aria-busy", String(busy));
       empty.hidden = true;
+      if (!busy) usage.settled();
     },
     showLane: (lane) => showLane(byId<HTMLSpanElement>("lane"), lane),
     showSpeed: (tps) => {

@@ -23,6 +23,8 @@ export interface Stack {
   loginUrl: string;
   /** The page's own URL, without the token. */
   baseUrl: string;
+  /** The throw-away data dir, for `llama-direct users … --data-dir` while it runs. */
+  dataDir: string;
   /** The gate's private `GET /health` (slots busy or idle), read on its unix socket. */
   health(): Promise<GateHealth>;
   /** The gate process's pid, looked up now: the parent restarts a gate that dies. */
@@ -147,6 +149,7 @@ export async function startStack(args: string[] = [], env: Record<string, string
   return {
     loginUrl,
     baseUrl: base.toString(),
+    dataDir,
     health: () => healthAt(join(runtimeDir, "gate.sock")),
     gatePid: () => descendants(child.pid ?? -1).find((pid) => cmdline(pid).includes("llama_launcher.gate_process")),
     stop,
