@@ -3,6 +3,7 @@
  * the choice kept in localStorage across reloads, and the state of the chosen model while it loads.
  * Names only: the broker never sends a file path.
  */
+import { getJson } from "./get_json.ts";
 import { pollEvery } from "./poll.ts";
 
 export type ModelStatus = "unloaded" | "loading" | "loaded";
@@ -93,14 +94,9 @@ export class ModelPicker {
   }
 
   async refresh(): Promise<void> {
-    let answer: Response;
-    try {
-      answer = await fetch(this.url, { credentials: "same-origin", headers: { Accept: "application/json" } });
-    } catch {
-      return;
-    }
-    if (!answer.ok) return;
-    this.models = parseModels(await answer.json().catch(() => null));
+    const body = await getJson(this.url);
+    if (body === undefined) return;
+    this.models = parseModels(body);
     this.render();
   }
 

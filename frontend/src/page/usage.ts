@@ -5,6 +5,7 @@
  * idle. The owner and users without token limits see nothing: they have no budget to run out of.
  */
 import { MY_USAGE_PATH, type MyUsage } from "../documents.ts";
+import { getJson } from "./get_json.ts";
 
 /** What the badge shows: the number left, which window it is, the whole account in a sentence. */
 export interface UsageShown {
@@ -66,14 +67,9 @@ export class UsageBadge {
   ) {}
 
   async refresh(): Promise<void> {
-    let answer: Response;
-    try {
-      answer = await fetch(this.url, { credentials: "same-origin", headers: { Accept: "application/json" } });
-    } catch {
-      return;
-    }
-    if (!answer.ok) return;
-    const usage = parseUsage(await answer.json().catch(() => null));
+    const body = await getJson(this.url);
+    if (body === undefined) return;
+    const usage = parseUsage(body);
     this.show(usage === null ? null : usageShown(usage));
   }
 
