@@ -51,6 +51,7 @@ from llama_launcher.gate.connection_core import (
 from llama_launcher.gate.core import Gate
 from llama_launcher.gate.http1 import chunk, simple_response
 from llama_launcher.gate.lane_plan import LanePlan, plan_lane
+from llama_launcher.gate.linger import close_in_halves
 from llama_launcher.gate.metrics import BASELINE, CLIENT_LEFT, DIRECT
 from llama_launcher.gate.outgoing import broker_request
 from llama_launcher.gate.pool import Member
@@ -555,7 +556,8 @@ class ClientConnection(asyncio.Protocol):
     def _close(self) -> None:
         if self.core.close():
             self._cancel_timer()
-            self.transport.close()
+            self._count(False)
+            self.timer = close_in_halves(self.transport)
 
     def shutdown(self) -> None:
         """The gate is stopping: drop this connection and its upstream at once."""

@@ -967,3 +967,27 @@ def test_widening_max_tokens_is_narrowed_to_the_cap(broker: tuple[TestClient, Br
     assert verified.grant.max_tokens == 512
     assert json.loads(json.dumps(verified.grant.to_claim())) == body["grant"]
     assert gate.lane == []
+
+
+def test_a_refusal_before_the_body_reaches_a_client_still_sending_it_without_a_reset() -> None:
+    """The gate answers 413 from the head and closes, while the client's body is still arriving: the
+    answer must reach the client. Closed at once with unread bytes, the kernel answers them with a reset,
+    which destroys the answer the client has not read yet (RFC 9112 9.6: close in halves)."""
+
+    async def main() -> None:
+        from gate_fakes import running_gate
+
+        async with running_gate() as h:
+            client = await Client.open(h.port)  # type: ignore[arg-type]
+            try:
+                client.writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: gate\r\n"
+                                    b"Content-Length: 52428800\r\n\r\n" + b"x" * (2 << 20))
+                with contextlib.suppress(ConnectionError):
+                    await client.writer.drain()
+                await asyncio.sleep(0.5)  # the answer and the close are sent; more bytes reach the gate
+                answer = await client.response(timeout=30)
+            finally:
+                client.close()
+            assert answer.status == 413
+
+    asyncio.run(asyncio.wait_for(main(), 60))
