@@ -2,8 +2,8 @@
 
 Each case is its own parametrized test with its own exact answer (status and the whole error
 body), and each proves that llama-server received nothing from it (`hostile_support.run_case`).
-The broker's own hostile cases run against the real FastAPI app in-process, with a fake gate
-socket that records what would have gone on to llama-server.
+The broker's own hostile cases are in `test_hostile_broker.py`, on its standalone app and on a host
+app that mounts it.
 """
 
 from __future__ import annotations
@@ -12,15 +12,10 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from fastapi.testclient import TestClient
 from gate_fakes import Client, Harness, LlamaBehaviour, Response, chat_request
-from health_answers import ready_health
 from hostile_support import (
     CAP,
     CHAT,
@@ -30,7 +25,6 @@ from hostile_support import (
     claims,
     data_url,
     encoded,
-    error_body,
     exchange,
     hs256_with_public_key,
     image_body,
@@ -42,25 +36,12 @@ from hostile_support import (
     unsigned,
 )
 
-from broker.app import create_app
-from broker.core import BrokerCore
-from broker.sessions import COOKIE_NAME, AccessTokens
-from broker.settings import BrokerSettings
 from broker.signing_keys import SigningKey
 from llama_direct import refusals
 from llama_direct.refusals import (
-    BAD_HOST,
-    CONVERSATION_NOT_OWNED,
     FIELD_OUT_OF_BOUNDS,
-    INVALID_OPTION,
-    INVALID_OPTIONS,
-    LOGIN_REQUIRED,
-    ORIGIN_NOT_ALLOWED,
     TEMPLATE_KWARG_NOT_ALLOWED,
-    UNKNOWN_MODEL,
-    UNKNOWN_OPTION,
 )
-from llama_direct.tokens import verify
 
 APP = "http://app.test:5173"
 EVIL = "http://evil.test"
@@ -836,137 +817,6 @@ def test_headers_a_preflight_allows_never_reach_llama_server() -> None:
             assert all(b"sk-client" not in value for _, value in forwarded.headers)
 
     asyncio.run(asyncio.wait_for(main(), 20))
-
-
-# -- the broker ----------------------------------------------------------------------------------
-
-ACCESS = "hostile-access-token-0123456789"
-BOB = "hostile-bob-token-0123456789abc"
-HOST = "box.lan:8000"
-OWN_ORIGIN = "http://box.lan:8000"
-READY = ready_health()
-
-
-class GateSocket:
-    """The gate's private socket as the broker sees it: `/health`, and a record of anything else."""
-
-    def __init__(self) -> None:
-        self.lane: list[httpx.Request] = []
-
-    def handle(self, request: httpx.Request) -> httpx.Response:
-        if request.url.path == "/health":
-            return httpx.Response(200, json=READY)
-        self.lane.append(request)
-        return httpx.Response(200, text="data: [DONE]\n\n", headers={"content-type": "text/event-stream"})
-
-
-@pytest.fixture
-def broker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[TestClient, BrokerCore, GateSocket]]:
-    monkeypatch.delenv("UNSLOTH_DIRECT_STREAM", raising=False)
-    settings = BrokerSettings(
-        data_dir=tmp_path / "data", broker_socket=tmp_path / "b.sock", control_socket=tmp_path / "c.sock",
-        gate_socket=tmp_path / "g.sock", model="smol", max_tokens_cap=512, rate_per_minute=600, burst=100,
-    )
-    gate = GateSocket()
-    app = create_app(settings, ACCESS, gate_transport=httpx.MockTransport(gate.handle))
-    core: BrokerCore = app.state.core
-    core.access = AccessTokens({ACCESS: "alice", BOB: "bob"})
-    with TestClient(app, base_url=f"http://{HOST}") as client:
-        yield client, core, gate
-
-
-def _login(client: TestClient) -> None:
-    assert client.get("/?token=" + ACCESS, follow_redirects=False).status_code == 303
-
-
-def _bearer(token: str = ACCESS) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-def _forge_cookie(client: TestClient, value: str) -> TestClient:
-    client.cookies.set(COOKIE_NAME, value)
-    return client
-
-
-def _bobs_conversation(client: TestClient) -> str:
-    answer = client.post("/direct-stream", headers=_bearer(BOB), json={"resumable": True}).json()
-    return str(answer["conversation_id"])
-
-
-BROKER_CASES: list[tuple[str, Any, int, str]] = [
-    ("forged_cookie", lambda c: _forge_cookie(c, "forged-session-id").post("/direct-stream"),
-     401, LOGIN_REQUIRED.message),
-    ("forged_cookie_on_the_baseline",
-     lambda c: _forge_cookie(c, "A" * 43).post("/v1/chat/completions", json=CHAT), 401, LOGIN_REQUIRED.message),
-    ("bad_json_body", lambda c: c.post("/direct-stream", headers=_bearer(), content=b'{"max_tokens": '),
-     400, INVALID_OPTIONS.message),
-    ("json_array_body", lambda c: c.post("/direct-stream", headers=_bearer(), content=b"[1]"),
-     400, INVALID_OPTIONS.message),
-    ("negative_max_tokens", lambda c: c.post("/direct-stream", headers=_bearer(), json={"max_tokens": -1}),
-     400, INVALID_OPTION.message),
-    ("boolean_max_tokens", lambda c: c.post("/direct-stream", headers=_bearer(), json={"max_tokens": True}),
-     400, INVALID_OPTION.message),
-    # Issue 16: a model may be named now; one the user may not use is still 400 (unknown_model).
-    ("asking_for_another_model", lambda c: c.post("/direct-stream", headers=_bearer(), json={"model": "a/../x"}),
-     400, UNKNOWN_MODEL.message),
-    ("a_model_that_is_not_a_name", lambda c: c.post("/direct-stream", headers=_bearer(), json={"model": ["smol"]}),
-     400, UNKNOWN_MODEL.message),
-    ("an_unknown_option", lambda c: c.post("/direct-stream", headers=_bearer(), json={"uses": 5}),
-     400, UNKNOWN_OPTION.message),
-    ("repeated_query_option", lambda c: c.get("/direct-stream?max_tokens=1&max_tokens=99999", headers=_bearer()),
-     400, INVALID_OPTIONS.text("repeated")),
-    ("resume_of_someone_elses_conversation",
-     lambda c: c.post("/direct-stream", headers=_bearer(), json={"resume": _bobs_conversation(c)}),
-     403, CONVERSATION_NOT_OWNED.message),
-    ("cancel_of_someone_elses_conversation",
-     lambda c: c.post("/direct-stream", headers=_bearer(), json={"cancel": _bobs_conversation(c)}),
-     403, CONVERSATION_NOT_OWNED.message),
-    ("resume_of_a_path_like_id", lambda c: c.post("/direct-stream", headers=_bearer(), json={"resume": "../x"}),
-     400, INVALID_OPTION.text("conversation")),
-    ("wrong_access_token_beside_a_cookie",
-     lambda c: (_login(c), c.post("/direct-stream", headers=_bearer("wrong-token")))[1],
-     401, "The access token is not valid."),
-    ("foreign_origin_with_a_cookie",
-     lambda c: (_login(c), c.post("/direct-stream", headers={"Origin": EVIL}))[1], 403, ORIGIN_NOT_ALLOWED.message),
-    ("cross_site_fetch_with_a_cookie",
-     lambda c: (_login(c), c.post("/direct-stream", headers={"Sec-Fetch-Site": "cross-site"}))[1],
-     403, ORIGIN_NOT_ALLOWED.message),
-    ("foreign_origin_on_the_baseline_with_a_cookie",
-     lambda c: (_login(c), c.post("/v1/chat/completions", headers={"Origin": EVIL}, json=CHAT))[1],
-     403, ORIGIN_NOT_ALLOWED.message),
-    ("foreign_origin_revoking_with_a_cookie",
-     lambda c: (_login(c), c.post("/direct-stream/revoke", headers={"Origin": EVIL}))[1],
-     403, ORIGIN_NOT_ALLOWED.message),
-    ("host_header_injection",
-     lambda c: c.post("/direct-stream", headers={**_bearer(), "Host": "evil.test/x?y=@box.lan"}),
-     400, BAD_HOST.message),
-]
-
-
-@pytest.mark.parametrize(("name", "act", "status", "message"), BROKER_CASES, ids=[c[0] for c in BROKER_CASES])
-def test_hostile_negotiation_is_refused(
-    broker: tuple[TestClient, BrokerCore, GateSocket], name: str, act: Any, status: int, message: str
-) -> None:
-    client, _, gate = broker
-    answer = act(client)
-    assert (answer.status_code, answer.json()) == (status, error_body(status, message))
-    assert answer.headers["cache-control"] == "no-store"
-    assert "eyJ" not in answer.text and ACCESS not in answer.text
-    assert gate.lane == [], "a refused request went on to the gate's lane"
-
-
-def test_widening_max_tokens_is_narrowed_to_the_cap(broker: tuple[TestClient, BrokerCore, GateSocket]) -> None:
-    client, core, gate = broker
-    answer = client.post("/direct-stream", headers=_bearer(), json={"max_tokens": 10**9})
-    assert answer.status_code == 200
-    body = answer.json()
-    assert body["grant"]["max_tokens"] == 512
-    now = time.time()
-    verified = verify(body["token"], keys=core.keyring.public_keyset(now), audience=core.ids.gate_id,
-                      issuer=core.ids.broker_id, now=now)
-    assert verified.grant.max_tokens == 512
-    assert json.loads(json.dumps(verified.grant.to_claim())) == body["grant"]
-    assert gate.lane == []
 
 
 def test_a_refusal_before_the_body_reaches_a_client_still_sending_it_without_a_reset() -> None:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import base64
-import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
 import httpx
 import jwt
 import pytest
+from example_app import example_app
 from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 from health_answers import ready_health
@@ -160,17 +159,8 @@ def test_a_bad_lane_url_or_origin_is_refused_at_mount(tmp_path: Path, gate: Fake
         direct_router(core, who=lambda _: None, allowed_origins=["https://app.example/path"])
 
 
-def _example() -> ModuleType:
-    path = Path(__file__).parents[2] / "examples" / "fastapi-app" / "app.py"
-    spec = importlib.util.spec_from_file_location("fastapi_app_example", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_example_app_grants_its_own_users_only(tmp_path: Path, gate: FakeGate) -> None:
-    example = _example()
+    example = example_app()
     users = example.Users(example.users_from("alice:pw1,bob:pw2"))
     app = example.build(_core(tmp_path, gate), users, "https://lane.example/direct")
     basic = {"Authorization": "Basic " + base64.b64encode(b"alice:pw1").decode(), "Origin": ORIGIN}
@@ -184,7 +174,7 @@ def test_the_example_app_grants_its_own_users_only(tmp_path: Path, gate: FakeGat
 
 
 def test_the_example_apps_form_login_is_a_session_the_broker_accepts(tmp_path: Path, gate: FakeGate) -> None:
-    example = _example()
+    example = example_app()
     app = example.build(_core(tmp_path, gate), example.Users(example.users_from("alice:pw1")),
                         "https://lane.example/direct")
     form = {"Content-Type": "application/x-www-form-urlencoded"}
@@ -203,7 +193,7 @@ def test_the_example_apps_form_login_is_a_session_the_broker_accepts(tmp_path: P
 
 
 def test_the_example_app_refuses_users_without_a_password() -> None:
-    example = _example()
+    example = example_app()
     with pytest.raises(SystemExit, match="name:password"):
         example.users_from("alice")
     assert example.users_from(" alice:a:b , bob:c ") == {"alice": "a:b", "bob": "c"}
