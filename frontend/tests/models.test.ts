@@ -1,5 +1,5 @@
-import { describe, expect, it } from "vitest";
-import { loadingLine, parseModels, statusWords } from "../src/page/models.ts";
+import { afterEach, describe, expect, it, vi } from "vitest";
+import { loadingLine, ModelPicker, parseModels, statusWords } from "../src/page/models.ts";
 
 describe("the model picker's load progress", () => {
   it("keeps a loading model's fraction, and nothing else's", () => {
@@ -53,5 +53,34 @@ describe("the model list's tools flag", () => {
       ],
     });
     expect(models.map((model) => model.tools === true)).toEqual([true, false, false]);
+  });
+});
+
+describe("the model picker's reads", () => {
+  afterEach(() => {
+    vi.unstubAllGlobals();
+  });
+
+  it("drops an answer older than the one it shows, so a stale state cannot land after a newer one", async () => {
+    const answers: ((status: string) => void)[] = [];
+    vi.stubGlobal("fetch", () =>
+      new Promise<Response>((resolve) => {
+        answers.push((status) => resolve(new Response(JSON.stringify({ data: [{ id: "alpha", status }] }))));
+      }),
+    );
+    vi.stubGlobal("document", { createElement: () => ({ dataset: {} as Record<string, string> }) });
+    const select = { value: "alpha", hidden: false, addEventListener: () => undefined, replaceChildren: () => undefined };
+    const picker = new ModelPicker(select as unknown as HTMLSelectElement);
+    const older = picker.refresh(); // the poll's read, asked while the load ran
+    const newer = picker.refresh(); // the read after the load answered
+    answers[1]?.("loaded");
+    await newer;
+    answers[0]?.("unloaded");
+    await older;
+    expect(picker.entry("alpha")?.status).toBe("loaded");
+    const latest = picker.refresh();
+    answers[2]?.("unloaded"); // a read asked later wins, whatever it says
+    await latest;
+    expect(picker.entry("alpha")?.status).toBe("unloaded");
   });
 });

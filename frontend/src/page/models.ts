@@ -68,6 +68,9 @@ function storedChoice(): string | null {
 
 export class ModelPicker {
   private models: ModelEntry[] = [];
+  /** How many reads were asked, and the latest whose answer is shown: an older answer is stale. */
+  private asked = 0;
+  private shown = 0;
   private stopPolling: (() => void) | null = null;
   private readonly watchers = new Set<(model: ModelEntry | undefined) => void>();
   /** Called with the chosen model's entry whenever the choice or the list changes. */
@@ -93,9 +96,16 @@ export class ModelPicker {
     return this.models.find((model) => model.id === id);
   }
 
+  /**
+   * Read the list and show it. Reads overlap (the poll's and a settled load's), and a loaded box can
+   * answer them out of order: an answer older than the one shown is dropped, or a stale "not loaded"
+   * would land after "ready" and stay (the poll stops once the model is loaded).
+   */
   async refresh(): Promise<void> {
+    const ticket = ++this.asked;
     const body = await getJson(this.url);
-    if (body === undefined) return;
+    if (body === undefined || ticket < this.shown) return;
+    this.shown = ticket;
     this.models = parseModels(body);
     this.render();
   }
