@@ -16,3 +16,20 @@ export async function getJson(url: string): Promise<unknown> {
   if (!answer.ok) return undefined;
   return answer.json().catch(() => null);
 }
+
+/**
+ * A reader of one document whose reads may overlap (a poll's and a settled reply's): a loaded box can
+ * answer them out of order, so an answer older than the last one delivered comes back as undefined,
+ * as a failed read does. Without it a stale "not loaded" landed after "ready" and stayed.
+ */
+export function latestJson(url: string): () => Promise<unknown> {
+  let asked = 0;
+  let delivered = 0;
+  return async () => {
+    const ticket = ++asked;
+    const body = await getJson(url);
+    if (body === undefined || ticket < delivered) return undefined;
+    delivered = ticket;
+    return body;
+  };
+}

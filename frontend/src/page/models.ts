@@ -3,7 +3,7 @@
  * the choice kept in localStorage across reloads, and the state of the chosen model while it loads.
  * Names only: the broker never sends a file path.
  */
-import { getJson } from "./get_json.ts";
+import { latestJson } from "./get_json.ts";
 import { pollEvery } from "./poll.ts";
 
 export type ModelStatus = "unloaded" | "loading" | "loaded";
@@ -68,15 +68,15 @@ function storedChoice(): string | null {
 
 export class ModelPicker {
   private models: ModelEntry[] = [];
-  /** How many reads were asked, and the latest whose answer is shown: an older answer is stale. */
-  private asked = 0;
-  private shown = 0;
   private stopPolling: (() => void) | null = null;
   private readonly watchers = new Set<(model: ModelEntry | undefined) => void>();
   /** Called with the chosen model's entry whenever the choice or the list changes. */
   onChoice: (model: ModelEntry | undefined) => void = () => undefined;
 
-  constructor(private readonly select: HTMLSelectElement, private readonly url = "v1/models") {
+  private readonly read: () => Promise<unknown>;
+
+  constructor(private readonly select: HTMLSelectElement, url = "v1/models") {
+    this.read = latestJson(url);
     select.addEventListener("change", () => {
       try {
         window.localStorage.setItem(STORAGE_KEY, select.value);
@@ -96,16 +96,10 @@ export class ModelPicker {
     return this.models.find((model) => model.id === id);
   }
 
-  /**
-   * Read the list and show it. Reads overlap (the poll's and a settled load's), and a loaded box can
-   * answer them out of order: an answer older than the one shown is dropped, or a stale "not loaded"
-   * would land after "ready" and stay (the poll stops once the model is loaded).
-   */
+  /** Read the list and show it; an answer older than the one shown is dropped (`latestJson`). */
   async refresh(): Promise<void> {
-    const ticket = ++this.asked;
-    const body = await getJson(this.url);
-    if (body === undefined || ticket < this.shown) return;
-    this.shown = ticket;
+    const body = await this.read();
+    if (body === undefined) return;
     this.models = parseModels(body);
     this.render();
   }

@@ -5,7 +5,7 @@
  * idle. The owner and users without token limits see nothing: they have no budget to run out of.
  */
 import { MY_USAGE_PATH, type MyUsage } from "../documents.ts";
-import { getJson } from "./get_json.ts";
+import { latestJson } from "./get_json.ts";
 
 /** What the badge shows: the number left, which window it is, the whole account in a sentence. */
 export interface UsageShown {
@@ -60,14 +60,17 @@ export function usageShown(usage: MyUsage): UsageShown | null {
 /** The header's badge: `refresh()` reads the document and shows it; `settled()` after each reply. */
 export class UsageBadge {
   private reread: ReturnType<typeof setTimeout> | undefined;
+  private readonly read: () => Promise<unknown>;
 
   constructor(
     private readonly node: HTMLElement,
-    private readonly url = MY_USAGE_PATH.replace(/^\//, ""),
-  ) {}
+    url = MY_USAGE_PATH.replace(/^\//, ""),
+  ) {
+    this.read = latestJson(url);
+  }
 
   async refresh(): Promise<void> {
-    const body = await getJson(this.url);
+    const body = await this.read();
     if (body === undefined) return;
     const usage = parseUsage(body);
     this.show(usage === null ? null : usageShown(usage));
