@@ -17,7 +17,6 @@ import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from llama_direct.budget_sqlite import day_window, minute_window
 from llama_direct.budgets import (
     FORGET_STARTED_SECONDS,
     Budget,
@@ -26,9 +25,12 @@ from llama_direct.budgets import (
     Reservation,
     UsageReport,
     day_of,
+    day_window,
     grantable,
     minute_of,
-    settled_charge,
+    minute_window,
+    settlement,
+    window_deltas,
 )
 
 if TYPE_CHECKING:
@@ -61,7 +63,7 @@ def reserve(transaction: Transaction[int | Exhausted], reservation: Reservation,
             return amount
         pipe.multi()
         _forget(pipe, user, expired)
-        _charge(pipe, user, {day_window(day): amount, minute_window(minute): amount})
+        _charge(pipe, user, window_deltas(day, minute, amount))
         pipe.hset(RESERVED_PREFIX + user, reservation.jti, _encode(reservation, amount, day, minute, now))
         return amount
 
@@ -81,16 +83,11 @@ def report(transaction: Transaction[None], usage: UsageReport, now: float) -> No
                                                                      held.created, started=True))
             return
         pipe.multi()
-        if held is None:
-            completion = usage.completion_tokens or 0
-            _charge(pipe, user, {day_window(day_of(now)): completion, minute_window(minute_of(now)): completion})
-            _ledger(pipe, usage, day_of(now), completion)
-            return
-        charge = settled_charge(held, usage.completion_tokens)
-        pipe.hdel(RESERVED_PREFIX + user, usage.jti)
-        _charge(pipe, user, {day_window(held.day): charge - held.amount,
-                             minute_window(held.minute): charge - held.amount})
-        _ledger(pipe, usage, held.day, charge)
+        if held is not None:
+            pipe.hdel(RESERVED_PREFIX + user, usage.jti)
+        settled = settlement(held, usage.completion_tokens, now)
+        _charge(pipe, user, settled.deltas)
+        _ledger(pipe, usage, settled.day, settled.completion)
 
     transaction(work, BUDGET_PREFIX + user, RESERVED_PREFIX + user)
 
@@ -148,8 +145,8 @@ def _windows(pipe: redis.client.Pipeline, user: str) -> dict[str, int]:
 
 
 def _move(windows: dict[str, int], held: Reservation, delta: int) -> None:
-    for window in (day_window(held.day), minute_window(held.minute)):
-        windows[window] = windows.get(window, 0) + delta
+    for window, moved in window_deltas(held.day, held.minute, delta).items():
+        windows[window] = windows.get(window, 0) + moved
 
 
 def _charge(pipe: redis.client.Pipeline, user: str, deltas: dict[str, int]) -> None:

@@ -11,18 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from llama_direct.budgets import (
-    FORGET_STARTED_SECONDS,
-    Budget,
-    Exhausted,
-    LedgerRow,
-    Reservation,
-    UsageReport,
-    day_of,
-    grantable,
-    minute_of,
-    settled_charge,
-)
+from llama_direct import budgets
 
 MIGRATION = (
     "CREATE TABLE budget_windows (user_id TEXT NOT NULL, window TEXT NOT NULL, used INTEGER NOT NULL, "
@@ -38,41 +27,33 @@ MIGRATION = (
 )
 
 
-def day_window(day: int) -> str:
-    return f"d{day}"
-
-
-def minute_window(minute: int) -> str:
-    return f"m{minute}"
-
-
 def windows(db: sqlite3.Connection, user_id: str, now: float) -> tuple[int, int]:
     """(day used, minute used) for `now`'s windows, settled plus reserved."""
-    return (_used(db, user_id, day_window(day_of(now))), _used(db, user_id, minute_window(minute_of(now))))
+    return (_used(db, user_id, budgets.day_window(budgets.day_of(now))),
+            _used(db, user_id, budgets.minute_window(budgets.minute_of(now))))
 
 
-def reserve(db: sqlite3.Connection, reservation: Reservation, budget: Budget, asked: int,
-            now: float) -> int | Exhausted:
+def reserve(db: sqlite3.Connection, reservation: budgets.Reservation, budget: budgets.Budget, asked: int,
+            now: float) -> int | budgets.Exhausted:
     """Overdue reservations of the user returned, then `asked` capped at what remains and charged to
     both windows, with the reservation recorded under its grant id (its `amount` is ignored)."""
     expire_user(db, reservation.user, now)
     day_used, minute_used = windows(db, reservation.user, now)
-    amount = grantable(budget, asked, day_used, minute_used, now)
-    if isinstance(amount, Exhausted):
+    amount = budgets.grantable(budget, asked, day_used, minute_used, now)
+    if isinstance(amount, budgets.Exhausted):
         return amount
-    day, minute = day_of(now), minute_of(now)
-    _add(db, reservation.user, day_window(day), amount)
-    _add(db, reservation.user, minute_window(minute), amount)
+    day, minute = budgets.day_of(now), budgets.minute_of(now)
+    _move(db, reservation.user, budgets.window_deltas(day, minute, amount))
     db.execute("INSERT INTO reservations (jti, user_id, model, route, lane, amount, day, minute, deadline, created) "
                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                (reservation.jti, reservation.user, reservation.model, reservation.route, reservation.lane, amount,
                 day, minute, reservation.deadline, now))
     db.execute("DELETE FROM budget_windows WHERE user_id = ? AND window LIKE 'm%' AND window < ?",
-               (reservation.user, minute_window(minute - 1)))
+               (reservation.user, budgets.minute_window(minute - 1)))
     return amount
 
 
-def report(db: sqlite3.Connection, usage: UsageReport, now: float) -> None:
+def report(db: sqlite3.Connection, usage: budgets.UsageReport, now: float) -> None:
     """A gate's report: `started` holds the reservation until its end; `ended` settles it (the unused
     part returns) and writes the ledger. A report with no reservation (the owner, a user without token
     limits, a reservation already returned) is charged to `now`'s windows as it is."""
@@ -81,19 +62,15 @@ def report(db: sqlite3.Connection, usage: UsageReport, now: float) -> None:
     if usage.phase == "started":
         db.execute("UPDATE reservations SET deadline = NULL WHERE jti = ? AND user_id = ?", (usage.jti, usage.sub))
         return
-    if row is None:
-        if usage.completion_tokens:
-            _add(db, usage.sub, day_window(day_of(now)), usage.completion_tokens)
-            _add(db, usage.sub, minute_window(minute_of(now)), usage.completion_tokens)
-        _ledger(db, usage, day_of(now), usage.completion_tokens or 0)
-        return
-    amount, day, minute = (int(value) for value in row)
-    held = Reservation(usage.jti, usage.sub, usage.model, usage.route, usage.lane, amount, day, minute, None, now)
-    charge = settled_charge(held, usage.completion_tokens)
-    db.execute("DELETE FROM reservations WHERE jti = ?", (usage.jti,))
-    _add(db, usage.sub, day_window(day), charge - amount)
-    _add(db, usage.sub, minute_window(minute), charge - amount)
-    _ledger(db, usage, day, charge)
+    held = None
+    if row is not None:
+        amount, day, minute = (int(value) for value in row)
+        held = budgets.Reservation(usage.jti, usage.sub, usage.model, usage.route, usage.lane, amount, day, minute,
+                                   None, now)
+        db.execute("DELETE FROM reservations WHERE jti = ?", (usage.jti,))
+    settled = budgets.settlement(held, usage.completion_tokens, now)
+    _move(db, usage.sub, settled.deltas)
+    _ledger(db, usage, settled.day, settled.completion)
 
 
 def expire_user(db: sqlite3.Connection, user_id: str, now: float) -> None:
@@ -102,13 +79,12 @@ def expire_user(db: sqlite3.Connection, user_id: str, now: float) -> None:
     for amount, day, minute in db.execute(
             "SELECT amount, day, minute FROM reservations WHERE user_id = ? AND deadline IS NOT NULL "
             "AND deadline <= ?", (user_id, now)).fetchall():
-        _add(db, user_id, day_window(int(day)), -int(amount))
-        _add(db, user_id, minute_window(int(minute)), -int(amount))
+        _move(db, user_id, budgets.window_deltas(int(day), int(minute), -int(amount)))
     db.execute("DELETE FROM reservations WHERE user_id = ? AND ((deadline IS NOT NULL AND deadline <= ?) "
-               "OR (deadline IS NULL AND created <= ?))", (user_id, now, now - FORGET_STARTED_SECONDS))
+               "OR (deadline IS NULL AND created <= ?))", (user_id, now, now - budgets.FORGET_STARTED_SECONDS))
 
 
-def ledger(db: sqlite3.Connection, since_day: int, user_id: str | None) -> list[LedgerRow]:
+def ledger(db: sqlite3.Connection, since_day: int, user_id: str | None) -> list[budgets.LedgerRow]:
     query = ("SELECT user_id, model, route, lane, day, requests, prompt_tokens, completion_tokens, unseen "
              "FROM ledger WHERE day >= ?")
     parameters: list[object] = [since_day]
@@ -116,11 +92,11 @@ def ledger(db: sqlite3.Connection, since_day: int, user_id: str | None) -> list[
         query += " AND user_id = ?"
         parameters.append(user_id)
     rows = db.execute(query + " ORDER BY day, user_id, model, route, lane", parameters).fetchall()
-    return [LedgerRow(str(user), str(model), str(route), str(lane), *(int(value) for value in numbers))
+    return [budgets.LedgerRow(str(user), str(model), str(route), str(lane), *(int(value) for value in numbers))
             for user, model, route, lane, *numbers in rows]
 
 
-def _ledger(db: sqlite3.Connection, usage: UsageReport, day: int, completion: int) -> None:
+def _ledger(db: sqlite3.Connection, usage: budgets.UsageReport, day: int, completion: int) -> None:
     db.execute("INSERT INTO ledger (user_id, model, route, lane, day, requests, prompt_tokens, completion_tokens, "
                "unseen) VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?) ON CONFLICT (user_id, model, route, lane, day) DO UPDATE "
                "SET requests = requests + 1, prompt_tokens = prompt_tokens + excluded.prompt_tokens, "
@@ -135,8 +111,10 @@ def _used(db: sqlite3.Connection, user_id: str, window: str) -> int:
     return int(row[0]) if row else 0
 
 
-def _add(db: sqlite3.Connection, user_id: str, window: str, delta: int) -> None:
-    if delta:
-        db.execute("INSERT INTO budget_windows (user_id, window, used) VALUES (?, ?, ?) "
-                   "ON CONFLICT (user_id, window) DO UPDATE SET used = max(used + ?, 0)",
-                   (user_id, window, max(delta, 0), delta))
+def _move(db: sqlite3.Connection, user_id: str, deltas: dict[str, int]) -> None:
+    """Each window moved by its delta, never below zero (a refund that outlived its window)."""
+    for window, delta in deltas.items():
+        if delta:
+            db.execute("INSERT INTO budget_windows (user_id, window, used) VALUES (?, ?, ?) "
+                       "ON CONFLICT (user_id, window) DO UPDATE SET used = max(used + ?, 0)",
+                       (user_id, window, max(delta, 0), delta))

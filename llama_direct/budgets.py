@@ -124,6 +124,41 @@ def settled_charge(reservation: Reservation, completion: int | None) -> int:
     return reservation.amount if completion is None else completion
 
 
+def day_window(day: int) -> str:
+    """The name a store keeps a user's day window under (`d<day>`); both stores use the same names."""
+    return f"d{day}"
+
+
+def minute_window(minute: int) -> str:
+    return f"m{minute}"
+
+
+def window_deltas(day: int, minute: int, delta: int) -> dict[str, int]:
+    """One move of both windows a charge touches, by window name: a charge always counts in both."""
+    return {day_window(day): delta, minute_window(minute): delta}
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """What an ended stream's report changes: the windows by their deltas, and the ledger row of `day`,
+    counted with `completion` tokens generated."""
+
+    deltas: dict[str, int]
+    day: int
+    completion: int
+
+
+def settlement(held: Reservation | None, completion_tokens: int | None, now: float) -> Settlement:
+    """The one rule both stores apply to an `ended` report: with its reservation, the unused part returns
+    (`settled_charge`); without one (the owner, a user without token limits, a reservation already
+    returned), what was generated is charged to `now`'s windows as it is."""
+    if held is None:
+        completion = completion_tokens or 0
+        return Settlement(window_deltas(day_of(now), minute_of(now), completion), day_of(now), completion)
+    charge = settled_charge(held, completion_tokens)
+    return Settlement(window_deltas(held.day, held.minute, charge - held.amount), held.day, charge)
+
+
 @dataclass(frozen=True)
 class UsageReport:
     """What the gate reports of one lane request (`llama_direct.control.usage_report`)."""
