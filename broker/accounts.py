@@ -75,10 +75,9 @@ def header_user(store: UserStore, headers: Headers, config: HeaderUsers | None, 
     found = store.user(name)
     if found is not None:
         return found
-    check_room(sum(1 for listed in store.users() if not listed.fingerprints), config)
     user = new_user(name, config.default_limits, now)
-    try:
-        store.add(user, ())
+    try:  # counted and added in one transaction: brokers sharing a store never make one past the bound
+        store.add(user, (), admit=lambda made: check_room(made, config))
     except UserExists:  # another broker made it first
         made = store.user(name)
         if made is None:

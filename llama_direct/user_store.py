@@ -25,7 +25,7 @@ import math
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -78,6 +78,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 )
 """Each entry is one schema version's statements, applied in order; only ever append."""
 
+Admit = Callable[[int], None]
+"""Told how many users without secrets there are, inside an add's transaction: raises to refuse the add."""
+
 
 class StoreError(UserError):
     """The store cannot be used (a newer schema, a damaged file); the message says which, not a path."""
@@ -86,8 +89,9 @@ class StoreError(UserError):
 class UserStore(Protocol):
     """Users, their secrets' digests, and the revocations their changes leave behind."""
 
-    def add(self, user: User, secrets: Sequence[SecretRecord]) -> None:
-        """A new user (`UserExists` when the name is taken)."""
+    def add(self, user: User, secrets: Sequence[SecretRecord], admit: Admit | None = None) -> None:
+        """A new user (`UserExists` when the name is taken). `admit` (a proxy's header user, made without
+        secrets) is asked in the add's own transaction, so two brokers never both take the last place."""
         ...
 
     def user(self, name: str) -> User | None: ...
@@ -201,9 +205,12 @@ class SqliteUserStore:
         with self._lock:
             return self._db.execute(query, parameters).fetchall()
 
-    def add(self, user: User, secrets: Sequence[SecretRecord]) -> None:
+    def add(self, user: User, secrets: Sequence[SecretRecord], admit: Admit | None = None) -> None:
         try:
             with self._write() as db:
+                if admit is not None:
+                    admit(db.execute("SELECT COUNT(*) FROM users WHERE id NOT IN (SELECT user_id FROM secrets)")
+                          .fetchone()[0])
                 db.execute("INSERT INTO users (id, name, models, tokens_per_day, tokens_per_minute, streams, "
                            "max_tokens, generation, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                            (user.id, user.name, *_limit_columns(user.limits), user.generation, user.created))

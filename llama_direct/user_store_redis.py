@@ -39,6 +39,8 @@ if TYPE_CHECKING:
     import redis
     import redis.client
 
+    from llama_direct.user_store import Admit
+
 USERS_KEY = "ld:users"
 USER_PREFIX = "ld:user:"
 SECRET_PREFIX = "ld:secret:"
@@ -59,10 +61,12 @@ class RedisUserStore:
         return cls(redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
                                         retry=Retry(NoBackoff(), 0)))
 
-    def add(self, user: User, secrets: Sequence[SecretRecord]) -> None:
+    def add(self, user: User, secrets: Sequence[SecretRecord], admit: Admit | None = None) -> None:
         def work(pipe: redis.client.Pipeline) -> None:
             if pipe.hexists(USERS_KEY, user.name):
                 raise UserExists(user.name)
+            if admit is not None:  # every add and removal changes USERS_KEY, watched: the count holds to MULTI
+                admit(_without_secrets(pipe))
             pipe.multi()
             pipe.hset(USERS_KEY, user.name, user.id)
             pipe.set(USER_PREFIX + user.id, _encode(user, secrets))
@@ -186,6 +190,12 @@ class RedisUserStore:
             return call()
         except (RedisError, OSError):
             raise SharedStateUnavailable() from None
+
+
+def _without_secrets(pipe: redis.client.Pipeline) -> int:
+    ids = pipe.hvals(USERS_KEY)
+    raws = pipe.mget([USER_PREFIX + _text(user_id) for user_id in ids]) if ids else []
+    return sum(1 for raw in raws if raw is not None and not _decode(raw)[1])
 
 
 def _text(value: object) -> str:

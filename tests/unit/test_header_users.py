@@ -7,10 +7,11 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
+from redis_server import RedisServer
 from starlette.datastructures import Headers
 
 from broker.accounts import header_user
@@ -28,8 +29,9 @@ from llama_direct.header_users import (
 from llama_direct.refusals import RequestRefusal
 from llama_direct.tokens import OWNER
 from llama_direct.typed_json import check_document
-from llama_direct.user_store import SqliteUserStore
-from llama_direct.users import Limits, UserError, new_secrets, new_user
+from llama_direct.user_store import Admit, SqliteUserStore
+from llama_direct.user_store_redis import RedisUserStore
+from llama_direct.users import Limits, SecretRecord, User, UserError, new_secrets, new_user
 from llama_launcher.cli import serve_args
 from llama_launcher.errors import LauncherError
 from llama_launcher.gate.admission import forwarded_user
@@ -244,3 +246,36 @@ def test_serve_refuses_header_flags_that_cannot_work(argv: list[str], says: str)
 def test_bad_header_flags_are_usage_errors(argv: list[str]) -> None:
     with pytest.raises(SystemExit):
         serve_args(argv)
+
+
+class _Interleaved(RedisUserStore):
+    """A broker on the fleet's Redis whose count of header users is followed, before its own add lands,
+    by another broker's whole creation (`between`, run once): the race two brokers can really run."""
+
+    def __init__(self, url: str, between: Callable[[], object]) -> None:
+        super().__init__(RedisUserStore.from_url(url)._redis)
+        self._between: Callable[[], object] | None = between
+
+    def add(self, user: User, secrets: Sequence[SecretRecord], admit: Admit | None = None) -> None:
+        def late(made: int) -> None:
+            between, self._between = self._between, None
+            if between is not None:
+                between()
+            if admit is not None:
+                admit(made)
+
+        super().add(user, secrets, late)
+
+
+def test_two_brokers_on_one_redis_never_make_a_header_user_past_the_bound(redis_server: RedisServer) -> None:
+    config = HeaderUsers(Limits(), max_users=1)
+    other = RedisUserStore.from_url(redis_server.url)
+    racing = _Interleaved(redis_server.url, lambda: header_user(other, _forwarded("bob"), config, time.time()))
+    try:
+        with pytest.raises(RequestRefusal) as refused:
+            header_user(racing, _forwarded("ann"), config, time.time())
+        assert refused.value.code == "too_many_header_users"
+        assert [listed.user.name for listed in other.users()] == ["bob"]
+    finally:
+        racing.close()
+        other.close()
