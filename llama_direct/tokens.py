@@ -63,28 +63,23 @@ class GrantField:
     name: str
     required: bool
     gate: str
-    haproxy: str
+
+    @property
+    def haproxy(self) -> str:
+        """The HAProxy rule: always `haproxy_grant`'s `<name>_rules`, one function per field."""
+        return f"llama_launcher.haproxy_grant:{self.name}_rules"
 
 
 GRANT_FIELDS: tuple[GrantField, ...] = (
-    GrantField("routes", True, gate="llama_launcher.gate.scope:_granted_route",
-               haproxy="llama_launcher.haproxy_grant:routes_rules"),
-    GrantField("model", True, gate="llama_launcher.gate.shaping:_check_model",
-               haproxy="llama_launcher.haproxy_grant:model_rules"),
-    GrantField("max_tokens", True, gate="llama_launcher.gate.shaping:shape_chat_body",
-               haproxy="llama_launcher.haproxy_grant:max_tokens_rules"),
-    GrantField("uses", False, gate="llama_launcher.gate.core:Gate.spend",
-               haproxy="llama_launcher.haproxy_grant:uses_rules"),
-    GrantField("origin", False, gate="llama_launcher.gate.scope:_check_origin",
-               haproxy="llama_launcher.haproxy_grant:origin_rules"),
-    GrantField("conversation_id", False, gate="llama_launcher.gate.scope:_check_conversation_header",
-               haproxy="llama_launcher.haproxy_grant:conversation_id_rules"),
-    GrantField("autoload", False, gate="llama_launcher.gate.core:Gate.load_target",
-               haproxy="llama_launcher.haproxy_grant:autoload_rules"),
-    GrantField("system_prompt", False, gate="llama_launcher.gate.pinned:pinned_prompt",
-               haproxy="llama_launcher.haproxy_grant:system_prompt_rules"),
-    GrantField("streams", False, gate="llama_launcher.gate.stream_watch:StreamWatch.open",
-               haproxy="llama_launcher.haproxy_grant:streams_rules"),
+    GrantField("routes", True, gate="llama_launcher.gate.scope:_granted_route"),
+    GrantField("model", True, gate="llama_launcher.gate.shaping:_check_model"),
+    GrantField("max_tokens", True, gate="llama_launcher.gate.shaping:shape_chat_body"),
+    GrantField("uses", False, gate="llama_launcher.gate.core:Gate.spend"),
+    GrantField("origin", False, gate="llama_launcher.gate.scope:_check_origin"),
+    GrantField("conversation_id", False, gate="llama_launcher.gate.scope:_check_conversation_header"),
+    GrantField("autoload", False, gate="llama_launcher.gate.core:Gate.load_target"),
+    GrantField("system_prompt", False, gate="llama_launcher.gate.pinned:pinned_prompt"),
+    GrantField("streams", False, gate="llama_launcher.gate.stream_watch:StreamWatch.open"),
 )
 """Every claim of the grant; `Grant`'s fields, in its order."""
 

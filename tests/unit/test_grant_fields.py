@@ -61,8 +61,7 @@ def test_the_haproxy_rule_exists_reads_the_claim_and_is_rendered_in_every_lane_b
 
 
 def test_a_claim_without_a_haproxy_rule_renders_no_config(monkeypatch: pytest.MonkeyPatch) -> None:
-    extra = GrantField("max_images", False, gate="llama_launcher.gate.shaping:shape_chat_body",
-                       haproxy="llama_launcher.haproxy_grant:max_images_rules")
+    extra = GrantField("max_images", False, gate="llama_launcher.gate.shaping:shape_chat_body")
     monkeypatch.setattr(haproxy_grant, "GRANT_FIELDS", (*GRANT_FIELDS, extra))
     with pytest.raises(ValueError, match="max_images"):
         grant_rules(checked_routes())
