@@ -40,7 +40,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -135,14 +135,10 @@ class Lane:
         if lease is None:
             return
         try:
-            lease.settimeout(timeout)
-            lease.sendall(RELEASE)
-            answer = lease.recv(len(LAST))
-        except OSError:
-            answer = b""
+            last = _exchange(lease, timeout, lambda: lease.sendall(RELEASE), LAST)
         finally:
             lease.close()
-        if answer == LAST:
+        if last:
             self._wait_gone(timeout)
 
     def _wait_gone(self, timeout: float) -> None:
@@ -223,17 +219,22 @@ def _join(data_dir: Path) -> Lane | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     lease = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        lease.settimeout(GREETING_TIMEOUT_SECONDS)
-        lease.connect(lease_path)
-        greeting = lease.recv(len(GREETING))
-    except OSError:
-        greeting = b""
-    if greeting != GREETING:  # a lane left from a crash, or one that stopped counting as we came
-        lease.close()
+    if not _exchange(lease, GREETING_TIMEOUT_SECONDS, lambda: lease.connect(lease_path), GREETING):
+        lease.close()  # a lane left from a crash, or one that stopped counting as we came
         return None
     lease.settimeout(None)
     return Lane(document, lease, None)
+
+
+def _exchange(lease: socket.socket, timeout: float, step: Callable[[], object], expected: bytes) -> bool:
+    """One step on the lease socket (a connect, a send), then whether the lane answered `expected`:
+    a socket error or a lane gone reads as no."""
+    try:
+        lease.settimeout(timeout)
+        step()
+        return lease.recv(len(expected)) == expected
+    except OSError:
+        return False
 
 
 def _spawn(options: LaneOptions, timeout: float) -> Lane:
