@@ -7,9 +7,9 @@ revocations. Both read one `BrokerCore`, the in-memory state of this process.
 
 The public app is `broker.mount`'s routes (negotiation, JWKS, models, baselines), the same ones a
 host app mounts, with this broker's own login as the "who", plus the routes only the standalone
-broker serves: the login, the page, the logout and the demo tool. Beside it: `core` (the state),
-`access` (login, session, origin, rate limit), `baseline` (a lane request through the gate's private
-socket), `gate_link` (the gate's health), `responses` (bodies, refusal handlers, the envelope
+broker serves: the login, the page, the logout, the owner's model unload (`unload`) and the demo tool.
+Beside it: `core` (the state), `access` (login, session, origin, rate limit), `baseline` (a lane request
+through the gate's private socket), `gate_link` (the gate's health), `responses` (bodies, refusal handlers, the envelope
 middleware) and `static` (the page).
 """
 
@@ -52,6 +52,7 @@ from broker.sessions import COOKIE_NAME
 from broker.settings import BrokerSettings, direct_stream_enabled
 from broker.signing_keys import KeyRing
 from broker.static import LOGIN_FILE, PAGE_CSP, UNBUILT_PAGE, page_for, static_file
+from broker.unload import may_unload, unload
 from llama_direct.control import (
     HOLD_SECONDS,
     LOADS_PATH,
@@ -64,6 +65,7 @@ from llama_direct.control import (
     parse_usage_report,
     state_document,
 )
+from llama_direct.lanes import MODEL_UNLOAD_PATH
 from llama_direct.metrics import METRICS_PATH
 from llama_direct.refusals import (
     BAD_LOAD_CHARGE,
@@ -93,7 +95,7 @@ def create_app(
         return caller_or_none(core, request)
 
     front = Front(identify=identify, allowed_origins=core.allowed_origins, lane_url=None,
-                  enabled=direct_stream_enabled)
+                  enabled=direct_stream_enabled, may_unload=may_unload)
     app.include_router(broker_router(core, front))
     _add_own_routes(app, core, front)
     return app
@@ -128,6 +130,14 @@ def _add_own_routes(app: FastAPI, core: BrokerCore, front: Front) -> None:
         response = json_response({"logged_out": True}, headers=NO_STORE)
         response.headers["Set-Cookie"] = session_cookie(core, request, "", max_age=0)
         return response
+
+    @app.post(MODEL_UNLOAD_PATH)
+    async def unload_model(request: Request) -> Response:
+        """The owner unloads a router's model (`broker.unload`); the page polls `/v1/models` after."""
+        caller = await front.caller(request)
+        grant_origin(core, request, caller, front.allowed_origins)
+        return json_response(await unload(core, caller, await read_body(request, MAX_SMALL_BODY_BYTES)),
+                             headers=NO_STORE)
 
     @app.post("/tools/echo")
     async def echo(request: Request) -> Response:

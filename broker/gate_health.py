@@ -25,6 +25,8 @@ class GateHealth:
     models: tuple[ModelInfo, ...] = ()
     not_issued_before: int | None = None
     """The gate's start cut-off: it refuses a token whose `iat` is earlier (its replay cache is new)."""
+    router: bool = False
+    """Whether the gate's upstream is a llama-server router, whose models load and unload."""
     malformed: str | None = None
     """Why the gate's last answer could not be read (the field that was wrong); None when it could."""
 
@@ -36,6 +38,7 @@ class GateHealth:
             model_ready=answer["model_ready"],
             models=ModelInfo.parse_all(answer["models"]),
             not_issued_before=answer.get("not_issued_before"),
+            router=answer["router"],
         )
 
     @classmethod

@@ -24,6 +24,7 @@ import httpx
 
 from broker.gate_health import GATE_DOWN, GateHealth
 from broker.settings import BrokerSettings
+from llama_direct.control import GATE_UNLOAD_PATH, unload_request
 from llama_direct.refusals import (
     GateUnavailable,
 )
@@ -36,6 +37,8 @@ IDLE_INTERVAL_SECONDS = 30.0
 ACTIVE_SECONDS = 5.0
 FRESH_SECONDS = 1.0
 HEALTH_TIMEOUT_SECONDS = 1.0
+UNLOAD_TIMEOUT_SECONDS = 40.0
+"""Above the gate's own bound on a router's answer (`llama_launcher.gate.unload.UNLOAD_TIMEOUT`)."""
 
 
 class GateLink:
@@ -120,6 +123,17 @@ class GateLink:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+
+    async def unload(self, model: str) -> int:
+        """Ask the gate to unload a router's model (`llama_direct.control.GATE_UNLOAD_PATH`): its status,
+        0 when the gate did not answer. The next read asks the gate afresh, so the unload shows at once."""
+        try:
+            answer = await self.client.post(GATE_UNLOAD_PATH, json=unload_request(model),
+                                            timeout=UNLOAD_TIMEOUT_SECONDS)
+        except httpx.HTTPError:
+            return 0
+        self._polled_at = -FRESH_SECONDS
+        return answer.status_code
 
     async def poll_once(self) -> None:
         try:

@@ -64,6 +64,9 @@ class Front:
     """Asked at each negotiation, so that a switch flipped at run time takes effect at once."""
     pin: PinFor | None = None
     """The host's pinned system prompt, asked for each grant (None: nothing is pinned)."""
+    may_unload: Callable[[Caller], bool] = lambda caller: False
+    """Whether this caller may unload a router's model (`broker.unload`): the standalone broker's owner; a
+    host's users never (an unload ends every user's replies), and a mount serves no unload."""
 
     async def system_prompt(self, request: Request) -> str | None:
         if self.pin is None:
@@ -152,7 +155,10 @@ def broker_router(core: BrokerCore, front: Front) -> APIRouter:
             answer = fleet_listing(core.own_models(health), core.fleet_models.others(core.clock()))
         else:
             answer = listing(core.own_models(health))
-        return json_response(listed_for(caller.limits, answer), headers=NO_STORE)
+        answer = listed_for(caller.limits, answer)
+        if health.router and front.may_unload(caller):
+            answer["can_unload"] = True
+        return json_response(answer, headers=NO_STORE)
 
     @router.get(MY_USAGE_PATH)
     async def usage(request: Request) -> Response:

@@ -81,6 +81,27 @@ def parse_revocation(document: object) -> tuple[str, int] | None:
     return user, not_before
 
 
+GATE_UNLOAD_PATH = "/unload"
+"""`POST` by the broker to the gate's private socket (not the control socket: the gate holds llama-server's
+key): the body is `unload_request(model)`. The gate asks each router serving `model` to unload it
+(llama-server's `POST /models/unload`, which no lane request reaches) and answers 204 (unloaded, or it
+was not loaded), 404 (no router serves that name), 409 (no router: one model, loaded with its server) or
+502 (a router did not answer). The broker's owner-only `MODEL_UNLOAD_PATH` is the only caller."""
+
+
+def unload_request(model: str) -> dict[str, str]:
+    """The one document of an unload, to the broker (`MODEL_UNLOAD_PATH`) and from it to the gate."""
+    return {"model": model}
+
+
+def parse_unload_request(document: object) -> str | None:
+    """The model's name from `unload_request`'s shape, or None when it is not that shape."""
+    if not isinstance(document, dict) or document.keys() != {"model"}:
+        return None
+    model = document["model"]
+    return model if isinstance(model, str) and 0 < len(model) <= _MAX_NAME else None
+
+
 USAGE_PATH = "/usage"
 """`POST` by the gate about a lane request it forwarded under a grant: the body is `usage_report(...)`.
 `started` when the stream outlives its grant (so its reservation is held, not returned as unused);

@@ -98,6 +98,9 @@ class ModelList(TypedDict):
 
     object: Literal["list"]
     data: list[ListedModel]
+    can_unload: NotRequired[bool]
+    """Present (true) where the caller may unload a loaded model (`llama_direct.lanes.MODEL_UNLOAD_PATH`):
+    the owner, behind a router."""
 
 
 class WhoAmI(TypedDict):

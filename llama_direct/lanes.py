@@ -157,3 +157,7 @@ NEGOTIATION_PATH = "/direct-stream"
 """The broker's route that hands out a lane token (and says when the lane is off)."""
 WHOAMI_PATH = "/v1/me"
 """`GET`: who is logged in (`llama_direct.documents.WhoAmI`), for the page to show."""
+MODEL_UNLOAD_PATH = "/v1/models/unload"
+"""`POST {"model": NAME}` (`llama_direct.control.unload_request`): the owner unloads a router's model (the
+standalone broker only). An unload ends every user's replies from that model, so only the owner may, and
+`GET /v1/models` says `can_unload` to whoever may; the browser never reaches llama-server's `/models/*`."""

@@ -120,6 +120,7 @@ CONVERSATION_MISMATCH = _reason(
 )
 CONVERSATION_NOT_OWNED = _reason(403, "conversation_not_owned", "That conversation is unknown or not yours.")
 MODEL_MISMATCH = _reason(403, "model_mismatch", "The model is not the one the token was issued for.")
+OWNER_ONLY = _reason(403, "owner_only", "Only the owner may unload a model: it ends every user's replies from it.")
 ROUTE_NOT_GRANTED = _reason(403, "route_not_granted", "The token was granted for another lane route.")
 BAD_USER_HEADER = _reason(
     403, "bad_user_header", "The user name the proxy sent is not one llama-direct takes: letters, digits and "
@@ -143,6 +144,7 @@ METHOD_NOT_ALLOWED = _reason(
     path="The direct lane does not serve this method on this path.",
 )
 MODEL_NOT_LOADED = _reason(409, "model_not_loaded", "This model is not loaded, and this request may not load it.")
+NOT_A_ROUTER = _reason(409, "not_a_router", "Models unload only in router mode; this server's one model stays loaded.")
 REQUEST_TIMEOUT = _reason(408, "request_timeout", "The request did not arrive in time.")
 BODY_TOO_LARGE = _reason(
     413, "body_too_large", "The request body is too large.",
@@ -318,6 +320,7 @@ BAD_HOST = _reason(400, "bad_host", "The request's Host header is not a valid ho
 BAD_LOAD_CHARGE = _reason(400, "bad_load_charge", 'A load charge is {{"user": "...", "model": "..."}}.')
 BAD_REVOCATION = _reason(400, "bad_revocation", 'A revocation is {{"user": "...", "not_before": SECONDS}}.')
 BAD_USAGE_REPORT = _reason(400, "bad_usage_report", "A usage report is llama_direct.control.usage_report's document.")
+BAD_UNLOAD = _reason(400, "bad_unload", 'An unload is {{"model": "NAME"}}.')
 BAD_TOOL_INPUT = _reason(400, "bad_tool_input", 'The echo tool takes {{"text": "..."}}.')
 REFUSED = _reason(400, "refused", "The request was refused.")
 """What the broker's framework refuses for a reason no entry here names (its own status is kept)."""

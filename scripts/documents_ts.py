@@ -16,12 +16,13 @@ from pathlib import Path
 
 from llama_direct import documents
 from llama_direct.budgets import MY_USAGE_PATH
+from llama_direct.lanes import MODEL_UNLOAD_PATH
 
 TARGET = Path(__file__).resolve().parent.parent / "frontend" / "src" / "documents.ts"
 EXPORTED = (documents.Granted, documents.Unsupported, documents.ModelEntry, documents.ListedModel,
             documents.ModelList, documents.LedgerDay, documents.MyUsage)
 """The documents a TypeScript client reads (the gate's health is the broker's alone)."""
-PATHS = {"MY_USAGE_PATH": MY_USAGE_PATH}
+PATHS = {"MY_USAGE_PATH": MY_USAGE_PATH, "MODEL_UNLOAD_PATH": MODEL_UNLOAD_PATH}
 """The broker paths a TypeScript client reads these documents from, by their Python names."""
 _SCALARS: dict[object, str] = {str: "string", int: "number", float: "number", bool: "boolean",
                                type(None): "null", object: "unknown"}

@@ -50,6 +50,7 @@ export interface ListedModel {
 export interface ModelList {
   object: "list";
   data: ListedModel[];
+  can_unload?: boolean;
 }
 
 /** One row of a user's usage ledger: their requests on one model, route and lane in one UTC day. */
@@ -81,3 +82,4 @@ export interface MyUsage {
 export type NegotiationAnswer = Granted | Unsupported;
 
 export const MY_USAGE_PATH = "/v1/usage";
+export const MODEL_UNLOAD_PATH = "/v1/models/unload";

@@ -60,6 +60,7 @@ from llama_launcher.gate.request_reader import Request
 from llama_launcher.gate.scope import RequestHead, allowed_preflight, check_request
 from llama_launcher.gate.stream_ledger import Stream
 from llama_launcher.gate.stream_watch import reset_on_close
+from llama_launcher.gate.unload import unload
 from llama_launcher.gate.upstream import connect, connect_upstream
 from llama_launcher.gate.usage_reports import Metered
 
@@ -265,8 +266,8 @@ class ClientConnection(asyncio.Protocol):
             self._run(self._forward(self._open_lane(request)))
         elif event.kind == "preflight":
             self._run(self._serve_preflight(request))
-        elif event.kind == "health":
-            self._run(self._serve_health(request.method == b"HEAD"))
+        elif event.kind == "private":
+            self._run(self._serve_private(request))
         elif event.kind == "metrics":
             self._run(self._serve_metrics(request))
         else:
@@ -372,10 +373,14 @@ class ClientConnection(asyncio.Protocol):
             raise BrokerUnavailable() from None
         return connected, lambda: self._broker_outgoing(request, connected[0])
 
-    async def _serve_health(self, head_only: bool) -> None:
-        body = json.dumps(await self.gate.health_answer(), separators=(",", ":")).encode()
-        response = simple_response(200, body, close=self.core.closing())
-        self._answer(response[: len(response) - len(body)] if head_only else response)
+    async def _serve_private(self, request: Request) -> None:
+        """The private socket's own routes (`connection_core.PRIVATE_ROUTES`): the health, the broker's unload."""
+        if request.method == b"POST":
+            status, body = await unload(self.gate.pool.members, await self._read_body()), b""
+        else:
+            status, body = 200, json.dumps(await self.gate.health_answer(), separators=(",", ":")).encode()
+        response = simple_response(status, body, close=self.core.closing())
+        self._answer(response[: len(response) - len(body)] if request.method == b"HEAD" else response)
 
     async def _serve_metrics(self, request: Request) -> None:
         """`/metrics` with the metrics token only (`llama_direct.metrics`); 401 without it, never open."""

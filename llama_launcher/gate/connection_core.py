@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Final, Literal
 
+from llama_direct.control import GATE_UNLOAD_PATH
 from llama_direct.lanes import LANE_ROUTES
 from llama_direct.metrics import METRICS_PATH
 from llama_direct.refusals import (
@@ -92,7 +93,9 @@ class Refuse:
     close: bool
 
 
-Kind = Literal["lane", "preflight", "health", "metrics", "broker"]
+Kind = Literal["lane", "preflight", "private", "metrics", "broker"]
+PRIVATE_ROUTES = frozenset({(b"GET", b"/health"), (b"HEAD", b"/health"), (b"POST", GATE_UNLOAD_PATH.encode())})
+"""What the gate answers itself on its private socket: its health, and the broker's unload (`gate.unload`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,8 +242,8 @@ class ConnectionCore:
             return
         if on_lane:
             kind: Kind = "preflight" if rules.cors and request.method == b"OPTIONS" else "lane"
-        elif rules.health and target == b"/health" and request.method in (b"GET", b"HEAD"):
-            kind = "health"
+        elif rules.health and (request.method, target) in PRIVATE_ROUTES:
+            kind = "private"
         elif rules.metrics and target == METRICS_TARGET and request.method in (b"GET", b"HEAD"):
             kind = "metrics"
         elif rules.broker:

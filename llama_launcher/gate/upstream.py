@@ -133,12 +133,15 @@ async def get_json(upstream: Upstream, path: str, *, timeout: float) -> tuple[in
         raise UpstreamUnavailable() from None
 
 
-async def send_request(upstream: Upstream, method: str, path: str, *, timeout: float) -> int:
-    """One bodiless request to llama-server with the master key (a `DELETE`): its status."""
-    return (await _exchange(upstream, method, path, timeout=timeout)).status
+async def send_request(upstream: Upstream, method: str, path: str, *, timeout: float, document: object = None) -> int:
+    """One request to llama-server with the master key (a `DELETE`, or a `POST` of a small JSON
+    `document`): its status."""
+    return (await _exchange(upstream, method, path, timeout=timeout, document=document)).status
 
 
-async def _exchange(upstream: Upstream, method: str, path: str, *, timeout: float) -> _Collector:
+async def _exchange(
+    upstream: Upstream, method: str, path: str, *, timeout: float, document: object = None,
+) -> _Collector:
     try:
         authorization = upstream.authorization()
     except NotListening:
@@ -146,9 +149,12 @@ async def _exchange(upstream: Upstream, method: str, path: str, *, timeout: floa
     head = b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method.encode("ascii"), path.encode("ascii"), upstream.host_header)
     if authorization:
         head += b"Authorization: " + authorization + b"\r\n"
+    body = b"" if document is None else json.dumps(document).encode()
+    if body:
+        head += b"Content-Type: application/json\r\nContent-Length: %d\r\n" % len(body)
     transport, collector = await connect_upstream(upstream, _Collector, timeout=timeout)
     try:
-        transport.write(head + b"Connection: close\r\n\r\n")
+        transport.write(head + b"Connection: close\r\n\r\n" + body)
         try:
             async with asyncio.timeout(timeout):
                 await collector.done

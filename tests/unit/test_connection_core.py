@@ -124,7 +124,7 @@ def test_a_body_still_arriving_is_dispatched_first_then_read_to_its_end() -> Non
 
 def test_stray_crlfs_before_a_head_are_skipped() -> None:
     core = ConnectionCore(RULES)
-    assert kinds(feed(core, b"\r\n\r\n", b"\r\n" + get(b"/health"))) == ["Head", "BodyEnd", "Dispatch:health"]
+    assert kinds(feed(core, b"\r\n\r\n", b"\r\n" + get(b"/health"))) == ["Head", "BodyEnd", "Dispatch:private"]
 
 
 def test_pipelined_requests_wait_their_turn_and_each_is_read_whole() -> None:
@@ -145,7 +145,7 @@ def test_a_request_pipelined_after_a_chunked_body_is_kept_whole() -> None:
         "Head", "BodyEnd", "Dispatch:lane"]
     assert core.take_body() == b"abc"
     answered(core)
-    assert kinds(drain(core)) == ["Head", "BodyEnd", "Dispatch:health"]
+    assert kinds(drain(core)) == ["Head", "BodyEnd", "Dispatch:private"]
 
 
 def test_reading_pauses_once_past_the_pipeline_limit_and_resumes_for_the_next_request() -> None:
@@ -239,8 +239,10 @@ def test_a_refusal_before_the_body_is_read_closes_the_connection() -> None:
 @pytest.mark.parametrize(
     ("wire", "kind"),
     [
-        (get(b"/health"), "health"),
-        (b"HEAD /health HTTP/1.1\r\nHost: gate\r\n\r\n", "health"),
+        (get(b"/health"), "private"),
+        (b"HEAD /health HTTP/1.1\r\nHost: gate\r\n\r\n", "private"),
+        (post(b"/unload", b'{"model": "a"}'), "private"),
+        (get(b"/unload"), "broker"),
         (post(b"/health"), "broker"),
         (get(b"/direct/v1/models"), "lane"),
         (b"OPTIONS /direct/v1/chat/completions HTTP/1.1\r\nHost: gate\r\n\r\n", "lane"),
@@ -249,6 +251,13 @@ def test_a_refusal_before_the_body_is_read_closes_the_connection() -> None:
 )
 def test_each_request_goes_where_its_listener_serves_it(wire: bytes, kind: str) -> None:
     assert kinds(feed(ConnectionCore(RULES), wire))[-1] == f"Dispatch:{kind}"
+
+
+def test_only_the_private_listener_answers_an_unload_itself() -> None:
+    public = Rules(lane=True, cors=False, health=False, broker=True, lane_prefix=b"/direct/", max_body_bytes=1000,
+                   max_small_body_bytes=100, allowed_origins=frozenset())
+    assert kinds(feed(ConnectionCore(public), post(b"/unload", b'{"model": "a"}')))[-1] == "Dispatch:broker"
+    assert kinds(feed(ConnectionCore(_private()), post(b"/unload", b'{"model": "a"}')))[-1] == "Dispatch:private"
 
 
 def test_a_cross_origin_listener_answers_preflight_and_puts_cors_on_refusals() -> None:
