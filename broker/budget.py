@@ -4,7 +4,10 @@ A named user with `tokens_per_day` or `tokens_per_minute` reserves each grant's 
 route that generates (negotiation's and the baseline's alike), capped at what the windows have left,
 under the grant's own id, which the gate names when it reports the stream's end (`USAGE_PATH`,
 `settle`). The owner and users without token limits reserve nothing; their usage is still recorded
-in the ledger when the gate reports it. The arithmetic and its guarantees are `llama_direct.budgets`'.
+in the ledger when the gate reports it. A user with their own `streams` reserves in the same way, so
+that their reservations count their open streams across every broker and gate of a fleet: at that
+many, negotiation and the baseline are 429 `too_many_streams`. The arithmetic and its guarantees are
+`llama_direct.budgets`'.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from llama_direct.budgets import (
     Budget,
     Exhausted,
     Reservation,
+    StreamsFull,
     UsageReport,
     day_name,
     day_of,
@@ -34,7 +38,7 @@ from llama_direct.budgets import (
 )
 from llama_direct.documents import MyUsage
 from llama_direct.lanes import LaneRoute
-from llama_direct.refusals import INVALID_OPTION, BudgetExhausted, RequestRefusal
+from llama_direct.refusals import INVALID_OPTION, TOO_MANY_STREAMS, BudgetExhausted, RateLimited, RequestRefusal
 from llama_direct.users import Limits
 
 DIRECT_LANE = "direct"
@@ -43,24 +47,26 @@ BASELINE_LANE = "baseline"
 
 
 def budget_of(limits: Limits | None) -> Budget | None:
-    """The token windows that bind a caller; None: no reservation is needed."""
+    """The token windows and the stream count that bind a caller; None: no reservation is needed."""
     if limits is None:
         return None
-    budget = Budget(per_day=limits.tokens_per_day, per_minute=limits.tokens_per_minute)
-    return budget if budget.bounded else None
+    budget = Budget(per_day=limits.tokens_per_day, per_minute=limits.tokens_per_minute, streams=limits.streams)
+    return budget if budget.bounded or budget.streams is not None else None
 
 
 def reserve(core: BrokerCore, *, user: str, limits: Limits | None, asked: int, model: str, route: LaneRoute,
             lane: str, jti: str, minted_at: float, ttl: int) -> int:
     """The `max_tokens` the grant may name: `asked`, or what the user's budget has left if less
     (reserved under `jti` until the gate reports its end, or its start deadline passes unstarted);
-    `BudgetExhausted` (429, Retry-After) under 16 left."""
+    `BudgetExhausted` (429, Retry-After) under 16 left, 429 `too_many_streams` at the user's `streams`."""
     budget = budget_of(limits)
     if budget is None or route.body not in GENERATING_FORMATS:
         return asked
     now = core.clock()
     held = Reservation(jti, user, model, route.name, lane, 0, 0, 0, start_deadline(math.floor(minted_at) + ttl), now)
     amount = core.users.reserve(held, budget, asked, now)
+    if isinstance(amount, StreamsFull):
+        raise RateLimited(amount.retry_after, TOO_MANY_STREAMS)
     if isinstance(amount, Exhausted):
         raise BudgetExhausted(amount.retry_after)
     return amount

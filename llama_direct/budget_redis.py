@@ -27,6 +27,7 @@ from llama_direct.budgets import (
     day_of,
     day_window,
     grantable,
+    holds_stream,
     minute_of,
     minute_window,
     settlement,
@@ -53,12 +54,13 @@ def reserve(transaction: Transaction[int | Exhausted], reservation: Reservation,
     user = reservation.user
 
     def work(pipe: redis.client.Pipeline) -> int | Exhausted:
-        expired = _overdue(pipe, user, now)
+        expired, streams = _overdue(pipe, user, now)
         used = _windows(pipe, user)
         for held in expired:
             _move(used, held, -held.amount)
         day, minute = day_of(now), minute_of(now)
-        amount = grantable(budget, asked, used.get(day_window(day), 0), used.get(minute_window(minute), 0), now)
+        amount = grantable(budget, asked, used.get(day_window(day), 0), used.get(minute_window(minute), 0), now,
+                           streams)
         if isinstance(amount, Exhausted):
             return amount
         pipe.multi()
@@ -96,7 +98,7 @@ def windows(transaction: Transaction[tuple[int, int]], user: str, now: float) ->
     """What `now`'s windows hold, overdue reservations returned first."""
 
     def work(pipe: redis.client.Pipeline) -> tuple[int, int]:
-        expired = _overdue(pipe, user, now)
+        expired, _ = _overdue(pipe, user, now)
         used = _windows(pipe, user)
         for held in expired:
             _move(used, held, -held.amount)
@@ -118,17 +120,20 @@ def ledger(client: Any, since_day: int, user_id: str | None) -> list[LedgerRow]:
             for key, found in sorted(counts.items(), key=lambda item: (item[0][4], *item[0][:4]))]
 
 
-def _overdue(pipe: redis.client.Pipeline, user: str, now: float) -> list[Reservation]:
-    """Reservations to drop: never started and past their deadline (returned), or started and forgotten."""
+def _overdue(pipe: redis.client.Pipeline, user: str, now: float) -> tuple[list[Reservation], int]:
+    """Reservations to drop: never started and past their deadline (returned), or started and forgotten;
+    and how many of the user's streams the others hold (`holds_stream`)."""
     found = []
+    streams = 0
     for jti, raw in pipe.hgetall(RESERVED_PREFIX + user).items():
         held = _decode(_text(jti), user, raw)
+        streams += holds_stream(held.deadline, held.created, now)
         if held.deadline is not None and held.deadline <= now:
             found.append(held)
         elif held.deadline is None and held.created <= now - FORGET_STARTED_SECONDS:
             found.append(Reservation(held.jti, user, held.model, held.route, held.lane, 0, held.day, held.minute,
                                      None, held.created))
-    return found
+    return found, streams
 
 
 def _forget(pipe: redis.client.Pipeline, user: str, expired: list[Reservation]) -> None:

@@ -39,7 +39,9 @@ def reserve(db: sqlite3.Connection, reservation: budgets.Reservation, budget: bu
     both windows, with the reservation recorded under its grant id (its `amount` is ignored)."""
     expire_user(db, reservation.user, now)
     day_used, minute_used = windows(db, reservation.user, now)
-    amount = budgets.grantable(budget, asked, day_used, minute_used, now)
+    held = db.execute("SELECT deadline, created FROM reservations WHERE user_id = ?", (reservation.user,))
+    streams = sum(budgets.holds_stream(deadline, float(created), now) for deadline, created in held.fetchall())
+    amount = budgets.grantable(budget, asked, day_used, minute_used, now, streams)
     if isinstance(amount, budgets.Exhausted):
         return amount
     day, minute = budgets.day_of(now), budgets.minute_of(now)

@@ -14,6 +14,13 @@ llama-server reported generating, and the unused part returns. A stream whose en
 started returns in full once it can no longer start (`start_deadline`). A started reservation the gate
 never settled is kept charged in full; the store forgets it after `FORGET_STARTED_SECONDS`.
 
+A user's `streams` (their streams open at once, fleet-wide) is counted by the same reservations: every
+generating grant of such a user reserves, and holds a stream from its minting until its end is
+settled, or until it can no longer start (`holds_stream`). At `streams` held, negotiation is refused
+(429 `too_many_streams`, `StreamsFull`), in the same step that would reserve, so concurrent
+negotiations at several brokers never hold more. A started stream whose end is never reported stops
+counting after `STREAM_SLOT_SECONDS`.
+
 The windows are fixed: the UTC day (`day_of`) and the minute since the epoch (`minute_of`). A
 reservation remembers the windows it was charged to, and its settlement corrects those same ones.
 The stores (`llama_direct.user_store`, `llama_direct.user_store_redis`) hold the counters and run
@@ -64,13 +71,16 @@ def start_deadline(expires_at: int) -> float:
 
 @dataclass(frozen=True)
 class Budget:
-    """A user's token limits per window; None: no bound in that window."""
+    """A user's token limits per window, and the streams they may have open at once (`streams`, counted
+    by their reservations: `holds_stream`); None: no bound there."""
 
     per_day: int | None
     per_minute: int | None
+    streams: int | None = None
 
     @property
     def bounded(self) -> bool:
+        """Whether a token window is bounded (what HAProxy cannot enforce)."""
         return self.per_day is not None or self.per_minute is not None
 
 
@@ -81,9 +91,36 @@ class Exhausted:
     retry_after: int
 
 
-def grantable(budget: Budget, asked: int, day_used: int, minute_used: int, now: float) -> int | Exhausted:
+@dataclass(frozen=True)
+class StreamsFull(Exhausted):
+    """The user has `Budget.streams` streams open (or granted and still able to start): no grant now."""
+
+
+STREAM_SLOT_SECONDS = 3_600
+"""A stream reported started whose end no report settled (its gate stopped, or the report was lost)
+stops counting against its user's `streams` this long after its grant was minted: longer than a reply
+runs, short enough that a lost report does not shut the user out for the day."""
+STREAM_RETRY_SECONDS = 1
+"""`StreamsFull`'s Retry-After: a stream's end reaches the broker moments after its last byte reached
+the client, so a page's next tool round (which waits a 429's Retry-After once) gets in."""
+
+
+def holds_stream(deadline: float | None, created: float, now: float) -> bool:
+    """Whether a reservation counts as one of its user's open streams at `now`: a grant that can still
+    start one (before its `deadline`; a grant is single-use, so one stream at most), or one reported
+    started, until its end settles it or `STREAM_SLOT_SECONDS` after it was minted (`created`)."""
+    if deadline is not None:
+        return deadline > now
+    return created > now - STREAM_SLOT_SECONDS
+
+
+def grantable(budget: Budget, asked: int, day_used: int, minute_used: int, now: float,
+              open_streams: int = 0) -> int | Exhausted:
     """How many tokens a grant asking `asked` may reserve, given what each window already holds
-    (settled plus reserved); `Exhausted` when under `MIN_GRANT` would remain."""
+    (settled plus reserved) and how many streams the user holds (`holds_stream`); `StreamsFull` at the
+    user's `streams`, `Exhausted` when under `MIN_GRANT` would remain."""
+    if budget.streams is not None and open_streams >= budget.streams:
+        return StreamsFull(STREAM_RETRY_SECONDS)
     remaining = asked
     retry_after = 0
     if budget.per_minute is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -104,24 +105,33 @@ def _held(grant: dict[str, Any]) -> Iterator[httpx.Response]:
 
 
 def test_a_users_own_stream_limit_caps_them_and_nobody_else(stack: Stack) -> None:
-    """Dee has `--streams 1`: her second concurrent stream is 429 too_many_streams, while Eve, with no
-    limit of her own, has two at once (serve's --streams-per-user is 4) and streams beside Dee's."""
+    """Dee has `--streams 1`: while her stream runs, her next negotiation is 429 too_many_streams, while
+    Eve, with no limit of her own, has two at once (serve's --streams-per-user is 4) and streams beside
+    Dee's; once the gate reports Dee's stream's end (her client left), she gets a grant again."""
     dee, eve = _add(stack, "dee", "--streams", "1"), _add(stack, "eve")
     with httpx.Client(timeout=30) as script:
         def grant(who: dict[str, str]) -> dict[str, Any]:
             return _negotiate(script, stack.base, Authorization=f"Bearer {who['API key']}")
 
-        assert grant(dee)["grant"]["streams"] == 1 and "streams" not in grant(eve)["grant"]
+        mine = grant(dee)
+        assert mine["grant"]["streams"] == 1 and "streams" not in grant(eve)["grant"]
         with _held(grant(eve)) as first, _held(grant(eve)) as second:
             assert (first.status_code, second.status_code) == (200, 200)
-        with _held(grant(dee)) as first:
+        with _held(mine) as first:
             assert first.status_code == 200
-            refused = _stream(grant(dee))
+            refused = script.post(stack.base + "/direct-stream", json={},
+                                  headers={"Authorization": f"Bearer {dee['API key']}"})
             assert (refused.status_code, refused.json()["error"]["reason"]) == (429, "too_many_streams")
             beside = _stream(grant(eve))
             assert beside.status_code == 200 and b"data: [DONE]" in beside.content
-        for _ in range(300):  # the gate frees Dee's count once it sees her first client leave
-            answer = _stream(grant(dee))
-            if answer.status_code != 429:
-                break
+        while not _usage(script, stack, dee)["rows"]:  # her first stream's end, reported by the gate
+            time.sleep(0.1)
+        answer = _stream(grant(dee))
         assert answer.status_code == 200 and b"data: [DONE]" in answer.content
+
+
+def _usage(client: httpx.Client, stack: Stack, who: dict[str, str]) -> dict[str, Any]:
+    answer = client.get(stack.base + "/v1/usage", headers={"Authorization": f"Bearer {who['API key']}"})
+    assert answer.status_code == 200, answer.text
+    found: dict[str, Any] = answer.json()
+    return found

@@ -152,12 +152,14 @@ def test_models_and_max_tokens_are_limited(box: Box) -> None:
     assert refused.status_code == 400 and _reason(refused) == "unknown_model"
 
 
-def test_a_users_stream_limit_rides_in_every_grant_for_the_gate_to_count(box: Box) -> None:
-    _, made = box.add("ann", streams=1)
-    assert _claims(box.negotiate(made.api_key))["grant"]["streams"] == 1
+def test_a_users_stream_limit_rides_in_every_grant_and_the_broker_holds_them_to_it(box: Box) -> None:
+    _, made = box.add("ann", streams=2)
+    assert _claims(box.negotiate(made.api_key))["grant"]["streams"] == 2
     box.client.post("/v1/chat/completions", json={"messages": []}, headers={"Authorization": f"Bearer {made.api_key}"})
     minted = box.gate.chats[-1].headers["authorization"].removeprefix("Bearer ")
-    assert jwt.decode(minted, options={"verify_signature": False})["grant"]["streams"] == 1
+    assert jwt.decode(minted, options={"verify_signature": False})["grant"]["streams"] == 2
+    refused = box.negotiate(made.api_key)  # two grants held, neither ended: a third is one stream too many
+    assert (refused.status_code, _reason(refused), refused.headers["retry-after"]) == (429, "too_many_streams", "1")
     _, other = box.add("bob")  # no limit of their own: the gate's --streams-per-user applies
     assert "streams" not in _claims(box.negotiate(other.api_key))["grant"]
     assert "streams" not in _claims(box.negotiate(ACCESS_TOKEN))["grant"]
