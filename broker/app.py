@@ -56,13 +56,14 @@ from broker.unload import may_unload, unload
 from llama_direct.control import (
     HOLD_SECONDS,
     LOADS_PATH,
+    MAX_USAGE_BODY_BYTES,
     REVOKED_PATH,
     STATE_PATH,
     USAGE_PATH,
     USERS_CHANGED_PATH,
     parse_load_charge,
     parse_revocation,
-    parse_usage_report,
+    parse_usage_batch,
     state_document,
 )
 from llama_direct.lanes import MODEL_UNLOAD_PATH
@@ -204,14 +205,14 @@ def create_control_app(core: BrokerCore) -> FastAPI:
 
     @app.post(USAGE_PATH)
     async def usage(request: Request) -> Response:
-        """The gate reports a stream's start or end: its reservation held or settled, the ledger written."""
+        """The gate reports streams' starts and ends: their reservations held or settled, the ledger written."""
         try:
-            report = parse_usage_report(json.loads(await read_body(request, MAX_SMALL_BODY_BYTES)))
+            reports = parse_usage_batch(json.loads(await read_body(request, MAX_USAGE_BODY_BYTES)))
         except (ValueError, RecursionError):
-            report = None
-        if report is None:
+            reports = None
+        if reports is None:
             raise RequestRefusal(BAD_USAGE_REPORT)
-        await asyncio.to_thread(settle, core, report)  # a store write (SQLite's commit, Redis): off the loop
+        await asyncio.to_thread(settle, core, reports)  # store writes (SQLite's commit, Redis): off the loop
         return Response(status_code=204, headers=NO_STORE)
 
     @app.post(USERS_CHANGED_PATH)

@@ -72,9 +72,11 @@ def reserve(core: BrokerCore, *, user: str, limits: Limits | None, asked: int, m
     return amount
 
 
-def settle(core: BrokerCore, usage: UsageReport) -> None:
-    """A gate's report (`POST /usage`): the reservation held or settled, the ledger written."""
-    core.users.report(usage, core.clock())
+def settle(core: BrokerCore, reports: Sequence[UsageReport]) -> None:
+    """A gate's reports (`POST /usage`, one body): each reservation held or settled, the ledger written."""
+    now = core.clock()
+    for usage in reports:
+        core.users.report(usage, now)
 
 
 def negotiation_policy(core: BrokerCore, caller: Caller, options: Options, *, policy: Policy, allowed: Sequence[str],

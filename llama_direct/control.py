@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from typing import Any, TypeGuard
 
 from llama_direct.budgets import UsageReport
@@ -103,24 +104,30 @@ def parse_unload_request(document: object) -> str | None:
 
 
 USAGE_PATH = "/usage"
-"""`POST` by the gate about a lane request it forwarded under a grant: the body is `usage_report(...)`.
+"""`POST` by the gate about lane requests it forwarded under grants: the body is one of `usage_batches`,
+`{"reports": [usage_report(...), ...]}`, the reports in the order their streams reached them.
 `started` when the stream outlives its grant (so its reservation is held, not returned as unused);
 `ended` once its answer's end was relayed, with the tokens llama-server reported in it
 (`llama_launcher.gate.usage_tail`), or with none when the end was not seen (the client left, the
 upstream failed): then the whole reservation is charged. Sent after the last byte went to the client,
-never on a request's way. The broker settles the grant's reservation and writes the usage ledger
-(`llama_direct.budgets`); 204."""
+never on a request's way; the gate coalesces the ends of a moment into one body, so that each stream does
+not cost the gate and the broker an exchange of its own. The broker settles each grant's reservation and
+writes the usage ledger (`llama_direct.budgets`); 204."""
+MAX_USAGE_BODY_BYTES = 64 * 1024
+"""The largest `POST /usage` body: the gate packs its reports into bodies no larger, the broker reads no
+more. One report always fits: its five names are at most `_MAX_NAME` characters each (12 bytes each
+at most, escaped)."""
 USAGE_PHASES = ("started", "ended")
 
 
 def usage_report(usage: UsageReport) -> dict[str, object]:
-    """The one document of `POST /usage`."""
+    """One report of a `POST /usage` body (`usage_batches`)."""
     return {"jti": usage.jti, "sub": usage.sub, "model": usage.model, "route": usage.route, "lane": usage.lane,
             "phase": usage.phase, "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens}
 
 
 def parse_usage_report(document: object) -> UsageReport | None:
-    """A `UsageReport` from a `POST /usage` body, or None when it is not `usage_report`'s shape."""
+    """A `UsageReport` from one report of a `POST /usage` body, or None when it is not `usage_report`'s shape."""
     if not isinstance(document, dict) or document.keys() != _USAGE_KEYS:
         return None
     texts = [document[name] for name in ("jti", "sub", "model", "route", "lane")]
@@ -133,10 +140,41 @@ def parse_usage_report(document: object) -> UsageReport | None:
     return UsageReport(jti, sub, model, route, lane, str(document["phase"]), prompt, completion)
 
 
+def usage_batches(reports: Sequence[UsageReport], limit: int = MAX_USAGE_BODY_BYTES) -> list[bytes]:
+    """The `POST /usage` bodies that carry `reports` in order, each at most `limit` bytes; none for none."""
+    bodies: list[bytes] = []
+    parts: list[bytes] = []
+    size = len(_BATCH_OPEN) + len(_BATCH_CLOSE)
+    for report in reports:
+        part = json.dumps(usage_report(report), separators=(",", ":")).encode()
+        if parts and size + len(part) + 1 > limit:
+            bodies.append(_BATCH_OPEN + b",".join(parts) + _BATCH_CLOSE)
+            parts, size = [], len(_BATCH_OPEN) + len(_BATCH_CLOSE)
+        parts.append(part)
+        size += len(part) + 1
+    if parts:
+        bodies.append(_BATCH_OPEN + b",".join(parts) + _BATCH_CLOSE)
+    return bodies
+
+
+def parse_usage_batch(document: object) -> list[UsageReport] | None:
+    """The reports of a `POST /usage` body, in order; None when it is not `usage_batches`' shape or any
+    report in it is not `usage_report`'s."""
+    if not isinstance(document, dict) or document.keys() != {"reports"}:
+        return None
+    items = document["reports"]
+    if not isinstance(items, list) or not items:
+        return None
+    reports = [parse_usage_report(item) for item in items]
+    return None if None in reports else [report for report in reports if report is not None]
+
+
 def _is_count(value: object) -> TypeGuard[int | None]:
     return value is None or (type(value) is int and 0 <= value <= _MAX_COUNT)
 
 
+_BATCH_OPEN = b'{"reports":['
+_BATCH_CLOSE = b"]}"
 _USAGE_KEYS = {"jti", "sub", "model", "route", "lane", "phase", "prompt_tokens", "completion_tokens"}
 _MAX_NAME = 512
 _MAX_COUNT = 10**12

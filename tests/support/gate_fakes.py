@@ -330,11 +330,11 @@ def state_of(harness: Harness) -> dict[str, Any]:
 async def control_handler(harness_ref: list[Harness], received: Received, writer: asyncio.StreamWriter,
                           hold: float = 0.5) -> None:
     """The broker's `GET /state`: held (polled every 10 ms) while `known` is current, then 304; its
-    `POST /usage`: the report kept, 204."""
+    `POST /usage`: each report of the body kept, 204."""
     harness = harness_ref[0]
     path, _, query = received.target.partition("?")
     if (received.method, path) == ("POST", USAGE_PATH):
-        harness.usage.append(json.loads(received.body))
+        harness.usage.extend(json.loads(received.body)["reports"])
         writer.write(b"HTTP/1.1 %d X\r\nContent-Length: 0\r\n\r\n" % harness.usage_status)
         return
     if path != STATE_PATH:

@@ -19,7 +19,7 @@ from broker.app import create_app, create_control_app
 from broker.core import BrokerCore
 from broker.settings import BrokerSettings
 from llama_direct.budgets import MY_USAGE_PATH, UsageReport, day_name, day_of
-from llama_direct.control import USAGE_PATH, usage_report
+from llama_direct.control import USAGE_PATH, usage_batches, usage_report
 from llama_direct.users import Limits, NewSecrets, User, new_secrets, new_user
 
 ACCESS_TOKEN = "test-access-token-0123456789"
@@ -47,7 +47,8 @@ class Box:
 
     def report(self, claims: dict[str, Any], completion: int | None, phase: str = "ended") -> httpx.Response:
         usage = UsageReport(claims["jti"], claims["sub"], "smol", "chat", "direct", phase, 7, completion)
-        return self.control.post(USAGE_PATH, json=usage_report(usage))
+        [body] = usage_batches([usage])
+        return self.control.post(USAGE_PATH, content=body, headers={"Content-Type": "application/json"})
 
     def day_used(self, user: User) -> int:
         return self.core.users.budget_windows(user.id, time.time())[0]
@@ -133,18 +134,34 @@ def test_the_owner_and_users_without_token_limits_reserve_nothing(box: Box) -> N
     assert (row.requests, row.completion_tokens) == (1, 12)
 
 
+GOOD_REPORT = usage_report(UsageReport("j", "s", "m", "chat", "direct", "ended", 1, 3))
+
+
 @pytest.mark.parametrize("document", [
-    {}, {"jti": "j"}, [], "x",
-    {"jti": "j", "sub": "s", "model": "m", "route": "chat", "lane": "direct", "phase": "later",
-     "prompt_tokens": None, "completion_tokens": None},
-    {"jti": "j", "sub": "s", "model": "m", "route": "chat", "lane": "direct", "phase": "ended",
-     "prompt_tokens": -1, "completion_tokens": 3},
-    {"jti": "j", "sub": "s", "model": "m", "route": "chat", "lane": "direct", "phase": "ended",
-     "prompt_tokens": 1, "completion_tokens": True},
+    {}, {"jti": "j"}, [], "x", {"reports": []}, {"reports": GOOD_REPORT}, GOOD_REPORT,
+    {"reports": [GOOD_REPORT], "more": 1},
+    {"reports": [GOOD_REPORT, {**GOOD_REPORT, "phase": "later"}]},
+    {"reports": [{**GOOD_REPORT, "prompt_tokens": -1}]},
+    {"reports": [{**GOOD_REPORT, "completion_tokens": True}]},
 ])
 def test_a_malformed_usage_report_is_refused(box: Box, document: object) -> None:
     answer = box.control.post(USAGE_PATH, json=document)
     assert answer.status_code == 400 and answer.json()["error"]["reason"] == "bad_usage_report"
+
+
+def test_one_body_settles_every_report_in_it(box: Box) -> None:
+    """The gate coalesces the ends of a moment into one body: each report in it settles its own grant."""
+    user, made = box.add("ann", tokens_per_day=1000)
+    grants = [claims_of(box.negotiate(made.api_key, max_tokens=100)) for _ in range(3)]
+    assert box.day_used(user) == 300
+    reports = [UsageReport(claims["jti"], claims["sub"], "smol", "chat", "direct", "ended", 7, used)
+               for claims, used in zip(grants, (10, 20, None), strict=True)]
+    [body] = usage_batches(reports)
+    answer = box.control.post(USAGE_PATH, content=body, headers={"Content-Type": "application/json"})
+    assert answer.status_code == 204
+    assert box.day_used(user) == 10 + 20 + 100  # the end not seen stays charged in full
+    [row] = box.core.users.ledger(day_of(time.time()), user.id)
+    assert (row.requests, row.completion_tokens, row.unseen) == (3, 130, 1)
 
 
 def test_a_user_reads_their_own_usage_and_what_is_left(box: Box) -> None:

@@ -8,11 +8,16 @@ import asyncio
 import base64
 import json
 import logging
+import os
+import shutil
+import tempfile
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from gate_fakes import Client, Harness, chat_request, running_gate
+from gate_fakes import Client, FakeServer, Harness, Received, chat_request, running_gate
+
+from llama_launcher.gate.usage_reports import Metered, UsageReporter
 
 Scenario = Callable[[Harness], Awaitable[None]]
 
@@ -209,3 +214,33 @@ def test_a_broker_that_cannot_take_reports_is_logged_once_an_outage(caplog: pyte
     failed = [r for r in caplog.records if "usage_report_failed" in r.message and r.levelno == logging.WARNING]
     assert len(failed) == 1 and "status=503" in failed[0].message
     assert any("usage_reports_back" in record.message for record in caplog.records)
+
+
+def test_reports_of_a_moment_share_one_body_sent_at_once_when_the_gate_stops() -> None:
+    """Three ends queued while a long coalescing wait runs: stopping the reporter sends them at once,
+    in one body and in order, so none is lost at shutdown."""
+    bodies: list[dict[str, Any]] = []
+
+    async def handler(received: Received, writer: asyncio.StreamWriter) -> None:
+        bodies.append(json.loads(received.body))
+        writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+
+    async def main() -> None:
+        base = tempfile.mkdtemp(prefix="ur-", dir="/tmp")
+        control = FakeServer(os.path.join(base, "control.sock"), handler)
+        await control.start()
+        try:
+            reporter = UsageReporter(control.path, resume_window=1.0, coalesce=3600.0)
+            for index in range(3):
+                metered = Metered(f"jti-{index}", "alice", "smollm2", "chat", "direct", "chat", None)
+                reporter.end(metered, status=502, complete=True, chunked=False)
+            await asyncio.sleep(0)
+            assert bodies == []  # still waiting for more ends to share the body
+            await reporter.aclose()
+        finally:
+            await control.stop()
+            shutil.rmtree(base, ignore_errors=True)
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+    assert [[report["jti"] for report in body["reports"]] for body in bodies] == [["jti-0", "jti-1", "jti-2"]]
+    assert {report["completion_tokens"] for report in bodies[0]["reports"]} == {0}
