@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 
 import httpx
+from broker_harness import ACCESS_TOKEN, BEARER, HOST, READY, FakeGate, _settings
 from fastapi.testclient import TestClient
 from redis_server import RedisServer
-from test_broker_app import ACCESS_TOKEN, BEARER, HOST, READY, FakeGate, _settings
 
 from broker.app import create_app
 from broker.core import BrokerCore

@@ -8,10 +8,10 @@ import re
 from pathlib import Path
 
 import pytest
+from broker_harness import Harness, _lane_on, h, make  # noqa: F401  (fixtures)
 
 import broker.static as broker_static
 from broker.static import LOGIN_FILE, PAGE_CSP, USER_MARK, page_for, user_key
-from tests.unit.test_broker_app import Harness, _lane_on, h, make  # noqa: F401  (fixtures)
 
 
 def _directives(policy: str) -> dict[str, list[str]]:

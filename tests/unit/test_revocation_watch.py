@@ -20,8 +20,8 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from broker_harness import ACCESS_TOKEN, _settings
 from redis_server import RedisServer
-from test_broker_app import ACCESS_TOKEN, _settings
 
 import broker.app
 import broker.revocation_watch
