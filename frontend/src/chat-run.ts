@@ -139,7 +139,10 @@ export class ChatRun {
         if (signal.aborted) return { kind: "abort" };
         continue;
       }
-      if (response.status === 429) return { kind: "error", error: classified("rate_limited") };
+      if (response.status === 429) {
+        // Its reason says which limit (rate_limited, too_many_streams, budget_exhausted); none: a rate limit.
+        return { kind: "error", error: classifyServerError(429, parseErrorBody(await response.text()), false) };
+      }
       if (response.status === 401) return { kind: "error", error: classified("session_expired") };
       if (response.status === 400) {
         // A model this user may not use: the baseline must not answer with another model instead.

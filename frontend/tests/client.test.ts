@@ -223,6 +223,13 @@ describe("visible errors", () => {
     expect(events).toEqual([expect.objectContaining({ type: "error", code: "rate_limited", phase: "pre-output" })]);
   });
 
+  it("names the limit a second 429 gives as its reason: another stream still running", async () => {
+    const refusal = { error: { code: 429, reason: "too_many_streams", message: "Too many streams at once." } };
+    const fake = server({ negotiate: () => json(refusal, 429, { "Retry-After": "1" }) });
+    const events = await collect(streamChat(REQUEST, { fetch: fake.fetch, sleep: async () => undefined }));
+    expect(events).toEqual([expect.objectContaining({ type: "error", code: "too_many_streams", phase: "pre-output" })]);
+  });
+
   it("says how many tokens overflowed the context, from llama-server's recorded 400", async () => {
     const body = new TextDecoder().decode(fixture("overflow.json"));
     const fake = server({ lane: () => new Response(body, { status: 400, headers: { "Content-Type": "application/json" } }) });
