@@ -161,6 +161,31 @@ def _ms(value: float | None, spec: str = ".3f", unit: str = " ms") -> str:
     return "–" if value is None else format(value, spec) + unit
 
 
+def _p7_rows(cost: dict[str, Any]) -> list[tuple[str, ...]]:
+    """P7's rows: the gate's CPU per lane request and the broker's meanwhile (the gate's usage reports
+    settled), for the owner; then a user with a token budget, whose grants reserve and whose ends settle
+    (this code's stack only: a REV before budgets has no such user), and what a negotiation costs each."""
+    rows: list[tuple[str, ...]] = []
+    for upstream, how, goal in (("real", "real model, kept-alive", "≤ 0.5 ms"),
+                                ("synthetic", "synthetic, `Connection: close`", "–")):
+        entry = cost.get(upstream, {})
+        old, budgeted = entry.get("before", {}), entry.get("budgeted", {})
+        owner_deal, budgeted_deal = entry.get("negotiation_ms_per_request", {}), budgeted.get(
+            "negotiation_ms_per_request", {})
+        rows += [
+            (f"P7 gate CPU per lane request, {how}", goal, _ms(old.get("gate_ms_per_request")),
+             _ms(entry.get("gate_ms_per_request")), "–", _ms(entry.get("relay", {}).get("ms_per_request"))),
+            (f"P7 broker CPU per lane request, {how}", "–", _ms(old.get("broker_ms_per_request")),
+             _ms(entry.get("broker_ms_per_request")), "–", "–"),
+            (f"P7 gate / broker CPU per lane request, a user with a token budget, {how}", "–", "–",
+             f"{_ms(budgeted.get('gate_ms_per_request'))} / {_ms(budgeted.get('broker_ms_per_request'))}", "–", "–"),
+            (f"Broker CPU per negotiation, owner / a user with a token budget (its reservation), {how}", "–",
+             _ms(old.get("negotiation_ms_per_request", {}).get("broker")),
+             f"{_ms(owner_deal.get('broker'))} / {_ms(budgeted_deal.get('broker'))}", "–", "–"),
+        ]
+    return rows
+
+
 def render(results: dict[str, Any]) -> list[str]:
     """The before/after table (issue 18's report): REV's stack and this code's from one run, with
     HAProxy in the gate's place and the bare relay beside them where the figure applies."""
@@ -181,14 +206,7 @@ def render(results: dict[str, Any]) -> list[str]:
            _ms(verification.get(algorithm, {}).get("before_us"), ".0f", " µs"),
            _ms(verification.get(algorithm, {}).get("after_us"), ".0f", " µs"), "–", "–")
           for algorithm in ("ES256", "EdDSA")],
-        ("P7 gate CPU per lane request, real model, kept-alive", "≤ 0.5 ms",
-         _ms(cost.get("real", {}).get("before", {}).get("gate_ms_per_request")),
-         _ms(cost.get("real", {}).get("gate_ms_per_request")), "–",
-         _ms(cost.get("real", {}).get("relay", {}).get("ms_per_request"))),
-        ("P7 gate CPU per lane request, synthetic, `Connection: close`", "–",
-         _ms(cost.get("synthetic", {}).get("before", {}).get("gate_ms_per_request")),
-         _ms(cost.get("synthetic", {}).get("gate_ms_per_request")), "–",
-         _ms(cost.get("synthetic", {}).get("relay", {}).get("ms_per_request"))),
+        *_p7_rows(cost),
         ("CPU of the lane's own process per one-token request (the P3 synthetic run)", "–",
          _cpu(synthetic, "before", "before_gate"), _cpu(synthetic, "direct", "gate"),
          _cpu(synthetic, "haproxy", "haproxy"), _cpu(synthetic, "relay", "relay")),

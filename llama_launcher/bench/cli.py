@@ -147,7 +147,7 @@ def _run_real(plan: Plan, work: Path, old: Path | None, results: dict[str, Any])
             bed, real=True, levels=plan.levels, tokens=plan.real_tokens, reps=plan.reps, say=_say)
         results["gate_cost"]["real"] = await request_cost.gate_cost(
             bed, scenarios.chat_body(real=True, max_tokens=1), count=plan.cost_requests,
-            rounds=plan.cost_rounds, kept_alive=True)
+            rounds=plan.cost_rounds, kept_alive=True, budgeted=request_cost.budgeted_user(bed.stack))
         results["many_models"]["single"] = await models.lane_vs_raw(bed, plan.model_ttfts)
         results["routes"] = await routes.compare(bed, levels=plan.levels[:2], tokens=plan.real_tokens,
                                                  reps=plan.reps, ttfts=plan.model_ttfts, say=_say)
@@ -211,7 +211,7 @@ def run_bench(plan: Plan, out: Path, command: str) -> dict[str, Any]:
                 bed, real=False, levels=plan.levels, tokens=plan.synthetic_tokens, reps=plan.reps, say=_say)
             results["gate_cost"]["synthetic"] = await request_cost.gate_cost(
                 bed, scenarios.chat_body(real=False, max_tokens=1), count=plan.cost_requests * 5,
-                rounds=plan.cost_rounds, kept_alive=False)
+                rounds=plan.cost_rounds, kept_alive=False, budgeted=request_cost.budgeted_user(bed.stack))
             anchor = haproxy_anchor.start_anchor(bed.upstream_socket, bed.key, work, model=SYNTHETIC_ALIAS,
                                                  cap=max_tokens)
             if anchor is None:

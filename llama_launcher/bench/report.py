@@ -79,6 +79,20 @@ def _cpu_split(entry: dict[str, Any]) -> str:
     return " + ".join(f"{ms:.2f} ms {name}" for name, ms in split.items()) + " CPU per request"
 
 
+def _budgeted_note(entry: dict[str, Any]) -> str:
+    """P7's rounds of a user with a token budget beside the owner's: what settlement adds to a request,
+    and what reservation adds to a negotiation (gate and broker CPU per grant, the owner's first)."""
+    budgeted = entry.get("budgeted")
+    if budgeted is None:
+        return ""
+    owner, user = entry.get("negotiation_ms_per_request", {}), budgeted.get("negotiation_ms_per_request", {})
+    return (f"; a user with a token budget (each grant reserved, each end settled by the gate's report), in "
+            f"rounds between: {budgeted['gate_ms_per_request']:.3f} ms (the broker: "
+            f"{budgeted['broker_ms_per_request']:.3f} ms); a negotiation's CPU, owner then that user: gate "
+            f"{_num(owner.get('gate'), '.3f')} / {_num(user.get('gate'), '.3f')} ms, broker "
+            f"{_num(owner.get('broker'), '.3f')} / {_num(user.get('broker'), '.3f')} ms")
+
+
 def render_markdown(results: dict[str, Any]) -> str:
     """The report: targets first, then every lane's figures, then the single-number measurements."""
     lines = [f"Machine: {one_line(results['machine'])}. Run: `{results['command']}`, "
@@ -122,7 +136,7 @@ def render_markdown(results: dict[str, Any]) -> str:
                         f"(its broker: {entry['before']['broker_ms_per_request']:.3f} ms)" if "before" in entry else "")
                      + (f"; the bare relay on the same requests (`Connection: close`), in rounds between: "
                         f"{entry['relay']['ms_per_request']:.3f} ms" if "relay" in entry else "")
-                     + ".")
+                     + _budgeted_note(entry) + ".")
     floor = results.get("idle_cpu")
     if floor:
         notes.append("- Idle (nothing asked): " + ", ".join(f"{name} {ms:.2f} ms of CPU per second"

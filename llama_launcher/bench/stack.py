@@ -12,6 +12,8 @@ and a 429 would measure the limiter instead of the lane. It is lifted with serve
 from __future__ import annotations
 
 import secrets
+import subprocess
+import sys
 import tempfile
 import time
 import urllib.parse
@@ -44,6 +46,7 @@ class ServeStack:
     runtime: Path
     gate_pid: int
     broker_pid: int
+    data_dir: Path
 
     @property
     def public_target(self) -> Target:
@@ -100,6 +103,7 @@ def start_stack(name: str, upstream_socket: Path | Sequence[Path], upstream_key:
                 runtime=runtime.path,
                 gate_pid=child_running(child.pid, GATE_MODULES),
                 broker_pid=child_running(child.pid, "broker"),
+                data_dir=data_dir,
             )
             if source is not None and not _runs_in(source, stack):
                 stack.stop()
@@ -108,6 +112,18 @@ def start_stack(name: str, upstream_socket: Path | Sequence[Path], upstream_key:
         time.sleep(0.05)
     child.stop()
     raise RuntimeError("serve was not ready in time")
+
+
+def add_user(stack: ServeStack, name: str, *limits: str) -> str:
+    """A named user added with `llama-direct users add` on the stack's data dir while it runs, as an owner
+    would; their API key. Only this code's stack: REV's may have no named users at all."""
+    done = subprocess.run([sys.executable, "-m", "llama_launcher.cli", "users", "add", name, *limits,
+                           "--data-dir", str(stack.data_dir)], capture_output=True, text=True, timeout=120,
+                          check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"users add failed: {done.stderr.strip()[-500:]}")
+    shown = dict(line.split(": ", 1) for line in done.stdout.splitlines() if ": " in line)
+    return shown["API key"]
 
 
 def _runs_in(source: Path, stack: ServeStack) -> bool:

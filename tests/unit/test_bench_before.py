@@ -85,3 +85,22 @@ def test_revs_modules_load_beside_ours_and_ours_stay(tmp_path: Path) -> None:
     assert theirs is not ours and sys.modules["llama_direct.tokens"] is ours is llama_direct.tokens
     assert theirs.verify is not llama_direct.tokens.verify
     assert str(tree.path) not in sys.path
+
+
+def test_p7_shows_the_broker_and_a_budgeted_user_beside_the_owner() -> None:
+    """The gate's usage reports cost the broker too, and a user with a token budget reserves at each
+    negotiation and settles at each end: both are rows of their own; REV has no budgeted user."""
+    results = _results()
+    real = results["gate_cost"]["real"]
+    real.update(broker_ms_per_request=0.05, negotiation_ms_per_request={"gate": 0.3, "broker": 1.5},
+                budgeted={"gate_ms_per_request": 0.5, "broker_ms_per_request": 0.12,
+                          "negotiation_ms_per_request": {"gate": 0.31, "broker": 2.0}})
+    real["before"].update(broker_ms_per_request=0.0, negotiation_ms_per_request={"gate": 0.3, "broker": 1.4})
+    rows = {line.split(" | ")[0].removeprefix("| "): line for line in render(results)[5:]}
+    assert rows["P7 broker CPU per lane request, real model, kept-alive"].endswith("| 0.000 ms | 0.050 ms | – | – |")
+    assert rows["P7 gate / broker CPU per lane request, a user with a token budget, real model, kept-alive"].endswith(
+        "| – | 0.500 ms / 0.120 ms | – | – |")
+    assert rows["Broker CPU per negotiation, owner / a user with a token budget (its reservation), real model, "
+                "kept-alive"].endswith("| 1.400 ms | 1.500 ms / 2.000 ms | – | – |")
+    assert rows["P7 gate / broker CPU per lane request, a user with a token budget, synthetic, `Connection: close`"
+                ].endswith("| – | – / – | – | – |")

@@ -55,3 +55,15 @@ def test_the_report_says_how_p7_was_measured() -> None:
             "tokens negotiated first, idle background subtracted): 0.432 ms (the broker meanwhile: 0.001 ms); "
             "the bare relay on the same requests (`Connection: close`), in rounds between: 0.250 ms.") in text
     assert "- Idle (nothing asked): gate 0.50 ms of CPU per second, broker 0.25 ms of CPU per second." in text
+
+
+def test_the_report_shows_a_budgeted_users_p7_beside_the_owners() -> None:
+    entry = {"kept_alive": False, "count": 200, "rounds": [{}], "gate_ms_per_request": 0.6,
+             "broker_ms_per_request": 0.05, "negotiation_ms_per_request": {"gate": 0.4, "broker": 1.25},
+             "budgeted": {"gate_ms_per_request": 0.625, "broker_ms_per_request": 0.125,
+                          "negotiation_ms_per_request": {"gate": 0.4, "broker": 1.75}}}
+    text = render_markdown({"machine": {}, "command": "bench", "duration_s": 1.0, "rows": [],
+                            "gate_cost": {"synthetic": entry}})
+    assert ("; a user with a token budget (each grant reserved, each end settled by the gate's report), in rounds "
+            "between: 0.625 ms (the broker: 0.125 ms); a negotiation's CPU, owner then that user: gate 0.400 / "
+            "0.400 ms, broker 1.250 / 1.750 ms.") in text
