@@ -17,7 +17,7 @@ from the body is never echoed unless it is harmless.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from llama_direct.refusals import FieldOutOfBounds, TemplateKwargNotAllowed
@@ -75,7 +75,7 @@ HARMLESS = "harmless"
 REFUSED = "refused"
 """The three classes of a body field: forwarded within a bound, forwarded as it is, or refused with
 a 400 naming it. Every other field is dropped. Each route's format has one table of its fields with
-their class and reason: `FIELD_COSTS` here for chat, and one in each shaper module."""
+their class and reason: `FIELD_COSTS` here for chat, and one in each shaper module (`route_fields`)."""
 
 FIELD_COSTS: dict[str, tuple[str, str]] = {
     "repeat_last_n": (BOUNDED, "sizes the penalty sampler's ring buffer at setup: -1 to the slot's context"),
@@ -157,6 +157,25 @@ def check_bounds_as(view: dict[str, Any], names: Mapping[str, str], *, context: 
 def classified(table: Mapping[str, tuple[str, str]], kind: str) -> frozenset[str]:
     """The names of one class (`BOUNDED`, `HARMLESS` or `REFUSED`) in a format's field table."""
     return frozenset(name for name, (cls, _reason) in table.items() if cls == kind)
+
+
+def forwarded(table: Mapping[str, tuple[str, str]]) -> frozenset[str]:
+    """The fields a format forwards: those within a bound and those harmless as they are."""
+    return classified(table, BOUNDED) | classified(table, HARMLESS)
+
+
+def route_fields(own: Mapping[str, tuple[str, str]], *, from_chat: Iterable[str] = (),
+                 denied: Iterable[str] = ()) -> dict[str, tuple[str, str]]:
+    """Another route format's field table, written once the same way: the fields it shares with chat
+    (with chat's bound and reason, `FIELD_COSTS`), its `model`, its own fields, then the fields chat
+    refuses (`shaping.DENIED_FIELDS`) that llama-server would read from this body too."""
+    return {
+        **{name: FIELD_COSTS[name] for name in from_chat},
+        "model": (BOUNDED, "must be the grant's model, which a router routes by"),
+        **own,
+        **{name: (REFUSED, "refused on chat (shaping.DENIED_FIELDS): llama-server reads it from this body too")
+           for name in sorted(denied)},
+    }
 
 
 def _check_last_n(shaped: dict[str, Any], name: str, context: int) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 from llama_direct.lanes import COMPLETIONS
 from llama_direct.refusals import BAD_INPUT, FieldOutOfBounds, RequestRefusal
 from llama_direct.tokens import Grant
-from llama_launcher.gate.bounds import BOUNDED, FIELD_COSTS, HARMLESS, REFUSED, check_bounds, classified
+from llama_launcher.gate.bounds import BOUNDED, REFUSED, check_bounds, classified, forwarded, route_fields
 from llama_launcher.gate.pinned import pinned_prompt
 from llama_launcher.gate.prompt_size import check_fits, measure
 from llama_launcher.gate.shaping import (
@@ -40,19 +40,15 @@ LENGTH_FIELDS = COMPLETIONS.length_fields
 
 _FROM_CHAT = (*SAMPLING_FIELDS, "stream_options", "n")
 
-FIELDS: dict[str, tuple[str, str]] = {
-    **{name: FIELD_COSTS[name] for name in _FROM_CHAT},
-    "model": (BOUNDED, "must be the grant's model"),
+FIELDS = route_fields({
     "prompt": (BOUNDED, "one string, within the slot's context by the prompt-size bound"),
     "max_tokens": (BOUNDED, "the generation's length: at most the grant's cap"),
     "n_predict": (BOUNDED, "llama-server's own length field, which wins over max_tokens: the same cap"),
     "logprobs": (BOUNDED, "llama-server's n_probs: every token carries that many, at most 20"),
-    **{name: (REFUSED, "refused on chat (shaping.DENIED_FIELDS): llama-server reads the body as its parameters")
-       for name in sorted(DENIED_FIELDS - {"prompt"})},
-}
+}, from_chat=_FROM_CHAT, denied=DENIED_FIELDS - {"prompt"})
 """Every field the route forwards or refuses; any other (`suffix`, `best_of`, …) is dropped."""
 
-ALLOWED = classified(FIELDS, BOUNDED) | classified(FIELDS, HARMLESS)
+ALLOWED = forwarded(FIELDS)
 REFUSED_FIELDS = classified(FIELDS, REFUSED)
 
 

@@ -12,21 +12,20 @@ from __future__ import annotations
 
 from llama_direct.refusals import BAD_INPUT, FieldOutOfBounds, RequestRefusal
 from llama_direct.tokens import Grant
-from llama_launcher.gate.bounds import BOUNDED, REFUSED, classified
+from llama_launcher.gate.bounds import BOUNDED, REFUSED, classified, forwarded, route_fields
 from llama_launcher.gate.pinned import pinned_prompt
 from llama_launcher.gate.prompt_size import MAX_INPUTS, check_inputs
 from llama_launcher.gate.shaping import ShapingPolicy, encode_body, open_body
 
-FIELDS: dict[str, tuple[str, str]] = {
-    "model": (BOUNDED, "must be the grant's model"),
+FIELDS = route_fields({
     "input": (BOUNDED, "a string or at most 64 strings, each within one slot, all within 8"),
     "encoding_format": (BOUNDED, "float or base64, as llama-server accepts (the OpenAI SDKs ask for base64)"),
     "content": (REFUSED, "llama-server's native input: token ids and images, past the input bounds"),
-}
+})
 """Every field the route forwards or refuses; any other (`dimensions`, `user`, `embd_normalize`) is
 dropped."""
 
-ALLOWED = classified(FIELDS, BOUNDED)
+ALLOWED = forwarded(FIELDS)
 REFUSED_FIELDS = classified(FIELDS, REFUSED)
 ENCODINGS = ("float", "base64")
 

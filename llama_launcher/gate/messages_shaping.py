@@ -35,7 +35,7 @@ from llama_direct.refusals import (
     RequestRefusal,
 )
 from llama_direct.tokens import Grant
-from llama_launcher.gate.bounds import BOUNDED, FIELD_COSTS, HARMLESS, REFUSED, check_bounds_as, classified
+from llama_launcher.gate.bounds import BOUNDED, HARMLESS, REFUSED, check_bounds_as, classified, forwarded, route_fields
 from llama_launcher.gate.pinned import MESSAGES_PIN
 from llama_launcher.gate.shaping import (
     ImageCounter,
@@ -48,9 +48,7 @@ from llama_launcher.gate.shaping import (
 
 LENGTH_FIELDS = MESSAGES.length_fields
 
-FIELDS: dict[str, tuple[str, str]] = {
-    **{name: FIELD_COSTS[name] for name in ("temperature", "top_p", "top_k", "stream", "chat_template_kwargs")},
-    "model": (BOUNDED, "must be the grant's model (a router routes by it)"),
+FIELDS = route_fields({
     "max_tokens": (BOUNDED, "the generation's length: at most the grant's cap, which is set when absent"),
     "messages": (BOUNDED, "the prompt: blocks rebuilt, images re-encoded, the slot's context"),
     "system": (BOUNDED, "becomes the system message: a string or text blocks, counted with the prompt"),
@@ -58,11 +56,11 @@ FIELDS: dict[str, tuple[str, str]] = {
     "tools": (BOUNDED, "custom tools only, their input_schema bounded as chat's; server tools refused"),
     "tool_choice": (HARMLESS, "auto, any, tool or none: picks among the bounded tools"),
     "thinking": (BOUNDED, "enabled sets llama-server's reasoning budget: budget_tokens from 1 to the cap"),
-}
+}, from_chat=("temperature", "top_p", "top_k", "stream", "chat_template_kwargs"))
 """Every field the route forwards; any other (`metadata`, `service_tier`, `container`, …) is dropped,
 since llama-server would not read it. No field is refused by name: llama-server copies none wholesale."""
 
-ALLOWED = classified(FIELDS, BOUNDED) | classified(FIELDS, HARMLESS)
+ALLOWED = forwarded(FIELDS)
 REFUSED_FIELDS = classified(FIELDS, REFUSED)
 
 _ROLES = ("user", "assistant")

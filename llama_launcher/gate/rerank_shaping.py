@@ -12,21 +12,20 @@ from __future__ import annotations
 
 from llama_direct.refusals import BAD_INPUT, RequestRefusal
 from llama_direct.tokens import Grant
-from llama_launcher.gate.bounds import BOUNDED, HARMLESS, classified
+from llama_launcher.gate.bounds import BOUNDED, HARMLESS, forwarded, route_fields
 from llama_launcher.gate.pinned import pinned_prompt
 from llama_launcher.gate.prompt_size import MAX_INPUTS, check_inputs
 from llama_launcher.gate.shaping import ShapingPolicy, encode_body, is_int, open_body
 
-FIELDS: dict[str, tuple[str, str]] = {
-    "model": (BOUNDED, "must be the grant's model"),
+FIELDS = route_fields({
     "query": (BOUNDED, "a string, tokenized with each document: each pair within one slot"),
     "documents": (BOUNDED, "at most 64 strings, each with the query within one slot, all within 8"),
     "top_n": (BOUNDED, "resizes the answer unchecked in llama-server: 1 to the number of documents"),
     "return_documents": (HARMLESS, "a bool llama-server ignores (Jina's format)"),
-}
+})
 """Every field the route forwards; any other (TEI's `texts` and `return_text`) is dropped."""
 
-ALLOWED = classified(FIELDS, BOUNDED) | classified(FIELDS, HARMLESS)
+ALLOWED = forwarded(FIELDS)
 
 
 def shape_rerank_body(body: bytes, grant: Grant, policy: ShapingPolicy) -> bytes:

@@ -34,12 +34,12 @@ from llama_direct.refusals import (
 from llama_direct.tokens import Grant
 from llama_launcher.gate.bounds import (
     BOUNDED,
-    FIELD_COSTS,
-    HARMLESS,
     REASONING_EFFORTS,
     REFUSED,
     check_bounds_as,
     classified,
+    forwarded,
+    route_fields,
 )
 from llama_launcher.gate.pinned import RESPONSES_PIN
 from llama_launcher.gate.shaping import (
@@ -58,9 +58,7 @@ LENGTH_FIELDS = RESPONSES.length_fields
 _FROM_CHAT = (*SAMPLING_FIELDS, "tool_choice", "parallel_tool_calls", "chat_template_kwargs", "reasoning_format")
 """Chat fields llama-server reads from the copied body, each with chat's bound and reason."""
 
-FIELDS: dict[str, tuple[str, str]] = {
-    **{name: FIELD_COSTS[name] for name in _FROM_CHAT},
-    "model": (BOUNDED, "must be the grant's model"),
+FIELDS = route_fields({
     "input": (BOUNDED, "the prompt: items and parts rebuilt, images re-encoded, the slot's context"),
     "instructions": (BOUNDED, "becomes the system message: a string, counted with the prompt"),
     "max_output_tokens": (BOUNDED, "the generation's length: at most the grant's cap"),
@@ -71,13 +69,11 @@ FIELDS: dict[str, tuple[str, str]] = {
     "previous_response_id": (REFUSED, "state by id: llama-server keeps no stored response, so none is a grant's"),
     "conversation": (REFUSED, "an OpenAI conversation by id: state llama-server does not keep"),
     "background": (REFUSED, "asks the server to store the response for a later fetch by id, which it cannot"),
-    **{name: (REFUSED, "refused on chat (shaping.DENIED_FIELDS): llama-server reads it from the copied body")
-       for name in sorted(DENIED_FIELDS)},
-}
+}, from_chat=_FROM_CHAT, denied=DENIED_FIELDS)
 """Every field the route forwards or refuses; any other (`store`, `include`, `metadata`, …,
 and chat's own `messages` or `max_tokens`) is dropped."""
 
-ALLOWED = classified(FIELDS, BOUNDED) | classified(FIELDS, HARMLESS)
+ALLOWED = forwarded(FIELDS)
 REFUSED_FIELDS = classified(FIELDS, REFUSED)
 
 _USER_ROLES = ("user", "system", "developer")
