@@ -38,8 +38,8 @@ class ModelEntry(TypedDict):
     """How much of a loading model's load is done (0..1), where the router reported it."""
     tools: NotRequired[bool]
     """Present (true) where the model's chat template takes tools (llama-server's `/props`,
-    `chat_template_caps.supports_tools`); absent where it does not or nobody knows (a router's models:
-    asking a model's `/props` loads it)."""
+    `chat_template_caps.supports_tools`, a router's model's own once it was loaded); absent where it does
+    not or nobody knows (a router's model never loaded yet: asking its `/props` would load it)."""
 
 
 class HealthSlots(TypedDict):

@@ -13,6 +13,7 @@ import itertools
 import math
 import time
 from dataclasses import dataclass
+from urllib.parse import quote
 
 from llama_direct.documents import HealthAnswer, HealthSlots, ModelEntry
 from llama_direct.llama_server import NotListening, public_name
@@ -55,6 +56,10 @@ class Health:
         self.context = FALLBACK_CONTEXT
         self.router = False
         self.models: dict[str, ModelState] = {}
+        self.router_tools: dict[str, bool] = {}
+        """Behind a router: whether each model's chat template takes tools, read from its `/props` once it
+        was loaded (`learn_router_tools`), for the router running now."""
+        self._router_props_failed: dict[str, float] = {}
         self.load_progress = LoadProgress(upstream)
         self._props_for: bytes | None = None
         self._digested: tuple[bytes, bytes] | None = None
@@ -116,13 +121,14 @@ class Health:
         if status == 200 and isinstance(props, dict):
             modalities = props.get("modalities")
             self.vision = isinstance(modalities, dict) and modalities.get("vision") is True
-            caps = props.get("chat_template_caps")
-            self.tools = isinstance(caps, dict) and caps.get("supports_tools") is True
+            self.tools = _takes_tools(props)
             settings = props.get("default_generation_settings")
             n_ctx = settings.get("n_ctx") if isinstance(settings, dict) else None
             if isinstance(n_ctx, int) and not isinstance(n_ctx, bool) and n_ctx > 0:
                 self.context = n_ctx
             self.router = props.get("role") == "router"
+            self.router_tools.clear()
+            self._router_props_failed.clear()
             if self.learn_name and not self.router:
                 await self._learn_name()
             self._props_for = digest
@@ -169,6 +175,27 @@ class Health:
                 self.models = parse_models(listing)
                 self.load_progress.watch(name for name, state in self.models.items() if state.status == "loading")
 
+    async def learn_router_tools(self) -> None:
+        """Read each loaded model's `/props` once: `GET /props?model=NAME&autoload=false`, which the router
+        answers from the model's child and never loads a model for (one unloaded since is a 400). Asking
+        an unloaded model's `/props` would load it, so a model not loaded yet is not known to take tools;
+        a failed read is retried after `PROPS_RETRY` seconds."""
+        now = time.monotonic()
+        for name, state in self.models.items():
+            if state.status != "loaded" or name in self.router_tools:
+                continue
+            if now - self._router_props_failed.get(name, -math.inf) < PROPS_RETRY:
+                continue
+            try:
+                status, props = await get_json(self.upstream, f"/props?model={quote(name, safe='')}&autoload=false",
+                                               timeout=HEALTH_TIMEOUT)
+            except Refusal:
+                status, props = 0, None
+            if status == 200 and isinstance(props, dict):
+                self.router_tools[name] = _takes_tools(props)
+            else:
+                self._router_props_failed[name] = now
+
     def _model_list(self, ready: bool) -> list[ModelEntry]:
         if self.router:
             return [self._router_entry(name, state) for name, state in self.models.items()]
@@ -179,6 +206,8 @@ class Health:
 
     def _router_entry(self, name: str, state: ModelState) -> ModelEntry:
         entry: ModelEntry = {"id": name, "status": state.status, "vision": state.vision}
+        if self.router_tools.get(name):
+            entry["tools"] = True
         progress = self.load_progress.of(name).get("progress")
         if progress is not None:
             entry["progress"] = progress
@@ -195,6 +224,7 @@ class Health:
             await self.ensure_props()
         if ready and self.router:
             await self._read_models()
+            await self.learn_router_tools()
         elif ready:
             with contextlib.suppress(Refusal):
                 status, found = await get_json(self.upstream, "/slots", timeout=HEALTH_TIMEOUT)
@@ -219,6 +249,12 @@ class ModelState:
 
 
 MODEL_STATES = frozenset({"unloaded", "loading", "loaded"})
+
+
+def _takes_tools(props: dict[str, object]) -> bool:
+    """Whether a `/props` answer says the chat template takes tools (`chat_template_caps.supports_tools`)."""
+    caps = props.get("chat_template_caps")
+    return isinstance(caps, dict) and caps.get("supports_tools") is True
 
 
 def parse_models(listing: object) -> dict[str, ModelState]:

@@ -73,3 +73,51 @@ def test_merging_keeps_tools_if_any_source_says_so() -> None:
     merged = merge_models([[{"id": "a", "status": "loaded", "vision": False}],
                            [{"id": "a", "status": "unloaded", "vision": False, "tools": True}]])
     assert merged == [{"id": "a", "status": "loaded", "vision": False, "tools": True}]
+
+
+ROUTER_PROPS = {"role": "router", "default_generation_settings": {"n_ctx": 0}}
+"""The router's own `/props`: no template of its own (each model's child has one)."""
+
+
+def router_snapshots(monkeypatch: pytest.MonkeyPatch, model_props: dict[str, tuple[int, Any]],
+                     rounds: int = 2) -> tuple[list[list[Any]], list[str]]:
+    """The gate's health `models` for `rounds` snapshots of a router listing alpha (loaded) and beta
+    (unloaded), whose `/props?model=NAME&autoload=false` answers `model_props[NAME]`; and every path asked."""
+    asked: list[str] = []
+    listing = {"data": [{"id": "alpha", "status": {"value": "loaded"}},
+                        {"id": "beta", "status": {"value": "unloaded"}}]}
+
+    async def get_json(upstream: Any, path: str, *, timeout: float) -> tuple[int, Any]:
+        asked.append(path)
+        if path.startswith("/props?model="):
+            name, _, rest = path.removeprefix("/props?model=").partition("&")
+            assert rest == "autoload=false"  # never a load for a read
+            return model_props[name]
+        return {"/health": (200, {"status": "ok"}), "/props": (200, ROUTER_PROPS), "/v1/models": (200, listing)}[path]
+
+    monkeypatch.setattr(health, "get_json", get_json)
+    monkeypatch.setattr(health, "HEALTH_INTERVAL", 0.0)
+
+    async def run() -> list[list[Any]]:
+        checker = Health(Upstream(), "alpha")
+        return [list((await checker.snapshot())["models"]) for _ in range(rounds)]
+
+    return asyncio.run(run()), asked
+
+
+def test_a_routers_loaded_model_is_listed_with_tools_from_its_own_props(monkeypatch: pytest.MonkeyPatch) -> None:
+    caps = {"chat_template_caps": {"supports_tools": True}}
+    snapshots, asked = router_snapshots(monkeypatch, {"alpha": (200, caps)})
+    for models in snapshots:
+        assert models == [{"id": "alpha", "status": "loaded", "vision": False, "tools": True},
+                          {"id": "beta", "status": "unloaded", "vision": False}]
+    assert [path for path in asked if path.startswith("/props?")] == ["/props?model=alpha&autoload=false"]  # once
+
+
+def test_a_routers_model_without_tools_or_unread_props_has_no_tools(monkeypatch: pytest.MonkeyPatch) -> None:
+    snapshots, _ = router_snapshots(monkeypatch, {"alpha": (200, {"chat_template_caps": {"supports_tools": False}})})
+    assert all("tools" not in model for models in snapshots for model in models)
+    failed, asked = router_snapshots(monkeypatch, {"alpha": (400, {"error": "model is not loaded"})})
+    assert all("tools" not in model for models in failed for model in models)
+    retried = [path for path in asked if path.startswith("/props?")]
+    assert retried == ["/props?model=alpha&autoload=false"]  # not at once: after PROPS_RETRY
