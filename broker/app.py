@@ -16,7 +16,6 @@ middleware) and `static` (the page).
 from __future__ import annotations
 
 import asyncio
-import json
 import mimetypes
 import time
 from collections.abc import Callable
@@ -37,7 +36,7 @@ from broker.access import (
     session_cookie,
     wants_html,
 )
-from broker.bodies import MAX_SMALL_BODY_BYTES, read_body
+from broker.bodies import MAX_SMALL_BODY_BYTES, read_body, read_document
 from broker.budget import settle
 from broker.core import BrokerCore
 from broker.metrics import METRICS
@@ -144,13 +143,7 @@ def _add_own_routes(app: FastAPI, core: BrokerCore, front: Front) -> None:
     async def echo(request: Request) -> Response:
         caller = await front.caller(request)
         grant_origin(core, request, caller, front.allowed_origins)
-        try:
-            raw = json.loads(await read_body(request, MAX_SMALL_BODY_BYTES))
-        except (ValueError, RecursionError):
-            raw = None
-        if not isinstance(raw, dict) or raw.keys() != {"text"} or not isinstance(raw["text"], str):
-            raise RequestRefusal(BAD_TOOL_INPUT)
-        return json_response({"result": raw["text"]})
+        return json_response({"result": await read_document(request, _echo_text, BAD_TOOL_INPUT)})
 
     @app.get("/{name:path}")
     async def static(name: str) -> Response:
@@ -159,6 +152,13 @@ def _add_own_routes(app: FastAPI, core: BrokerCore, front: Front) -> None:
             raise StarletteHTTPException(404)
         media_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
         return Response(data, media_type=media_type, headers={"Cache-Control": "no-cache"})
+
+
+def _echo_text(document: object) -> str | None:
+    """The echo tool's input, `{"text": "..."}`."""
+    if isinstance(document, dict) and document.keys() == {"text"} and isinstance(document["text"], str):
+        return document["text"]
+    return None
 
 
 def create_control_app(core: BrokerCore) -> FastAPI:
@@ -194,24 +194,14 @@ def create_control_app(core: BrokerCore) -> FastAPI:
     @app.post(LOADS_PATH)
     async def loads(request: Request) -> Response:
         """The gate charges a load to the user whose request causes it (llama_direct.control)."""
-        try:
-            charge = parse_load_charge(json.loads(await read_body(request, MAX_SMALL_BODY_BYTES)))
-        except (ValueError, RecursionError):
-            charge = None
-        if charge is None:
-            raise RequestRefusal(BAD_LOAD_CHARGE)
+        charge = await read_document(request, parse_load_charge, BAD_LOAD_CHARGE)
         core.charge_load(*charge, core.clock())
         return Response(status_code=204, headers=NO_STORE)
 
     @app.post(USAGE_PATH)
     async def usage(request: Request) -> Response:
         """The gate reports streams' starts and ends: their reservations held or settled, the ledger written."""
-        try:
-            reports = parse_usage_batch(json.loads(await read_body(request, MAX_USAGE_BODY_BYTES)))
-        except (ValueError, RecursionError):
-            reports = None
-        if reports is None:
-            raise RequestRefusal(BAD_USAGE_REPORT)
+        reports = await read_document(request, parse_usage_batch, BAD_USAGE_REPORT, MAX_USAGE_BODY_BYTES)
         await asyncio.to_thread(settle, core, reports)  # store writes (SQLite's commit, Redis): off the loop
         return Response(status_code=204, headers=NO_STORE)
 
@@ -224,13 +214,7 @@ def create_control_app(core: BrokerCore) -> FastAPI:
     @app.post(REVOKED_PATH)
     async def revoked(request: Request) -> Response:
         """A host app's broker beside this lane recorded a revocation: the gate must refuse it too."""
-        try:
-            found = parse_revocation(json.loads(await read_body(request, MAX_SMALL_BODY_BYTES)))
-        except (ValueError, RecursionError):
-            found = None
-        if found is None:
-            raise RequestRefusal(BAD_REVOCATION)
-        core.record_revocation(*found)
+        core.record_revocation(*await read_document(request, parse_revocation, BAD_REVOCATION))
         return Response(status_code=204, headers=NO_STORE)
 
     @app.get("/revocations")

@@ -8,9 +8,8 @@ llama-server's key, asks the router (`llama_direct.control.GATE_UNLOAD_PATH`).
 
 from __future__ import annotations
 
-import json
-
 from broker.access import Caller
+from broker.bodies import parsed
 from broker.core import BrokerCore
 from llama_direct.control import parse_unload_request
 from llama_direct.refusals import (
@@ -31,13 +30,7 @@ def may_unload(caller: Caller) -> bool:
 
 def unload_model_name(body: bytes) -> str:
     """The model an unload names: `{"model": NAME}` (`llama_direct.control.unload_request`), else 400."""
-    try:
-        model = parse_unload_request(json.loads(body))
-    except (ValueError, RecursionError):
-        model = None
-    if model is None:
-        raise RequestRefusal(BAD_UNLOAD)
-    return model
+    return parsed(body, parse_unload_request, BAD_UNLOAD)
 
 
 async def unload(core: BrokerCore, caller: Caller, body: bytes) -> dict[str, str]:
