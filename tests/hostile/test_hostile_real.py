@@ -144,6 +144,11 @@ CASES: list[tuple[str, Callable[[str], bytes], int, str]] = [
      "No such route on the direct lane."),
     ("router_unload", lambda t: request(t, target=b"/direct/models/unload", body={"model": ALIAS}), 404,
      "No such route on the direct lane."),
+    # The gate's own unload (the broker's, on its private socket only): the public port never serves it.
+    ("gate_private_unload", lambda t: request(t, target=b"/unload", body={"model": ALIAS}), 405,
+     "Method not allowed."),
+    ("lane_gate_unload", lambda t: request(t, target=b"/direct/unload", body={"model": ALIAS}), 404,
+     "No such route on the direct lane."),
     ("router_sse", lambda t: request(t, method=b"GET", target=b"/direct/models/sse", body=b""), 404,
      "No such route on the direct lane."),
     ("router_add", lambda t: request(t, target=b"/direct/models", body={"model": "/etc/passwd"}), 404,

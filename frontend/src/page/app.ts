@@ -10,6 +10,7 @@ import { Composer } from "./composer.ts";
 import { ScrollFollow } from "./follow.ts";
 import { showLane } from "./lane.ts";
 import { ModelLoad } from "./model_load.ts";
+import { ModelUnload } from "./model_unload.ts";
 import { ModelPicker } from "./models.ts";
 import { SettingsPanel } from "./settings.ts";
 import { Conversations } from "./sidebar.ts";
@@ -50,10 +51,12 @@ function start(): void {
     byId<HTMLSpanElement>("model-state"),
     showNotice,
   );
+  const unload = new ModelUnload(picker, byId<HTMLButtonElement>("model-unload"), showNotice);
   const toolsOffer = byId<HTMLLabelElement>("tools-offer");
   picker.onChoice = (model) => {
     composer.offerImages(model?.vision === true);
     load.show(model);
+    unload.show(model);
     // Demo tools only for a template that takes them: another model would answer in prose, or refuse.
     toolsOffer.hidden = model?.tools !== true;
   };

@@ -6,8 +6,7 @@
  * one-word prompt counted on the lane's token-counting route (`chat_input_tokens`), which tokenizes
  * and generates nothing. It goes through `directFetch`, so it negotiates its own grant and falls back
  * to the baseline as any lane request does; no route of its own, no right the user lacks.
- * Unloading is not offered: llama-server's `/models/unload` is never routed, and an unload would end
- * other users' replies.
+ * Unloading is the owner's alone (`model_unload.ts`): it ends other users' replies.
  */
 import { directFetch } from "../direct_fetch.ts";
 import { LANE_ROUTES } from "../lanes.ts";

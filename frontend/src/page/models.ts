@@ -68,6 +68,8 @@ function storedChoice(): string | null {
 
 export class ModelPicker {
   private models: ModelEntry[] = [];
+  /** Whether the broker lets this user unload a loaded model (`can_unload`: the owner, behind a router). */
+  canUnload = false;
   private stopPolling: (() => void) | null = null;
   private readonly watchers = new Set<(model: ModelEntry | undefined) => void>();
   /** Called with the chosen model's entry whenever the choice or the list changes. */
@@ -101,6 +103,7 @@ export class ModelPicker {
     const body = await this.read();
     if (body === undefined) return;
     this.models = parseModels(body);
+    this.canUnload = (body as { can_unload?: unknown } | null)?.can_unload === true;
     this.render();
   }
 

@@ -113,4 +113,31 @@ describe("model picker", () => {
     await page.screenshot({ path: artifact("models-loaded.png") });
     await page.close();
   });
+
+  it("unloads the loaded model on Unload, for the owner, through the broker, and offers Load again", async () => {
+    let page = await open();
+    await page.selectOption("#model", "beta");
+    expect((await send(page, "Hi.")).state).toBe("done"); // beta loaded
+    await page.close();
+    page = await open(); // a fresh read of the list: beta ready
+    await page.selectOption("#model", "beta");
+    const chosen = (status: string): boolean =>
+      document.querySelector<HTMLSelectElement>("#model")?.selectedOptions[0]?.dataset.status === status;
+    await page.waitForFunction(chosen, "loaded", { timeout: WAIT_MS });
+    const unload = page.locator("#model-unload");
+    await unload.waitFor({ state: "visible" });
+    const asked: string[] = [];
+    page.on("request", (request) => {
+      const path = new URL(request.url()).pathname;
+      if (path.includes("models/") || path.endsWith("direct-stream")) asked.push(`${request.method()} ${path}`);
+    });
+    await unload.click();
+    await page.waitForFunction(chosen, "unloaded", { timeout: WAIT_MS });
+    await unload.waitFor({ state: "hidden" });
+    await page.locator("#model-load").waitFor({ state: "visible" });
+    expect(asked).toEqual(["POST /v1/models/unload"]);
+    expect(await page.locator("#notice").isHidden()).toBe(true);
+    await page.screenshot({ path: artifact("models-unloaded.png") });
+    await page.close();
+  });
 });
