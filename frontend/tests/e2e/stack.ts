@@ -88,6 +88,15 @@ function descendants(root: number): number[] {
   return found;
 }
 
+/** The end of each process's log in a stack's data dir: what a start that never got ready was doing. */
+function logTails(dataDir: string): string {
+  const logs = join(dataDir, "logs");
+  if (!existsSync(logs)) return "(no logs)";
+  return readdirSync(logs)
+    .map((name) => `--- ${name} ---\n${readFileSync(join(logs, name), "utf8").slice(-3000)}`)
+    .join("\n");
+}
+
 function exited(child: ChildProcess): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
   return new Promise((done) => child.once("exit", () => done()));
@@ -131,8 +140,9 @@ export async function startStack(args: string[] = [], env: Record<string, string
   const deadline = Date.now() + READY_TIMEOUT_MS;
   while (!READY.test(stdout)) {
     if (child.exitCode !== null || Date.now() > deadline) {
+      const logs = logTails(dataDir); // read before stop() removes the data dir
       await stop();
-      throw new Error(`llama-direct serve did not become ready:\n${stderr}`);
+      throw new Error(`llama-direct serve did not become ready:\n${stderr}\n${logs}`);
     }
     await new Promise((r) => setTimeout(r, 100));
   }
