@@ -48,6 +48,9 @@ class Bed:
     stop_upstream: object
     before: ServeStack | None = None
     """The stack of the code at `bench --before REV`, when asked for."""
+    budgeted: str | None = None
+    """The API key of a user with a token budget on this code's stack (`request_cost.budgeted_user`),
+    once added: the `budgeted` lane negotiates with it, so each grant reserves and each end settles."""
 
     def pids(self) -> dict[str, int]:
         found = {
@@ -62,7 +65,8 @@ class Bed:
         return found
 
     def stack_for(self, lane: str) -> ServeStack:
-        """The serve stack a negotiated lane goes through: this code's (`direct`) or REV's (`before`)."""
+        """The serve stack a negotiated lane goes through: this code's (`direct`, `budgeted`) or REV's
+        (`before`)."""
         if lane == "before":
             if self.before is None:
                 raise ValueError("no before stack in this run (bench --before REV)")

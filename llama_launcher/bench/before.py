@@ -202,6 +202,9 @@ def render(results: dict[str, Any]) -> list[str]:
          _added(synthetic, "relay")),
         ("P3 added TTFT p50 / p99, real model (one-token streams)", "≤ +0.5 / +2 ms",
          _added(real, "before"), _added(real, "direct"), "–", _added(real, "relay")),
+        *[(f"P3 added TTFT p50 / p99, {upstream}, a user with a token budget", "–", "–",
+           _added(first, "budgeted"), "–", "–")
+          for upstream, first in (("synthetic", synthetic), ("real model", real))],
         *[(f"P5 {algorithm} verification per token", "≤ 100 µs" if algorithm == "ES256" else "–",
            _ms(verification.get(algorithm, {}).get("before_us"), ".0f", " µs"),
            _ms(verification.get(algorithm, {}).get("after_us"), ".0f", " µs"), "–", "–")

@@ -143,11 +143,12 @@ def _run_real(plan: Plan, work: Path, old: Path | None, results: dict[str, Any])
     _say("starting a real llama-server and the lanes in front of it")
 
     async def on_real(bed: Bed) -> None:
+        bed.budgeted = request_cost.budgeted_user(bed.stack)
         results["rounds"] += await scenarios.throughput(
             bed, real=True, levels=plan.levels, tokens=plan.real_tokens, reps=plan.reps, say=_say)
         results["gate_cost"]["real"] = await request_cost.gate_cost(
             bed, scenarios.chat_body(real=True, max_tokens=1), count=plan.cost_requests,
-            rounds=plan.cost_rounds, kept_alive=True, budgeted=request_cost.budgeted_user(bed.stack))
+            rounds=plan.cost_rounds, kept_alive=True, budgeted=bed.budgeted)
         results["many_models"]["single"] = await models.lane_vs_raw(bed, plan.model_ttfts)
         results["routes"] = await routes.compare(bed, levels=plan.levels[:2], tokens=plan.real_tokens,
                                                  reps=plan.reps, ttfts=plan.model_ttfts, say=_say)
@@ -207,11 +208,12 @@ def run_bench(plan: Plan, out: Path, command: str) -> dict[str, Any]:
             if "before" in results:
                 results["before"]["idle_cpu"] = {name: results["idle"]["ms_per_s"][f"before_{name}"]
                                                  for name in ("gate", "broker")}
+            bed.budgeted = request_cost.budgeted_user(bed.stack)
             results["rounds"] += await scenarios.throughput(
                 bed, real=False, levels=plan.levels, tokens=plan.synthetic_tokens, reps=plan.reps, say=_say)
             results["gate_cost"]["synthetic"] = await request_cost.gate_cost(
                 bed, scenarios.chat_body(real=False, max_tokens=1), count=plan.cost_requests * 5,
-                rounds=plan.cost_rounds, kept_alive=False, budgeted=request_cost.budgeted_user(bed.stack))
+                rounds=plan.cost_rounds, kept_alive=False, budgeted=bed.budgeted)
             anchor = haproxy_anchor.start_anchor(bed.upstream_socket, bed.key, work, model=SYNTHETIC_ALIAS,
                                                  cap=max_tokens)
             if anchor is None:

@@ -21,6 +21,7 @@ LABELS = {
     "studio": "(d) Studio-style proxy",
     "relay": "bare relay (floor)",
     "before": "(b) direct lane, the code before (`--before`)",
+    "budgeted": "(b) direct lane, a user with a token budget",
     "haproxy": "HAProxy 2.6 in the gate's place (ES256)",
 }
 UPSTREAMS = {"real": "real llama-server (SmolLM2-135M Q4_1)", "synthetic": "synthetic upstream, max rate"}

@@ -40,8 +40,9 @@ from llama_launcher.bench.stats import median, percentile
 REAL_PROMPT = "Write a long story about a robot who learns to paint. Describe every color it mixes."
 Say = Callable[[str], None]
 T = TypeVar("T")
-NEGOTIATED = ("direct", "before")
-"""The lanes whose request needs a token from a broker first: this code's, and REV's (`--before`)."""
+NEGOTIATED = ("direct", "before", "budgeted")
+"""The lanes whose request needs a token from a broker first: this code's, REV's (`--before`), and this
+code's for a user with a token budget (`Bed.budgeted`)."""
 FIRST_TOKEN_PROCESSES = ("gate", "broker", "relay", "before_gate", "before_broker")
 
 
@@ -70,7 +71,8 @@ async def _lane_target(bed: Bed, lane: str, max_tokens: int) -> tuple[Target, st
     if lane not in NEGOTIATED:
         return bed.target(lane), bed.authorization(lane), None
     stack = bed.stack_for(lane)
-    seconds, answer = await negotiate(Target(stack.public, "/"), stack.access_token, {"max_tokens": max_tokens})
+    credential = bed.budgeted if lane == "budgeted" and bed.budgeted is not None else stack.access_token
+    seconds, answer = await negotiate(Target(stack.public, "/"), credential, {"max_tokens": max_tokens})
     url = urllib.parse.urlsplit(answer["url"])
     assert url.hostname is not None and url.port is not None
     return Target((url.hostname, url.port), url.path + CHAT_PATH), f"Bearer {answer['token']}", seconds
@@ -167,7 +169,8 @@ async def first_token(bed: Bed, count: int, lanes: Sequence[str] = ("raw", "rela
 
     `anchor`: HAProxy in the gate's place (`haproxy_anchor`), measured as one more lane, its token
     minted before the clock starts as the direct lane's is negotiated before it. A bed with a
-    `before` stack measures it as one more lane, `before`, negotiated as `direct` is. `real`: the
+    `before` stack measures it as one more lane, `before`, negotiated as `direct` is; a bed with a
+    budgeted user, `budgeted`, the direct lane negotiated by that user (its reservation, before the clock). `real`: the
     real model's prompt (the bed's upstream is llama-server).
     """
     body = chat_body(real=real, max_tokens=1)
@@ -175,6 +178,8 @@ async def first_token(bed: Bed, count: int, lanes: Sequence[str] = ("raw", "rela
     pids = {name: pid for name, pid in bed.pids().items() if name in FIRST_TOKEN_PROCESSES}
     if bed.before is not None and "before" not in lanes:
         lanes = (*lanes, "before")
+    if bed.budgeted is not None and "budgeted" not in lanes:
+        lanes = (*lanes, "budgeted")
     if anchor is not None:
         lanes = (*lanes, haproxy_anchor.LANE)
         pids[haproxy_anchor.LANE] = anchor.pid

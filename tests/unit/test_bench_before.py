@@ -28,7 +28,7 @@ def _results() -> dict[str, Any]:
                         "direct": _lane(1.25, 3.0, gate=0.6), "before": _lane(1.75, 4.0, before_gate=0.9),
                         "haproxy": _lane(0.75, 1.5, haproxy=0.2)},
         "first_token_real": {"raw": _lane(15.0, 20.0), "relay": _lane(15.5, 21.0), "direct": _lane(16.0, 22.0),
-                             "before": _lane(17.0, 25.0)},
+                             "before": _lane(17.0, 25.0), "budgeted": _lane(16.5, 23.0)},
         "gate_cost": {"real": {"gate_ms_per_request": 0.45, "before": {"gate_ms_per_request": 1.2},
                                "relay": {"ms_per_request": 0.3}},
                       "synthetic": {"gate_ms_per_request": 0.5}},
@@ -47,6 +47,9 @@ def test_the_table_lines_up_before_after_haproxy_and_the_relay() -> None:
         "| +1.25 / +3.00 ms | +0.75 / +2.00 ms | +0.25 / +0.50 ms | +0.50 / +1.00 ms |")
     assert rows["P3 added TTFT p50 / p99, real model (one-token streams)"].endswith(
         "| +2.00 / +5.00 ms | +1.00 / +2.00 ms | – | +0.50 / +1.00 ms |")
+    assert rows["P3 added TTFT p50 / p99, real model, a user with a token budget"].endswith(
+        "| – | – | +1.50 / +3.00 ms | – | – |")  # REV has no budgets
+    assert rows["P3 added TTFT p50 / p99, synthetic, a user with a token budget"].endswith("| – | – | – | – | – |")
     assert rows["P5 ES256 verification per token"].endswith("| ≤ 100 µs | 210 µs | 95 µs | – | – |")
     assert rows["P7 gate CPU per lane request, real model, kept-alive"].endswith(
         "| 1.200 ms | 0.450 ms | – | 0.300 ms |")
