@@ -107,6 +107,84 @@ function modelOf(body: BodyInit | null | undefined): string | undefined {
   }
 }
 
+/** Returns the negotiation's own response when it was refused: the SDK reports that itself. */
+async function negotiate(
+  fetch: FetchLike,
+  negotiateUrl: string,
+  sdk: SdkRoute,
+  init: RequestInit | undefined,
+): Promise<Negotiated | Response> {
+  const model = modelOf(init?.body);
+  const asked: { route?: string; model?: string } = sdk.name === DEFAULT_ROUTE ? {} : { route: sdk.name };
+  if (model !== undefined) asked.model = model;
+  let response: Response;
+  try {
+    response = await fetch(negotiateUrl, {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(asked),
+      signal: init?.signal ?? null,
+    });
+  } catch (error) {
+    if (init?.signal?.aborted) throw error;
+    return { kind: "fallback" };
+  }
+  if (response.status !== 200) return response;
+  let answer: unknown;
+  try {
+    answer = await response.json();
+  } catch (error) {
+    if (init?.signal?.aborted) throw error;
+    return { kind: "fallback" };
+  }
+  const parsed = parseNegotiation(answer);
+  if (parsed === null) return { kind: "fallback" };
+  const fallbackUrl = parsed.fallback_url || undefined;
+  // A grant for another route would be refused on this one ("": a broker that names none).
+  if (parsed.supported && (parsed.route === "" || parsed.route === sdk.name)) {
+    return { kind: "grant", grant: { url: parsed.url, token: parsed.token, conversationId: parsed.conversation_id }, fallbackUrl };
+  }
+  return { kind: "fallback", fallbackUrl };
+}
+
+/** The lane's response, or null for a failure before its head that the baseline should mend. */
+async function lane(
+  fetch: FetchLike,
+  headTimeoutMs: number,
+  grant: Grant,
+  route: LaneRoute,
+  init: RequestInit | undefined,
+): Promise<Response | null> {
+  const controller = new AbortController();
+  const userSignal = init?.signal;
+  const follow = (): void => controller.abort(userSignal?.reason);
+  if (userSignal?.aborted) follow();
+  userSignal?.addEventListener("abort", follow, { once: true });
+  const timer = setTimeout(() => controller.abort(), headTimeoutMs);
+  const headers = ownHeaders(init);
+  headers.set("Authorization", `Bearer ${grant.token}`);
+  if (grant.conversationId !== null) headers.set("X-Conversation-Id", grant.conversationId);
+  try {
+    const response = await fetch(`${grant.url}${route.path}`, {
+      ...init,
+      headers,
+      credentials: "omit",
+      signal: controller.signal,
+    });
+    if (response.status === 401 || response.status === 403 || response.status >= 500) {
+      await discard(response);
+      return null;
+    }
+    return response;
+  } catch (error) {
+    if (userSignal?.aborted) throw error;
+    return null;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 export function directFetch(options: DirectFetchOptions = {}): DirectFetch {
   const fetch: FetchLike = options.fetch ?? ((input, init) => globalThis.fetch(input, init));
   const negotiateUrl = options.negotiateUrl ?? DEFAULTS.negotiateUrl;
@@ -115,82 +193,15 @@ export function directFetch(options: DirectFetchOptions = {}): DirectFetch {
   const toApp = (url: string, init: RequestInit | undefined): Promise<Response> =>
     fetch(url, { ...init, headers: ownHeaders(init), credentials: "same-origin" });
 
-  /** Returns the negotiation's own response when it was refused: the SDK reports that itself. */
-  async function negotiate(sdk: SdkRoute, init: RequestInit | undefined): Promise<Negotiated | Response> {
-    const model = modelOf(init?.body);
-    const asked: { route?: string; model?: string } = sdk.name === DEFAULT_ROUTE ? {} : { route: sdk.name };
-    if (model !== undefined) asked.model = model;
-    let response: Response;
-    try {
-      response = await fetch(negotiateUrl, {
-        method: "POST",
-        credentials: "same-origin",
-        headers: { "Content-Type": "application/json" },
-        body: JSON.stringify(asked),
-        signal: init?.signal ?? null,
-      });
-    } catch (error) {
-      if (init?.signal?.aborted) throw error;
-      return { kind: "fallback" };
-    }
-    if (response.status !== 200) return response;
-    let answer: unknown;
-    try {
-      answer = await response.json();
-    } catch (error) {
-      if (init?.signal?.aborted) throw error;
-      return { kind: "fallback" };
-    }
-    const parsed = parseNegotiation(answer);
-    if (parsed === null) return { kind: "fallback" };
-    const fallbackUrl = parsed.fallback_url || undefined;
-    // A grant for another route would be refused on this one ("": a broker that names none).
-    if (parsed.supported && (parsed.route === "" || parsed.route === sdk.name)) {
-      return { kind: "grant", grant: { url: parsed.url, token: parsed.token, conversationId: parsed.conversation_id }, fallbackUrl };
-    }
-    return { kind: "fallback", fallbackUrl };
-  }
-
-  /** The lane's response, or null for a failure before its head that the baseline should mend. */
-  async function lane(grant: Grant, route: LaneRoute, init: RequestInit | undefined): Promise<Response | null> {
-    const controller = new AbortController();
-    const userSignal = init?.signal;
-    const follow = (): void => controller.abort(userSignal?.reason);
-    if (userSignal?.aborted) follow();
-    userSignal?.addEventListener("abort", follow, { once: true });
-    const timer = setTimeout(() => controller.abort(), headTimeoutMs);
-    const headers = ownHeaders(init);
-    headers.set("Authorization", `Bearer ${grant.token}`);
-    if (grant.conversationId !== null) headers.set("X-Conversation-Id", grant.conversationId);
-    try {
-      const response = await fetch(`${grant.url}${route.path}`, {
-        ...init,
-        headers,
-        credentials: "omit",
-        signal: controller.signal,
-      });
-      if (response.status === 401 || response.status === 403 || response.status >= 500) {
-        await discard(response);
-        return null;
-      }
-      return response;
-    } catch (error) {
-      if (userSignal?.aborted) throw error;
-      return null;
-    } finally {
-      clearTimeout(timer);
-    }
-  }
-
   return async (input, init) => {
     if (input instanceof Request) throw new TypeError("directFetch takes a URL and init, as the OpenAI SDK passes them");
     const url = new URL(String(input), pageUrl());
     const sdk = routeOf((init?.method ?? "GET").toUpperCase(), url.pathname);
     if (sdk === undefined) return toApp(url.href, init);
-    const negotiated = await negotiate(sdk, init);
+    const negotiated = await negotiate(fetch, negotiateUrl, sdk, init);
     if (negotiated instanceof Response) return negotiated;
     if (negotiated.kind === "grant") {
-      const response = await lane(negotiated.grant, sdk.route, init);
+      const response = await lane(fetch, headTimeoutMs, negotiated.grant, sdk.route, init);
       if (response !== null) return response;
     }
     return toApp(fallbackFor(sdk, negotiated.fallbackUrl), init);
