@@ -15,6 +15,8 @@ from gate_fakes import (
 )
 from gate_scenarios import ask, run
 
+from llama_launcher.tls import self_signed_pair
+
 # -- the connection's life -------------------------------------------------------------------
 
 
@@ -93,7 +95,7 @@ def test_a_client_that_does_not_read_pauses_the_upstream() -> None:
 def test_tls_public_listener_tells_the_broker_https(tmp_path: Any) -> None:
     import ssl
 
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed_pair(tmp_path / "keys", "127.0.0.1")  # the launcher's own, a leaf for localhost
 
     async def scenario(h: Harness) -> None:
         context = ssl.create_default_context(cafile=str(cert))
@@ -105,39 +107,6 @@ def test_tls_public_listener_tells_the_broker_https(tmp_path: Any) -> None:
         client.close()
 
     run(scenario, tls_cert=str(cert), tls_key=str(key))
-
-
-def _self_signed(directory: Any) -> tuple[Any, Any]:
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    private = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(private.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(private, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        private.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return cert_path, key_path
 
 
 def test_closing_the_gate_drops_live_streams_and_their_upstreams() -> None:
