@@ -3,29 +3,19 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import pytest
+from route_shaping import POLICY, RouteShaper, grant_for
 
-from llama_direct.refusals import FieldOutOfBounds, RequestRefusal
-from llama_direct.tokens import Grant
+from llama_direct.refusals import FieldOutOfBounds
 from llama_launcher.gate.bounds import BOUNDED, HARMLESS, REFUSED
 from llama_launcher.gate.completions_shaping import ALLOWED, FIELDS, REFUSED_FIELDS, shape_completions_body
 from llama_launcher.gate.prompt_size import MAX_CHARS_PER_TOKEN
 from llama_launcher.gate.shaping import DENIED_FIELDS, ShapingPolicy
 
-GRANT = Grant(routes=(("POST", "/v1/completions"),), model="smollm2", max_tokens=256)
-POLICY = ShapingPolicy()
-
-
-def shape(request: dict[str, Any], policy: ShapingPolicy = POLICY) -> dict[str, Any]:
-    return json.loads(shape_completions_body(json.dumps(request).encode(), GRANT, policy))
-
-
-def refused(request: dict[str, Any], policy: ShapingPolicy = POLICY) -> RequestRefusal:
-    with pytest.raises(RequestRefusal) as caught:
-        shape(request, policy)
-    return caught.value
+GRANT = grant_for("/v1/completions")
+ROUTE = RouteShaper(shape_completions_body, GRANT)
+shape, refused = ROUTE.shape, ROUTE.refused
 
 
 def test_a_prompt_gets_the_model_and_the_cap() -> None:

@@ -2,30 +2,18 @@
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 import pytest
+from route_shaping import RouteShaper, grant_for
 
-from llama_direct.refusals import FieldOutOfBounds, RequestRefusal
-from llama_direct.tokens import Grant
+from llama_direct.refusals import FieldOutOfBounds
 from llama_launcher.gate.bounds import BOUNDED, REFUSED
 from llama_launcher.gate.embeddings_shaping import FIELDS, shape_embeddings_body
 from llama_launcher.gate.prompt_size import INPUT_CONTEXTS, MAX_CHARS_PER_TOKEN, MAX_INPUTS
 from llama_launcher.gate.shaping import ShapingPolicy
 
-GRANT = Grant(routes=(("POST", "/v1/embeddings"),), model="smollm2", max_tokens=256)
-POLICY = ShapingPolicy()
-
-
-def shape(request: dict[str, Any], policy: ShapingPolicy = POLICY) -> dict[str, Any]:
-    return json.loads(shape_embeddings_body(json.dumps(request).encode(), GRANT, policy))
-
-
-def refused(request: dict[str, Any], policy: ShapingPolicy = POLICY) -> RequestRefusal:
-    with pytest.raises(RequestRefusal) as caught:
-        shape(request, policy)
-    return caught.value
+GRANT = grant_for("/v1/embeddings")
+ROUTE = RouteShaper(shape_embeddings_body, GRANT)
+shape, refused = ROUTE.shape, ROUTE.refused
 
 
 def test_a_string_or_a_list_of_strings_passes_with_the_model_and_no_length() -> None:

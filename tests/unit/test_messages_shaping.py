@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 from PIL import Image
+from route_shaping import HI, POLICY, VISION, RouteShaper, grant_for, png_base64
 
-from llama_direct.refusals import FieldOutOfBounds, RequestRefusal
-from llama_direct.tokens import Grant
+from llama_direct.refusals import FieldOutOfBounds
 from llama_launcher.gate.bounds import BOUNDED, HARMLESS, MAX_STOP_STRINGS
 from llama_launcher.gate.messages_shaping import (
     ALLOWED,
@@ -22,27 +22,9 @@ from llama_launcher.gate.messages_shaping import (
 from llama_launcher.gate.prompt_size import MAX_CHARS_PER_TOKEN
 from llama_launcher.gate.shaping import ShapingPolicy
 
-GRANT = Grant(routes=(("POST", "/v1/messages"),), model="smollm2", max_tokens=256)
-POLICY = ShapingPolicy()
-VISION = ShapingPolicy(vision=True)
-HI = [{"role": "user", "content": "hi"}]
-
-
-def shape(request: dict[str, Any], policy: ShapingPolicy = POLICY, *, count: bool = False) -> dict[str, Any]:
-    shaper = shape_messages_count_body if count else shape_messages_body
-    return json.loads(shaper(json.dumps(request).encode(), GRANT, policy))
-
-
-def refused(request: dict[str, Any], policy: ShapingPolicy = POLICY) -> RequestRefusal:
-    with pytest.raises(RequestRefusal) as caught:
-        shape(request, policy)
-    return caught.value
-
-
-def png_base64() -> str:
-    out = io.BytesIO()
-    Image.new("RGB", (2, 2), (9, 9, 9)).save(out, format="PNG")
-    return base64.b64encode(out.getvalue()).decode()
+GRANT = grant_for("/v1/messages")
+ROUTE = RouteShaper(shape_messages_body, GRANT, shape_messages_count_body)
+shape, refused = ROUTE.shape, ROUTE.refused
 
 
 def image_block(source: dict[str, Any]) -> dict[str, Any]:

@@ -2,30 +2,19 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
+from route_shaping import RouteShaper, grant_for
 
-from llama_direct.refusals import RequestRefusal
-from llama_direct.tokens import Grant
 from llama_launcher.gate.bounds import BOUNDED, HARMLESS
 from llama_launcher.gate.prompt_size import MAX_CHARS_PER_TOKEN, MAX_INPUTS
 from llama_launcher.gate.rerank_shaping import FIELDS, shape_rerank_body
 from llama_launcher.gate.shaping import ShapingPolicy
 
-GRANT = Grant(routes=(("POST", "/v1/rerank"),), model="smollm2", max_tokens=256)
-POLICY = ShapingPolicy()
-
-
-def shape(request: dict[str, Any], policy: ShapingPolicy = POLICY) -> dict[str, Any]:
-    return json.loads(shape_rerank_body(json.dumps(request).encode(), GRANT, policy))
-
-
-def refused(request: dict[str, Any], policy: ShapingPolicy = POLICY) -> RequestRefusal:
-    with pytest.raises(RequestRefusal) as caught:
-        shape(request, policy)
-    return caught.value
+GRANT = grant_for("/v1/rerank")
+ROUTE = RouteShaper(shape_rerank_body, GRANT)
+shape, refused = ROUTE.shape, ROUTE.refused
 
 
 def test_a_query_and_documents_pass_with_the_model() -> None:

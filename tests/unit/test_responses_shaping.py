@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 from typing import Any
 
 import pytest
-from PIL import Image
+from route_shaping import POLICY, VISION, RouteShaper, grant_for, png_url
 
 from llama_direct.refusals import FieldOutOfBounds, RequestRefusal
-from llama_direct.tokens import Grant
 from llama_launcher.gate.bounds import BOUNDED, HARMLESS, MAX_STOP_STRINGS, REFUSED
 from llama_launcher.gate.prompt_size import MAX_CHARS_PER_TOKEN
 from llama_launcher.gate.responses_shaping import (
@@ -23,26 +20,9 @@ from llama_launcher.gate.responses_shaping import (
 )
 from llama_launcher.gate.shaping import DENIED_FIELDS, ShapingPolicy
 
-GRANT = Grant(routes=(("POST", "/v1/responses"),), model="smollm2", max_tokens=256)
-POLICY = ShapingPolicy()
-VISION = ShapingPolicy(vision=True)
-
-
-def shape(request: dict[str, Any], policy: ShapingPolicy = POLICY, *, count: bool = False) -> dict[str, Any]:
-    shaper = shape_responses_count_body if count else shape_responses_body
-    return json.loads(shaper(json.dumps(request).encode(), GRANT, policy))
-
-
-def refused(request: dict[str, Any], policy: ShapingPolicy = POLICY) -> RequestRefusal:
-    with pytest.raises(RequestRefusal) as caught:
-        shape(request, policy)
-    return caught.value
-
-
-def png_url(size: tuple[int, int] = (2, 2)) -> str:
-    out = io.BytesIO()
-    Image.new("RGB", size, (9, 9, 9)).save(out, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(out.getvalue()).decode()
+GRANT = grant_for("/v1/responses")
+ROUTE = RouteShaper(shape_responses_body, GRANT, shape_responses_count_body)
+shape, refused = ROUTE.shape, ROUTE.refused
 
 
 def test_a_string_input_gets_the_model_and_the_cap_under_max_output_tokens() -> None:

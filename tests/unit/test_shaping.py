@@ -3,10 +3,10 @@ import io
 import json
 
 import pytest
-from chat_shaping import GRANT, HI, VISION, png_url, refused, shape, shape_bytes
 from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
+from route_shaping import HI, VISION, RouteShaper, grant_for, png_url
 
 from llama_direct.refusals import (
     RequestRefusal,
@@ -17,7 +17,12 @@ from llama_launcher.gate.shaping import (
     DENIED_FIELDS,
     LENGTH_FIELDS,
     ShapingPolicy,
+    shape_chat_body,
 )
+
+GRANT = grant_for("/v1/chat/completions")
+ROUTE = RouteShaper(shape_chat_body, GRANT)
+shape_bytes, shape, refused = ROUTE.shape_bytes, ROUTE.shape, ROUTE.refused
 
 # --- the output -------------------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ kwargs, schemas)."""
 import json
 
 import pytest
-from chat_shaping import HI, POLICY, refused, shape, shape_bytes
+from route_shaping import HI, POLICY, RouteShaper, grant_for
 
 from llama_direct.refusals import (
     FIELD_OUT_OF_BOUNDS,
@@ -26,7 +26,12 @@ from llama_launcher.gate.bounds import (
 from llama_launcher.gate.shaping import (
     ALLOWED_FIELDS,
     ShapingPolicy,
+    shape_chat_body,
 )
+
+GRANT = grant_for("/v1/chat/completions")
+ROUTE = RouteShaper(shape_chat_body, GRANT)
+shape_bytes, shape, refused = ROUTE.shape_bytes, ROUTE.shape, ROUTE.refused
 
 # --- what one request may cost llama-server (bounds.py) -----------------------------------------
 
