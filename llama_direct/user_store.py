@@ -25,7 +25,7 @@ import math
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -35,6 +35,7 @@ from llama_direct.runtime import USERS_DB_FILE
 from llama_direct.tokens import LEEWAY_SECONDS, MAX_TTL_SECONDS
 from llama_direct.users import (
     SECRET_KINDS,
+    Admit,
     Credential,
     Limits,
     Listed,
@@ -77,10 +78,6 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     budget_sqlite.MIGRATION,  # 3: budgets' windows, reservations, and the usage ledger
 )
 """Each entry is one schema version's statements, applied in order; only ever append."""
-
-Admit = Callable[[int], None]
-"""Told how many users without secrets there are, inside an add's transaction: raises to refuse the add."""
-
 
 class StoreError(UserError):
     """The store cannot be used (a newer schema, a damaged file); the message says which, not a path."""

@@ -26,6 +26,7 @@ from llama_direct.budgets import Budget, Exhausted, LedgerRow, Reservation, Usag
 from llama_direct.refusals import SharedStateUnavailable
 from llama_direct.shared_replay import DEFAULT_TIMEOUT, REVOCATIONS_CHANNEL, REVOCATIONS_KEY, REVOKE_SCRIPT
 from llama_direct.users import (
+    Admit,
     Credential,
     Limits,
     Listed,
@@ -38,8 +39,6 @@ from llama_direct.users import (
 if TYPE_CHECKING:
     import redis
     import redis.client
-
-    from llama_direct.user_store import Admit
 
 USERS_KEY = "ld:users"
 USER_PREFIX = "ld:user:"

@@ -20,9 +20,14 @@ import math
 import re
 import secrets
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from llama_direct.tokens import OWNER
+
+Admit = Callable[[int], None]
+"""Told how many users without secrets there are, inside a store's add transaction (`UserStore.add`):
+raises to refuse the add. Here, beside the users, so that both stores name it without importing each other."""
 
 MAX_NAME_LENGTH = 64
 """Code points, after normalisation: a name is shown in listings and logs, never a paragraph."""
