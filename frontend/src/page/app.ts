@@ -29,20 +29,11 @@ function userKey(): string {
   return document.querySelector<HTMLMetaElement>('meta[name="llama-direct-user"]')?.content ?? "";
 }
 
-function start(): void {
-  bindTheme(byId<HTMLButtonElement>("theme"));
-  const form = byId<HTMLFormElement>("composer");
-  const send = byId<HTMLButtonElement>("send");
-  const stop = byId<HTMLButtonElement>("stop");
-  const list = byId<HTMLOListElement>("messages");
-  const empty = byId<HTMLParagraphElement>("empty");
-  const notice = byId<HTMLParagraphElement>("notice");
-  const toolsToggle = byId<HTMLInputElement>("tools");
-  const showNotice = (text: string): void => {
-    notice.textContent = text;
-    notice.hidden = text === "";
-  };
-  const composer = new Composer(showNotice);
+/** The model picker with its load and unload buttons: a choice offers images and tools as the model takes them. */
+function bindModels(
+  composer: Composer,
+  showNotice: (text: string) => void,
+): { picker: ModelPicker; toolsOffer: HTMLLabelElement } {
   const picker = new ModelPicker(byId<HTMLSelectElement>("model"));
   const load = new ModelLoad(
     picker,
@@ -62,6 +53,42 @@ function start(): void {
   };
   composer.offerImages(false);
   void picker.refresh();
+  return { picker, toolsOffer };
+}
+
+/** Send on submit and on Enter (Shift+Enter is a new line); stop on the button and on Escape. */
+function bindSendAndStop(form: HTMLFormElement, composer: Composer, stop: HTMLButtonElement, chat: Chat): void {
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    void chat.send();
+  });
+  composer.prompt.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      void chat.send();
+    }
+  });
+  stop.addEventListener("click", () => chat.stop());
+  document.addEventListener("keydown", (event) => {
+    if (event.key === "Escape") chat.stop();
+  });
+}
+
+function start(): void {
+  bindTheme(byId<HTMLButtonElement>("theme"));
+  const form = byId<HTMLFormElement>("composer");
+  const send = byId<HTMLButtonElement>("send");
+  const stop = byId<HTMLButtonElement>("stop");
+  const list = byId<HTMLOListElement>("messages");
+  const empty = byId<HTMLParagraphElement>("empty");
+  const notice = byId<HTMLParagraphElement>("notice");
+  const toolsToggle = byId<HTMLInputElement>("tools");
+  const showNotice = (text: string): void => {
+    notice.textContent = text;
+    notice.hidden = text === "";
+  };
+  const composer = new Composer(showNotice);
+  const { picker, toolsOffer } = bindModels(composer, showNotice);
   const follow = new ScrollFollow(byId<HTMLElement>("conversation"), byId<HTMLButtonElement>("jump"));
   bindContentActions(list);
   const settings = new SettingsPanel();
@@ -95,20 +122,7 @@ function start(): void {
     settings: () => settings.read(),
   });
 
-  form.addEventListener("submit", (event) => {
-    event.preventDefault();
-    void chat.send();
-  });
-  composer.prompt.addEventListener("keydown", (event) => {
-    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
-      event.preventDefault();
-      void chat.send();
-    }
-  });
-  stop.addEventListener("click", () => chat.stop());
-  document.addEventListener("keydown", (event) => {
-    if (event.key === "Escape") chat.stop();
-  });
+  bindSendAndStop(form, composer, stop, chat);
   composer.prompt.focus();
   const user = userKey();
   void ConversationStore.open(dbNameFor(user)).then((store) => {
