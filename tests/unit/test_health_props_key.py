@@ -7,27 +7,11 @@ import hashlib
 from typing import Any
 
 import pytest
+from health_upstream import ReadyUpstream
 
 from llama_launcher.gate import health
 from llama_launcher.gate.health import Health
 from llama_launcher.master_key import MasterKey
-
-
-class Upstream:
-    """What `Health` asks of an upstream, with the key swappable as a respawn swaps it."""
-
-    address = "/nowhere.sock"
-    ssl = None
-    host_header = b"localhost"
-
-    def __init__(self) -> None:
-        self.key = MasterKey.generate()
-
-    def authorization(self) -> bytes:
-        return self.key.authorization()
-
-    def is_ready(self) -> bool:
-        return True
 
 
 def test_props_are_read_once_per_key_and_again_after_a_respawn(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -46,7 +30,7 @@ def test_props_are_read_once_per_key_and_again_after_a_respawn(monkeypatch: pyte
 
     monkeypatch.setattr(health, "get_json", get_json)
     monkeypatch.setattr(health.hashlib, "sha256", sha256)
-    upstream = Upstream()
+    upstream = ReadyUpstream()
     state = Health(upstream, "m")
     assert not state.props_known
 

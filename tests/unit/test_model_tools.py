@@ -7,29 +7,12 @@ import asyncio
 from typing import Any
 
 import pytest
+from health_upstream import ReadyUpstream
 
 from broker.models import ModelInfo, listing, published
 from llama_direct.model_states import merge_models
 from llama_launcher.gate import health
 from llama_launcher.gate.health import Health
-from llama_launcher.master_key import MasterKey
-
-
-class Upstream:
-    """What `Health` asks of an upstream: ready, with a key."""
-
-    address = "/nowhere.sock"
-    ssl = None
-    host_header = b"localhost"
-
-    def __init__(self) -> None:
-        self.key = MasterKey.generate()
-
-    def authorization(self) -> bytes:
-        return self.key.authorization()
-
-    def is_ready(self) -> bool:
-        return True
 
 
 def snapshot_with(monkeypatch: pytest.MonkeyPatch, props: dict[str, Any]) -> list[Any]:
@@ -39,7 +22,7 @@ def snapshot_with(monkeypatch: pytest.MonkeyPatch, props: dict[str, Any]) -> lis
         return {"/health": (200, {"status": "ok"}), "/props": (200, props), "/slots": (200, [])}[path]
 
     monkeypatch.setattr(health, "get_json", get_json)
-    answer = asyncio.run(Health(Upstream(), "smol").snapshot())
+    answer = asyncio.run(Health(ReadyUpstream(), "smol").snapshot())
     return list(answer["models"])
 
 
@@ -99,7 +82,7 @@ def router_snapshots(monkeypatch: pytest.MonkeyPatch, model_props: dict[str, tup
     monkeypatch.setattr(health, "HEALTH_INTERVAL", 0.0)
 
     async def run() -> list[list[Any]]:
-        checker = Health(Upstream(), "alpha")
+        checker = Health(ReadyUpstream(), "alpha")
         return [list((await checker.snapshot())["models"]) for _ in range(rounds)]
 
     return asyncio.run(run()), asked
