@@ -212,31 +212,29 @@ def _small_route(method: bytes, target: bytes) -> Any:
     return act
 
 
-async def _over_the_connection_cap(h: Harness) -> Response:
-    held = [await Client.open(h.port) for _ in range(3)]  # type: ignore[arg-type]
-    try:
-        await asyncio.sleep(0.05)
-        response = await exchange(h, request(h.token()))
-        assert response.header(b"retry-after") == [b"2"]
-        return response
-    finally:
-        for client in held:
-            client.close()
+HEAD_UNFINISHED = b"POST /direct/v1/chat/completions HTTP/1.1\r\nHost: gate\r\n"
+"""A request head still arriving: no blank line ends it."""
 
 
-async def _over_the_pending_cap(h: Harness) -> Response:
-    """Two connections still sending their heads from 127.0.0.1: a third from it is turned away."""
-    held = [await Client.open(h.port) for _ in range(2)]  # type: ignore[arg-type]
-    try:
-        for client in held:
-            await client.send(b"POST /direct/v1/chat/completions HTTP/1.1\r\nHost: gate\r\n")
-        await asyncio.sleep(0.05)
-        response = await exchange(h, request(h.token()))
-        assert response.header(b"retry-after") == [b"2"]
-        return response
-    finally:
-        for client in held:
-            client.close()
+def _beyond_held(held_count: int, started: bytes = b"") -> Any:
+    """With `held_count` connections open from 127.0.0.1 (each having sent `started`: a head still
+    arriving), one more request is turned away with Retry-After."""
+
+    async def act(h: Harness) -> Response:
+        held = [await Client.open(h.port) for _ in range(held_count)]  # type: ignore[arg-type]
+        try:
+            for client in held:
+                if started:
+                    await client.send(started)
+            await asyncio.sleep(0.05)
+            response = await exchange(h, request(h.token()))
+            assert response.header(b"retry-after") == [b"2"]
+            return response
+        finally:
+            for client in held:
+                client.close()
+
+    return act
 
 
 async def _fifty_megabytes_announced(h: Harness) -> Response:
@@ -299,10 +297,10 @@ HTTP = [
          settings={"body_timeout": 0.3}, closes=True),
     Case("dripped_body", _dripped_body, 408, "The request did not arrive in time.",
          settings={"body_timeout": 0.3}, closes=True),
-    Case("over_the_connection_cap", _over_the_connection_cap, 503,
+    Case("over_the_connection_cap", _beyond_held(3), 503,
          "The server holds too many connections; try again in a moment.",
          settings={"max_connections": 3}, closes=True),
-    Case("over_the_pending_cap_per_address", _over_the_pending_cap, 503,
+    Case("over_the_pending_cap_per_address", _beyond_held(2, HEAD_UNFINISHED), 503,
          "Too many requests from your address are still arriving; try again in a moment.",
          settings={"max_pending_per_address": 2}, closes=True),
     *[Case(f"large_body_declared_to_{name}", _small_route(method, target), 413, "The request body is too large.",
