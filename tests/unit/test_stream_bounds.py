@@ -106,33 +106,6 @@ def test_a_resume_within_the_window_keeps_the_stream_and_its_end_stops_nothing()
     run(scenario, resume_window=0.5)
 
 
-def test_a_user_past_the_stream_limit_gets_429_too_many_streams_before_llama_server() -> None:
-    async def scenario(h: Harness) -> None:
-        h.behaviour.forever = True
-        h.behaviour.delay = 0.02
-        held = []
-        for _ in range(2):
-            client = await Client.open(h.port)
-            await client.send(chat_request(h.token()))
-            await client.reader.readuntil(b"\r\n\r\n")
-            held.append(client)
-        before = len(h.upstream_requests)
-        refused = await Client.open(h.port)
-        await refused.send(chat_request(h.token()))
-        response = await refused.response()
-        assert response.status == 429 and response.json()["error"]["reason"] == "too_many_streams"
-        assert len(h.upstream_requests) == before
-        held.pop().writer.transport.abort()
-        await _until(lambda: h.server.gate.streams.ledger.counts.get("alice") == 1)
-        again = await Client.open(h.port)
-        await again.send(chat_request(h.token()))
-        await again.reader.readuntil(b"\r\n\r\n")
-        for client in (*held, refused, again):
-            client.close()
-
-    run(scenario, streams_per_user=2)
-
-
 async def _hold(h: Harness, token: str) -> Client:
     """A stream that has its head and runs on (the fake upstream streams forever)."""
     client = await Client.open(h.port)
@@ -149,6 +122,24 @@ async def _refused(h: Harness, token: str) -> str:
     client.close()
     assert response.status == 429, response.status
     return str(response.json()["error"]["reason"])
+
+
+def test_a_user_past_the_stream_limit_gets_429_too_many_streams_before_llama_server() -> None:
+    async def scenario(h: Harness) -> None:
+        h.behaviour.forever = True
+        h.behaviour.delay = 0.02
+        held = [await _hold(h, h.token()) for _ in range(2)]
+        before = len(h.upstream_requests)
+        assert await _refused(h, h.token()) == "too_many_streams"
+        assert len(h.upstream_requests) == before
+        gone = held.pop()
+        gone.writer.transport.abort()
+        await _until(lambda: h.server.gate.streams.ledger.counts.get("alice") == 1)
+        again = await _hold(h, h.token())
+        for client in (*held, gone, again):
+            client.close()
+
+    run(scenario, streams_per_user=2)
 
 
 def test_a_grants_own_stream_limit_caps_its_user_below_the_gates() -> None:
@@ -186,12 +177,7 @@ def test_the_owner_is_not_capped_by_default() -> None:
     async def scenario(h: Harness) -> None:
         h.behaviour.forever = True
         h.behaviour.delay = 0.02
-        held = []
-        for _ in range(3):
-            client = await Client.open(h.port)
-            await client.send(chat_request(h.token()))
-            await client.reader.readuntil(b"\r\n\r\n")
-            held.append(client)
+        held = [await _hold(h, h.token()) for _ in range(3)]
         for client in held:
             client.close()
 
