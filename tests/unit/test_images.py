@@ -306,20 +306,25 @@ def test_pixel_cap_is_per_call():
     assert shape(data_url(image), ShapingPolicy(vision=True, max_image_pixels=110))
 
 
+def _pixels_refused_peak(image: bytes) -> int:
+    """The image refused for its pixels; the most memory its refusal took, in bytes."""
+    tracemalloc.start()
+    try:
+        refusal = refused(data_url(image))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert (refusal.status, refusal.code) == (400, "image_too_many_pixels")
+    return peak
+
+
 @pytest.mark.parametrize("size", [(20_000, 20_000), (10_000, 10_000), (8_000, 6_000), (40_001, 1_000)])
 def test_declared_bombs_are_refused_without_allocating(size):
     bomb = png_with_size(*size)
     assert len(bomb) < 200
     global_cap = Image.MAX_IMAGE_PIXELS
     filters = list(warnings.filters)
-    tracemalloc.start()
-    try:
-        refusal = refused(data_url(bomb))
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert (refusal.status, refusal.code) == (400, "image_too_many_pixels")
-    assert peak < 1_000_000
+    assert _pixels_refused_peak(bomb) < 1_000_000
     assert global_cap == Image.MAX_IMAGE_PIXELS
     assert warnings.filters == filters
 
@@ -327,14 +332,7 @@ def test_declared_bombs_are_refused_without_allocating(size):
 def test_a_real_bomb_is_refused_before_its_pixels_are_decoded():
     bomb = encode("PNG", Image.new("1", (8_000, 6_000)))
     assert len(bomb) < 100_000
-    tracemalloc.start()
-    try:
-        refusal = refused(data_url(bomb))
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert (refusal.status, refusal.code) == (400, "image_too_many_pixels")
-    assert peak < 2_000_000
+    assert _pixels_refused_peak(bomb) < 2_000_000
 
 
 def test_the_request_pixel_budget_is_shared_by_its_images():
