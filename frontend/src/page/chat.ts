@@ -192,14 +192,27 @@ export class Chat {
     turn.reply = reply;
     page.list.append(reply.root);
     page.showNotice("");
-    page.follow.resume();
     const controller = new AbortController();
     this.controller = controller;
     page.setBusy(true);
     const model = resume === undefined ? page.picker.value : undefined;
     if (model !== undefined) reply.showModel(model);
-    const unwatch = page.picker.watch((entry) => {
-      if (model !== undefined) reply.showModelLoading(model, entry?.status === "loading", entry?.progress);
+    // The request starts now; the scroll to the end (a layout read, free once the frame has painted) and
+    // the state poll (a fetch) wait until the message has painted, so the Send click's frame stays short.
+    // Watching ends when tokens flow.
+    let watching: (() => void) | null = null;
+    let watched = true;
+    const unwatch = (): void => {
+      watched = false;
+      watching?.();
+      watching = null;
+    };
+    void afterPaint().then(() => {
+      page.follow.resume();
+      if (!watched) return;
+      watching = page.picker.watch((entry) => {
+        if (model !== undefined) reply.showModelLoading(model, entry?.status === "loading", entry?.progress);
+      });
     });
     try {
       const events = resume === undefined ? this.request(turn, controller.signal, model) : resumeChat(resume, { signal: controller.signal });
@@ -249,4 +262,19 @@ export class Chat {
       if (event.type !== "text_delta" && event.type !== "reasoning_delta") page.follow.update();
     }
   }
+}
+
+/** How long the work after a paint waits for a frame before it runs anyway: a hidden tab paints none. */
+const PAINT_WAIT_MS = 100;
+
+/** Settles in a task after the next frame has painted, or after `PAINT_WAIT_MS` where no frame comes. */
+function afterPaint(): Promise<void> {
+  return new Promise((resolve) => {
+    const fallback = setTimeout(resolve, PAINT_WAIT_MS);
+    if (typeof requestAnimationFrame !== "function") return;
+    requestAnimationFrame(() => {
+      clearTimeout(fallback);
+      setTimeout(resolve, 0);
+    });
+  });
 }

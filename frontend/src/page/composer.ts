@@ -69,10 +69,12 @@ export class Composer {
     return this.prompt.value.trim();
   }
 
-  /** Put text in the box (empty to clear it) and fit the box to it. */
+  /** Put text in the box and fit the box to it; cleared, the box takes its CSS height again, with no
+   * layout read (a Send clears it, and that click's frame must stay short). */
   setText(text: string): void {
     this.prompt.value = text;
-    this.fit();
+    if (text === "") this.prompt.style.height = "";
+    else this.fit();
   }
 
   /** Grow with the text: the box's height follows its content, up to the CSS max-height. */
