@@ -25,6 +25,8 @@ pytestmark = pytest.mark.real
 
 CHAT = {"messages": [{"role": "user", "content": "Say hello."}], "stream": True, "max_tokens": 8}
 COOKIE = "llama_direct_session"
+Fleet = tuple[Stack, Stack, Forwarder, RedisServer, str]
+"""Two brokers' stacks on one llama-server, its forwarder, the shared Redis, and the HAProxy edge's address."""
 
 
 def _lane(stack: Stack, token: str, body: dict | None = None) -> httpx.Response:
@@ -39,7 +41,7 @@ def _reason(response: httpx.Response) -> str:
 
 @pytest.fixture
 def fleet(llama_server_binary: Path, model_path: Path,
-          tmp_path: Path) -> Iterator[tuple[Stack, Stack, Forwarder, RedisServer, str]]:
+          tmp_path: Path) -> Iterator[Fleet]:
     with one_server_two_brokers(llama_server_binary, model_path, tmp_path, "--token-ttl", "60",
                                 "--trusted-proxy", "127.0.0.1") as (a, b, upstream, redis), \
             haproxy_edge(tmp_path, [f"127.0.0.1:{stack.port}" for stack in (a, b)]) as edge:
@@ -50,9 +52,7 @@ def _chats(upstream: Forwarder) -> int:
     return len(upstream.requests(lambda line: line.startswith(b"POST")))
 
 
-def test_two_gates_share_replay_revocations_and_sessions_and_fail_closed_without_redis(
-    fleet: tuple[Stack, Stack, Forwarder, RedisServer, str],
-) -> None:
+def test_two_gates_share_replay_revocations_and_sessions_and_fail_closed_without_redis(fleet: Fleet) -> None:
     a, b, upstream, redis, edge = fleet
 
     # Through HAProxy: log in (whichever broker answers), then negotiate and stream, several times,
