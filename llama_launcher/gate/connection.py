@@ -314,15 +314,16 @@ class ClientConnection(asyncio.Protocol):
                 relay.detach()
 
     async def _open_lane(self, request: Request) -> Opened:
-        """Check the token (a use is spent there, first), the route and the body, plan, then connect."""
+        """Check the token (a use is spent there, first), the route (metered from there), the body; plan, connect."""
         gate = self.gate
         head = RequestHead(request.method.decode("ascii"), request.target, list(request.headers))
         claims = await gate.authorize(head)
         route = check_request(head, claims, lane_prefix=gate.config.lane_prefix)
+        self.usage = gate.usage.begin(claims, route, self.lane)
         body = await self._read_body()
         self.stream = gate.streams.open(claims, route)
         plan = await plan_lane(gate, route, claims, body, cors=self.listener.cors)
-        self.usage = gate.usage.begin(claims, route, self.lane)
+        self.usage = self.usage or gate.usage.resume(claims, route)
         if route.lane.conversation == "stops":
             gate.streams.cancelled(route, plan.attempts.members)
         return await self._connect_lane(plan, functools.partial(self._relay, request, plan.cors, strip_cors=True))

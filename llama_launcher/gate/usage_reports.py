@@ -2,12 +2,13 @@
 
 The broker reserved the grant's `max_tokens` from its user's budget (`llama_direct.budgets`); only the
 gate sees the stream, so only the gate can say what it used. For each request in a generating format,
-`begin` makes a `Metered`: the grant's id, user, model, route and lane, and a `UsageTail` the relay
-feeds a copy of the answer's last bytes. When the relay ends, `end` reads the usage llama-server
-reported there and posts `ended` on the broker's control socket:
+`begin` makes a `Metered` once its grant is spent: the grant's id, user, model, route and lane, and a
+`UsageTail` the relay feeds a copy of the answer's last bytes. When the relay ends, `end` reads the
+usage llama-server reported there and posts `ended` on the broker's control socket:
 
 - the end was relayed, 2xx: the tokens found (none found: as an end not seen);
-- the end was relayed, any other status, or the upstream failed before its head: nothing generated;
+- the end was relayed, any other status, the upstream failed before its head, or the gate refused the
+  request after spending its grant: nothing generated;
 - the client left or the upstream was cut mid-answer: the end was not seen, and the broker charges the
   whole reservation.
 
@@ -129,16 +130,12 @@ class UsageReporter:
         """Resumable streams whose client left, by conversation: a resume's end may settle them."""
 
     def begin(self, claims: Claims, route: Route, lane: str) -> Metered | None:
-        """A request about to be forwarded: metered when its route generates (a count or an embedding
-        generates nothing), or when it resumes a stream whose end is still to be seen."""
+        """A request whose grant was just spent: metered when its route generates (a count or an
+        embedding generates nothing). Metered from the spend, not from the forwarding: a refusal after
+        it ends it as nothing generated, so the broker frees its reservation and stream slot at once
+        (the grant can never be used again); a refusal before the spend has no `Metered`, and its
+        grant keeps its slot, since it may still be used."""
         entry = route.lane
-        if entry.conversation == "resumes":
-            parked = self._parked.get(route.conversation_id or "")
-            if parked is None or parked.sub != claims.sub:
-                return None
-            del self._parked[route.conversation_id or ""]
-            _cancel(parked)
-            return parked.resumed()
         if entry.body is None or entry.body not in GENERATING_FORMATS:
             return None
         conversation = route.conversation_id if entry.conversation == "opens" else None
@@ -146,6 +143,18 @@ class UsageReporter:
         delay = claims.exp - time.time()
         metered.timer = asyncio.get_running_loop().call_later(max(delay, 0.0), self._started, metered)
         return metered
+
+    def resume(self, claims: Claims, route: Route) -> Metered | None:
+        """A resume about to be forwarded: the stream it resumes, when its end is still to be seen. Taken
+        only once the resume is forwarded: a refused resume leaves that stream parked."""
+        if route.lane.conversation != "resumes":
+            return None
+        parked = self._parked.get(route.conversation_id or "")
+        if parked is None or parked.sub != claims.sub:
+            return None
+        del self._parked[route.conversation_id or ""]
+        _cancel(parked)
+        return parked.resumed()
 
     def end(self, metered: Metered, *, status: int | None, complete: bool, chunked: bool) -> Usage | None:
         """The relay ended: the report goes out as a task; the usage found, for the metrics."""

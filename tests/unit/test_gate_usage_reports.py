@@ -128,14 +128,34 @@ def test_a_stream_that_outlives_its_grant_is_reported_started_first() -> None:
     run(scenario)
 
 
-def test_a_refused_request_reports_nothing() -> None:
+async def refused(h: Harness, request: bytes, status: int) -> None:
+    client = await Client.open(h.port)
+    await client.send(request)
+    assert (await client.response()).status == status
+    client.close()
+
+
+def test_a_request_refused_after_its_grant_was_spent_generated_nothing() -> None:
+    """Its grant can never be used again: reported at once, so the broker frees its reservation and its
+    user's stream slot now, not 35 s after the grant expires. Its replay, refused at the replay check,
+    and a request whose token did not verify report nothing (the grant of the latter is still usable);
+    neither does a refused request of a route that generates nothing."""
+
     async def scenario(h: Harness) -> None:
-        client = await Client.open(h.port)
-        await client.send(chat_request(h.token(), b'{"messages":[],"stream":true,"max_tokens":100000}'))
-        assert (await client.response()).status == 400
-        client.close()
-        await asyncio.sleep(0.2)
-        assert h.usage == []
+        token = h.token()
+        over_cap = chat_request(token, b'{"messages":[],"stream":true,"max_tokens":100000}')
+        await refused(h, over_cap, 400)
+        [report] = await reports(h, 1)
+        assert report == {"jti": jti_of(token), "sub": "alice", "model": "smollm2", "route": "chat",
+                          "lane": "direct", "phase": "ended", "prompt_tokens": 0, "completion_tokens": 0}
+        await refused(h, over_cap, 401)  # spent: refused at the replay check
+        await refused(h, chat_request(h.token(audience="elsewhere")), 401)
+        embeddings = h.token(scope="embeddings", routes=(("POST", "/v1/embeddings"),))
+        await refused(h, chat_request(embeddings, b'not json').replace(
+            b"/v1/chat/completions", b"/v1/embeddings"), 400)
+        fine = h.token()
+        await refused(h, chat_request(fine), 200)  # the next report is this one's: none came between
+        assert [r["jti"] for r in await reports(h, 2)] == [jti_of(token), jti_of(fine)]
 
     run(scenario)
 
