@@ -130,6 +130,27 @@ def test_a_users_own_stream_limit_caps_them_and_nobody_else(stack: Stack) -> Non
         assert answer.status_code == 200 and b"data: [DONE]" in answer.content
 
 
+def test_a_grant_the_gate_refused_after_spending_it_frees_its_stream_at_once(stack: Stack) -> None:
+    """Gil has `--streams 1`: her lane request asks for more tokens than her grant allows, and the gate
+    refuses it once it has spent the grant. Reported as nothing generated, the grant frees her stream at
+    once, not 35 s after it expires: she negotiates again as soon as the report settled it (its ledger row,
+    0 tokens), and streams."""
+    gil = _add(stack, "gil", "--streams", "1")
+    with httpx.Client(timeout=30) as script:
+        def grant() -> dict[str, Any]:
+            return _negotiate(script, stack.base, Authorization=f"Bearer {gil['API key']}")
+
+        spent = grant()
+        over = httpx.post(spent["url"] + "/v1/chat/completions", json={**CHAT, "max_tokens": 100_000}, timeout=120,
+                          headers={"Authorization": f"Bearer {spent['token']}"})
+        assert (over.status_code, over.json()["error"]["reason"]) == (400, "length_over_cap"), over.text
+        while not (rows := _usage(script, stack, gil)["rows"]):  # the refusal's report, settled
+            time.sleep(0.1)
+        assert [(row["requests"], row["completion_tokens"]) for row in rows] == [(1, 0)], rows
+        answer = _stream(grant())
+        assert answer.status_code == 200 and b"data: [DONE]" in answer.content
+
+
 def _usage(client: httpx.Client, stack: Stack, who: dict[str, str]) -> dict[str, Any]:
     answer = client.get(stack.base + "/v1/usage", headers={"Authorization": f"Bearer {who['API key']}"})
     assert answer.status_code == 200, answer.text
