@@ -98,6 +98,18 @@ def check_request(head: RequestHead, claims: Claims, *, lane_prefix: str = LANE_
     return Route(head.method, lane_path, lane, grant.conversation_id)
 
 
+def metered_lane(head: RequestHead, claims: Claims, lane_prefix: str = LANE_PREFIX) -> LaneRoute | None:
+    """The lane route a request whose grant was just spent is metered by, before `check_request` may
+    refuse it: the request's, where its grant has it; else the grant's own, where it names one (the
+    broker's always do: the route it reserved for). So a refusal of the route settles the grant too."""
+    try:
+        path, _query = _split_target(head.target)
+        return _granted_route(head.method, _lane_path(path, lane_prefix), claims.grant)
+    except RequestRefusal:
+        routes = claims.grant.routes
+        return ROUTE_AT.get(routes[0]) if len(routes) == 1 else None
+
+
 def allowed_preflight(
     origin: str,
     allowed_origins: frozenset[str],

@@ -35,6 +35,7 @@ import time
 
 from llama_direct.budgets import GENERATING_FORMATS, UsageReport
 from llama_direct.control import USAGE_PATH, usage_batches
+from llama_direct.lanes import LaneRoute
 from llama_direct.refusals import Refusal
 from llama_direct.tokens import Claims
 from llama_launcher.gate.scope import Route
@@ -129,16 +130,15 @@ class UsageReporter:
         self._parked: dict[str, Metered] = {}
         """Resumable streams whose client left, by conversation: a resume's end may settle them."""
 
-    def begin(self, claims: Claims, route: Route, lane: str) -> Metered | None:
-        """A request whose grant was just spent: metered when its route generates (a count or an
-        embedding generates nothing). Metered from the spend, not from the forwarding: a refusal after
-        it ends it as nothing generated, so the broker frees its reservation and stream slot at once
-        (the grant can never be used again); a refusal before the spend has no `Metered`, and its
-        grant keeps its slot, since it may still be used."""
-        entry = route.lane
-        if entry.body is None or entry.body not in GENERATING_FORMATS:
+    def begin(self, claims: Claims, entry: LaneRoute | None, lane: str) -> Metered | None:
+        """A request whose grant was just spent: metered when its lane route (`scope.metered_lane`)
+        generates (a count or an embedding generates nothing). Metered from the spend, not from the
+        forwarding: a refusal after it ends it as nothing generated, so the broker frees its
+        reservation and stream slot at once (the grant can never be used again); a refusal before the
+        spend has no `Metered`, and its grant keeps its slot, since it may still be used."""
+        if entry is None or entry.body is None or entry.body not in GENERATING_FORMATS:
             return None
-        conversation = route.conversation_id if entry.conversation == "opens" else None
+        conversation = claims.grant.conversation_id if entry.conversation == "opens" else None
         metered = Metered(claims.jti, claims.sub, claims.grant.model, entry.name, lane, entry.body, conversation)
         delay = claims.exp - time.time()
         metered.timer = asyncio.get_running_loop().call_later(max(delay, 0.0), self._started, metered)

@@ -160,6 +160,21 @@ def test_a_request_refused_after_its_grant_was_spent_generated_nothing() -> None
     run(scenario)
 
 
+def test_a_request_refused_for_its_route_or_headers_settles_its_spent_grant_too() -> None:
+    """Refused by the head's check, after the spend: metered by the route the grant names."""
+
+    async def scenario(h: Harness) -> None:
+        elsewhere = h.token()
+        await refused(h, chat_request(elsewhere).replace(b"/v1/chat/completions", b"/v1/completions"), 403)
+        bound = h.token(origin="https://app.example")
+        await refused(h, chat_request(bound, extra=b"Origin: https://evil.example\r\n"), 403)
+        first, second = await reports(h, 2)
+        assert [(r["jti"], r["route"], r["prompt_tokens"], r["completion_tokens"]) for r in (first, second)] == [
+            (jti_of(elsewhere), "chat", 0, 0), (jti_of(bound), "chat", 0, 0)]
+
+    run(scenario)
+
+
 def resumable(h: Harness, conversation: str) -> tuple[str, bytes]:
     token = h.token(conversation_id=conversation)
     return token, chat_request(token, extra=b"X-Conversation-Id: " + conversation.encode() + b"\r\n")
