@@ -136,6 +136,9 @@ def test_a_child_refuses_a_request_without_the_key(router: Stack) -> None:
     assert httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=10).status_code == 401
 
 
+LOADS_WATCHED = 8
+
+
 def _load_seen(router: Stack) -> tuple[list[tuple[float, str]], list[float], list[float]]:
     """Beta loaded by a streamed chat while the client polls `/v1/models`: what it saw, when the first
     token and the first progress event came."""
@@ -170,10 +173,12 @@ def _load_seen(router: Stack) -> tuple[list[tuple[float, str]], list[float], lis
 
 def test_load_state_reaches_the_client_before_the_first_token(router: Stack) -> None:
     """The listing a client polls is the gate's health, at most 1.5 s old (the broker's 1 s, the gate's
-    0.5 s), and the small model loads in about half a second: one load can fall between two reads.
-    So up to three loads are watched; the state must reach the client before the first token in one."""
+    0.5 s), and the small model loads in 0.3 to 0.5 s on a quiet box: a load often falls between two
+    reads (CI saw three in a row do so). So up to eight loads are watched; the state must reach the
+    client before the first token in one. What a load always shows before its first token, whatever
+    its length, is the stream's own progress, checked in each."""
     attempts = []
-    for _ in range(3):
+    for _ in range(LOADS_WATCHED):
         seen, first_token, progress = _load_seen(router)
         assert first_token
         assert progress and progress[0] <= first_token[0]
@@ -181,7 +186,7 @@ def test_load_state_reaches_the_client_before_the_first_token(router: Stack) -> 
         if loading and loading[0] < first_token[0]:
             return
         attempts.append(seen)
-    raise AssertionError(f"no load was seen before its first token in three: {attempts}")
+    raise AssertionError(f"no load was seen before its first token in {LOADS_WATCHED}: {attempts}")
 
 
 def test_resume_of_a_stream_from_the_second_model(router: Stack) -> None:
