@@ -1,6 +1,6 @@
 /** What the Load control shows for each model state, and what a refused load says to a user. */
 import { describe, expect, it } from "vitest";
-import { loadRefusal, loadState } from "../src/page/model_load.ts";
+import { heldAsLoading, loadRefusal, loadState, STALE_LISTINGS } from "../src/page/model_load.ts";
 
 describe("loadState", () => {
   it("offers Load only for a model that is not loaded", () => {
@@ -25,5 +25,23 @@ describe("loadRefusal", () => {
     expect(loadRefusal(401, null)).toBe("Your session has ended: log in again to load a model.");
     expect(loadRefusal(400, null)).toBe("This model is not available to you.");
     expect(loadRefusal(500, null)).toBe("The model could not be loaded.");
+  });
+});
+
+describe("heldAsLoading", () => {
+  it("takes a 'not loaded' listing of the model just loaded as stale, while listings are left to hold", () => {
+    const holding = { id: "alpha", left: STALE_LISTINGS };
+    expect(STALE_LISTINGS).toBeGreaterThanOrEqual(2); // the first read after a load may be 1.5 s old
+    expect(heldAsLoading({ id: "alpha", status: "unloaded" }, holding)).toBe(true);
+    expect(heldAsLoading({ id: "alpha", status: "unloaded" }, { id: "alpha", left: 0 })).toBe(false);
+  });
+
+  it("holds nothing for another model, a model listed loading or loaded, or no load", () => {
+    const holding = { id: "alpha", left: STALE_LISTINGS };
+    expect(heldAsLoading({ id: "beta", status: "unloaded" }, holding)).toBe(false);
+    expect(heldAsLoading({ id: "alpha", status: "loading" }, holding)).toBe(false);
+    expect(heldAsLoading({ id: "alpha", status: "loaded" }, holding)).toBe(false);
+    expect(heldAsLoading({ id: "alpha", status: "unloaded" }, null)).toBe(false);
+    expect(heldAsLoading(undefined, holding)).toBe(false);
   });
 });

@@ -37,9 +37,24 @@ export function loadRefusal(status: number, retryAfter: string | null): string {
   return "The model could not be loaded.";
 }
 
+/**
+ * How many more "not loaded" listings of a model just loaded are taken as stale. The list the page reads
+ * is up to 1.5 s old (the broker's cache, the gate's poll of the router), and a small model loads in
+ * less: the first read after a load that answered can still say "not loaded". The poll reads every 2 s.
+ */
+export const STALE_LISTINGS = 4;
+
+/** Whether a listing of `model` is taken as stale: it says "not loaded" while `holding` is about it. */
+export function heldAsLoading(model: ModelEntry | undefined, holding: { id: string; left: number } | null): boolean {
+  return model !== undefined && model.status === "unloaded" && holding !== null && holding.id === model.id && holding.left > 0;
+}
+
 export class ModelLoad {
   private unwatch: (() => void) | null = null;
-  /** A load request is in flight: the router may list the model unloaded until it starts. */
+  /** The model being loaded, and how many "not loaded" listings of it are still taken as stale: every
+   * one while its request is in flight (the router may list it unloaded until the load starts), then
+   * `STALE_LISTINGS` once the request answered. */
+  private holding: { id: string; left: number } | null = null;
   private pending = false;
   private readonly send = directFetch();
 
@@ -55,7 +70,11 @@ export class ModelLoad {
 
   /** Show the Load control, or the load's progress, for the chosen model's entry. */
   show(model: ModelEntry | undefined): void {
-    if (this.pending && model?.status === "unloaded") return;
+    if (heldAsLoading(model, this.holding)) {
+      if (!this.pending && this.holding !== null) this.holding.left -= 1;
+      return;
+    }
+    if (model?.status !== "unloaded") this.holding = null;
     const state = loadState(model);
     this.button.hidden = !state.offer;
     this.button.disabled = false;
@@ -73,6 +92,7 @@ export class ModelLoad {
     const model = this.picker.value;
     if (model === undefined) return;
     this.pending = true;
+    this.holding = { id: model, left: STALE_LISTINGS };
     this.button.disabled = true;
     this.words.textContent = "Loading…";
     this.words.hidden = false;
@@ -88,13 +108,17 @@ export class ModelLoad {
       });
     } catch {
       this.pending = false;
+      this.holding = null;
       this.failed("The model could not be loaded: the server did not answer.");
       await this.picker.refresh();
       return;
     }
     await answer.body?.cancel().catch(() => undefined);
     this.pending = false;
-    if (!answer.ok) this.failed(loadRefusal(answer.status, answer.headers.get("Retry-After")));
+    if (!answer.ok) {
+      this.holding = null;
+      this.failed(loadRefusal(answer.status, answer.headers.get("Retry-After")));
+    }
     await this.picker.refresh();
   }
 
