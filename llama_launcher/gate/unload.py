@@ -46,7 +46,7 @@ async def _unload_one(member: Member, model: str) -> bool:
     (llama-server answers 400 "model is not running" for one that is not loaded)."""
     try:
         status = await send_request(member.upstream, "POST", "/models/unload", timeout=UNLOAD_TIMEOUT,
-                                    document={"model": model})
+                                    body=json.dumps({"model": model}).encode())
     except Refusal:
         return False
     return status == 200 or await member.health.model_status(model) == "unloaded"

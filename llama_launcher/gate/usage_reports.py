@@ -39,7 +39,7 @@ from llama_direct.lanes import LaneRoute
 from llama_direct.refusals import Refusal
 from llama_direct.tokens import Claims
 from llama_launcher.gate.scope import Route
-from llama_launcher.gate.upstream import post_json
+from llama_launcher.gate.upstream import send_request
 from llama_launcher.gate.usage_tail import Usage, UsageTail
 
 log = logging.getLogger(__name__)
@@ -216,7 +216,7 @@ class UsageReporter:
 
     async def _post(self, body: bytes) -> None:
         try:
-            status = await post_json(self._broker, USAGE_PATH, body, timeout=REPORT_TIMEOUT)
+            status = await send_request(self._broker, "POST", USAGE_PATH, timeout=REPORT_TIMEOUT, body=body)
         except Refusal:
             status = 0
         if status == 204:

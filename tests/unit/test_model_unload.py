@@ -163,7 +163,8 @@ def _gate_unload(monkeypatch: pytest.MonkeyPatch, members: list[Any], body: byte
                  answer: int = 200) -> tuple[int, list[Any]]:
     sent: list[Any] = []
 
-    async def send_request(upstream: object, method: str, path: str, *, timeout: float, document: object) -> int:
+    async def send_request(upstream: object, method: str, path: str, *, timeout: float, body: bytes) -> int:
+        document = json.loads(body)
         sent.append((method, path, document))
         member = next(m for m in members if m.upstream is upstream)
         if answer == 200:
