@@ -129,7 +129,6 @@ class BrokerCore:
         each load here as it forwards the request that causes it (`POST /loads`, `charge_load`)."""
         self.users = open_store(settings.data_dir, redis_url)
         """Named users (`llama-direct users`): the data dir's SQLite file, or the fleet's Redis."""
-        self._merge_user_revocations()
         self.login_failures = RateLimiter(LOGIN_FAILURES_PER_MINUTE, LOGIN_FAILURE_BURST)
         """Wrong access tokens per client address, this broker's own count even with Redis."""
         self.policy = Policy.from_settings(settings)
@@ -139,6 +138,7 @@ class BrokerCore:
         self.keyring = keyring
         self.gate = GateLink(settings, gate_transport)
         self.gate.on_health = self._on_health
+        self._merge_user_revocations()
         if redis_url:
             self.fleet_models = FleetModels(client, self.aud, self.iss)
         self.allowed_origins = frozenset(
@@ -244,7 +244,11 @@ class BrokerCore:
         return not_before
 
     def _revoke_here(self, user: str) -> int:
-        not_before = math.floor(self.clock()) + 1
+        """The second after the latest `iat` this broker could have minted for `user` so far: the clock's,
+        or a later floor `mint_time` raised it to (the gate's start cut-off, an earlier revocation). From
+        the clock alone, a token minted a moment after a lane started, or after a first logout, and a
+        logout in that same second would leave it live."""
+        not_before = math.floor(self.mint_time(user, self.clock())) + 1
         self.record_revocation(user, not_before)
         return not_before
 
@@ -276,13 +280,19 @@ class BrokerCore:
             self.published_changed()
 
     def _merge_user_revocations(self) -> bool:
-        """The store's revocations into this broker's (never loosening one); whether there were any."""
+        """The store's revocations into this broker's (never loosening one); whether there were any.
+
+        A new one also covers every `iat` this broker may have minted for the user so far (`_revoke_here`):
+        the command knew only the clock's second."""
         now = self.clock()
         found = store_revocations(self.users, now)
         if not found:
             return False
         self.revocations.prune(now)
+        held = self.revocations.to_dict()["not_before"]
         for sub, not_before in found.items():
+            if not_before > held.get(sub, not_before - 1):
+                not_before = max(not_before, math.floor(self.mint_time(sub, now)) + 1)
             self.revocations.revoke(sub, not_before)
         if isinstance(self.revocations, Revocations):
             save_revocations(self.settings.data_dir, self.revocations)

@@ -225,7 +225,8 @@ def _limits_text(limits: Limits) -> str:
 
 
 def _not_before() -> int:
-    """The second after now: a grant minted this second or before is refused (as `BrokerCore.revoke`)."""
+    """The second after now: a grant minted this second or before is refused. A broker on the data dir
+    raises it past any later `iat` it minted (the gate's start cut-off; `BrokerCore._merge_user_revocations`)."""
     return math.floor(time.time()) + 1
 
 

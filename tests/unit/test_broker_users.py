@@ -19,6 +19,7 @@ from refusal_bodies import reason_for
 from broker.accounts import user_for_secret
 from broker.app import create_app, create_control_app
 from broker.core import BrokerCore
+from broker.gate_health import GateHealth
 from broker.settings import BrokerSettings
 from llama_direct.control import STATE_PATH, USERS_CHANGED_PATH
 from llama_direct.lanes import WHOAMI_PATH
@@ -40,10 +41,11 @@ class Gate:
 
     def __init__(self) -> None:
         self.chats: list[httpx.Request] = []
+        self.health: dict[str, Any] = dict(HEALTH)
 
     def handle(self, request: httpx.Request) -> httpx.Response:
         if request.url.path == "/health":
-            return httpx.Response(200, json=HEALTH)
+            return httpx.Response(200, json=self.health)
         self.chats.append(request)
         return httpx.Response(200, content=SSE, headers={"content-type": "text/event-stream"})
 
@@ -183,6 +185,22 @@ def test_remove_refuses_secrets_sessions_and_held_grants(box: Box) -> None:
     not_before = state["revocations"]["not_before"][user.id]
     assert jwt.decode(token, options={"verify_signature": False})["iat"] < not_before  # the gate refuses it
     assert _claims(box.negotiate(bob.api_key))["sub"] != user.id  # others go on
+
+
+def test_a_removal_refuses_a_grant_minted_at_the_gates_later_start_second(box: Box) -> None:
+    """The broker mints no `iat` before the gate's start cut-off, which can be seconds ahead of the clock
+    the command read: the revocation it applies covers that `iat` too."""
+    user, made = box.add("ann")
+    box.gate.health["not_issued_before"] = int(time.time()) + 3
+    box.core.gate.health = GateHealth.from_answer(box.gate.health)
+    token = box.negotiate(made.api_key).json()["token"]
+    iat = jwt.decode(token, options={"verify_signature": False})["iat"]
+    assert iat == box.gate.health["not_issued_before"]
+    store = open_store(box.data_dir)
+    store.remove("ann", not_before=int(time.time()) + 1)
+    store.close()
+    box.core.apply_user_revocations()
+    assert box.core.revocations.to_dict()["not_before"][user.id] > iat
 
 
 def test_rotate_ends_old_secrets_and_sessions_and_new_ones_work(box: Box) -> None:

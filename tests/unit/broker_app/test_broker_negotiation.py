@@ -204,6 +204,25 @@ class TestRevocation:
         assert h.core.revocations.is_revoked(before) is True
         assert h.core.revocations.is_revoked(after) is False
 
+    def test_a_logout_refuses_a_token_minted_at_the_gates_later_start_second(self, make: HarnessFactory) -> None:
+        """The gate started a moment ago: tokens are minted at its cut-off, the next second. A logout in
+        the same second must still cover them (from the clock alone, it would not: CI saw it)."""
+        h = make(FakeGate(health={**READY, "not_issued_before": 1_750_000_001}))
+        before = self._token_claims(h)
+        assert before.iat == 1_750_000_001
+        assert h.client.post("/direct-stream/revoke", headers=BEARER).json()["not_before"] == 1_750_000_002
+        assert h.core.revocations.is_revoked(before) is True
+        assert h.core.revocations.is_revoked(self._token_claims(h)) is False
+
+    def test_a_second_logout_in_the_same_second_refuses_what_was_minted_between(self, h: Harness) -> None:
+        h.client.post("/direct-stream/revoke", headers=BEARER)
+        between = self._token_claims(h)
+        assert between.iat == 1_750_000_001  # born at the first logout's second, not refused by it
+        assert h.core.revocations.is_revoked(between) is False
+        h.client.post("/direct-stream/revoke", headers=BEARER)
+        assert h.core.revocations.is_revoked(between) is True
+        assert h.core.revocations.is_revoked(self._token_claims(h)) is False
+
     def test_the_gate_pulls_revocations_and_keys_from_the_control_app(self, h: Harness) -> None:
         h.client.post("/direct-stream/revoke", headers=BEARER)
         control = TestClient(create_control_app(h.core))
