@@ -117,26 +117,24 @@ def max_tokens_rules(routes: Sequence[LaneRoute]) -> list[str]:
 
 def origin_rules(routes: Sequence[LaneRoute]) -> list[str]:
     """`Origin` exactly the grant's, or absent when the grant names none."""
-    return [
-        claim("origin", "$.grant.origin"),
-        "    http-request deny deny_status 403 if !{ var(txn.origin) -m found } { req.hdr(origin) -m found }",
-        "    http-request deny deny_status 403 if { var(txn.origin) -m found } !{ req.hdr(origin) -m found }",
-        "    http-request deny deny_status 403 if { var(txn.origin) -m found } "
-        "!{ req.hdr(origin),strcmp(txn.origin) -m int eq 0 }",
-    ]
+    return _claimed_header_rules("origin", "$.grant.origin", "origin")
 
 
 def conversation_id_rules(routes: Sequence[LaneRoute]) -> list[str]:
     """`X-Conversation-Id` exactly the grant's, or absent when the grant names none: llama-server
     replaces a live stream of the same id."""
+    return _claimed_header_rules("conversation", "$.grant.conversation_id", "x-conversation-id")
+
+
+def _claimed_header_rules(var: str, path: str, header: str) -> list[str]:
+    """A header that a grant may pin: sent exactly as the claim at `path` says, or absent when the grant
+    names none (whether present or not, the one check for `Origin` and `X-Conversation-Id`)."""
+    named, sent = f"{{ var(txn.{var}) -m found }}", f"{{ req.hdr({header}) -m found }}"
     return [
-        claim("conversation", "$.grant.conversation_id"),
-        "    http-request deny deny_status 403 if !{ var(txn.conversation) -m found } "
-        "{ req.hdr(x-conversation-id) -m found }",
-        "    http-request deny deny_status 403 if { var(txn.conversation) -m found } "
-        "!{ req.hdr(x-conversation-id) -m found }",
-        "    http-request deny deny_status 403 if { var(txn.conversation) -m found } "
-        "!{ req.hdr(x-conversation-id),strcmp(txn.conversation) -m int eq 0 }",
+        claim(var, path),
+        f"    http-request deny deny_status 403 if !{named} {sent}",
+        f"    http-request deny deny_status 403 if {named} !{sent}",
+        f"    http-request deny deny_status 403 if {named} !{{ req.hdr({header}),strcmp(txn.{var}) -m int eq 0 }}",
     ]
 
 
