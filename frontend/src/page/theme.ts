@@ -1,7 +1,7 @@
 /**
- * Dark and light: the page follows the system (the CSS's `prefers-color-scheme`) until the user picks
- * one with the toggle, which cycles system → dark → light and is kept in localStorage. The choice is
- * `data-theme` on the root element, which the CSS reads; "system" removes it.
+ * Dark and light: the page follows the system (the CSS's `color-scheme: light dark`) until the user
+ * picks one with the toggle, which cycles system → dark → light and is kept in localStorage. The choice
+ * is `data-theme` on the root element, which fixes the CSS's color-scheme; "system" removes it.
  */
 export type Theme = "system" | "dark" | "light";
 
