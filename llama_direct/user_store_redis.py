@@ -25,16 +25,7 @@ from llama_direct import budget_redis
 from llama_direct.budgets import Budget, Exhausted, LedgerRow, Reservation, UsageReport
 from llama_direct.refusals import SharedStateUnavailable
 from llama_direct.shared_replay import DEFAULT_TIMEOUT, REVOCATIONS_CHANNEL, REVOCATIONS_KEY, REVOKE_SCRIPT
-from llama_direct.users import (
-    Admit,
-    Credential,
-    Limits,
-    Listed,
-    NoSuchUser,
-    SecretRecord,
-    User,
-    UserExists,
-)
+from llama_direct.users import Admit, Credential, Limits, Listed, NoSuchUser, SecretRecord, User, UserExists
 
 if TYPE_CHECKING:
     import redis
