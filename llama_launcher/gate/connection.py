@@ -57,7 +57,7 @@ from llama_launcher.gate.outgoing import broker_request
 from llama_launcher.gate.pool import Member
 from llama_launcher.gate.relay import DechunkingRelay, Relay
 from llama_launcher.gate.request_reader import Request
-from llama_launcher.gate.scope import RequestHead, allowed_preflight, check_request, metered_lane
+from llama_launcher.gate.scope import RequestHead, allowed_preflight, check_request
 from llama_launcher.gate.stream_ledger import Stream
 from llama_launcher.gate.stream_watch import reset_on_close
 from llama_launcher.gate.unload import unload
@@ -317,8 +317,7 @@ class ClientConnection(asyncio.Protocol):
         """Check the token (a use is spent there, first: metered from there), the route, the body; plan, connect."""
         gate = self.gate
         head = RequestHead(request.method.decode("ascii"), request.target, list(request.headers))
-        claims = await gate.authorize(head)
-        self.usage = gate.usage.begin(claims, metered_lane(head, claims, gate.config.lane_prefix), self.lane)
+        claims, self.usage = await gate.authorize(head, self.lane)
         route = check_request(head, claims, lane_prefix=gate.config.lane_prefix)
         body = await self._read_body()
         self.stream = gate.streams.open(claims, route)

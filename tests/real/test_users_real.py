@@ -151,6 +151,25 @@ def test_a_grant_the_gate_refused_after_spending_it_frees_its_stream_at_once(sta
         assert answer.status_code == 200 and b"data: [DONE]" in answer.content
 
 
+def test_a_revoked_grant_the_gate_refused_frees_its_stream_at_once(stack: Stack) -> None:
+    """Hal has `--streams 3` and holds three grants when she logs out (`POST /direct-stream/revoke`, her
+    API key still hers): the gate refuses those it has the revocation for (401 token_revoked) after
+    spending them, and reports each as nothing generated. So once all three are settled (her ledger: three
+    requests) she negotiates and streams at once, not 35 s after they expire. Without those reports the
+    ledger never gets there."""
+    hal = _add(stack, "hal", "--streams", "3")
+    key = {"Authorization": f"Bearer {hal['API key']}"}
+    with httpx.Client(timeout=30) as script:
+        held = [_negotiate(script, stack.base, **key) for _ in range(3)]
+        assert script.post(stack.base + "/direct-stream/revoke", headers=key).status_code == 200
+        answers = [_stream(grant) for grant in held]
+        assert (answers[-1].status_code, answers[-1].json()["error"]["reason"]) == (401, "token_revoked")
+        while sum(row["requests"] for row in _usage(script, stack, hal)["rows"]) < 3:
+            time.sleep(0.1)
+        answer = _stream(_negotiate(script, stack.base, **key))
+        assert answer.status_code == 200 and b"data: [DONE]" in answer.content
+
+
 def _usage(client: httpx.Client, stack: Stack, who: dict[str, str]) -> dict[str, Any]:
     answer = client.get(stack.base + "/v1/usage", headers={"Authorization": f"Bearer {who['API key']}"})
     assert answer.status_code == 200, answer.text

@@ -61,20 +61,20 @@ def test_a_token_spent_in_the_second_of_a_restart_cannot_be_replayed_across_it()
     second = math.floor(time.time())
     spent = token(second + 0.1)
     before = gate(second - 10)
-    asyncio.run(before.authorize(head(spent)))
+    asyncio.run(before.authorize(head(spent), "direct"))
     with pytest.raises(TokenSpent):
-        asyncio.run(before.authorize(head(spent)))
+        asyncio.run(before.authorize(head(spent), "direct"))
     restarted = gate(second + 0.5)
     with pytest.raises(IssuedBeforeGateStart):
-        asyncio.run(restarted.authorize(head(spent)))
-    asyncio.run(restarted.authorize(head(token(second + 1.0))))  # what the broker mints once it knows
+        asyncio.run(restarted.authorize(head(spent), "direct"))
+    asyncio.run(restarted.authorize(head(token(second + 1.0)), "direct"))  # what the broker mints once it knows
 
 
 def test_the_use_is_spent_by_authorize_itself() -> None:
     """Verification spends the use: whatever is refused after it, the token cannot come back."""
     fresh = token(time.time())
     g = gate(time.time() - 10)
-    claims = asyncio.run(g.authorize(head(fresh)))
+    claims, _metered = asyncio.run(g.authorize(head(fresh), "direct"))
     assert claims.grant.uses == 1
     with pytest.raises(TokenSpent):
-        asyncio.run(g.authorize(head(fresh)))
+        asyncio.run(g.authorize(head(fresh), "direct"))

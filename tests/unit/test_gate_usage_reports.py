@@ -11,12 +11,14 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 from gate_fakes import Client, FakeServer, Harness, Received, chat_request, running_gate
 
+from broker.signing_keys import SigningKey
 from llama_launcher.gate.usage_reports import Metered, UsageReporter
 
 Scenario = Callable[[Harness], Awaitable[None]]
@@ -171,6 +173,30 @@ def test_a_request_refused_for_its_route_or_headers_settles_its_spent_grant_too(
         first, second = await reports(h, 2)
         assert [(r["jti"], r["route"], r["prompt_tokens"], r["completion_tokens"]) for r in (first, second)] == [
             (jti_of(elsewhere), "chat", 0, 0), (jti_of(bound), "chat", 0, 0)]
+
+    run(scenario)
+
+
+def test_a_revoked_grant_refused_at_the_gate_is_reported_as_nothing_generated() -> None:
+    """401 token_revoked comes after the spend: that grant can never be used, so it is reported at once
+    and the broker frees its reservation and its user's stream now. A token of the same user that does
+    not verify (signed by a key the gate does not trust) reports nothing: a forgery settles no one's
+    grant; nor does the revoked grant's replay, refused at the replay check."""
+
+    async def scenario(h: Harness) -> None:
+        revoked = h.token()
+        forged = h.token(key=SigningKey.generate("EdDSA"))
+        h.revocations.revoke("alice", time.time() + 1)
+        assert await h.server.keyset.refresh()
+        await refused(h, chat_request(forged), 401)
+        await refused(h, chat_request(revoked), 401)
+        await refused(h, chat_request(revoked), 401)
+        fine = h.token(subject="bob")
+        await refused(h, chat_request(fine), 200)  # the next report is this one's: none came between
+        first, second = await reports(h, 2)
+        assert first == {"jti": jti_of(revoked), "sub": "alice", "model": "smollm2", "route": "chat",
+                         "lane": "direct", "phase": "ended", "prompt_tokens": 0, "completion_tokens": 0}
+        assert second["jti"] == jti_of(fine)
 
     run(scenario)
 
