@@ -28,6 +28,13 @@ function text(value: unknown): string {
   return typeof value === "string" ? value : "";
 }
 
+/** A block's or a delta's words, in its field `text` or `thinking` (the same in both), as its item; empty is none. */
+function said(source: Record<string, unknown>, field: "text" | "thinking"): StreamItem[] {
+  const words = text(source[field]);
+  if (words === "") return [];
+  return [field === "text" ? textItem(words) : reasoningItem(words)];
+}
+
 /** The prompt's tokens as chat counts them: the uncached ones plus those read from (or written to) the cache. */
 function promptTokens(usage: Record<string, unknown>): number {
   return num(usage.input_tokens) + num(usage.cache_read_input_tokens) + num(usage.cache_creation_input_tokens);
@@ -67,9 +74,8 @@ export class MessagesTranslator implements Translator {
   private blockStart(index: number, block: Record<string, unknown>): StreamItem[] {
     switch (block.type) {
       case "text":
-        return text(block.text) === "" ? [] : [textItem(text(block.text))];
       case "thinking":
-        return text(block.thinking) === "" ? [] : [reasoningItem(text(block.thinking))];
+        return said(block, block.type);
       case "tool_use": {
         const id = nonEmptyString(block.id);
         const known = id === undefined ? undefined : this.ids.get(id);
@@ -90,9 +96,9 @@ export class MessagesTranslator implements Translator {
   private delta(index: number, delta: Record<string, unknown>): StreamItem[] {
     switch (delta.type) {
       case "text_delta":
-        return text(delta.text) === "" ? [] : [textItem(text(delta.text))];
+        return said(delta, "text");
       case "thinking_delta":
-        return text(delta.thinking) === "" ? [] : [reasoningItem(text(delta.thinking))];
+        return said(delta, "thinking");
       case "input_json_delta": {
         const call = this.blocks.get(index);
         const args = text(delta.partial_json);

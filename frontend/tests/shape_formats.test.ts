@@ -217,6 +217,14 @@ describe("Messages shaping", () => {
     expect(cut[cut.length - 1]).toEqual(expect.objectContaining({ type: "error", code: "truncated" }));
   });
 
+  it("takes the words a text or thinking block starts with as it takes its deltas' words", () => {
+    const begin = (index: number, block: Record<string, unknown>): StreamItem => chunk({ type: "content_block_start", index, content_block: block });
+    const thinking = chunk({ type: "content_block_delta", index: 0, delta: { type: "thinking_delta", thinking: " more" } });
+    const items = [begin(0, { type: "thinking", thinking: "plan" }), thinking, begin(1, { type: "text", text: "an" }), textDelta("swer", 1)];
+    const events = shapeFormatItems("messages", [...items, begin(2, { type: "text", text: "" }), stop("end_turn")]);
+    expect(coalesce(events)).toEqual([...reasoning("plan more"), text("answer"), usage(0, 2), end("stop")]);
+  });
+
   it("reads inline think tags in text blocks as chat does", () => {
     const events = shapeFormatItems("messages", [textDelta("<thi"), textDelta("nk>plan</think>answer"), stop("end_turn")]);
     expect(coalesce(events)).toEqual([...reasoning("plan"), text("answer"), usage(0, 2), end("stop")]);
