@@ -74,9 +74,7 @@ def reserve(core: BrokerCore, *, user: str, limits: Limits | None, asked: int, m
 
 def settle(core: BrokerCore, reports: Sequence[UsageReport]) -> None:
     """A gate's reports (`POST /usage`, one body): each reservation held or settled, the ledger written."""
-    now = core.clock()
-    for usage in reports:
-        core.users.report(usage, now)
+    core.users.report(reports, core.clock())
 
 
 def negotiation_policy(core: BrokerCore, caller: Caller, options: Options, *, policy: Policy, allowed: Sequence[str],

@@ -123,8 +123,9 @@ class UserStore(Protocol):
         (`llama_direct.budgets`), in one step however many brokers ask at once."""
         ...
 
-    def report(self, usage: UsageReport, now: float) -> None:
-        """A gate's report of a stream's start or end: settles its reservation, writes the ledger."""
+    def report(self, reports: Sequence[UsageReport], now: float) -> None:
+        """A gate's reports of streams' starts and ends, in their order (one `POST /usage` body): each
+        settles its reservation and writes the ledger."""
         ...
 
     def budget_windows(self, user_id: str, now: float) -> tuple[int, int]:
@@ -268,9 +269,11 @@ class SqliteUserStore:
         with self._write(durable=False) as db:
             return budget_sqlite.reserve(db, reservation, budget, asked, now)
 
-    def report(self, usage: UsageReport, now: float) -> None:
+    def report(self, reports: Sequence[UsageReport], now: float) -> None:
+        """One transaction for the whole body: a commit each cost the broker more than the statements."""
         with self._write(durable=False) as db:
-            budget_sqlite.report(db, usage, now)
+            for usage in reports:
+                budget_sqlite.report(db, usage, now)
 
     def budget_windows(self, user_id: str, now: float) -> tuple[int, int]:
         with self._write(durable=False) as db:

@@ -136,8 +136,10 @@ class RedisUserStore:
     def reserve(self, reservation: Reservation, budget: Budget, asked: int, now: float) -> int | Exhausted:
         return budget_redis.reserve(self._transaction, reservation, budget, asked, now)
 
-    def report(self, usage: UsageReport, now: float) -> None:
-        budget_redis.report(self._transaction, usage, now)
+    def report(self, reports: Sequence[UsageReport], now: float) -> None:
+        """One optimistic transaction a report: each watches only its own user's keys."""
+        for usage in reports:
+            budget_redis.report(self._transaction, usage, now)
 
     def budget_windows(self, user_id: str, now: float) -> tuple[int, int]:
         return budget_redis.windows(self._transaction, user_id, now)

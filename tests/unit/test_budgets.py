@@ -96,11 +96,11 @@ def run(stores: list[UserStore], budget: Budget, operations: list[tuple[str, int
             held = model.held[number % len(model.held)]
             if name == "start" and not held.started and model.now <= held.expires:  # the gate takes it until exp
                 held.started = True
-                store.report(report(held.jti, "started", None), model.now)
+                store.report([report(held.jti, "started", None)], model.now)
             elif name != "start" and held.started:
                 used = round(held.amount * fraction) if name == "end" else held.amount  # unseen: it may have all
                 model.generated += used
-                store.report(report(held.jti, "ended", used if name == "end" else None), model.now)
+                store.report([report(held.jti, "ended", used if name == "end" else None)], model.now)
                 model.held.remove(held)
         elif name == "wait":
             model.now += number * 3
@@ -113,7 +113,7 @@ def run(stores: list[UserStore], budget: Budget, operations: list[tuple[str, int
     model.now += TTL + 100
     for held in model.held:
         if held.started:
-            store.report(report(held.jti, "ended", 0), model.now)
+            store.report([report(held.jti, "ended", 0)], model.now)
     day_used, _ = stores[0].budget_windows(USER, model.now)
     assert day_used == model.generated, "every unused reservation returned"
     assert sum(row.completion_tokens for row in stores[0].ledger(day_of(DAY_START))) == model.generated
@@ -184,10 +184,23 @@ def test_settlement_returns_the_unused_part(store: UserStore) -> None:
     assert reserve(store, "b", 80, now) == 20
     assert isinstance(store.reserve(Reservation("c", USER, "m", "chat", "direct", 0, 0, 0, now + 90, now),
                                     Budget(100, None), 80, now), Exhausted)
-    store.report(report("a", "started", None), now)
-    store.report(report("a", "ended", 30), now + 1)
+    store.report([report("a", "started", None)], now)
+    store.report([report("a", "ended", 30)], now + 1)
     assert store.budget_windows(USER, now + 1) == (50, 50)
     assert reserve(store, "c", 80, now + 2) == 50
+
+
+def test_one_body_settles_its_reports_in_their_order(store: UserStore) -> None:
+    """A gate's body (`POST /usage`) holds several streams' reports; the store takes them in one call, in
+    order: a start then its end settle as they would one by one, and the other stream's end too."""
+    now = DAY_START + 50
+    reserve(store, "a", 40, now)
+    reserve(store, "b", 40, now)
+    store.report([report("a", "started", None), report("b", "started", None), report("a", "ended", 10),
+                  report("b", "ended", None)], now + 1)
+    assert store.budget_windows(USER, now + 1)[0] == 50
+    [row] = store.ledger(day_of(now))
+    assert (row.requests, row.completion_tokens, row.unseen) == (2, 50, 1)
 
 
 def test_a_grant_never_started_returns_in_full_after_its_deadline(store: UserStore) -> None:
@@ -200,8 +213,8 @@ def test_a_grant_never_started_returns_in_full_after_its_deadline(store: UserSto
 def test_an_end_not_seen_is_charged_its_whole_reservation(store: UserStore) -> None:
     now = DAY_START + 50
     reserve(store, "a", 70, now)
-    store.report(report("a", "started", None), now)
-    store.report(report("a", "ended", None), now + 500)
+    store.report([report("a", "started", None)], now)
+    store.report([report("a", "ended", None)], now + 500)
     assert store.budget_windows(USER, now + 500)[0] == 70
     [row] = store.ledger(day_of(now))
     assert (row.requests, row.prompt_tokens, row.completion_tokens, row.unseen) == (1, 5, 70, 1)
@@ -210,8 +223,8 @@ def test_an_end_not_seen_is_charged_its_whole_reservation(store: UserStore) -> N
 def test_usage_without_a_reservation_goes_to_the_ledger(store: UserStore) -> None:
     """The owner, and users without token limits, reserve nothing; their usage is still recorded."""
     owner = UsageReport("j", "local", "m", "responses", "baseline", "ended", 12, 9)
-    store.report(owner, DAY_START + 5)
-    store.report(owner, DAY_START + DAY_SECONDS + 5)
+    store.report([owner], DAY_START + 5)
+    store.report([owner], DAY_START + DAY_SECONDS + 5)
     rows = store.ledger(day_of(DAY_START) + 1)
     assert [(row.user, row.route, row.lane, row.requests, row.completion_tokens) for row in rows] == [
         ("local", "responses", "baseline", 1, 9)]

@@ -77,9 +77,9 @@ def test_a_second_stream_at_another_broker_waits_for_the_first_to_end(stores: tu
     a, b = stores
     assert reserve(a, "first", NOW) == 80
     assert reserve(b, "second", NOW + 1) == StreamsFull(STREAM_RETRY_SECONDS)
-    a.report(report("first", "started", None), NOW + TTL)  # it outlived its grant: held until its end
+    a.report([report("first", "started", None)], NOW + TTL)  # it outlived its grant: held until its end
     assert reserve(b, "second", NOW + TTL + 100) == StreamsFull(STREAM_RETRY_SECONDS)
-    b.report(report("first", "ended", 12), NOW + TTL + 101)  # reported through the other broker
+    b.report([report("first", "ended", 12)], NOW + TTL + 101)  # reported through the other broker
     assert reserve(b, "second", NOW + TTL + 102) == 80
 
 
@@ -98,7 +98,7 @@ def test_a_started_stream_whose_end_never_comes_stops_counting_after_the_slot_ti
 ) -> None:
     a, b = stores
     assert reserve(a, "lost", NOW) == 80
-    a.report(report("lost", "started", None), NOW + TTL)
+    a.report([report("lost", "started", None)], NOW + TTL)
     assert reserve(b, "next", NOW + STREAM_SLOT_SECONDS - 1) == StreamsFull(STREAM_RETRY_SECONDS)
     assert reserve(b, "next", NOW + STREAM_SLOT_SECONDS) == 80
 

@@ -26,8 +26,8 @@ def seed(data_dir: Path, redis_url: str | None = None) -> User:
         store.add(new_user("bob", Limits(), now), new_secrets().records())
         held = Reservation("j1", ann.id, "smol", "chat", "direct", 0, 0, 0, start_deadline(int(now) + 60), now)
         assert store.reserve(held, Budget(100, None), 80, now) == 80
-        store.report(UsageReport("j1", ann.id, "smol", "chat", "direct", "ended", 12, 30), now)
-        store.report(UsageReport("j2", "local", "smol", "responses", "baseline", "ended", 4, 9), now)
+        store.report([UsageReport("j1", ann.id, "smol", "chat", "direct", "ended", 12, 30)], now)
+        store.report([UsageReport("j2", "local", "smol", "responses", "baseline", "ended", 4, 9)], now)
         return ann
     finally:
         store.close()
