@@ -225,12 +225,13 @@ def _granted_route(method: str, lane_path: str, grant: Grant) -> LaneRoute:
     route is 403 `route_not_granted`, a granted path with another method 405, anything else 404."""
     if never_routed(lane_path):
         raise _no_such_route()
-    granted = {route for route in grant.routes if route in ROUTE_AT}
-    if (method, lane_path) in granted:
-        return ROUTE_AT[(method, lane_path)]
-    if (method, lane_path) in ROUTE_AT:  # a lane route, but this token was granted for another
-        raise RequestRefusal(ROUTE_NOT_GRANTED)
-    methods = sorted(m for m, p in granted if p == lane_path)
+    key = (method, lane_path)
+    entry = ROUTE_AT.get(key)
+    if entry is not None:
+        if key in grant.routes:
+            return entry
+        raise RequestRefusal(ROUTE_NOT_GRANTED)  # a lane route, but this token was granted for another
+    methods = sorted({m for m, p in grant.routes if p == lane_path and (m, p) in ROUTE_AT})
     if methods:
         allowed = " or ".join(methods)
         raise RequestRefusal(METHOD_NOT_ALLOWED, "token", allowed=allowed)
