@@ -10,6 +10,7 @@ as it shapes any lane request.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -23,6 +24,7 @@ from broker.accounts import allowed_for, policy_for
 from broker.budget import BASELINE_LANE, reserve
 from broker.core import BrokerCore
 from broker.gate_health import GateHealth
+from broker.handover import handed_grant
 from broker.models import choose_model
 from broker.negotiation_options import QUERY_BOOLEANS
 from broker.responses import (
@@ -34,6 +36,7 @@ from llama_direct.refusals import (
     GateUnavailable,
     IssuedBeforeGateStart,
     RequestRefusal,
+    TokenSpent,
     UnknownModel,
 )
 from llama_direct.tokens import Grant, mint, new_jti
@@ -86,37 +89,58 @@ def baseline_model(core: BrokerCore, body: bytes, health: GateHealth, limits: Li
 async def baseline(
     core: BrokerCore, user: str, body: bytes, content_type: str | None, *, model: str, route: LaneRoute,
     autoload: bool = True, limits: Limits | None = None, system_prompt: str | None = None,
+    unused_grant: str | None = None,
 ) -> Response:
     """The fallback: the same request through the gate's private side, with a token minted for `route`
     and `model` (from `baseline_model`; a load it may cause is charged by the caller, as at negotiation),
-    its cap held to a named user's `max_tokens`, pinning `system_prompt` as negotiation would."""
+    its cap held to a named user's `max_tokens`, pinning `system_prompt` as negotiation would. Under the
+    lane grant its client could not use (`unused_grant`, `broker.handover`) when the gate still holds
+    that grant unspent; else under a reservation of its own."""
     now = core.mint_time(user, core.clock())
     policy = policy_for(core.policy, limits)
-    cap = policy.max_tokens_cap
     asked = body_length(body, route)
-    asked = cap if asked is None else min(asked, cap)
+    asked = policy.max_tokens_cap if asked is None else min(asked, policy.max_tokens_cap)
+    pin = system_prompt if system_prompt is not None else core.policy.system_prompts.get(model)
+    grant = functools.partial(Grant, routes=(route.key,), model=model, autoload=autoload, system_prompt=pin,
+                              streams=policy.streams)
+    send = functools.partial(_sent, core, user, body, content_type, route=route, now=now)
+    handed = handed_grant(core, unused_grant, user=user, route=route, model=model, minted_at=now)
+    if handed is not None:
+        upstream = await send(grant(max_tokens=min(asked, handed.max_tokens)), handed.jti, handed.expires_at)
+        if not await _refused_for(upstream, TokenSpent.reason.code):
+            return _RelayResponse(upstream, _headers(upstream))
     jti = new_jti()
     cap = reserve(core, user=user, limits=limits, asked=asked, model=model, route=route, lane=BASELINE_LANE, jti=jti,
                   minted_at=now, ttl=core.settings.token_ttl)
-    pin = system_prompt if system_prompt is not None else core.policy.system_prompts.get(model)
-    grant = Grant(routes=(route.key,), model=model, autoload=autoload, max_tokens=cap, system_prompt=pin,
-                  streams=policy.streams)
-    upstream = await _send(core, user, body, content_type, grant=grant, route=route, now=now, jti=jti)
-    if upstream.status_code == 401 and await _predates_gate(upstream):
-        # The gate restarted after this broker last looked: its cut-off is at most the second after
-        # this refusal, and its leeway lets an `iat` that far ahead start at once. The same grant id
-        # keeps the same reservation, which the gate now reports under.
-        upstream = await _send(core, user, body, content_type, grant=grant, route=route,
-                               now=math.floor(core.clock()) + 1, jti=jti)
+    upstream = await send(grant(max_tokens=cap), jti, math.floor(now) + core.settings.token_ttl)
+    return _RelayResponse(upstream, _headers(upstream))
+
+
+def _headers(upstream: httpx.Response) -> dict[str, str]:
     headers = {"Cache-Control": "no-store"}
     upstream_type = upstream.headers.get("content-type")
     if upstream_type:
         headers["Content-Type"] = upstream_type
-    return _RelayResponse(upstream, headers)
+    return headers
+
+
+async def _sent(core: BrokerCore, user: str, body: bytes, content_type: str | None, grant: Grant, jti: str,
+                expires_at: int, *, route: LaneRoute, now: float) -> httpx.Response:
+    """The gate's answer to `grant` under `jti`, expiring at `expires_at` (what its reservation covers)."""
+    upstream = await _send(core, user, body, content_type, grant=grant, route=route, now=now, jti=jti,
+                           ttl=expires_at - math.floor(now))
+    retry = math.floor(core.clock()) + 1
+    if expires_at - retry >= 1 and await _refused_for(upstream, IssuedBeforeGateStart.reason.code):
+        # The gate restarted after this broker last looked: its cut-off is at most the second after
+        # this refusal, and its leeway lets an `iat` that far ahead start at once. The same grant id
+        # keeps the same reservation, which the gate now reports under.
+        upstream = await _send(core, user, body, content_type, grant=grant, route=route, now=retry, jti=jti,
+                               ttl=expires_at - retry)
+    return upstream
 
 
 async def _send(core: BrokerCore, user: str, body: bytes, content_type: str | None, *, grant: Grant,
-                route: LaneRoute, now: float, jti: str) -> httpx.Response:
+                route: LaneRoute, now: float, jti: str, ttl: int) -> httpx.Response:
     issuer = core.issuer()
     minted = mint(
         issuer.key,
@@ -126,7 +150,7 @@ async def _send(core: BrokerCore, user: str, body: bytes, content_type: str | No
         scope=route.scope,
         grant=grant,
         now=now,
-        ttl=core.settings.token_ttl,
+        ttl=ttl,
         jti=jti,
     )
     client = core.gate.client
@@ -142,13 +166,15 @@ async def _send(core: BrokerCore, user: str, body: bytes, content_type: str | No
         raise GateUnavailable() from None
 
 
-async def _predates_gate(upstream: httpx.Response) -> bool:
-    """Whether the gate's 401 is `token_predates_gate` (its small body read, and the answer closed if so)."""
+async def _refused_for(upstream: httpx.Response, reason: str) -> bool:
+    """Whether `upstream` is the gate's 401 for `reason` (its small body read, and the answer closed if so)."""
+    if upstream.status_code != 401:
+        return False
     try:
         error = json.loads(await upstream.aread()).get("error")
     except (httpx.HTTPError, ValueError, AttributeError):
         return False
-    if isinstance(error, dict) and error.get("reason") == IssuedBeforeGateStart.reason.code:
+    if isinstance(error, dict) and error.get("reason") == reason:
         await upstream.aclose()
         return True
     return False

@@ -38,7 +38,7 @@ from broker.negotiation_options import Options
 from broker.responses import NO_STORE, json_response, refusal_response
 from broker.settings import BrokerSettings, direct_stream_enabled, normalise_origin
 from llama_direct.budgets import MY_USAGE_PATH
-from llama_direct.lanes import LANE_ROUTES, NEGOTIATION_PATH, WHOAMI_PATH, LaneRoute
+from llama_direct.lanes import LANE_ROUTES, NEGOTIATION_PATH, UNUSED_GRANT_HEADER, WHOAMI_PATH, LaneRoute
 from llama_direct.refusals import LOGIN_REQUIRED, Refusal, RequestRefusal
 from llama_direct.tokens import new_jti
 
@@ -236,7 +236,8 @@ def _add_baseline(router: APIRouter, core: BrokerCore, front: Front, route: Lane
         model = baseline_model(core, body, health, caller.limits)
         return await baseline(core, caller.user, body, request.headers.get("content-type"), model=model,
                               autoload=autoload, route=route, limits=caller.limits,
-                              system_prompt=await front.system_prompt(request))
+                              system_prompt=await front.system_prompt(request),
+                              unused_grant=request.headers.get(UNUSED_GRANT_HEADER))
 
     router.add_api_route(route.path, relay, methods=[route.method], name=f"baseline_{route.name}")
 

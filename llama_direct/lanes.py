@@ -165,3 +165,8 @@ MODEL_UNLOAD_PATH = "/v1/models/unload"
 """`POST {"model": NAME}` (`llama_direct.control.unload_request`): the owner unloads a router's model (the
 standalone broker only). An unload ends every user's replies from that model, so only the owner may, and
 `GET /v1/models` says `can_unload` to whoever may; the browser never reaches llama-server's `/models/*`."""
+UNUSED_GRANT_HEADER = "X-Unused-Grant"
+"""On a baseline request: the token of the lane grant its client could not use (the lane request failed
+before a response head). The baseline then serves under that grant, its reservation and its user's
+stream, instead of reserving another: a user at their `--streams` is not refused the fallback for the
+grant they just gave up (`broker.handover`)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from llama_direct.lanes import LANE_ROUTES
+from llama_direct.lanes import LANE_ROUTES, UNUSED_GRANT_HEADER
 
 TARGET = Path(__file__).resolve().parent.parent / "frontend" / "src" / "lanes.ts"
 
@@ -33,6 +33,10 @@ def render() -> str:
         "} as const;",
         "",
         "export type LaneRouteName = keyof typeof LANE_ROUTES;",
+        "",
+        "/** On a baseline request: the token of the lane grant the client could not use, whose reservation the",
+        " * baseline then serves under instead of reserving another. */",
+        f"export const UNUSED_GRANT_HEADER = {json.dumps(UNUSED_GRANT_HEADER)};",
         "",
     ])
 

@@ -17,3 +17,7 @@ export const LANE_ROUTES = {
 } as const;
 
 export type LaneRouteName = keyof typeof LANE_ROUTES;
+
+/** On a baseline request: the token of the lane grant the client could not use, whose reservation the
+ * baseline then serves under instead of reserving another. */
+export const UNUSED_GRANT_HEADER = "X-Unused-Grant";

@@ -17,6 +17,8 @@ import jwt
 import pytest
 from stack import Stack
 
+from llama_direct.lanes import UNUSED_GRANT_HEADER
+
 pytestmark = pytest.mark.real
 
 CHAT = {"messages": [{"role": "user", "content": "Say hi."}], "stream": True, "max_tokens": 8, "temperature": 0}
@@ -165,6 +167,28 @@ def test_a_revoked_grant_the_gate_refused_frees_its_stream_at_once(stack: Stack)
         answers = [_stream(grant) for grant in held]
         assert (answers[-1].status_code, answers[-1].json()["error"]["reason"]) == (401, "token_revoked")
         while sum(row["requests"] for row in _usage(script, stack, hal)["rows"]) < 3:
+            time.sleep(0.1)
+        answer = _stream(_negotiate(script, stack.base, **key))
+        assert answer.status_code == 200 and b"data: [DONE]" in answer.content
+
+
+def test_the_baseline_serves_under_a_grant_the_lane_never_saw(stack: Stack) -> None:
+    """Ivy has `--streams 1` and a grant whose lane request never reached the gate. Her fallback to the
+    baseline is refused (too_many_streams) on its own, and served when it hands that grant's token over
+    (`X-Unused-Grant`): the gate spends the grant's one use (the lane now refuses it as spent) and reports
+    the baseline's end under it, which frees her stream: she negotiates and streams again."""
+    ivy = _add(stack, "ivy", "--streams", "1")
+    key = {"Authorization": f"Bearer {ivy['API key']}"}
+    with httpx.Client(timeout=120) as script:
+        unused = _negotiate(script, stack.base, **key)
+        alone = script.post(stack.base + "/v1/chat/completions", json=CHAT, headers=key)
+        assert (alone.status_code, alone.json()["error"]["reason"]) == (429, "too_many_streams")
+        handed = script.post(stack.base + "/v1/chat/completions", json=CHAT,
+                             headers={**key, UNUSED_GRANT_HEADER: unused["token"]})
+        assert handed.status_code == 200 and b"data: [DONE]" in handed.content, handed.text
+        late = _stream(unused)
+        assert (late.status_code, late.json()["error"]["reason"]) == (401, "token_spent")
+        while not _usage(script, stack, ivy)["rows"]:  # the baseline's end, reported under her grant
             time.sleep(0.1)
         answer = _stream(_negotiate(script, stack.base, **key))
         assert answer.status_code == 200 and b"data: [DONE]" in answer.content

@@ -18,8 +18,10 @@ from fastapi.testclient import TestClient
 from broker.app import create_app, create_control_app
 from broker.core import BrokerCore
 from broker.settings import BrokerSettings
+from broker.signing_keys import SigningKey
 from llama_direct.budgets import MY_USAGE_PATH, UsageReport, day_name, day_of
 from llama_direct.control import USAGE_PATH, usage_batches, usage_report
+from llama_direct.lanes import UNUSED_GRANT_HEADER
 from llama_direct.users import Limits, NewSecrets, User, new_secrets, new_user
 
 ACCESS_TOKEN = "test-access-token-0123456789"
@@ -50,6 +52,12 @@ class Box:
         [body] = usage_batches([usage])
         return self.control.post(USAGE_PATH, content=body, headers={"Content-Type": "application/json"})
 
+    def baseline(self, bearer: str, unused_grant: str | None = None) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {bearer}"}
+        if unused_grant is not None:
+            headers[UNUSED_GRANT_HEADER] = unused_grant
+        return self.client.post("/v1/chat/completions", json={"messages": []}, headers=headers)
+
     def day_used(self, user: User) -> int:
         return self.core.users.budget_windows(user.id, time.time())[0]
 
@@ -61,11 +69,18 @@ def box(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Box]:
                               control_socket=tmp_path / "c.sock", gate_socket=tmp_path / "g.sock", model="smol",
                               max_tokens_cap=512, rate_per_minute=600, burst=50)
     minted: list[str] = []
+    spent: set[str] = set()
 
     def gate(request: httpx.Request) -> httpx.Response:
+        """The gate's lane: each grant id is served once, as its replay store would."""
         if request.url.path == "/health":
             return httpx.Response(200, json=HEALTH)
-        minted.append(request.headers["authorization"].removeprefix("Bearer "))
+        token = request.headers["authorization"].removeprefix("Bearer ")
+        jti = jwt.decode(token, options={"verify_signature": False})["jti"]
+        if jti in spent:
+            return httpx.Response(401, json={"error": {"reason": "token_spent"}})
+        spent.add(jti)
+        minted.append(token)
         return httpx.Response(200, content=SSE, headers={"content-type": "text/event-stream"})
 
     app = create_app(settings, ACCESS_TOKEN, gate_transport=httpx.MockTransport(gate))
@@ -183,3 +198,45 @@ def test_a_user_reads_their_own_usage_and_what_is_left(box: Box) -> None:
                                  headers={"Authorization": f"Bearer {made.api_key}"})
         assert refused.status_code == 400 and refused.json()["error"]["reason"] == "invalid_option"
     assert box.client.get(MY_USAGE_PATH).status_code == 401
+
+
+def refused_streams(answer: httpx.Response) -> bool:
+    return answer.status_code == 429 and answer.json()["error"]["reason"] == "too_many_streams"
+
+
+def test_the_baseline_serves_under_the_lane_grant_its_client_could_not_use(box: Box) -> None:
+    """Dee has `--streams 1` and a grant her lane request never brought to the gate: the baseline is
+    refused without it, and serves under it when she hands its token over (the same grant id, so the gate
+    spends its one use and its report settles its reservation). Handed over again, its use is spent:
+    the baseline reserves anew, refused while the grant's end is not reported, then served."""
+    _, dee = box.add("dee", streams=1, max_tokens=40)
+    unused = box.negotiate(dee.api_key)
+    grant = claims_of(unused)
+    assert refused_streams(box.baseline(dee.api_key))
+    assert box.baseline(dee.api_key, unused.json()["token"]).status_code == 200
+    served = jwt.decode(box.minted[-1], options={"verify_signature": False})
+    assert (served["jti"], served["grant"]["max_tokens"]) == (grant["jti"], 40)
+    assert served["exp"] <= grant["exp"] and served["grant"]["routes"] == [["POST", "/v1/chat/completions"]]
+    assert refused_streams(box.baseline(dee.api_key, unused.json()["token"]))
+    box.report(grant, 3)
+    assert box.baseline(dee.api_key, unused.json()["token"]).status_code == 200
+    assert jwt.decode(box.minted[-1], options={"verify_signature": False})["jti"] != grant["jti"]
+
+
+def test_only_the_callers_own_live_grant_for_this_route_is_served_under(box: Box) -> None:
+    """A forged copy of her grant (signed by another key), another user's grant, her grant for another
+    route, and her grant after her logout are no handover: the baseline reserves anew, and she is at her
+    `--streams`, so each is refused; nothing reached the gate."""
+    _, eve = box.add("eve", streams=2)
+    _, fay = box.add("fay", streams=1)
+    chat = box.negotiate(eve.api_key)
+    responses = box.negotiate(eve.api_key, route="responses")
+    claims = claims_of(chat)
+    forged = jwt.encode(claims, SigningKey.generate("EdDSA").private_key, algorithm="EdDSA",
+                        headers={"kid": jwt.get_unverified_header(chat.json()["token"])["kid"]})
+    others = box.negotiate(fay.api_key).json()["token"]
+    for token in (forged, others, responses.json()["token"]):
+        assert refused_streams(box.baseline(eve.api_key, token))
+    box.core.revoke(claims["sub"])
+    assert refused_streams(box.baseline(eve.api_key, chat.json()["token"]))
+    assert box.minted == []
