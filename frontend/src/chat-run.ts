@@ -177,11 +177,11 @@ export class ChatRun {
   }
 
   /** A same-origin JSON POST with the page's session cookie: the negotiation and the baseline. */
-  postJson(url: string, body: Record<string, unknown>, signal: AbortSignal): Promise<Response> {
+  postJson(url: string, body: Record<string, unknown>, signal: AbortSignal, headers: Record<string, string> = {}): Promise<Response> {
     return this.fetch(url, {
       method: "POST",
       credentials: "same-origin",
-      headers: { "Content-Type": "application/json" },
+      headers: { "Content-Type": "application/json", ...headers },
       body: JSON.stringify(body),
       signal,
     });

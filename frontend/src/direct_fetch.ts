@@ -11,13 +11,14 @@
  * default, is not named), and its grant is good for that route only. Before the first byte it falls
  * back to the baseline's copy of the route (cookie auth, no `Authorization`), as `streamChat` does:
  * when the negotiation answers unsupported, or the lane is unreachable, answers 401, 403 or 5xx, or
- * sends no response head in time. A refused negotiation (401, 429, an unknown model) is handed to the
- * SDK as the response, so that it raises its own typed error. Other routes (`/v1/models`, and resume
- * and cancel, which name a conversation no SDK holds) go to the app with the cookie. The response
- * body is never read here: a stream reaches the SDK chunk by chunk.
+ * sends no response head in time (then with the grant it could not use, `X-Unused-Grant`, which the
+ * baseline serves under rather than reserve another). A refused negotiation (401, 429, an unknown
+ * model) is handed to the SDK as the response, so that it raises its own typed error. Other routes
+ * (`/v1/models`, and resume and cancel, which name a conversation no SDK holds) go to the app with the
+ * cookie. The response body is never read here: a stream reaches the SDK chunk by chunk.
  */
 import type { FetchLike } from "./chat-types.ts";
-import { LANE_ROUTES, type LaneRouteName } from "./lanes.ts";
+import { LANE_ROUTES, type LaneRouteName, UNUSED_GRANT_HEADER } from "./lanes.ts";
 import { parseNegotiation } from "./negotiation.ts";
 
 export interface DirectFetchOptions {
@@ -46,8 +47,8 @@ const DEFAULT_ROUTE: LaneRouteName = "chat";
 /** The baseline is the same route off the lane, relative so that a reverse proxy's prefix survives. */
 const DEFAULTS = { negotiateUrl: "direct-stream", headTimeoutMs: 10_000 };
 /** Headers of the SDK's request that never travel on: the auth is the wrapper's (the Anthropic SDK's
- * key rides in `x-api-key`). */
-const DROPPED = ["authorization", "x-api-key", "cookie", "x-conversation-id"];
+ * key rides in `x-api-key`), and so is the grant it hands the baseline. */
+const DROPPED = ["authorization", "x-api-key", "cookie", "x-conversation-id", UNUSED_GRANT_HEADER.toLowerCase()];
 
 /** The routes an SDK sends: every lane route but resume and cancel, which name a conversation. */
 const SDK_ROUTES: SdkRoute[] = (Object.keys(LANE_ROUTES) as LaneRouteName[])
@@ -190,8 +191,12 @@ export function directFetch(options: DirectFetchOptions = {}): DirectFetch {
   const negotiateUrl = options.negotiateUrl ?? DEFAULTS.negotiateUrl;
   const headTimeoutMs = options.headTimeoutMs ?? DEFAULTS.headTimeoutMs;
 
-  const toApp = (url: string, init: RequestInit | undefined): Promise<Response> =>
-    fetch(url, { ...init, headers: ownHeaders(init), credentials: "same-origin" });
+  /** `unusedToken`: the lane grant the request could not use, which the baseline serves under. */
+  const toApp = (url: string, init: RequestInit | undefined, unusedToken?: string): Promise<Response> => {
+    const headers = ownHeaders(init);
+    if (unusedToken !== undefined) headers.set(UNUSED_GRANT_HEADER, unusedToken);
+    return fetch(url, { ...init, headers, credentials: "same-origin" });
+  };
 
   return async (input, init) => {
     if (input instanceof Request) throw new TypeError("directFetch takes a URL and init, as the OpenAI SDK passes them");
@@ -203,6 +208,7 @@ export function directFetch(options: DirectFetchOptions = {}): DirectFetch {
     if (negotiated.kind === "grant") {
       const response = await lane(fetch, headTimeoutMs, negotiated.grant, sdk.route, init);
       if (response !== null) return response;
+      return toApp(fallbackFor(sdk, negotiated.fallbackUrl), init, negotiated.grant.token);
     }
     return toApp(fallbackFor(sdk, negotiated.fallbackUrl), init);
   };

@@ -8,7 +8,7 @@ import type { UIEvent } from "./shape.ts";
 import { parseErrorBody } from "./sse.ts";
 import { type ChatRun, DEFAULTS, type DirectGrant, discard, isEventStream, LaneRequest } from "./chat-run.ts";
 import { abortStream, type BodyOutcome, errorEvent, type RoundOutcome, streamBody } from "./stream-body.ts";
-import { LANE_ROUTES } from "./lanes.ts";
+import { LANE_ROUTES, UNUSED_GRANT_HEADER } from "./lanes.ts";
 
 /** Shown while the client waits for the model on its own; the error's wording asks the user to retry. */
 const LOADING_NOTICE: UIEvent = {
@@ -85,16 +85,22 @@ function fallbackTarget(run: ChatRun, url: string): string {
   return `${url}${url.includes("?") ? "&" : "?"}autoload=false`;
 }
 
-/** The broker's baseline, same body, same SSE; `unreachable` lets the round reconnect. */
+/**
+ * The broker's baseline, same body, same SSE; `unreachable` lets the round reconnect. `unusedToken`: the
+ * lane grant this round could not use, which the baseline serves under rather than reserve another (a
+ * user at their stream limit would be refused for the grant they just gave up).
+ */
 async function* fallbackRound(
   run: ChatRun,
   url: string,
   body: Record<string, unknown>,
+  unusedToken: string | undefined,
 ): AsyncGenerator<UIEvent, RoundOutcome | NotYet> {
   const request = new LaneRequest(run.signal, null);
+  const headers: Record<string, string> = unusedToken === undefined ? {} : { [UNUSED_GRANT_HEADER]: unusedToken };
   let response: Response;
   try {
-    response = await run.postJson(url, body, request.controller.signal);
+    response = await run.postJson(url, body, request.controller.signal, headers);
   } catch {
     request.cancel();
     if (run.signal.aborted) return yield* abortStream(run, null);
@@ -144,13 +150,15 @@ export async function* round(run: ChatRun, body: Record<string, unknown>): Async
       return { kind: "stopped" };
     }
     if (answer.kind === "fallback" && answer.reason === "model_loading") yield LOADING_NOTICE;
+    let unusedToken: string | undefined;
     // A grant for another route would be refused on this one ("": a broker that names none).
     if (answer.kind === "grant" && (answer.route === "" || answer.route === run.route)) {
       const outcome = yield* directRound(run, answer.grant, body);
       if (outcome.kind !== "fallback") return outcome;
+      unusedToken = answer.grant.token;
     }
     const fallbackUrl = answer.fallbackUrl ?? run.options.fallbackUrl ?? LANE_ROUTES[run.route].path.slice(1);
-    const outcome = yield* fallbackRound(run, fallbackTarget(run, fallbackUrl), fallbackBody(run, body));
+    const outcome = yield* fallbackRound(run, fallbackTarget(run, fallbackUrl), fallbackBody(run, body), unusedToken);
     if (outcome.kind === "end" || outcome.kind === "stopped") return outcome;
     const loading = outcome.kind === "loading";
     const delay = loading ? loadingDelays[loadingWaits++] : delays[reconnects++];

@@ -80,6 +80,9 @@ describe("silent fallback before the first delta", () => {
       expect(fallback).toHaveLength(1);
       expect(fallback[0]?.credentials).toBe("same-origin");
       expect(fallback[0]?.headers.authorization).toBeUndefined();
+      // The grant the lane could not use goes to the baseline, which serves under it; none when there was none.
+      const tried = fake.to(`${LANE}/v1/chat/completions`).length > 0;
+      expect(fallback[0]?.headers["x-unused-grant"]).toBe(tried ? "tok-chat" : undefined);
       expect(fallback[0]?.body).toEqual(fake.to(`${LANE}/v1/chat/completions`)[0]?.body ?? fallback[0]?.body);
       for (const direct of fake.to(`${LANE}/v1/chat/completions`)) expect(direct.signal?.aborted).toBe(true);
     });

@@ -135,8 +135,8 @@ describe("directFetch with the OpenAI SDK", () => {
       expect(response.headers.get("x-lane")).toBe("fallback");
     }
     const baseline = fake.to("/v1/chat/completions").filter((c) => !c.url.includes("/direct/"));
-    expect(baseline.map((c) => [c.url, c.credentials, c.headers.authorization])).toEqual(
-      Array(3).fill(["/v1/chat/completions", "same-origin", undefined]),
+    expect(baseline.map((c) => [c.url, c.credentials, c.headers.authorization, c.headers["x-unused-grant"]])).toEqual(
+      Array(3).fill(["/v1/chat/completions", "same-origin", undefined, undefined]),
     );
   });
 
@@ -149,6 +149,9 @@ describe("directFetch with the OpenAI SDK", () => {
     const { fake } = app({ lane });
     const { response } = await client(fake).chat.completions.create({ model: "smol", messages: MESSAGES }).withResponse();
     expect(response.headers.get("x-lane")).toBe("fallback");
+    // The grant the lane could not use rides along: the baseline serves under it instead of reserving another.
+    const baseline = fake.to("/v1/chat/completions").filter((c) => !c.url.includes("/direct/"));
+    expect(baseline.map((c) => c.headers["x-unused-grant"])).toEqual(["grant-1"]);
   });
 
   it.each([
