@@ -48,7 +48,7 @@ function defaultSleep(ms: number, signal?: AbortSignal): Promise<void> {
   });
 }
 
-function retryAfterMs(response: Response, cap: number): number {
+export function retryAfterMs(response: Response, cap: number): number {
   const header = response.headers.get("retry-after");
   const seconds = header !== null && /^\d+$/.test(header.trim()) ? Number(header.trim()) : 1;
   return Math.min(seconds * 1_000, cap);

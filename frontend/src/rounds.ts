@@ -6,7 +6,7 @@
 import { type Classified, classified, classifyServerError } from "./errors.ts";
 import type { UIEvent } from "./shape.ts";
 import { parseErrorBody } from "./sse.ts";
-import { type ChatRun, DEFAULTS, type DirectGrant, discard, isEventStream, LaneRequest } from "./chat-run.ts";
+import { type ChatRun, DEFAULTS, type DirectGrant, discard, isEventStream, LaneRequest, retryAfterMs } from "./chat-run.ts";
 import { abortStream, type BodyOutcome, errorEvent, type RoundOutcome, streamBody } from "./stream-body.ts";
 import { LANE_ROUTES, UNUSED_GRANT_HEADER } from "./lanes.ts";
 
@@ -86,6 +86,25 @@ function fallbackTarget(run: ChatRun, url: string): string {
 }
 
 /**
+ * The baseline's answer. A 429 waits its Retry-After once, as a negotiation does: the user's stream may
+ * be held by the lane request just given up, which the gate reached and will report within a second.
+ */
+async function postBaseline(
+  run: ChatRun,
+  url: string,
+  body: Record<string, unknown>,
+  signal: AbortSignal,
+  headers: Record<string, string>,
+): Promise<Response> {
+  const response = await run.postJson(url, body, signal, headers);
+  if (response.status !== 429) return response;
+  const wait = retryAfterMs(response, run.options.maxRetryAfterMs ?? DEFAULTS.maxRetryAfterMs);
+  await discard(response);
+  await run.sleep(wait, signal);
+  return run.postJson(url, body, signal, headers);
+}
+
+/**
  * The broker's baseline, same body, same SSE; `unreachable` lets the round reconnect. `unusedToken`: the
  * lane grant this round could not use, which the baseline serves under rather than reserve another (a
  * user at their stream limit would be refused for the grant they just gave up).
@@ -100,7 +119,7 @@ async function* fallbackRound(
   const headers: Record<string, string> = unusedToken === undefined ? {} : { [UNUSED_GRANT_HEADER]: unusedToken };
   let response: Response;
   try {
-    response = await run.postJson(url, body, request.controller.signal, headers);
+    response = await postBaseline(run, url, body, request.controller.signal, headers);
   } catch {
     request.cancel();
     if (run.signal.aborted) return yield* abortStream(run, null);

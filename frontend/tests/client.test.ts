@@ -178,6 +178,23 @@ describe("visible errors", () => {
     expect(events).toEqual([expect.objectContaining({ type: "error", code: "too_many_streams", phase: "pre-output" })]);
   });
 
+  it("waits a baseline's 429 once: the lane request given up holds the stream until the gate reports it", async () => {
+    const refusal = { error: { code: 429, reason: "too_many_streams", message: "Too many streams at once." } };
+    let n = 0;
+    const fake = server({
+      lane: () => json({ error: { code: 502 } }, 502),
+      fallback: (c) => (n++ === 0 ? json(refusal, 429, { "Retry-After": "1" }) : sse(c, chunks(PLAIN))),
+    });
+    const slept: number[] = [];
+    const events = await collect(streamChat(REQUEST, { fetch: fake.fetch, sleep: async (ms) => void slept.push(ms) }));
+    expect(slept).toEqual([1000]);
+    expect(errors(events)).toEqual([]);
+    expect(last(events)).toEqual({ type: "finish", finish_reason: "stop", lane: "fallback" });
+    const again = server({ lane: () => json({ error: { code: 502 } }, 502), fallback: () => json(refusal, 429, { "Retry-After": "1" }) });
+    const refused = await collect(streamChat(REQUEST, { fetch: again.fetch, sleep: async () => undefined }));
+    expect(refused).toEqual([expect.objectContaining({ type: "error", code: "too_many_streams", phase: "pre-output" })]);
+  });
+
   it("says how many tokens overflowed the context, from llama-server's recorded 400", async () => {
     const body = new TextDecoder().decode(fixture("overflow.json"));
     const fake = server({ lane: () => new Response(body, { status: 400, headers: { "Content-Type": "application/json" } }) });
