@@ -14,6 +14,7 @@ random ids, never names or keys), at most `MAX_METRIC_USERS` of them.
 
 from __future__ import annotations
 
+import functools
 import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -108,7 +109,11 @@ class GateMetrics:
         """Each (model[, user]) label set's two counters: bounded by the models served and `UserLabels`."""
         self._timed = {(route, lane): (self._ttfb.labels(route, lane), self._duration.labels(route, lane))
                        for route in [*sorted({r.name for r in LANE_ROUTES}), OTHER_ROUTE] for lane in LANES}
-        self._flights = {lane: self._in_flight.labels(lane) for lane in LANES}
+        self._flying = dict.fromkeys(LANES, 0)
+        """Lane answers being relayed now: read when scraped (`set_function`), so a request's start and end
+        each cost a dict update, not a locked gauge change."""
+        for lane in LANES:
+            self._in_flight.labels(lane).set_function(functools.partial(self._flying.__getitem__, lane))
 
     def watch_upstreams(self, upstreams: Upstreams) -> None:
         """Read the upstreams' health at each scrape."""
@@ -132,10 +137,10 @@ class GateMetrics:
         self._timed[route, lane][0].observe(seconds)
 
     def stream_began(self, lane: str) -> None:
-        self._flights[lane].inc()
+        self._flying[lane] += 1
 
     def stream_ended(self, route: str, lane: str, seconds: float) -> None:
-        self._flights[lane].dec()
+        self._flying[lane] -= 1
         self._timed[route, lane][1].observe(seconds)
 
     def tokens(self, model: str, user: str, prompt: int, completion: int) -> None:
