@@ -213,8 +213,9 @@ class Relay(asyncio.Protocol):
             return
         status = self.parser.get_status_code()
         headers, self.headers = self.headers or [], None
+        names = [name.lower() for name, _ in headers]
         if self.tail is not None:
-            self.chunked = any(name.lower() == b"transfer-encoding" for name, _ in headers)
+            self.chunked = b"transfer-encoding" in names
         if status < 200:
             self._fail(UpstreamUnavailable())
             return
@@ -223,7 +224,7 @@ class Relay(asyncio.Protocol):
             self._end()
             self.transport.abort()
             return
-        client_head = self._client_head(client, status, headers)
+        client_head = self._client_head(client, status, headers, names)
         if self.head_only or status in (204, 304):
             client.relay_head(client_head)
             self._done(client)
@@ -252,17 +253,19 @@ class Relay(asyncio.Protocol):
         if self.complete:
             self._done(client)
 
-    def _client_head(self, client: RelayClient, status: int, headers: list[Header]) -> bytes:
-        """The upstream head, minus hop-by-hop headers and llama-server's any-origin CORS."""
-        framed = any(name.lower() in (b"content-length", b"transfer-encoding") for name, _ in headers)
+    def _client_head(self, client: RelayClient, status: int, headers: list[Header], names: list[bytes]) -> bytes:
+        """The upstream head, minus hop-by-hop headers and llama-server's any-origin CORS; `names` are the
+        headers' names in lower case, lowered once for every test here."""
+        framed = b"content-length" in names or b"transfer-encoding" in names
         self.until_eof = not framed and not self.head_only and status not in (204, 304)
         dechunk = client.http10
+        strip_cors = self.strip_cors
         kept = [
-            (name, value)
-            for name, value in headers
-            if name.lower() not in _RESPONSE_DROPPED
-            and not (self.strip_cors and name.lower().startswith(b"access-control-"))
-            and not (dechunk and name.lower() == b"transfer-encoding")
+            header
+            for header, name in zip(headers, names, strict=True)
+            if name not in _RESPONSE_DROPPED
+            and not (strip_cors and name.startswith(b"access-control-"))
+            and not (dechunk and name == b"transfer-encoding")
         ]
         if self.cors is not None:
             kept.extend(cors_headers(self.cors))
