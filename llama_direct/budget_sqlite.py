@@ -10,6 +10,7 @@ route, lane, day: requests, prompt and completion tokens, ends not seen).
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 
 from llama_direct import budgets
 
@@ -55,15 +56,36 @@ def reserve(db: sqlite3.Connection, reservation: budgets.Reservation, budget: bu
     return amount
 
 
-def report(db: sqlite3.Connection, usage: budgets.UsageReport, now: float) -> None:
-    """A gate's report: `started` holds the reservation until its end; `ended` settles it (the unused
-    part returns) and writes the ledger. A report with no reservation (the owner, a user without token
-    limits, a reservation already returned) is charged to `now`'s windows as it is."""
+LedgerKey = tuple[str, str, str, str, int]
+"""A ledger row's key: user, model, route, lane, day."""
+
+
+def report(db: sqlite3.Connection, reports: Sequence[budgets.UsageReport], now: float) -> None:
+    """A gate's reports (one body), in order: `started` holds the reservation until its end; `ended`
+    settles it (the unused part returns) and counts in the ledger. A report with no reservation (the
+    owner, a user without token limits, a reservation already returned) is charged to `now`'s windows as
+    it is. The ledger's rows are sums, so each row the body touches is written once, not once a report."""
+    rows: dict[LedgerKey, list[int]] = {}
+    for usage in reports:
+        ended = _settle(db, usage, now)
+        if ended is not None:
+            day, completion = ended
+            counts = rows.setdefault((usage.sub, usage.model, usage.route, usage.lane, day), [0, 0, 0, 0])
+            counts[0] += 1
+            counts[1] += usage.prompt_tokens or 0
+            counts[2] += completion
+            counts[3] += 1 if usage.completion_tokens is None else 0
+    for key, counts in rows.items():
+        _ledger(db, key, counts)
+
+
+def _settle(db: sqlite3.Connection, usage: budgets.UsageReport, now: float) -> tuple[int, int] | None:
+    """One report's reservation held or settled; for an end, the ledger day and completion it counts."""
     row = db.execute("SELECT amount, day, minute FROM reservations WHERE jti = ? AND user_id = ?",
                      (usage.jti, usage.sub)).fetchone()
     if usage.phase == "started":
         db.execute("UPDATE reservations SET deadline = NULL WHERE jti = ? AND user_id = ?", (usage.jti, usage.sub))
-        return
+        return None
     held = None
     if row is not None:
         amount, day, minute = (int(value) for value in row)
@@ -72,7 +94,7 @@ def report(db: sqlite3.Connection, usage: budgets.UsageReport, now: float) -> No
         db.execute("DELETE FROM reservations WHERE jti = ?", (usage.jti,))
     settled = budgets.settlement(held, usage.completion_tokens, now)
     _move(db, usage.sub, settled.deltas)
-    _ledger(db, usage, settled.day, settled.completion)
+    return settled.day, settled.completion
 
 
 def expire_user(db: sqlite3.Connection, user_id: str, now: float) -> None:
@@ -98,14 +120,14 @@ def ledger(db: sqlite3.Connection, since_day: int, user_id: str | None) -> list[
             for user, model, route, lane, *numbers in rows]
 
 
-def _ledger(db: sqlite3.Connection, usage: budgets.UsageReport, day: int, completion: int) -> None:
+def _ledger(db: sqlite3.Connection, key: LedgerKey, counts: list[int]) -> None:
+    """`counts` (requests, prompt tokens, completion tokens, ends not seen) added to the row of `key`."""
     db.execute("INSERT INTO ledger (user_id, model, route, lane, day, requests, prompt_tokens, completion_tokens, "
-               "unseen) VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?) ON CONFLICT (user_id, model, route, lane, day) DO UPDATE "
-               "SET requests = requests + 1, prompt_tokens = prompt_tokens + excluded.prompt_tokens, "
+               "unseen) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (user_id, model, route, lane, day) DO UPDATE "
+               "SET requests = requests + excluded.requests, prompt_tokens = prompt_tokens + excluded.prompt_tokens, "
                "completion_tokens = completion_tokens + excluded.completion_tokens, "
                "unseen = unseen + excluded.unseen",
-               (usage.sub, usage.model, usage.route, usage.lane, day, usage.prompt_tokens or 0, completion,
-                1 if usage.completion_tokens is None else 0))
+               (*key, *counts))
 
 
 def _used(db: sqlite3.Connection, user_id: str, window: str) -> int:

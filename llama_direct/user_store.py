@@ -272,8 +272,7 @@ class SqliteUserStore:
     def report(self, reports: Sequence[UsageReport], now: float) -> None:
         """One transaction for the whole body: a commit each cost the broker more than the statements."""
         with self._write(durable=False) as db:
-            for usage in reports:
-                budget_sqlite.report(db, usage, now)
+            budget_sqlite.report(db, reports, now)
 
     def budget_windows(self, user_id: str, now: float) -> tuple[int, int]:
         with self._write(durable=False) as db:
