@@ -1,6 +1,8 @@
 /** The conversation's settings: fields to request values, blanks left to the server, bad values named. */
+import { readFileSync } from "node:fs";
+import { JSDOM } from "jsdom";
 import { describe, expect, it } from "vitest";
-import { blankSettings, parseSettings, requestFields, settingsFrom } from "../src/page/settings.ts";
+import { NUMBER_FIELDS, blankSettings, parseSettings, requestFields, settingsFrom } from "../src/page/settings.ts";
 
 describe("parseSettings", () => {
   it("leaves blank fields to the server", () => {
@@ -44,5 +46,18 @@ describe("samplers", () => {
   it("reads a stored record from before the samplers as blanks, and drops unknown or mistyped fields", () => {
     expect(settingsFrom({ system: "Be brief.", temperature: "0.2", maxTokens: "" })).toEqual({ ...blankSettings(), system: "Be brief.", temperature: "0.2" });
     expect(settingsFrom({ topK: 40, extra: "x", minP: "0.1" })).toEqual({ ...blankSettings(), minP: "0.1" });
+  });
+});
+
+describe("the page's number fields", () => {
+  it("offer in the browser the range the table checks (index.html is written by hand: held equal here)", () => {
+    const page = new JSDOM(readFileSync(new URL("../src/page/index.html", import.meta.url), "utf8")).window.document;
+    for (const field of Object.values(NUMBER_FIELDS)) {
+      const input = page.getElementById(`setting-${field.id}`) as HTMLInputElement | null;
+      expect(input, field.id).not.toBeNull();
+      expect([input?.type, Number(input?.min), Number(input?.max)], field.id).toEqual(["number", field.min, field.max]);
+      expect(input?.step === "1", field.id).toBe(field.whole);
+      expect(input?.inputMode, field.id).toBe(field.whole ? "numeric" : "decimal");
+    }
   });
 });
