@@ -3,8 +3,8 @@
 The gate is the one process that sees every direct and baseline request, its status, its first
 byte and its end, the loads it causes and each upstream's health, so it counts them, and it serves
 `/metrics` (`llama_direct.metrics`), the broker's own exposition appended. On the hot path a request
-costs a few counter increments and two histogram observations, through children looked up once per
-label set; no chunk of a stream is looked at for metrics (the first byte's time is noted once).
+costs a few dict and list additions (`GateMetrics`), written out as Prometheus families only when
+scraped; no chunk of a stream is looked at for metrics (the first byte's time is noted once).
 Upstream health is read only when scraped (`UpstreamCollector`).
 
 Nothing here holds a prompt, a reply or a secret: labels are route names, lanes, statuses, refusal
@@ -14,15 +14,20 @@ random ids, never names or keys), at most `MAX_METRIC_USERS` of them.
 
 from __future__ import annotations
 
-import functools
+import bisect
+import itertools
+import math
 import socket
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import httpx
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
 
 from llama_direct import metrics as names
 from llama_direct.lanes import LANE_PREFIX, LANE_ROUTES
@@ -78,42 +83,102 @@ class UpstreamCollector(Collector):
         return [up, flight]
 
 
-class GateMetrics:
-    """The gate's registry and what the connections call; `render` is one scrape's exposition."""
+class Timings:
+    """One (route, lane)'s histogram as plain numbers: each bucket's own count (not cumulative, `+Inf`
+    last), the observations' sum, and when it was made (its `_created` sample)."""
+
+    __slots__ = ("counts", "created", "total")
+
+    def __init__(self, size: int) -> None:
+        self.counts = [0] * size
+        self.total = 0.0
+        self.created = time.time()
+
+
+class Tally:
+    """One counter family as plain numbers: each label set's count and when it was first counted."""
+
+    __slots__ = ("counts", "created")
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, ...], int] = {}
+        self.created: dict[tuple[str, ...], float] = {}
+
+    def add(self, labels: tuple[str, ...], amount: int) -> None:
+        counts = self.counts
+        if labels in counts:
+            counts[labels] += amount
+        else:
+            counts[labels] = amount
+            self.created[labels] = time.time()
+
+    def family(self, name: str, documentation: str, labels: Sequence[str]) -> CounterMetricFamily:
+        family = CounterMetricFamily(name, documentation, labels=labels)
+        for values, count in self.counts.items():
+            family.add_metric(values, float(count), created=self.created[values])
+        return family
+
+
+def histogram(name: str, documentation: str, bounds: Sequence[float],
+              timings: dict[tuple[str, str], Timings]) -> HistogramMetricFamily:
+    """The family `prometheus_client.Histogram` would write for these timings: cumulative buckets,
+    count, sum, created."""
+    family = HistogramMetricFamily(name, documentation, labels=["route", "lane"])
+    edges = [floatToGoString(bound) for bound in bounds]
+    for (route, lane), timing in timings.items():
+        cumulative = itertools.accumulate(float(count) for count in timing.counts)
+        family.add_metric([route, lane], list(zip(edges, cumulative, strict=True)), timing.total)
+        family.samples.append(Sample(name + "_created", {"route": route, "lane": lane}, timing.created, None))
+    return family
+
+
+class GateMetrics(Collector):
+    """What the connections call, and the collector that writes it out; `render` is one scrape's exposition.
+
+    A request is counted in plain dicts and lists, not in `prometheus_client`'s metrics, whose every
+    increment takes a lock and checks its labels: the gate serves every lane request and every scrape
+    on its one loop thread (`GateLoop`), so no count is shared between threads. `collect` turns the
+    counts into the same families (names, help, types, labels, buckets, `_created`) those metrics would
+    write.
+    """
 
     def __init__(self, *, per_user: bool = False, lane_prefix: str = LANE_PREFIX) -> None:
         self.registry = CollectorRegistry()
-        registry = self.registry
-        self._requests = Counter(names.REQUESTS, "Lane requests answered", ["route", "lane", "status"],
-                                 registry=registry)
-        self._refusals = Counter(names.REFUSALS, "The gate's refusals", ["code"], registry=registry)
-        token_labels = ["model", "user"] if per_user else ["model"]
-        self._prompt = Counter(names.PROMPT_TOKENS, "Prompt tokens llama-server reported", token_labels,
-                               registry=registry)
-        self._completion = Counter(names.COMPLETION_TOKENS, "Completion tokens llama-server reported",
-                                   token_labels, registry=registry)
-        self._ttfb = Histogram(names.TIME_TO_FIRST_BYTE, "From a lane request's head to its answer's first body byte",
-                               ["route", "lane"], buckets=TTFB_BUCKETS, registry=registry)
-        self._duration = Histogram(names.STREAM_DURATION, "From a lane request's head to its answer's end",
-                                   ["route", "lane"], buckets=DURATION_BUCKETS, registry=registry)
-        self._in_flight = Gauge(names.STREAMS_IN_FLIGHT, "Lane answers being relayed now", ["lane"],
-                                registry=registry)
-        self._loads = Counter(names.MODEL_LOADS, "Model loads a router started for this gate's requests", ["model"],
-                              registry=registry)
+        self.token_labels = ["model", "user"] if per_user else ["model"]
+        self._requests = Tally()
+        self._refusals = Tally()
+        self._prompt = Tally()
+        self._completion = Tally()
+        self._loads = Tally()
+        self._ttfb_bounds = (*TTFB_BUCKETS, math.inf)
+        self._duration_bounds = (*DURATION_BUCKETS, math.inf)
+        keys = [(route, lane) for route in [*sorted({r.name for r in LANE_ROUTES}), OTHER_ROUTE] for lane in LANES]
+        self._ttfb = {key: Timings(len(self._ttfb_bounds)) for key in keys}
+        self._duration = {key: Timings(len(self._duration_bounds)) for key in keys}
+        self._flying = dict.fromkeys(LANES, 0)
+        """Lane answers being relayed now."""
+        self.registry.register(self)
         self.broker_up = Gauge(names.BROKER_UP, "1 when the broker's metrics were read for this scrape",
-                               registry=registry)
+                               registry=self.registry)
         self.users = UserLabels() if per_user else None
         self._routes = {(r.method.encode(), (lane_prefix + r.path).encode()): r.name for r in LANE_ROUTES}
-        self._counted: dict[tuple[str, str, int], Counter] = {}
-        self._tokens: dict[tuple[str, ...], tuple[Counter, Counter]] = {}
-        """Each (model[, user]) label set's two counters: bounded by the models served and `UserLabels`."""
-        self._timed = {(route, lane): (self._ttfb.labels(route, lane), self._duration.labels(route, lane))
-                       for route in [*sorted({r.name for r in LANE_ROUTES}), OTHER_ROUTE] for lane in LANES}
-        self._flying = dict.fromkeys(LANES, 0)
-        """Lane answers being relayed now: read when scraped (`set_function`), so a request's start and end
-        each cost a dict update, not a locked gauge change."""
-        for lane in LANES:
-            self._in_flight.labels(lane).set_function(functools.partial(self._flying.__getitem__, lane))
+
+    def collect(self) -> Iterable[Metric]:
+        yield self._requests.family(names.REQUESTS, "Lane requests answered", ["route", "lane", "status"])
+        yield self._refusals.family(names.REFUSALS, "The gate's refusals", ["code"])
+        yield self._prompt.family(names.PROMPT_TOKENS, "Prompt tokens llama-server reported", self.token_labels)
+        yield self._completion.family(names.COMPLETION_TOKENS, "Completion tokens llama-server reported",
+                                      self.token_labels)
+        yield histogram(names.TIME_TO_FIRST_BYTE, "From a lane request's head to its answer's first body byte",
+                        self._ttfb_bounds, self._ttfb)
+        yield histogram(names.STREAM_DURATION, "From a lane request's head to its answer's end",
+                        self._duration_bounds, self._duration)
+        flying = GaugeMetricFamily(names.STREAMS_IN_FLIGHT, "Lane answers being relayed now", labels=["lane"])
+        for lane, count in self._flying.items():
+            flying.add_metric([lane], float(count))
+        yield flying
+        yield self._loads.family(names.MODEL_LOADS, "Model loads a router started for this gate's requests",
+                                 ["model"])
 
     def watch_upstreams(self, upstreams: Upstreams) -> None:
         """Read the upstreams' health at each scrape."""
@@ -124,38 +189,33 @@ class GateMetrics:
         return self._routes.get((method, target.partition(b"?")[0]), OTHER_ROUTE)
 
     def answered(self, route: str, lane: str, status: int) -> None:
-        key = (route, lane, status)
-        child = self._counted.get(key)
-        if child is None:
-            child = self._counted[key] = self._requests.labels(route, lane, str(status))
-        child.inc()
+        self._requests.add((route, lane, str(status)), 1)
 
     def refused(self, code: str) -> None:
-        self._refusals.labels(code).inc()
+        self._refusals.add((code,), 1)
 
     def first_byte(self, route: str, lane: str, seconds: float) -> None:
-        self._timed[route, lane][0].observe(seconds)
+        timing = self._ttfb[route, lane]
+        timing.counts[bisect.bisect_left(self._ttfb_bounds, seconds)] += 1
+        timing.total += seconds
 
     def stream_began(self, lane: str) -> None:
         self._flying[lane] += 1
 
     def stream_ended(self, route: str, lane: str, seconds: float) -> None:
         self._flying[lane] -= 1
-        self._timed[route, lane][1].observe(seconds)
+        timing = self._duration[route, lane]
+        timing.counts[bisect.bisect_left(self._duration_bounds, seconds)] += 1
+        timing.total += seconds
 
     def tokens(self, model: str, user: str, prompt: int, completion: int) -> None:
         """A stream's usage, as llama-server reported it in its last event."""
         labels = (model,) if self.users is None else (model, self.users.label(user))
-        children = self._tokens.get(labels)
-        if children is None:
-            children = self._tokens[labels] = (self._prompt.labels(*labels), self._completion.labels(*labels))
-        if prompt > 0:
-            children[0].inc(prompt)
-        if completion > 0:
-            children[1].inc(completion)
+        self._prompt.add(labels, max(prompt, 0))  # both counted from the label set's first report, as zero
+        self._completion.add(labels, max(completion, 0))
 
     def loaded(self, model: str) -> None:
-        self._loads.labels(model).inc()
+        self._loads.add((model,), 1)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

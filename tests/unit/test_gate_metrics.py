@@ -10,14 +10,24 @@ from pathlib import Path
 
 import pytest
 from gate_fakes import Client, Harness, chat_request, running_gate
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from broker.metrics import BrokerMetrics
 from llama_direct import metrics as names
+from llama_direct.lanes import LANE_ROUTES
 from llama_direct.metrics import metrics_token_matches
 from llama_launcher.access_token import stored_metrics_token
 from llama_launcher.errors import LauncherError
-from llama_launcher.gate.metrics import BASELINE, DIRECT, OTHER_ROUTE, GateMetrics, UserLabels
+from llama_launcher.gate.metrics import (
+    BASELINE,
+    DIRECT,
+    DURATION_BUCKETS,
+    OTHER_ROUTE,
+    TTFB_BUCKETS,
+    GateMetrics,
+    UserLabels,
+)
 
 TOKEN = "metrics-token-for-tests-0123456789"
 DASHBOARD = Path(__file__).resolve().parents[2] / "docs" / "grafana-llama-direct.json"
@@ -83,6 +93,66 @@ def test_per_user_tokens_are_bounded_by_an_other_label() -> None:
     assert value(found, names.COMPLETION_TOKENS + "_total", model="smol", user="first") == 5
     assert value(found, names.COMPLETION_TOKENS + "_total", model="smol", user=names.OTHER_USER) == 18
     assert len([k for k in found if k[0] == names.COMPLETION_TOKENS + "_total"]) == 2
+
+
+def prometheus_reference(per_user: bool) -> tuple[CollectorRegistry, Callable[[GateMetrics], None]]:
+    """The gate's metrics as `prometheus_client`'s own classes write them, and the calls that count in both."""
+    registry = CollectorRegistry()
+    requests = Counter(names.REQUESTS, "Lane requests answered", ["route", "lane", "status"], registry=registry)
+    refusals = Counter(names.REFUSALS, "The gate's refusals", ["code"], registry=registry)
+    token_labels = ["model", "user"] if per_user else ["model"]
+    prompt = Counter(names.PROMPT_TOKENS, "Prompt tokens llama-server reported", token_labels, registry=registry)
+    completion = Counter(names.COMPLETION_TOKENS, "Completion tokens llama-server reported", token_labels,
+                         registry=registry)
+    ttfb = Histogram(names.TIME_TO_FIRST_BYTE, "From a lane request's head to its answer's first body byte",
+                     ["route", "lane"], buckets=TTFB_BUCKETS, registry=registry)
+    duration = Histogram(names.STREAM_DURATION, "From a lane request's head to its answer's end", ["route", "lane"],
+                         buckets=DURATION_BUCKETS, registry=registry)
+    for route in [*sorted({r.name for r in LANE_ROUTES}), OTHER_ROUTE]:
+        for lane in (DIRECT, BASELINE):
+            ttfb.labels(route, lane), duration.labels(route, lane)
+    flying = Gauge(names.STREAMS_IN_FLIGHT, "Lane answers being relayed now", ["lane"], registry=registry)
+    loads = Counter(names.MODEL_LOADS, "Model loads a router started for this gate's requests", ["model"],
+                    registry=registry)
+    Gauge(names.BROKER_UP, "1 when the broker's metrics were read for this scrape", registry=registry).set(1)
+    flying.labels(DIRECT).set(2)
+    flying.labels(BASELINE).set(0)
+    user = (lambda u: [u]) if per_user else (lambda u: [])
+
+    def count(metrics: GateMetrics) -> None:
+        for route, lane, status in [("chat", DIRECT, 200)] * 3 + [("chat", BASELINE, 401), (OTHER_ROUTE, DIRECT, 499)]:
+            metrics.answered(route, lane, status)
+            requests.labels(route, lane, str(status)).inc()
+        for code in ("missing_token", "invalid_token", "missing_token"):
+            metrics.refused(code)
+            refusals.labels(code).inc()
+        metrics.stream_began(DIRECT), metrics.stream_began(DIRECT)
+        for seconds in (0.0001, 0.005, 0.0051, 0.25, 3.0, 61.0, 1e6):
+            metrics.first_byte("chat", DIRECT, seconds)
+            ttfb.labels("chat", DIRECT).observe(seconds)
+            metrics.stream_ended("resume", BASELINE, seconds * 3)
+            duration.labels("resume", BASELINE).observe(seconds * 3)
+            metrics.stream_began(BASELINE)
+        for model, sub, prompt_tokens, completion_tokens in [("smol", "u1", 12, 40), ("big", "u2", 0, 3),
+                                                                ("smol", "u1", 5, 0)]:
+            metrics.tokens(model, sub, prompt_tokens, completion_tokens)
+            prompt.labels(model, *user(sub)).inc(prompt_tokens)
+            completion.labels(model, *user(sub)).inc(completion_tokens)
+        for model in ("smol", "big", "smol"):
+            metrics.loaded(model)
+            loads.labels(model).inc()
+        metrics.broker_up.set(1)
+
+    return registry, count
+
+
+@pytest.mark.parametrize("per_user", [False, True])
+def test_the_exposition_is_what_prometheus_clients_own_metrics_write(per_user: bool) -> None:
+    registry, count = prometheus_reference(per_user)
+    metrics = GateMetrics(per_user=per_user)
+    count(metrics)
+    created = re.compile(rb"^(\S+_created\S*) \S+$", re.MULTILINE)  # when a series began: a clock's reading
+    assert created.sub(rb"\1", metrics.render()) == created.sub(rb"\1", generate_latest(registry))
 
 
 def test_the_token_is_a_bearer_compared_whole() -> None:
