@@ -204,7 +204,8 @@ def _check_unambiguous(path: str) -> None:
         raise RequestRefusal(AMBIGUOUS_PATH)
     if "//" in path:
         raise RequestRefusal(AMBIGUOUS_PATH, "empty_segment")
-    if any(segment in (".", "..") for segment in path.split("/")):
+    segments = path.split("/")
+    if "." in segments or ".." in segments:
         raise RequestRefusal(AMBIGUOUS_PATH, "dot_segment")
     if len(path) > 1 and path.endswith("/"):
         raise RequestRefusal(AMBIGUOUS_PATH, "trailing_slash")
