@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from typing import TypeGuard
 
 from llama_direct.budgets import GENERATING_FORMATS
 
@@ -38,6 +39,8 @@ HEAD_BYTES = 2048
 _DECODER = json.JSONDecoder()
 _CHUNK_HEAD = re.compile(rb"([0-9a-fA-F]{1,8})(?:;[^\r\n]*)?\r\n")
 _CUT_CHUNK_HEAD = re.compile(rb"[0-9a-fA-F]{0,8}(?:;[^\r\n]*)?\r?")
+_FRAMING_START = re.compile(rb"\r\n(?=[0-9a-fA-F]{1,8}(?:;[^\r\n]*)?\r\n)")
+"""A chunk's end followed by a chunk head: where a tail's framing may start (`unchunk_tail`)."""
 
 
 @dataclass(frozen=True)
@@ -109,14 +112,17 @@ def _counted(usage: dict[str, object] | None, completion: str, prompt_fields: tu
     generated = usage.get(completion)
     if not _is_count(generated):
         return None
-    assert isinstance(generated, int)
-    if not _is_count(usage.get(prompt_fields[0])):
+    prompt = usage.get(prompt_fields[0])
+    if not _is_count(prompt):
         return Usage(generated, None)
-    parts = [usage.get(name, 0) for name in prompt_fields]
-    return Usage(generated, sum(part for part in parts if isinstance(part, int) and _is_count(part)))
+    for name in prompt_fields[1:]:
+        part = usage.get(name, 0)
+        if _is_count(part):
+            prompt += part
+    return Usage(generated, prompt)
 
 
-def _is_count(value: object) -> bool:
+def _is_count(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
@@ -154,7 +160,7 @@ def unchunk_tail(tail: bytes) -> bytes:
     """A chunked body's last bytes without their framing: the first chunk head after which the
     chain of sizes reaches the terminal chunk is where framing starts (what precedes it is the end of
     a chunk's data); with no such chain, the bytes as they are."""
-    for match in re.finditer(rb"\r\n(?=[0-9a-fA-F]{1,8}(?:;[^\r\n]*)?\r\n)", tail):
+    for match in _FRAMING_START.finditer(tail):
         data = _chain(tail, match.end(), to_end=True)
         if data is not None:
             return tail[: match.start()] + data
