@@ -225,9 +225,13 @@ def _limits_text(limits: Limits) -> str:
 
 
 def _not_before() -> int:
-    """The second after now: a grant minted this second or before is refused. A broker on the data dir
-    raises it past any later `iat` it minted (the gate's start cut-off; `BrokerCore._merge_user_revocations`)."""
-    return math.floor(time.time()) + 1
+    """Two seconds after now's: a grant minted up to now is refused, even one a broker minted at a later
+    `iat`, its gate's start cut-off (the second after the gate started, at most the one after now's;
+    `BrokerCore.mint_time`), which the command cannot read. A grant minted after it is born at this
+    second, not refused (`mint_time` raises its `iat` to the user's revocation). A broker on the data
+    dir also raises it past any later `iat` it minted (`BrokerCore._merge_user_revocations`); with Redis
+    this margin is what covers the cut-off."""
+    return math.floor(time.time()) + 2
 
 
 def _link_base(url: str | None, data_dir: Path) -> str | None:

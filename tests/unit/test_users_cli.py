@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import http.server
 import json
+import math
 import socketserver
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
@@ -118,6 +120,18 @@ def test_rotate_and_remove_refuse_the_old_secrets(capsys: pytest.CaptureFixture[
     code, _, err = _run(capsys, "remove", "ann", "--data-dir", str(data_dir))
     assert code == 0 and "removed" in err
     assert store.credential(secret_digest(new_key)) is None and store.users() == []
+
+
+def test_remove_refuses_a_grant_minted_at_a_gates_start_cut_off(capsys: pytest.CaptureFixture[str],
+                                                                 data_dir: Path) -> None:
+    """A broker mints no `iat` before its gate's start cut-off, at most the second after now's, which the
+    command cannot read (with Redis no broker raises what it writes): its revocation covers that `iat`."""
+    _run(capsys, "add", "ann", "--data-dir", str(data_dir))
+    store = open_store(data_dir)
+    user_id = store.users()[0].user.id
+    latest_cut_off = math.floor(time.time()) + 1
+    _run(capsys, "remove", "ann", "--data-dir", str(data_dir))
+    assert store.revocations(time.time())[user_id] > latest_cut_off
 
 
 class _Recorder(http.server.BaseHTTPRequestHandler):
