@@ -25,6 +25,7 @@ import math
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -148,6 +149,22 @@ def open_store(data_dir: Path, redis_url: str | None = None) -> UserStore:
     return SqliteUserStore(data_dir / USERS_DB_FILE)
 
 
+def _write_ahead_log(db: sqlite3.Connection) -> None:
+    """WAL mode, waiting up to the busy timeout for it. SQLite does not wait that timeout for this
+    switch: when serve's broker and a `users` command open a new file at the same moment, one was
+    refused 'database is locked' (77 of 300 simultaneous first opens here), which read as a
+    file that cannot be read. So the switch is retried until the timeout."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 class SqliteUserStore:
     """`UserStore` in one SQLite file. Thread-safe: one connection, used under a lock."""
 
@@ -157,7 +174,7 @@ class SqliteUserStore:
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         try:
             self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            self._db.execute("PRAGMA journal_mode = WAL")
+            _write_ahead_log(self._db)
             self._db.execute("PRAGMA foreign_keys = ON")
             self.version = self._migrate(migrations)
         except sqlite3.DatabaseError:

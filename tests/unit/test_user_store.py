@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import sqlite3
 import stat
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -198,3 +199,22 @@ def test_two_writers_in_two_processes_both_land_everything(tmp_path: Path) -> No
     names = [listed.user.name for listed in store.users()]
     assert len(names) == 80 and len(set(names)) == 80
     assert store.user("a3") is not None and store.user("a3").limits.streams == 4  # type: ignore[union-attr]
+
+
+def test_a_new_file_another_process_is_writing_is_waited_for_not_called_unreadable(tmp_path: Path) -> None:
+    """SQLite does not wait its busy timeout for the switch to WAL: a store opened while another
+    connection (serve's broker, a `users` command) holds the new file's write lock was refused as a file
+    that cannot be read (what made the two-writers test fail, 77 of 300 simultaneous first opens here)."""
+    path = tmp_path / USERS_DB_FILE
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("CREATE TABLE t (x)")
+    other.execute("BEGIN IMMEDIATE")
+    release = threading.Timer(0.3, lambda: other.execute("COMMIT"))
+    release.start()
+    try:
+        store = SqliteUserStore(path)
+        assert store.users() == []
+        store.close()
+    finally:
+        release.join()
+        other.close()
