@@ -71,8 +71,13 @@ class Health:
         self._asking: SingleFlight[HealthAnswer] = SingleFlight()
 
     async def snapshot(self) -> HealthAnswer:
-        if time.monotonic() - self._snapshot_at < HEALTH_INTERVAL and self._snapshot is not None:
-            return self._snapshot
+        """The last answer while it is under `HEALTH_INTERVAL` old, unless it says ready and the
+        upstream no longer is: a llama-server that just died (its supervisor says so on the spot) is
+        reported at once, not half a second later, or the broker would grant streams into the respawn."""
+        cached = self._snapshot
+        if (cached is not None and time.monotonic() - self._snapshot_at < HEALTH_INTERVAL
+                and (not cached["model_ready"] or self.upstream.is_ready())):
+            return cached
         return await self._asking.join(self._query)
 
     def invalidate(self) -> None:

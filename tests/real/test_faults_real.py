@@ -142,6 +142,12 @@ def test_kill_9_llama_server_mid_stream(stack: Stack) -> None:
 
     new_pid = wait_for("a respawned llama-server", lambda: (p := llama_pid(stack)) != old_pid and p, 15)
     assert master_key(new_pid) != old_key
+    # The broker reads the gate's health at most a poll (0.5 s while asked) late, and the respawn comes
+    # after a 0.5 s back-off, so a negotiation at the respawn may still be granted from the health read
+    # before the crash (its stream would meet a llama-server not yet listening, 502, and the client
+    # would fall back). A user's next message comes later; the test waits for the broker to have seen
+    # the crash, then for the respawned server.
+    wait_for("the broker seeing the crash", lambda: _supported(stack) is None, 15 - (time.monotonic() - killed_at))
     fresh = negotiate_supported(stack, seconds=15 - (time.monotonic() - killed_at))
     first_token_at: float | None = None
     lines_after: list[str] = []

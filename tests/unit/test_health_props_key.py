@@ -53,3 +53,30 @@ def test_the_launchers_key_gives_one_header_object_for_its_life() -> None:
     key = MasterKey.generate()
     assert key.authorization() is key.authorization()
     assert key.authorization().startswith(b"Bearer ")
+
+
+def test_a_ready_snapshot_is_dropped_the_moment_the_upstream_dies(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stop-33 CI failure: the gate served its cached 'ready' for up to half a second after
+    llama-server died, so the broker granted a stream that met the respawn (502)."""
+    async def get_json(upstream: Any, path: str, *, timeout: float) -> tuple[int, Any]:
+        return 200, {}
+
+    monkeypatch.setattr(health, "get_json", get_json)
+
+    class Dying(ReadyUpstream):
+        alive = True
+
+        def is_ready(self) -> bool:
+            return self.alive
+
+    upstream = Dying()
+    state = Health(upstream, "m")
+
+    async def scenario() -> None:
+        assert (await state.snapshot())["model_ready"] is True
+        assert (await state.snapshot())["model_ready"] is True  # cached while it holds
+        upstream.alive = False
+        assert (await state.snapshot())["model_ready"] is False
+        assert (await state.snapshot())["model_ready"] is False
+
+    asyncio.run(scenario())
