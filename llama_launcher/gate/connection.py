@@ -69,6 +69,8 @@ log = logging.getLogger(__name__)
 Opened = tuple[tuple[asyncio.Transport, Relay], Callable[[], bytes]]
 """A connected relay and what to send it: built last, since building it may still refuse (no upstream key yet)."""
 
+WHOLE_BODY_BYTES = 64 * 1024  # a broker request's body up to this size goes with its head (`_open_broker`)
+
 
 def rules_for(gate: Gate, listener: Listener) -> Rules:
     """What the core of a connection on `listener` needs of the gate's settings."""
@@ -96,7 +98,7 @@ class ClientConnection(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.task: asyncio.Task[None] | None = None
         self.relay: Relay | None = None
-        self.write_paused = False
+        self.write_paused = self.flying = False
         self.client: str | None = None
         self.counted: str | None = None
         self.sink: asyncio.Transport | None = None
@@ -107,9 +109,7 @@ class ClientConnection(asyncio.Protocol):
         """The metrics' lane: the private socket serves the broker's baseline, a public port the direct lane."""
         self.metered: str | None = None
         """The lane route (metrics' label) of the request being answered, until it is counted."""
-        self.started = 0.0
-        self.status = CLIENT_LEFT
-        self.flying = False
+        self.started, self.status = 0.0, CLIENT_LEFT
         self.usage: Metered | None = None
         """The generating request being answered, until its usage is reported (`usage_reports`)."""
 
@@ -194,7 +194,7 @@ class ClientConnection(asyncio.Protocol):
             self.relay.pause()
 
     def resume_writing(self) -> None:
-        self.write_paused = False
+        self.write_paused = self.flying = False
         if self.stalled is not None:
             self.stalled.cancel()
             self.stalled = None
@@ -358,11 +358,12 @@ class ClientConnection(asyncio.Protocol):
         return True
 
     async def _open_broker(self, request: Request) -> Opened:
-        """Connect to the broker at once: a body still arriving is relayed as it comes, never held whole.
-
-        So the broker sees the head first and refuses an anonymous request before its body arrives,
-        and the gate's memory grows only with bytes that arrived and the broker has not read yet.
-        """
+        """Connect to the broker. A large body is poured as it comes, never held whole (the broker refuses
+        an anonymous upload from its head); one up to `WHOLE_BODY_BYTES` goes with the head, since a write
+        after a broker that answered from the head closed failed and lost the answer (502, not 401)."""
+        length = request.length
+        small = self.core.state != BODY or (length is not None and length <= WHOLE_BODY_BYTES)
+        whole = await self._read_body() if small else None
         try:
             connected = await connect(
                 self.gate.config.broker_socket,
@@ -371,7 +372,7 @@ class ClientConnection(asyncio.Protocol):
             )
         except (UpstreamUnavailable, UpstreamTimeout):
             raise BrokerUnavailable() from None
-        return connected, lambda: self._broker_outgoing(request, connected[0])
+        return connected, lambda: self._broker_outgoing(request, connected[0], whole)
 
     async def _serve_private(self, request: Request) -> None:
         """The private socket's own routes (`connection_core.PRIVATE_ROUTES`): the health, the broker's unload."""
@@ -411,8 +412,8 @@ class ClientConnection(asyncio.Protocol):
         else:
             self._answer(simple_response(204, b"", answer, close=self.core.closing()))
 
-    def _broker_outgoing(self, request: Request, transport: asyncio.Transport) -> bytes:
-        """The head and what body arrived; what is still to come goes to `transport` as it arrives."""
+    def _broker_outgoing(self, request: Request, transport: asyncio.Transport, whole: bytes | None) -> bytes:
+        """The head and the `whole` body, or the head and what arrived (the rest is poured into `transport`)."""
         admission = self.gate.admission
         proto = b"https" if self.listener.tls else b"http"
         if self.peer in admission.trusted:
@@ -420,10 +421,10 @@ class ClientConnection(asyncio.Protocol):
         outgoing = functools.partial(
             broker_request, request, client=self.client, proto=proto, user_header=admission.user_header,
             user=forwarded_user(self.peer, admission.trusted, admission.user_header, request.headers))
+        if whole is not None:
+            return outgoing(length=len(whole)) + whole
         core = self.core
         body = core.take_body()
-        if core.state != BODY:
-            return outgoing(length=len(body)) + body
         length = request.length
         self.sink, self.chunked_sink = transport, length is None
         core.pour()
