@@ -317,8 +317,8 @@ class ClientConnection(asyncio.Protocol):
         """Check the token (a use is spent there, first: metered from there), the route, the body; plan, connect."""
         gate = self.gate
         head = RequestHead(request.method.decode("ascii"), request.target, list(request.headers))
-        claims, self.usage = await gate.authorize(head, self.lane)
-        route = check_request(head, claims, lane_prefix=gate.config.lane_prefix)
+        claims, self.usage, granted = await gate.authorize(head, self.lane)
+        route = check_request(head, claims, granted=granted)
         body = await self._read_body()
         self.stream = gate.streams.open(claims, route)
         plan = await plan_lane(gate, route, claims, body, cors=self.listener.cors)

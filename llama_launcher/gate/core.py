@@ -24,6 +24,7 @@ from llama_direct.refusals import (
     MalformedToken,
     MissingToken,
     ModelNotLoaded,
+    RequestRefusal,
     TokenRevoked,
     TokenSpent,
     UnknownKey,
@@ -40,7 +41,7 @@ from llama_launcher.gate.keyset import KeySet
 from llama_launcher.gate.load_charges import LoadCharger
 from llama_launcher.gate.metrics import BrokerExposition, GateMetrics, MetricsServing
 from llama_launcher.gate.pool import Attempts, Member, Pool, shaping_limits
-from llama_launcher.gate.scope import RequestHead, metered_lane
+from llama_launcher.gate.scope import Granted, RequestHead, granted_route, metered_lane
 from llama_launcher.gate.shaping import ShapingPolicy
 from llama_launcher.gate.stream_watch import StreamWatch
 from llama_launcher.gate.usage_reports import Metered, UsageReporter
@@ -131,12 +132,14 @@ class Gate:
         attempts.keep(loaded)
         return target + "?autoload=false"
 
-    async def authorize(self, head: RequestHead, lane: str) -> tuple[Claims, Metered | None]:
+    async def authorize(self, head: RequestHead,
+                        lane: str) -> tuple[Claims, Metered | None, Granted | RequestRefusal]:
         """The verified, unrevoked claims of the request's bearer token, one of its uses spent, and the
         request's `Metered` (`UsageReporter.begin`), begun at that spend: every refusal from there reports
         its grant ended with nothing generated. A revoked grant is refused after its spend, and reported so
         here: it can never be used, so its reservation and its user's stream return at once. A token that
-        did not verify (a forged one cannot settle anyone's grant) or was already spent reports nothing."""
+        did not verify (a forged one cannot settle anyone's grant) or was already spent reports nothing.
+        Last, the request's `granted_route`, read once for its metering and its `check_request`."""
         token = _bearer_token(head.headers)
         try:
             claims = self._verify(token)
@@ -144,12 +147,13 @@ class Gate:
             await self.keyset.refresh_for_unknown_kid()
             claims = self._verify(token)
         await self.spend(claims)
-        metered = self.usage.begin(claims, metered_lane(head, claims, self.config.lane_prefix), lane)
+        granted = granted_route(head, claims, self.config.lane_prefix)
+        metered = self.usage.begin(claims, metered_lane(granted, claims), lane)
         if self.keyset.revocations.is_revoked(claims):
             if metered is not None:
                 self.usage.end(metered, status=None, complete=False, chunked=False)
             raise TokenRevoked()
-        return claims, metered
+        return claims, metered, granted
 
     def _verify(self, token: str) -> Claims:
         return verify(

@@ -78,12 +78,32 @@ class Route:
     conversation_id: str | None
 
 
-def check_request(head: RequestHead, claims: Claims, *, lane_prefix: str = LANE_PREFIX) -> Route:
-    """The route this request may take under `claims`, or a `RequestRefusal` saying why not."""
-    path, query = _split_target(head.target)
-    lane_path = _lane_path(path, lane_prefix)
+Granted = tuple[LaneRoute, str, "str | None"]
+"""A request's lane route read from its target under its grant (`granted_route`), with the path under
+the lane and the raw query: read once a request, for both `metered_lane` and `check_request`."""
+
+
+def granted_route(head: RequestHead, claims: Claims, lane_prefix: str = LANE_PREFIX) -> Granted | RequestRefusal:
+    """The lane route the request's target asks for, where its grant has it; else the refusal it earns
+    (`check_request` raises it first, so a request is refused for the same reason either way)."""
+    try:
+        path, query = _split_target(head.target)
+        lane_path = _lane_path(path, lane_prefix)
+        return _granted_route(head.method, lane_path, claims.grant), lane_path, query
+    except RequestRefusal as refusal:
+        return refusal
+
+
+def check_request(head: RequestHead, claims: Claims, *, lane_prefix: str = LANE_PREFIX,
+                  granted: Granted | RequestRefusal | None = None) -> Route:
+    """The route this request may take under `claims`, or a `RequestRefusal` saying why not; `granted`:
+    its `granted_route`, when already read."""
+    if granted is None:
+        granted = granted_route(head, claims, lane_prefix)
+    if isinstance(granted, RequestRefusal):
+        raise granted
+    lane, lane_path, query = granted
     grant = claims.grant
-    lane = _granted_route(head.method, lane_path, grant)
     if lane.scope not in claims.scope.split():
         raise RequestRefusal(SCOPE_MISMATCH)
     headers = _single_headers(head.headers)
@@ -98,16 +118,15 @@ def check_request(head: RequestHead, claims: Claims, *, lane_prefix: str = LANE_
     return Route(head.method, lane_path, lane, grant.conversation_id)
 
 
-def metered_lane(head: RequestHead, claims: Claims, lane_prefix: str = LANE_PREFIX) -> LaneRoute | None:
+def metered_lane(granted: Granted | RequestRefusal, claims: Claims) -> LaneRoute | None:
     """The lane route a request whose grant was just spent is metered by, before `check_request` may
-    refuse it: the request's, where its grant has it; else the grant's own, where it names one (the
-    broker's always do: the route it reserved for). So a refusal of the route settles the grant too."""
-    try:
-        path, _query = _split_target(head.target)
-        return _granted_route(head.method, _lane_path(path, lane_prefix), claims.grant)
-    except RequestRefusal:
-        routes = claims.grant.routes
-        return ROUTE_AT.get(routes[0]) if len(routes) == 1 else None
+    refuse it: the request's (`granted_route`), where its grant has it; else the grant's own, where it
+    names one (the broker's always do: the route it reserved for). So a refusal of the route settles the
+    grant too."""
+    if not isinstance(granted, RequestRefusal):
+        return granted[0]
+    routes = claims.grant.routes
+    return ROUTE_AT.get(routes[0]) if len(routes) == 1 else None
 
 
 def allowed_preflight(

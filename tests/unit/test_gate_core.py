@@ -74,7 +74,7 @@ def test_the_use_is_spent_by_authorize_itself() -> None:
     """Verification spends the use: whatever is refused after it, the token cannot come back."""
     fresh = token(time.time())
     g = gate(time.time() - 10)
-    claims, _metered = asyncio.run(g.authorize(head(fresh), "direct"))
+    claims, _metered, _granted = asyncio.run(g.authorize(head(fresh), "direct"))
     assert claims.grant.uses == 1
     with pytest.raises(TokenSpent):
         asyncio.run(g.authorize(head(fresh), "direct"))
