@@ -88,10 +88,10 @@ class ClientConnection(asyncio.Protocol):
                  "metered", "peer", "relay", "sink", "stalled", "started", "status", "stream", "task", "timer",
                  "transport", "usage", "write_paused")
 
-    def __init__(self, gate: Gate, listener: Listener) -> None:
+    def __init__(self, gate: Gate, listener: Listener, rules: Rules) -> None:
         self.gate = gate
         self.listener = listener
-        self.core = ConnectionCore(rules_for(gate, listener))
+        self.core = ConnectionCore(rules)  # `rules_for(gate, listener)`, made once a listener, not a connection
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set in connection_made, before any other callback; no None check on the hot path
         self.peer: str | None = None
         self.body_waiter: asyncio.Future[bytes] | None = None

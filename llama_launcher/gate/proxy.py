@@ -42,7 +42,7 @@ from collections.abc import Callable, Sequence
 
 from llama_direct.shared_replay import RedisReplayStore, async_client
 from llama_launcher.gate.config import GateConfig, Listener
-from llama_launcher.gate.connection import ClientConnection
+from llama_launcher.gate.connection import ClientConnection, rules_for
 from llama_launcher.gate.core import Gate
 from llama_launcher.gate.holders import RedisHolders
 from llama_launcher.gate.keyset import KeySet
@@ -105,15 +105,18 @@ class GateServer:
         private = Listener(lane=True, health=True)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(config.private_socket)
-        server = await loop.create_unix_server(lambda: ClientConnection(self.gate, private), config.private_socket)
+        rules = rules_for(self.gate, private)
+        server = await loop.create_unix_server(lambda: ClientConnection(self.gate, private, rules),
+                                               config.private_socket)
         os.chmod(config.private_socket, 0o600)
         self._servers.append(server)
 
     async def _listen(self, listening: socket.socket, listener: Listener) -> None:
         config = self.config
+        rules = rules_for(self.gate, listener)  # once a listener: a connection's own costs 2.6 us
         self._servers.append(
             await asyncio.get_running_loop().create_server(
-                lambda: ClientConnection(self.gate, listener),
+                lambda: ClientConnection(self.gate, listener, rules),
                 sock=listening,
                 ssl=_server_tls(config),
                 ssl_handshake_timeout=config.head_timeout if config.tls else None,
