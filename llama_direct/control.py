@@ -145,13 +145,20 @@ def usage_batches(reports: Sequence[UsageReport], limit: int = MAX_USAGE_BODY_BY
     bodies: list[bytes] = []
     parts: list[bytes] = []
     size = len(_BATCH_OPEN) + len(_BATCH_CLOSE)
-    for report in reports:
-        part = _COMPACT.encode(usage_report(report)).encode()
-        if parts and size + len(part) + 1 > limit:
-            bodies.append(_BATCH_OPEN + b",".join(parts) + _BATCH_CLOSE)
-            parts, size = [], len(_BATCH_OPEN) + len(_BATCH_CLOSE)
-        parts.append(part)
-        size += len(part) + 1
+    for start in range(0, len(reports), _GROUP):
+        group = [usage_report(report) for report in reports[start : start + _GROUP]]
+        joined = _COMPACT.encode(group)[1:-1].encode()  # the group's reports, comma-separated
+        if size + len(joined) + 1 <= limit:  # each report would fit after the one before: the same bytes
+            parts.append(joined)
+            size += len(joined) + 1
+            continue
+        for document in group:  # the body ends within this group: report by report
+            part = _COMPACT.encode(document).encode()
+            if parts and size + len(part) + 1 > limit:
+                bodies.append(_BATCH_OPEN + b",".join(parts) + _BATCH_CLOSE)
+                parts, size = [], len(_BATCH_OPEN) + len(_BATCH_CLOSE)
+            parts.append(part)
+            size += len(part) + 1
     if parts:
         bodies.append(_BATCH_OPEN + b",".join(parts) + _BATCH_CLOSE)
     return bodies
@@ -177,6 +184,8 @@ _BATCH_OPEN = b'{"reports":['
 _BATCH_CLOSE = b"]}"
 _COMPACT = json.JSONEncoder(separators=(",", ":"))
 """`json.dumps(..., separators=(",", ":"))` without a new encoder each report: a busy gate sends hundreds a body."""
+_GROUP = 64
+"""Reports encoded in one call (`usage_batches`): each call sets up the C encoder anew, half a report's cost."""
 _USAGE_KEYS = {"jti", "sub", "model", "route", "lane", "phase", "prompt_tokens", "completion_tokens"}
 _MAX_NAME = 512
 _MAX_COUNT = 10**12
