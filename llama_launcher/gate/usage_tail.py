@@ -36,7 +36,9 @@ terminal chunk), take well under a kilobyte from llama-server."""
 HEAD_BYTES = 2048
 """The start kept for Messages: `message_start`, which alone says the prompt's tokens."""
 
-_DECODER = json.JSONDecoder()
+_DECODER = json.JSONDecoder(parse_float=str)
+"""Floats are kept as their text: no count is ever a float (`_is_count` takes ints alone), and llama-server's
+`timings` holds six of them, whose parsing was a third of the object's."""
 _CHUNK_HEAD = re.compile(rb"([0-9a-fA-F]{1,8})(?:;[^\r\n]*)?\r\n")
 _CUT_CHUNK_HEAD = re.compile(rb"[0-9a-fA-F]{0,8}(?:;[^\r\n]*)?\r?")
 _FRAMING_START = re.compile(rb"\r\n(?=[0-9a-fA-F]{1,8}(?:;[^\r\n]*)?\r\n)")
