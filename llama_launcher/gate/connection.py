@@ -194,7 +194,7 @@ class ClientConnection(asyncio.Protocol):
             self.relay.pause()
 
     def resume_writing(self) -> None:
-        self.write_paused = self.flying = False
+        self.write_paused = False
         if self.stalled is not None:
             self.stalled.cancel()
             self.stalled = None

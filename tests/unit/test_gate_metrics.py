@@ -238,3 +238,29 @@ def test_every_metric_the_dashboard_queries_is_one_the_gate_or_the_broker_expose
     queried = set(re.findall(r"llama_direct_[a-z_]+", DASHBOARD.read_text()))
     assert len(queried) >= 10
     assert {re.sub(r"_(total|bucket|sum|count)$", "", name) for name in queried} <= exposed
+
+
+def test_a_stream_whose_client_held_back_the_gate_s_writes_is_counted_ended() -> None:
+    """asyncio pauses and resumes a connection's writing when its client reads slowly; that must not
+    clear the stream's in-flight mark, or its end is never counted and the gauge stays up for good."""
+    async def scenario(h: Harness) -> None:
+        assert h.port is not None
+        h.server.gate.metrics_token = TOKEN
+        h.behaviour.events, h.behaviour.delay = 40, 0.02
+        client = await Client.open(h.port)
+        await client.send(chat_request(h.token()))
+        for _ in range(2000):  # until the gate relays the stream: an event, polled; no time is asserted
+            flying = [c for c in h.server.gate.connections if getattr(c, "flying", False)]
+            if flying:
+                break
+            await asyncio.sleep(0.01)
+        (connection,) = flying
+        connection.pause_writing()  # type: ignore[attr-defined]
+        connection.resume_writing()  # type: ignore[attr-defined]
+        assert (await client.response(timeout=60)).status == 200
+        client.close()
+        found = samples((await ask(h.port, scrape(TOKEN))).body)  # type: ignore[attr-defined]
+        assert value(found, names.STREAMS_IN_FLIGHT, lane=DIRECT) == 0
+        assert value(found, names.STREAM_DURATION + "_count", route="chat", lane=DIRECT) == 1
+
+    run(scenario)
