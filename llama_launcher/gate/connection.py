@@ -69,8 +69,6 @@ log = logging.getLogger(__name__)
 Opened = tuple[tuple[asyncio.Transport, Relay], Callable[[], bytes]]
 """A connected relay and what to send it: built last, since building it may still refuse (no upstream key yet)."""
 
-WHOLE_BODY_BYTES = 64 * 1024  # a broker request's body up to this size goes with its head (`_open_broker`)
-
 
 def rules_for(gate: Gate, listener: Listener) -> Rules:
     """What the core of a connection on `listener` needs of the gate's settings."""
@@ -359,10 +357,10 @@ class ClientConnection(asyncio.Protocol):
 
     async def _open_broker(self, request: Request) -> Opened:
         """Connect to the broker. A large body is poured as it comes, never held whole (the broker refuses
-        an anonymous upload from its head); one up to `WHOLE_BODY_BYTES` goes with the head, since a write
+        an anonymous upload from its head); one up to the small routes' cap goes with the head, since a write
         after a broker that answered from the head closed failed and lost the answer (502, not 401)."""
         length = request.length
-        small = self.core.state != BODY or (length is not None and length <= WHOLE_BODY_BYTES)
+        small = self.core.state != BODY or (length is not None and length <= self.gate.config.max_small_body_bytes)
         whole = await self._read_body() if small else None
         try:
             connected = await connect(
