@@ -151,6 +151,8 @@ describe("everyday use", () => {
     await page.check("#clear-on-logout");
     await page.click("#logout");
     await page.waitForSelector(".login-card", { timeout: WAIT_MS });
+    // The card is in the DOM as soon as the HTML is parsed; its stylesheet may still be loading.
+    await page.waitForLoadState("load", { timeout: WAIT_MS });
     expect(await page.textContent("h1")).toBe("llama-direct");
     expect(await page.isVisible("input#token")).toBe(true);
     expect(await page.evaluate(() => getComputedStyle(document.querySelector(".login-card") as Element).borderRadius)).toBe("10px");
