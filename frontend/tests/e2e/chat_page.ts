@@ -16,6 +16,28 @@ export function pageDatabase(user = "local"): string {
   return `llama-direct.${createHash("sha256").update(`llama-direct.page-user\0${user}`).digest("hex").slice(0, 20)}`;
 }
 
+/**
+ * Every conversation the page has saved for `user`, as JSON. The page saves asynchronously, so a test
+ * polls this for what it needs kept before it reloads, rather than sleeping and hoping.
+ */
+export function stored(page: Page, user = "local"): Promise<string> {
+  return page.evaluate(async (name) => {
+    const db = await new Promise<IDBDatabase>((resolve, reject) => {
+      const request = indexedDB.open(name, 1);
+      request.onupgradeneeded = () => request.result.createObjectStore("conversations", { keyPath: "id" });
+      request.onsuccess = () => resolve(request.result);
+      request.onerror = () => reject(request.error);
+    });
+    const records = await new Promise<unknown[]>((resolve, reject) => {
+      const request = db.transaction("conversations").objectStore("conversations").getAll();
+      request.onsuccess = () => resolve(request.result as unknown[]);
+      request.onerror = () => reject(request.error);
+    });
+    db.close();
+    return JSON.stringify(records);
+  }, pageDatabase(user));
+}
+
 /** Replies are capped so that a slow, shared machine still finishes each test in bounded time. */
 export const REPLY_TOKENS = 48;
 

@@ -8,7 +8,7 @@ import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Browser, BrowserContext, Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { fulfilWith, open, pageDatabase, send, session, settled, WAIT_MS } from "./chat_page.ts";
+import { fulfilWith, open, send, session, settled, stored, WAIT_MS } from "./chat_page.ts";
 import { ARTIFACTS, artifact, launchBrowser, type Stack, startStack } from "./stack.ts";
 
 const LANE = "**/direct/v1/chat/completions";
@@ -61,7 +61,7 @@ describe("everyday use", () => {
     expect((await page.locator("li.assistant .markdown").textContent())?.trim()).toBe("An apple.");
     expect(await page.locator('li.assistant button[data-action="branch-prev"]').isDisabled()).toBe(true);
     await page.screenshot({ path: artifact("page-desktop-branches.png") });
-    await page.waitForTimeout(300);
+    await expect.poll(() => stored(page), { timeout: WAIT_MS }).toContain('"branch":0');
     await page.reload();
     await page.locator("li.assistant .branch-count").waitFor({ timeout: WAIT_MS });
     expect(await page.locator("li.assistant .branch-count").textContent()).toBe("1/2");
@@ -157,21 +157,7 @@ describe("everyday use", () => {
     expect(await page.isVisible("input#token")).toBe(true);
     expect(await page.evaluate(() => getComputedStyle(document.querySelector(".login-card") as Element).borderRadius)).toBe("10px");
     await page.screenshot({ path: artifact("page-desktop-login.png") });
-    const kept = await page.evaluate(async (name) => {
-      const db = await new Promise<IDBDatabase>((resolve, reject) => {
-        const request = indexedDB.open(name, 1);
-        request.onupgradeneeded = () => request.result.createObjectStore("conversations", { keyPath: "id" });
-        request.onsuccess = () => resolve(request.result);
-        request.onerror = () => reject(request.error);
-      });
-      const count = await new Promise<number>((resolve) => {
-        const request = db.transaction("conversations").objectStore("conversations").count();
-        request.onsuccess = () => resolve(request.result);
-      });
-      db.close();
-      return count;
-    }, pageDatabase());
-    expect(kept).toBe(0);
+    expect(JSON.parse(await stored(page))).toEqual([]);
     // The login form takes the access token and leads back to the page.
     await page.fill("#token", new URL(stack.loginUrl).searchParams.get("token") ?? "");
     await page.click('button[type="submit"]');

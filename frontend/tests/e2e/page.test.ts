@@ -6,7 +6,7 @@
  */
 import type { Browser, BrowserContext, Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { fulfilWith, open, path, send, session, settled, WAIT_MS } from "./chat_page.ts";
+import { fulfilWith, open, path, send, session, settled, stored, WAIT_MS } from "./chat_page.ts";
 import { artifact, launchBrowser, type Stack, startStack } from "./stack.ts";
 
 const LANE = "**/direct/v1/chat/completions";
@@ -121,11 +121,12 @@ describe("reading", () => {
     expect(await placeholder.textContent()).toContain("images.example.invalid");
 
     const copy = reply.locator(".codeblock button.copy-code");
+    // A copy is asynchronous, and its "Copied" label lasts 1.5 s: poll the clipboard itself.
+    const clipboard = (): Promise<string> => page.evaluate(() => navigator.clipboard.readText());
     await copy.click();
-    await reply.locator(".codeblock button.copy-code", { hasText: "Copied" }).waitFor({ timeout: 5_000 });
-    expect(await page.evaluate(() => navigator.clipboard.readText())).toBe("def add(a, b):\n    return a + b");
+    await expect.poll(clipboard, { timeout: WAIT_MS }).toBe("def add(a, b):\n    return a + b");
     await reply.locator('.actions button[data-action="copy"]').click();
-    expect(await page.evaluate(() => navigator.clipboard.readText())).toBe(MARKDOWN);
+    await expect.poll(clipboard, { timeout: WAIT_MS }).toBe(MARKDOWN);
     await page.screenshot({ path: artifact("page-desktop-markdown.png") });
     expect(problems).toEqual([]);
     await page.close();
@@ -145,10 +146,12 @@ describe("scrolling", () => {
     for (let turn = 1; turn <= 5; turn += 1) {
       const reply = await send(page, `Turn ${turn}: a long answer, please.`);
       expect(await settled(reply)).toBe("done");
-      await page.waitForTimeout(100);
-      const { line, top, paneTop } = await lastLineAndComposer(page);
-      expect(line).toBeLessThanOrEqual(top + 1);
-      expect(line).toBeGreaterThan(paneTop);
+      // The follow scrolls after the last chunk lands: polled, as a loaded machine lays out late.
+      const inView = async (): Promise<boolean> => {
+        const { line, top, paneTop } = await lastLineAndComposer(page);
+        return line <= top + 1 && line > paneTop;
+      };
+      await expect.poll(inView, { timeout: WAIT_MS }).toBe(true);
     }
     await page.screenshot({ path: artifact("page-five-turns.png") });
     await page.close();
@@ -173,15 +176,18 @@ describe("scrolling", () => {
     await page.screenshot({ path: artifact("page-jump.png") });
     await page.click("#jump");
     expect(await page.isHidden("#jump")).toBe(true);
-    await page.waitForTimeout(300);
-    expect(await pane.evaluate((n) => n.scrollHeight - n.scrollTop - n.clientHeight)).toBeLessThan(60);
+    // Polled, not slept on: a loaded machine may take longer than any fixed pause to scroll and lay out.
+    const fromBottom = (): Promise<number> => pane.evaluate((n) => n.scrollHeight - n.scrollTop - n.clientHeight);
+    await expect.poll(fromBottom, { timeout: WAIT_MS }).toBeLessThan(60);
     await page.click("#stop");
     expect(await settled(reply)).toBe("stopped");
-    await page.waitForTimeout(200);
-    const status = await reply.locator(".status-line").boundingBox();
-    const composer = await page.locator("#composer").boundingBox();
     expect(await reply.locator(".status-line").textContent()).toBe("Stopped.");
-    expect((status?.y ?? 0) + (status?.height ?? 0)).toBeLessThanOrEqual((composer?.y ?? 0) + 1);
+    const statusBelowComposer = async (): Promise<number> => {
+      const status = await reply.locator(".status-line").boundingBox();
+      const composer = await page.locator("#composer").boundingBox();
+      return (status?.y ?? 0) + (status?.height ?? 0) - (composer?.y ?? 0);
+    };
+    await expect.poll(statusBelowComposer, { timeout: WAIT_MS }).toBeLessThanOrEqual(1);
     await page.close();
   });
 });
@@ -275,7 +281,7 @@ describe("settings", () => {
     expect(await settled(await send(page, "Say hi."))).toBe("done");
     const body = requests.find((r) => path(r) === "/direct/v1/chat/completions")?.postDataJSON() as Record<string, unknown>;
     expect([body.top_p, body.top_k, body.min_p, body.repeat_penalty]).toEqual([0.9, 40, 0.05, 1.1]);
-    await page.waitForTimeout(300);
+    await expect.poll(() => stored(page), { timeout: WAIT_MS }).toContain('"topK":"40"');
     await page.reload();
     await page.waitForSelector("li.assistant");
     await page.click("#settings-toggle");
@@ -307,7 +313,7 @@ describe("a reply streaming at reload", () => {
     const negotiations = requests.filter((r) => path(r) === "/direct-stream").map((r) => r.postDataJSON());
     expect(negotiations.at(-1)).toEqual({ resume: expect.any(String) });
     // Settled, the turn holds no stream any more: another reload resumes nothing.
-    await page.waitForTimeout(300);
+    await expect.poll(() => stored(page), { timeout: WAIT_MS }).not.toContain('"pending"');
     await page.reload();
     expect(await settled(page.locator("li.assistant").first())).toBe("done");
     expect(requests.filter((r) => path(r) === "/direct/v1/stream" && r.method() === "GET")).toHaveLength(1);
@@ -327,7 +333,7 @@ describe("conversations", () => {
     await page.unroute(LANE);
     await page.route(LANE, fulfilWith("Second answer, with **bold**."));
     expect(await settled(await send(page, "Second conversation"))).toBe("done");
-    await page.waitForTimeout(300);
+    await expect.poll(() => stored(page), { timeout: WAIT_MS }).toContain("Second answer");
     await page.reload();
     await page.locator("#conversations li").nth(1).waitFor({ timeout: WAIT_MS });
     expect(await page.locator("#conversations .open").allTextContents()).toEqual(["Second conversation", "First conversation"]);
