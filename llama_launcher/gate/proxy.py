@@ -93,7 +93,7 @@ class GateServer:
         metrics_sock = self.metrics.sock
         for listening in (public_sock, app_sock, metrics_sock):
             if listening is not None:
-                _no_delay(listening)
+                _tune_listener(listening)
         if public_sock is not None:
             listener = Listener(lane=True, broker=not config.two_port, cors=config.two_port, tls=config.tls,
                                 metrics=not config.two_port)
@@ -146,12 +146,22 @@ class GateServer:
             os.unlink(self.config.private_socket)
 
 
-def _no_delay(listening: socket.socket) -> None:
-    """Turn Nagle off: the head and each chunk are small writes, and Nagle would hold the second one
-    back until the client's delayed ACK (40 ms). Set once on the listening socket: on Linux every
-    accepted socket inherits it, which saves a socket wrapper and a syscall per connection."""
+UNSENT_LOWAT = 64 * 1024
+"""Bytes of an answer the kernel may hold unsent for one client (`TCP_NOTSENT_LOWAT`). Linux grows a
+connection's send buffer to 4 MiB by itself, and a client that reads nothing would take all of it: an
+answer's first 4 MiB (some 15,000 chat tokens) were generated before the gate's write buffer filled and
+`--send-timeout` began to count. Bytes in flight are not limited, so a fast client reads as fast."""
+
+
+def _tune_listener(listening: socket.socket) -> None:
+    """Set once on the listening socket, as every socket it accepts inherits both on Linux (a socket
+    wrapper and two syscalls saved per connection): Nagle off, since the head and each chunk are small
+    writes and Nagle would hold the second back until the client's delayed ACK (40 ms); and at most
+    `UNSENT_LOWAT` unsent bytes in the kernel, so that a client that stops reading fills the gate's
+    own write buffer soon, which is what pauses the relay and arms the send timeout."""
     if listening.family in (socket.AF_INET, socket.AF_INET6):
         listening.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        listening.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, UNSENT_LOWAT)
 
 
 def _server_tls(config: GateConfig) -> ssl.SSLContext | None:

@@ -15,13 +15,14 @@ from gate_fakes import (
 )
 from gate_scenarios import ask, run
 
+from llama_launcher.gate.proxy import UNSENT_LOWAT
 from llama_launcher.tls import self_signed_pair
 
 # -- the connection's life -------------------------------------------------------------------
 
 
-def _served_socket_no_delay(client_address: tuple[str, int]) -> int:
-    """TCP_NODELAY on the gate's side of the connection from `client_address`: the gate runs in this
+def _served_socket_option(client_address: tuple[str, int], option: int) -> int:
+    """A TCP option on the gate's side of the connection from `client_address`: the gate runs in this
     process, so its accepted socket is one of this process's descriptors."""
     for name in os.listdir("/proc/self/fd"):
         try:
@@ -31,7 +32,7 @@ def _served_socket_no_delay(client_address: tuple[str, int]) -> int:
         with sock:
             try:
                 if sock.family == socket.AF_INET and sock.getpeername() == client_address:
-                    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+                    return sock.getsockopt(socket.IPPROTO_TCP, option)
             except OSError:
                 continue
     raise AssertionError("the gate's side of the connection was not found")
@@ -47,7 +48,24 @@ def test_keep_alive_over_tcp_is_not_held_back_by_nagle() -> None:
         for _ in range(5):
             await client.send(chat_request(h.token()))
             assert (await client.response()).status == 200
-        assert _served_socket_no_delay(client.writer.get_extra_info("sockname")) != 0
+        assert _served_socket_option(client.writer.get_extra_info("sockname"), socket.TCP_NODELAY) != 0
+        client.close()
+
+    run(scenario)
+
+
+def test_a_client_that_reads_nothing_fills_the_gates_buffer_after_kilobytes_not_megabytes() -> None:
+    """Without a cap on unsent bytes, Linux lets a client that reads nothing take megabytes of an answer
+    into the gate's send buffer before the write buffer fills and `--send-timeout` counts; the gate's
+    side of each connection holds the cap (the option is checked, not a fill, which depends on the
+    kernel's tuning)."""
+
+    async def scenario(h: Harness) -> None:
+        client = await Client.open(h.port)
+        await client.send(chat_request(h.token()))
+        assert (await client.response()).status == 200
+        unsent = _served_socket_option(client.writer.get_extra_info("sockname"), socket.TCP_NOTSENT_LOWAT)
+        assert unsent == UNSENT_LOWAT <= 64 * 1024
         client.close()
 
     run(scenario)
