@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,16 @@ def fast(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(gate_link, "HEALTH_INTERVAL_SECONDS", 0.05)
     monkeypatch.setattr(gate_link, "ACTIVE_SECONDS", 0.3)
     monkeypatch.setattr(gate_link, "IDLE_INTERVAL_SECONDS", 30.0)
+
+
+async def polled(gate: Gate, count: int, within: float) -> None:
+    """Wait until the gate has been asked `count` more times; fail if that takes `within` seconds. A
+    bound on the link's own schedule, with a margin a loaded machine cannot use up: never a count of
+    polls in a fixed slice of wall time, which a slow box would miss."""
+    asked, deadline = gate.asked, time.monotonic() + within
+    while gate.asked - asked < count:
+        assert time.monotonic() < deadline, f"asked {gate.asked - asked} times in {within} s, not {count}"
+        await asyncio.sleep(0.005)
 
 
 def run(tmp_path: Path, gate: Gate, body: Callable[[GateLink], Awaitable[None]]) -> None:
@@ -138,7 +149,8 @@ class TestPoller:
         gate = Gate()
 
         async def body(link: GateLink) -> None:
-            await asyncio.sleep(0.1)  # no read since the start: idle from the first poll on
+            while gate.asked == 0:  # no read since the start: idle from the first poll on
+                await asyncio.sleep(0.005)
             asked = gate.asked
             await asyncio.sleep(0.5)
             assert gate.asked == asked
@@ -149,25 +161,27 @@ class TestPoller:
         gate = Gate(answer=dict(LOADING))
 
         async def body(link: GateLink) -> None:
-            asked = gate.asked
-            await asyncio.sleep(0.5)
-            assert gate.asked - asked >= 5
+            await polled(gate, 5, within=3.0)  # the idle poll would take 30 s a time
             gate.answer = dict(READY)
-            await asyncio.sleep(0.1)
-            assert link.health.model_ready
+            deadline = time.monotonic() + 3.0
+            while not link.health.model_ready:
+                assert time.monotonic() < deadline, "the ready answer was never polled"
+                await asyncio.sleep(0.005)
 
         run(tmp_path, gate, body)
 
-    def test_a_read_after_a_quiet_spell_brings_the_fast_poll_back_until_reads_stop(self, tmp_path: Path) -> None:
+    def test_a_read_after_a_quiet_spell_brings_the_fast_poll_back_until_reads_stop(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(gate_link, "ACTIVE_SECONDS", 1.5)  # a read keeps the poll fast this long
         gate = Gate()
 
         async def body(link: GateLink) -> None:
             await asyncio.sleep(0.2)
             await link.fresh()
-            asked = gate.asked
-            await asyncio.sleep(0.25)
-            assert gate.asked - asked >= 3  # every 0.05 s while read in the last 0.3 s
-            await asyncio.sleep(0.2)
+            read = time.monotonic()
+            await polled(gate, 3, within=1.0)  # every 0.05 s while read; the idle poll is 30 s away
+            await asyncio.sleep(max(0.0, read + 1.5 + 0.3 - time.monotonic()))  # reads stopped
             asked = gate.asked
             await asyncio.sleep(0.4)
             assert gate.asked == asked
