@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 from typing import Any
 
 from gate_fakes import (
@@ -96,15 +97,24 @@ def test_expect_100_continue_is_answered_once_the_token_passed() -> None:
     run(scenario)
 
 
+def _upstream_paused(h: Harness) -> bool:
+    """Whether the gate's one connection has stopped reading its upstream."""
+    connections = list(h.server.gate.connections)
+    relay = connections[0].relay if len(connections) == 1 else None
+    return relay is not None and not relay.transport.is_reading()
+
+
 def test_a_client_that_does_not_read_pauses_the_upstream() -> None:
     async def scenario(h: Harness) -> None:
         h.behaviour.chunk_bytes = 64 * 1024
         client = await Client.open(h.port)
         await client.send(chat_request(h.token()))
-        await asyncio.sleep(0.5)
+        deadline = time.monotonic() + 10  # liveness only: the buffers fill in well under a second
+        while not _upstream_paused(h):
+            assert time.monotonic() < deadline, "the upstream was never paused"
+            await asyncio.sleep(0.01)
         (connection,) = h.server.gate.connections
         assert connection.transport.get_write_buffer_size() < 4 * 1024 * 1024
-        assert connection.relay is not None and not connection.relay.transport.is_reading()
         client.close()
 
     run(scenario)
