@@ -151,6 +151,8 @@ UNSENT_LOWAT = 64 * 1024
 connection's send buffer to 4 MiB by itself, and a client that reads nothing would take all of it: an
 answer's first 4 MiB (some 15,000 chat tokens) were generated before the gate's write buffer filled and
 `--send-timeout` began to count. Bytes in flight are not limited, so a fast client reads as fast."""
+_NOTSENT_LOWAT: int | None = getattr(socket, "TCP_NOTSENT_LOWAT", None)
+"""Linux's and macOS's option; where Python has none, the kernel's own buffering stands."""
 
 
 def _tune_listener(listening: socket.socket) -> None:
@@ -161,7 +163,8 @@ def _tune_listener(listening: socket.socket) -> None:
     own write buffer soon, which is what pauses the relay and arms the send timeout."""
     if listening.family in (socket.AF_INET, socket.AF_INET6):
         listening.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        listening.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, UNSENT_LOWAT)
+        if _NOTSENT_LOWAT is not None:
+            listening.setsockopt(socket.IPPROTO_TCP, _NOTSENT_LOWAT, UNSENT_LOWAT)
 
 
 def _server_tls(config: GateConfig) -> ssl.SSLContext | None:
