@@ -169,16 +169,15 @@ def test_resume_returns_exactly_the_missing_bytes(stack: Stack) -> None:
             first += chunk
             if len(first) > 1500:
                 break
-    deadline = time.monotonic() + 30
-    while stack.busy_slots() and time.monotonic() < deadline:  # generation goes on without us
-        time.sleep(0.1)
+    # Generation goes on without us. The first resume takes the stream over while it may still run, and
+    # follows it to its end: no wait on the machine's speed, which could outlast the resume window.
 
     def read_from(offset: int) -> bytes:
         resume = stack.negotiate(resume=conversation)
         assert resume["scope"] == "resume" and resume["conversation_id"] == conversation
         response = httpx.get(f"{resume['url']}/v1/stream", params={"conv_id": conversation, "from": offset},
                              headers={"Authorization": f"Bearer {resume['token']}",
-                                      "X-Conversation-Id": conversation}, timeout=60)
+                                      "X-Conversation-Id": conversation}, timeout=120)
         assert response.status_code == 200, response.text
         return response.content
 
@@ -203,9 +202,10 @@ def test_revocation_reaches_the_gate_within_a_second(stack: Stack) -> None:
                          headers={"Authorization": f"Bearer {stack.access_token}"}, timeout=10)
     assert revoked.status_code in (200, 204)
     time.sleep(1.0)
-    refused = httpx.post(url, json={**DETERMINISTIC, "stream": False}, headers=headers, timeout=30)
+    refused = httpx.post(url, json={**DETERMINISTIC, "stream": False}, headers=headers, timeout=120)
     assert refused.status_code == 401
     assert refused.json()["error"]["message"]
     time.sleep(1.1)  # a token minted after the revocation works again
     url, headers = _lane(stack, stack.negotiate())
-    assert httpx.post(url, json={**DETERMINISTIC, "stream": False}, headers=headers, timeout=30).status_code == 200
+    # Liveness bounds only: 16 tokens take well under a second on a quiet box.
+    assert httpx.post(url, json={**DETERMINISTIC, "stream": False}, headers=headers, timeout=120).status_code == 200
