@@ -161,6 +161,13 @@ def _ms(value: float | None, spec: str = ".3f", unit: str = " ms") -> str:
     return "–" if value is None else format(value, spec) + unit
 
 
+def _paired(found: dict[str, float] | None) -> str:
+    """`stats.paired_ratios` as `1.104× [0.930–1.250], 15 rounds`, or a dash."""
+    if not found:
+        return "–"
+    return f"{found['median']:.3f}× [{found['p25']:.3f}–{found['p75']:.3f}], {found['rounds']:.0f} rounds"
+
+
 def _p7_rows(cost: dict[str, Any]) -> list[tuple[str, ...]]:
     """P7's rows: the gate's CPU per lane request and the broker's meanwhile (the gate's usage reports
     settled), for the owner; then a user with a token budget, whose grants reserve and whose ends settle
@@ -175,6 +182,8 @@ def _p7_rows(cost: dict[str, Any]) -> list[tuple[str, ...]]:
         rows += [
             (f"P7 gate CPU per lane request, {how}", goal, _ms(old.get("gate_ms_per_request")),
              _ms(entry.get("gate_ms_per_request")), "–", _ms(entry.get("relay", {}).get("ms_per_request"))),
+            (f"P7 gate CPU, after ÷ before, median of per-round ratios [quartiles], {how}", "≤ 1.00", "–",
+             _paired(old.get("gate_ratio")), "–", "–"),
             (f"P7 broker CPU per lane request, {how}", "–", _ms(old.get("broker_ms_per_request")),
              _ms(entry.get("broker_ms_per_request")), "–", "–"),
             (f"P7 gate / broker CPU per lane request, a user with a token budget, {how}", "–", "–",

@@ -56,6 +56,9 @@ class Plan:
     settle: float
     cost_requests: int = 40
     cost_rounds: int = 5
+    cost_rounds_before: int = 15
+    """P7's rounds beside `--before REV`: one round's ratio of the two gates wanders by ±25% on a
+    2-core box, so five rounds could not tell a change of a few percent from none."""
     idle_seconds: float = 15.0
     """One idle window; the windows start after `idle_settle` seconds of quiet (`request_cost.idle_windows`)."""
     idle_settle: float = 30.0
@@ -90,8 +93,8 @@ FULL = Plan(
 QUICK = Plan(
     reps=1, levels=(1, 4), real_tokens={1: 8, 4: 4}, synthetic_tokens={1: 500, 4: 100}, negotiations=10,
     verifications=50, held_streams=20, load_reps=1, load_tokens=50, load_pace=500.0, load_concurrency=2,
-    load_slow=4, load_hammers=2, settle=0.5, cost_requests=10, cost_rounds=2, idle_seconds=1.0, idle_settle=0.5,
-    idle_windows=1,
+    load_slow=4, load_hammers=2, settle=0.5, cost_requests=10, cost_rounds=2, cost_rounds_before=2, idle_seconds=1.0,
+    idle_settle=0.5, idle_windows=1,
     model_ttfts=5, model_loads=1, router=False, fleet_reps=0, idle_modes=("launched",),
 )
 
@@ -138,6 +141,11 @@ def _with_bed(start: Callable[[], Bed], work: Callable[[Bed], Coroutine[Any, Any
         bed.stop()
 
 
+def _cost_rounds(plan: Plan, old: Path | None) -> int:
+    """P7's rounds: more when REV's gate is measured beside this one (`Plan.cost_rounds_before`)."""
+    return plan.cost_rounds if old is None else plan.cost_rounds_before
+
+
 def _run_real(plan: Plan, work: Path, old: Path | None, results: dict[str, Any]) -> None:
     """The real llama-server's rounds (and a router's, when asked), written into `results`."""
     _say("starting a real llama-server and the lanes in front of it")
@@ -148,7 +156,7 @@ def _run_real(plan: Plan, work: Path, old: Path | None, results: dict[str, Any])
             bed, real=True, levels=plan.levels, tokens=plan.real_tokens, reps=plan.reps, say=_say)
         results["gate_cost"]["real"] = await request_cost.gate_cost(
             bed, scenarios.chat_body(real=True, max_tokens=1), count=plan.cost_requests,
-            rounds=plan.cost_rounds, kept_alive=True, budgeted=bed.budgeted)
+            rounds=_cost_rounds(plan, old), kept_alive=True, budgeted=bed.budgeted)
         results["many_models"]["single"] = await models.lane_vs_raw(bed, plan.model_ttfts)
         results["routes"] = await routes.compare(bed, levels=plan.levels[:2], tokens=plan.real_tokens,
                                                  reps=plan.reps, ttfts=plan.model_ttfts, say=_say)
@@ -213,7 +221,7 @@ def run_bench(plan: Plan, out: Path, command: str) -> dict[str, Any]:
                 bed, real=False, levels=plan.levels, tokens=plan.synthetic_tokens, reps=plan.reps, say=_say)
             results["gate_cost"]["synthetic"] = await request_cost.gate_cost(
                 bed, scenarios.chat_body(real=False, max_tokens=1), count=plan.cost_requests * 5,
-                rounds=plan.cost_rounds, kept_alive=False, budgeted=bed.budgeted)
+                rounds=_cost_rounds(plan, old), kept_alive=False, budgeted=bed.budgeted)
             anchor = haproxy_anchor.start_anchor(bed.upstream_socket, bed.key, work, model=SYNTHETIC_ALIAS,
                                                  cap=max_tokens)
             if anchor is None:

@@ -40,7 +40,7 @@ from llama_launcher.bench.clients import (
 )
 from llama_launcher.bench.processes import thread_cpu_ns
 from llama_launcher.bench.stack import ServeStack, add_user
-from llama_launcher.bench.stats import median
+from llama_launcher.bench.stats import median, paired_ratios
 from llama_launcher.gate.usage_reports import COALESCE_SECONDS
 
 IDLE_WINDOW_S = 1.0
@@ -96,7 +96,8 @@ async def gate_cost(bed: Bed, body: dict[str, Any], *, count: int, rounds: int, 
     `kept_alive`: one client connection for the whole round (as a browser or SDK reuses one);
     otherwise each request asks for `Connection: close`. A bed with a `before` stack (`bench
     --before REV`) measures REV's gate in rounds alternating with this code's (each goes first in
-    turn), and its figures come under `before`; `budgeted` (a user's API key, `budgeted_user`) adds
+    turn), and its figures come under `before`, with `gate_ratio`, the median of each round's ratio
+    of this code's gate CPU to REV's (`stats.paired_ratios`); `budgeted` (a user's API key, `budgeted_user`) adds
     that user's rounds on this code's stack, under `budgeted`. The bare relay, the floor of any
     pass-through process, answers the same requests in rounds of its own, interleaved too, under
     `relay`; always with `Connection: close`, since it keeps one upstream connection per client
@@ -129,6 +130,9 @@ async def gate_cost(bed: Bed, body: dict[str, Any], *, count: int, rounds: int, 
     for name in ("before", "budgeted"):
         if name in per_round:
             found[name] = _reduce(per_round[name], count, kept_alive)
+    if "before" in per_round:
+        found["before"]["gate_ratio"] = paired_ratios([r["ms_per_request"]["gate"] for r in per_round["after"]],
+                                                      [r["ms_per_request"]["gate"] for r in per_round["before"]])
     found["relay"] = {"rounds": per_round["relay"],
                       "ms_per_request": median([r["ms_per_request"]["relay"] for r in per_round["relay"]])}
     return found

@@ -27,6 +27,21 @@ def median(values: Sequence[float]) -> float:
     return percentile(values, 50)
 
 
+def paired_ratios(values: Sequence[float], bases: Sequence[float]) -> dict[str, float] | None:
+    """The median of `values[i] / bases[i]`, with its quartiles, over rounds measured side by side.
+
+    Two stacks' rounds alternate, so round i of each saw the same moment of the machine; their ratio
+    cancels what the moment did to both, where a ratio of the two medians would not. The quartiles say
+    how far one ratio wanders: a change smaller than their spread needs more rounds to be seen.
+    None when no pair has a positive base.
+    """
+    found = [value / base for value, base in zip(values, bases, strict=True) if base > 0]
+    if not found:
+        return None
+    return {"median": median(found), "p25": percentile(found, 25), "p75": percentile(found, 75),
+            "rounds": float(len(found))}
+
+
 def ratio(value: float | None, base: float | None) -> float | None:
     """`value / base`, or None when either is missing or the base is zero: no figure rather than a wrong one."""
     if value is None or base is None or base == 0:

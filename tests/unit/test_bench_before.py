@@ -29,7 +29,9 @@ def _results() -> dict[str, Any]:
                         "haproxy": _lane(0.75, 1.5, haproxy=0.2)},
         "first_token_real": {"raw": _lane(15.0, 20.0), "relay": _lane(15.5, 21.0), "direct": _lane(16.0, 22.0),
                              "before": _lane(17.0, 25.0), "budgeted": _lane(16.5, 23.0)},
-        "gate_cost": {"real": {"gate_ms_per_request": 0.45, "before": {"gate_ms_per_request": 1.2},
+        "gate_cost": {"real": {"gate_ms_per_request": 0.45, "before": {
+                                   "gate_ms_per_request": 1.2,
+                                   "gate_ratio": {"median": 0.375, "p25": 0.3125, "p75": 0.5, "rounds": 15.0}},
                                "relay": {"ms_per_request": 0.3}},
                       "synthetic": {"gate_ms_per_request": 0.5}},
         "idle_cpu": {"gate": 0.25, "broker": 0.5},
@@ -55,6 +57,10 @@ def test_the_table_lines_up_before_after_haproxy_and_the_relay() -> None:
         "| 1.200 ms | 0.450 ms | – | 0.300 ms |")
     assert rows["P7 gate CPU per lane request, synthetic, `Connection: close`"].endswith(
         "| – | 0.500 ms | – | – |")  # a figure the run lacks is a dash, never a zero
+    assert rows["P7 gate CPU, after ÷ before, median of per-round ratios [quartiles], real model, kept-alive"].endswith(
+        "| ≤ 1.00 | – | 0.375× [0.312–0.500], 15 rounds | – | – |")
+    assert rows["P7 gate CPU, after ÷ before, median of per-round ratios [quartiles], synthetic, `Connection: close`"
+                ].endswith("| ≤ 1.00 | – | – | – | – |")
     assert rows["CPU of the lane's own process per one-token request (the P3 synthetic run)"].endswith(
         "| 0.900 ms | 0.600 ms | 0.200 ms | 0.400 ms |")
     assert rows["Idle gate CPU"].endswith("| 7.50 ms/s | 0.25 ms/s | – | – |")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llama_launcher.bench.stats import median, per_thousand, percentile, ratio
+from llama_launcher.bench.stats import median, paired_ratios, per_thousand, percentile, ratio
 
 
 def test_percentile_interpolates_between_ranks_like_numpy() -> None:
@@ -44,3 +44,24 @@ def test_ratio_is_none_rather_than_wrong() -> None:
 def test_per_thousand_chunks() -> None:
     assert per_thousand(0.5, 2000) == 0.25
     assert per_thousand(0.5, 0) is None
+
+
+def test_paired_ratios_divide_round_by_round_not_median_by_median() -> None:
+    # Round 2 ran on a slow moment for both stacks: per round, after is always 10% over before,
+    # while the ratio of the two medians (1.1 / 1.0 here by chance) would hide any such pairing.
+    found = paired_ratios([1.1, 2.2, 1.21, 0.55], [1.0, 2.0, 1.1, 0.5])
+    assert found is not None
+    assert found["median"] == pytest.approx(1.1) and found["p25"] == pytest.approx(1.1)
+    assert found["p75"] == pytest.approx(1.1) and found["rounds"] == 4
+    spread = paired_ratios([0.9, 1.0, 1.2, 1.5], [1.0, 1.0, 1.0, 1.0])
+    assert spread is not None
+    assert (spread["median"], spread["p25"], spread["p75"]) == pytest.approx((1.1, 0.975, 1.275))
+
+
+def test_paired_ratios_skip_an_empty_base_and_refuse_unequal_rounds() -> None:
+    found = paired_ratios([1.0, 3.0], [0.0, 2.0])
+    assert found is not None and found["median"] == 1.5 and found["rounds"] == 1
+    assert paired_ratios([1.0], [0.0]) is None
+    assert paired_ratios([], []) is None
+    with pytest.raises(ValueError):
+        paired_ratios([1.0, 2.0], [1.0])
