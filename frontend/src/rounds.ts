@@ -168,7 +168,9 @@ export async function* round(run: ChatRun, body: Record<string, unknown>): Async
       yield errorEvent(answer.error, "pre-output");
       return { kind: "stopped" };
     }
-    if (answer.kind === "fallback" && answer.reason === "model_loading") yield LOADING_NOTICE;
+    // The broker says the gate is (re)starting llama-server: until it listens, the baseline's 502 is this wait.
+    const serverLoading = answer.kind === "fallback" && answer.reason === "model_loading";
+    if (serverLoading) yield LOADING_NOTICE;
     let unusedToken: string | undefined;
     // A grant for another route would be refused on this one ("": a broker that names none).
     if (answer.kind === "grant" && (answer.route === "" || answer.route === run.route)) {
@@ -179,10 +181,11 @@ export async function* round(run: ChatRun, body: Record<string, unknown>): Async
     const fallbackUrl = answer.fallbackUrl ?? run.options.fallbackUrl ?? LANE_ROUTES[run.route].path.slice(1);
     const outcome = yield* fallbackRound(run, fallbackTarget(run, fallbackUrl), fallbackBody(run, body), unusedToken);
     if (outcome.kind === "end" || outcome.kind === "stopped") return outcome;
-    const loading = outcome.kind === "loading";
+    const loading = outcome.kind === "loading" || serverLoading;
     const delay = loading ? loadingDelays[loadingWaits++] : delays[reconnects++];
     if (delay === undefined) {
-      yield errorEvent(outcome.error ?? classified("connection_lost"), "pre-output");
+      const error = serverLoading ? classified("model_loading") : outcome.error ?? classified("connection_lost");
+      yield errorEvent(error, "pre-output");
       return { kind: "stopped" };
     }
     yield loading ? LOADING_NOTICE : { type: "notice", code: "reconnecting", message: "Reconnecting…" };

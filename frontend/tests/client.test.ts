@@ -315,6 +315,41 @@ describe("visible errors", () => {
     expect(last(events)).toEqual({ type: "finish", finish_reason: "stop", lane: "direct" });
   });
 
+  it("waits on the loading schedule while the broker says loading and the baseline cannot reach llama-server yet", async () => {
+    // A gate restarting llama-server: its health says loading, but until llama-server listens the
+    // baseline's request through the gate is 502. Four of those would use up the reconnect attempts.
+    const UPSTREAM_DOWN = { error: { message: "The model server is not reachable.", code: 502 } };
+    let negotiations = 0;
+    const fake = server({
+      negotiate: () => (++negotiations <= 4 ? json({ supported: false, reason: "model_loading" }) : json(grant())),
+      fallback: () => json(UPSTREAM_DOWN, 502),
+    });
+    const slept: number[] = [];
+    const events = await collect(
+      streamChat(REQUEST, {
+        fetch: fake.fetch,
+        sleep: async (ms) => void slept.push(ms),
+        reconnectDelaysMs: [1],
+        loadingDelaysMs: [7, 9, 11, 13],
+      }),
+    );
+    expect(slept).toEqual([7, 9, 11, 13]);
+    expect(events.filter((e) => e.type === "notice").map((e) => (e as { code: string }).code)).not.toContain(
+      "reconnecting",
+    );
+    expect(events.some((e) => e.type === "error")).toBe(false);
+    expect(last(events)).toEqual({ type: "finish", finish_reason: "stop", lane: "direct" });
+  });
+
+  it("says the model is loading when the loading waits run out with the baseline still unreachable", async () => {
+    const fake = server({
+      negotiate: () => json({ supported: false, reason: "model_loading" }),
+      fallback: () => json({ error: { code: 502 } }, 502),
+    });
+    const events = await run(fake, { reconnectDelaysMs: [1, 1, 1, 1, 1], loadingDelaysMs: [1] });
+    expect(last(events)).toMatchObject({ type: "error", code: "model_loading", phase: "pre-output" });
+  });
+
   it("says the model is loading once the waits run out", async () => {
     const fake = server({
       negotiate: () => json({ supported: false, reason: "model_loading" }),
