@@ -317,7 +317,7 @@ describe("visible errors", () => {
 
   it("waits on the loading schedule while the broker says loading and the baseline cannot reach llama-server yet", async () => {
     // A gate restarting llama-server: its health says loading, but until llama-server listens the
-    // baseline's request through the gate is 502. Four of those would use up the reconnect attempts.
+    // baseline's request through the gate is 502, four times here: more than the one reconnect attempt allows.
     const UPSTREAM_DOWN = { error: { message: "The model server is not reachable.", code: 502 } };
     let negotiations = 0;
     const fake = server({

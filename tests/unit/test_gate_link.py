@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 from health_answers import ready_health
+from waiting import until
 
 from broker import gate_link
 from broker.gate_health import GATE_DOWN, GateHealth
@@ -56,13 +57,9 @@ def fast(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def polled(gate: Gate, count: int, within: float) -> None:
-    """Wait until the gate has been asked `count` more times; fail if that takes `within` seconds. A
-    bound on the link's own schedule, with a margin a loaded machine cannot use up: never a count of
-    polls in a fixed slice of wall time, which a slow box would miss."""
-    asked, deadline = gate.asked, time.monotonic() + within
-    while gate.asked - asked < count:
-        assert time.monotonic() < deadline, f"asked {gate.asked - asked} times in {within} s, not {count}"
-        await asyncio.sleep(0.005)
+    """Wait until the gate has been asked `count` more times, a bound on the link's own schedule."""
+    asked = gate.asked
+    await until(lambda: gate.asked - asked >= count, within=within, what=f"{count} more polls")
 
 
 def run(tmp_path: Path, gate: Gate, body: Callable[[GateLink], Awaitable[None]]) -> None:
@@ -149,8 +146,7 @@ class TestPoller:
         gate = Gate()
 
         async def body(link: GateLink) -> None:
-            while gate.asked == 0:  # no read since the start: idle from the first poll on
-                await asyncio.sleep(0.005)
+            await until(lambda: gate.asked > 0, within=10.0, what="the first poll")  # idle from it on: no read
             asked = gate.asked
             await asyncio.sleep(0.5)
             assert gate.asked == asked
@@ -163,10 +159,7 @@ class TestPoller:
         async def body(link: GateLink) -> None:
             await polled(gate, 5, within=3.0)  # the idle poll would take 30 s a time
             gate.answer = dict(READY)
-            deadline = time.monotonic() + 3.0
-            while not link.health.model_ready:
-                assert time.monotonic() < deadline, "the ready answer was never polled"
-                await asyncio.sleep(0.005)
+            await until(lambda: link.health.model_ready, within=3.0, what="the ready answer polled")
 
         run(tmp_path, gate, body)
 

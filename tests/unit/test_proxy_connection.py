@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-import time
 from typing import Any
 
 from gate_fakes import (
@@ -15,6 +14,7 @@ from gate_fakes import (
     chat_request,
 )
 from gate_scenarios import ask, run
+from waiting import until
 
 from llama_launcher.gate.proxy import UNSENT_LOWAT
 from llama_launcher.tls import self_signed_pair
@@ -109,10 +109,7 @@ def test_a_client_that_does_not_read_pauses_the_upstream() -> None:
         h.behaviour.chunk_bytes = 64 * 1024
         client = await Client.open(h.port)
         await client.send(chat_request(h.token()))
-        deadline = time.monotonic() + 10  # liveness only: the buffers fill in well under a second
-        while not _upstream_paused(h):
-            assert time.monotonic() < deadline, "the upstream was never paused"
-            await asyncio.sleep(0.01)
+        await until(lambda: _upstream_paused(h), within=10, what="the upstream paused")  # fills in well under 1 s
         (connection,) = h.server.gate.connections
         assert connection.transport.get_write_buffer_size() < 4 * 1024 * 1024
         client.close()
